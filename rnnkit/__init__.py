@@ -1,0 +1,24 @@
+"""rnnkit: recurrent neural networks on PyTorch, as the textbook writes them.
+
+Cells (RNNCell, LSTMCell, GRUCell) are the equations of one time step with torch.nn's
+parameters; layers (RNN, LSTM, GRU) stack them, run both directions, take padded batches with
+``lengths=`` or PackedSequence, and hand the time loop to an engine.
+
+Shape glossary, used by every docstring:
+
+    T  time steps            B  batch size           I  input_size (features of x)
+    H  hidden_size           R  size of h: proj_size if > 0, else H
+    G  gates (RNN 1, LSTM 4, GRU 3)
+    D  directions (2 if bidirectional, else 1)       K  num_layers
+
+Time-major tensors are (T, B, *); with ``batch_first=True`` inputs and outputs are (B, T, *)
+while states stay (K*D, B, *). An unbatched input drops B: (T, I) for a layer, (I,) for a cell.
+"""
+
+from rnnkit._convert import from_torch, to_torch
+from rnnkit.cells import GRUCell, LSTMCell, RNNCell
+from rnnkit.layers import GRU, LSTM, RNN
+
+__version__ = "0.1.0"
+
+__all__ = ["GRU", "LSTM", "RNN", "GRUCell", "LSTMCell", "RNNCell", "__version__", "from_torch", "to_torch"]

@@ -1,0 +1,29 @@
+"""Cells: one time step of each family, written as its textbook equations.
+
+Each family has a step function (``rnn_tanh_step``, ``rnn_relu_step``, ``lstm_step``,
+``gru_step``) mapping x (B, I) and a state to the next state, a :class:`CellSpec` that engines
+run, and a module with torch.nn's constructor and parameters (RNNCell, LSTMCell, GRUCell).
+"""
+
+from rnnkit.cells._base import CellSpec, CellWeights, State, gate_preactivations
+from rnnkit.cells._gru import GRU_SPEC, GRUCell, gru_step
+from rnnkit.cells._lstm import LSTM_SPEC, LSTMCell, lstm_step
+from rnnkit.cells._rnn import RNN_RELU, RNN_TANH, RNNCell, rnn_relu_step, rnn_tanh_step
+
+__all__ = [
+    "GRU_SPEC",
+    "LSTM_SPEC",
+    "RNN_RELU",
+    "RNN_TANH",
+    "CellSpec",
+    "CellWeights",
+    "GRUCell",
+    "LSTMCell",
+    "RNNCell",
+    "State",
+    "gate_preactivations",
+    "gru_step",
+    "lstm_step",
+    "rnn_relu_step",
+    "rnn_tanh_step",
+]

@@ -1,0 +1,126 @@
+"""The module shell shared by RNNCell, LSTMCell and GRUCell: parameters, checks, unbatched input.
+
+The equations live in each family's step function; this class only owns the parameters and
+turns torch.nn.*Cell's calling convention into one call of that step function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from rnnkit import _checks
+from rnnkit.cells._base import INITS, CellSpec, CellWeights, State, init_cell_weights, parameter_shapes
+
+
+class RecurrentCell(nn.Module):
+    """Base of the cell modules; the concrete classes are RNNCell, LSTMCell and GRUCell."""
+
+    def __init__(
+        self,
+        spec: CellSpec,
+        input_size: int,
+        hidden_size: int,
+        bias: bool,
+        *,
+        device: torch.device | str | None,
+        dtype: torch.dtype | None,
+        layer_norm: bool,
+        init: str,
+        forget_bias: float | None = None,
+    ) -> None:
+        super().__init__()
+        owner = type(self).__name__
+        self.spec = spec
+        self.input_size = _checks.check_int(owner, "input_size", input_size, minimum=1)
+        self.hidden_size = _checks.check_int(owner, "hidden_size", hidden_size, minimum=1)
+        self.bias = _checks.check_bool(owner, "bias", bias)
+        self.layer_norm = _checks.check_bool(owner, "layer_norm", layer_norm)
+        self.init = _checks.check_choice(owner, "init", init, INITS)
+        self.forget_bias = check_forget_bias(owner, forget_bias, bias)
+        shapes = parameter_shapes(
+            gates=spec.gates,
+            input_size=self.input_size,
+            hidden_size=self.hidden_size,
+            bias=self.bias,
+            layer_norm=self.layer_norm,
+            lstm=spec.mode == "LSTM",
+        )
+        for name, shape in shapes.items():
+            self.register_parameter(name, nn.Parameter(torch.empty(shape, device=device, dtype=dtype)))
+        self.reset_parameters()
+
+    def weights(self) -> CellWeights:
+        """This cell's parameters as the CellWeights the step function takes."""
+        return CellWeights(**{name: p for name, p in self.named_parameters(recurse=False)})
+
+    def reset_parameters(self) -> None:
+        init_cell_weights(
+            self.weights(),
+            hidden_size=self.hidden_size,
+            gates=self.spec.gates,
+            init=self.init,
+            forget_bias=self.forget_bias,
+        )
+
+    def to_torch(self) -> nn.Module:
+        """The equivalent torch.nn cell with the same weights (see rnnkit.to_torch)."""
+        from rnnkit._convert import to_torch
+
+        return to_torch(self)
+
+    def _run(self, input: Tensor, hx: Sequence[Tensor] | None) -> State:
+        """Check input (B, I) or (I,) and hx, run one step, return the state as hx was given."""
+        owner = type(self).__name__
+        x = _checks.check_float_tensor(owner, "input", input, self.weight_ih.dtype)
+        if x.dim() not in (1, 2):
+            raise ValueError(
+                f"{owner}: expected input with 2 dimensions (B, I) or 1 (I,), got {x.dim()} "
+                f"of shape {_checks.shape_str(x.shape)}"
+            )
+        batched = x.dim() == 2
+        if not batched:
+            x = x.unsqueeze(0)  # (I,) -> (1, I)
+        _checks.check_features(owner, "input", input, self.input_size, "input_size")
+        batch = x.shape[0]
+        sizes = (self.hidden_size,) * self.spec.num_states
+        names = ("h", "c")[: self.spec.num_states]
+        if hx is None:
+            state = tuple(x.new_zeros(batch, size) for size in sizes)
+        else:
+            if self.spec.num_states == 2 and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
+                raise TypeError(f"{owner}: expected hx to be a pair (h, c), got {type(hx).__name__}")
+            parts = []
+            for name, size, h in zip(names, sizes, hx):
+                h = _checks.check_float_tensor(owner, name, h, x.dtype)
+                expected = (batch, size) if batched else (size,)
+                _checks.check_shape(owner, name, h, expected)
+                parts.append(h if batched else h.unsqueeze(0))
+            state = tuple(parts)
+        out = self.spec.step(x, state, self.weights(), None)
+        return out if batched else tuple(s.squeeze(0) for s in out)
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        if not self.bias:
+            s += ", bias=False"
+        if self.layer_norm:
+            s += ", layer_norm=True"
+        if self.init != "default":
+            s += f", init={self.init!r}"
+        if self.forget_bias is not None:
+            s += f", forget_bias={self.forget_bias}"
+        return s
+
+
+def check_forget_bias(owner: str, forget_bias: object, bias: bool) -> float | None:
+    """forget_bias is LSTM-only, a number, and needs bias=True."""
+    if forget_bias is None:
+        return None
+    if isinstance(forget_bias, bool) or not isinstance(forget_bias, (int, float)):
+        raise TypeError(f"{owner}: forget_bias must be a float or None, got {forget_bias!r}")
+    if not bias:
+        raise ValueError(f"{owner}: forget_bias={forget_bias} needs bias=True, got bias=False")
+    return float(forget_bias)

@@ -1,0 +1,53 @@
+"""The reference engine: the cell's step function in a Python loop, autograd for BPTT.
+
+It is the readable twin and the oracle of every other engine: always available, on every
+device and dtype and for every option.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from rnnkit.cells import CellSpec, CellWeights, State
+from rnnkit.engines._base import LayerConfig, Noise, reverse_padded
+
+
+class ReferenceEngine:
+    name = "reference"
+
+    def unsupported(self, config: LayerConfig, x: Tensor) -> str | None:
+        return None
+
+    def run(
+        self,
+        spec: CellSpec,
+        x: Tensor,
+        state: State,
+        weights: CellWeights,
+        *,
+        lengths: Tensor | None,
+        reverse: bool,
+        noise: Noise,
+    ) -> tuple[Tensor, State]:
+        if reverse:
+            x = reverse_padded(x, lengths)  # (T, B, I), each sequence reversed in its length
+        steps = x.shape[0]
+        valid = None
+        if lengths is not None:
+            valid = (torch.arange(steps, device=x.device).unsqueeze(1) < lengths).unsqueeze(2)  # (T, B, 1)
+        outputs = []
+        for t in range(steps):
+            new = spec.step(x[t], state, weights, noise.h_mask)
+            if noise.keep is not None:  # zoneout: some units keep their previous value
+                new = tuple(torch.where(keep[t], old, n) for keep, old, n in zip(noise.keep, state, new))
+            if valid is not None:  # past its length a sequence keeps its state and outputs 0
+                new = tuple(torch.where(valid[t], n, old) for n, old in zip(new, state))
+                outputs.append(torch.where(valid[t], new[0], 0.0))
+            else:
+                outputs.append(new[0])
+            state = new
+        out = torch.stack(outputs)  # (T, B, R)
+        if reverse:
+            out = reverse_padded(out, lengths)
+        return out, state

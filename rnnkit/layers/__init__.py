@@ -1,0 +1,6 @@
+"""Layers: torch.nn's RNN, LSTM and GRU on rnnkit's cells, with lengths and rnnkit's options."""
+
+from rnnkit.layers._base import RecurrentLayer
+from rnnkit.layers._layers import GRU, LSTM, RNN
+
+__all__ = ["GRU", "LSTM", "RNN", "RecurrentLayer"]

@@ -1,0 +1,354 @@
+"""The recurrent layer: stacking, directions, layouts, lengths and packing, state handling.
+
+One implementation serves RNN, LSTM and GRU (the cell family is a CellSpec); the step itself
+is the cell's, and the time loop is run by an engine (rnnkit.engines).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from rnnkit import _checks
+from rnnkit.cells import CellSpec, CellWeights, State
+from rnnkit.cells._base import INITS, init_cell_weights, parameter_shapes
+from rnnkit.cells._module import check_forget_bias
+from rnnkit.engines import ENGINE_NAMES, Engine, LayerConfig, Noise, select_engine
+
+Lengths = Sequence[int] | Tensor
+
+
+class RecurrentLayer(nn.Module):
+    """Base of rnnkit.RNN, rnnkit.LSTM and rnnkit.GRU; see those classes for the arguments."""
+
+    def __init__(
+        self,
+        spec: CellSpec,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int,
+        bias: bool,
+        batch_first: bool,
+        dropout: float,
+        bidirectional: bool,
+        proj_size: int,
+        *,
+        device: torch.device | str | None,
+        dtype: torch.dtype | None,
+        layer_norm: bool,
+        recurrent_dropout: float,
+        zoneout: float,
+        forget_bias: float | None,
+        learn_initial_state: bool,
+        init: str,
+        engine: str,
+    ) -> None:
+        super().__init__()
+        owner = type(self).__name__
+        self.spec = spec
+        self.mode = spec.mode
+        self.input_size = _checks.check_int(owner, "input_size", input_size, minimum=1)
+        self.hidden_size = _checks.check_int(owner, "hidden_size", hidden_size, minimum=1)
+        self.num_layers = _checks.check_int(owner, "num_layers", num_layers, minimum=1)
+        self.bias = _checks.check_bool(owner, "bias", bias)
+        self.batch_first = _checks.check_bool(owner, "batch_first", batch_first)
+        self.dropout = _checks.check_probability(owner, "dropout", dropout, allow_one=False)
+        self.bidirectional = _checks.check_bool(owner, "bidirectional", bidirectional)
+        self.proj_size = _checks.check_int(owner, "proj_size", proj_size, minimum=0)
+        if self.proj_size >= self.hidden_size:
+            raise ValueError(
+                f"{owner}: proj_size must be < hidden_size ({self.hidden_size}), got {self.proj_size}"
+            )
+        self.layer_norm = _checks.check_bool(owner, "layer_norm", layer_norm)
+        self.recurrent_dropout = _checks.check_probability(
+            owner, "recurrent_dropout", recurrent_dropout, allow_one=False
+        )
+        self.zoneout = _checks.check_probability(owner, "zoneout", zoneout, allow_one=True)
+        self.forget_bias = check_forget_bias(owner, forget_bias, self.bias)
+        self.learn_initial_state = _checks.check_bool(owner, "learn_initial_state", learn_initial_state)
+        self.init = _checks.check_choice(owner, "init", init, INITS)
+        self.engine = _checks.check_choice(owner, "engine", engine, ENGINE_NAMES)
+        if self.dropout > 0 and self.num_layers == 1:
+            warnings.warn(
+                f"{owner}: dropout={self.dropout} acts between stacked layers only, so it does "
+                "nothing with num_layers=1",
+                UserWarning,
+                stacklevel=3,
+            )
+
+        factory = {"device": device, "dtype": dtype}
+        self._cell_names: list[dict[str, str]] = []  # per (layer, direction): field -> parameter
+        for layer in range(self.num_layers):
+            layer_input = self.input_size if layer == 0 else self.out_size * self.num_directions
+            for direction in range(self.num_directions):
+                suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
+                shapes = parameter_shapes(
+                    gates=spec.gates,
+                    input_size=layer_input,
+                    hidden_size=self.hidden_size,
+                    bias=self.bias,
+                    proj_size=self.proj_size,
+                    layer_norm=self.layer_norm,
+                    lstm=spec.mode == "LSTM",
+                )
+                names = {}
+                for field, shape in shapes.items():
+                    self.register_parameter(field + suffix, nn.Parameter(torch.empty(shape, **factory)))
+                    names[field] = field + suffix
+                self._cell_names.append(names)
+        if self.learn_initial_state:
+            cells = self.num_layers * self.num_directions
+            self.initial_h = nn.Parameter(torch.zeros(cells, self.out_size, **factory))  # (K*D, R)
+            if spec.num_states == 2:
+                self.initial_c = nn.Parameter(torch.zeros(cells, self.hidden_size, **factory))  # (K*D, H)
+        self.reset_parameters()
+
+    # -- structure -----------------------------------------------------------------------------
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @property
+    def out_size(self) -> int:
+        """R, the size of h: proj_size if set, else hidden_size."""
+        return self.proj_size if self.proj_size > 0 else self.hidden_size
+
+    @property
+    def state_sizes(self) -> tuple[int, ...]:
+        """Feature size of each state part: (R,) or (R, H) for LSTM."""
+        return (self.out_size, self.hidden_size)[: self.spec.num_states]
+
+    def cell_weights(self, layer: int, direction: int = 0) -> CellWeights:
+        """The parameters of one layer and direction, as the CellWeights a step function takes."""
+        names = self._cell_names[layer * self.num_directions + direction]
+        return CellWeights(**{field: getattr(self, name) for field, name in names.items()})
+
+    @property
+    def all_weights(self) -> list[list[nn.Parameter]]:
+        """Parameters per layer and direction, as torch.nn.RNNBase.all_weights."""
+        return [[getattr(self, name) for name in names.values()] for names in self._cell_names]
+
+    def reset_parameters(self) -> None:
+        """Re-initialise; the default draws the same numbers as torch.nn under the same seed."""
+        for layer in range(self.num_layers):
+            for direction in range(self.num_directions):
+                init_cell_weights(
+                    self.cell_weights(layer, direction),
+                    hidden_size=self.hidden_size,
+                    gates=self.spec.gates,
+                    init=self.init,
+                    forget_bias=self.forget_bias,
+                )
+        with torch.no_grad():
+            for name in ("initial_h", "initial_c"):
+                if hasattr(self, name):
+                    getattr(self, name).zero_()
+
+    def flatten_parameters(self) -> None:
+        """Does nothing; kept so code written for torch.nn's layers runs unchanged."""
+
+    def _config(self) -> LayerConfig:
+        return LayerConfig(
+            spec=self.spec,
+            proj_size=self.proj_size,
+            layer_norm=self.layer_norm,
+            recurrent_dropout=self.recurrent_dropout,
+            zoneout=self.zoneout,
+        )
+
+    def engine_for(self, input: Tensor | PackedSequence) -> str:
+        """The name of the engine that runs this layer on input (its device and dtype)."""
+        x = input.data if isinstance(input, PackedSequence) else input
+        return select_engine(self.engine, self._config(), x, owner=type(self).__name__).name
+
+    def to_torch(self) -> nn.Module:
+        """The equivalent torch.nn module with the same weights (see rnnkit.to_torch)."""
+        from rnnkit._convert import to_torch
+
+        return to_torch(self)
+
+    # -- forward -------------------------------------------------------------------------------
+    def _forward(
+        self,
+        input: Tensor | PackedSequence,
+        hx: Tensor | Sequence[Tensor] | None,
+        lengths: Lengths | None,
+    ) -> tuple[Tensor | PackedSequence, State]:
+        """Run the layer; returns the output as input was given and the final state parts,
+        each (K*D, B, S), or (K*D, S) for an unbatched input."""
+        owner = type(self).__name__
+        dtype = self.weight_ih_l0.dtype
+        packed = input if isinstance(input, PackedSequence) else None
+        if packed is not None:
+            if lengths is not None:
+                raise ValueError(
+                    f"{owner}: lengths= cannot be given with a PackedSequence, which carries its own"
+                )
+            _checks.check_float_tensor(owner, "input", packed.data, dtype)
+            x, cpu_lengths = pad_packed_sequence(packed)  # (T, B, I) in the batch's original order
+            batched = True
+        else:
+            x = _checks.check_float_tensor(owner, "input", input, dtype)
+            layout = "(B, T, I)" if self.batch_first else "(T, B, I)"
+            if x.dim() not in (2, 3):
+                raise ValueError(
+                    f"{owner}: expected input with 3 dimensions {layout} or 2 (T, I) unbatched, "
+                    f"got {x.dim()} of shape {_checks.shape_str(x.shape)}"
+                )
+            batched = x.dim() == 3
+            if not batched:
+                x = x.unsqueeze(1)  # (T, I) -> (T, 1, I)
+            elif self.batch_first:
+                x = x.transpose(0, 1)  # (B, T, I) -> (T, B, I)
+            if x.shape[0] == 0:
+                raise ValueError(f"{owner}: expected at least one time step, got input of shape "
+                                 f"{_checks.shape_str(input.shape)}")
+            cpu_lengths = None
+            if lengths is not None:
+                if not batched:
+                    raise ValueError(f"{owner}: lengths= needs a batched (3-D) input, got a 2-D one")
+                cpu_lengths = check_lengths(owner, lengths, batch=x.shape[1], steps=x.shape[0])
+        _checks.check_features(owner, "input", x, self.input_size, "input_size")
+        steps, batch = x.shape[:2]
+        state0 = self._initial_state(hx, batch, batched, x)
+
+        run_lengths = None
+        if cpu_lengths is not None and int(cpu_lengths.min()) < steps:
+            run_lengths = cpu_lengths.to(x.device)
+        engine = select_engine(self.engine, self._config(), x, owner=owner)
+        out, finals = self._run_stack(engine, x, state0, run_lengths)
+
+        state = tuple(torch.stack([f[part] for f in finals]) for part in range(self.spec.num_states))
+        if packed is not None:
+            assert cpu_lengths is not None
+            return repack(out, packed, cpu_lengths), state
+        if not batched:
+            return out.squeeze(1), tuple(s.squeeze(1) for s in state)  # (T, R), (K*D, S)
+        return (out.transpose(0, 1) if self.batch_first else out), state
+
+    def _run_stack(
+        self, engine: Engine, x: Tensor, state0: list[State], lengths: Tensor | None
+    ) -> tuple[Tensor, list[State]]:
+        """Run every layer and direction. x (T, B, I); returns out (T, B, D*R) and the final
+        state of each cell, indexed layer * D + direction."""
+        finals: list[State] = []
+        layer_input = x
+        for layer in range(self.num_layers):
+            outs = []
+            for direction in range(self.num_directions):
+                index = layer * self.num_directions + direction
+                out, final = engine.run(
+                    self.spec,
+                    layer_input,
+                    state0[index],
+                    self.cell_weights(layer, direction),
+                    lengths=lengths,
+                    reverse=direction == 1,
+                    noise=self._sample_noise(x.shape[0], x.shape[1], x),
+                )
+                outs.append(out)  # (T, B, R)
+                finals.append(final)
+            layer_input = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)  # (T, B, D*R)
+            if self.training and self.dropout > 0 and layer < self.num_layers - 1:
+                layer_input = F.dropout(layer_input, self.dropout, training=True)
+        return layer_input, finals
+
+    def _sample_noise(self, steps: int, batch: int, like: Tensor) -> Noise:
+        """Masks of one layer and direction; none at eval (both regularisers are then the identity)."""
+        if not self.training:
+            return Noise()
+        h_mask = None
+        if self.recurrent_dropout > 0:
+            keep = 1.0 - self.recurrent_dropout
+            h_mask = torch.bernoulli(like.new_full((batch, self.out_size), keep)) / keep  # (B, R)
+        zone = None
+        if self.zoneout > 0:
+            zone = tuple(
+                torch.bernoulli(like.new_full((steps, batch, size), self.zoneout)).bool()  # (T, B, S)
+                for size in self.state_sizes
+            )
+        return Noise(h_mask=h_mask, keep=zone)
+
+    def _initial_state(
+        self, hx: Tensor | Sequence[Tensor] | None, batch: int, batched: bool, x: Tensor
+    ) -> list[State]:
+        """The initial state of each cell (layer * D + direction), parts (B, S)."""
+        owner = type(self).__name__
+        cells = self.num_layers * self.num_directions
+        if hx is None:
+            if self.learn_initial_state:
+                learned = [self.initial_h, self.initial_c][: self.spec.num_states]
+                return [tuple(p[i].expand(batch, -1) for p in learned) for i in range(cells)]
+            zeros = tuple(x.new_zeros(batch, size) for size in self.state_sizes)
+            return [zeros] * cells
+        names = ("h_0", "c_0")[: self.spec.num_states]
+        if self.spec.num_states == 2:
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise TypeError(f"{owner}: expected hx to be a pair (h_0, c_0), got {type(hx).__name__}")
+            parts = list(hx)
+        else:
+            if not isinstance(hx, Tensor):
+                raise TypeError(f"{owner}: expected hx to be a Tensor h_0, got {type(hx).__name__}")
+            parts = [hx]
+        checked = []
+        for name, size, h in zip(names, self.state_sizes, parts):
+            h = _checks.check_float_tensor(owner, name, h, x.dtype)
+            _checks.check_shape(owner, name, h, (cells, batch, size) if batched else (cells, size))
+            checked.append(h if batched else h.unsqueeze(1))  # (K*D, B, S)
+        return [tuple(part[i] for part in checked) for i in range(cells)]
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        defaults: dict[str, object] = {
+            "num_layers": 1, "bias": True, "batch_first": False, "dropout": 0.0,
+            "bidirectional": False, "proj_size": 0, "layer_norm": False,
+            "recurrent_dropout": 0.0, "zoneout": 0.0, "forget_bias": None,
+            "learn_initial_state": False, "init": "default",
+        }
+        if getattr(self, "nonlinearity", "tanh") != "tanh":
+            s += f", nonlinearity={getattr(self, 'nonlinearity')!r}"
+        for name, default in defaults.items():
+            value = getattr(self, name)
+            if value != default:
+                s += f", {name}={value!r}"
+        return s + f", engine={self.engine!r}"
+
+
+def check_lengths(owner: str, lengths: Lengths, *, batch: int, steps: int) -> Tensor:
+    """lengths as a CPU int64 tensor (B,), each in [1, T]."""
+    if isinstance(lengths, Tensor):
+        if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
+            raise TypeError(f"{owner}: expected lengths of an integer dtype, got {lengths.dtype}")
+        if lengths.dim() != 1:
+            raise ValueError(
+                f"{owner}: expected lengths to be 1-D (B,), got shape {_checks.shape_str(lengths.shape)}"
+            )
+        values = lengths.detach().to("cpu", torch.int64)
+    else:
+        if not isinstance(lengths, Sequence) or not all(
+            isinstance(n, int) and not isinstance(n, bool) for n in lengths
+        ):
+            raise TypeError(f"{owner}: expected lengths to be a list of ints or a 1-D tensor, got {lengths!r}")
+        values = torch.tensor(list(lengths), dtype=torch.int64)
+    if values.numel() != batch:
+        raise ValueError(f"{owner}: expected {batch} lengths (one per sequence), got {values.numel()}")
+    low, high = int(values.min()), int(values.max())
+    if low < 1:
+        raise ValueError(f"{owner}: expected every length >= 1, got {low}")
+    if high > steps:
+        raise ValueError(f"{owner}: expected every length <= {steps} (the input's time steps), got {high}")
+    return values
+
+
+def repack(out: Tensor, like: PackedSequence, lengths: Tensor) -> PackedSequence:
+    """Pack out (T, B, R), in the batch's original order, exactly as the input like was packed."""
+    if like.sorted_indices is not None:
+        out = out.index_select(1, like.sorted_indices)  # original -> sorted (descending) order
+        lengths = lengths.index_select(0, like.sorted_indices.cpu())
+    data = pack_padded_sequence(out, lengths, enforce_sorted=True).data  # (sum(lengths), R)
+    return PackedSequence(data, like.batch_sizes, like.sorted_indices, like.unsorted_indices)
