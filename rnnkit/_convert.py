@@ -35,6 +35,11 @@ def from_torch(module: nn.Module, **options: Any) -> RecurrentLayer | RecurrentC
     initial state) keep their initial values.
     """
     kind = type(module)
+    if kind not in _LAYERS and kind not in _CELLS:
+        raise TypeError(
+            "from_torch: expected a torch.nn RNN, LSTM, GRU, RNNCell, LSTMCell or GRUCell, "
+            f"got {kind.__name__}"
+        )
     args: dict[str, Any] = {"input_size": module.input_size, "hidden_size": module.hidden_size}
     target: type[RecurrentLayer] | type[RecurrentCell]
     if kind in _LAYERS:
@@ -48,14 +53,9 @@ def from_torch(module: nn.Module, **options: Any) -> RecurrentLayer | RecurrentC
         )
         if kind is nn.LSTM:
             args["proj_size"] = module.proj_size
-    elif kind in _CELLS:
+    else:
         target = _CELLS[kind]
         args["bias"] = module.bias
-    else:
-        raise TypeError(
-            "from_torch: expected a torch.nn RNN, LSTM, GRU, RNNCell, LSTMCell or GRUCell, "
-            f"got {kind.__name__}"
-        )
     if kind in (nn.RNN, nn.RNNCell):
         args["nonlinearity"] = module.nonlinearity
     with warnings.catch_warnings():

@@ -282,7 +282,7 @@ class RecurrentLayer(nn.Module):
         cells = self.num_layers * self.num_directions
         if hx is None:
             if self.learn_initial_state:
-                learned = [self.initial_h, self.initial_c][: self.spec.num_states]
+                learned = [self.initial_h] + ([self.initial_c] if self.spec.num_states == 2 else [])
                 return [tuple(p[i].expand(batch, -1) for p in learned) for i in range(cells)]
             zeros = tuple(x.new_zeros(batch, size) for size in self.state_sizes)
             return [zeros] * cells
