@@ -34,11 +34,12 @@ def check_bool(owner: str, name: str, value: object) -> bool:
 def check_probability(owner: str, name: str, value: object, *, allow_one: bool) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{owner}: {name} must be a float, got {type(value).__name__} {value!r}")
+    value = float(value)
     top_ok = value <= 1 if allow_one else value < 1
     if not (0 <= value and top_ok):
         interval = "[0, 1]" if allow_one else "[0, 1)"
         raise ValueError(f"{owner}: {name} must be in {interval}, got {value}")
-    return float(value)
+    return value
 
 
 def check_choice(owner: str, name: str, value: object, choices: Sequence[str]) -> str:

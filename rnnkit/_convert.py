@@ -48,7 +48,7 @@ def from_torch(module: nn.Module, **options: Any) -> RecurrentLayer | RecurrentC
             num_layers=module.num_layers,
             bias=module.bias,
             batch_first=module.batch_first,
-            dropout=float(module.dropout),
+            dropout=float(getattr(module, "dropout")),
             bidirectional=module.bidirectional,
         )
         if kind is nn.LSTM:

@@ -74,7 +74,7 @@ class RecurrentCell(nn.Module):
     def _run(self, input: Tensor, hx: Sequence[Tensor] | None) -> State:
         """Check input (B, I) or (I,) and hx, run one step, return the state as hx was given."""
         owner = type(self).__name__
-        x = _checks.check_float_tensor(owner, "input", input, self.weight_ih.dtype)
+        x = _checks.check_float_tensor(owner, "input", input, self.weights().weight_ih.dtype)
         if x.dim() not in (1, 2):
             raise ValueError(
                 f"{owner}: expected input with 2 dimensions (B, I) or 1 (I,), got {x.dim()} "

@@ -81,7 +81,6 @@ class RecurrentLayer(nn.Module):
                 stacklevel=3,
             )
 
-        factory = {"device": device, "dtype": dtype}
         self._cell_names: list[dict[str, str]] = []  # per (layer, direction): field -> parameter
         for layer in range(self.num_layers):
             layer_input = self.input_size if layer == 0 else self.out_size * self.num_directions
@@ -98,14 +97,18 @@ class RecurrentLayer(nn.Module):
                 )
                 names = {}
                 for field, shape in shapes.items():
-                    self.register_parameter(field + suffix, nn.Parameter(torch.empty(shape, **factory)))
+                    self.register_parameter(
+                        field + suffix, nn.Parameter(torch.empty(shape, device=device, dtype=dtype))
+                    )
                     names[field] = field + suffix
                 self._cell_names.append(names)
         if self.learn_initial_state:
             cells = self.num_layers * self.num_directions
-            self.initial_h = nn.Parameter(torch.zeros(cells, self.out_size, **factory))  # (K*D, R)
+            self.initial_h = nn.Parameter(torch.zeros(cells, self.out_size, device=device, dtype=dtype))  # (K*D, R)
             if spec.num_states == 2:
-                self.initial_c = nn.Parameter(torch.zeros(cells, self.hidden_size, **factory))  # (K*D, H)
+                self.initial_c = nn.Parameter(
+                    torch.zeros(cells, self.hidden_size, device=device, dtype=dtype)
+                )  # (K*D, H)
         self.reset_parameters()
 
     # -- structure -----------------------------------------------------------------------------
@@ -182,7 +185,7 @@ class RecurrentLayer(nn.Module):
         """Run the layer; returns the output as input was given and the final state parts,
         each (K*D, B, S), or (K*D, S) for an unbatched input."""
         owner = type(self).__name__
-        dtype = self.weight_ih_l0.dtype
+        dtype = self.cell_weights(0).weight_ih.dtype
         packed = input if isinstance(input, PackedSequence) else None
         if packed is not None:
             if lengths is not None:
@@ -206,8 +209,10 @@ class RecurrentLayer(nn.Module):
             elif self.batch_first:
                 x = x.transpose(0, 1)  # (B, T, I) -> (T, B, I)
             if x.shape[0] == 0:
-                raise ValueError(f"{owner}: expected at least one time step, got input of shape "
-                                 f"{_checks.shape_str(input.shape)}")
+                raise ValueError(
+                    f"{owner}: expected at least one time step, got input of shape "
+                    f"{_checks.shape_str(x.shape)} (time-major)"
+                )
             cpu_lengths = None
             if lengths is not None:
                 if not batched:
