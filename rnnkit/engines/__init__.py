@@ -1,6 +1,8 @@
 """Engines: interchangeable ways of running a layer over a sequence.
 
 ``engine='reference'`` is the cell's step function in a Python loop (autograd does BPTT).
+``engine='fused'`` runs the whole time loop in compiled kernels with a hand-derived backward
+pass (CPU, float32 and float64).
 ``engine='auto'`` picks the fastest engine that supports the layer's configuration on the
 input's device; an explicit engine that cannot run a configuration raises an error naming the
 setting that blocked it.
@@ -11,12 +13,13 @@ from __future__ import annotations
 from torch import Tensor
 
 from rnnkit.engines._base import Engine, LayerConfig, Noise, reverse_padded
+from rnnkit.engines._fused import FusedEngine
 from rnnkit.engines._reference import ReferenceEngine
 
-ENGINES: dict[str, Engine] = {"reference": ReferenceEngine()}
+ENGINES: dict[str, Engine] = {"reference": ReferenceEngine(), "fused": FusedEngine()}
 """Registered engines by name."""
 
-AUTO_ORDER: tuple[str, ...] = ("reference",)
+AUTO_ORDER: tuple[str, ...] = ("fused", "reference")
 """Engines that engine='auto' tries, fastest first."""
 
 ENGINE_NAMES = ("auto", *ENGINES)
@@ -42,6 +45,7 @@ __all__ = [
     "ENGINES",
     "ENGINE_NAMES",
     "Engine",
+    "FusedEngine",
     "LayerConfig",
     "Noise",
     "ReferenceEngine",

@@ -1,0 +1,252 @@
+/* The kernels for one floating-point type; included by rnn_kernels.c with REAL, SFX, EXP, TANH.
+ *
+ * Shapes (row-major, time-major): T steps, B batch, H hidden, G gates (1 RNN, 4 LSTM, 3 GRU),
+ * S saved activations per unit (1 RNN, 4 LSTM and GRU).
+ */
+
+typedef void (*SFX(gemm_t))(const char*, const char*, const int*, const int*, const int*,
+                            const REAL*, const REAL*, const int*, const REAL*, const int*,
+                            const REAL*, REAL*, const int*);
+
+/* C (M x N) = beta * C + A (M x K) @ op(Bm), row-major; op(Bm) = Bm^T with Bm (N x K) when
+ * trans_b, else Bm (K x N). beta is 0 or 1. */
+static void SFX(matmul)(void* blas, int trans_b, int M, int N, int K, const REAL* A,
+                        const REAL* Bm, REAL beta, REAL* C) {
+    if (blas != NULL && (long)M * N * K >= BLAS_MIN_WORK) {
+        /* Column-major BLAS computes C^T = op(Bm)^T A^T. */
+        const REAL one = 1;
+        SFX(gemm_t) gemm = (SFX(gemm_t))blas;
+        if (trans_b)
+            gemm("T", "N", &N, &M, &K, &one, Bm, &K, A, &K, &beta, C, &N);
+        else
+            gemm("N", "N", &N, &M, &K, &one, Bm, &N, A, &K, &beta, C, &N);
+        return;
+    }
+    for (int i = 0; i < M; i++) {
+        REAL* c = C + (long)i * N;
+        const REAL* a = A + (long)i * K;
+        if (beta == 0)
+            memset(c, 0, sizeof(REAL) * N);
+        if (trans_b) {
+            for (int j = 0; j < N; j++) {
+                const REAL* b = Bm + (long)j * K;
+                REAL acc = 0;
+#pragma omp simd reduction(+ : acc)
+                for (int k = 0; k < K; k++) acc += a[k] * b[k];
+                c[j] += acc;
+            }
+        } else {
+            for (int k = 0; k < K; k++) {
+                const REAL ak = a[k];
+                const REAL* b = Bm + (long)k * N;
+#pragma omp simd
+                for (int j = 0; j < N; j++) c[j] += ak * b[j];
+            }
+        }
+    }
+}
+
+static inline REAL SFX(sigmoid)(REAL v) { return (REAL)1 / ((REAL)1 + EXP(-v)); }
+
+/* Forward over T steps.
+ *   xp     (T, B, G*H)  W_ih x_t + b_ih for every step (one matrix product, done by the caller)
+ *   whh    (G*H, H)     W_hh;  bhh (G*H,) or NULL
+ *   lengths (B,) or NULL: sequence b is valid at steps t < lengths[b]; past it the state is
+ *          kept and the output is 0
+ *   hmask  (B, H) or NULL: recurrent dropout, multiplies h_{t-1} where it enters W_hh
+ *   keep_h, keep_c (T, B, H) or NULL: zoneout, 1 keeps the previous value of a unit
+ * Writes
+ *   hs     (T+1, B, H)  the state h after every step; hs[0] = h_0 on entry
+ *   cs     (T+1, B, H)  LSTM: the cell state likewise; cs[0] = c_0 on entry
+ *   out    (T, B, H)    h_t, or 0 past a sequence's length
+ *   acts   (T, B, S*H)  saved activations (kept for the backward pass):
+ *                       LSTM i, f, g, o; GRU r, z, n, W_hn h_{t-1} + b_hn; RNN the candidate h~
+ *   cand   (T, B, H)    LSTM: the candidate cell state c~_t (kept: tanh(c~_t) enters dh/dc)
+ *   work_g (B, G*H), work_h (B, H): scratch
+ */
+void SFX(rnn_forward)(int cell, void* blas, int T, int B, int H, const REAL* xp,
+                      const REAL* whh, const REAL* bhh, const int64_t* lengths,
+                      const REAL* hmask, const uint8_t* keep_h, const uint8_t* keep_c,
+                      REAL* hs, REAL* cs, REAL* out, REAL* acts, REAL* cand, REAL* work_g,
+                      REAL* work_h) {
+    const int G = gates_of(cell), S = saved_of(cell), GH = G * H, SH = S * H;
+    const long BH = (long)B * H;
+    for (int t = 0; t < T; t++) {
+        const REAL* hp = hs + t * BH;        /* h_{t-1} (B, H) */
+        REAL* hn = hs + (t + 1) * BH;        /* h_t     (B, H) */
+        const REAL* h_in = hp;               /* what enters W_hh */
+        if (hmask != NULL) {
+#pragma omp simd
+            for (long k = 0; k < BH; k++) work_h[k] = hp[k] * hmask[k];
+            h_in = work_h;
+        }
+        /* work_g (B, G*H) = b_hh + h_in @ W_hh^T */
+        if (bhh != NULL)
+            for (int b = 0; b < B; b++) memcpy(work_g + (long)b * GH, bhh, sizeof(REAL) * GH);
+        SFX(matmul)(blas, 1, B, GH, H, h_in, whh, bhh != NULL ? 1 : 0, work_g);
+
+        for (int b = 0; b < B; b++) {
+            const long row = (long)t * B + b;  /* index of (t, b) in (T, B, *) arrays */
+            const REAL* hpb = hp + (long)b * H;
+            REAL* hnb = hn + (long)b * H;
+            REAL* ob = out + row * H;
+            const REAL* cpb = cell == CELL_LSTM ? cs + t * BH + (long)b * H : NULL;
+            REAL* cnb = cell == CELL_LSTM ? cs + (t + 1) * BH + (long)b * H : NULL;
+            if (lengths != NULL && t >= lengths[b]) {  /* past the end: keep the state, output 0 */
+                memcpy(hnb, hpb, sizeof(REAL) * H);
+                if (cell == CELL_LSTM) memcpy(cnb, cpb, sizeof(REAL) * H);
+                memset(ob, 0, sizeof(REAL) * H);
+                continue;
+            }
+            const REAL* x = xp + row * GH;
+            const REAL* g = work_g + (long)b * GH;
+            REAL* a = acts + row * SH;
+            const uint8_t* kh = keep_h != NULL ? keep_h + row * H : NULL;
+            if (cell == CELL_LSTM) {
+                const uint8_t* kc = keep_c != NULL ? keep_c + row * H : NULL;
+                REAL* cc = cand + row * H;
+#pragma omp simd
+                for (int j = 0; j < H; j++) {
+                    /* i, f, g, o = sigmoid, sigmoid, tanh, sigmoid of (gi + gh) */
+                    const REAL i = SFX(sigmoid)(x[j] + g[j]);
+                    const REAL f = SFX(sigmoid)(x[H + j] + g[H + j]);
+                    const REAL gg = TANH(x[2 * H + j] + g[2 * H + j]);
+                    const REAL o = SFX(sigmoid)(x[3 * H + j] + g[3 * H + j]);
+                    const REAL c = f * cpb[j] + i * gg;     /* c~ = f * c + i * g */
+                    REAL h = o * TANH(c);                   /* h~ = o * tanh(c~) */
+                    a[j] = i; a[H + j] = f; a[2 * H + j] = gg; a[3 * H + j] = o;
+                    cc[j] = c;
+                    REAL c_new = c;
+                    if (kh != NULL) h = kh[j] ? hpb[j] : h;   /* zoneout */
+                    if (kc != NULL) c_new = kc[j] ? cpb[j] : c;
+                    hnb[j] = h; cnb[j] = c_new; ob[j] = h;
+                }
+            } else if (cell == CELL_GRU) {
+#pragma omp simd
+                for (int j = 0; j < H; j++) {
+                    const REAL r = SFX(sigmoid)(x[j] + g[j]);
+                    const REAL z = SFX(sigmoid)(x[H + j] + g[H + j]);
+                    const REAL ghn = g[2 * H + j];          /* W_hn h + b_hn */
+                    const REAL n = TANH(x[2 * H + j] + r * ghn);
+                    REAL h = (1 - z) * n + z * hpb[j];      /* h~ = (1 - z) * n + z * h */
+                    a[j] = r; a[H + j] = z; a[2 * H + j] = n; a[3 * H + j] = ghn;
+                    if (kh != NULL) h = kh[j] ? hpb[j] : h;
+                    hnb[j] = h; ob[j] = h;
+                }
+            } else {
+                const int relu = cell == CELL_RNN_RELU;
+#pragma omp simd
+                for (int j = 0; j < H; j++) {
+                    const REAL pre = x[j] + g[j];
+                    REAL h = relu ? (pre > 0 ? pre : 0) : TANH(pre);
+                    a[j] = h;
+                    if (kh != NULL) h = kh[j] ? hpb[j] : h;
+                    hnb[j] = h; ob[j] = h;
+                }
+            }
+        }
+    }
+}
+
+/* Backward over t = T-1 .. 0, the mirror image of rnn_forward.
+ * Takes the forward's inputs and saved arrays, and
+ *   d_out (T, B, H)  dL/d out_t
+ *   dh    (B, H)     in: dL/dh_T (grad of h_n); out: dL/dh_0
+ *   dc    (B, H)     LSTM; in: dL/dc_T; out: dL/dc_0
+ * Writes
+ *   dgi   (T, B, G*H)  dL/d(W_ih x_t + b_ih), the gate pre-activations on the input side
+ *   dgh   (T, B, G*H)  GRU only: dL/d(W_hh h + b_hh), which differs from dgi in the n gate;
+ *                      for RNN and LSTM the two are equal and only dgi is written
+ *   work  (B, H)       scratch
+ */
+void SFX(rnn_backward)(int cell, void* blas, int T, int B, int H, const REAL* whh,
+                       const int64_t* lengths, const REAL* hmask, const uint8_t* keep_h,
+                       const uint8_t* keep_c, const REAL* hs, const REAL* cs, const REAL* acts,
+                       const REAL* cand, const REAL* d_out, REAL* dh, REAL* dc, REAL* dgi,
+                       REAL* dgh, REAL* work) {
+    const int G = gates_of(cell), S = saved_of(cell), GH = G * H, SH = S * H;
+    const long BH = (long)B * H;
+    REAL* dg_rec = cell == CELL_GRU ? dgh : dgi;  /* what flows back through W_hh */
+    for (int t = T - 1; t >= 0; t--) {
+        const REAL* hp = hs + t * BH;  /* h_{t-1} */
+        for (int b = 0; b < B; b++) {
+            const long row = (long)t * B + b;
+            REAL* dhb = dh + (long)b * H;
+            REAL* dgib = dgi + row * GH;
+            if (lengths != NULL && t >= lengths[b]) {  /* state passed through: grads pass too */
+                memset(dgib, 0, sizeof(REAL) * GH);
+                if (cell == CELL_GRU) memset(dgh + row * GH, 0, sizeof(REAL) * GH);
+                continue;
+            }
+            const REAL* hpb = hp + (long)b * H;
+            const REAL* dob = d_out + row * H;
+            const REAL* a = acts + row * SH;
+            const uint8_t* kh = keep_h != NULL ? keep_h + row * H : NULL;
+            if (cell == CELL_LSTM) {
+                const uint8_t* kc = keep_c != NULL ? keep_c + row * H : NULL;
+                const REAL* cpb = cs + t * BH + (long)b * H;  /* c_{t-1} */
+                const REAL* cc = cand + row * H;              /* c~_t */
+                REAL* dcb = dc + (long)b * H;
+#pragma omp simd
+                for (int j = 0; j < H; j++) {
+                    const REAL i = a[j], f = a[H + j], gg = a[2 * H + j], o = a[3 * H + j];
+                    const REAL dh_t = dhb[j] + dob[j];                 /* dL/dh_t */
+                    const REAL dh_cand = kh != NULL && kh[j] ? 0 : dh_t;  /* zoneout: to h~ */
+                    const REAL dh_keep = dh_t - dh_cand;                /* or to h_{t-1} */
+                    const REAL dc_in = dcb[j];
+                    REAL dc_cand = kc != NULL && kc[j] ? 0 : dc_in;
+                    const REAL dc_keep = dc_in - dc_cand;
+                    const REAL tc = TANH(cc[j]);
+                    const REAL d_o = dh_cand * tc;                    /* h~ = o * tanh(c~) */
+                    dc_cand += dh_cand * o * (1 - tc * tc);
+                    const REAL d_i = dc_cand * gg;                    /* c~ = f c + i g */
+                    const REAL d_f = dc_cand * cpb[j];
+                    const REAL d_g = dc_cand * i;
+                    dcb[j] = dc_cand * f + dc_keep;                   /* dL/dc_{t-1} */
+                    dgib[j] = d_i * i * (1 - i);                      /* through the sigmoids */
+                    dgib[H + j] = d_f * f * (1 - f);
+                    dgib[2 * H + j] = d_g * (1 - gg * gg);            /* and the tanh */
+                    dgib[3 * H + j] = d_o * o * (1 - o);
+                    dhb[j] = dh_keep;                                 /* + dg @ W_hh below */
+                }
+            } else if (cell == CELL_GRU) {
+                REAL* dghb = dgh + row * GH;
+#pragma omp simd
+                for (int j = 0; j < H; j++) {
+                    const REAL r = a[j], z = a[H + j], n = a[2 * H + j], ghn = a[3 * H + j];
+                    const REAL dh_t = dhb[j] + dob[j];
+                    const REAL dh_cand = kh != NULL && kh[j] ? 0 : dh_t;
+                    const REAL dh_keep = dh_t - dh_cand;
+                    const REAL d_z = dh_cand * (hpb[j] - n);          /* h~ = (1-z) n + z h */
+                    const REAL d_n = dh_cand * (1 - z);
+                    const REAL d_npre = d_n * (1 - n * n);            /* n = tanh(i_n + r ghn) */
+                    const REAL d_r = d_npre * ghn;
+                    const REAL d_rpre = d_r * r * (1 - r);
+                    const REAL d_zpre = d_z * z * (1 - z);
+                    dgib[j] = d_rpre; dgib[H + j] = d_zpre; dgib[2 * H + j] = d_npre;
+                    dghb[j] = d_rpre; dghb[H + j] = d_zpre; dghb[2 * H + j] = d_npre * r;
+                    dhb[j] = dh_keep + dh_cand * z;
+                }
+            } else {
+                const int relu = cell == CELL_RNN_RELU;
+#pragma omp simd
+                for (int j = 0; j < H; j++) {
+                    const REAL hc = a[j];                             /* h~ = act(pre) */
+                    const REAL dh_t = dhb[j] + dob[j];
+                    const REAL dh_cand = kh != NULL && kh[j] ? 0 : dh_t;
+                    dgib[j] = relu ? (hc > 0 ? dh_cand : 0) : dh_cand * (1 - hc * hc);
+                    dhb[j] = dh_t - dh_cand;
+                }
+            }
+        }
+        /* dL/dh_{t-1} += (dg_t @ W_hh) * mask: work (B, H) = dg_rec[t] (B, G*H) @ W_hh (G*H, H) */
+        SFX(matmul)(blas, 0, B, H, GH, dg_rec + (long)t * B * GH, whh, 0, work);
+        if (hmask != NULL) {
+#pragma omp simd
+            for (long k = 0; k < BH; k++) dh[k] += work[k] * hmask[k];
+        } else {
+#pragma omp simd
+            for (long k = 0; k < BH; k++) dh[k] += work[k];
+        }
+    }
+}

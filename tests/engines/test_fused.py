@@ -1,0 +1,181 @@
+"""The fused engine against the reference engine: outputs, final states and every gradient, over
+generated configurations (rnnkit's training-time options included: the layer draws the masks,
+so with the same seed both engines see the same ones); gradcheck; and its fallbacks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import Tensor
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+import rnnkit
+from rnnkit.engines import _compiled
+from tests.helpers import assert_close, weighted_sum
+from tests.test_gradcheck import check as gradcheck_module
+
+pytestmark = pytest.mark.skipif(
+    isinstance(_compiled.load(), str), reason=f"fused kernels unavailable: {_compiled.load()}"
+)
+
+FAMILIES = {"rnn_tanh": ("RNN", {"nonlinearity": "tanh"}), "rnn_relu": ("RNN", {"nonlinearity": "relu"}),
+            "lstm": ("LSTM", {}), "gru": ("GRU", {})}
+
+
+@dataclass(frozen=True)
+class Case:
+    family: str
+    options: tuple[tuple[str, Any], ...]
+    inputs: str  # batched | unbatched | lengths | packed
+    with_hx: bool
+    training: bool
+    steps: int
+    batch: int
+    input_size: int
+    hidden_size: int
+    seed: int
+
+
+@st.composite
+def cases(draw: st.DrawFn) -> Case:
+    options = {
+        "num_layers": draw(st.integers(1, 3)),
+        "bidirectional": draw(st.booleans()),
+        "batch_first": draw(st.booleans()),
+        "bias": draw(st.booleans()),
+        "recurrent_dropout": draw(st.sampled_from([0.0, 0.3])),
+        "zoneout": draw(st.sampled_from([0.0, 0.25, 1.0])),
+        "learn_initial_state": draw(st.booleans()),
+    }
+    if options["num_layers"] > 1:
+        options["dropout"] = draw(st.sampled_from([0.0, 0.4]))
+    return Case(
+        family=draw(st.sampled_from(list(FAMILIES))),
+        options=tuple(options.items()),
+        inputs=draw(st.sampled_from(["batched", "unbatched", "lengths", "packed"])),
+        with_hx=draw(st.booleans()),
+        training=draw(st.booleans()),
+        # sizes up to 40 so that both the kernels' own loops and the BLAS path run
+        steps=draw(st.integers(1, 6)),
+        batch=draw(st.integers(1, 5)),
+        input_size=draw(st.integers(1, 6)),
+        hidden_size=draw(st.sampled_from([1, 2, 5, 17, 40])),
+        seed=draw(st.integers(0, 2**16)),
+    )
+
+
+def outputs(result: tuple[Any, Any]) -> list[Tensor]:
+    out, hidden = result
+    if isinstance(out, torch.nn.utils.rnn.PackedSequence):
+        out = pad_packed_sequence(out)[0]
+    return [out, *(hidden if isinstance(hidden, tuple) else (hidden,))]
+
+
+def check_case(case: Case, dtype: torch.dtype) -> None:
+    name, extra = FAMILIES[case.family]
+    options = dict(case.options, **extra)
+    torch.manual_seed(case.seed)
+    ref = getattr(rnnkit, name)(case.input_size, case.hidden_size, engine="reference", dtype=dtype, **options)
+    fused = getattr(rnnkit, name)(case.input_size, case.hidden_size, engine="fused", dtype=dtype, **options)
+    with torch.no_grad():  # torch.nn's initialisation for the weights; learned states off 0
+        for name_, p in ref.named_parameters():
+            if name_.startswith("initial_"):
+                p.uniform_(-0.5, 0.5)
+    fused.load_state_dict(ref.state_dict())
+    ref.train(case.training), fused.train(case.training)
+
+    d = 2 if options["bidirectional"] else 1
+    k = options["num_layers"]
+    batched = case.inputs != "unbatched"
+    lead = (case.batch, case.steps) if options["batch_first"] else (case.steps, case.batch)
+    x = torch.randn(*lead, case.input_size, dtype=dtype)
+    if not batched:
+        x = x[0] if options["batch_first"] else x[:, 0]
+    x.requires_grad_(True)
+    lengths = torch.randint(1, case.steps + 1, (case.batch,))
+    lengths[0] = case.steps
+    hx_leaves: list[Tensor] = []
+    hx: Any = None
+    if case.with_hx:
+        shape = (k * d, case.batch, case.hidden_size) if batched else (k * d, case.hidden_size)
+        hx_leaves = [torch.randn(shape, dtype=dtype, requires_grad=True) for _ in range(2 if name == "LSTM" else 1)]
+        hx = tuple(hx_leaves) if name == "LSTM" else hx_leaves[0]
+
+    results = []
+    for layer in (ref, fused):
+        torch.manual_seed(case.seed + 1)  # the same masks for both engines
+        if case.inputs == "lengths":
+            result = layer(x, hx, lengths=lengths)
+        elif case.inputs == "packed":
+            result = layer(pack_padded_sequence(x, lengths, batch_first=options["batch_first"], enforce_sorted=False), hx)
+        else:
+            result = layer(x, hx)
+        results.append(outputs(result))
+    for a, b in zip(results[1], results[0]):
+        assert_close(a, b, "fused vs reference")
+    grads = [torch.autograd.grad(weighted_sum(outs), [x, *hx_leaves, *layer.parameters()],
+                                 retain_graph=True, allow_unused=True)  # initial_h unused with hx
+             for outs, layer in zip(results, (ref, fused))]
+    names = ["input"] + ["hx"] * len(hx_leaves) + [n for n, _ in ref.named_parameters()]
+    for name_, g_ref, g_fused in zip(names, *grads):
+        assert (g_ref is None) == (g_fused is None), name_
+        if g_ref is not None:
+            assert_close(g_fused, g_ref, f"grad of {name_}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@settings(max_examples=120, deadline=None, derandomize=True)
+@given(case=cases())
+def test_fused_matches_reference(case: Case, dtype: torch.dtype) -> None:
+    check_case(case, dtype)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_fused_matches_reference_at_blas_sizes(family: str) -> None:
+    """Sizes where the per-step product goes to the BLAS, in both directions, with lengths."""
+    options = (("num_layers", 2), ("bidirectional", True), ("batch_first", False), ("bias", True),
+               ("recurrent_dropout", 0.2), ("zoneout", 0.1), ("learn_initial_state", False))
+    for dtype in (torch.float32, torch.float64):
+        check_case(Case(family, options, "lengths", True, True, 7, 16, 24, 64, seed=3), dtype)
+
+
+@pytest.mark.parametrize("family", ["RNN", "LSTM", "GRU"])
+def test_fused_gradcheck(family: str) -> None:
+    torch.manual_seed(0)
+    layer = getattr(rnnkit, family)(2, 3, num_layers=2, bidirectional=True, recurrent_dropout=0.3,
+                                    zoneout=0.3, engine="fused", dtype=torch.float64)
+    x = torch.randn(4, 3, 2, dtype=torch.float64)
+    gradcheck_module(layer, (x,), {"lengths": [4, 1, 3]}, seed=1)
+
+
+def test_fused_relu_gradcheck() -> None:
+    torch.manual_seed(1)
+    layer = rnnkit.RNN(2, 3, nonlinearity="relu", engine="fused", dtype=torch.float64)
+    gradcheck_module(layer, (torch.randn(5, 2, 2, dtype=torch.float64),))
+
+
+def test_auto_picks_fused_on_cpu_and_falls_back_for_what_it_lacks() -> None:
+    x = torch.randn(4, 2, 3)
+    assert rnnkit.LSTM(3, 5).engine_for(x) == "fused"
+    assert rnnkit.LSTM(3, 5, layer_norm=True).engine_for(x) == "reference"
+    assert rnnkit.LSTM(3, 5, proj_size=2).engine_for(x) == "reference"
+    assert rnnkit.GRU(3, 5).engine_for(x.to(torch.bfloat16)) == "reference"
+    with pytest.raises(ValueError, match=r"LSTM: engine='fused' cannot run this layer: layer_norm=True is not in its kernels yet"):
+        rnnkit.LSTM(3, 5, layer_norm=True, engine="fused")(x)
+    with pytest.raises(ValueError, match=r"GRU: engine='fused' cannot run this layer: it runs float32 and float64, and the input is torch.bfloat16"):
+        rnnkit.GRU(3, 5, engine="fused", dtype=torch.bfloat16)(x.to(torch.bfloat16))
+
+
+def test_auto_falls_back_quietly_when_the_kernels_are_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_compiled, "load", lambda: "no C compiler found")
+    x = torch.randn(4, 2, 3)
+    layer = rnnkit.GRU(3, 5)
+    assert layer.engine_for(x) == "reference"
+    assert layer(x)[0].shape == (4, 2, 5)
+    with pytest.raises(ValueError, match=r"GRU: engine='fused' cannot run this layer: no C compiler found"):
+        rnnkit.GRU(3, 5, engine="fused")(x)
