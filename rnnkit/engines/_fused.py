@@ -112,7 +112,7 @@ class FusedLayer(torch.autograd.Function):
         hs = x.new_empty(steps + 1, batch, hidden)
         hs[0] = h0
         cs = x.new_empty(steps + 1, batch, hidden) if lstm else None
-        if cs is not None:
+        if cs is not None and c0 is not None:
             cs[0] = c0
         out = x.new_empty(steps, batch, hidden)
         acts = x.new_empty(steps, batch, SAVED[mode] * hidden)
