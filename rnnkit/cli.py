@@ -28,5 +28,56 @@ def demo(seed: int) -> None:
     click.echo(f'  prompt "{h.prompt}" -> "{h.generated}"')
 
 
+def _parse_sizes(value: str | None) -> list[tuple[int, int, int, int]] | None:
+    if not value:
+        return None
+    sizes = []
+    for part in value.split(";"):
+        numbers = [p for p in part.replace("x", ",").split(",") if p.strip()]
+        if len(numbers) != 4 or not all(n.strip().isdigit() and int(n) > 0 for n in numbers):
+            raise click.BadParameter(f"expected T,B,I,H with four positive integers, got {part!r}", param_hint="--sizes")
+        t, b, i, h = (int(n) for n in numbers)
+        sizes.append((t, b, i, h))
+    return sizes
+
+
+@main.command()
+@click.option("--cells", default="lstm,gru,rnn,lstm_ln", show_default=True,
+              help="Cells to time: lstm, gru, rnn, lstm_ln (layer-normalised LSTM vs torch.nn.LSTM).")
+@click.option("--sizes", default=None, metavar="T,B,I,H;...",
+              help="Sizes to time, e.g. '20,1,1,20;100,64,256,256'. Default: the grid of benchmarks/README.md.")
+@click.option("--engines", default="fused,reference", show_default=True, help="rnnkit engines to time.")
+@click.option("--repeats", default=21, show_default=True, help="Rounds per row (each times every implementation once).")
+@click.option("--budget", default=4.0, show_default=True, help="Seconds per row at most (3 rounds at least).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Also write the table as JSON to this file.")
+def bench(cells: str, sizes: str | None, engines: str, repeats: int, budget: float, json_path: str | None) -> None:
+    """Time rnnkit's engines against torch.nn (forward, and forward + backward)."""
+    import json
+
+    from rnnkit import bench as benchmark
+    from rnnkit.engines import ENGINES
+
+    cell_list = [c.strip() for c in cells.split(",") if c.strip()]
+    unknown = [c for c in cell_list if c not in benchmark.CELLS]
+    if unknown or not cell_list:
+        raise click.BadParameter(f"unknown cell {unknown}: choose from {', '.join(benchmark.CELLS)}", param_hint="--cells")
+    engine_list = [e.strip() for e in engines.split(",") if e.strip()]
+    bad = [e for e in engine_list if e not in ENGINES]
+    if bad:
+        raise click.BadParameter(f"unknown engine {bad}: choose from {', '.join(ENGINES)}", param_hint="--engines")
+    size_list = _parse_sizes(sizes) or list(benchmark.DEFAULT_SIZES)
+    click.echo(f"torch {__import__('torch').__version__}, {__import__('torch').get_num_threads()} threads; "
+               "ratio = torch.nn ms / rnnkit ms (above 1: rnnkit is faster)")
+    click.echo(benchmark.header(engine_list))
+    report = benchmark.run(cells=cell_list, sizes=size_list, engines=engine_list, repeats=repeats,
+                           budget_s=budget, progress=lambda row: click.echo(benchmark.format_row(row, engine_list)))
+    click.echo(f"sgemm peak on this machine: {report.sgemm_gflops:.0f} GFLOP/s (float32, 2048^3)")
+    if json_path:
+        with open(json_path, "w", encoding="utf-8") as f:
+            json.dump(benchmark.to_json(report), f, indent=1)
+        click.echo(f"wrote {json_path}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -101,7 +101,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     for suffix in ("_f32", "_f64"):
         forward = getattr(lib, "rnn_forward" + suffix)
         forward.restype = None
-        forward.argtypes = [i, p, i, i, i] + [p] * 14
+        forward.argtypes = [i, p, i, i, i] + [p] * 17
         backward = getattr(lib, "rnn_backward" + suffix)
         backward.restype = None
         backward.argtypes = [i, p, i, i, i] + [p] * 15

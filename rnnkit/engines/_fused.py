@@ -8,7 +8,6 @@ Inside it (in C): the recurrent product h_{t-1} @ W_hh^T and the gate math.
 
 from __future__ import annotations
 
-import ctypes
 from typing import Any
 
 import torch
@@ -24,10 +23,10 @@ SAVED = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 4}  # saved activations
 DTYPES = {torch.float32: "_f32", torch.float64: "_f64"}
 
 
-def _ptr(t: Tensor | None) -> ctypes.c_void_p | None:
+def _ptr(t: Tensor | None) -> int | None:
     """The address of t's data. The caller must hold t until the kernel returns: pass named
     tensors, never a temporary made in the call's own arguments."""
-    return None if t is None else ctypes.c_void_p(t.data_ptr())
+    return None if t is None else t.data_ptr()
 
 
 class FusedEngine:
@@ -110,10 +109,9 @@ class FusedLayer(torch.autograd.Function):
         xp = torch.addmm(b_ih, x2, w_ih.t()) if b_ih is not None else x2 @ w_ih.t()
         gates = w_ih.shape[0]
         hs = x.new_empty(steps + 1, batch, hidden)
-        hs[0] = h0
         cs = x.new_empty(steps + 1, batch, hidden) if lstm else None
-        if cs is not None and c0 is not None:
-            cs[0] = c0
+        h0_c = h0.contiguous()
+        c0_c = None if c0 is None else c0.contiguous()
         out = x.new_empty(steps, batch, hidden)
         acts = x.new_empty(steps, batch, SAVED[mode] * hidden)
         cand = x.new_empty(steps, batch, hidden) if lstm else None
@@ -124,11 +122,12 @@ class FusedLayer(torch.autograd.Function):
         keep_h_c = None if keep_h is None else keep_h.contiguous().view(torch.uint8)
         keep_c_c = None if keep_c is None else keep_c.contiguous().view(torch.uint8)
         work_g, work_h = x.new_empty(batch, gates), x.new_empty(batch, hidden)  # scratch, held
+        work_w = x.new_empty(hidden, gates)
         getattr(kernels.lib, "rnn_forward" + DTYPES[x.dtype])(
             CELL_IDS[mode], kernels.blas[x.dtype], steps, batch, hidden,
             _ptr(xp), _ptr(w_hh_c), _ptr(b_hh_c), _ptr(lengths_c), _ptr(h_mask_c),
-            _ptr(keep_h_c), _ptr(keep_c_c), _ptr(hs), _ptr(cs), _ptr(out), _ptr(acts), _ptr(cand),
-            _ptr(work_g), _ptr(work_h),
+            _ptr(keep_h_c), _ptr(keep_c_c), _ptr(h0_c), _ptr(c0_c), _ptr(hs), _ptr(cs), _ptr(out),
+            _ptr(acts), _ptr(cand), _ptr(work_g), _ptr(work_h), _ptr(work_w),
         )
         ctx.save_for_backward(x2, w_ih, w_hh_c, hs, cs, acts, cand, lengths_c, h_mask_c, keep_h_c, keep_c_c)
         ctx.kernels, ctx.mode, ctx.has_bias = kernels, mode, b_ih is not None

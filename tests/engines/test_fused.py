@@ -179,3 +179,34 @@ def test_auto_falls_back_quietly_when_the_kernels_are_missing(monkeypatch: pytes
     assert layer(x)[0].shape == (4, 2, 5)
     with pytest.raises(ValueError, match=r"GRU: engine='fused' cannot run this layer: no C compiler found"):
         rnnkit.GRU(3, 5, engine="fused")(x)
+
+
+@pytest.mark.parametrize("dtype, ulps", [(torch.float32, 4), (torch.float64, 4)])
+def test_kernel_tanh_and_sigmoid_match_torch(dtype: torch.dtype, ulps: int) -> None:
+    """The kernels' own exp and tanh, seen through cells whose pre-activation is the input:
+    an RNN with W_ih = I, W_hh = 0 outputs tanh(x); a GRU with W_ih = [0; 0; I] and
+    W_hh = 0 outputs (1 - sigmoid(0)) tanh(x) = tanh(x) / 2; over x in [-30, 30]."""
+    x = torch.linspace(-30, 30, 60001, dtype=dtype)
+    x = torch.cat([x, torch.tensor([1e-8, -1e-8, 0.6249, 0.6251, -0.6251, 1e-30], dtype=dtype)])
+    n = x.numel()
+    eps = torch.finfo(dtype).eps
+    rnn = rnnkit.RNN(1, 1, bias=False, engine="fused", dtype=dtype)
+    with torch.no_grad():
+        rnn.weight_ih_l0.fill_(1.0)
+        rnn.weight_hh_l0.zero_()
+        out, _ = rnn(x.view(1, n, 1))
+    expected = torch.tanh(x)
+    err = (out.view(-1) - expected).abs()
+    assert err.max().item() <= ulps * eps, err.max().item()  # |tanh| <= 1: in ulps of 1
+    small = x.abs() < 0.625  # near 0 the odd polynomial keeps the relative precision too
+    relative = err[small] / expected[small].abs().clamp(min=torch.finfo(dtype).tiny)
+    assert relative.max().item() <= ulps * eps, relative.max().item()
+    lstm = rnnkit.LSTM(1, 1, bias=False, engine="fused", dtype=dtype)
+    with torch.no_grad():
+        lstm.weight_ih_l0.copy_(torch.tensor([[0.0], [0.0], [0.0], [1.0]], dtype=dtype))  # o = sigmoid(x)
+        lstm.weight_hh_l0.zero_()
+        c0 = torch.full((1, n, 1), 0.5, dtype=dtype)  # c = sigmoid(0) * 0.5 = 0.25 (i*g = 0.5 * 0)
+        out, _ = lstm(x.view(1, n, 1), (torch.zeros(1, n, 1, dtype=dtype), c0))
+    expected = torch.sigmoid(x) * torch.tanh(torch.tensor(0.25, dtype=dtype))
+    err = (out.view(-1) - expected).abs()
+    assert err.max().item() <= ulps * eps, err.max().item()

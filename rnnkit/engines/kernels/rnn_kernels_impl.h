@@ -8,11 +8,16 @@ typedef void (*SFX(gemm_t))(const char*, const char*, const int*, const int*, co
                             const REAL*, const REAL*, const int*, const REAL*, const int*,
                             const REAL*, REAL*, const int*);
 
+static int SFX(use_blas)(void* blas, int M, int N, int K) {
+    return blas != NULL && (long)M * N * K >= BLAS_MIN_WORK;
+}
+
 /* C (M x N) = beta * C + A (M x K) @ op(Bm), row-major; op(Bm) = Bm^T with Bm (N x K) when
- * trans_b, else Bm (K x N). beta is 0 or 1. */
+ * trans_b, else Bm (K x N). beta is 0 or 1. Without the BLAS, trans_b needs Bt, Bm transposed
+ * (K x N), so that every loop runs along contiguous rows (no horizontal sums). */
 static void SFX(matmul)(void* blas, int trans_b, int M, int N, int K, const REAL* A,
-                        const REAL* Bm, REAL beta, REAL* C) {
-    if (blas != NULL && (long)M * N * K >= BLAS_MIN_WORK) {
+                        const REAL* Bm, const REAL* Bt, REAL beta, REAL* C) {
+    if (SFX(use_blas)(blas, M, N, K)) {
         /* Column-major BLAS computes C^T = op(Bm)^T A^T. */
         const REAL one = 1;
         SFX(gemm_t) gemm = (SFX(gemm_t))blas;
@@ -22,28 +27,25 @@ static void SFX(matmul)(void* blas, int trans_b, int M, int N, int K, const REAL
             gemm("N", "N", &N, &M, &K, &one, Bm, &N, A, &K, &beta, C, &N);
         return;
     }
+    const REAL* B_rows = trans_b ? Bt : Bm;  /* (K x N) */
     for (int i = 0; i < M; i++) {
         REAL* c = C + (long)i * N;
         const REAL* a = A + (long)i * K;
         if (beta == 0)
             memset(c, 0, sizeof(REAL) * N);
-        if (trans_b) {
-            for (int j = 0; j < N; j++) {
-                const REAL* b = Bm + (long)j * K;
-                REAL acc = 0;
-#pragma omp simd reduction(+ : acc)
-                for (int k = 0; k < K; k++) acc += a[k] * b[k];
-                c[j] += acc;
-            }
-        } else {
-            for (int k = 0; k < K; k++) {
-                const REAL ak = a[k];
-                const REAL* b = Bm + (long)k * N;
+        for (int k = 0; k < K; k++) {
+            const REAL ak = a[k];
+            const REAL* b = B_rows + (long)k * N;
 #pragma omp simd
-                for (int j = 0; j < N; j++) c[j] += ak * b[j];
-            }
+            for (int j = 0; j < N; j++) c[j] += ak * b[j];
         }
     }
+}
+
+/* dst (cols x rows) = src (rows x cols)^T */
+static void SFX(transpose)(int rows, int cols, const REAL* src, REAL* dst) {
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < cols; c++) dst[(long)c * rows + r] = src[(long)r * cols + c];
 }
 
 static inline REAL SFX(sigmoid)(REAL v) { return (REAL)1 / ((REAL)1 + EXP(-v)); }
@@ -56,21 +58,30 @@ static inline REAL SFX(sigmoid)(REAL v) { return (REAL)1 / ((REAL)1 + EXP(-v)); 
  *   hmask  (B, H) or NULL: recurrent dropout, multiplies h_{t-1} where it enters W_hh
  *   keep_h, keep_c (T, B, H) or NULL: zoneout, 1 keeps the previous value of a unit
  * Writes
- *   hs     (T+1, B, H)  the state h after every step; hs[0] = h_0 on entry
- *   cs     (T+1, B, H)  LSTM: the cell state likewise; cs[0] = c_0 on entry
+ *   h0, c0 (B, H)       the initial state (c0: LSTM only)
+ * Writes
+ *   hs     (T+1, B, H)  the state h before and after every step; hs[0] = h_0
+ *   cs     (T+1, B, H)  LSTM: the cell state likewise
  *   out    (T, B, H)    h_t, or 0 past a sequence's length
  *   acts   (T, B, S*H)  saved activations (kept for the backward pass):
  *                       LSTM i, f, g, o; GRU r, z, n, W_hn h_{t-1} + b_hn; RNN the candidate h~
  *   cand   (T, B, H)    LSTM: the candidate cell state c~_t (kept: tanh(c~_t) enters dh/dc)
- *   work_g (B, G*H), work_h (B, H): scratch
+ *   work_g (B, G*H), work_h (B, H), work_w (H, G*H): scratch
  */
 void SFX(rnn_forward)(int cell, void* blas, int T, int B, int H, const REAL* xp,
                       const REAL* whh, const REAL* bhh, const int64_t* lengths,
                       const REAL* hmask, const uint8_t* keep_h, const uint8_t* keep_c,
-                      REAL* hs, REAL* cs, REAL* out, REAL* acts, REAL* cand, REAL* work_g,
-                      REAL* work_h) {
+                      const REAL* h0, const REAL* c0, REAL* hs, REAL* cs, REAL* out,
+                      REAL* acts, REAL* cand, REAL* work_g, REAL* work_h, REAL* work_w) {
     const int G = gates_of(cell), S = saved_of(cell), GH = G * H, SH = S * H;
     const long BH = (long)B * H;
+    memcpy(hs, h0, sizeof(REAL) * BH);
+    if (cell == CELL_LSTM) memcpy(cs, c0, sizeof(REAL) * BH);
+    const REAL* whh_t = NULL;  /* W_hh^T (H, G*H), for the kernels' own product */
+    if (!SFX(use_blas)(blas, B, GH, H)) {
+        SFX(transpose)(GH, H, whh, work_w);
+        whh_t = work_w;
+    }
     for (int t = 0; t < T; t++) {
         const REAL* hp = hs + t * BH;        /* h_{t-1} (B, H) */
         REAL* hn = hs + (t + 1) * BH;        /* h_t     (B, H) */
@@ -83,7 +94,7 @@ void SFX(rnn_forward)(int cell, void* blas, int T, int B, int H, const REAL* xp,
         /* work_g (B, G*H) = b_hh + h_in @ W_hh^T */
         if (bhh != NULL)
             for (int b = 0; b < B; b++) memcpy(work_g + (long)b * GH, bhh, sizeof(REAL) * GH);
-        SFX(matmul)(blas, 1, B, GH, H, h_in, whh, bhh != NULL ? 1 : 0, work_g);
+        SFX(matmul)(blas, 1, B, GH, H, h_in, whh, whh_t, bhh != NULL ? 1 : 0, work_g);
 
         for (int b = 0; b < B; b++) {
             const long row = (long)t * B + b;  /* index of (t, b) in (T, B, *) arrays */
@@ -240,7 +251,7 @@ void SFX(rnn_backward)(int cell, void* blas, int T, int B, int H, const REAL* wh
             }
         }
         /* dL/dh_{t-1} += (dg_t @ W_hh) * mask: work (B, H) = dg_rec[t] (B, G*H) @ W_hh (G*H, H) */
-        SFX(matmul)(blas, 0, B, H, GH, dg_rec + (long)t * B * GH, whh, 0, work);
+        SFX(matmul)(blas, 0, B, H, GH, dg_rec + (long)t * B * GH, whh, NULL, 0, work);
         if (hmask != NULL) {
 #pragma omp simd
             for (long k = 0; k < BH; k++) dh[k] += work[k] * hmask[k];

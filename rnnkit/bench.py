@@ -1,0 +1,197 @@
+"""Speed of rnnkit's engines against torch.nn, measured in one process.
+
+For each cell and size it times the forward pass (no grad) and the forward plus the backward of
+``y.sum()``, alternating between the implementations round by round so that a noisy machine
+slows all of them alike, and reports medians and the ratio torch.nn time / rnnkit time (above 1:
+rnnkit is faster). Achieved GFLOP/s are given beside the sgemm peak measured on the machine.
+
+Run it as ``rnnkit bench`` or ``python -m rnnkit.bench``.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+import rnnkit
+from rnnkit.engines import ENGINES
+
+DEFAULT_SIZES: tuple[tuple[int, int, int, int], ...] = (
+    (20, 1, 1, 20), (6, 5, 100, 200), (28, 64, 28, 128),
+    (100, 32, 64, 128), (100, 64, 256, 256), (100, 32, 512, 512),
+)
+"""(T, B, I, H): steps, batch, input size, hidden size."""
+
+CELLS = ("lstm", "gru", "rnn", "lstm_ln")
+"""lstm_ln is rnnkit's layer-normalised LSTM, timed against plain torch.nn.LSTM."""
+
+GATES = {"lstm": 4, "gru": 3, "rnn": 1, "lstm_ln": 4}
+
+
+@dataclass
+class Row:
+    cell: str
+    size: tuple[int, int, int, int]
+    mode: str  # "forward" or "forward+backward"
+    ms: dict[str, float]  # median milliseconds by implementation ("torch", "fused", ...)
+    ratio: dict[str, float] = field(default_factory=dict)  # torch ms / rnnkit engine ms
+    gflops: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Report:
+    rows: list[Row]
+    sgemm_gflops: float
+    machine: str
+    torch_version: str
+    threads: int
+
+
+def sgemm_peak(n: int = 2048, repeats: int = 5) -> float:
+    """GFLOP/s of one float32 n x n x n matrix product, the best of a few."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best = min(_time(lambda: torch.mm(a, b)) for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
+
+
+def flops(cell: str, size: tuple[int, int, int, int], mode: str) -> float:
+    """Multiply-adds of the matrix products, x2: forward 2 T B G H (I + H); backward twice that."""
+    steps, batch, inputs, hidden = size
+    forward = 2.0 * steps * batch * GATES[cell] * hidden * (inputs + hidden)
+    return forward if mode == "forward" else 3 * forward
+
+
+def _time(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _modules(cell: str, size: tuple[int, int, int, int], engines: Sequence[str]) -> dict[str, nn.Module]:
+    _, _, inputs, hidden = size
+    torch_type = {"lstm": nn.LSTM, "lstm_ln": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[cell]
+    reference = torch_type(inputs, hidden)
+    modules: dict[str, nn.Module] = {"torch": reference}
+    for engine in engines:
+        if cell == "lstm_ln":
+            module: nn.Module = rnnkit.LSTM(inputs, hidden, layer_norm=True, engine=engine)
+        else:
+            module = rnnkit.from_torch(reference, engine=engine)
+        modules[engine] = module
+    return modules
+
+
+def _runnable(module: nn.Module, x: torch.Tensor) -> bool:
+    if not isinstance(module, rnnkit.layers.RecurrentLayer) or module.engine == "auto":
+        return True
+    return ENGINES[module.engine].unsupported(module._config(), x) is None
+
+
+def bench_one(
+    cell: str, size: tuple[int, int, int, int], engines: Sequence[str], *, repeats: int, budget_s: float
+) -> list[Row]:
+    """Time one cell at one size; returns a forward row and a forward+backward row."""
+    steps, batch, inputs, _ = size
+    x = torch.randn(steps, batch, inputs)
+    modules = {k: m for k, m in _modules(cell, size, engines).items() if _runnable(m, x)}
+    params = [p for m in modules.values() for p in m.parameters()]
+
+    def forward(m: nn.Module) -> Callable[[], object]:
+        def run() -> object:
+            with torch.no_grad():
+                return m(x)
+        return run
+
+    def train_step(m: nn.Module) -> Callable[[], object]:
+        def run() -> object:
+            out, _ = m(x)
+            out.sum().backward()
+            return None
+        return run
+
+    rows = []
+    for mode, make in (("forward", forward), ("forward+backward", train_step)):
+        fns = {name: make(m) for name, m in modules.items()}
+        for fn in fns.values():  # warm up: first calls build kernels and caches
+            fn()
+            fn()
+        samples: dict[str, list[float]] = {name: [] for name in fns}
+        start = time.perf_counter()
+        for i in range(repeats):
+            for name, fn in fns.items():  # alternate: round i times every implementation once
+                for p in params:
+                    p.grad = None
+                samples[name].append(_time(fn))
+            if i >= 2 and time.perf_counter() - start > budget_s:
+                break
+        ms = {name: 1e3 * statistics.median(s) for name, s in samples.items()}
+        row = Row(cell, size, mode, ms)
+        work = flops(cell, size, mode)
+        for name, value in ms.items():
+            row.gflops[name] = work / (value / 1e3) / 1e9
+            if name != "torch":
+                row.ratio[name] = ms["torch"] / value
+        rows.append(row)
+    return rows
+
+
+def run(
+    *,
+    cells: Sequence[str] = CELLS,
+    sizes: Sequence[tuple[int, int, int, int]] = DEFAULT_SIZES,
+    engines: Sequence[str] = ("fused", "reference"),
+    repeats: int = 21,
+    budget_s: float = 4.0,
+    seed: int = 0,
+    progress: Callable[[Row], None] | None = None,
+) -> Report:
+    """Benchmark every cell at every size. ``budget_s`` caps the time spent per row (at least 3
+    rounds run). ``progress`` is called with each row as it is done."""
+    torch.manual_seed(seed)
+    rows: list[Row] = []
+    peak = sgemm_peak()
+    for cell in cells:
+        for size in sizes:
+            for row in bench_one(cell, size, engines, repeats=repeats, budget_s=budget_s):
+                rows.append(row)
+                if progress is not None:
+                    progress(row)
+    return Report(rows, peak, f"{platform.machine()} {platform.processor() or platform.system()}",
+                  torch.__version__, torch.get_num_threads())
+
+
+def format_row(row: Row, engines: Sequence[str]) -> str:
+    t, b, i, h = row.size
+    cells = [f"{row.cell:<8}", f"{t:>4} {b:>3} {i:>4} {h:>4}", f"{row.mode:<16}", f"{row.ms['torch']:>9.3f}"]
+    for engine in engines:
+        if engine in row.ms:
+            cells.append(f"{row.ms[engine]:>9.3f} {row.ratio[engine]:>6.2f}x")
+        else:
+            cells.append(f"{'-':>9} {'-':>7}")
+    best = engines[0] if engines and engines[0] in row.gflops else "torch"
+    cells.append(f"{row.gflops['torch']:>7.1f} {row.gflops[best]:>7.1f}")
+    return "  ".join(cells)
+
+
+def header(engines: Sequence[str]) -> str:
+    cols = [f"{'cell':<8}", f"{'T':>4} {'B':>3} {'I':>4} {'H':>4}", f"{'pass':<16}", f"{'torch ms':>9}"]
+    cols += [f"{e + ' ms':>9} {'ratio':>7}" for e in engines]
+    cols.append(f"{'GF/s torch':>7} {engines[0] if engines else 'torch'}")
+    return "  ".join(cols)
+
+
+def to_json(report: Report) -> dict[str, object]:
+    return asdict(report)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from rnnkit.cli import bench
+
+    bench(prog_name="python -m rnnkit.bench")
