@@ -2,7 +2,8 @@
 
 ``engine='reference'`` is the cell's step function in a Python loop (autograd does BPTT).
 ``engine='fused'`` runs the whole time loop in compiled kernels with a hand-derived backward
-pass (CPU, float32 and float64).
+pass (CPU, float32 and float64). ``engine='native'`` calls torch's own kernels (oneDNN on CPU,
+cuDNN on CUDA) for what torch.nn supports.
 ``engine='auto'`` picks the fastest engine that supports the layer's configuration on the
 input's device; an explicit engine that cannot run a configuration raises an error naming the
 setting that blocked it.
@@ -14,21 +15,37 @@ from torch import Tensor
 
 from rnnkit.engines._base import Engine, LayerConfig, Noise, reverse_padded
 from rnnkit.engines._fused import FusedEngine
+from rnnkit.engines._native import NativeEngine
 from rnnkit.engines._reference import ReferenceEngine
 
-ENGINES: dict[str, Engine] = {"reference": ReferenceEngine(), "fused": FusedEngine()}
+ENGINES: dict[str, Engine] = {"reference": ReferenceEngine(), "fused": FusedEngine(), "native": NativeEngine()}
 """Registered engines by name."""
-
-AUTO_ORDER: tuple[str, ...] = ("fused", "reference")
-"""Engines that engine='auto' tries, fastest first."""
 
 ENGINE_NAMES = ("auto", *ENGINES)
 
+FUSED_LSTM_MAX_WIDTH = 1024
+"""engine='auto' runs an LSTM on CPU in the fused engine only while B * H is at most this: above
+it torch's oneDNN LSTM is faster on the machines measured (benchmarks/README.md)."""
+
+
+def auto_order(config: LayerConfig, x: Tensor) -> tuple[str, ...]:
+    """The engines engine='auto' tries for config on x (T, B, I), fastest first.
+
+    CPU: the fused engine, except for LSTMs wider than FUSED_LSTM_MAX_WIDTH, where torch's
+    oneDNN kernel is faster. CUDA and other devices: torch's kernels (cuDNN), else the reference
+    engine. The reference engine runs everything and comes last.
+    """
+    if x.device.type != "cpu":
+        return ("native", "reference")
+    if config.spec.mode == "LSTM" and x.shape[1] * config.hidden_size > FUSED_LSTM_MAX_WIDTH:
+        return ("native", "fused", "reference")
+    return ("fused", "native", "reference")
+
 
 def select_engine(name: str, config: LayerConfig, x: Tensor, *, owner: str) -> Engine:
-    """The engine that runs config on x: the named one, or for 'auto' the first that can."""
+    """The engine that runs config on x (T, B, I): the named one, or for 'auto' the first that can."""
     if name == "auto":
-        for candidate in AUTO_ORDER:
+        for candidate in auto_order(config, x):
             engine = ENGINES[candidate]
             if engine.unsupported(config, x) is None:
                 return engine
@@ -41,14 +58,16 @@ def select_engine(name: str, config: LayerConfig, x: Tensor, *, owner: str) -> E
 
 
 __all__ = [
-    "AUTO_ORDER",
+    "FUSED_LSTM_MAX_WIDTH",
     "ENGINES",
     "ENGINE_NAMES",
     "Engine",
     "FusedEngine",
+    "NativeEngine",
     "LayerConfig",
     "Noise",
     "ReferenceEngine",
+    "auto_order",
     "reverse_padded",
     "select_engine",
 ]

@@ -37,6 +37,7 @@ class LayerConfig:
     """What an engine may need to decide whether it can run a layer."""
 
     spec: CellSpec
+    hidden_size: int
     proj_size: int
     layer_norm: bool
     recurrent_dropout: float

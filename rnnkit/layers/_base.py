@@ -158,6 +158,7 @@ class RecurrentLayer(nn.Module):
     def _config(self) -> LayerConfig:
         return LayerConfig(
             spec=self.spec,
+            hidden_size=self.hidden_size,
             proj_size=self.proj_size,
             layer_norm=self.layer_norm,
             recurrent_dropout=self.recurrent_dropout,
@@ -165,8 +166,13 @@ class RecurrentLayer(nn.Module):
         )
 
     def engine_for(self, input: Tensor | PackedSequence) -> str:
-        """The name of the engine that runs this layer on input (its device and dtype)."""
-        x = input.data if isinstance(input, PackedSequence) else input
+        """The name of the engine that runs this layer on input (by its device, dtype and batch)."""
+        if isinstance(input, PackedSequence):
+            data, batch = input.data, int(input.batch_sizes[0])
+        else:
+            data = input
+            batch = 1 if input.dim() < 3 else input.shape[0 if self.batch_first else 1]
+        x = data.new_empty((1, batch, data.shape[-1]))  # (T, B, I) as the engines see it
         return select_engine(self.engine, self._config(), x, owner=type(self).__name__).name
 
     def to_torch(self) -> nn.Module:

@@ -1,6 +1,7 @@
-"""The fused engine against the reference engine: outputs, final states and every gradient, over
-generated configurations (rnnkit's training-time options included: the layer draws the masks,
-so with the same seed both engines see the same ones); gradcheck; and its fallbacks."""
+"""The fused and native engines against the reference engine: outputs, final states and every
+gradient over generated configurations (rnnkit's training-time options included: the layer
+draws the masks, so with the same seed both engines see the same ones); gradcheck; the kernels'
+own exp and tanh; and how engine='auto' chooses and falls back."""
 
 from __future__ import annotations
 
@@ -42,14 +43,15 @@ class Case:
 
 
 @st.composite
-def cases(draw: st.DrawFn) -> Case:
+def cases(draw: st.DrawFn, *, noise: bool = True) -> Case:
+    """noise=False: no recurrent dropout or zoneout (what torch's own kernels run)."""
     options = {
         "num_layers": draw(st.integers(1, 3)),
         "bidirectional": draw(st.booleans()),
         "batch_first": draw(st.booleans()),
         "bias": draw(st.booleans()),
-        "recurrent_dropout": draw(st.sampled_from([0.0, 0.3])),
-        "zoneout": draw(st.sampled_from([0.0, 0.25, 1.0])),
+        "recurrent_dropout": draw(st.sampled_from([0.0, 0.3] if noise else [0.0])),
+        "zoneout": draw(st.sampled_from([0.0, 0.25, 1.0] if noise else [0.0])),
         "learn_initial_state": draw(st.booleans()),
     }
     if options["num_layers"] > 1:
@@ -76,12 +78,13 @@ def outputs(result: tuple[Any, Any]) -> list[Tensor]:
     return [out, *(hidden if isinstance(hidden, tuple) else (hidden,))]
 
 
-def check_case(case: Case, dtype: torch.dtype) -> None:
+def check_case(case: Case, dtype: torch.dtype, engine: str = "fused") -> None:
+    """The layer on engine against the same layer on the reference engine."""
     name, extra = FAMILIES[case.family]
     options = dict(case.options, **extra)
     torch.manual_seed(case.seed)
     ref = getattr(rnnkit, name)(case.input_size, case.hidden_size, engine="reference", dtype=dtype, **options)
-    fused = getattr(rnnkit, name)(case.input_size, case.hidden_size, engine="fused", dtype=dtype, **options)
+    fused = getattr(rnnkit, name)(case.input_size, case.hidden_size, engine=engine, dtype=dtype, **options)
     with torch.no_grad():  # torch.nn's initialisation for the weights; learned states off 0
         for name_, p in ref.named_parameters():
             if name_.startswith("initial_"):
@@ -117,7 +120,7 @@ def check_case(case: Case, dtype: torch.dtype) -> None:
             result = layer(x, hx)
         results.append(outputs(result))
     for a, b in zip(results[1], results[0]):
-        assert_close(a, b, "fused vs reference")
+        assert_close(a, b, f"{engine} vs reference")
     grads = [torch.autograd.grad(weighted_sum(outs), [x, *hx_leaves, *layer.parameters()],
                                  retain_graph=True, allow_unused=True)  # initial_h unused with hx
              for outs, layer in zip(results, (ref, fused))]
@@ -159,12 +162,34 @@ def test_fused_relu_gradcheck() -> None:
     gradcheck_module(layer, (torch.randn(5, 2, 2, dtype=torch.float64),))
 
 
-def test_auto_picks_fused_on_cpu_and_falls_back_for_what_it_lacks() -> None:
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(case=cases(noise=False))
+def test_native_matches_reference(case: Case, dtype: torch.dtype) -> None:
+    check_case(case, dtype, engine="native")
+
+
+def test_native_refuses_what_torch_lacks() -> None:
+    x = torch.randn(4, 2, 3)
+    for option, message in ((dict(layer_norm=True), "layer_norm=True"), (dict(zoneout=0.1), "zoneout=0.1"),
+                            (dict(recurrent_dropout=0.2), "recurrent_dropout=0.2")):
+        with pytest.raises(ValueError, match=rf"LSTM: engine='native' cannot run this layer: torch's kernels have no {message}"):
+            rnnkit.LSTM(3, 5, engine="native", **option)(x)
+
+
+def test_auto_picks_the_fastest_engine_that_runs_the_layer() -> None:
+    """CPU: fused, but torch's oneDNN for wide LSTMs; what an engine lacks falls through."""
     x = torch.randn(4, 2, 3)
     assert rnnkit.LSTM(3, 5).engine_for(x) == "fused"
+    assert rnnkit.GRU(3, 600).engine_for(x) == "fused"
+    assert rnnkit.LSTM(3, 600).engine_for(x) == "native"  # B * H = 1200 > FUSED_LSTM_MAX_WIDTH
+    one = torch.randn(4, 1, 3)  # (T, B=1, I), or (B=4, T, I) with batch_first
+    assert rnnkit.LSTM(3, 600).engine_for(one) == "fused"
+    assert rnnkit.LSTM(3, 600, batch_first=True).engine_for(one) == "native"
+    assert rnnkit.LSTM(3, 600, zoneout=0.1).engine_for(x) == "fused"  # native has no zoneout
     assert rnnkit.LSTM(3, 5, layer_norm=True).engine_for(x) == "reference"
-    assert rnnkit.LSTM(3, 5, proj_size=2).engine_for(x) == "reference"
-    assert rnnkit.GRU(3, 5).engine_for(x.to(torch.bfloat16)) == "reference"
+    assert rnnkit.LSTM(3, 5, proj_size=2).engine_for(x) == "native"
+    assert rnnkit.GRU(3, 5).engine_for(x.to(torch.bfloat16)) == "native"
     with pytest.raises(ValueError, match=r"LSTM: engine='fused' cannot run this layer: layer_norm=True is not in its kernels yet"):
         rnnkit.LSTM(3, 5, layer_norm=True, engine="fused")(x)
     with pytest.raises(ValueError, match=r"GRU: engine='fused' cannot run this layer: it runs float32 and float64, and the input is torch.bfloat16"):
@@ -175,7 +200,8 @@ def test_auto_falls_back_quietly_when_the_kernels_are_missing(monkeypatch: pytes
     monkeypatch.setattr(_compiled, "load", lambda: "no C compiler found")
     x = torch.randn(4, 2, 3)
     layer = rnnkit.GRU(3, 5)
-    assert layer.engine_for(x) == "reference"
+    assert layer.engine_for(x) == "native"
+    assert rnnkit.GRU(3, 5, zoneout=0.1).engine_for(x) == "reference"
     assert layer(x)[0].shape == (4, 2, 5)
     with pytest.raises(ValueError, match=r"GRU: engine='fused' cannot run this layer: no C compiler found"):
         rnnkit.GRU(3, 5, engine="fused")(x)
