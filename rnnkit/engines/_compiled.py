@@ -100,11 +100,11 @@ def _declare(lib: ctypes.CDLL) -> None:
     p, i = ctypes.c_void_p, ctypes.c_int
     for suffix in ("_f32", "_f64"):
         forward = getattr(lib, "rnn_forward" + suffix)
-        forward.restype = None
-        forward.argtypes = [i, p, i, i, i] + [p] * 17
+        forward.restype = i
+        forward.argtypes = [i, p, i, i, i] + [p] * 14
         backward = getattr(lib, "rnn_backward" + suffix)
-        backward.restype = None
-        backward.argtypes = [i, p, i, i, i] + [p] * 15
+        backward.restype = i
+        backward.argtypes = [i, p, i, i, i] + [p] * 14
     lib.rnnkit_kernels_version.restype = i
 
 

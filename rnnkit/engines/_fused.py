@@ -121,14 +121,14 @@ class FusedLayer(torch.autograd.Function):
         h_mask_c = None if h_mask is None else h_mask.contiguous()
         keep_h_c = None if keep_h is None else keep_h.contiguous().view(torch.uint8)
         keep_c_c = None if keep_c is None else keep_c.contiguous().view(torch.uint8)
-        work_g, work_h = x.new_empty(batch, gates), x.new_empty(batch, hidden)  # scratch, held
-        work_w = x.new_empty(hidden, gates)
-        getattr(kernels.lib, "rnn_forward" + DTYPES[x.dtype])(
+        status = getattr(kernels.lib, "rnn_forward" + DTYPES[x.dtype])(
             CELL_IDS[mode], kernels.blas[x.dtype], steps, batch, hidden,
             _ptr(xp), _ptr(w_hh_c), _ptr(b_hh_c), _ptr(lengths_c), _ptr(h_mask_c),
             _ptr(keep_h_c), _ptr(keep_c_c), _ptr(h0_c), _ptr(c0_c), _ptr(hs), _ptr(cs), _ptr(out),
-            _ptr(acts), _ptr(cand), _ptr(work_g), _ptr(work_h), _ptr(work_w),
+            _ptr(acts), _ptr(cand),
         )
+        if status != 0:
+            raise MemoryError("rnnkit fused engine: no memory for the forward kernel's scratch")
         ctx.save_for_backward(x2, w_ih, w_hh_c, hs, cs, acts, cand, lengths_c, h_mask_c, keep_h_c, keep_c_c)
         ctx.kernels, ctx.mode, ctx.has_bias = kernels, mode, b_ih is not None
         ctx.shape = (steps, batch, inputs, hidden)
@@ -152,13 +152,14 @@ class FusedLayer(torch.autograd.Function):
             dc = like.new_zeros(batch, hidden) if d_cn is None else d_cn.clone().contiguous()
         dgi = like.new_empty(steps, batch, gates)
         dgh = like.new_empty(steps, batch, gates) if mode == "GRU" else dgi
-        work = like.new_empty(batch, hidden)  # scratch; a local, so it outlives the call
-        getattr(kernels.lib, "rnn_backward" + DTYPES[like.dtype])(
+        status = getattr(kernels.lib, "rnn_backward" + DTYPES[like.dtype])(
             CELL_IDS[mode], kernels.blas[like.dtype], steps, batch, hidden,
             _ptr(w_hh), _ptr(lengths), _ptr(h_mask), _ptr(keep_h), _ptr(keep_c),
             _ptr(hs), _ptr(cs), _ptr(acts), _ptr(cand), _ptr(d_out), _ptr(dh), _ptr(dc),
-            _ptr(dgi), _ptr(dgh if mode == "GRU" else None), _ptr(work),
+            _ptr(dgi), _ptr(dgh if mode == "GRU" else None),
         )
+        if status != 0:
+            raise MemoryError("rnnkit fused engine: no memory for the backward kernel's scratch")
         dgi2 = dgi.view(steps * batch, gates)  # (T*B, G*H)
         dgh2 = dgh.view(steps * batch, gates)
         needs = ctx.needs_input_grad  # kernels, mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, ...
@@ -168,7 +169,9 @@ class FusedLayer(torch.autograd.Function):
         if needs[6]:
             h_in = hs[:steps] if h_mask is None else hs[:steps] * h_mask  # (T, B, H) what met W_hh
             dw_hh = dgh2.t() @ h_in.reshape(steps * batch, hidden)  # (G*H, H)
-        db_ih = dgi2.sum(0) if ctx.has_bias and needs[7] else None
-        db_hh = dgh2.sum(0) if ctx.has_bias and needs[8] else None
+        db_ih = db_hh = None
+        if ctx.has_bias and (needs[7] or needs[8]):
+            db_ih = dgi2.sum(0)  # (G*H,)
+            db_hh = dgh2.sum(0) if mode == "GRU" else db_ih  # the same sum but for the GRU's n gate
         return (None, None, dx, dh if needs[3] else None, dc if needs[4] else None,
                 dw_ih, dw_hh, db_ih, db_hh, None, None, None, None)

@@ -234,7 +234,10 @@ class RecurrentLayer(nn.Module):
         engine = select_engine(self.engine, self._config(), x, owner=owner)
         out, finals = self._run_stack(engine, x, state0, run_lengths)
 
-        state = tuple(torch.stack([f[part] for f in finals]) for part in range(self.spec.num_states))
+        if len(finals) == 1:  # (1, B, S) without a copy
+            state = tuple(part.unsqueeze(0) for part in finals[0])
+        else:
+            state = tuple(torch.stack([f[part] for f in finals]) for part in range(self.spec.num_states))
         if packed is not None:
             assert cpu_lengths is not None
             return repack(out, packed, cpu_lengths), state

@@ -13,6 +13,7 @@
  */
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* exp and tanh, written branch-free so that the compiler inlines and vectorises them inside the

@@ -58,7 +58,7 @@ static inline REAL SFX(sigmoid)(REAL v) { return (REAL)1 / ((REAL)1 + EXP(-v)); 
  *   hmask  (B, H) or NULL: recurrent dropout, multiplies h_{t-1} where it enters W_hh
  *   keep_h, keep_c (T, B, H) or NULL: zoneout, 1 keeps the previous value of a unit
  * Writes
- *   h0, c0 (B, H)       the initial state (c0: LSTM only)
+ *   h0, c0 (B, H)       the initial state (c0: LSTM only); NULL for zeros
  * Writes
  *   hs     (T+1, B, H)  the state h before and after every step; hs[0] = h_0
  *   cs     (T+1, B, H)  LSTM: the cell state likewise
@@ -66,21 +66,31 @@ static inline REAL SFX(sigmoid)(REAL v) { return (REAL)1 / ((REAL)1 + EXP(-v)); 
  *   acts   (T, B, S*H)  saved activations (kept for the backward pass):
  *                       LSTM i, f, g, o; GRU r, z, n, W_hn h_{t-1} + b_hn; RNN the candidate h~
  *   cand   (T, B, H)    LSTM: the candidate cell state c~_t (kept: tanh(c~_t) enters dh/dc)
- *   work_g (B, G*H), work_h (B, H), work_w (H, G*H): scratch
+ * Returns 0, or -1 when its scratch memory cannot be had.
  */
-void SFX(rnn_forward)(int cell, void* blas, int T, int B, int H, const REAL* xp,
-                      const REAL* whh, const REAL* bhh, const int64_t* lengths,
-                      const REAL* hmask, const uint8_t* keep_h, const uint8_t* keep_c,
-                      const REAL* h0, const REAL* c0, REAL* hs, REAL* cs, REAL* out,
-                      REAL* acts, REAL* cand, REAL* work_g, REAL* work_h, REAL* work_w) {
+int SFX(rnn_forward)(int cell, void* blas, int T, int B, int H, const REAL* xp,
+                     const REAL* whh, const REAL* bhh, const int64_t* lengths,
+                     const REAL* hmask, const uint8_t* keep_h, const uint8_t* keep_c,
+                     const REAL* h0, const REAL* c0, REAL* hs, REAL* cs, REAL* out,
+                     REAL* acts, REAL* cand) {
     const int G = gates_of(cell), S = saved_of(cell), GH = G * H, SH = S * H;
     const long BH = (long)B * H;
-    memcpy(hs, h0, sizeof(REAL) * BH);
-    if (cell == CELL_LSTM) memcpy(cs, c0, sizeof(REAL) * BH);
-    const REAL* whh_t = NULL;  /* W_hh^T (H, G*H), for the kernels' own product */
-    if (!SFX(use_blas)(blas, B, GH, H)) {
+    const int own_product = !SFX(use_blas)(blas, B, GH, H);
+    /* scratch: work_g (B, G*H) the recurrent pre-activations, work_h (B, H) the masked h,
+     * and for the kernels' own product work_w (H, G*H) = W_hh^T */
+    REAL* scratch = malloc(sizeof(REAL) * ((long)B * GH + BH + (own_product ? (long)H * GH : 0)));
+    if (scratch == NULL) return -1;
+    REAL* work_g = scratch;
+    REAL* work_h = work_g + (long)B * GH;
+    const REAL* whh_t = NULL;
+    if (own_product) {
+        REAL* work_w = work_h + BH;
         SFX(transpose)(GH, H, whh, work_w);
         whh_t = work_w;
+    }
+    if (h0 != NULL) memcpy(hs, h0, sizeof(REAL) * BH); else memset(hs, 0, sizeof(REAL) * BH);
+    if (cell == CELL_LSTM) {
+        if (c0 != NULL) memcpy(cs, c0, sizeof(REAL) * BH); else memset(cs, 0, sizeof(REAL) * BH);
     }
     for (int t = 0; t < T; t++) {
         const REAL* hp = hs + t * BH;        /* h_{t-1} (B, H) */
@@ -157,6 +167,8 @@ void SFX(rnn_forward)(int cell, void* blas, int T, int B, int H, const REAL* xp,
             }
         }
     }
+    free(scratch);
+    return 0;
 }
 
 /* Backward over t = T-1 .. 0, the mirror image of rnn_forward.
@@ -168,15 +180,17 @@ void SFX(rnn_forward)(int cell, void* blas, int T, int B, int H, const REAL* xp,
  *   dgi   (T, B, G*H)  dL/d(W_ih x_t + b_ih), the gate pre-activations on the input side
  *   dgh   (T, B, G*H)  GRU only: dL/d(W_hh h + b_hh), which differs from dgi in the n gate;
  *                      for RNN and LSTM the two are equal and only dgi is written
- *   work  (B, H)       scratch
+ * Returns 0, or -1 when its scratch memory cannot be had.
  */
-void SFX(rnn_backward)(int cell, void* blas, int T, int B, int H, const REAL* whh,
-                       const int64_t* lengths, const REAL* hmask, const uint8_t* keep_h,
-                       const uint8_t* keep_c, const REAL* hs, const REAL* cs, const REAL* acts,
-                       const REAL* cand, const REAL* d_out, REAL* dh, REAL* dc, REAL* dgi,
-                       REAL* dgh, REAL* work) {
+int SFX(rnn_backward)(int cell, void* blas, int T, int B, int H, const REAL* whh,
+                      const int64_t* lengths, const REAL* hmask, const uint8_t* keep_h,
+                      const uint8_t* keep_c, const REAL* hs, const REAL* cs, const REAL* acts,
+                      const REAL* cand, const REAL* d_out, REAL* dh, REAL* dc, REAL* dgi,
+                      REAL* dgh) {
     const int G = gates_of(cell), S = saved_of(cell), GH = G * H, SH = S * H;
     const long BH = (long)B * H;
+    REAL* work = malloc(sizeof(REAL) * BH);  /* (B, H): dg_t @ W_hh */
+    if (work == NULL) return -1;
     REAL* dg_rec = cell == CELL_GRU ? dgh : dgi;  /* what flows back through W_hh */
     for (int t = T - 1; t >= 0; t--) {
         const REAL* hp = hs + t * BH;  /* h_{t-1} */
@@ -260,4 +274,6 @@ void SFX(rnn_backward)(int cell, void* blas, int T, int B, int H, const REAL* wh
             for (long k = 0; k < BH; k++) dh[k] += work[k];
         }
     }
+    free(work);
+    return 0;
 }
