@@ -11,12 +11,16 @@ setting that blocked it.
 
 from __future__ import annotations
 
+import logging
+
 from torch import Tensor
 
 from rnnkit.engines._base import Engine, LayerConfig, Noise, reverse_padded
 from rnnkit.engines._fused import FusedEngine
 from rnnkit.engines._native import NativeEngine
 from rnnkit.engines._reference import ReferenceEngine
+
+log = logging.getLogger("rnnkit")
 
 ENGINES: dict[str, Engine] = {"reference": ReferenceEngine(), "fused": FusedEngine(), "native": NativeEngine()}
 """Registered engines by name."""
@@ -48,6 +52,8 @@ def select_engine(name: str, config: LayerConfig, x: Tensor, *, owner: str) -> E
         for candidate in auto_order(config, x):
             engine = ENGINES[candidate]
             if engine.unsupported(config, x) is None:
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("%s: engine='auto' runs %s on %s %s", owner, engine.name, x.device, x.dtype)
                 return engine
         raise RuntimeError(f"{owner}: no engine supports this configuration")  # reference runs all
     engine = ENGINES[name]

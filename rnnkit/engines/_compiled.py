@@ -101,10 +101,10 @@ def _declare(lib: ctypes.CDLL) -> None:
     for suffix in ("_f32", "_f64"):
         forward = getattr(lib, "rnn_forward" + suffix)
         forward.restype = i
-        forward.argtypes = [i, p, i, i, i] + [p] * 14
+        forward.argtypes = [i, p, i, i, i] + [p] * 21
         backward = getattr(lib, "rnn_backward" + suffix)
         backward.restype = i
-        backward.argtypes = [i, p, i, i, i] + [p] * 14
+        backward.argtypes = [i, p, i, i, i] + [p] * 24
     lib.rnnkit_kernels_version.restype = i
 
 

@@ -1,9 +1,10 @@
 """The fused engine: forward and backward of one layer and direction as one autograd Function,
 with backpropagation through time derived by hand (kernels/rnn_kernels_impl.h).
 
-Outside the time loop, one matrix product each: the input projections of all steps before it,
-and after it the gradients of the input, of W_ih and of W_hh, and of the biases.
-Inside it (in C): the recurrent product h_{t-1} @ W_hh^T and the gate math.
+Outside the time loop, one matrix product each: the input side of every step's gates
+(W_ih x + b_ih, layer-normalised with layer_norm) before it, differentiated by autograd, and
+after it the gradient of W_hh. Inside it (in C): the recurrent product h_{t-1} @ W_hh^T, its
+layer norm, and the gate math.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from rnnkit.cells import CellSpec, CellWeights, State
+from rnnkit.cells._base import LAYER_NORM_EPS
 from rnnkit.engines import _compiled
 from rnnkit.engines._base import LayerConfig, Noise, reverse_padded
 
@@ -37,8 +40,6 @@ class FusedEngine:
             return f"it runs on CPU, and the input is on {x.device.type}"
         if x.dtype not in DTYPES:
             return f"it runs float32 and float64, and the input is {x.dtype}"
-        if config.layer_norm:
-            return "layer_norm=True is not in its kernels yet"
         if config.proj_size > 0:
             return "proj_size > 0 is not in its kernels yet"
         kernels = _compiled.load()
@@ -59,12 +60,18 @@ class FusedEngine:
         assert not isinstance(kernels, str), kernels
         if reverse:
             x = reverse_padded(x, lengths)  # (T, B, I), each sequence reversed in its length
+        w = weights
+        if w.ln_weight_ih is None:  # the input side of all steps' gates: (T, B, I) -> (T, B, G*H)
+            xp = F.linear(x, w.weight_ih, w.bias_ih)
+        else:
+            xp = F.layer_norm(F.linear(x, w.weight_ih), (w.weight_ih.shape[0],), w.ln_weight_ih,
+                              w.bias_ih, LAYER_NORM_EPS)
         keep = noise.keep or (None, None)
-        c0 = state[1] if spec.mode == "LSTM" else None
+        lstm = spec.mode == "LSTM"
         results = FusedLayer.apply(
-            kernels, spec.mode, x, state[0], c0, weights.weight_ih, weights.weight_hh,
-            weights.bias_ih, weights.bias_hh, lengths, noise.h_mask,
-            keep[0], keep[1] if spec.mode == "LSTM" else None,
+            kernels, spec.mode, xp, state[0], state[1] if lstm else None, w.weight_hh, w.bias_hh,
+            w.ln_weight_hh, w.ln_weight_c, w.ln_bias_c, lengths, noise.h_mask,
+            keep[0], keep[1] if lstm else None,
         )
         out, final = results[0], tuple(results[1:])
         if reverse:
@@ -73,15 +80,17 @@ class FusedEngine:
 
 
 class FusedLayer(torch.autograd.Function):
-    """out, h_T[, c_T] = layer(x, h_0[, c_0]) over a whole sequence, with a hand-written backward.
+    """out, h_T[, c_T] = the time loop over xp (T, B, G*H), the input side of every step's gates,
+    from h_0[, c_0]; the backward pass written by hand.
 
     Saved for the backward pass (T steps, B batch, H hidden, G gates, S saved per unit):
-        x     (T, B, I)    the input, for dW_ih = dG_i^T x
-        hs    (T+1, B, H)  h before and after every step: h_{t-1} enters dW_hh and the GRU's dz
-        cs    (T+1, B, H)  LSTM cell states: c_{t-1} gives df
-        acts  (T, B, S*H)  gate activations, so no sigmoid or tanh is recomputed
-        cand  (T, B, H)    LSTM candidate c~_t: tanh(c~_t) gives do and dc
-        and the weights, lengths and masks as given.
+        hs     (T+1, B, H)  h before and after every step: h_{t-1} enters dW_hh and the GRU's dz
+        cs     (T+1, B, H)  LSTM cell states: c_{t-1} gives df
+        acts   (T, B, S*H)  gate activations, so no sigmoid or tanh is recomputed
+        cand   (T, B, H)    LSTM candidate c~_t: tanh of it (or of its layer norm) gives do and dc
+        ghat   (T, B, G*H), rstd_h (T, B): layer_norm, LN(W_hh h)'s normalised rows and 1/sigma
+        chat   (T, B, H),   rstd_c (T, B): layer-normalised LSTM, LN(c~)'s likewise
+        and W_hh, the layer-norm gains, the lengths and the masks as given.
     """
 
     @staticmethod
@@ -89,49 +98,51 @@ class FusedLayer(torch.autograd.Function):
         ctx: Any,
         kernels: _compiled.Kernels,
         mode: str,
-        x: Tensor,
+        xp: Tensor,
         h0: Tensor,
         c0: Tensor | None,
-        w_ih: Tensor,
         w_hh: Tensor,
-        b_ih: Tensor | None,
         b_hh: Tensor | None,
+        ln_hh: Tensor | None,
+        ln_cw: Tensor | None,
+        ln_cb: Tensor | None,
         lengths: Tensor | None,
         h_mask: Tensor | None,
         keep_h: Tensor | None,
         keep_c: Tensor | None,
     ) -> tuple[Tensor, ...]:
-        steps, batch, inputs = x.shape
+        steps, batch, gates = xp.shape
         hidden = w_hh.shape[1]
         lstm = mode == "LSTM"
-        x2 = x.reshape(steps * batch, inputs)  # (T*B, I)
-        # input projections of every step: (T*B, I) @ (I, G*H) + b_ih
-        xp = torch.addmm(b_ih, x2, w_ih.t()) if b_ih is not None else x2 @ w_ih.t()
-        gates = w_ih.shape[0]
-        hs = x.new_empty(steps + 1, batch, hidden)
-        cs = x.new_empty(steps + 1, batch, hidden) if lstm else None
+        xp = xp.contiguous()
+        hs = xp.new_empty(steps + 1, batch, hidden)
+        cs = xp.new_empty(steps + 1, batch, hidden) if lstm else None
+        out = xp.new_empty(steps, batch, hidden)
+        acts = xp.new_empty(steps, batch, SAVED[mode] * hidden)
+        cand = xp.new_empty(steps, batch, hidden) if lstm else None
+        ghat = xp.new_empty(steps, batch, gates) if ln_hh is not None else None
+        rstd_h = xp.new_empty(steps, batch) if ln_hh is not None else None
+        chat = xp.new_empty(steps, batch, hidden) if ln_cw is not None else None
+        rstd_c = xp.new_empty(steps, batch) if ln_cw is not None else None
         h0_c = h0.contiguous()
         c0_c = None if c0 is None else c0.contiguous()
-        out = x.new_empty(steps, batch, hidden)
-        acts = x.new_empty(steps, batch, SAVED[mode] * hidden)
-        cand = x.new_empty(steps, batch, hidden) if lstm else None
         w_hh_c = w_hh.contiguous()
-        b_hh_c = None if b_hh is None else b_hh.contiguous()
         lengths_c = None if lengths is None else lengths.to(torch.int64).contiguous()
         h_mask_c = None if h_mask is None else h_mask.contiguous()
         keep_h_c = None if keep_h is None else keep_h.contiguous().view(torch.uint8)
         keep_c_c = None if keep_c is None else keep_c.contiguous().view(torch.uint8)
-        status = getattr(kernels.lib, "rnn_forward" + DTYPES[x.dtype])(
-            CELL_IDS[mode], kernels.blas[x.dtype], steps, batch, hidden,
-            _ptr(xp), _ptr(w_hh_c), _ptr(b_hh_c), _ptr(lengths_c), _ptr(h_mask_c),
-            _ptr(keep_h_c), _ptr(keep_c_c), _ptr(h0_c), _ptr(c0_c), _ptr(hs), _ptr(cs), _ptr(out),
-            _ptr(acts), _ptr(cand),
+        status = getattr(kernels.lib, "rnn_forward" + DTYPES[xp.dtype])(
+            CELL_IDS[mode], kernels.blas[xp.dtype], steps, batch, hidden,
+            _ptr(xp), _ptr(w_hh_c), _ptr(b_hh), _ptr(ln_hh), _ptr(ln_cw), _ptr(ln_cb),
+            _ptr(lengths_c), _ptr(h_mask_c), _ptr(keep_h_c), _ptr(keep_c_c), _ptr(h0_c), _ptr(c0_c),
+            _ptr(hs), _ptr(cs), _ptr(out), _ptr(acts), _ptr(cand),
+            _ptr(ghat), _ptr(rstd_h), _ptr(chat), _ptr(rstd_c),
         )
         if status != 0:
             raise MemoryError("rnnkit fused engine: no memory for the forward kernel's scratch")
-        ctx.save_for_backward(x2, w_ih, w_hh_c, hs, cs, acts, cand, lengths_c, h_mask_c, keep_h_c, keep_c_c)
-        ctx.kernels, ctx.mode, ctx.has_bias = kernels, mode, b_ih is not None
-        ctx.shape = (steps, batch, inputs, hidden)
+        ctx.save_for_backward(w_hh_c, ln_hh, ln_cw, ln_cb, hs, cs, acts, cand, ghat, rstd_h, chat,
+                              rstd_c, lengths_c, h_mask_c, keep_h_c, keep_c_c)
+        ctx.kernels, ctx.mode, ctx.has_bias = kernels, mode, b_hh is not None
         if lstm:
             assert cs is not None
             return out, hs[steps].clone(), cs[steps].clone()
@@ -140,38 +151,39 @@ class FusedLayer(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, d_out: Tensor | None, d_hn: Tensor | None, d_cn: Tensor | None = None) -> tuple[Tensor | None, ...]:
-        x2, w_ih, w_hh, hs, cs, acts, cand, lengths, h_mask, keep_h, keep_c = ctx.saved_tensors
-        steps, batch, inputs, hidden = ctx.shape
+        (w_hh, ln_hh, ln_cw, ln_cb, hs, cs, acts, cand, ghat, rstd_h, chat, rstd_c,
+         lengths, h_mask, keep_h, keep_c) = ctx.saved_tensors
         mode, kernels = ctx.mode, ctx.kernels
-        gates = w_ih.shape[0]
-        like = hs
-        d_out = like.new_zeros(steps, batch, hidden) if d_out is None else d_out.contiguous()
-        dh = like.new_zeros(batch, hidden) if d_hn is None else d_hn.clone().contiguous()
+        steps, batch, hidden = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
+        gates = w_hh.shape[0]
+        d_out = hs.new_zeros(steps, batch, hidden) if d_out is None else d_out.contiguous()
+        dh = hs.new_zeros(batch, hidden) if d_hn is None else d_hn.clone().contiguous()
         dc = None
         if mode == "LSTM":
-            dc = like.new_zeros(batch, hidden) if d_cn is None else d_cn.clone().contiguous()
-        dgi = like.new_empty(steps, batch, gates)
-        dgh = like.new_empty(steps, batch, gates) if mode == "GRU" else dgi
-        status = getattr(kernels.lib, "rnn_backward" + DTYPES[like.dtype])(
-            CELL_IDS[mode], kernels.blas[like.dtype], steps, batch, hidden,
-            _ptr(w_hh), _ptr(lengths), _ptr(h_mask), _ptr(keep_h), _ptr(keep_c),
-            _ptr(hs), _ptr(cs), _ptr(acts), _ptr(cand), _ptr(d_out), _ptr(dh), _ptr(dc),
-            _ptr(dgi), _ptr(dgh if mode == "GRU" else None),
+            dc = hs.new_zeros(batch, hidden) if d_cn is None else d_cn.clone().contiguous()
+        dgi = hs.new_empty(steps, batch, gates)
+        dgh = hs.new_empty(steps, batch, gates) if mode == "GRU" else None
+        dgh_raw = hs.new_empty(steps, batch, gates) if ln_hh is not None else None
+        dln_cw = hs.new_zeros(hidden) if ln_cw is not None else None
+        dln_cb = hs.new_zeros(hidden) if ln_cw is not None else None
+        status = getattr(kernels.lib, "rnn_backward" + DTYPES[hs.dtype])(
+            CELL_IDS[mode], kernels.blas[hs.dtype], steps, batch, hidden,
+            _ptr(w_hh), _ptr(ln_hh), _ptr(ln_cw), _ptr(ln_cb), _ptr(lengths), _ptr(h_mask),
+            _ptr(keep_h), _ptr(keep_c), _ptr(hs), _ptr(cs), _ptr(acts), _ptr(cand),
+            _ptr(ghat), _ptr(rstd_h), _ptr(chat), _ptr(rstd_c), _ptr(d_out), _ptr(dh), _ptr(dc),
+            _ptr(dgi), _ptr(dgh), _ptr(dgh_raw), _ptr(dln_cw), _ptr(dln_cb),
         )
         if status != 0:
             raise MemoryError("rnnkit fused engine: no memory for the backward kernel's scratch")
-        dgi2 = dgi.view(steps * batch, gates)  # (T*B, G*H)
-        dgh2 = dgh.view(steps * batch, gates)
-        needs = ctx.needs_input_grad  # kernels, mode, x, h0, c0, w_ih, w_hh, b_ih, b_hh, ...
-        dx = (dgi2 @ w_ih).view(steps, batch, inputs) if needs[2] else None  # (T, B, I)
-        dw_ih = dgi2.t() @ x2 if needs[5] else None  # (G*H, I)
+        needs = ctx.needs_input_grad  # kernels, mode, xp, h0, c0, w_hh, b_hh, ln_hh, ln_cw, ln_cb, ...
+        dg_post = (dgh if dgh is not None else dgi).view(steps * batch, gates)  # recurrent side, after LN
+        dg_rec = dgh_raw.view(steps * batch, gates) if dgh_raw is not None else dg_post  # before LN
         dw_hh = None
-        if needs[6]:
-            h_in = hs[:steps] if h_mask is None else hs[:steps] * h_mask  # (T, B, H) what met W_hh
-            dw_hh = dgh2.t() @ h_in.reshape(steps * batch, hidden)  # (G*H, H)
-        db_ih = db_hh = None
-        if ctx.has_bias and (needs[7] or needs[8]):
-            db_ih = dgi2.sum(0)  # (G*H,)
-            db_hh = dgh2.sum(0) if mode == "GRU" else db_ih  # the same sum but for the GRU's n gate
-        return (None, None, dx, dh if needs[3] else None, dc if needs[4] else None,
-                dw_ih, dw_hh, db_ih, db_hh, None, None, None, None)
+        if needs[5]:
+            h_in = hs[:steps] if h_mask is None else hs[:steps] * h_mask  # (T, B, H): what met W_hh
+            dw_hh = dg_rec.t() @ h_in.reshape(steps * batch, hidden)  # (G*H, H)
+        db_hh = dg_post.sum(0) if ctx.has_bias and needs[6] else None
+        dln_hh = (dg_post * ghat.view(steps * batch, gates)).sum(0) if ghat is not None and needs[7] else None
+        return (None, None, dgi if needs[2] else None, dh if needs[3] else None, dc if needs[4] else None,
+                dw_hh, db_hh, dln_hh, dln_cw if needs[8] else None, dln_cb if needs[9] else None,
+                None, None, None, None)

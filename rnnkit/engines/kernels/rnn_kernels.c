@@ -73,6 +73,9 @@ static inline double tanh_f64(double x) {
 
 enum { CELL_RNN_TANH = 0, CELL_RNN_RELU = 1, CELL_LSTM = 2, CELL_GRU = 3 };
 
+/* As torch.nn.functional.layer_norm's default, and rnnkit.cells' LAYER_NORM_EPS. */
+#define LAYER_NORM_EPS 1e-5
+
 /* Below this many multiply-adds a plain loop beats a call into the BLAS. */
 #define BLAS_MIN_WORK 4096L
 
@@ -80,7 +83,7 @@ static int gates_of(int cell) { return cell == CELL_LSTM ? 4 : cell == CELL_GRU 
 /* Saved activations per unit: LSTM i, f, g, o; GRU r, z, n and W_hn h + b_hn; RNN h~. */
 static int saved_of(int cell) { return cell == CELL_LSTM || cell == CELL_GRU ? 4 : 1; }
 
-int rnnkit_kernels_version(void) { return 1; }
+int rnnkit_kernels_version(void) { return 2; }
 
 #define REAL float
 #define SFX(name) name##_f32

@@ -1,7 +1,7 @@
 /* The kernels for one floating-point type; included by rnn_kernels.c with REAL, SFX, EXP, TANH.
  *
  * Shapes (row-major, time-major): T steps, B batch, H hidden, G gates (1 RNN, 4 LSTM, 3 GRU),
- * S saved activations per unit (1 RNN, 4 LSTM and GRU).
+ * S saved activations per unit (1 RNN, 4 LSTM and GRU). A "row" is one (t, b).
  */
 
 typedef void (*SFX(gemm_t))(const char*, const char*, const int*, const int*, const int*,
@@ -50,29 +50,70 @@ static void SFX(transpose)(int rows, int cols, const REAL* src, REAL* dst) {
 
 static inline REAL SFX(sigmoid)(REAL v) { return (REAL)1 / ((REAL)1 + EXP(-v)); }
 
+/* Layer normalisation of one row v (n) in place: v = gain * (v - mean) / sqrt(var + eps) + shift
+ * (shift may be NULL); keeps v_hat (n), the normalised row, and returns 1 / sqrt(var + eps). */
+static REAL SFX(layer_norm)(int n, REAL* v, const REAL* gain, const REAL* shift, REAL* v_hat) {
+    double sum = 0, var = 0;  /* row sums in double: float32 rows keep full precision */
+#pragma omp simd reduction(+ : sum)
+    for (int j = 0; j < n; j++) sum += v[j];
+    const double mean_d = sum / n;
+#pragma omp simd reduction(+ : var)
+    for (int j = 0; j < n; j++) var += (v[j] - mean_d) * (v[j] - mean_d);
+    const REAL mean = (REAL)mean_d;
+    const REAL rstd = (REAL)(1.0 / sqrt(var / n + LAYER_NORM_EPS));
+#pragma omp simd
+    for (int j = 0; j < n; j++) {
+        v_hat[j] = (v[j] - mean) * rstd;
+        v[j] = gain[j] * v_hat[j] + (shift != NULL ? shift[j] : 0);
+    }
+    return rstd;
+}
+
+/* The mirror of layer_norm: given dy (n), the gradient of its output, write into dx (n) the
+ * gradient of its input: dx = rstd * (g - mean(g) - v_hat * mean(g * v_hat)), g = dy * gain. */
+static void SFX(layer_norm_backward)(int n, const REAL* dy, const REAL* gain, const REAL* v_hat,
+                                     REAL rstd, REAL* dx) {
+    double s1 = 0, s2 = 0;  /* row sums in double, as in layer_norm */
+#pragma omp simd reduction(+ : s1, s2)
+    for (int j = 0; j < n; j++) {
+        const double g = (double)dy[j] * gain[j];
+        s1 += g;
+        s2 += g * v_hat[j];
+    }
+    const REAL m1 = (REAL)(s1 / n), m2 = (REAL)(s2 / n);
+#pragma omp simd
+    for (int j = 0; j < n; j++) dx[j] = rstd * (dy[j] * gain[j] - m1 - v_hat[j] * m2);
+}
+
 /* Forward over T steps.
- *   xp     (T, B, G*H)  W_ih x_t + b_ih for every step (one matrix product, done by the caller)
+ *   xp     (T, B, G*H)  the input side of every step's gates, W_ih x_t + b_ih (layer-normalised
+ *                       with layer_norm), computed by the caller before the loop
  *   whh    (G*H, H)     W_hh;  bhh (G*H,) or NULL
+ *   ln_hh  (G*H,) or NULL: gain of LN(W_hh h); then gh = ln_hh * LN(W_hh h) + b_hh
+ *   ln_cw, ln_cb (H,) or NULL: LSTM, gain and shift of LN(c) before its tanh
  *   lengths (B,) or NULL: sequence b is valid at steps t < lengths[b]; past it the state is
  *          kept and the output is 0
  *   hmask  (B, H) or NULL: recurrent dropout, multiplies h_{t-1} where it enters W_hh
  *   keep_h, keep_c (T, B, H) or NULL: zoneout, 1 keeps the previous value of a unit
- * Writes
  *   h0, c0 (B, H)       the initial state (c0: LSTM only); NULL for zeros
- * Writes
+ * Writes, for the backward pass
  *   hs     (T+1, B, H)  the state h before and after every step; hs[0] = h_0
  *   cs     (T+1, B, H)  LSTM: the cell state likewise
  *   out    (T, B, H)    h_t, or 0 past a sequence's length
- *   acts   (T, B, S*H)  saved activations (kept for the backward pass):
- *                       LSTM i, f, g, o; GRU r, z, n, W_hn h_{t-1} + b_hn; RNN the candidate h~
- *   cand   (T, B, H)    LSTM: the candidate cell state c~_t (kept: tanh(c~_t) enters dh/dc)
+ *   acts   (T, B, S*H)  gate activations: LSTM i, f, g, o; GRU r, z, n, (W_hn h + b_hn) after
+ *                       its layer norm; RNN the candidate h~
+ *   cand   (T, B, H)    LSTM: the candidate cell state c~_t (tanh of it, or of LN(c~_t), enters dh)
+ *   ghat   (T, B, G*H), rstd_h (T, B): with ln_hh, LN(W_hh h)'s normalised rows (0 past a
+ *                       sequence's length) and 1/sigma
+ *   chat   (T, B, H),   rstd_c (T, B): with ln_cw, LN(c~)'s likewise
  * Returns 0, or -1 when its scratch memory cannot be had.
  */
 int SFX(rnn_forward)(int cell, void* blas, int T, int B, int H, const REAL* xp,
-                     const REAL* whh, const REAL* bhh, const int64_t* lengths,
-                     const REAL* hmask, const uint8_t* keep_h, const uint8_t* keep_c,
-                     const REAL* h0, const REAL* c0, REAL* hs, REAL* cs, REAL* out,
-                     REAL* acts, REAL* cand) {
+                     const REAL* whh, const REAL* bhh, const REAL* ln_hh, const REAL* ln_cw,
+                     const REAL* ln_cb, const int64_t* lengths, const REAL* hmask,
+                     const uint8_t* keep_h, const uint8_t* keep_c, const REAL* h0,
+                     const REAL* c0, REAL* hs, REAL* cs, REAL* out, REAL* acts, REAL* cand,
+                     REAL* ghat, REAL* rstd_h, REAL* chat, REAL* rstd_c) {
     const int G = gates_of(cell), S = saved_of(cell), GH = G * H, SH = S * H;
     const long BH = (long)B * H;
     const int own_product = !SFX(use_blas)(blas, B, GH, H);
@@ -92,6 +133,8 @@ int SFX(rnn_forward)(int cell, void* blas, int T, int B, int H, const REAL* xp,
     if (cell == CELL_LSTM) {
         if (c0 != NULL) memcpy(cs, c0, sizeof(REAL) * BH); else memset(cs, 0, sizeof(REAL) * BH);
     }
+    /* b_hh goes in before the product without layer norm, after it with */
+    const int bias_first = bhh != NULL && ln_hh == NULL;
     for (int t = 0; t < T; t++) {
         const REAL* hp = hs + t * BH;        /* h_{t-1} (B, H) */
         REAL* hn = hs + (t + 1) * BH;        /* h_t     (B, H) */
@@ -101,10 +144,10 @@ int SFX(rnn_forward)(int cell, void* blas, int T, int B, int H, const REAL* xp,
             for (long k = 0; k < BH; k++) work_h[k] = hp[k] * hmask[k];
             h_in = work_h;
         }
-        /* work_g (B, G*H) = b_hh + h_in @ W_hh^T */
-        if (bhh != NULL)
+        /* work_g (B, G*H) = b_hh + h_in @ W_hh^T, or ln_hh * LN(h_in @ W_hh^T) + b_hh */
+        if (bias_first)
             for (int b = 0; b < B; b++) memcpy(work_g + (long)b * GH, bhh, sizeof(REAL) * GH);
-        SFX(matmul)(blas, 1, B, GH, H, h_in, whh, whh_t, bhh != NULL ? 1 : 0, work_g);
+        SFX(matmul)(blas, 1, B, GH, H, h_in, whh, whh_t, bias_first ? 1 : 0, work_g);
 
         for (int b = 0; b < B; b++) {
             const long row = (long)t * B + b;  /* index of (t, b) in (T, B, *) arrays */
@@ -117,10 +160,13 @@ int SFX(rnn_forward)(int cell, void* blas, int T, int B, int H, const REAL* xp,
                 memcpy(hnb, hpb, sizeof(REAL) * H);
                 if (cell == CELL_LSTM) memcpy(cnb, cpb, sizeof(REAL) * H);
                 memset(ob, 0, sizeof(REAL) * H);
+                if (ln_hh != NULL) memset(ghat + row * GH, 0, sizeof(REAL) * GH);  /* summed later */
                 continue;
             }
             const REAL* x = xp + row * GH;
-            const REAL* g = work_g + (long)b * GH;
+            REAL* g = work_g + (long)b * GH;
+            if (ln_hh != NULL)
+                rstd_h[row] = SFX(layer_norm)(GH, g, ln_hh, bhh, ghat + row * GH);
             REAL* a = acts + row * SH;
             const uint8_t* kh = keep_h != NULL ? keep_h + row * H : NULL;
             if (cell == CELL_LSTM) {
@@ -133,13 +179,21 @@ int SFX(rnn_forward)(int cell, void* blas, int T, int B, int H, const REAL* xp,
                     const REAL f = SFX(sigmoid)(x[H + j] + g[H + j]);
                     const REAL gg = TANH(x[2 * H + j] + g[2 * H + j]);
                     const REAL o = SFX(sigmoid)(x[3 * H + j] + g[3 * H + j]);
-                    const REAL c = f * cpb[j] + i * gg;     /* c~ = f * c + i * g */
-                    REAL h = o * TANH(c);                   /* h~ = o * tanh(c~) */
                     a[j] = i; a[H + j] = f; a[2 * H + j] = gg; a[3 * H + j] = o;
-                    cc[j] = c;
-                    REAL c_new = c;
+                    cc[j] = f * cpb[j] + i * gg;            /* c~ = f * c + i * g */
+                }
+                REAL* c_out = cc;                           /* what enters the tanh of h~ */
+                if (ln_cw != NULL) {                        /* LN(c~) into work_h's row */
+                    c_out = work_h + (long)b * H;
+                    memcpy(c_out, cc, sizeof(REAL) * H);
+                    rstd_c[row] = SFX(layer_norm)(H, c_out, ln_cw, ln_cb, chat + row * H);
+                }
+#pragma omp simd
+                for (int j = 0; j < H; j++) {
+                    REAL h = a[3 * H + j] * TANH(c_out[j]); /* h~ = o * tanh(c~) */
+                    REAL c_new = cc[j];
                     if (kh != NULL) h = kh[j] ? hpb[j] : h;   /* zoneout */
-                    if (kc != NULL) c_new = kc[j] ? cpb[j] : c;
+                    if (kc != NULL) c_new = kc[j] ? cpb[j] : c_new;
                     hnb[j] = h; cnb[j] = c_new; ob[j] = h;
                 }
             } else if (cell == CELL_GRU) {
@@ -177,21 +231,29 @@ int SFX(rnn_forward)(int cell, void* blas, int T, int B, int H, const REAL* xp,
  *   dh    (B, H)     in: dL/dh_T (grad of h_n); out: dL/dh_0
  *   dc    (B, H)     LSTM; in: dL/dc_T; out: dL/dc_0
  * Writes
- *   dgi   (T, B, G*H)  dL/d(W_ih x_t + b_ih), the gate pre-activations on the input side
- *   dgh   (T, B, G*H)  GRU only: dL/d(W_hh h + b_hh), which differs from dgi in the n gate;
- *                      for RNN and LSTM the two are equal and only dgi is written
+ *   dgi     (T, B, G*H)  dL/dxp: the gradient of the gates' input side
+ *   dgh     (T, B, G*H)  GRU only: dL/d(gh), the recurrent side after its layer norm, which
+ *                        differs from dgi in the n gate; for RNN and LSTM it is dgi (not written)
+ *   dgh_raw (T, B, G*H)  with ln_hh: dL/d(W_hh h), the recurrent side before its layer norm
+ *   dln_cw, dln_cb (H,)  with ln_cw: the gradients of LN(c)'s gain and shift, accumulated
  * Returns 0, or -1 when its scratch memory cannot be had.
  */
 int SFX(rnn_backward)(int cell, void* blas, int T, int B, int H, const REAL* whh,
-                      const int64_t* lengths, const REAL* hmask, const uint8_t* keep_h,
-                      const uint8_t* keep_c, const REAL* hs, const REAL* cs, const REAL* acts,
-                      const REAL* cand, const REAL* d_out, REAL* dh, REAL* dc, REAL* dgi,
-                      REAL* dgh) {
+                      const REAL* ln_hh, const REAL* ln_cw, const REAL* ln_cb,
+                      const int64_t* lengths,
+                      const REAL* hmask, const uint8_t* keep_h, const uint8_t* keep_c,
+                      const REAL* hs, const REAL* cs, const REAL* acts, const REAL* cand,
+                      const REAL* ghat, const REAL* rstd_h, const REAL* chat,
+                      const REAL* rstd_c, const REAL* d_out, REAL* dh, REAL* dc, REAL* dgi,
+                      REAL* dgh, REAL* dgh_raw, REAL* dln_cw, REAL* dln_cb) {
     const int G = gates_of(cell), S = saved_of(cell), GH = G * H, SH = S * H;
     const long BH = (long)B * H;
-    REAL* work = malloc(sizeof(REAL) * BH);  /* (B, H): dg_t @ W_hh */
+    REAL* work = malloc(sizeof(REAL) * (BH + 2 * (long)H));  /* (B, H) and two (H,) rows */
     if (work == NULL) return -1;
-    REAL* dg_rec = cell == CELL_GRU ? dgh : dgi;  /* what flows back through W_hh */
+    REAL* d_cout = work + BH;  /* (H,) dL/d LN(c~) */
+    REAL* d_cln = d_cout + H;  /* (H,) dL/dc~ through LN */
+    REAL* dg_post = cell == CELL_GRU ? dgh : dgi;      /* recurrent side, after its LN */
+    REAL* dg_rec = ln_hh != NULL ? dgh_raw : dg_post;  /* what flows back through W_hh */
     for (int t = T - 1; t >= 0; t--) {
         const REAL* hp = hs + t * BH;  /* h_{t-1} */
         for (int b = 0; b < B; b++) {
@@ -201,6 +263,7 @@ int SFX(rnn_backward)(int cell, void* blas, int T, int B, int H, const REAL* whh
             if (lengths != NULL && t >= lengths[b]) {  /* state passed through: grads pass too */
                 memset(dgib, 0, sizeof(REAL) * GH);
                 if (cell == CELL_GRU) memset(dgh + row * GH, 0, sizeof(REAL) * GH);
+                if (ln_hh != NULL) memset(dgh_raw + row * GH, 0, sizeof(REAL) * GH);
                 continue;
             }
             const REAL* hpb = hp + (long)b * H;
@@ -211,19 +274,35 @@ int SFX(rnn_backward)(int cell, void* blas, int T, int B, int H, const REAL* whh
                 const uint8_t* kc = keep_c != NULL ? keep_c + row * H : NULL;
                 const REAL* cpb = cs + t * BH + (long)b * H;  /* c_{t-1} */
                 const REAL* cc = cand + row * H;              /* c~_t */
+                const REAL* ch = ln_cw != NULL ? chat + row * H : NULL;
                 REAL* dcb = dc + (long)b * H;
+                /* h~ = o * tanh(c_out), c_out = c~ or LN(c~): dL/d c_out into d_cout */
 #pragma omp simd
                 for (int j = 0; j < H; j++) {
-                    const REAL i = a[j], f = a[H + j], gg = a[2 * H + j], o = a[3 * H + j];
+                    const REAL o = a[3 * H + j];
                     const REAL dh_t = dhb[j] + dob[j];                 /* dL/dh_t */
                     const REAL dh_cand = kh != NULL && kh[j] ? 0 : dh_t;  /* zoneout: to h~ */
-                    const REAL dh_keep = dh_t - dh_cand;                /* or to h_{t-1} */
+                    const REAL tc = TANH(ch != NULL ? ln_cw[j] * ch[j] + ln_cb[j] : cc[j]);
+                    d_cout[j] = dh_cand * o * (1 - tc * tc);
+                    dgib[3 * H + j] = dh_cand * tc * o * (1 - o);      /* through sigmoid(o) */
+                    dhb[j] = dh_t - dh_cand;                           /* + dg @ W_hh below */
+                }
+                const REAL* d_c = d_cout;                              /* dL/dc~ from h~ */
+                if (ch != NULL) {
+#pragma omp simd
+                    for (int j = 0; j < H; j++) {
+                        dln_cw[j] += d_cout[j] * ch[j];
+                        dln_cb[j] += d_cout[j];
+                    }
+                    SFX(layer_norm_backward)(H, d_cout, ln_cw, ch, rstd_c[row], d_cln);
+                    d_c = d_cln;
+                }
+#pragma omp simd
+                for (int j = 0; j < H; j++) {
+                    const REAL i = a[j], f = a[H + j], gg = a[2 * H + j];
                     const REAL dc_in = dcb[j];
-                    REAL dc_cand = kc != NULL && kc[j] ? 0 : dc_in;
-                    const REAL dc_keep = dc_in - dc_cand;
-                    const REAL tc = TANH(cc[j]);
-                    const REAL d_o = dh_cand * tc;                    /* h~ = o * tanh(c~) */
-                    dc_cand += dh_cand * o * (1 - tc * tc);
+                    const REAL dc_cand = (kc != NULL && kc[j] ? 0 : dc_in) + d_c[j];
+                    const REAL dc_keep = kc != NULL && kc[j] ? dc_in : 0;
                     const REAL d_i = dc_cand * gg;                    /* c~ = f c + i g */
                     const REAL d_f = dc_cand * cpb[j];
                     const REAL d_g = dc_cand * i;
@@ -231,8 +310,6 @@ int SFX(rnn_backward)(int cell, void* blas, int T, int B, int H, const REAL* whh
                     dgib[j] = d_i * i * (1 - i);                      /* through the sigmoids */
                     dgib[H + j] = d_f * f * (1 - f);
                     dgib[2 * H + j] = d_g * (1 - gg * gg);            /* and the tanh */
-                    dgib[3 * H + j] = d_o * o * (1 - o);
-                    dhb[j] = dh_keep;                                 /* + dg @ W_hh below */
                 }
             } else if (cell == CELL_GRU) {
                 REAL* dghb = dgh + row * GH;
@@ -263,6 +340,9 @@ int SFX(rnn_backward)(int cell, void* blas, int T, int B, int H, const REAL* whh
                     dhb[j] = dh_t - dh_cand;
                 }
             }
+            if (ln_hh != NULL)  /* gh = ln_hh * LN(W_hh h) + b_hh: back through the LN */
+                SFX(layer_norm_backward)(GH, dg_post + row * GH, ln_hh, ghat + row * GH,
+                                         rstd_h[row], dgh_raw + row * GH);
         }
         /* dL/dh_{t-1} += (dg_t @ W_hh) * mask: work (B, H) = dg_rec[t] (B, G*H) @ W_hh (G*H, H) */
         SFX(matmul)(blas, 0, B, H, GH, dg_rec + (long)t * B * GH, whh, NULL, 0, work);
