@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -38,11 +39,13 @@ NATIVE_FLAGS = ["-march=native"]
 
 @dataclass(frozen=True)
 class Kernels:
-    """The loaded library and the BLAS entry points (addresses, or None) for each dtype."""
+    """The loaded library, the BLAS entry points (addresses, or None) for each dtype, and the
+    BLAS's per-thread thread count setter (MKL_Set_Num_Threads_Local), where torch links MKL."""
 
     lib: ctypes.CDLL
     path: Path
     blas: dict[torch.dtype, int | None]
+    set_local_threads: Any = None
 
 
 def _cache_dir() -> Path:
@@ -76,24 +79,29 @@ def _compile(compiler: str, flags: list[str], target: Path) -> None:
             os.unlink(tmp)
 
 
-def _blas_symbols() -> dict[torch.dtype, int | None]:
-    """Addresses of torch's own sgemm_/dgemm_ (Fortran interface), where its library exports them."""
+def _blas_symbols() -> tuple[dict[torch.dtype, int | None], Any]:
+    """Addresses of torch's own sgemm_/dgemm_ (Fortran interface), and MKL's per-thread thread
+    count setter (MKL_Set_Num_Threads_Local), where torch's library exports them."""
     found: dict[torch.dtype, int | None] = {torch.float32: None, torch.float64: None}
     names = {"linux": "libtorch_cpu.so", "darwin": "libtorch_cpu.dylib"}
     name = names.get(sys.platform)
     if name is None:
-        return found
+        return found, None
     path = Path(torch.__file__).resolve().parent / "lib" / name
     try:
         lib = ctypes.CDLL(str(path))
     except OSError:
-        return found
+        return found, None
     for dtype, symbol in ((torch.float32, "sgemm_"), (torch.float64, "dgemm_")):
         try:
             found[dtype] = ctypes.cast(getattr(lib, symbol), ctypes.c_void_p).value
         except AttributeError:
             pass
-    return found
+    setter = getattr(lib, "MKL_Set_Num_Threads_Local", None)  # C interface (the lowercase one is Fortran)
+    if setter is not None:
+        setter.restype = ctypes.c_int
+        setter.argtypes = [ctypes.c_int]
+    return found, setter
 
 
 def _declare(lib: ctypes.CDLL) -> None:
@@ -101,10 +109,10 @@ def _declare(lib: ctypes.CDLL) -> None:
     for suffix in ("_f32", "_f64"):
         forward = getattr(lib, "rnn_forward" + suffix)
         forward.restype = i
-        forward.argtypes = [i, p, i, i, i] + [p] * 21
+        forward.argtypes = [i, p, i, i, i, i, i] + [p] * 21  # cell, blas, T, BS, b0, B, H, ...
         backward = getattr(lib, "rnn_backward" + suffix)
         backward.restype = i
-        backward.argtypes = [i, p, i, i, i] + [p] * 24
+        backward.argtypes = [i, p, i, i, i, i, i] + [p] * 24
     lib.rnnkit_kernels_version.restype = i
 
 
@@ -128,7 +136,8 @@ def load() -> Kernels | str:
                 log.info("rnnkit: built the fused kernels in %.1f s: %s", time.perf_counter() - start, target)
             lib = ctypes.CDLL(str(target))
             _declare(lib)
-            return Kernels(lib=lib, path=target, blas=_blas_symbols())
+            blas, setter = _blas_symbols()
+            return Kernels(lib=lib, path=target, blas=blas, set_local_threads=setter)
         except (OSError, subprocess.SubprocessError) as error:
             detail = getattr(error, "stderr", "") or str(error)
             errors.append(f"{' '.join(flags)}: {detail.strip().splitlines()[-1] if detail.strip() else error}")

@@ -292,3 +292,22 @@ def test_kernel_tanh_and_sigmoid_match_torch(dtype: torch.dtype, ulps: int) -> N
     expected = torch.sigmoid(x) * torch.tanh(torch.tensor(0.25, dtype=dtype))
     err = (out.view(-1) - expected).abs()
     assert err.max().item() <= ulps * eps, err.max().item()
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_fused_batch_slices_in_parallel_threads(family: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the thresholds lowered, the batch runs as slices in parallel threads (three here,
+    unevenly sized), and everything still equals the reference engine, options included."""
+    from rnnkit.engines import _fused
+
+    if _compiled.load().set_local_threads is None:  # type: ignore[union-attr]
+        pytest.skip("torch's BLAS has no per-thread thread count: the kernels run one slice")
+    monkeypatch.setattr(_fused, "PARALLEL_MIN_ROWS", 1)
+    monkeypatch.setattr(_fused, "PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
+    assert len(_fused._slices(_compiled.load(), 5, 7, 8, 2)) == 3  # type: ignore[arg-type]
+    for layer_norm in (False, True):
+        options = (("num_layers", 2), ("bidirectional", True), ("batch_first", True), ("bias", True),
+                   ("recurrent_dropout", 0.2), ("zoneout", 0.1), ("layer_norm", layer_norm),
+                   ("learn_initial_state", True))
+        check_case(Case(family, options, "lengths", False, True, 6, 7, 3, 5, seed=11), torch.float64)

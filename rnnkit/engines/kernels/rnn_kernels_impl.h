@@ -106,9 +106,11 @@ static void SFX(layer_norm_backward)(int n, const REAL* dy, const REAL* gain, co
  *   ghat   (T, B, G*H), rstd_h (T, B): with ln_hh, LN(W_hh h)'s normalised rows (0 past a
  *                       sequence's length) and 1/sigma
  *   chat   (T, B, H),   rstd_c (T, B): with ln_cw, LN(c~)'s likewise
+ * It runs the B sequences b0 .. b0+B-1 of a batch of BS (every (T, B, *) array above is
+ * (T, BS, *), and (B, H) is (BS, H)), so that slices of one batch can run in parallel threads.
  * Returns 0, or -1 when its scratch memory cannot be had.
  */
-int SFX(rnn_forward)(int cell, void* blas, int T, int B, int H, const REAL* xp,
+int SFX(rnn_forward)(int cell, void* blas, int T, int BS, int b0, int B, int H, const REAL* xp,
                      const REAL* whh, const REAL* bhh, const REAL* ln_hh, const REAL* ln_cw,
                      const REAL* ln_cb, const int64_t* lengths, const REAL* hmask,
                      const uint8_t* keep_h, const uint8_t* keep_c, const REAL* h0,
@@ -129,19 +131,21 @@ int SFX(rnn_forward)(int cell, void* blas, int T, int B, int H, const REAL* xp,
         SFX(transpose)(GH, H, whh, work_w);
         whh_t = work_w;
     }
-    if (h0 != NULL) memcpy(hs, h0, sizeof(REAL) * BH); else memset(hs, 0, sizeof(REAL) * BH);
+    const long SH_ = (long)BS * H;          /* one step of a (T, BS, H) array */
+    const long off = (long)b0 * H;          /* this slice's first row in a (BS, H) block */
+    if (h0 != NULL) memcpy(hs + off, h0 + off, sizeof(REAL) * BH); else memset(hs + off, 0, sizeof(REAL) * BH);
     if (cell == CELL_LSTM) {
-        if (c0 != NULL) memcpy(cs, c0, sizeof(REAL) * BH); else memset(cs, 0, sizeof(REAL) * BH);
+        if (c0 != NULL) memcpy(cs + off, c0 + off, sizeof(REAL) * BH); else memset(cs + off, 0, sizeof(REAL) * BH);
     }
     /* b_hh goes in before the product without layer norm, after it with */
     const int bias_first = bhh != NULL && ln_hh == NULL;
     for (int t = 0; t < T; t++) {
-        const REAL* hp = hs + t * BH;        /* h_{t-1} (B, H) */
-        REAL* hn = hs + (t + 1) * BH;        /* h_t     (B, H) */
-        const REAL* h_in = hp;               /* what enters W_hh */
+        const REAL* hp = hs + t * SH_ + off;        /* h_{t-1} (B, H) */
+        REAL* hn = hs + (t + 1) * SH_ + off;        /* h_t     (B, H) */
+        const REAL* h_in = hp;                      /* what enters W_hh */
         if (hmask != NULL) {
 #pragma omp simd
-            for (long k = 0; k < BH; k++) work_h[k] = hp[k] * hmask[k];
+            for (long k = 0; k < BH; k++) work_h[k] = hp[k] * hmask[off + k];
             h_in = work_h;
         }
         /* work_g (B, G*H) = b_hh + h_in @ W_hh^T, or ln_hh * LN(h_in @ W_hh^T) + b_hh */
@@ -150,13 +154,13 @@ int SFX(rnn_forward)(int cell, void* blas, int T, int B, int H, const REAL* xp,
         SFX(matmul)(blas, 1, B, GH, H, h_in, whh, whh_t, bias_first ? 1 : 0, work_g);
 
         for (int b = 0; b < B; b++) {
-            const long row = (long)t * B + b;  /* index of (t, b) in (T, B, *) arrays */
+            const long row = (long)t * BS + b0 + b;  /* index of (t, b) in (T, BS, *) arrays */
             const REAL* hpb = hp + (long)b * H;
             REAL* hnb = hn + (long)b * H;
             REAL* ob = out + row * H;
-            const REAL* cpb = cell == CELL_LSTM ? cs + t * BH + (long)b * H : NULL;
-            REAL* cnb = cell == CELL_LSTM ? cs + (t + 1) * BH + (long)b * H : NULL;
-            if (lengths != NULL && t >= lengths[b]) {  /* past the end: keep the state, output 0 */
+            const REAL* cpb = cell == CELL_LSTM ? cs + t * SH_ + off + (long)b * H : NULL;
+            REAL* cnb = cell == CELL_LSTM ? cs + (t + 1) * SH_ + off + (long)b * H : NULL;
+            if (lengths != NULL && t >= lengths[b0 + b]) {  /* past the end: keep the state, output 0 */
                 memcpy(hnb, hpb, sizeof(REAL) * H);
                 if (cell == CELL_LSTM) memcpy(cnb, cpb, sizeof(REAL) * H);
                 memset(ob, 0, sizeof(REAL) * H);
@@ -236,9 +240,11 @@ int SFX(rnn_forward)(int cell, void* blas, int T, int B, int H, const REAL* xp,
  *                        differs from dgi in the n gate; for RNN and LSTM it is dgi (not written)
  *   dgh_raw (T, B, G*H)  with ln_hh: dL/d(W_hh h), the recurrent side before its layer norm
  *   dln_cw, dln_cb (H,)  with ln_cw: the gradients of LN(c)'s gain and shift, accumulated
+ *                        (give each slice its own, and sum them)
+ * Like rnn_forward, it runs the B sequences b0 .. b0+B-1 of a batch of BS.
  * Returns 0, or -1 when its scratch memory cannot be had.
  */
-int SFX(rnn_backward)(int cell, void* blas, int T, int B, int H, const REAL* whh,
+int SFX(rnn_backward)(int cell, void* blas, int T, int BS, int b0, int B, int H, const REAL* whh,
                       const REAL* ln_hh, const REAL* ln_cw, const REAL* ln_cb,
                       const int64_t* lengths,
                       const REAL* hmask, const uint8_t* keep_h, const uint8_t* keep_c,
@@ -254,13 +260,17 @@ int SFX(rnn_backward)(int cell, void* blas, int T, int B, int H, const REAL* whh
     REAL* d_cln = d_cout + H;  /* (H,) dL/dc~ through LN */
     REAL* dg_post = cell == CELL_GRU ? dgh : dgi;      /* recurrent side, after its LN */
     REAL* dg_rec = ln_hh != NULL ? dgh_raw : dg_post;  /* what flows back through W_hh */
+    const long SH_ = (long)BS * H;  /* one step of a (T, BS, H) array */
+    const long off = (long)b0 * H;  /* this slice's first row in a (BS, H) block */
+    dh += off;
+    if (dc != NULL) dc += off;
     for (int t = T - 1; t >= 0; t--) {
-        const REAL* hp = hs + t * BH;  /* h_{t-1} */
+        const REAL* hp = hs + t * SH_ + off;  /* h_{t-1} */
         for (int b = 0; b < B; b++) {
-            const long row = (long)t * B + b;
+            const long row = (long)t * BS + b0 + b;
             REAL* dhb = dh + (long)b * H;
             REAL* dgib = dgi + row * GH;
-            if (lengths != NULL && t >= lengths[b]) {  /* state passed through: grads pass too */
+            if (lengths != NULL && t >= lengths[b0 + b]) {  /* state passed through: grads pass too */
                 memset(dgib, 0, sizeof(REAL) * GH);
                 if (cell == CELL_GRU) memset(dgh + row * GH, 0, sizeof(REAL) * GH);
                 if (ln_hh != NULL) memset(dgh_raw + row * GH, 0, sizeof(REAL) * GH);
@@ -272,7 +282,7 @@ int SFX(rnn_backward)(int cell, void* blas, int T, int B, int H, const REAL* whh
             const uint8_t* kh = keep_h != NULL ? keep_h + row * H : NULL;
             if (cell == CELL_LSTM) {
                 const uint8_t* kc = keep_c != NULL ? keep_c + row * H : NULL;
-                const REAL* cpb = cs + t * BH + (long)b * H;  /* c_{t-1} */
+                const REAL* cpb = cs + t * SH_ + off + (long)b * H;  /* c_{t-1} */
                 const REAL* cc = cand + row * H;              /* c~_t */
                 const REAL* ch = ln_cw != NULL ? chat + row * H : NULL;
                 REAL* dcb = dc + (long)b * H;
@@ -345,10 +355,10 @@ int SFX(rnn_backward)(int cell, void* blas, int T, int B, int H, const REAL* whh
                                          rstd_h[row], dgh_raw + row * GH);
         }
         /* dL/dh_{t-1} += (dg_t @ W_hh) * mask: work (B, H) = dg_rec[t] (B, G*H) @ W_hh (G*H, H) */
-        SFX(matmul)(blas, 0, B, H, GH, dg_rec + (long)t * B * GH, whh, NULL, 0, work);
+        SFX(matmul)(blas, 0, B, H, GH, dg_rec + ((long)t * BS + b0) * GH, whh, NULL, 0, work);
         if (hmask != NULL) {
 #pragma omp simd
-            for (long k = 0; k < BH; k++) dh[k] += work[k] * hmask[k];
+            for (long k = 0; k < BH; k++) dh[k] += work[k] * hmask[off + k];
         } else {
 #pragma omp simd
             for (long k = 0; k < BH; k++) dh[k] += work[k];
