@@ -25,7 +25,6 @@ import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -35,17 +34,20 @@ SOURCE_DIR = Path(__file__).resolve().parent / "kernels"
 SOURCES = ("rnn_kernels.c", "rnn_kernels_impl.h")
 BASE_FLAGS = ["-O3", "-std=c99", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd"]
 NATIVE_FLAGS = ["-march=native"]
+OPENMP_FLAGS = ["-fopenmp"]  # libgomp: at run time the one torch loaded (same soname)
+ATTEMPTS = (BASE_FLAGS + NATIVE_FLAGS + OPENMP_FLAGS, BASE_FLAGS + NATIVE_FLAGS, BASE_FLAGS)
+"""Flags tried in turn: the first that builds is used."""
 
 
 @dataclass(frozen=True)
 class Kernels:
-    """The loaded library, the BLAS entry points (addresses, or None) for each dtype, and the
-    BLAS's per-thread thread count setter (MKL_Set_Num_Threads_Local), where torch links MKL."""
+    """The loaded library, the BLAS entry points (addresses, or None) for each dtype, and whether
+    it was built with OpenMP (then batch slices run in parallel)."""
 
     lib: ctypes.CDLL
     path: Path
     blas: dict[torch.dtype, int | None]
-    set_local_threads: Any = None
+    parallel: bool = False
 
 
 def _cache_dir() -> Path:
@@ -79,40 +81,35 @@ def _compile(compiler: str, flags: list[str], target: Path) -> None:
             os.unlink(tmp)
 
 
-def _blas_symbols() -> tuple[dict[torch.dtype, int | None], Any]:
-    """Addresses of torch's own sgemm_/dgemm_ (Fortran interface), and MKL's per-thread thread
-    count setter (MKL_Set_Num_Threads_Local), where torch's library exports them."""
+def _blas_symbols() -> dict[torch.dtype, int | None]:
+    """Addresses of torch's own sgemm_/dgemm_ (Fortran interface), where its library exports them."""
     found: dict[torch.dtype, int | None] = {torch.float32: None, torch.float64: None}
     names = {"linux": "libtorch_cpu.so", "darwin": "libtorch_cpu.dylib"}
     name = names.get(sys.platform)
     if name is None:
-        return found, None
+        return found
     path = Path(torch.__file__).resolve().parent / "lib" / name
     try:
         lib = ctypes.CDLL(str(path))
     except OSError:
-        return found, None
+        return found
     for dtype, symbol in ((torch.float32, "sgemm_"), (torch.float64, "dgemm_")):
         try:
             found[dtype] = ctypes.cast(getattr(lib, symbol), ctypes.c_void_p).value
         except AttributeError:
             pass
-    setter = getattr(lib, "MKL_Set_Num_Threads_Local", None)  # C interface (the lowercase one is Fortran)
-    if setter is not None:
-        setter.restype = ctypes.c_int
-        setter.argtypes = [ctypes.c_int]
-    return found, setter
+    return found
 
 
 def _declare(lib: ctypes.CDLL) -> None:
     p, i = ctypes.c_void_p, ctypes.c_int
     for suffix in ("_f32", "_f64"):
-        forward = getattr(lib, "rnn_forward" + suffix)
+        forward = getattr(lib, "rnn_forward_slices" + suffix)
         forward.restype = i
-        forward.argtypes = [i, p, i, i, i, i, i] + [p] * 21  # cell, blas, T, BS, b0, B, H, ...
-        backward = getattr(lib, "rnn_backward" + suffix)
+        forward.argtypes = [i, i, p, i, i, i] + [p] * 21  # slices, cell, blas, T, B, H, pointers
+        backward = getattr(lib, "rnn_backward_slices" + suffix)
         backward.restype = i
-        backward.argtypes = [i, p, i, i, i, i, i] + [p] * 24
+        backward.argtypes = [i, i, p, i, i, i] + [p] * 23
     lib.rnnkit_kernels_version.restype = i
 
 
@@ -126,7 +123,7 @@ def load() -> Kernels | str:
         return "no C compiler found to build the fused kernels (set CC, or install gcc or clang)"
     source = b"".join((SOURCE_DIR / name).read_bytes() for name in SOURCES)
     errors = []
-    for flags in (BASE_FLAGS + NATIVE_FLAGS, BASE_FLAGS):
+    for flags in ATTEMPTS:
         key = hashlib.sha256(source + " ".join([compiler, *flags, _cpu_signature()]).encode()).hexdigest()[:16]
         target = _cache_dir() / f"rnn_kernels-{key}.so"
         try:
@@ -136,8 +133,7 @@ def load() -> Kernels | str:
                 log.info("rnnkit: built the fused kernels in %.1f s: %s", time.perf_counter() - start, target)
             lib = ctypes.CDLL(str(target))
             _declare(lib)
-            blas, setter = _blas_symbols()
-            return Kernels(lib=lib, path=target, blas=blas, set_local_threads=setter)
+            return Kernels(lib=lib, path=target, blas=_blas_symbols(), parallel="-fopenmp" in flags)
         except (OSError, subprocess.SubprocessError) as error:
             detail = getattr(error, "stderr", "") or str(error)
             errors.append(f"{' '.join(flags)}: {detail.strip().splitlines()[-1] if detail.strip() else error}")

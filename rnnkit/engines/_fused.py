@@ -9,8 +9,6 @@ layer norm, and the gate math.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -24,50 +22,23 @@ from rnnkit.engines import _compiled
 from rnnkit.engines._base import LayerConfig, Noise, reverse_padded
 
 CELL_IDS = {"RNN_TANH": 0, "RNN_RELU": 1, "LSTM": 2, "GRU": 3}
+SAVED = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 4}  # saved activations per unit
+DTYPES = {torch.float32: "_f32", torch.float64: "_f64"}
 PARALLEL_MIN_ROWS = 8
 """Each thread's slice of the batch has at least this many sequences."""
 PARALLEL_MIN_WORK = 4_000_000
 """Multiply-adds of the recurrent products (T * B * G*H * H) below which one thread runs all."""
 
-_pool: ThreadPoolExecutor | None = None
 
-
-def _slices(kernels: _compiled.Kernels, steps: int, batch: int, gates: int, hidden: int) -> list[tuple[int, int]]:
-    """(first, count) of the batch slices to run in parallel, one per thread.
+def _slice_count(kernels: _compiled.Kernels, steps: int, batch: int, gates: int, hidden: int) -> int:
+    """How many slices of the batch the kernels run in parallel (one thread each).
 
     Sequences of a batch never meet, so each slice runs its whole time loop alone: no
-    synchronisation per step. Each thread's BLAS then runs on one thread (MKL's local setting),
-    so the threads do not oversubscribe the cores; without that setting, one slice.
+    synchronisation per step. One slice for small work, or when the kernels lack OpenMP.
     """
-    threads = torch.get_num_threads()
-    n = min(threads, batch // PARALLEL_MIN_ROWS)
-    if n < 2 or kernels.set_local_threads is None or steps * batch * gates * hidden < PARALLEL_MIN_WORK:
-        return [(0, batch)]
-    bounds = [round(i * batch / n) for i in range(n + 1)]
-    return [(bounds[i], bounds[i + 1] - bounds[i]) for i in range(n)]
-
-
-def _run_slices(kernels: _compiled.Kernels, slices: list[tuple[int, int]], call: Callable[[int, int], int]) -> None:
-    """Run call(first, count) for every slice, the first in this thread and the others in a pool;
-    raise MemoryError if a kernel could not get its scratch memory."""
-    global _pool
-    if len(slices) == 1:
-        statuses = [call(*slices[0])]
-    else:
-        if _pool is None or _pool._max_workers < len(slices) - 1:  # noqa: SLF001
-            _pool = ThreadPoolExecutor(max_workers=len(slices) - 1, thread_name_prefix="rnnkit",
-                                       initializer=kernels.set_local_threads, initargs=(1,))
-        futures = [_pool.submit(call, *s) for s in slices[1:]]
-        previous = kernels.set_local_threads(1)
-        try:
-            statuses = [call(*slices[0])]
-        finally:
-            kernels.set_local_threads(previous)
-        statuses += [f.result() for f in futures]
-    if any(statuses):
-        raise MemoryError("rnnkit fused engine: no memory for the kernels' scratch")
-SAVED = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 4}  # saved activations per unit
-DTYPES = {torch.float32: "_f32", torch.float64: "_f64"}
+    if not kernels.parallel or steps * batch * gates * hidden < PARALLEL_MIN_WORK:
+        return 1
+    return max(1, min(torch.get_num_threads(), batch // PARALLEL_MIN_ROWS))
 
 
 def _ptr(t: Tensor | None) -> int | None:
@@ -175,14 +146,16 @@ class FusedLayer(torch.autograd.Function):
         h_mask_c = None if h_mask is None else h_mask.contiguous()
         keep_h_c = None if keep_h is None else keep_h.contiguous().view(torch.uint8)
         keep_c_c = None if keep_c is None else keep_c.contiguous().view(torch.uint8)
-        kernel = getattr(kernels.lib, "rnn_forward" + DTYPES[xp.dtype])
-        pointers = (_ptr(xp), _ptr(w_hh_c), _ptr(b_hh), _ptr(ln_hh), _ptr(ln_cw), _ptr(ln_cb),
-                    _ptr(lengths_c), _ptr(h_mask_c), _ptr(keep_h_c), _ptr(keep_c_c), _ptr(h0_c),
-                    _ptr(c0_c), _ptr(hs), _ptr(cs), _ptr(out), _ptr(acts), _ptr(cand),
-                    _ptr(ghat), _ptr(rstd_h), _ptr(chat), _ptr(rstd_c))
-        blas, cell = kernels.blas[xp.dtype], CELL_IDS[mode]
-        slices = _slices(kernels, steps, batch, gates, hidden)
-        _run_slices(kernels, slices, lambda b0, nb: kernel(cell, blas, steps, batch, b0, nb, hidden, *pointers))
+        slices = _slice_count(kernels, steps, batch, gates, hidden)
+        status = getattr(kernels.lib, "rnn_forward_slices" + DTYPES[xp.dtype])(
+            slices, CELL_IDS[mode], kernels.blas[xp.dtype], steps, batch, hidden,
+            _ptr(xp), _ptr(w_hh_c), _ptr(b_hh), _ptr(ln_hh), _ptr(ln_cw), _ptr(ln_cb),
+            _ptr(lengths_c), _ptr(h_mask_c), _ptr(keep_h_c), _ptr(keep_c_c), _ptr(h0_c), _ptr(c0_c),
+            _ptr(hs), _ptr(cs), _ptr(out), _ptr(acts), _ptr(cand),
+            _ptr(ghat), _ptr(rstd_h), _ptr(chat), _ptr(rstd_c),
+        )
+        if status != 0:
+            raise MemoryError("rnnkit fused engine: no memory for the forward kernel's scratch")
         ctx.slices = slices
         ctx.save_for_backward(w_hh_c, ln_hh, ln_cw, ln_cb, hs, cs, acts, cand, ghat, rstd_h, chat,
                               rstd_c, lengths_c, h_mask_c, keep_h_c, keep_c_c)
@@ -209,21 +182,16 @@ class FusedLayer(torch.autograd.Function):
         dgh = hs.new_empty(steps, batch, gates) if mode == "GRU" else None
         dgh_raw = hs.new_empty(steps, batch, gates) if ln_hh is not None else None
         slices = ctx.slices
-        dln_c = hs.new_zeros(len(slices), 2, hidden) if ln_cw is not None else None  # per slice
-        kernel = getattr(kernels.lib, "rnn_backward" + DTYPES[hs.dtype])
-        pointers = (_ptr(w_hh), _ptr(ln_hh), _ptr(ln_cw), _ptr(ln_cb), _ptr(lengths), _ptr(h_mask),
-                    _ptr(keep_h), _ptr(keep_c), _ptr(hs), _ptr(cs), _ptr(acts), _ptr(cand),
-                    _ptr(ghat), _ptr(rstd_h), _ptr(chat), _ptr(rstd_c), _ptr(d_out), _ptr(dh), _ptr(dc),
-                    _ptr(dgi), _ptr(dgh), _ptr(dgh_raw))
-        blas, cell = kernels.blas[hs.dtype], CELL_IDS[mode]
-        first = {b0: i for i, (b0, _) in enumerate(slices)}
-
-        def call(b0: int, nb: int) -> int:
-            own = None if dln_c is None else dln_c[first[b0]]  # (2, H): this slice's sums
-            return int(kernel(cell, blas, steps, batch, b0, nb, hidden, *pointers,
-                              _ptr(None if own is None else own[0]), _ptr(None if own is None else own[1])))
-
-        _run_slices(kernels, slices, call)
+        dln_c = hs.new_zeros(slices, 2, hidden) if ln_cw is not None else None  # each slice's sums
+        status = getattr(kernels.lib, "rnn_backward_slices" + DTYPES[hs.dtype])(
+            slices, CELL_IDS[mode], kernels.blas[hs.dtype], steps, batch, hidden,
+            _ptr(w_hh), _ptr(ln_hh), _ptr(ln_cw), _ptr(ln_cb), _ptr(lengths), _ptr(h_mask),
+            _ptr(keep_h), _ptr(keep_c), _ptr(hs), _ptr(cs), _ptr(acts), _ptr(cand),
+            _ptr(ghat), _ptr(rstd_h), _ptr(chat), _ptr(rstd_c), _ptr(d_out), _ptr(dh), _ptr(dc),
+            _ptr(dgi), _ptr(dgh), _ptr(dgh_raw), _ptr(dln_c),
+        )
+        if status != 0:
+            raise MemoryError("rnnkit fused engine: no memory for the backward kernel's scratch")
         dln_cw = dln_cb = None
         if dln_c is not None:
             dln_cw, dln_cb = dln_c.sum(0)  # (H,) each

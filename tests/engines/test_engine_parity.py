@@ -300,12 +300,14 @@ def test_fused_batch_slices_in_parallel_threads(family: str, monkeypatch: pytest
     unevenly sized), and everything still equals the reference engine, options included."""
     from rnnkit.engines import _fused
 
-    if _compiled.load().set_local_threads is None:  # type: ignore[union-attr]
-        pytest.skip("torch's BLAS has no per-thread thread count: the kernels run one slice")
+    kernels = _compiled.load()
+    assert not isinstance(kernels, str)
+    if not kernels.parallel:
+        pytest.skip("the kernels were built without OpenMP: they run one slice")
     monkeypatch.setattr(_fused, "PARALLEL_MIN_ROWS", 1)
     monkeypatch.setattr(_fused, "PARALLEL_MIN_WORK", 0)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
-    assert len(_fused._slices(_compiled.load(), 5, 7, 8, 2)) == 3  # type: ignore[arg-type]
+    assert _fused._slice_count(kernels, 5, 7, 8, 2) == 3
     for layer_norm in (False, True):
         options = (("num_layers", 2), ("bidirectional", True), ("batch_first", True), ("bias", True),
                    ("recurrent_dropout", 0.2), ("zoneout", 0.1), ("layer_norm", layer_norm),

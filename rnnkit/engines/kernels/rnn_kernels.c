@@ -5,7 +5,8 @@
  * ctypes; no PyTorch headers. The per-step recurrent product calls the BLAS ?gemm_ whose address
  * Python passes in (torch's own), or a plain loop for tiny sizes and when none is given.
  * The gate math is written as elementwise loops that the compiler turns into SIMD code, with
- * exp and tanh inlined (below) so that they vectorise too.
+ * exp and tanh inlined (below) so that they vectorise too. Built with OpenMP, the *_slices
+ * functions run slices of the batch in parallel on the OpenMP runtime torch already loaded.
  *
  * rnn_kernels_impl.h holds the kernels, written once and included here for float and double.
  * The readable twin of every kernel is the cell's step function in rnnkit/cells (the reference
@@ -83,7 +84,7 @@ static int gates_of(int cell) { return cell == CELL_LSTM ? 4 : cell == CELL_GRU 
 /* Saved activations per unit: LSTM i, f, g, o; GRU r, z, n and W_hn h + b_hn; RNN h~. */
 static int saved_of(int cell) { return cell == CELL_LSTM || cell == CELL_GRU ? 4 : 1; }
 
-int rnnkit_kernels_version(void) { return 3; }
+int rnnkit_kernels_version(void) { return 4; }
 
 #define REAL float
 #define SFX(name) name##_f32

@@ -367,3 +367,46 @@ int SFX(rnn_backward)(int cell, void* blas, int T, int BS, int b0, int B, int H,
     free(work);
     return 0;
 }
+
+/* Run the batch as n slices of consecutive sequences in an OpenMP parallel region, each slice's
+ * whole time loop in one thread: sequences never meet, so no step waits for another thread.
+ * The region runs on the OpenMP runtime torch already uses, and a BLAS called inside it runs on
+ * one thread. dln_c: with ln_cw, (n, 2, H), each slice's sums of dln_cw and dln_cb. */
+int SFX(rnn_forward_slices)(int n, int cell, void* blas, int T, int B, int H, const REAL* xp,
+                            const REAL* whh, const REAL* bhh, const REAL* ln_hh,
+                            const REAL* ln_cw, const REAL* ln_cb, const int64_t* lengths,
+                            const REAL* hmask, const uint8_t* keep_h, const uint8_t* keep_c,
+                            const REAL* h0, const REAL* c0, REAL* hs, REAL* cs, REAL* out,
+                            REAL* acts, REAL* cand, REAL* ghat, REAL* rstd_h, REAL* chat,
+                            REAL* rstd_c) {
+    int status = 0;
+#pragma omp parallel for num_threads(n) schedule(static, 1) reduction(| : status) if (n > 1)
+    for (int s = 0; s < n; s++) {
+        const int b0 = (int)((long)s * B / n), b1 = (int)((long)(s + 1) * B / n);
+        status |= SFX(rnn_forward)(cell, blas, T, B, b0, b1 - b0, H, xp, whh, bhh, ln_hh, ln_cw,
+                                   ln_cb, lengths, hmask, keep_h, keep_c, h0, c0, hs, cs, out,
+                                   acts, cand, ghat, rstd_h, chat, rstd_c);
+    }
+    return status;
+}
+
+int SFX(rnn_backward_slices)(int n, int cell, void* blas, int T, int B, int H, const REAL* whh,
+                             const REAL* ln_hh, const REAL* ln_cw, const REAL* ln_cb,
+                             const int64_t* lengths, const REAL* hmask, const uint8_t* keep_h,
+                             const uint8_t* keep_c, const REAL* hs, const REAL* cs,
+                             const REAL* acts, const REAL* cand, const REAL* ghat,
+                             const REAL* rstd_h, const REAL* chat, const REAL* rstd_c,
+                             const REAL* d_out, REAL* dh, REAL* dc, REAL* dgi, REAL* dgh,
+                             REAL* dgh_raw, REAL* dln_c) {
+    int status = 0;
+#pragma omp parallel for num_threads(n) schedule(static, 1) reduction(| : status) if (n > 1)
+    for (int s = 0; s < n; s++) {
+        const int b0 = (int)((long)s * B / n), b1 = (int)((long)(s + 1) * B / n);
+        REAL* own = dln_c != NULL ? dln_c + (long)s * 2 * H : NULL;  /* (2, H) */
+        status |= SFX(rnn_backward)(cell, blas, T, B, b0, b1 - b0, H, whh, ln_hh, ln_cw, ln_cb,
+                                    lengths, hmask, keep_h, keep_c, hs, cs, acts, cand, ghat,
+                                    rstd_h, chat, rstd_c, d_out, dh, dc, dgi, dgh, dgh_raw,
+                                    own, own != NULL ? own + H : NULL);
+    }
+    return status;
+}
