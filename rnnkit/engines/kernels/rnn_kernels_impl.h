@@ -379,8 +379,13 @@ int SFX(rnn_forward_slices)(int n, int cell, void* blas, int T, int B, int H, co
                             const REAL* h0, const REAL* c0, REAL* hs, REAL* cs, REAL* out,
                             REAL* acts, REAL* cand, REAL* ghat, REAL* rstd_h, REAL* chat,
                             REAL* rstd_c) {
+    if (n <= 1)  /* no region at all: inside one, even an inactive one, the BLAS would start a
+                  * nested team of threads at every call */
+        return SFX(rnn_forward)(cell, blas, T, B, 0, B, H, xp, whh, bhh, ln_hh, ln_cw, ln_cb,
+                                lengths, hmask, keep_h, keep_c, h0, c0, hs, cs, out, acts, cand,
+                                ghat, rstd_h, chat, rstd_c);
     int status = 0;
-#pragma omp parallel for num_threads(n) schedule(static, 1) reduction(| : status) if (n > 1)
+#pragma omp parallel for num_threads(n) schedule(static, 1) reduction(| : status)
     for (int s = 0; s < n; s++) {
         const int b0 = (int)((long)s * B / n), b1 = (int)((long)(s + 1) * B / n);
         status |= SFX(rnn_forward)(cell, blas, T, B, b0, b1 - b0, H, xp, whh, bhh, ln_hh, ln_cw,
@@ -398,8 +403,13 @@ int SFX(rnn_backward_slices)(int n, int cell, void* blas, int T, int B, int H, c
                              const REAL* rstd_h, const REAL* chat, const REAL* rstd_c,
                              const REAL* d_out, REAL* dh, REAL* dc, REAL* dgi, REAL* dgh,
                              REAL* dgh_raw, REAL* dln_c) {
+    if (n <= 1)  /* as in rnn_forward_slices */
+        return SFX(rnn_backward)(cell, blas, T, B, 0, B, H, whh, ln_hh, ln_cw, ln_cb, lengths,
+                                 hmask, keep_h, keep_c, hs, cs, acts, cand, ghat, rstd_h, chat,
+                                 rstd_c, d_out, dh, dc, dgi, dgh, dgh_raw, dln_c,
+                                 dln_c != NULL ? dln_c + H : NULL);
     int status = 0;
-#pragma omp parallel for num_threads(n) schedule(static, 1) reduction(| : status) if (n > 1)
+#pragma omp parallel for num_threads(n) schedule(static, 1) reduction(| : status)
     for (int s = 0; s < n; s++) {
         const int b0 = (int)((long)s * B / n), b1 = (int)((long)(s + 1) * B / n);
         REAL* own = dln_c != NULL ? dln_c + (long)s * 2 * H : NULL;  /* (2, H) */
