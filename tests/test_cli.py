@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from click.testing import CliRunner
 
 import rnnkit
@@ -22,3 +24,37 @@ def test_demo_matches_torch_and_says_hello_world() -> None:
 def test_version() -> None:
     result = CliRunner().invoke(main, ["--version"])
     assert result.exit_code == 0 and rnnkit.__version__ in result.output
+
+
+def test_bench_writes_a_table_and_json(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(main, ["bench", "--cells", "gru,lstm_ln", "--sizes", "3,2,2,4",
+                                       "--engines", "fused,reference", "--repeats", "3", "--budget", "0.1",
+                                       "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "ratio = torch.nn ms / rnnkit ms" in result.output
+    report = json.loads(out.read_text())
+    rows = {(r["cell"], r["mode"]): r for r in report["rows"]}
+    assert set(rows) == {(c, m) for c in ("gru", "lstm_ln") for m in ("forward", "forward+backward")}
+    for row in rows.values():
+        assert row["size"] == [3, 2, 2, 4]
+        assert set(row["ms"]) == {"torch", "fused", "reference"}
+        assert abs(row["ratio"]["fused"] - row["ms"]["torch"] / row["ms"]["fused"]) < 1e-9
+    assert report["sgemm_gflops"] > 0
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--cells", "lstm,transformer"], "unknown cell ['transformer']"),
+        (["--sizes", "20,1,1"], "expected T,B,I,H with four positive integers, got '20,1,1'"),
+        (["--sizes", "20,0,1,20"], "expected T,B,I,H with four positive integers"),
+        (["--engines", "fast"], "unknown engine ['fast']"),
+    ],
+)
+def test_bench_rejects_bad_options(args: list[str], message: str) -> None:
+    result = CliRunner().invoke(main, ["bench", *args])
+    assert result.exit_code == 2
+    assert message in result.output
