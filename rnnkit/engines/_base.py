@@ -1,7 +1,8 @@
 """The contract between a layer and the engines that run it.
 
-A layer hands an engine one layer and one direction at a time: the input sequence, the
-initial state, the cell's weights, the lengths and the random masks. The engine returns every
+A layer hands an engine one layer and one direction at a time (the reverse direction as
+sequences reversed within their lengths): the input sequence, the initial state, the cell's
+weights, the lengths and the random masks. The engine returns every
 step's output and the final state. Engines are deterministic given these arguments: the layer
 samples all randomness (recurrent dropout, zoneout), so two engines given the same masks must
 produce the same numbers.
@@ -61,7 +62,6 @@ class Engine(Protocol):
         weights: CellWeights,
         *,
         lengths: Tensor | None,
-        reverse: bool,
         noise: Noise,
     ) -> tuple[Tensor, State]:
         """Run one direction of one layer.
@@ -70,12 +70,14 @@ class Engine(Protocol):
             x: (T, B, I) time-major input.
             state: initial state, parts (B, S).
             lengths: (B,) int64 on x's device, 1 <= lengths <= T, or None for full length.
-            reverse: run from each sequence's last valid step back to its first.
             noise: masks sampled by the layer.
 
         Returns:
-            out: (T, B, R), h at every step in input order, zero past each sequence's length.
-            state: the state at each sequence's last valid step (its first, reversed).
+            out: (T, B, R), h at every step, zero past each sequence's length.
+            state: the state at each sequence's last valid step.
+
+        The reverse direction is the layer's business: it hands over each sequence reversed
+        within its length (reverse_padded) and reverses the output back.
         """
         ...
 

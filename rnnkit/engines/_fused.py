@@ -19,7 +19,7 @@ from torch.autograd.function import once_differentiable
 from rnnkit.cells import CellSpec, CellWeights, State
 from rnnkit.cells._base import LAYER_NORM_EPS
 from rnnkit.engines import _compiled
-from rnnkit.engines._base import LayerConfig, Noise, reverse_padded
+from rnnkit.engines._base import LayerConfig, Noise
 
 CELL_IDS = {"RNN_TANH": 0, "RNN_RELU": 1, "LSTM": 2, "GRU": 3}
 SAVED = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 4}  # saved activations per unit
@@ -68,13 +68,10 @@ class FusedEngine:
         weights: CellWeights,
         *,
         lengths: Tensor | None,
-        reverse: bool,
         noise: Noise,
     ) -> tuple[Tensor, State]:
         kernels = _compiled.load()
         assert not isinstance(kernels, str), kernels
-        if reverse:
-            x = reverse_padded(x, lengths)  # (T, B, I), each sequence reversed in its length
         w = weights
         if w.ln_weight_ih is None:  # the input side of all steps' gates: (T, B, I) -> (T, B, G*H)
             xp = F.linear(x, w.weight_ih, w.bias_ih)
@@ -89,8 +86,6 @@ class FusedEngine:
             keep[0], keep[1] if lstm else None,
         )
         out, final = results[0], tuple(results[1:])
-        if reverse:
-            out = reverse_padded(out, lengths)
         return out, final
 
 

@@ -13,7 +13,7 @@ from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from rnnkit.cells import CellSpec, CellWeights, State
-from rnnkit.engines._base import LayerConfig, Noise, reverse_padded
+from rnnkit.engines._base import LayerConfig, Noise
 
 KERNELS: dict[str, Callable[..., Any]] = {"RNN_TANH": torch.rnn_tanh, "RNN_RELU": torch.rnn_relu, "LSTM": torch.lstm, "GRU": torch.gru}
 
@@ -37,12 +37,9 @@ class NativeEngine:
         weights: CellWeights,
         *,
         lengths: Tensor | None,
-        reverse: bool,
         noise: Noise,
     ) -> tuple[Tensor, State]:
         assert noise.h_mask is None and noise.keep is None, "the native engine takes no noise"
-        if reverse:
-            x = reverse_padded(x, lengths)  # (T, B, I), each sequence reversed in its length
         # torch's flat weight order: w_ih, w_hh, b_ih, b_hh, w_hr
         params = [w for w in (weights.weight_ih, weights.weight_hh, weights.bias_ih, weights.bias_hh,
                               weights.weight_hr) if w is not None]
@@ -70,6 +67,4 @@ class NativeEngine:
                     PackedSequence(result[0], packed.batch_sizes, order, undo), total_length=x.shape[0]
                 )
                 final = tuple(r[0].index_select(0, undo) for r in result[1:])
-        if reverse:
-            out = reverse_padded(out, lengths)
         return out, final

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from rnnkit.cells import CellSpec, CellWeights, State
-from rnnkit.engines._base import LayerConfig, Noise, reverse_padded
+from rnnkit.engines._base import LayerConfig, Noise
 
 
 class ReferenceEngine:
@@ -27,11 +27,8 @@ class ReferenceEngine:
         weights: CellWeights,
         *,
         lengths: Tensor | None,
-        reverse: bool,
         noise: Noise,
     ) -> tuple[Tensor, State]:
-        if reverse:
-            x = reverse_padded(x, lengths)  # (T, B, I), each sequence reversed in its length
         steps = x.shape[0]
         valid = None
         if lengths is not None:
@@ -48,6 +45,4 @@ class ReferenceEngine:
                 outputs.append(new[0])
             state = new
         out = torch.stack(outputs)  # (T, B, R)
-        if reverse:
-            out = reverse_padded(out, lengths)
         return out, state

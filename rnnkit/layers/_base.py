@@ -18,7 +18,7 @@ from rnnkit import _checks
 from rnnkit.cells import CellSpec, CellWeights, State
 from rnnkit.cells._base import INITS, init_cell_weights, parameter_shapes
 from rnnkit.cells._module import check_forget_bias
-from rnnkit.engines import ENGINE_NAMES, Engine, LayerConfig, Noise, select_engine
+from rnnkit.engines import ENGINE_NAMES, Engine, LayerConfig, Noise, reverse_padded, select_engine
 
 Lengths = Sequence[int] | Tensor
 
@@ -256,16 +256,16 @@ class RecurrentLayer(nn.Module):
             outs = []
             for direction in range(self.num_directions):
                 index = layer * self.num_directions + direction
+                reverse = direction == 1  # read each sequence from its last valid step back
                 out, final = engine.run(
                     self.spec,
-                    layer_input,
+                    reverse_padded(layer_input, lengths) if reverse else layer_input,
                     state0[index],
                     self.cell_weights(layer, direction),
                     lengths=lengths,
-                    reverse=direction == 1,
                     noise=self._sample_noise(x.shape[0], x.shape[1], x),
                 )
-                outs.append(out)  # (T, B, R)
+                outs.append(reverse_padded(out, lengths) if reverse else out)  # (T, B, R)
                 finals.append(final)
             layer_input = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)  # (T, B, D*R)
             if self.training and self.dropout > 0 and layer < self.num_layers - 1:
