@@ -23,6 +23,7 @@ from rnnkit.engines._base import LayerConfig, Noise
 
 CELL_IDS = {"RNN_TANH": 0, "RNN_RELU": 1, "LSTM": 2, "GRU": 3}
 SAVED = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 4}  # saved activations per unit
+GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
 DTYPES = {torch.float32: "_f32", torch.float64: "_f64"}
 PARALLEL_MIN_ROWS = 8
 """Each thread's slice of the batch has at least this many sequences."""
@@ -55,8 +56,6 @@ class FusedEngine:
             return f"it runs on CPU, and the input is on {x.device.type}"
         if x.dtype not in DTYPES:
             return f"it runs float32 and float64, and the input is {x.dtype}"
-        if config.proj_size > 0:
-            return "proj_size > 0 is not in its kernels yet"
         kernels = _compiled.load()
         return kernels if isinstance(kernels, str) else None
 
@@ -82,7 +81,7 @@ class FusedEngine:
         lstm = spec.mode == "LSTM"
         results = FusedLayer.apply(
             kernels, spec.mode, xp, state[0], state[1] if lstm else None, w.weight_hh, w.bias_hh,
-            w.ln_weight_hh, w.ln_weight_c, w.ln_bias_c, lengths, noise.h_mask,
+            w.weight_hr, w.ln_weight_hh, w.ln_weight_c, w.ln_bias_c, lengths, noise.h_mask,
             keep[0], keep[1] if lstm else None,
         )
         out, final = results[0], tuple(results[1:])
@@ -93,14 +92,16 @@ class FusedLayer(torch.autograd.Function):
     """out, h_T[, c_T] = the time loop over xp (T, B, G*H), the input side of every step's gates,
     from h_0[, c_0]; the backward pass written by hand.
 
-    Saved for the backward pass (T steps, B batch, H hidden, G gates, S saved per unit):
-        hs     (T+1, B, H)  h before and after every step: h_{t-1} enters dW_hh and the GRU's dz
+    Saved for the backward pass (T steps, B batch, H hidden, G gates, S saved per unit, R the
+    size of h: proj_size P with an LSTM projection, else H):
+        hs     (T+1, B, R)  h before and after every step: h_{t-1} enters dW_hh and the GRU's dz
         cs     (T+1, B, H)  LSTM cell states: c_{t-1} gives df
         acts   (T, B, S*H)  gate activations, so no sigmoid or tanh is recomputed
         cand   (T, B, H)    LSTM candidate c~_t: tanh of it (or of its layer norm) gives do and dc
         ghat   (T, B, G*H), rstd_h (T, B): layer_norm, LN(W_hh h)'s normalised rows and 1/sigma
         chat   (T, B, H),   rstd_c (T, B): layer-normalised LSTM, LN(c~)'s likewise
-        and W_hh, the layer-norm gains, the lengths and the masks as given.
+        hr     (T, B, H)    projected LSTM: o * tanh(c~) before W_hr, for dW_hr
+        and W_hh, W_hr, the layer-norm gains, the lengths and the masks as given.
     """
 
     @staticmethod
@@ -113,6 +114,7 @@ class FusedLayer(torch.autograd.Function):
         c0: Tensor | None,
         w_hh: Tensor,
         b_hh: Tensor | None,
+        w_hr: Tensor | None,
         ln_hh: Tensor | None,
         ln_cw: Tensor | None,
         ln_cb: Tensor | None,
@@ -122,12 +124,15 @@ class FusedLayer(torch.autograd.Function):
         keep_c: Tensor | None,
     ) -> tuple[Tensor, ...]:
         steps, batch, gates = xp.shape
-        hidden = w_hh.shape[1]
+        hidden = gates // GATES[mode]
+        size = w_hh.shape[1]  # R: proj_size with a projection, else hidden
         lstm = mode == "LSTM"
         xp = xp.contiguous()
-        hs = xp.new_empty(steps + 1, batch, hidden)
+        hs = xp.new_empty(steps + 1, batch, size)
         cs = xp.new_empty(steps + 1, batch, hidden) if lstm else None
-        out = xp.new_empty(steps, batch, hidden)
+        out = xp.new_empty(steps, batch, size)
+        hr = xp.new_empty(steps, batch, hidden) if w_hr is not None else None
+        w_hr_c = None if w_hr is None else w_hr.contiguous()
         acts = xp.new_empty(steps, batch, SAVED[mode] * hidden)
         cand = xp.new_empty(steps, batch, hidden) if lstm else None
         ghat = xp.new_empty(steps, batch, gates) if ln_hh is not None else None
@@ -143,17 +148,17 @@ class FusedLayer(torch.autograd.Function):
         keep_c_c = None if keep_c is None else keep_c.contiguous().view(torch.uint8)
         slices = _slice_count(kernels, steps, batch, gates, hidden)
         status = getattr(kernels.lib, "rnn_forward_slices" + DTYPES[xp.dtype])(
-            slices, CELL_IDS[mode], kernels.blas[xp.dtype], steps, batch, hidden,
-            _ptr(xp), _ptr(w_hh_c), _ptr(b_hh), _ptr(ln_hh), _ptr(ln_cw), _ptr(ln_cb),
+            slices, CELL_IDS[mode], kernels.blas[xp.dtype], steps, batch, hidden, size,
+            _ptr(xp), _ptr(w_hh_c), _ptr(b_hh), _ptr(w_hr_c), _ptr(ln_hh), _ptr(ln_cw), _ptr(ln_cb),
             _ptr(lengths_c), _ptr(h_mask_c), _ptr(keep_h_c), _ptr(keep_c_c), _ptr(h0_c), _ptr(c0_c),
-            _ptr(hs), _ptr(cs), _ptr(out), _ptr(acts), _ptr(cand),
+            _ptr(hs), _ptr(cs), _ptr(out), _ptr(acts), _ptr(cand), _ptr(hr),
             _ptr(ghat), _ptr(rstd_h), _ptr(chat), _ptr(rstd_c),
         )
         if status != 0:
             raise MemoryError("rnnkit fused engine: no memory for the forward kernel's scratch")
         ctx.slices = slices
-        ctx.save_for_backward(w_hh_c, ln_hh, ln_cw, ln_cb, hs, cs, acts, cand, ghat, rstd_h, chat,
-                              rstd_c, lengths_c, h_mask_c, keep_h_c, keep_c_c)
+        ctx.save_for_backward(w_hh_c, w_hr_c, ln_hh, ln_cw, ln_cb, hs, cs, acts, cand, hr, ghat,
+                              rstd_h, chat, rstd_c, lengths_c, h_mask_c, keep_h_c, keep_c_c)
         ctx.kernels, ctx.mode, ctx.has_bias = kernels, mode, b_hh is not None
         if lstm:
             assert cs is not None
@@ -163,42 +168,47 @@ class FusedLayer(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, d_out: Tensor | None, d_hn: Tensor | None, d_cn: Tensor | None = None) -> tuple[Tensor | None, ...]:
-        (w_hh, ln_hh, ln_cw, ln_cb, hs, cs, acts, cand, ghat, rstd_h, chat, rstd_c,
+        (w_hh, w_hr, ln_hh, ln_cw, ln_cb, hs, cs, acts, cand, hr, ghat, rstd_h, chat, rstd_c,
          lengths, h_mask, keep_h, keep_c) = ctx.saved_tensors
         mode, kernels = ctx.mode, ctx.kernels
-        steps, batch, hidden = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
+        steps, batch, size = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
         gates = w_hh.shape[0]
-        d_out = hs.new_zeros(steps, batch, hidden) if d_out is None else d_out.contiguous()
-        dh = hs.new_zeros(batch, hidden) if d_hn is None else d_hn.clone().contiguous()
+        hidden = gates // GATES[mode]
+        d_out = hs.new_zeros(steps, batch, size) if d_out is None else d_out.contiguous()
+        dh = hs.new_zeros(batch, size) if d_hn is None else d_hn.clone().contiguous()
         dc = None
         if mode == "LSTM":
             dc = hs.new_zeros(batch, hidden) if d_cn is None else d_cn.clone().contiguous()
         dgi = hs.new_empty(steps, batch, gates)
         dgh = hs.new_empty(steps, batch, gates) if mode == "GRU" else None
         dgh_raw = hs.new_empty(steps, batch, gates) if ln_hh is not None else None
+        dproj = hs.new_empty(steps, batch, size) if w_hr is not None else None
         slices = ctx.slices
         dln_c = hs.new_zeros(slices, 2, hidden) if ln_cw is not None else None  # each slice's sums
         status = getattr(kernels.lib, "rnn_backward_slices" + DTYPES[hs.dtype])(
-            slices, CELL_IDS[mode], kernels.blas[hs.dtype], steps, batch, hidden,
-            _ptr(w_hh), _ptr(ln_hh), _ptr(ln_cw), _ptr(ln_cb), _ptr(lengths), _ptr(h_mask),
+            slices, CELL_IDS[mode], kernels.blas[hs.dtype], steps, batch, hidden, size,
+            _ptr(w_hh), _ptr(w_hr), _ptr(ln_hh), _ptr(ln_cw), _ptr(ln_cb), _ptr(lengths), _ptr(h_mask),
             _ptr(keep_h), _ptr(keep_c), _ptr(hs), _ptr(cs), _ptr(acts), _ptr(cand),
             _ptr(ghat), _ptr(rstd_h), _ptr(chat), _ptr(rstd_c), _ptr(d_out), _ptr(dh), _ptr(dc),
-            _ptr(dgi), _ptr(dgh), _ptr(dgh_raw), _ptr(dln_c),
+            _ptr(dgi), _ptr(dgh), _ptr(dgh_raw), _ptr(dproj), _ptr(dln_c),
         )
         if status != 0:
             raise MemoryError("rnnkit fused engine: no memory for the backward kernel's scratch")
         dln_cw = dln_cb = None
         if dln_c is not None:
             dln_cw, dln_cb = dln_c.sum(0)  # (H,) each
-        needs = ctx.needs_input_grad  # kernels, mode, xp, h0, c0, w_hh, b_hh, ln_hh, ln_cw, ln_cb, ...
+        needs = ctx.needs_input_grad  # kernels, mode, xp, h0, c0, w_hh, b_hh, w_hr, ln_hh, ln_cw, ln_cb, ...
         dg_post = (dgh if dgh is not None else dgi).view(steps * batch, gates)  # recurrent side, after LN
         dg_rec = dgh_raw.view(steps * batch, gates) if dgh_raw is not None else dg_post  # before LN
         dw_hh = None
         if needs[5]:
-            h_in = hs[:steps] if h_mask is None else hs[:steps] * h_mask  # (T, B, H): what met W_hh
-            dw_hh = dg_rec.t() @ h_in.reshape(steps * batch, hidden)  # (G*H, H)
+            h_in = hs[:steps] if h_mask is None else hs[:steps] * h_mask  # (T, B, R): what met W_hh
+            dw_hh = dg_rec.t() @ h_in.reshape(steps * batch, size)  # (G*H, R)
         db_hh = dg_post.sum(0) if ctx.has_bias and needs[6] else None
-        dln_hh = (dg_post * ghat.view(steps * batch, gates)).sum(0) if ghat is not None and needs[7] else None
+        dw_hr = None
+        if dproj is not None and needs[7]:  # (P, H) = dproj (T*B, P)^T @ hr (T*B, H)
+            dw_hr = dproj.view(steps * batch, size).t() @ hr.view(steps * batch, hidden)
+        dln_hh = (dg_post * ghat.view(steps * batch, gates)).sum(0) if ghat is not None and needs[8] else None
         return (None, None, dgi if needs[2] else None, dh if needs[3] else None, dc if needs[4] else None,
-                dw_hh, db_hh, dln_hh, dln_cw if needs[8] else None, dln_cb if needs[9] else None,
+                dw_hh, db_hh, dw_hr, dln_hh, dln_cw if needs[9] else None, dln_cb if needs[10] else None,
                 None, None, None, None)

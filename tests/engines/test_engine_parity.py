@@ -58,8 +58,12 @@ def cases(draw: st.DrawFn, *, noise: bool = True) -> Case:
     }
     if options["num_layers"] > 1:
         options["dropout"] = draw(st.sampled_from([0.0, 0.4]))
+    family = draw(st.sampled_from(list(FAMILIES)))
+    hidden = draw(st.sampled_from([1, 2, 5, 17, 40]))
+    if family == "lstm" and hidden > 1:
+        options["proj_size"] = draw(st.sampled_from([0, 0, 1, hidden - 1]))
     return Case(
-        family=draw(st.sampled_from(list(FAMILIES))),
+        family=family,
         options=tuple(options.items()),
         inputs=draw(st.sampled_from(["batched", "unbatched", "lengths", "packed"])),
         with_hx=draw(st.booleans()),
@@ -68,7 +72,7 @@ def cases(draw: st.DrawFn, *, noise: bool = True) -> Case:
         steps=draw(st.integers(1, 6)),
         batch=draw(st.integers(1, 5)),
         input_size=draw(st.integers(1, 6)),
-        hidden_size=draw(st.sampled_from([1, 2, 5, 17, 40])),
+        hidden_size=hidden,
         seed=draw(st.integers(0, 2**16)),
     )
 
@@ -115,8 +119,9 @@ def check_case(case: Case, dtype: torch.dtype, engine: str = "fused") -> None:
     hx_leaves: list[Tensor] = []
     hx: Any = None
     if case.with_hx:
-        shape = (k * d, case.batch, case.hidden_size) if batched else (k * d, case.hidden_size)
-        hx_leaves = [torch.randn(shape, dtype=dtype, requires_grad=True) for _ in range(2 if name == "LSTM" else 1)]
+        lead = (k * d, case.batch) if batched else (k * d,)
+        sizes = [options.get("proj_size") or case.hidden_size] + ([case.hidden_size] if name == "LSTM" else [])
+        hx_leaves = [torch.randn(*lead, size, dtype=dtype, requires_grad=True) for size in sizes]
         hx = tuple(hx_leaves) if name == "LSTM" else hx_leaves[0]
 
     results = []
@@ -154,7 +159,7 @@ def test_fused_matches_reference_at_blas_sizes(family: str) -> None:
     for layer_norm in (False, True):
         options = (("num_layers", 2), ("bidirectional", True), ("batch_first", False), ("bias", True),
                    ("recurrent_dropout", 0.2), ("zoneout", 0.1), ("layer_norm", layer_norm),
-                   ("learn_initial_state", False))
+                   ("learn_initial_state", False)) + ((("proj_size", 24),) if family == "lstm" else ())
         for dtype in (torch.float32, torch.float64):
             check_case(Case(family, options, "lengths", True, True, 7, 16, 24, 64, seed=3), dtype)
 
@@ -193,6 +198,14 @@ def test_fused_layer_norm_float32_is_as_accurate_as_reference(family: str, hidde
         err_ref = error(_ln_gradients("reference", torch.float32, family, hidden, seed), truth)
         err_fused = error(_ln_gradients("fused", torch.float32, family, hidden, seed), truth)
         assert err_fused <= max(1e-5, 2 * err_ref), (seed, err_fused, err_ref)
+
+
+def test_fused_gradcheck_projected_lstm() -> None:
+    torch.manual_seed(2)
+    layer = rnnkit.LSTM(2, 4, num_layers=2, proj_size=2, bidirectional=True, zoneout=0.3,
+                        recurrent_dropout=0.3, engine="fused", dtype=torch.float64)
+    x = torch.randn(4, 3, 2, dtype=torch.float64)
+    gradcheck_module(layer, (x,), {"lengths": [4, 1, 3]}, seed=1)
 
 
 @pytest.mark.parametrize("family", ["RNN", "LSTM", "GRU"])
@@ -243,11 +256,9 @@ def test_auto_picks_the_fastest_engine_that_runs_the_layer() -> None:
     assert rnnkit.LSTM(3, 600, batch_first=True).engine_for(one) == "native"
     assert rnnkit.LSTM(3, 600, zoneout=0.1).engine_for(x) == "fused"  # native has no zoneout
     assert rnnkit.LSTM(3, 600, layer_norm=True).engine_for(x) == "fused"
-    assert rnnkit.LSTM(3, 5, proj_size=2).engine_for(x) == "native"
-    assert rnnkit.LSTM(3, 5, proj_size=2, layer_norm=True).engine_for(x) == "reference"
+    assert rnnkit.LSTM(3, 5, proj_size=2, layer_norm=True).engine_for(x) == "fused"
+    assert rnnkit.LSTM(3, 600, proj_size=2).engine_for(x) == "native"
     assert rnnkit.GRU(3, 5).engine_for(x.to(torch.bfloat16)) == "native"
-    with pytest.raises(ValueError, match=r"LSTM: engine='fused' cannot run this layer: proj_size > 0 is not in its kernels yet"):
-        rnnkit.LSTM(3, 5, proj_size=2, engine="fused")(x)
     with pytest.raises(ValueError, match=r"GRU: engine='fused' cannot run this layer: it runs float32 and float64, and the input is torch.bfloat16"):
         rnnkit.GRU(3, 5, engine="fused", dtype=torch.bfloat16)(x.to(torch.bfloat16))
 
@@ -311,5 +322,5 @@ def test_fused_batch_slices_in_parallel_threads(family: str, monkeypatch: pytest
     for layer_norm in (False, True):
         options = (("num_layers", 2), ("bidirectional", True), ("batch_first", True), ("bias", True),
                    ("recurrent_dropout", 0.2), ("zoneout", 0.1), ("layer_norm", layer_norm),
-                   ("learn_initial_state", True))
+                   ("learn_initial_state", True)) + ((("proj_size", 3),) if family == "lstm" else ())
         check_case(Case(family, options, "lengths", False, True, 6, 7, 3, 5, seed=11), torch.float64)
