@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 import rnnkit
-from tests.helpers import assert_close, assert_grads_match, weighted_sum
+from tests.helpers import assert_close, weighted_sum
 
 FAMILIES = ("rnn_tanh", "rnn_relu", "lstm", "gru")
 INPUTS = ("batched", "unbatched", "packed_sorted", "packed_unsorted", "lengths")
