@@ -14,7 +14,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from rnnkit.cells import CellSpec, CellWeights, State
 from rnnkit.cells._base import LAYER_NORM_EPS
@@ -166,8 +165,16 @@ class FusedLayer(torch.autograd.Function):
         return out, hs[steps].clone()
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: Any, d_out: Tensor | None, d_hn: Tensor | None, d_cn: Tensor | None = None) -> tuple[Tensor | None, ...]:
+        # Grad mode is on here only under create_graph=True. once_differentiable would not be
+        # enough: it lets a double backward through silently, and incomplete, when the incoming
+        # gradients do not require grad (y.sum()); so refuse every double backward instead.
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                "rnnkit: engine='fused' has a hand-written backward pass, which is not itself "
+                "differentiable (create_graph=True); use engine='reference' or 'native' for "
+                "gradients of gradients"
+            )
         (w_hh, w_hr, ln_hh, ln_cw, ln_cb, hs, cs, acts, cand, hr, ghat, rstd_h, chat, rstd_c,
          lengths, h_mask, keep_h, keep_c) = ctx.saved_tensors
         mode, kernels = ctx.mode, ctx.kernels

@@ -324,3 +324,21 @@ def test_fused_batch_slices_in_parallel_threads(family: str, monkeypatch: pytest
                    ("recurrent_dropout", 0.2), ("zoneout", 0.1), ("layer_norm", layer_norm),
                    ("learn_initial_state", True)) + ((("proj_size", 3),) if family == "lstm" else ())
         check_case(Case(family, options, "lengths", False, True, 6, 7, 3, 5, seed=11), torch.float64)
+
+
+@pytest.mark.parametrize("loss", ["sum", "square"])
+def test_fused_refuses_double_backward(loss: str) -> None:
+    """Gradients of gradients through the hand-written backward pass are refused with a clear
+    error, also when the incoming gradient is constant (y.sum()), where an unguarded Function
+    would return an incomplete second derivative."""
+    x = torch.randn(5, 3, 4, dtype=torch.float64, requires_grad=True)
+    fused = rnnkit.GRU(4, 6, engine="fused", dtype=torch.float64)
+    reference = rnnkit.GRU(4, 6, engine="reference", dtype=torch.float64)
+    reference.load_state_dict(fused.state_dict())
+    y, _ = reference(x)
+    g, = torch.autograd.grad(y.sum() if loss == "sum" else (y**2).sum(), x, create_graph=True)
+    g.sum().backward()  # the reference engine's second derivative exists ...
+    assert reference.weight_hh_l0.grad is not None and reference.weight_hh_l0.grad.abs().sum() > 0
+    y, _ = fused(x)
+    with pytest.raises(RuntimeError, match=r"engine='fused' has a hand-written backward pass, which is not itself differentiable"):
+        torch.autograd.grad(y.sum() if loss == "sum" else (y**2).sum(), x, create_graph=True)
