@@ -1,0 +1,35 @@
+"""Run folders appear whole or not at all, and are recognised when read back."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rnnkit.runs import NotARunError, read_run, write_run
+
+
+def test_round_trip(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    weights = {"w": torch.randn(3, 4), "b": torch.arange(3.0)}
+    path = write_run(tmp_path / "run", config={"task": "x"}, weights=weights, extras={"labels": ["a"]},
+                     metrics={"test": {"accuracy": 1.0}}, history=[{"epoch": 1, "loss": 0.5}])
+    run = read_run(path)
+    assert run.config == {"task": "x"} and run.extras == {"labels": ["a"]}
+    assert torch.equal(run.weights["w"], weights["w"]) and torch.equal(run.weights["b"], weights["b"])
+    assert (path / "history.csv").read_text().splitlines() == ["epoch,loss", "1,0.5"]
+    with pytest.raises(FileExistsError, match="already exists"):
+        write_run(path, config={}, weights=weights, extras={}, metrics={}, history=[])
+
+
+def test_a_failed_write_leaves_nothing(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(TypeError):
+        write_run(tmp_path / "run", config={"task": "x"}, weights={"w": torch.ones(2)},
+                  extras={"not json": object()}, metrics={}, history=[])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_not_a_run(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(NotARunError, match="is not a folder"):
+        read_run(tmp_path / "missing")
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(NotARunError, match="is not an rnnkit run folder: it has no model.safetensors, extras.json"):
+        read_run(tmp_path)
