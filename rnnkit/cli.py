@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 import rnnkit
@@ -76,6 +78,79 @@ def train_classify(dataset: str, cell: str, hidden: int, layers: int, bidirectio
     click.echo(f"run folder: {folder}")
 
 
+@train.command("forecast")
+@click.option("--dataset", default="sunspots", show_default=True, help="A bundled series (`rnnkit datasets`).")
+@click.option("--data", type=click.Path(dir_okay=False), default=None, help="Your own CSV instead of --dataset.")
+@click.option("--target", default=None, help="With --data: the column to forecast.")
+@click.option("--time-col", default=None, help="With --data: a column to sort the rows by.")
+@click.option("--features", default="", help="With --data: more input columns, comma-separated.")
+@click.option("--window", default=20, show_default=True, help="Steps of history in each input.")
+@click.option("--horizon", default=1, show_default=True, help="Steps predicted at once.")
+@click.option("--season", type=int, default=None, help="Season length for the seasonal naive baseline (default: the series').")
+@click.option("--cell", type=click.Choice(["rnn", "lstm", "gru"]), default="lstm", show_default=True)
+@click.option("--hidden", default=32, show_default=True)
+@click.option("--layers", default=1, show_default=True)
+@click.option("--epochs", default=150, show_default=True, help="At most this many (early stopping).")
+@click.option("--lr", default=3e-3, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Run folder to create (default runs/forecast-SERIES-TIME).")
+def train_forecast(dataset: str, data: str | None, target: str | None, time_col: str | None, features: str,
+                   window: int, horizon: int, season: int | None, cell: str, hidden: int, layers: int,
+                   epochs: int, lr: float, seed: int, out: str | None) -> None:
+    """N -> 1 or N -> horizon: forecast a series (bundled: sunspots, co2, tbilrate)."""
+    import time as _time
+
+    from rnnkit.pipelines import forecast as fc
+    from rnnkit.training import TrainConfig
+
+    name = Path(data).stem if data else dataset
+    folder = out or f"runs/forecast-{name}-{_time.strftime('%Y%m%d-%H%M%S')}"
+    train_cfg = TrainConfig(epochs=epochs, batch_size=32, lr=lr, patience=30, lr_patience=8, seed=seed)
+    cfg = fc.ForecastConfig(dataset=None if data else dataset, data=data, target=target, time_col=time_col,
+                            features=tuple(f for f in features.split(",") if f), window=window, horizon=horizon,
+                            season=season, cell=cell, hidden_size=hidden, num_layers=layers, train=train_cfg)
+    quiet = {"n": 0}
+
+    def show(r: object) -> None:
+        quiet["n"] += 1
+        if quiet["n"] % 10 == 1:  # every tenth epoch: forecasting runs are many short epochs
+            click.echo("epoch {epoch:>3}  train loss {train_loss:.4f}  val RMSE (scaled) {val_metric:.4f}  "
+                       "lr {lr:.2g}".format(**r.as_dict()))  # type: ignore[attr-defined]
+
+    try:
+        metrics = fc.train(cfg, folder, on_epoch=show)
+    except (ValueError, FileExistsError) as error:
+        raise click.ClickException(str(error)) from None
+    t = metrics["test"]
+    click.echo(f"test RMSE {t['rmse']:.3f}, MAE {t['mae']:.3f} on {metrics['sizes']['test']} windows; best epoch "
+               f"{metrics['best_epoch']}, {metrics['train_seconds']:.1f} s")
+    for name_, b in metrics["baseline"].items():
+        click.echo(f"  baseline {name_}: RMSE {b['rmse']:.3f}, MAE {b['mae']:.3f}")
+    click.echo(f"run folder: {folder}")
+
+
+@main.command("forecast")
+@click.argument("run", type=click.Path())
+@click.option("--steps", type=int, required=True, help="How many steps past the end of the series.")
+@click.option("--data", type=click.Path(dir_okay=False), default=None, help="Continue this CSV instead of the run's series.")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), default="forecast.csv", show_default=True)
+def forecast_command(run: str, steps: int, data: str | None, out_path: str) -> None:
+    """Continue a series with a trained forecast run; writes a CSV."""
+    from rnnkit.pipelines import forecast as fc
+
+    try:
+        values = fc.forecast(run, steps, data=data)
+    except ValueError as error:
+        raise click.ClickException(str(error)) from None
+    tmp = Path(out_path).with_name(Path(out_path).name + ".partial")
+    tmp.write_text("step,forecast\n" + "".join(f"{i + 1},{v:.6g}\n" for i, v in enumerate(values)), encoding="utf-8")
+    tmp.replace(out_path)
+    for i, v in enumerate(values):
+        click.echo(f"{i + 1:>4}  {v:.4f}")
+    click.echo(f"wrote {out_path}")
+
+
 @main.command()
 @click.argument("run", type=click.Path())
 @click.option("--input", "input_path", type=click.Path(dir_okay=False), required=True,
@@ -113,11 +188,15 @@ def predict(run: str, input_path: str, as_json: bool) -> None:
 @main.command()
 def datasets() -> None:
     """List the bundled data sets, with source and licence."""
-    from rnnkit.data import DATASETS
+    from rnnkit.data import DATASETS, SERIES
 
     for info in DATASETS.values():
         click.echo(f"{info.name:<10} {info.task:<9} {info.size}\n  {info.description}\n"
                    f"  source: {info.source}\n  licence: {info.licence}")
+    for series in SERIES.values():
+        loaded = series.load()
+        click.echo(f"{series.name:<10} forecast  {len(loaded.values)} {series.frequency} values, season "
+                   f"{series.season}\n  {series.description}\n  source: {series.source}\n  licence: {series.licence}")
 
 
 def _parse_sizes(value: str | None) -> list[tuple[int, int, int, int]] | None:

@@ -1,5 +1,5 @@
 """Models: small heads built from rnnkit's layers, one per input/output shape."""
 
-from rnnkit.models._classifier import ClassifierConfig, SequenceClassifier
+from rnnkit.models._n_to_one import NToOne, NToOneConfig
 
-__all__ = ["ClassifierConfig", "SequenceClassifier"]
+__all__ = ["NToOne", "NToOneConfig"]

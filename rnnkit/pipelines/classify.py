@@ -1,6 +1,6 @@
 """N -> 1 classification of sequences of feature vectors (bundled: digits read row by row).
 
-``train(cfg)`` splits the data (stratified train/validation/test), trains a SequenceClassifier
+``train(cfg)`` splits the data (stratified train/validation/test), trains an NToOne model
 with the Trainer, scores the test split beside the majority-class baseline, and writes a run
 folder. ``predict(run, x)`` loads a run folder and gives class probabilities.
 """
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 from rnnkit.data import load_dataset
-from rnnkit.models import ClassifierConfig, SequenceClassifier
+from rnnkit.models import NToOne, NToOneConfig
 from rnnkit.runs import NotARunError, read_run, write_run
 from rnnkit.training import EpochRecord, Trainer, TrainConfig
 
@@ -68,11 +68,11 @@ def train(cfg: ClassifyConfig, out: str | Path, *, on_epoch: Callable[[EpochReco
         raise ValueError(f"dataset {cfg.dataset!r} has one class only: nothing to classify")
     tr, va, te = split(data.y, cfg.val_fraction, cfg.test_fraction, cfg.train.seed)
     x, y = torch.from_numpy(data.x), torch.from_numpy(data.y)
-    model_cfg = ClassifierConfig(input_size=data.x.shape[2], num_classes=len(data.label_names), cell=cfg.cell,
+    model_cfg = NToOneConfig(input_size=data.x.shape[2], outputs=len(data.label_names), cell=cfg.cell,
                                  hidden_size=cfg.hidden_size, num_layers=cfg.num_layers,
                                  bidirectional=cfg.bidirectional, pooling=cfg.pooling, dropout=cfg.dropout)
     torch.manual_seed(cfg.train.seed)
-    model = SequenceClassifier(model_cfg)
+    model = NToOne(model_cfg)
     trainer = Trainer(model, forward=lambda m, b: (m(b[0]), b[1]), loss_fn=F.cross_entropy, metric_fn=accuracy,
                       config=cfg.train, on_epoch=on_epoch)
     start = time.perf_counter()
@@ -99,12 +99,12 @@ def train(cfg: ClassifyConfig, out: str | Path, *, on_epoch: Callable[[EpochReco
     return metrics
 
 
-def load(run_path: str | Path) -> tuple[SequenceClassifier, dict[str, Any], dict[str, Any]]:
+def load(run_path: str | Path) -> tuple[NToOne, dict[str, Any], dict[str, Any]]:
     """The model of a classify run, its config and its extras (label names, input divisor)."""
     run = read_run(run_path)
     if run.config.get("task") != "classify":
         raise NotARunError(f"{run.path} is a {run.config.get('task')!r} run, not a classify run")
-    model = SequenceClassifier(ClassifierConfig(**run.config["model"]))
+    model = NToOne(NToOneConfig(**run.config["model"]))
     model.load_state_dict(run.weights)
     return model.eval(), run.config, run.extras
 

@@ -1,4 +1,4 @@
-"""N -> 1: a sequence of feature vectors in, one class out."""
+"""N -> 1: a sequence of feature vectors in, one vector out (class logits, or a forecast horizon)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ POOLINGS = ("last", "mean", "max")
 
 
 @dataclass
-class ClassifierConfig:
+class NToOneConfig:
     input_size: int
-    num_classes: int
+    outputs: int  # classes (logits) or forecast horizon (values)
     cell: str = "gru"
     hidden_size: int = 128
     num_layers: int = 1
@@ -25,24 +25,24 @@ class ClassifierConfig:
     pooling: str = "mean"  # last: the final states; mean or max over the valid steps
     dropout: float = 0.0  # between stacked layers and before the output layer
 
-    def check(self) -> ClassifierConfig:
-        _checks.check_choice("classifier", "cell", self.cell, tuple(CELLS))
-        _checks.check_choice("classifier", "pooling", self.pooling, POOLINGS)
-        _checks.check_int("classifier", "hidden_size", self.hidden_size, minimum=1)
-        _checks.check_int("classifier", "num_layers", self.num_layers, minimum=1)
-        _checks.check_int("classifier", "num_classes", self.num_classes, minimum=2)
-        _checks.check_probability("classifier", "dropout", self.dropout, allow_one=False)
+    def check(self) -> NToOneConfig:
+        _checks.check_choice("model", "cell", self.cell, tuple(CELLS))
+        _checks.check_choice("model", "pooling", self.pooling, POOLINGS)
+        _checks.check_int("model", "hidden_size", self.hidden_size, minimum=1)
+        _checks.check_int("model", "num_layers", self.num_layers, minimum=1)
+        _checks.check_int("model", "outputs", self.outputs, minimum=1)
+        _checks.check_probability("model", "dropout", self.dropout, allow_one=False)
         return self
 
 
-class SequenceClassifier(nn.Module):
-    """x (B, T, F), lengths (B,) or None -> logits (B, C).
+class NToOne(nn.Module):
+    """x (B, T, F), lengths (B,) or None -> (B, outputs): class logits or a forecast horizon.
 
     rnn: an rnnkit layer (batch_first) reading the F features of each step; pooling turns its
-    outputs (B, T, D*H) into one vector (B, D*H); a linear layer gives the C class logits.
+    outputs (B, T, D*H) into one vector (B, D*H); a linear layer gives the outputs.
     """
 
-    def __init__(self, config: ClassifierConfig) -> None:
+    def __init__(self, config: NToOneConfig) -> None:
         super().__init__()
         self.config = config.check()
         self.rnn = CELLS[config.cell](
@@ -51,7 +51,7 @@ class SequenceClassifier(nn.Module):
         )
         directions = 2 if config.bidirectional else 1
         self.drop = nn.Dropout(config.dropout)
-        self.head = nn.Linear(directions * config.hidden_size, config.num_classes)
+        self.head = nn.Linear(directions * config.hidden_size, config.outputs)
 
     def forward(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
         out, hidden = self.rnn(x, lengths=lengths)  # out (B, T, D*H), zero past each length

@@ -1,0 +1,121 @@
+"""Time series: bundled real series (statsmodels' data sets, offline) and the user's own CSV.
+
+Missing values are never turned into zeros: gaps inside a series are filled by linear
+interpolation between the neighbouring observations (their count is reported in the run's
+metrics.json), and missing values at the start or the end are dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Series:
+    """values (N, F) float64 in time order, the target in column 0; times (N,) as text."""
+
+    values: np.ndarray
+    columns: list[str]
+    times: list[str]
+    season: int | None
+    frequency: str
+    interpolated: int = 0  # missing values filled by interpolation
+
+
+@dataclass(frozen=True)
+class SeriesInfo:
+    name: str
+    description: str
+    source: str
+    licence: str
+    frequency: str
+    season: int | None
+    load: Callable[[], Series]
+
+
+def _clean(values: np.ndarray, columns: list[str], times: list[str], season: int | None, frequency: str) -> Series:
+    """Drop rows with a missing value at the ends; interpolate the gaps inside, column by column."""
+    values = np.asarray(values, dtype=np.float64).reshape(len(values), -1)
+    present = np.asarray(~np.isnan(values).any(axis=1))  # (N,) rows without a missing value
+    if not present.any():
+        raise ValueError("the series has no row without missing values")
+    first, last = int(np.argmax(present)), len(present) - int(np.argmax(present[::-1]))
+    values, times = values[first:last].copy(), times[first:last]
+    missing = int(np.isnan(values).sum())
+    steps = np.arange(len(values))
+    for j in range(values.shape[1]):
+        gap = np.isnan(values[:, j])
+        if gap.any():
+            values[gap, j] = np.interp(steps[gap], steps[~gap], values[~gap, j])
+    return Series(values, columns, [str(t) for t in times], season, frequency, missing)
+
+
+def _sunspots() -> Series:
+    import statsmodels.api as sm
+
+    df = sm.datasets.sunspots.load_pandas().data
+    return _clean(df[["SUNACTIVITY"]].to_numpy(), ["SUNACTIVITY"], df["YEAR"].astype(int).tolist(), 11, "yearly")
+
+
+def _co2() -> Series:
+    import statsmodels.api as sm
+
+    df = sm.datasets.co2.load_pandas().data
+    return _clean(df[["co2"]].to_numpy(), ["co2"], [str(t.date()) for t in df.index], 52, "weekly")
+
+
+def _tbilrate() -> Series:
+    import statsmodels.api as sm
+
+    df = sm.datasets.macrodata.load_pandas().data
+    times = [f"{int(y)}Q{int(q)}" for y, q in zip(df["year"], df["quarter"])]
+    return _clean(df[["tbilrate"]].to_numpy(), ["tbilrate"], times, 4, "quarterly")
+
+
+SERIES: dict[str, SeriesInfo] = {
+    "sunspots": SeriesInfo("sunspots", "yearly sunspot numbers, 1700-2008", "statsmodels.datasets.sunspots (NOAA NGDC yearly sunspot data)",
+                           "public domain, as statsmodels states", "yearly", 11, _sunspots),
+    "co2": SeriesInfo("co2", "weekly atmospheric CO2 at Mauna Loa, 1958-2001 (has gaps)",
+                      "statsmodels.datasets.co2 (CDIAC; Keeling and Whorf 2004)", "public domain, as statsmodels states",
+                      "weekly", 52, _co2),
+    "tbilrate": SeriesInfo("tbilrate", "US 3-month treasury-bill rate, quarterly 1959-2009",
+                           "statsmodels.datasets.macrodata (Federal Reserve Bank of St. Louis, FRED)",
+                           "public domain, as statsmodels states", "quarterly", 4, _tbilrate),
+}
+
+
+def load_series(name: str) -> Series:
+    if name not in SERIES:
+        raise ValueError(f"unknown series {name!r}: choose from {', '.join(SERIES)} (see `rnnkit datasets`)")
+    return SERIES[name].load()
+
+
+def read_series_csv(path: str | Path, *, target: str, time_col: str | None = None,
+                    features: Sequence[str] = (), season: int | None = None) -> Series:
+    """A series from a CSV file: target column (first), optional feature columns, in file order
+    (or sorted by time_col). Non-numeric values in a used column are an error."""
+    import pandas as pd
+
+    file = Path(path)
+    if not file.is_file():
+        raise ValueError(f"no such file: {file}")
+    df = pd.read_csv(file)
+    wanted = [target, *features] + ([time_col] if time_col else [])
+    missing = [c for c in wanted if c not in df.columns]
+    if missing:
+        raise ValueError(f"{file} has no column {', '.join(repr(c) for c in missing)}; it has {', '.join(map(str, df.columns))}")
+    if time_col:
+        df = df.sort_values(time_col, kind="stable")
+    columns = [target, *features]
+    for c in columns:
+        numeric = pd.to_numeric(df[c], errors="coerce")
+        bad = numeric.isna() & df[c].notna()
+        if bad.any():
+            raise ValueError(f"column {c!r} of {file} is not numeric: row {int(np.argmax(bad.to_numpy())) + 2} has {df[c][bad].iloc[0]!r}")
+        df[c] = numeric
+    times = df[time_col].astype(str).tolist() if time_col else [str(i) for i in range(len(df))]
+    return _clean(df[columns].to_numpy(), columns, times, season, "from the file")

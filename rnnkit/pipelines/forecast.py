@@ -1,0 +1,183 @@
+"""N -> 1 and N -> horizon: forecast a series from its last `window` steps.
+
+``train(cfg, out)`` splits the series in time order (train, validation, test), fits the scaler
+on the training part only, trains an NToOne model to predict the next `horizon` values of the
+target directly, scores the test part on the original scale (RMSE, MAE) beside the naive
+(last value) and seasonal naive baselines, and writes a run folder. ``forecast(run, steps)``
+continues the series recursively from its end.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import TensorDataset
+
+from rnnkit.data import Series, load_series, read_series_csv
+from rnnkit.models import NToOne, NToOneConfig
+from rnnkit.runs import NotARunError, read_run, write_run
+from rnnkit.training import EpochRecord, Trainer, TrainConfig
+
+
+def _forecast_training() -> TrainConfig:
+    return TrainConfig(epochs=150, batch_size=32, lr=3e-3, patience=30, lr_patience=8)
+
+
+@dataclass
+class ForecastConfig:
+    dataset: str | None = "sunspots"  # a bundled series, or None with data=
+    data: str | None = None  # the user's CSV
+    target: str | None = None
+    time_col: str | None = None
+    features: tuple[str, ...] = ()
+    window: int = 20
+    horizon: int = 1
+    season: int | None = None  # None: the bundled series' own season, else no seasonal baseline
+    cell: str = "lstm"
+    hidden_size: int = 32
+    num_layers: int = 1
+    pooling: str = "last"
+    dropout: float = 0.0
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    train: TrainConfig = field(default_factory=_forecast_training)
+
+
+def get_series(cfg: ForecastConfig) -> Series:
+    if cfg.data is not None:
+        if not cfg.target:
+            raise ValueError("--data needs --target, the column to forecast")
+        return read_series_csv(cfg.data, target=cfg.target, time_col=cfg.time_col, features=cfg.features, season=cfg.season)
+    if cfg.dataset is None:
+        raise ValueError("give a bundled series (--dataset) or a CSV file (--data)")
+    return load_series(cfg.dataset)
+
+
+def windows(z: np.ndarray, window: int, horizon: int, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Forecast origins t with lo <= t and t + horizon <= hi: inputs z[t-window:t] (n, W, F),
+    targets z[t:t+horizon, 0] (n, horizon), and the origins (n,)."""
+    origins = np.arange(max(lo, window), hi - horizon + 1)
+    x = np.stack([z[t - window:t] for t in origins]) if len(origins) else np.zeros((0, window, z.shape[1]))
+    y = np.stack([z[t:t + horizon, 0] for t in origins]) if len(origins) else np.zeros((0, horizon))
+    return x.astype(np.float32), y.astype(np.float32), origins
+
+
+def baselines(values: np.ndarray, origins: np.ndarray, horizon: int, season: int | None) -> dict[str, np.ndarray]:
+    """Baseline forecasts (n, horizon) from each origin: the last value, and the value one season
+    (or as many seasons as the step needs) before."""
+    out = {"naive (last value)": np.repeat(values[origins - 1, 0][:, None], horizon, axis=1)}
+    if season:
+        steps = np.arange(horizon)
+        back = season * np.ceil((steps + 1) / season).astype(int)  # (horizon,)
+        index = origins[:, None] + steps[None, :] - back[None, :]
+        if (index >= 0).all():
+            out[f"seasonal naive (season {season})"] = values[index, 0]
+    return out
+
+
+def errors(predicted: np.ndarray, actual: np.ndarray) -> dict[str, float]:
+    return {"rmse": float(np.sqrt(np.mean((predicted - actual) ** 2))), "mae": float(np.mean(np.abs(predicted - actual)))}
+
+
+def train(cfg: ForecastConfig, out: str | Path, *, on_epoch: Callable[[EpochRecord], None] | None = None) -> dict[str, Any]:
+    """Train and write the run folder at out; returns metrics.json's content."""
+    if Path(out).exists():
+        raise FileExistsError(f"run folder {out} already exists: choose another --out")
+    if cfg.window < 1 or cfg.horizon < 1:
+        raise ValueError(f"--window and --horizon must be >= 1, got {cfg.window} and {cfg.horizon}")
+    series = get_series(cfg)
+    season = cfg.season if cfg.season is not None else series.season
+    values, n = series.values, len(series.values)
+    train_end = int(round(n * (1 - cfg.val_fraction - cfg.test_fraction)))
+    val_end = int(round(n * (1 - cfg.test_fraction)))
+    mean, std = values[:train_end].mean(0), values[:train_end].std(0)
+    std = np.where(std > 0, std, 1.0)
+    z = (values - mean) / std  # scaled with the training part's statistics only
+    parts = {name: windows(z, cfg.window, cfg.horizon, lo, hi)
+             for name, (lo, hi) in {"train": (0, train_end), "validation": (train_end, val_end), "test": (val_end, n)}.items()}
+    empty = [name for name, (x, _, _) in parts.items() if len(x) == 0]
+    if empty:
+        need = math.ceil((cfg.window + cfg.horizon) / cfg.test_fraction)
+        raise ValueError(f"too few rows ({n}) for --window {cfg.window} and --horizon {cfg.horizon}: the "
+                         f"{' and '.join(empty)} split{'s have' if len(empty) > 1 else ' has'} no window; "
+                         f"give about {need} rows or more, or a smaller window")
+    model_cfg = NToOneConfig(input_size=values.shape[1], outputs=cfg.horizon, cell=cfg.cell, hidden_size=cfg.hidden_size,
+                             num_layers=cfg.num_layers, bidirectional=False, pooling=cfg.pooling, dropout=cfg.dropout)
+    torch.manual_seed(cfg.train.seed)
+    model = NToOne(model_cfg)
+
+    def rmse(pred: torch.Tensor, target: torch.Tensor) -> float:
+        return float(torch.sqrt(F.mse_loss(pred, target)))
+
+    trainer = Trainer(model, forward=lambda m, b: (m(b[0]), b[1]), loss_fn=F.mse_loss, metric_fn=rmse,
+                      config=cfg.train, higher_is_better=False, on_epoch=on_epoch)
+    data = {name: TensorDataset(torch.from_numpy(x), torch.from_numpy(y)) for name, (x, y, _) in parts.items()}
+    start = time.perf_counter()
+    history = trainer.fit(data["train"], data["validation"])
+    seconds = time.perf_counter() - start
+    _, _, pred, _ = trainer.evaluate(data["test"])
+    origins = parts["test"][2]
+    actual = np.stack([values[t:t + cfg.horizon, 0] for t in origins])
+    predicted = pred.numpy() * std[0] + mean[0]  # back to the original scale
+    base = {name: errors(b, actual) for name, b in baselines(values, origins, cfg.horizon, season).items()}
+    metrics = {
+        "task": "forecast",
+        "series": cfg.dataset if cfg.data is None else str(cfg.data),
+        "test": errors(predicted, actual),
+        "baseline": base,
+        "sizes": {name: len(x) for name, (x, _, _) in parts.items()},
+        "rows": n,
+        "interpolated": series.interpolated,
+        "best_epoch": trainer.best_epoch,
+        "epochs_run": len(history),
+        "train_seconds": round(seconds, 2),
+    }
+    config = {"task": "forecast", "dataset": cfg.dataset if cfg.data is None else None, "data": cfg.data,
+              "target": series.columns[0], "columns": series.columns, "window": cfg.window, "horizon": cfg.horizon,
+              "season": season, "frequency": series.frequency, "model": asdict(model_cfg), "train": asdict(cfg.train)}
+    extras = {"mean": mean.tolist(), "std": std.tolist(), "tail": values[-cfg.window:].tolist(),
+              "tail_times": series.times[-cfg.window:]}
+    write_run(out, config=config, weights=model.state_dict(), extras=extras, metrics=metrics,
+              history=[r.as_dict() for r in history])
+    return metrics
+
+
+def forecast(run_path: str | Path, steps: int, *, data: str | None = None) -> np.ndarray:
+    """Continue the series steps values past its end (the run's, or the end of data, a CSV with
+    the run's columns), feeding each forecast back as input. Target-only runs only."""
+    if steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {steps}")
+    run = read_run(run_path)
+    cfg = run.config
+    if cfg.get("task") != "forecast":
+        raise NotARunError(f"{run.path} is a {cfg.get('task')!r} run, not a forecast run")
+    if len(cfg["columns"]) != 1:
+        raise ValueError("a recursive forecast needs a run trained on the target alone: its input features "
+                         f"{cfg['columns'][1:]} have no future values")
+    if data is not None:
+        tail = read_series_csv(data, target=cfg["target"]).values[-cfg["window"]:]
+        if len(tail) < cfg["window"]:
+            raise ValueError(f"{data} has {len(tail)} rows; the run needs the last {cfg['window']}")
+    else:
+        tail = np.asarray(run.extras["tail"], dtype=np.float64)
+    model = NToOne(NToOneConfig(**cfg["model"]))
+    model.load_state_dict(run.weights)
+    model.eval()
+    mean, std = run.extras["mean"][0], run.extras["std"][0]
+    history = list((tail[:, 0] - mean) / std)
+    out: list[float] = []
+    with torch.no_grad():
+        while len(out) < steps:
+            x = torch.tensor(history[-cfg["window"]:], dtype=torch.float32).view(1, -1, 1)
+            step = model(x)[0].tolist()  # the next `horizon` values, scaled
+            history.extend(step)
+            out.extend(step)
+    return np.asarray(out[:steps]) * std + mean
