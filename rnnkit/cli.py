@@ -87,6 +87,8 @@ def train_classify(dataset: str, cell: str, hidden: int, layers: int, bidirectio
 @click.option("--window", default=20, show_default=True, help="Steps of history in each input.")
 @click.option("--horizon", default=1, show_default=True, help="Steps predicted at once.")
 @click.option("--season", type=int, default=None, help="Season length for the seasonal naive baseline (default: the series').")
+@click.option("--predict", type=click.Choice(["change", "level"]), default="change", show_default=True,
+              help="Learn each value as a change from the last input value (robust to trends), or as is.")
 @click.option("--cell", type=click.Choice(["rnn", "lstm", "gru"]), default="lstm", show_default=True)
 @click.option("--hidden", default=32, show_default=True)
 @click.option("--layers", default=1, show_default=True)
@@ -96,7 +98,7 @@ def train_classify(dataset: str, cell: str, hidden: int, layers: int, bidirectio
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Run folder to create (default runs/forecast-SERIES-TIME).")
 def train_forecast(dataset: str, data: str | None, target: str | None, time_col: str | None, features: str,
-                   window: int, horizon: int, season: int | None, cell: str, hidden: int, layers: int,
+                   window: int, horizon: int, season: int | None, predict: str, cell: str, hidden: int, layers: int,
                    epochs: int, lr: float, seed: int, out: str | None) -> None:
     """N -> 1 or N -> horizon: forecast a series (bundled: sunspots, co2, tbilrate)."""
     import time as _time
@@ -109,7 +111,8 @@ def train_forecast(dataset: str, data: str | None, target: str | None, time_col:
     train_cfg = TrainConfig(epochs=epochs, batch_size=32, lr=lr, patience=30, lr_patience=8, seed=seed)
     cfg = fc.ForecastConfig(dataset=None if data else dataset, data=data, target=target, time_col=time_col,
                             features=tuple(f for f in features.split(",") if f), window=window, horizon=horizon,
-                            season=season, cell=cell, hidden_size=hidden, num_layers=layers, train=train_cfg)
+                            season=season, predict=predict, cell=cell, hidden_size=hidden, num_layers=layers,
+                            train=train_cfg)
     quiet = {"n": 0}
 
     def show(r: object) -> None:

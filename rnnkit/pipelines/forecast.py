@@ -2,7 +2,8 @@
 
 ``train(cfg, out)`` splits the series in time order (train, validation, test), fits the scaler
 on the training part only, trains an NToOne model to predict the next `horizon` values of the
-target directly, scores the test part on the original scale (RMSE, MAE) beside the naive
+target directly (by default as changes from the last input value, so that trending series
+stay in range; `predict="level"` for the values themselves), scores the test part on the original scale (RMSE, MAE) beside the naive
 (last value) and seasonal naive baselines, and writes a run folder. ``forecast(run, steps)``
 continues the series recursively from its end.
 """
@@ -41,6 +42,7 @@ class ForecastConfig:
     window: int = 20
     horizon: int = 1
     season: int | None = None  # None: the bundled series' own season, else no seasonal baseline
+    predict: str = "change"  # "change": the model predicts each value minus the last input value
     cell: str = "lstm"
     hidden_size: int = 32
     num_layers: int = 1
@@ -119,12 +121,20 @@ def train(cfg: ForecastConfig, out: str | Path, *, on_epoch: Callable[[EpochReco
 
     trainer = Trainer(model, forward=lambda m, b: (m(b[0]), b[1]), loss_fn=F.mse_loss, metric_fn=rmse,
                       config=cfg.train, higher_is_better=False, on_epoch=on_epoch)
-    data = {name: TensorDataset(torch.from_numpy(x), torch.from_numpy(y)) for name, (x, y, _) in parts.items()}
+    if cfg.predict not in ("change", "level"):
+        raise ValueError(f"--predict must be 'change' or 'level', got {cfg.predict!r}")
+
+    def targets(x: np.ndarray, y: np.ndarray) -> np.ndarray:  # what the model learns to output
+        return y - x[:, -1:, 0] if cfg.predict == "change" else y
+
+    data = {name: TensorDataset(torch.from_numpy(x), torch.from_numpy(targets(x, y))) for name, (x, y, _) in parts.items()}
     start = time.perf_counter()
     history = trainer.fit(data["train"], data["validation"])
     seconds = time.perf_counter() - start
     _, _, pred, _ = trainer.evaluate(data["test"])
-    origins = parts["test"][2]
+    x_test, _, origins = parts["test"]
+    if cfg.predict == "change":
+        pred = pred + torch.from_numpy(x_test[:, -1:, 0])  # back to levels
     actual = np.stack([values[t:t + cfg.horizon, 0] for t in origins])
     predicted = pred.numpy() * std[0] + mean[0]  # back to the original scale
     base = {name: errors(b, actual) for name, b in baselines(values, origins, cfg.horizon, season).items()}
@@ -142,7 +152,8 @@ def train(cfg: ForecastConfig, out: str | Path, *, on_epoch: Callable[[EpochReco
     }
     config = {"task": "forecast", "dataset": cfg.dataset if cfg.data is None else None, "data": cfg.data,
               "target": series.columns[0], "columns": series.columns, "window": cfg.window, "horizon": cfg.horizon,
-              "season": season, "frequency": series.frequency, "model": asdict(model_cfg), "train": asdict(cfg.train)}
+              "season": season, "frequency": series.frequency, "predict": cfg.predict, "model": asdict(model_cfg),
+              "train": asdict(cfg.train)}
     extras = {"mean": mean.tolist(), "std": std.tolist(), "tail": values[-cfg.window:].tolist(),
               "tail_times": series.times[-cfg.window:]}
     write_run(out, config=config, weights=model.state_dict(), extras=extras, metrics=metrics,
@@ -177,7 +188,10 @@ def forecast(run_path: str | Path, steps: int, *, data: str | None = None) -> np
     with torch.no_grad():
         while len(out) < steps:
             x = torch.tensor(history[-cfg["window"]:], dtype=torch.float32).view(1, -1, 1)
-            step = model(x)[0].tolist()  # the next `horizon` values, scaled
+            step = model(x)[0]  # the next `horizon` values (or changes from the last), scaled
+            if cfg.get("predict", "level") == "change":
+                step = step + history[-1]
+            step = step.tolist()
             history.extend(step)
             out.extend(step)
     return np.asarray(out[:steps]) * std + mean

@@ -110,3 +110,18 @@ def test_cli_forecast_round_trip_and_errors(tmp_path: Path) -> None:
         result = runner.invoke(main, args)
         assert result.exit_code == 1 and message in result.output, result.output
         assert not (tmp_path / "x").exists()
+
+
+def test_predicting_changes_extrapolates_a_trend(tmp_path: Path) -> None:
+    """A ramp rises past anything seen in training: predicting changes from the last value
+    continues it, predicting levels cannot (the test targets lie outside the training range)."""
+    path = tmp_path / "ramp.csv"
+    path.write_text("y\n" + "".join(f"{v}\n" for v in range(200)))
+    rmse = {}
+    for mode in ("change", "level"):
+        cfg = fc.ForecastConfig(dataset=None, data=str(path), target="y", window=5, predict=mode,
+                                train=TrainConfig(epochs=40, lr=1e-2, patience=None))
+        rmse[mode] = fc.train(cfg, tmp_path / mode)["test"]["rmse"]
+    assert rmse["change"] < 1.0 < rmse["level"]
+    ahead = fc.forecast(tmp_path / "change", 5)
+    assert np.abs(ahead - np.arange(200, 205)).max() < 2.0
