@@ -2,7 +2,7 @@
 
 A run folder holds config.json (what was trained and how), model.safetensors (the weights),
 extras.json (label names and other task data), metrics.json ("test" and "baseline" metrics),
-and history.csv (one row per epoch). It is written into a temporary folder beside its final
+history.csv (one row per epoch) and plots/*.png. It is written into a temporary folder beside its final
 place and renamed when complete, so a process that dies never leaves a half-written run.
 """
 
@@ -45,8 +45,10 @@ def write_run(
     extras: Mapping[str, Any],
     metrics: Mapping[str, Any],
     history: Sequence[Mapping[str, float]],
+    plots: Mapping[str, bytes] | None = None,
 ) -> Path:
-    """Write a run folder at path, which must not exist yet; all of it appears at once."""
+    """Write a run folder at path, which must not exist yet; all of it appears at once.
+    plots: PNG images by file name, written into plots/."""
     target = Path(path)
     if target.exists():
         raise FileExistsError(f"run folder {target} already exists: choose another --out")
@@ -62,6 +64,10 @@ def write_run(
                 writer = csv.DictWriter(f, fieldnames=list(history[0]))
                 writer.writeheader()
                 writer.writerows(history)
+        if plots:
+            (tmp / "plots").mkdir()
+            for name, png in plots.items():
+                (tmp / "plots" / name).write_bytes(png)
         os.replace(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

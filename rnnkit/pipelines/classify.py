@@ -94,8 +94,16 @@ def train(cfg: ClassifyConfig, out: str | Path, *, on_epoch: Callable[[EpochReco
     config = {"task": "classify", "dataset": cfg.dataset, "model": asdict(model_cfg),
               "train": asdict(cfg.train), "input": {"steps": int(data.x.shape[1]), "features": int(data.x.shape[2])},
               "split": {"validation": cfg.val_fraction, "test": cfg.test_fraction}}
+    from sklearn.metrics import confusion_matrix
+
+    from rnnkit import plots
+
+    rows = [r.as_dict() for r in history]
+    counts = confusion_matrix(target.numpy(), logits.argmax(-1).numpy(), labels=range(len(data.label_names)))
+    figures = {"confusion_matrix.png": plots.confusion_matrix(counts, data.label_names),
+               "history.png": plots.history(rows, "accuracy")}
     write_run(out, config=config, weights=model.state_dict(), extras={"label_names": data.label_names, "input_divisor": data.input_divisor},
-              metrics=metrics, history=[r.as_dict() for r in history])
+              metrics=metrics, history=rows, plots=figures)
     return metrics
 
 

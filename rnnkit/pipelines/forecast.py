@@ -137,7 +137,8 @@ def train(cfg: ForecastConfig, out: str | Path, *, on_epoch: Callable[[EpochReco
         pred = pred + torch.from_numpy(x_test[:, -1:, 0])  # back to levels
     actual = np.stack([values[t:t + cfg.horizon, 0] for t in origins])
     predicted = pred.numpy() * std[0] + mean[0]  # back to the original scale
-    base = {name: errors(b, actual) for name, b in baselines(values, origins, cfg.horizon, season).items()}
+    base_forecasts = baselines(values, origins, cfg.horizon, season)
+    base = {name: errors(b, actual) for name, b in base_forecasts.items()}
     metrics = {
         "task": "forecast",
         "series": cfg.dataset if cfg.data is None else str(cfg.data),
@@ -156,8 +157,17 @@ def train(cfg: ForecastConfig, out: str | Path, *, on_epoch: Callable[[EpochReco
               "train": asdict(cfg.train)}
     extras = {"mean": mean.tolist(), "std": std.tolist(), "tail": values[-cfg.window:].tolist(),
               "tail_times": series.times[-cfg.window:]}
-    write_run(out, config=config, weights=model.state_dict(), extras=extras, metrics=metrics,
-              history=[r.as_dict() for r in history])
+    from rnnkit import plots
+
+    rows = [r.as_dict() for r in history]
+    figures = {  # the first step of each test forecast, against the actual value and the baselines
+        "forecast.png": plots.forecast([series.times[t] for t in origins], actual[:, 0], predicted[:, 0],
+                                       {k: v[:, 0] for k, v in base_forecasts.items()},
+                                       f"{metrics['series']}: test split, one step ahead"),
+        "history.png": plots.history(rows, "RMSE (scaled)"),
+    }
+    write_run(out, config=config, weights=model.state_dict(), extras=extras, metrics=metrics, history=rows,
+              plots=figures)
     return metrics
 
 

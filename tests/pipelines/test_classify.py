@@ -73,3 +73,12 @@ def test_cli_errors_are_one_line_and_write_nothing(tmp_path, args: list[str], me
     assert result.exit_code == 1
     assert message in result.output and result.output.count("\n") == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_run_folder_has_its_plots(run) -> None:  # type: ignore[no-untyped-def]
+    from matplotlib.image import imread
+
+    out, _ = run
+    for name in ("confusion_matrix.png", "history.png"):
+        image = imread(Path(out) / "plots" / name)
+        assert image.ndim == 3 and image.shape[0] > 200 and image.shape[1] > 200, name

@@ -125,3 +125,14 @@ def test_predicting_changes_extrapolates_a_trend(tmp_path: Path) -> None:
     assert rmse["change"] < 1.0 < rmse["level"]
     ahead = fc.forecast(tmp_path / "change", 5)
     assert np.abs(ahead - np.arange(200, 205)).max() < 2.0
+
+
+def test_forecast_run_has_its_plots(tmp_path: Path) -> None:
+    from matplotlib.image import imread
+
+    csv = sine_csv(tmp_path / "sine.csv")
+    fc.train(fc.ForecastConfig(dataset=None, data=str(csv), target="y", window=12,
+                               train=TrainConfig(epochs=2, patience=None)), tmp_path / "run")
+    for name in ("forecast.png", "history.png"):
+        image = imread(tmp_path / "run" / "plots" / name)
+        assert image.ndim == 3 and image.shape[1] > 300, name

@@ -1,0 +1,66 @@
+"""The PNG figures of a run folder, drawn off-screen (matplotlib's Agg backend) into bytes."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+
+def _figure(width: float = 6.4, height: float = 4.8):  # type: ignore[no-untyped-def]
+    from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
+
+    return Figure(figsize=(width, height), dpi=100)
+
+
+def _png(fig) -> bytes:  # type: ignore[no-untyped-def]
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def history(rows: Sequence[Mapping[str, float]], metric_name: str) -> bytes:
+    """Training and validation loss, and the validation metric, per epoch."""
+    fig = _figure(8, 3.5)
+    loss, metric = fig.subplots(1, 2)
+    epochs = [r["epoch"] for r in rows]
+    loss.plot(epochs, [r["train_loss"] for r in rows], label="train")
+    loss.plot(epochs, [r["val_loss"] for r in rows], label="validation")
+    loss.set(xlabel="epoch", ylabel="loss", title="loss")
+    loss.legend()
+    metric.plot(epochs, [r["val_metric"] for r in rows], color="tab:green")
+    metric.set(xlabel="epoch", ylabel=metric_name, title=f"validation {metric_name}")
+    return _png(fig)
+
+
+def confusion_matrix(counts: np.ndarray, labels: Sequence[str]) -> bytes:
+    """counts (C, C): rows the true class, columns the predicted one."""
+    fig = _figure(1.2 + 0.45 * len(labels), 1 + 0.45 * len(labels))
+    ax = fig.subplots()
+    ax.imshow(counts, cmap="Blues")
+    ax.set(xticks=range(len(labels)), yticks=range(len(labels)), xticklabels=labels, yticklabels=labels,
+           xlabel="predicted", ylabel="true", title="test confusion matrix")
+    top = counts.max() if counts.size else 0
+    for i in range(counts.shape[0]):
+        for j in range(counts.shape[1]):
+            ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=8,
+                    color="white" if counts[i, j] > top / 2 else "black")
+    return _png(fig)
+
+
+def forecast(times: Sequence[str], actual: np.ndarray, predicted: np.ndarray,
+             baselines: Mapping[str, np.ndarray], title: str) -> bytes:
+    """The test split's actual values against the model's and the baselines' forecasts."""
+    fig = _figure(9, 4)
+    ax = fig.subplots()
+    steps = np.arange(len(actual))
+    ax.plot(steps, actual, color="black", label="actual")
+    ax.plot(steps, predicted, color="tab:blue", label="rnnkit")
+    for name, values in baselines.items():
+        ax.plot(steps, values, linestyle="--", linewidth=1, label=name)
+    ticks = steps[:: max(1, len(steps) // 8)]
+    ax.set_xticks(ticks, [times[i] for i in ticks], rotation=30)
+    ax.set(title=title, ylabel="value")
+    ax.legend()
+    return _png(fig)
