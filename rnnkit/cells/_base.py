@@ -116,7 +116,7 @@ def init_cell_weights(
     Layer-norm gains start at 1 and the cell-norm shift at 0. ``forget_bias`` (LSTM) sets the
     forget-gate slice of bias_ih to that value and of bias_hh to 0 (Jozefowicz et al. 2015).
     """
-    bound = 1.0 / math.sqrt(hidden_size) if hidden_size > 0 else 0.0
+    bound = 1.0 / math.sqrt(hidden_size)
     for name, p in w._asdict().items():
         if p is None:
             continue

@@ -39,7 +39,6 @@ class LayerConfig:
 
     spec: CellSpec
     hidden_size: int
-    proj_size: int
     layer_norm: bool
     recurrent_dropout: float
     zoneout: float

@@ -159,7 +159,6 @@ class RecurrentLayer(nn.Module):
         return LayerConfig(
             spec=self.spec,
             hidden_size=self.hidden_size,
-            proj_size=self.proj_size,
             layer_norm=self.layer_norm,
             recurrent_dropout=self.recurrent_dropout,
             zoneout=self.zoneout,

@@ -252,8 +252,8 @@ def test_auto_picks_the_fastest_engine_that_runs_the_layer() -> None:
     assert rnnkit.GRU(3, 600).engine_for(x) == "fused"
     assert rnnkit.LSTM(3, 600).engine_for(x) == "native"  # B * H = 1200 > FUSED_LSTM_MAX_WIDTH
     one = torch.randn(4, 1, 3)  # (T, B=1, I), or (B=4, T, I) with batch_first
-    assert rnnkit.LSTM(3, 600).engine_for(one) == "fused"
-    assert rnnkit.LSTM(3, 600, batch_first=True).engine_for(one) == "native"
+    assert rnnkit.LSTM(3, 40).engine_for(one) == "fused"  # B * H = 40
+    assert rnnkit.LSTM(3, 40, batch_first=True).engine_for(one) == "native"  # B * H = 160
     assert rnnkit.LSTM(3, 600, zoneout=0.1).engine_for(x) == "fused"  # native has no zoneout
     assert rnnkit.LSTM(3, 600, layer_norm=True).engine_for(x) == "fused"
     assert rnnkit.LSTM(3, 5, proj_size=2, layer_norm=True).engine_for(x) == "fused"
