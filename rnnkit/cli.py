@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 import rnnkit
+
+if TYPE_CHECKING:
+    from rnnkit.training import EpochRecord
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -35,42 +40,119 @@ def train() -> None:
     """Train a model; each run writes one folder (see `rnnkit predict`)."""
 
 
+def _training_options(f: Callable[..., None]) -> Callable[..., None]:
+    """Options every `rnnkit train` command shares."""
+    options = [
+        click.option("--seed", default=0, show_default=True, help="Fixes the split, the initialisation and the batches."),
+        click.option("--out", type=click.Path(file_okay=False), default=None,
+                     help="Run folder to create (default runs/TASK-DATA-TIME)."),
+        click.option("--resume", type=click.Path(file_okay=False), default=None,
+                     help="Continue this run (stopped, or finished: give a larger --epochs) with its own settings."),
+        click.option("--tensorboard", is_flag=True, help="Also write TensorBoard event files to RUN/tensorboard."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _check_resume(ctx: click.Context, resume: str | None) -> None:
+    """With --resume, the run's own settings hold: any other explicit option but --epochs is an error."""
+    if resume is None:
+        return
+    given = [name for name in ctx.params if name not in ("resume", "epochs", "tensorboard")
+             and ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
+    if given:
+        flags = ", ".join("--" + n.replace("_", "-") for n in given)
+        raise click.UsageError(f"--resume continues a run with its own settings: drop {flags} (only --epochs may change)")
+
+
+def _epoch_printer(metric: str, every: int = 1) -> tuple[Callable[[EpochRecord], None], bool]:
+    """(on_epoch, progress): a progress bar per epoch on a terminal, else one plain line per epoch
+    (every `every` epochs)."""
+    import sys
+
+    progress = sys.stderr.isatty()
+
+    def show(r: EpochRecord) -> None:
+        if progress or (r.epoch - 1) % every:
+            return
+        click.echo(f"epoch {r.epoch:>3}  train loss {r.train_loss:.4f}  val loss {r.val_loss:.4f}  "
+                   f"val {metric} {r.val_metric:.4f}  lr {r.lr:.2g}  grad norm {r.grad_norm:.2f} "
+                   f"(clipped {r.clipped:.0%})  {r.seconds:.1f} s")
+
+    return show, progress
+
+
+def _run_folder(out: str | None, resume: str | None, task: str, name: str) -> str:
+    import time as _time
+
+    return resume or out or f"runs/{task}-{name}-{_time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _worker() -> bool:
+    """True in a data-parallel process other than the main one, which alone reports."""
+    from rnnkit.training import world
+
+    return world()[0] != 0
+
+
+def _train(run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run a pipeline's train; its errors become one-line messages."""
+    try:
+        return run()
+    except (ValueError, FileExistsError, FileNotFoundError, ImportError) as error:
+        raise click.ClickException(str(error)) from None
+
+
 @train.command("classify")
 @click.option("--dataset", default="digits", show_default=True, help="A bundled data set (`rnnkit datasets`).")
+@click.option("--data", type=click.Path(exists=True), default=None,
+              help="Your own data: a CSV/TSV file, or a folder with one sub-folder of .txt files per label.")
+@click.option("--text-col", default=None, help="With --data FILE: the column of texts.")
+@click.option("--label-col", default=None, help="With --data FILE: the column of labels.")
+@click.option("--steps", default=1, show_default=True,
+              help="With --data FILE and no --text-col: the numeric columns form this many steps.")
+@click.option("--tokens", type=click.Choice(["char", "word"]), default="char", show_default=True,
+              help="Texts: read them character by character or word by word.")
+@click.option("--max-vocab", default=20000, show_default=True, help="Texts: vocabulary size at most (training split only).")
+@click.option("--max-length", default=400, show_default=True, help="Texts: tokens kept from the start of each.")
+@click.option("--embed", default=64, show_default=True, help="Texts: embedding width.")
 @click.option("--cell", type=click.Choice(["rnn", "lstm", "gru"]), default="gru", show_default=True)
 @click.option("--hidden", default=128, show_default=True, help="Hidden units per direction.")
 @click.option("--layers", default=1, show_default=True, help="Stacked layers.")
 @click.option("--bidirectional/--unidirectional", default=True, show_default=True)
-@click.option("--pooling", type=click.Choice(["last", "mean", "max"]), default="mean", show_default=True)
+@click.option("--pooling", type=click.Choice(["last", "mean", "max", "attention"]), default="mean", show_default=True)
 @click.option("--dropout", default=0.0, show_default=True)
 @click.option("--epochs", default=40, show_default=True, help="At most this many (early stopping).")
 @click.option("--batch-size", default=64, show_default=True)
 @click.option("--lr", default=3e-3, show_default=True)
-@click.option("--seed", default=0, show_default=True, help="Fixes the split, the initialisation and the batches.")
-@click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Run folder to create (default runs/classify-DATASET-TIME).")
-def train_classify(dataset: str, cell: str, hidden: int, layers: int, bidirectional: bool, pooling: str,
-                   dropout: float, epochs: int, batch_size: int, lr: float, seed: int, out: str | None) -> None:
-    """N -> 1: classify sequences (digits: 8x8 images read row by row)."""
-    import time as _time
-
+@_training_options
+@click.pass_context
+def train_classify(ctx: click.Context, dataset: str, data: str | None, text_col: str | None, label_col: str | None,
+                   steps: int, tokens: str, max_vocab: int, max_length: int, embed: int, cell: str, hidden: int,
+                   layers: int, bidirectional: bool, pooling: str, dropout: float, epochs: int, batch_size: int,
+                   lr: float, seed: int, out: str | None, resume: str | None, tensorboard: bool) -> None:
+    """N -> 1: classify texts or sequences (digits: 8x8 images read row by row; surnames: by language)."""
     from rnnkit.pipelines import classify
+    from rnnkit.pipelines._runs import pipeline_config
     from rnnkit.training import TrainConfig
 
-    folder = out or f"runs/classify-{dataset}-{_time.strftime('%Y%m%d-%H%M%S')}"
-    cfg = classify.ClassifyConfig(dataset=dataset, cell=cell, hidden_size=hidden, num_layers=layers,
-                                  bidirectional=bidirectional, pooling=pooling, dropout=dropout,
-                                  train=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed))
-
-    def show(r: object) -> None:
-        click.echo("epoch {epoch:>3}  train loss {train_loss:.4f}  val loss {val_loss:.4f}  "
-                   "val accuracy {val_metric:.4f}  lr {lr:.2g}  grad norm {grad_norm:.2f} "
-                   "(clipped {clipped:.0%})  {seconds:.1f} s".format(**r.as_dict()))  # type: ignore[attr-defined]
-
-    try:
-        metrics = classify.train(cfg, folder, on_epoch=show)
-    except (ValueError, FileExistsError) as error:
-        raise click.ClickException(str(error)) from None
+    _check_resume(ctx, resume)
+    if resume:
+        cfg = _train(lambda: {"cfg": pipeline_config(resume, "classify", classify.ClassifyConfig,
+                                                     epochs=epochs)})["cfg"]
+    else:
+        cfg = classify.ClassifyConfig(dataset=dataset, data=data, text_col=text_col, label_col=label_col, steps=steps,
+                                      tokens=tokens, max_vocab=max_vocab, max_length=max_length, embed_dim=embed,
+                                      cell=cell, hidden_size=hidden, num_layers=layers, bidirectional=bidirectional,
+                                      pooling=pooling, dropout=dropout,
+                                      train=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed))
+    folder = _run_folder(out, resume, "classify", Path(cfg.source).stem)
+    show, progress = _epoch_printer("accuracy")
+    metrics = _train(lambda: classify.train(cfg, folder, on_epoch=show, resume=resume is not None, progress=progress,
+                                            tensorboard=tensorboard))
+    if _worker():
+        return
     t, b = metrics["test"], metrics["baseline"]
     click.echo(f"test accuracy {t['accuracy']:.4f}, macro-F1 {t['macro_f1']:.4f}  "
                f"(majority baseline: accuracy {b['accuracy']:.4f}, macro-F1 {b['macro_f1']:.4f}); "
@@ -94,37 +176,32 @@ def train_classify(dataset: str, cell: str, hidden: int, layers: int, bidirectio
 @click.option("--layers", default=1, show_default=True)
 @click.option("--epochs", default=150, show_default=True, help="At most this many (early stopping).")
 @click.option("--lr", default=3e-3, show_default=True)
-@click.option("--seed", default=0, show_default=True)
-@click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Run folder to create (default runs/forecast-SERIES-TIME).")
-def train_forecast(dataset: str, data: str | None, target: str | None, time_col: str | None, features: str,
-                   window: int, horizon: int, season: int | None, predict: str, cell: str, hidden: int, layers: int,
-                   epochs: int, lr: float, seed: int, out: str | None) -> None:
+@_training_options
+@click.pass_context
+def train_forecast(ctx: click.Context, dataset: str, data: str | None, target: str | None, time_col: str | None,
+                   features: str, window: int, horizon: int, season: int | None, predict: str, cell: str, hidden: int,
+                   layers: int, epochs: int, lr: float, seed: int, out: str | None, resume: str | None,
+                   tensorboard: bool) -> None:
     """N -> 1 or N -> horizon: forecast a series (bundled: sunspots, co2, tbilrate)."""
-    import time as _time
-
     from rnnkit.pipelines import forecast as fc
+    from rnnkit.pipelines._runs import pipeline_config
     from rnnkit.training import TrainConfig
 
-    name = Path(data).stem if data else dataset
-    folder = out or f"runs/forecast-{name}-{_time.strftime('%Y%m%d-%H%M%S')}"
-    train_cfg = TrainConfig(epochs=epochs, batch_size=32, lr=lr, patience=30, lr_patience=8, seed=seed)
-    cfg = fc.ForecastConfig(dataset=None if data else dataset, data=data, target=target, time_col=time_col,
-                            features=tuple(f for f in features.split(",") if f), window=window, horizon=horizon,
-                            season=season, predict=predict, cell=cell, hidden_size=hidden, num_layers=layers,
-                            train=train_cfg)
-    quiet = {"n": 0}
-
-    def show(r: object) -> None:
-        quiet["n"] += 1
-        if quiet["n"] % 10 == 1:  # every tenth epoch: forecasting runs are many short epochs
-            click.echo("epoch {epoch:>3}  train loss {train_loss:.4f}  val RMSE (scaled) {val_metric:.4f}  "
-                       "lr {lr:.2g}".format(**r.as_dict()))  # type: ignore[attr-defined]
-
-    try:
-        metrics = fc.train(cfg, folder, on_epoch=show)
-    except (ValueError, FileExistsError) as error:
-        raise click.ClickException(str(error)) from None
+    _check_resume(ctx, resume)
+    if resume:
+        cfg = _train(lambda: {"cfg": pipeline_config(resume, "forecast", fc.ForecastConfig, epochs=epochs)})["cfg"]
+    else:
+        train_cfg = TrainConfig(epochs=epochs, batch_size=32, lr=lr, patience=30, lr_patience=8, seed=seed)
+        cfg = fc.ForecastConfig(dataset=None if data else dataset, data=data, target=target, time_col=time_col,
+                                features=tuple(f for f in features.split(",") if f), window=window, horizon=horizon,
+                                season=season, predict=predict, cell=cell, hidden_size=hidden, num_layers=layers,
+                                train=train_cfg)
+    folder = _run_folder(out, resume, "forecast", Path(cfg.data).stem if cfg.data else str(cfg.dataset))
+    show, progress = _epoch_printer("RMSE (scaled)", every=10)  # forecasting runs are many short epochs
+    metrics = _train(lambda: fc.train(cfg, folder, on_epoch=show, resume=resume is not None, progress=progress,
+                                      tensorboard=tensorboard))
+    if _worker():
+        return
     t = metrics["test"]
     click.echo(f"test RMSE {t['rmse']:.3f}, MAE {t['mae']:.3f} on {metrics['sizes']['test']} windows; best epoch "
                f"{metrics['best_epoch']}, {metrics['train_seconds']:.1f} s")
@@ -156,11 +233,13 @@ def forecast_command(run: str, steps: int, data: str | None, out_path: str) -> N
 
 @main.command()
 @click.argument("run", type=click.Path())
-@click.option("--input", "input_path", type=click.Path(dir_okay=False), required=True,
-              help="CSV, one sequence per row: T*F numbers (digits: 64 pixel values 0-16).")
+@click.argument("texts", nargs=-1)
+@click.option("--input", "input_path", type=click.Path(dir_okay=False), default=None,
+              help="A file: for text runs one text per line; for others a CSV, one sequence of T*F numbers per row "
+                   "(digits: 64 pixel values 0-16).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines for machines.")
-def predict(run: str, input_path: str, as_json: bool) -> None:
-    """Label new data with a trained classify run."""
+def predict(run: str, texts: tuple[str, ...], input_path: str | None, as_json: bool) -> None:
+    """Label new data with a trained classify run: `rnnkit predict RUN "some text"` or --input FILE."""
     import json
 
     import numpy as np
@@ -168,24 +247,39 @@ def predict(run: str, input_path: str, as_json: bool) -> None:
     from rnnkit.pipelines import classify
 
     try:
-        classify.load(run)  # the run first: a folder that is not one is the first thing to say
+        _, config, _ = classify.load(run)  # the run first: a folder that is not one is the first thing to say
     except ValueError as error:
         raise click.ClickException(str(error)) from None
+    if bool(texts) == bool(input_path):
+        raise click.UsageError("give the texts to classify as arguments, or --input FILE (not both)")
+    unknown: list[list[str]] = []
     try:
-        rows = np.loadtxt(input_path, delimiter=",", ndmin=2, dtype=np.float32)
-    except (OSError, ValueError) as error:
+        if config["input"]["kind"] == "text":
+            items = list(texts)
+            if input_path:
+                with open(input_path, encoding="utf-8") as f:
+                    items = [line.rstrip("\n") for line in f if line.strip()]
+            probs, labels, unknown = classify.predict_texts(run, items)
+        else:
+            if texts:
+                raise ValueError(f"{run} classifies rows of numbers, not texts: use --input FILE.csv")
+            rows = np.loadtxt(str(input_path), delimiter=",", ndmin=2, dtype=np.float32)
+            probs, labels = classify.predict(run, rows)
+    except (OSError, UnicodeDecodeError) as error:
         raise click.ClickException(f"cannot read {input_path}: {error}") from None
-    try:
-        probs, labels = classify.predict(run, rows)
     except ValueError as error:
         raise click.ClickException(str(error)) from None
-    for row in probs:
+    for i, row in enumerate(probs):
         best = int(row.argmax())
         if as_json:
-            click.echo(json.dumps({"label": labels[best], "probabilities": dict(zip(labels, map(float, row)))}))
+            record: dict[str, Any] = {"label": labels[best], "probabilities": dict(zip(labels, map(float, row)))}
+            if unknown:
+                record["unknown_tokens"] = unknown[i]
+            click.echo(json.dumps(record, ensure_ascii=False))
         else:
-            top = sorted(range(len(labels)), key=lambda i: -row[i])[:3]
-            click.echo(f"{labels[best]}  (" + ", ".join(f"{labels[i]}: {row[i]:.3f}" for i in top) + ")")
+            top = sorted(range(len(labels)), key=lambda j: -row[j])[:3]
+            note = f"  [not in the vocabulary, read as <unk>: {' '.join(unknown[i])}]" if unknown and unknown[i] else ""
+            click.echo(f"{labels[best]}  (" + ", ".join(f"{labels[j]}: {row[j]:.3f}" for j in top) + ")" + note)
 
 
 @main.command()

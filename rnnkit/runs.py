@@ -2,8 +2,12 @@
 
 A run folder holds config.json (what was trained and how), model.safetensors (the weights),
 extras.json (label names and other task data), metrics.json ("test" and "baseline" metrics),
-history.csv (one row per epoch) and plots/*.png. It is written into a temporary folder beside its final
-place and renamed when complete, so a process that dies never leaves a half-written run.
+history.csv (one row per epoch), plots/*.png and checkpoint.pt (the training state, for --resume).
+
+While training, a run lives in RUN.partial beside its final place: config.json and the checkpoint
+of the last finished epoch. When training ends the remaining files are written there and the
+folder is renamed to RUN, so a process that dies never leaves a half-written run folder, only a
+RUN.partial that ``--resume RUN`` continues.
 """
 
 from __future__ import annotations
@@ -37,6 +41,101 @@ class Run:
     metrics: dict[str, Any]
 
 
+CHECKPOINT = "checkpoint.pt"
+
+
+def partial_path(path: str | os.PathLike[str]) -> Path:
+    """Where the run at path lives while it trains."""
+    target = Path(path)
+    return target.with_name(target.name + ".partial")
+
+
+def _write_json(path: Path, content: Mapping[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(dict(content), indent=1), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def start_run(path: str | os.PathLike[str], *, config: Mapping[str, Any]) -> Path:
+    """Create RUN.partial holding config.json for a new run at path; returns RUN.partial."""
+    target, work = Path(path), partial_path(path)
+    if target.exists():
+        raise FileExistsError(f"run folder {target} already exists: choose another --out")
+    if work.exists():
+        raise FileExistsError(f"an unfinished run is at {work}: continue it with --resume {target}, or delete it")
+    work.mkdir(parents=True)
+    _write_json(work / "config.json", config)
+    return work
+
+
+def resume_run(path: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
+    """The working folder and config.json of the run at path, to continue training it: RUN.partial
+    if training stopped before the end, else a copy of the finished RUN (which stays intact until
+    the continued run replaces it)."""
+    target, work = Path(path), partial_path(path)
+    if not work.is_dir():
+        if not (target / CHECKPOINT).is_file():
+            raise NotARunError(f"nothing to resume at {target}: neither a run folder with a {CHECKPOINT} "
+                               f"nor an unfinished {work.name}")
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        shutil.copytree(target, tmp / "run")
+        os.replace(tmp / "run", work)
+        tmp.rmdir()
+    if not (work / "config.json").is_file() or not (work / CHECKPOINT).is_file():
+        raise NotARunError(f"{work} has no config.json or no {CHECKPOINT}: it died before its first epoch ended; "
+                           "delete it and train again")
+    return work, json.loads((work / "config.json").read_text(encoding="utf-8"))
+
+
+def finish_run(
+    path: str | os.PathLike[str],
+    *,
+    config: Mapping[str, Any],
+    weights: Mapping[str, torch.Tensor],
+    extras: Mapping[str, Any],
+    metrics: Mapping[str, Any],
+    history: Sequence[Mapping[str, float]],
+    plots: Mapping[str, bytes] | None = None,
+) -> Path:
+    """Write the run's files into RUN.partial and rename it to RUN (replacing a finished RUN that
+    was resumed). plots: PNG images by file name, written into plots/."""
+    target, work = Path(path), partial_path(path)
+    _fill(work, config=config, weights=weights, extras=extras, metrics=metrics, history=history, plots=plots)
+    if target.exists():  # a finished run that was resumed: swap, then drop the old one
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+        os.replace(target, old / "run")
+        os.replace(work, target)
+        shutil.rmtree(old)
+    else:
+        os.replace(work, target)
+    return target
+
+
+def _fill(
+    folder: Path,
+    *,
+    config: Mapping[str, Any],
+    weights: Mapping[str, torch.Tensor],
+    extras: Mapping[str, Any],
+    metrics: Mapping[str, Any],
+    history: Sequence[Mapping[str, float]],
+    plots: Mapping[str, bytes] | None,
+) -> None:
+    _write_json(folder / "config.json", config)
+    save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(folder / "model.safetensors"))
+    _write_json(folder / "extras.json", extras)
+    _write_json(folder / "metrics.json", metrics)
+    with open(folder / "history.csv", "w", newline="", encoding="utf-8") as f:
+        if history:
+            writer = csv.DictWriter(f, fieldnames=list(history[0]))
+            writer.writeheader()
+            writer.writerows(history)
+    if plots:
+        (folder / "plots").mkdir(exist_ok=True)
+        for name, png in plots.items():
+            (folder / "plots" / name).write_bytes(png)
+
+
 def write_run(
     path: str | os.PathLike[str],
     *,
@@ -47,7 +146,7 @@ def write_run(
     history: Sequence[Mapping[str, float]],
     plots: Mapping[str, bytes] | None = None,
 ) -> Path:
-    """Write a run folder at path, which must not exist yet; all of it appears at once.
+    """Write a whole run folder at path, which must not exist yet; all of it appears at once.
     plots: PNG images by file name, written into plots/."""
     target = Path(path)
     if target.exists():
@@ -55,19 +154,7 @@ def write_run(
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
     try:
-        (tmp / "config.json").write_text(json.dumps(dict(config), indent=1), encoding="utf-8")
-        save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(tmp / "model.safetensors"))
-        (tmp / "extras.json").write_text(json.dumps(dict(extras), indent=1), encoding="utf-8")
-        (tmp / "metrics.json").write_text(json.dumps(dict(metrics), indent=1), encoding="utf-8")
-        with open(tmp / "history.csv", "w", newline="", encoding="utf-8") as f:
-            if history:
-                writer = csv.DictWriter(f, fieldnames=list(history[0]))
-                writer.writeheader()
-                writer.writerows(history)
-        if plots:
-            (tmp / "plots").mkdir()
-            for name, png in plots.items():
-                (tmp / "plots" / name).write_bytes(png)
+        _fill(tmp, config=config, weights=weights, extras=extras, metrics=metrics, history=history, plots=plots)
         os.replace(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

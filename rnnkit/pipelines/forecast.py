@@ -24,7 +24,8 @@ from torch.utils.data import TensorDataset
 
 from rnnkit.data import Series, load_series, read_series_csv
 from rnnkit.models import NToOne, NToOneConfig
-from rnnkit.runs import NotARunError, read_run, write_run
+from rnnkit.pipelines._runs import check_new, open_run
+from rnnkit.runs import NotARunError, finish_run, read_run
 from rnnkit.training import EpochRecord, Trainer, TrainConfig
 
 
@@ -89,10 +90,12 @@ def errors(predicted: np.ndarray, actual: np.ndarray) -> dict[str, float]:
     return {"rmse": float(np.sqrt(np.mean((predicted - actual) ** 2))), "mae": float(np.mean(np.abs(predicted - actual)))}
 
 
-def train(cfg: ForecastConfig, out: str | Path, *, on_epoch: Callable[[EpochRecord], None] | None = None) -> dict[str, Any]:
-    """Train and write the run folder at out; returns metrics.json's content."""
-    if Path(out).exists():
-        raise FileExistsError(f"run folder {out} already exists: choose another --out")
+def train(cfg: ForecastConfig, out: str | Path, *, on_epoch: Callable[[EpochRecord], None] | None = None,
+          resume: bool = False, progress: bool = False, tensorboard: bool = False) -> dict[str, Any]:
+    """Train and write the run folder at out; returns metrics.json's content.
+    resume: continue the run at out (stopped, or finished and given more epochs)."""
+    if not resume:
+        check_new(out)
     if cfg.window < 1 or cfg.horizon < 1:
         raise ValueError(f"--window and --horizon must be >= 1, got {cfg.window} and {cfg.horizon}")
     series = get_series(cfg)
@@ -111,8 +114,11 @@ def train(cfg: ForecastConfig, out: str | Path, *, on_epoch: Callable[[EpochReco
         raise ValueError(f"too few rows ({n}) for --window {cfg.window} and --horizon {cfg.horizon}: the "
                          f"{' and '.join(empty)} split{'s have' if len(empty) > 1 else ' has'} no window; "
                          f"give about {need} rows or more, or a smaller window")
+    if cfg.predict not in ("change", "level"):
+        raise ValueError(f"--predict must be 'change' or 'level', got {cfg.predict!r}")
     model_cfg = NToOneConfig(input_size=values.shape[1], outputs=cfg.horizon, cell=cfg.cell, hidden_size=cfg.hidden_size,
                              num_layers=cfg.num_layers, bidirectional=False, pooling=cfg.pooling, dropout=cfg.dropout)
+    checkpoint = open_run(out, "forecast", cfg, resume=resume)
     torch.manual_seed(cfg.train.seed)
     model = NToOne(model_cfg)
 
@@ -120,16 +126,15 @@ def train(cfg: ForecastConfig, out: str | Path, *, on_epoch: Callable[[EpochReco
         return float(torch.sqrt(F.mse_loss(pred, target)))
 
     trainer = Trainer(model, forward=lambda m, b: (m(b[0]), b[1]), loss_fn=F.mse_loss, metric_fn=rmse,
-                      config=cfg.train, higher_is_better=False, on_epoch=on_epoch)
-    if cfg.predict not in ("change", "level"):
-        raise ValueError(f"--predict must be 'change' or 'level', got {cfg.predict!r}")
+                      config=cfg.train, higher_is_better=False, on_epoch=on_epoch, checkpoint=checkpoint,
+                      progress=progress, tensorboard=checkpoint.parent / "tensorboard" if tensorboard else None)
 
     def targets(x: np.ndarray, y: np.ndarray) -> np.ndarray:  # what the model learns to output
         return y - x[:, -1:, 0] if cfg.predict == "change" else y
 
     data = {name: TensorDataset(torch.from_numpy(x), torch.from_numpy(targets(x, y))) for name, (x, y, _) in parts.items()}
     start = time.perf_counter()
-    history = trainer.fit(data["train"], data["validation"])
+    history = trainer.fit(data["train"], data["validation"], resume=resume)
     seconds = time.perf_counter() - start
     _, _, pred, _ = trainer.evaluate(data["test"])
     x_test, _, origins = parts["test"]
@@ -150,8 +155,12 @@ def train(cfg: ForecastConfig, out: str | Path, *, on_epoch: Callable[[EpochReco
         "best_epoch": trainer.best_epoch,
         "epochs_run": len(history),
         "train_seconds": round(seconds, 2),
+        "device": str(trainer.device),
+        "processes": trainer.world_size,
     }
-    config = {"task": "forecast", "dataset": cfg.dataset if cfg.data is None else None, "data": cfg.data,
+    if not trainer.is_main:
+        return metrics
+    config = {"task": "forecast", "pipeline": asdict(cfg), "dataset": cfg.dataset if cfg.data is None else None, "data": cfg.data,
               "target": series.columns[0], "columns": series.columns, "window": cfg.window, "horizon": cfg.horizon,
               "season": season, "frequency": series.frequency, "predict": cfg.predict, "model": asdict(model_cfg),
               "train": asdict(cfg.train)}
@@ -166,8 +175,8 @@ def train(cfg: ForecastConfig, out: str | Path, *, on_epoch: Callable[[EpochReco
                                        f"{metrics['series']}: test split, one step ahead"),
         "history.png": plots.history(rows, "RMSE (scaled)"),
     }
-    write_run(out, config=config, weights=model.state_dict(), extras=extras, metrics=metrics, history=rows,
-              plots=figures)
+    finish_run(out, config=config, weights=model.state_dict(), extras=extras, metrics=metrics, history=rows,
+               plots=figures)
     return metrics
 
 

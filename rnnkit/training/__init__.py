@@ -1,5 +1,5 @@
 """Training: a task-agnostic Trainer with clipping, reduce-on-plateau, early stopping."""
 
-from rnnkit.training._trainer import EpochRecord, Trainer, TrainConfig, pick_device
+from rnnkit.training._trainer import EpochRecord, Trainer, TrainConfig, pick_device, world
 
-__all__ = ["EpochRecord", "TrainConfig", "Trainer", "pick_device"]
+__all__ = ["EpochRecord", "TrainConfig", "Trainer", "pick_device", "world"]

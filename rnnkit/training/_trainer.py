@@ -3,7 +3,19 @@
 A pipeline hands it a model, a loss, a metric and two datasets; the Trainer runs epochs of Adam
 with gradient clipping by norm, lowers the learning rate when the validation metric stops
 improving (reduce on plateau), stops early, keeps the best weights, and records one row of
-history per epoch. It logs and calls back; it never prints.
+history per epoch. It logs and calls back; it never prints (a progress bar, when asked for,
+draws on stderr).
+
+Checkpoints: with ``checkpoint=PATH`` it saves, after every epoch and atomically, all it needs to
+go on (weights, optimiser, scheduler, random number generators, history, best weights);
+``fit(..., resume=True)`` continues from there and gives the same numbers as a run that never
+stopped.
+
+Data parallel: under ``torchrun --nproc_per_node N`` (WORLD_SIZE > 1 in the environment) it
+joins the process group (gloo on CPU, nccl on CUDA), wraps the model in
+DistributedDataParallel and gives each process 1/N of every epoch's training data. Every
+process evaluates the whole validation split, so all take the same decisions; only the main
+process (rank 0) writes checkpoints and TensorBoard files.
 """
 
 from __future__ import annotations
@@ -11,14 +23,16 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 log = logging.getLogger("rnnkit")
 
@@ -77,10 +91,26 @@ class EpochRecord:
         return asdict(self)
 
 
+def world() -> tuple[int, int]:
+    """(rank, world size) of this process: (0, 1) unless started by torchrun with N > 1."""
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def pick_device(name: str) -> torch.device:
+    """auto: cuda if available (under torchrun, the GPU of this process's LOCAL_RANK), else cpu."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+        return torch.device("cpu")
     return torch.device(name)
+
+
+def _tensorboard_writer(folder: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise ImportError("TensorBoard logging needs the tensorboard package: pip install 'rnnkit[tensorboard]'") from None
+    return SummaryWriter(log_dir=str(folder))
 
 
 class Trainer:
@@ -93,8 +123,12 @@ class Trainer:
         metric_fn: metric(outputs, targets) over the validation split; higher is better unless
             ``higher_is_better=False``.
         config: a TrainConfig.
-        on_epoch: called with each EpochRecord (a CLI prints it; the Trainer only logs).
+        on_epoch: called with each EpochRecord in the main process (a CLI prints it; the Trainer
+            only logs).
         collate_fn: for the DataLoaders (variable-length batches).
+        checkpoint: file to save the training state to after every epoch (see ``fit(resume=)``).
+        progress: draw a progress bar per epoch (tqdm, on stderr).
+        tensorboard: folder for TensorBoard event files (needs the tensorboard package).
     """
 
     def __init__(
@@ -108,21 +142,52 @@ class Trainer:
         higher_is_better: bool = True,
         on_epoch: Callable[[EpochRecord], None] | None = None,
         collate_fn: Callable[[list[Any]], Batch] | None = None,
+        checkpoint: str | os.PathLike[str] | None = None,
+        progress: bool = False,
+        tensorboard: str | os.PathLike[str] | None = None,
     ) -> None:
         self.config = config.check()
+        self.rank, self.world_size = world()
         self.device = pick_device(config.device)
         self.model = model.to(self.device)
         self.forward, self.loss_fn, self.metric_fn = forward, loss_fn, metric_fn
         self.sign = 1.0 if higher_is_better else -1.0
         self.on_epoch = on_epoch
         self.collate_fn = collate_fn
+        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
+        self.progress = progress and self.is_main
+        self.writer = _tensorboard_writer(Path(tensorboard)) if tensorboard is not None and self.is_main else None
         self.history: list[EpochRecord] = []
         self.best_metric = -math.inf
         self.best_epoch = 0
+        self.stopped_early = False
 
-    def _batches(self, data: Dataset[Any], *, shuffle: bool, generator: torch.Generator | None) -> DataLoader[Any]:
-        return DataLoader(data, batch_size=self.config.batch_size, shuffle=shuffle,
-                          generator=generator, collate_fn=self.collate_fn)
+    @property
+    def is_main(self) -> bool:
+        """True in the process that writes files: the only one, or rank 0 under torchrun."""
+        return self.rank == 0
+
+    def _batches(self, data: Dataset[Any], *, shuffle: bool, generator: torch.Generator | None,
+                 sampler: DistributedSampler[Any] | None = None) -> DataLoader[Any]:
+        return DataLoader(data, batch_size=self.config.batch_size, shuffle=shuffle and sampler is None,
+                          sampler=sampler, generator=generator, collate_fn=self.collate_fn)
+
+    def _join_process_group(self) -> nn.Module:
+        """The model to train: self.model itself, or wrapped in DDP under torchrun."""
+        if self.world_size == 1:
+            return self.model
+        import torch.distributed as dist
+        from torch.nn.parallel import DistributedDataParallel
+
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        log.info("data parallel: process %d of %d on %s", self.rank, self.world_size, self.device)
+        return DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda" else None)
+
+    def _save(self, path: Path, state: dict[str, Any]) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)  # a checkpoint is whole or absent, never half-written
 
     def _to_device(self, batch: Batch) -> Batch:
         return [t.to(self.device) if isinstance(t, Tensor) else t for t in batch]
@@ -141,8 +206,10 @@ class Trainer:
         out, tgt = torch.cat(outputs), torch.cat(targets)
         return total / max(count, 1), self.metric_fn(out, tgt), out, tgt
 
-    def fit(self, train: Dataset[Any], val: Dataset[Any]) -> list[EpochRecord]:
-        """Train, keep the weights of the best validation epoch, and load them at the end."""
+    def fit(self, train: Dataset[Any], val: Dataset[Any], *, resume: bool = False) -> list[EpochRecord]:
+        """Train, keep the weights of the best validation epoch, and load them at the end.
+        resume: continue from self.checkpoint (saved by an earlier fit with the same data and
+        config, perhaps with more epochs now) instead of starting afresh."""
         cfg = self.config
         torch.manual_seed(cfg.seed)
         generator = torch.Generator().manual_seed(cfg.seed)
@@ -152,12 +219,43 @@ class Trainer:
             optimiser, mode="max", factor=cfg.lr_factor, patience=cfg.lr_patience
         )
         best_state = copy.deepcopy(self.model.state_dict())
-        for epoch in range(1, cfg.epochs + 1):
+        model = self._join_process_group()
+        first = 1
+        if resume:
+            if self.world_size > 1:  # the main process may still be preparing the checkpoint's folder
+                import torch.distributed as dist
+
+                dist.barrier()
+            if self.checkpoint is None or not self.checkpoint.is_file():
+                raise FileNotFoundError(f"cannot resume: no checkpoint at {self.checkpoint}")
+            state = torch.load(self.checkpoint, map_location=self.device, weights_only=True)
+            self.model.load_state_dict(state["model"])
+            optimiser.load_state_dict(state["optimiser"])
+            scheduler.load_state_dict(state["scheduler"])
+            best_state = state["best_model"]
+            self.history = [EpochRecord(**r) for r in state["history"]]
+            self.best_metric, self.best_epoch = state["best_metric"], state["best_epoch"]
+            self.stopped_early = state["stopped_early"]
+            torch.set_rng_state(state["rng"])
+            generator.set_state(state["generator"])
+            if torch.cuda.is_available() and state.get("cuda_rng") is not None:
+                torch.cuda.set_rng_state_all(state["cuda_rng"])
+            first = len(self.history) + 1
+            log.info("resuming after epoch %d (best %d)", len(self.history), self.best_epoch)
+        sampler: DistributedSampler[Any] | None = (DistributedSampler(train, num_replicas=self.world_size, rank=self.rank, shuffle=True, seed=cfg.seed)
+                   if self.world_size > 1 else None)
+        for epoch in range(first, cfg.epochs + 1):
+            if self.stopped_early:
+                break
             start = time.perf_counter()
-            self.model.train()
+            model.train()
+            if sampler is not None:
+                sampler.set_epoch(epoch)
             losses, norms, clipped = [], [], 0
-            for batch in self._batches(train, shuffle=True, generator=generator):
-                output, target = self.forward(self.model, self._to_device(batch))
+            batches = self._batches(train, shuffle=True, generator=generator, sampler=sampler)
+            bar = self._bar(len(batches), epoch)
+            for batch in batches:
+                output, target = self.forward(model, self._to_device(batch))
                 loss = self.loss_fn(output, target)
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
@@ -168,21 +266,75 @@ class Trainer:
                 norms.append(norm)
                 losses.append(loss.item())
                 optimiser.step()
+                if bar is not None:
+                    bar.update()
+                    bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
             val_loss, metric, _, _ = self.evaluate(val)
             scheduler.step(self.sign * metric)
-            record = EpochRecord(epoch, sum(losses) / len(losses), val_loss, metric,
+            record = EpochRecord(epoch, self._mean_over_processes(losses), val_loss, metric,
                                  optimiser.param_groups[0]["lr"], sum(norms) / len(norms),
                                  clipped / len(norms), time.perf_counter() - start)
+            if bar is not None:
+                bar.set_postfix(train_loss=f"{record.train_loss:.4f}", val_loss=f"{val_loss:.4f}",
+                                val_metric=f"{metric:.4f}")
+                bar.close()
             self.history.append(record)
             log.info("epoch %d: train loss %.4f, val loss %.4f, val metric %.4f", epoch,
                      record.train_loss, val_loss, metric)
-            if self.on_epoch is not None:
+            if self.writer is not None:
+                for key, value in record.as_dict().items():
+                    if key != "epoch":
+                        self.writer.add_scalar(key, value, epoch)
+                self.writer.flush()
+            if self.on_epoch is not None and self.is_main:
                 self.on_epoch(record)
             if self.sign * metric > self.best_metric:
                 self.best_metric, self.best_epoch = self.sign * metric, epoch
                 best_state = copy.deepcopy(self.model.state_dict())
             elif cfg.patience is not None and epoch - self.best_epoch >= cfg.patience:
                 log.info("early stop after epoch %d (best %d)", epoch, self.best_epoch)
-                break
+                self.stopped_early = True
+            if self.checkpoint is not None and self.is_main:
+                self._save(self.checkpoint, {
+                    "model": self.model.state_dict(), "optimiser": optimiser.state_dict(),
+                    "scheduler": scheduler.state_dict(), "best_model": best_state,
+                    "history": [r.as_dict() for r in self.history], "best_metric": self.best_metric,
+                    "best_epoch": self.best_epoch, "stopped_early": self.stopped_early,
+                    "rng": torch.get_rng_state(), "generator": generator.get_state(),
+                    "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                })
+        if self.writer is not None:
+            self.writer.close()
         self.model.load_state_dict(best_state)
+        if self.world_size > 1:
+            self._check_replicas()
         return self.history
+
+    def _mean_over_processes(self, losses: list[float]) -> float:
+        """The epoch's mean training loss over all batches of all processes."""
+        if self.world_size == 1:
+            return sum(losses) / len(losses)
+        import torch.distributed as dist
+
+        total = torch.tensor([sum(losses), len(losses)], dtype=torch.float64, device=self.device)
+        dist.all_reduce(total)
+        return float(total[0] / total[1])
+
+    def _check_replicas(self) -> None:
+        """Every process must end with the same weights; a difference means a broken setup."""
+        import torch.distributed as dist
+
+        checksum = torch.stack([p.detach().double().sum() for p in self.model.parameters()]).sum().view(1)
+        low, high = checksum.clone(), checksum.clone()
+        dist.all_reduce(low, op=dist.ReduceOp.MIN)
+        dist.all_reduce(high, op=dist.ReduceOp.MAX)
+        if not torch.equal(low, high):
+            raise RuntimeError(f"data parallel: the {self.world_size} processes ended with different weights "
+                               f"(checksums {float(low):.9g} to {float(high):.9g})")
+
+    def _bar(self, total: int, epoch: int) -> Any:
+        if not self.progress:
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, desc=f"epoch {epoch}/{self.config.epochs}", unit="batch", leave=True, dynamic_ncols=True)

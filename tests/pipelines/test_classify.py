@@ -24,7 +24,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict]:  # type: 
 
 def test_metrics_beat_the_majority_baseline(run) -> None:  # type: ignore[no-untyped-def]
     out, metrics = run
-    assert metrics["sizes"] == {"train": 1257, "validation": 270, "test": 270}
+    assert metrics["sizes"] == {"train": 1257, "validation": 270, "test": 270, "classes": 10}
     assert metrics["baseline"]["accuracy"] == pytest.approx(0.1, abs=0.01)  # 10 balanced classes
     assert metrics["test"]["accuracy"] > 0.85 > metrics["baseline"]["accuracy"]
     saved = json.loads((Path(out) / "metrics.json").read_text())

@@ -83,3 +83,68 @@ def test_early_stopping_and_reduce_on_plateau() -> None:
 def test_bad_config(field: str, value: object, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         TrainConfig(**{field: value}).check()  # type: ignore[arg-type]
+
+
+class Dropped(Tiny):
+    """Tiny with dropout, so that resuming must also restore the random number generator."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(F.dropout(self.rnn(x)[0][:, -1], 0.3, self.training))
+
+
+class Stop(Exception):
+    pass
+
+
+def make(config: TrainConfig, checkpoint, **kwargs) -> Trainer:  # type: ignore[no-untyped-def]
+    torch.manual_seed(config.seed)
+    return Trainer(Dropped(), forward=lambda m, b: (m(b[0]), b[1]), loss_fn=F.cross_entropy, metric_fn=accuracy,
+                   config=config, checkpoint=checkpoint, **kwargs)
+
+
+def test_resume_continues_exactly(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A run stopped after epoch 3 and resumed ends with the history and weights of a run that
+    never stopped."""
+    config = TrainConfig(epochs=6, batch_size=16, seed=5, patience=None)
+    whole = make(config, tmp_path / "whole.pt")
+    whole.fit(*data())
+
+    def die(record) -> None:  # type: ignore[no-untyped-def]
+        if record.epoch == 3:
+            raise Stop
+
+    broken = make(config, tmp_path / "broken.pt", on_epoch=die)
+    with pytest.raises(Stop):
+        broken.fit(*data())
+    assert torch.load(tmp_path / "broken.pt", weights_only=True)["history"][-1]["epoch"] == 2
+    resumed = make(config, tmp_path / "broken.pt")
+    resumed.fit(*data(), resume=True)
+    strip = lambda h: [(r.epoch, r.train_loss, r.val_loss, r.val_metric, r.lr, r.grad_norm) for r in h]  # noqa: E731
+    assert strip(resumed.history) == strip(whole.history)
+    assert resumed.best_epoch == whole.best_epoch
+    for name, value in whole.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[name]), name
+    # a finished run given more epochs goes on from its last epoch
+    more = make(TrainConfig(epochs=8, batch_size=16, seed=5, patience=None), tmp_path / "whole.pt")
+    more.fit(*data(), resume=True)
+    assert [r.epoch for r in more.history] == list(range(1, 9))
+    assert strip(more.history[:6]) == strip(whole.history)
+
+
+def test_resume_without_a_checkpoint(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(FileNotFoundError, match="cannot resume: no checkpoint at"):
+        make(TrainConfig(epochs=1), tmp_path / "none.pt").fit(*data(), resume=True)
+
+
+def test_progress_bar_and_tensorboard(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    trainer = make(TrainConfig(epochs=2, batch_size=16), None, progress=True, tensorboard=tmp_path / "tb")
+    trainer.fit(*data())
+    err = capsys.readouterr().err
+    assert "epoch 1/2" in err and "epoch 2/2" in err and "5/5" in err  # 72 examples in batches of 16
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert {"train_loss", "val_loss", "val_metric", "lr", "grad_norm"} <= set(events.Tags()["scalars"])
+    losses = [(e.step, e.value) for e in events.Scalars("train_loss")]
+    assert losses == [(r.epoch, pytest.approx(r.train_loss)) for r in trainer.history]

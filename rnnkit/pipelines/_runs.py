@@ -1,0 +1,55 @@
+"""What every training pipeline does around the Trainer: open the run's working folder (new or
+resumed, by the main process only), and rebuild a pipeline config from a run's config.json."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+from rnnkit.runs import CHECKPOINT, NotARunError, partial_path, resume_run, start_run
+from rnnkit.training import TrainConfig, world
+
+C = TypeVar("C")
+
+
+def open_run(out: str | Path, task: str, cfg: Any, *, resume: bool) -> Path:
+    """The checkpoint file of the run at out. The main process creates RUN.partial (or, with
+    resume, finds it or copies the finished run there); other processes of a data-parallel run
+    only read the checkpoint."""
+    rank, _ = world()
+    if rank == 0:
+        work = resume_run(out)[0] if resume else start_run(out, config={"task": task, "pipeline": asdict(cfg)})
+    else:
+        work = partial_path(out)
+    return work / CHECKPOINT
+
+
+def check_new(out: str | Path) -> None:
+    """Before any work: a run folder is never overwritten."""
+    if Path(out).exists():
+        raise FileExistsError(f"run folder {out} already exists: choose another --out")
+
+
+def pipeline_config(run: str | Path, task: str, cls: type[C], **changes: Any) -> C:
+    """The pipeline config a run at run (finished or RUN.partial) was started with, with changes
+    (e.g. more epochs) applied to its TrainConfig."""
+    folder = partial_path(run) if partial_path(run).is_dir() else Path(run)
+    try:
+        import json
+
+        saved = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise NotARunError(f"nothing to resume at {run}: no readable config.json in {folder}") from None
+    if saved.get("task") != task or "pipeline" not in saved:
+        raise NotARunError(f"{folder} is a {saved.get('task')!r} run, not a {task} run")
+    values = dict(saved["pipeline"])
+    train = TrainConfig(**{**values.pop("train"), **{k: v for k, v in changes.items() if v is not None}})
+    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise NotARunError(f"{folder}/config.json has unknown pipeline settings {unknown}: written by another version?")
+    for key, value in values.items():  # JSON has lists where the config has tuples
+        if isinstance(value, list):
+            values[key] = tuple(value)
+    return cls(**values, train=train)  # type: ignore[call-arg]
