@@ -95,7 +95,7 @@ def read_feature_table(path: str | Path, label_col: str, steps: int) -> Sequence
     if len(names) < 2:
         raise ValueError(f"{path} has {len(names)} label(s): a classifier needs at least 2")
     index = {n: i for i, n in enumerate(names)}
-    x = values.to_numpy(np.float32).reshape(len(table), steps, len(columns) // steps)
+    x = values.to_numpy(np.float32, copy=True).reshape(len(table), steps, len(columns) // steps)
     return SequenceData(x, np.array([index[v] for v in labels], dtype=np.int64), names)
 
 

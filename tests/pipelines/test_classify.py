@@ -82,3 +82,27 @@ def test_run_folder_has_its_plots(run) -> None:  # type: ignore[no-untyped-def]
     for name in ("confusion_matrix.png", "history.png"):
         image = imread(Path(out) / "plots" / name)
         assert image.ndim == 3 and image.shape[0] > 200 and image.shape[1] > 200, name
+
+
+def test_feature_csv(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A CSV of numbers: label column plus T*F columns, read as T steps of F features."""
+    from rnnkit.data import read_feature_table
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(90, 6)).round(3)
+    labels = np.where(x[:, 4] + x[:, 5] > 0, "up", "down")  # decided by the last step's two features
+    lines = ["a,b,c,d,e,f,kind"] + [",".join(map(str, row)) + f",{y}" for row, y in zip(x, labels)]
+    (tmp_path / "f.csv").write_text("\n".join(lines) + "\n")
+    data = read_feature_table(tmp_path / "f.csv", "kind", steps=3)
+    assert data.x.shape == (90, 3, 2) and data.label_names == ["down", "up"]
+    np.testing.assert_allclose(data.x[:, 2], x[:, 4:6].astype(np.float32))
+    with pytest.raises(ValueError, match="has 6 feature columns, which --steps 4 does not divide"):
+        read_feature_table(tmp_path / "f.csv", "kind", steps=4)
+    (tmp_path / "g.csv").write_text("a,b,kind\n1,2,x\n3,oops,y\n")
+    with pytest.raises(ValueError, match="line 3, column 'b' is 'oops', not a number"):
+        read_feature_table(tmp_path / "g.csv", "kind", steps=1)
+    metrics = classify.train(classify.ClassifyConfig(data=str(tmp_path / "f.csv"), label_col="kind", steps=3,
+                                                     hidden_size=8, train=TrainConfig(epochs=2)), tmp_path / "run")
+    assert metrics["sizes"]["train"] + metrics["sizes"]["validation"] + metrics["sizes"]["test"] == 90
+    probs, labels = classify.predict(tmp_path / "run", x[:4])
+    assert probs.shape == (4, 2) and labels == ["down", "up"]
