@@ -210,6 +210,214 @@ def train_forecast(ctx: click.Context, dataset: str, data: str | None, target: s
     click.echo(f"run folder: {folder}")
 
 
+@train.command("lm")
+@click.option("--text", type=click.Path(dir_okay=False), default=None, help="A UTF-8 text file (default: the bundled corpus).")
+@click.option("--corpus", type=click.Choice(["pydoc"]), default="pydoc", show_default=True,
+              help="The bundled corpus: the reference topics of CPython's pydoc.")
+@click.option("--context", type=int, default=None,
+              help="Train on windows of K characters (generation then reads the last K); default: truncated BPTT.")
+@click.option("--bptt", default=100, show_default=True, help="Truncated BPTT: steps per chunk; the state is carried across chunks.")
+@click.option("--cell", type=click.Choice(["rnn", "lstm", "gru"]), default="lstm", show_default=True)
+@click.option("--embed", default=64, show_default=True)
+@click.option("--hidden", default=256, show_default=True)
+@click.option("--layers", default=2, show_default=True)
+@click.option("--dropout", default=0.1, show_default=True)
+@click.option("--epochs", default=200, show_default=True, help="At most this many (early stopping, time budget).")
+@click.option("--minutes", default=10.0, show_default=True, help="Time budget: no epoch starts that would end past it.")
+@click.option("--batch-size", default=32, show_default=True, help="Windows per batch, or parallel streams in truncated BPTT.")
+@click.option("--lr", default=3e-3, show_default=True)
+@_training_options
+@click.pass_context
+def train_lm(ctx: click.Context, text: str | None, corpus: str, context: int | None, bptt: int, cell: str, embed: int,
+             hidden: int, layers: int, dropout: float, epochs: int, minutes: float, batch_size: int, lr: float,
+             seed: int, out: str | None, resume: str | None, tensorboard: bool) -> None:
+    """N -> N: a character language model; bits per character on a held-out tail."""
+    from rnnkit.pipelines import lm
+    from rnnkit.pipelines._runs import pipeline_config
+    from rnnkit.training import TrainConfig
+
+    _check_resume(ctx, resume)
+    if resume:
+        cfg = _train(lambda: {"cfg": pipeline_config(resume, "lm", lm.LMConfig, epochs=epochs)})["cfg"]
+    else:
+        train_cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, patience=5, lr_patience=1, seed=seed,
+                                max_minutes=minutes)
+        cfg = lm.LMConfig(text=text, corpus=corpus, context=context, bptt=bptt, cell=cell, embed_dim=embed,
+                          hidden_size=hidden, num_layers=layers, dropout=dropout, train=train_cfg)
+    folder = _run_folder(out, resume, "lm", Path(cfg.source).stem)
+    show, progress = _epoch_printer("bits/char")
+    metrics = _train(lambda: lm.train(cfg, folder, on_epoch=show, resume=resume is not None, progress=progress,
+                                      tensorboard=tensorboard))
+    if _worker():
+        return
+    t, b = metrics["test"], metrics["baseline"]
+    click.echo(f"test {t['bpc']:.3f} bits per character on {t['characters']} characters of {metrics['test_on']} "
+               f"(unigram baseline {b['bpc']:.3f}); best epoch {metrics['best_epoch']}, stopped "
+               f"{metrics['stopped']}, {metrics['train_seconds']:.1f} s")
+    click.echo(f"run folder: {folder}")
+
+
+@main.command("generate")
+@click.argument("run", type=click.Path())
+@click.option("--prompt", required=True, help="Text to continue.")
+@click.option("--length", type=int, default=200, show_default=True, help="Characters to generate.")
+@click.option("--greedy", is_flag=True, help="Always take the most likely character.")
+@click.option("--temperature", type=float, default=1.0, show_default=True, help="Below 1: safer, above 1: wilder.")
+@click.option("--top-k", type=int, default=None, help="Sample from the K most likely characters only.")
+@click.option("--seed", type=int, default=None, help="Fix the sampling.")
+def generate_command(run: str, prompt: str, length: int, greedy: bool, temperature: float, top_k: int | None,
+                     seed: int | None) -> None:
+    """Continue a prompt with a trained lm run."""
+    from rnnkit.pipelines import lm
+
+    try:
+        click.echo(lm.generate(run, prompt, length, greedy=greedy, temperature=temperature, top_k=top_k, seed=seed))
+    except ValueError as error:
+        raise click.ClickException(str(error)) from None
+
+
+def _seq2seq_options(f: Callable[..., None]) -> Callable[..., None]:
+    """Model and training options of `rnnkit train seq2seq` and `rnnkit train caption`."""
+    options = [
+        click.option("--cell", type=click.Choice(["rnn", "lstm", "gru"]), default="gru", show_default=True),
+        click.option("--embed", default=64, show_default=True),
+        click.option("--hidden", default=128, show_default=True),
+        click.option("--layers", default=1, show_default=True),
+        click.option("--dropout", default=0.0, show_default=True),
+        click.option("--teacher-forcing", default=1.0, show_default=True,
+                     help="Chance of feeding the true previous token (else the model's own guess) in training."),
+        click.option("--max-length", type=int, default=None, help="Longest output (default: longest training target + 5)."),
+        click.option("--epochs", default=60, show_default=True, help="At most this many (early stopping)."),
+        click.option("--batch-size", default=64, show_default=True),
+        click.option("--lr", default=3e-3, show_default=True),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _train_generator(ctx: click.Context, task: str, resume: str | None, tensorboard: bool, out: str | None,
+                     build: Callable[[Any], Any]) -> None:
+    from rnnkit.pipelines import seq2seq
+    from rnnkit.pipelines._runs import pipeline_config
+
+    _check_resume(ctx, resume)
+    epochs = ctx.params["epochs"]
+    if resume:
+        cfg = _train(lambda: {"cfg": pipeline_config(resume, task, seq2seq.Seq2SeqTaskConfig, epochs=epochs)})["cfg"]
+    else:
+        from rnnkit.training import TrainConfig
+
+        p = ctx.params
+        train_cfg = TrainConfig(epochs=epochs, batch_size=p["batch_size"], lr=p["lr"], patience=6, lr_patience=2,
+                                seed=p["seed"])
+        cfg = build(train_cfg)
+    folder = _run_folder(out, resume, task, Path(cfg.source).stem)
+    show, progress = _epoch_printer("exact match")
+    metrics = _train(lambda: seq2seq.train(cfg, folder, on_epoch=show, resume=resume is not None, progress=progress,
+                                           tensorboard=tensorboard))
+    if _worker():
+        return
+    t, b = metrics["test"], metrics["baseline"]
+    extra = f", BLEU {t['bleu']:.2f}" if "bleu" in t else ""
+    click.echo(f"test exact match {t['exact_match']:.4f}, token accuracy {t['token_accuracy']:.4f}{extra} "
+               f"({metrics['sizes']['test']} examples, greedy)  (baseline {b['name']}: exact match "
+               f"{b['exact_match']:.4f}, token accuracy {b['token_accuracy']:.4f}); best epoch {metrics['best_epoch']}, "
+               f"{metrics['train_seconds']:.1f} s")
+    for example in metrics["examples"][:3]:
+        click.echo(f"  {example['source']!r} -> {example['output']!r} (target {example['target']!r})")
+    click.echo(f"run folder: {folder}")
+
+
+@train.command("seq2seq")
+@click.option("--dataset", type=click.Choice(["addition", "dates"]), default="addition", show_default=True,
+              help="A bundled generated task (`rnnkit datasets`).")
+@click.option("--data", type=click.Path(dir_okay=False), default=None, help="Your own pairs: a file of source TAB target lines.")
+@click.option("--tokens", type=click.Choice(["char", "word"]), default="char", show_default=True)
+@click.option("--bidirectional/--unidirectional", default=True, show_default=True, help="The encoder.")
+@click.option("--attention", type=click.Choice(["none", "bahdanau", "luong"]), default="bahdanau", show_default=True)
+@_seq2seq_options
+@_training_options
+@click.pass_context
+def train_seq2seq(ctx: click.Context, dataset: str, data: str | None, tokens: str, bidirectional: bool, attention: str,
+                  cell: str, embed: int, hidden: int, layers: int, dropout: float, teacher_forcing: float,
+                  max_length: int | None, epochs: int, batch_size: int, lr: float, seed: int, out: str | None,
+                  resume: str | None, tensorboard: bool) -> None:
+    """N -> M: encoder-decoder with attention (bundled: addition, dates; or --data PAIRS.tsv)."""
+    from rnnkit.pipelines import seq2seq
+
+    _train_generator(ctx, "seq2seq", resume, tensorboard, out, lambda train_cfg: seq2seq.Seq2SeqTaskConfig(
+        task="seq2seq", dataset=dataset, data=data, tokens=tokens, cell=cell, embed_dim=embed, hidden_size=hidden,
+        num_layers=layers, bidirectional=bidirectional, attention=attention, dropout=dropout,
+        teacher_forcing=teacher_forcing, max_length=max_length, train=train_cfg))
+
+
+@train.command("caption")
+@click.option("--dataset", type=click.Choice(["digits"]), default="digits", show_default=True,
+              help="digits: an 8x8 image -> the English name of its digit, spelled.")
+@_seq2seq_options
+@_training_options
+@click.pass_context
+def train_caption(ctx: click.Context, dataset: str, cell: str, embed: int, hidden: int, layers: int, dropout: float,
+                  teacher_forcing: float, max_length: int | None, epochs: int, batch_size: int, lr: float, seed: int,
+                  out: str | None, resume: str | None, tensorboard: bool) -> None:
+    """1 -> N: one feature vector sets the decoder's initial state, which spells a sequence."""
+    from rnnkit.pipelines import seq2seq
+
+    _train_generator(ctx, "caption", resume, tensorboard, out, lambda train_cfg: seq2seq.Seq2SeqTaskConfig(
+        task="caption", dataset=dataset, tokens="char", cell=cell, embed_dim=embed, hidden_size=hidden,
+        num_layers=layers, bidirectional=False, attention="none", dropout=dropout, teacher_forcing=teacher_forcing,
+        max_length=max_length, train=train_cfg))
+
+
+@main.command("translate")
+@click.argument("run", type=click.Path())
+@click.argument("texts", nargs=-1)
+@click.option("--input", "input_path", type=click.Path(dir_okay=False), default=None, help="A file, one source per line.")
+@click.option("--beam", type=int, default=None, help="Beam search with this many hypotheses (default: greedy).")
+def translate_command(run: str, texts: tuple[str, ...], input_path: str | None, beam: int | None) -> None:
+    """Map sources to outputs with a trained seq2seq run: `rnnkit translate RUN "123+45"`."""
+    from rnnkit.pipelines import seq2seq
+
+    if bool(texts) == bool(input_path):
+        raise click.UsageError("give the sources as arguments, or --input FILE (not both)")
+    try:
+        items = list(texts)
+        if input_path:
+            with open(input_path, encoding="utf-8") as f:
+                items = [line.rstrip("\n") for line in f if line.strip()]
+        outputs, unknown = seq2seq.translate(run, items, beam=beam)
+    except (OSError, UnicodeDecodeError) as error:
+        raise click.ClickException(f"cannot read {input_path}: {error}") from None
+    except ValueError as error:
+        raise click.ClickException(str(error)) from None
+    for output, missing in zip(outputs, unknown):
+        note = f"  [not in the vocabulary, read as <unk>: {' '.join(missing)}]" if missing else ""
+        click.echo(output + note)
+
+
+@main.command("caption")
+@click.argument("run", type=click.Path())
+@click.option("--input", "input_path", type=click.Path(dir_okay=False), required=True,
+              help="CSV, one row of features per line (digits: 64 pixel values 0-16).")
+@click.option("--beam", type=int, default=None, help="Beam search with this many hypotheses (default: greedy).")
+def caption_command(run: str, input_path: str, beam: int | None) -> None:
+    """Spell a sequence for each row of features with a trained caption run."""
+    import numpy as np
+
+    from rnnkit.pipelines import seq2seq
+
+    try:
+        rows = np.loadtxt(input_path, delimiter=",", ndmin=2, dtype=np.float32)
+    except (OSError, ValueError) as error:
+        raise click.ClickException(f"cannot read {input_path}: {error}") from None
+    try:
+        for output in seq2seq.caption(run, rows, beam=beam):
+            click.echo(output)
+    except ValueError as error:
+        raise click.ClickException(str(error)) from None
+
+
 @main.command("forecast")
 @click.argument("run", type=click.Path())
 @click.option("--steps", type=int, required=True, help="How many steps past the end of the series.")

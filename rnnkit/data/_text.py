@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -20,6 +20,7 @@ from torch import Tensor
 PAD, UNK = "<pad>", "<unk>"
 TOKENS = ("char", "word")
 _WORD = re.compile(r"\w+|[^\w\s]")
+V = TypeVar("V", bound="Vocabulary")
 
 
 def tokenize(text: str, tokens: str) -> list[str]:
@@ -73,7 +74,7 @@ class Vocabulary:
         return {"tokens": self.tokens, "itos": self.itos}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Vocabulary:
+    def from_json(cls: type[V], data: dict[str, Any]) -> V:
         return cls(data["itos"], data["tokens"])
 
 

@@ -57,6 +57,7 @@ class TrainConfig:
     lr_factor: float = 0.5
     seed: int = 0
     device: str = "auto"  # "auto": cuda if available, else cpu
+    max_minutes: float | None = None  # a time budget: no epoch starts that would end past it
 
     def check(self) -> TrainConfig:
         for name in ("epochs", "batch_size", "lr_patience"):
@@ -69,6 +70,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig: lr must be > 0, got {self.lr!r}")
         if self.clip_norm is not None and not self.clip_norm > 0:
             raise ValueError(f"TrainConfig: clip_norm must be > 0 or None, got {self.clip_norm!r}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ValueError(f"TrainConfig: max_minutes must be > 0 or None, got {self.max_minutes!r}")
         if not 0 < self.lr_factor < 1:
             raise ValueError(f"TrainConfig: lr_factor must be in (0, 1), got {self.lr_factor!r}")
         return self
@@ -129,6 +132,8 @@ class Trainer:
         checkpoint: file to save the training state to after every epoch (see ``fit(resume=)``).
         progress: draw a progress bar per epoch (tqdm, on stderr).
         tensorboard: folder for TensorBoard event files (needs the tensorboard package).
+        shuffle: draw training batches in random order (False: in the dataset's order, for
+            truncated backpropagation through time over a stream).
     """
 
     def __init__(
@@ -145,6 +150,7 @@ class Trainer:
         checkpoint: str | os.PathLike[str] | None = None,
         progress: bool = False,
         tensorboard: str | os.PathLike[str] | None = None,
+        shuffle: bool = True,
     ) -> None:
         self.config = config.check()
         self.rank, self.world_size = world()
@@ -161,6 +167,8 @@ class Trainer:
         self.best_metric = -math.inf
         self.best_epoch = 0
         self.stopped_early = False
+        self.shuffle = shuffle
+        self.stop_reason = ""
 
     @property
     def is_main(self) -> bool:
@@ -242,17 +250,25 @@ class Trainer:
                 torch.cuda.set_rng_state_all(state["cuda_rng"])
             first = len(self.history) + 1
             log.info("resuming after epoch %d (best %d)", len(self.history), self.best_epoch)
-        sampler: DistributedSampler[Any] | None = (DistributedSampler(train, num_replicas=self.world_size, rank=self.rank, shuffle=True, seed=cfg.seed)
+        sampler: DistributedSampler[Any] | None = (DistributedSampler(train, num_replicas=self.world_size, rank=self.rank,
+                                                                      shuffle=self.shuffle, seed=cfg.seed)
                    if self.world_size > 1 else None)
+        began = time.perf_counter() - sum(r.seconds for r in self.history)
         for epoch in range(first, cfg.epochs + 1):
             if self.stopped_early:
                 break
+            if cfg.max_minutes is not None and self.history:
+                spent, last = time.perf_counter() - began, self.history[-1].seconds
+                if spent + last > 60 * cfg.max_minutes:
+                    self.stop_reason = f"time budget of {cfg.max_minutes:g} minutes"
+                    log.info("stop before epoch %d: another epoch would pass the %s", epoch, self.stop_reason)
+                    break
             start = time.perf_counter()
             model.train()
             if sampler is not None:
                 sampler.set_epoch(epoch)
             losses, norms, clipped = [], [], 0
-            batches = self._batches(train, shuffle=True, generator=generator, sampler=sampler)
+            batches = self._batches(train, shuffle=self.shuffle, generator=generator, sampler=sampler)
             bar = self._bar(len(batches), epoch)
             for batch in batches:
                 output, target = self.forward(model, self._to_device(batch))
@@ -294,6 +310,7 @@ class Trainer:
             elif cfg.patience is not None and epoch - self.best_epoch >= cfg.patience:
                 log.info("early stop after epoch %d (best %d)", epoch, self.best_epoch)
                 self.stopped_early = True
+                self.stop_reason = f"no better validation metric in {cfg.patience} epochs"
             if self.checkpoint is not None and self.is_main:
                 self._save(self.checkpoint, {
                     "model": self.model.state_dict(), "optimiser": optimiser.state_dict(),

@@ -1,0 +1,245 @@
+"""1 -> N and N -> M: a decoder that emits a token sequence from one feature vector (caption) or
+from an encoded source sequence (seq2seq, with or without attention); greedy and beam search.
+
+Target ids: 0 padding, 1 unknown, 2 <bos> (the decoder's first input), 3 <eos> (the end).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+import rnnkit
+from rnnkit import _checks
+from rnnkit.models._n_to_one import CELLS
+
+BOS, EOS = 2, 3
+ATTENTIONS = ("none", "bahdanau", "luong")
+STEP_CELLS = {"rnn": rnnkit.RNNCell, "lstm": rnnkit.LSTMCell, "gru": rnnkit.GRUCell}
+
+
+@dataclass
+class Seq2SeqConfig:
+    target_vocab: int
+    source_vocab: int | None = None  # N -> M: source token ids; None with source_features: 1 -> N
+    source_features: int | None = None  # 1 -> N: the width of the one input vector
+    cell: str = "gru"
+    embed_dim: int = 64
+    hidden_size: int = 128
+    num_layers: int = 1
+    bidirectional: bool = True  # the encoder's
+    attention: str = "bahdanau"
+    dropout: float = 0.0
+
+    def check(self) -> Seq2SeqConfig:
+        _checks.check_choice("seq2seq", "cell", self.cell, tuple(CELLS))
+        _checks.check_choice("seq2seq", "attention", self.attention, ATTENTIONS)
+        _checks.check_int("seq2seq", "target_vocab", self.target_vocab, minimum=5)
+        for name in ("embed_dim", "hidden_size", "num_layers"):
+            _checks.check_int("seq2seq", name, getattr(self, name), minimum=1)
+        if (self.source_vocab is None) == (self.source_features is None):
+            raise ValueError("seq2seq: give exactly one of source_vocab (a token sequence in) and source_features "
+                             f"(one vector in), got {self.source_vocab!r} and {self.source_features!r}")
+        if self.source_features is not None and self.attention != "none":
+            raise ValueError(f"seq2seq: one input vector leaves nothing to attend over: attention must be 'none', "
+                             f"got {self.attention!r}")
+        _checks.check_probability("seq2seq", "dropout", self.dropout, allow_one=False)
+        return self
+
+
+State = list[Any]  # per decoder layer: h (B, H), or (h, c) for an LSTM
+
+
+class Seq2Seq(nn.Module):
+    """source -> scores of each target token.
+
+    source: token ids (B, S) int64 with lengths (B,), or one feature vector per example (B, F).
+    forward(source, lengths, target_in) -> logits (B, L, V), with teacher forcing: target_in
+    (B, L) is <bos> followed by the target, and logits[:, t] scores target token t.
+
+    Encoder (token sources): an rnnkit layer (bidirectional by default) over the embedded source.
+    Bridge: the decoder's initial state, tanh(Linear(.)) of the encoder's final states (both
+    directions of each layer), or of the feature vector. Decoder: one rnnkit cell per layer, one
+    step at a time. Attention over the encoder outputs, masked past each length:
+      bahdanau: score_j = v . tanh(W s_{t-1} + U h_j); the context c_t joins the input:
+                s_t = cell([emb(y_{t-1}); c_t], s_{t-1}); logits = Linear([s_t; c_t]);
+      luong:    s_t = cell([emb(y_{t-1}); a_{t-1}], s_{t-1}) (input feeding); score_j = s_t . W h_j;
+                a_t = tanh(W_c [c_t; s_t]); logits = Linear(a_t).
+    """
+
+    def __init__(self, config: Seq2SeqConfig) -> None:
+        super().__init__()
+        self.config = c = config.check()
+        d = 2 if c.bidirectional else 1
+        h = c.hidden_size
+        if c.source_vocab is not None:
+            self.source_embed = nn.Embedding(c.source_vocab, c.embed_dim, padding_idx=0)
+            self.encoder = CELLS[c.cell](c.embed_dim, h, c.num_layers, batch_first=True, bidirectional=c.bidirectional,
+                                         dropout=c.dropout if c.num_layers > 1 else 0.0)
+            bridge_in = d * h
+            memory = d * h
+        else:
+            bridge_in, memory = int(c.source_features or 0), 0
+        states = 2 if c.cell == "lstm" else 1  # LSTM: bridge h and c
+        self.bridge = nn.ModuleList(nn.Linear(bridge_in, h) for _ in range(states * c.num_layers))
+        self.target_embed = nn.Embedding(c.target_vocab, c.embed_dim, padding_idx=0)
+        feed = {"none": 0, "bahdanau": memory, "luong": h}[c.attention]
+        self.cells = nn.ModuleList(STEP_CELLS[c.cell](c.embed_dim + feed if k == 0 else h, h) for k in range(c.num_layers))
+        if c.attention == "bahdanau":
+            self.att_query = nn.Linear(h, h, bias=False)
+            self.att_keys = nn.Linear(memory, h)
+            self.att_v = nn.Linear(h, 1, bias=False)
+            self.head = nn.Linear(h + memory, c.target_vocab)
+        elif c.attention == "luong":
+            self.att_keys = nn.Linear(memory, h, bias=False)  # the "general" score s . W h
+            self.att_combine = nn.Linear(memory + h, h)
+            self.head = nn.Linear(h, c.target_vocab)
+        else:
+            self.head = nn.Linear(h, c.target_vocab)
+        self.drop = nn.Dropout(c.dropout)
+
+    # --- encoding -----------------------------------------------------------------------------
+    def encode(self, source: Tensor, lengths: Tensor | None) -> tuple[State, Tensor | None, Tensor | None]:
+        """-> (initial decoder state, memory (B, S, D*H) or None, mask (B, S) of valid steps or None)."""
+        c = self.config
+        if c.source_vocab is None:  # 1 -> N: the vector alone sets the initial state
+            summary = [source] * (len(self.bridge))
+            memory = mask = None
+        else:
+            out, final = self.encoder(self.drop(self.source_embed(source)), lengths=lengths)  # (B, S, D*H)
+            finals = list(final) if isinstance(final, tuple) else [final]  # each (K*D, B, H)
+            d = 2 if c.bidirectional else 1
+            summary = []
+            for f in finals:
+                per_layer = f.view(c.num_layers, d, f.shape[1], c.hidden_size)  # (K, D, B, H)
+                summary += [torch.cat(list(per_layer[k]), dim=-1) for k in range(c.num_layers)]  # (B, D*H)
+            memory = out
+            steps = torch.arange(out.shape[1], device=out.device)[None, :]
+            mask = steps < lengths.view(-1, 1).to(out.device) if lengths is not None else torch.ones_like(steps, dtype=torch.bool).expand(out.shape[0], -1)
+        init = [torch.tanh(bridge(s)) for bridge, s in zip(self.bridge, summary)]  # each (B, H)
+        if c.cell == "lstm":  # first the K h's, then the K c's
+            return [(init[k], init[c.num_layers + k]) for k in range(c.num_layers)], memory, mask
+        return init, memory, mask
+
+    # --- one decoder step ---------------------------------------------------------------------
+    def _attend(self, query: Tensor, memory: Tensor, keys: Tensor, mask: Tensor) -> Tensor:
+        """query (B, H), memory (B, S, M), keys (B, S, H) -> context (B, M)."""
+        if self.config.attention == "bahdanau":
+            scores = self.att_v(torch.tanh(self.att_query(query)[:, None] + keys)).squeeze(-1)  # (B, S)
+        else:
+            scores = torch.einsum("bh,bsh->bs", query, keys)  # (B, S)
+        weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)  # zero past each length
+        return torch.einsum("bs,bsm->bm", weights, memory)
+
+    def step(self, token: Tensor, state: State, feed: Tensor | None, memory: Tensor | None, keys: Tensor | None,
+             mask: Tensor | None) -> tuple[Tensor, State, Tensor | None]:
+        """token (B,) -> logits (B, V), the new state, and what the next step's input takes along
+        (bahdanau: nothing, its context is recomputed; luong: a_t)."""
+        attention = self.config.attention
+        x = self.drop(self.target_embed(token))  # (B, E)
+        if attention == "bahdanau":
+            top = state[-1][0] if isinstance(state[-1], tuple) else state[-1]
+            context = self._attend(top, memory, keys, mask)  # type: ignore[arg-type]  # from s_{t-1}
+            x = torch.cat([x, context], dim=-1)
+        elif attention == "luong":
+            x = torch.cat([x, feed], dim=-1)  # type: ignore[list-item]  # input feeding: a_{t-1}
+        new_state = []
+        for k, cell in enumerate(self.cells):
+            s = cell(x if k == 0 else self.drop(x), state[k])
+            new_state.append(s)
+            x = s[0] if isinstance(s, tuple) else s  # (B, H)
+        if attention == "bahdanau":
+            out = torch.cat([x, context], dim=-1)
+            next_feed = None
+        elif attention == "luong":
+            context = self._attend(x, memory, keys, mask)  # type: ignore[arg-type]  # from s_t
+            out = torch.tanh(self.att_combine(torch.cat([context, x], dim=-1)))  # a_t
+            next_feed = out
+        else:
+            out, next_feed = x, None
+        return self.head(self.drop(out)), new_state, next_feed
+
+    def start(self, source: Tensor, lengths: Tensor | None) -> tuple[State, Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
+        """-> (state, feed, memory, keys, mask) for the first step."""
+        state, memory, mask = self.encode(source, lengths)
+        keys = self.att_keys(memory) if self.config.attention != "none" else None  # type: ignore[arg-type]
+        batch = source.shape[0]
+        feed = torch.zeros(batch, self.config.hidden_size, device=source.device) if self.config.attention == "luong" else None
+        return state, feed, memory, keys, mask
+
+    def forward(self, source: Tensor, lengths: Tensor | None, target_in: Tensor, *,
+                teacher_forcing: float = 1.0, generator: torch.Generator | None = None) -> Tensor:
+        """-> logits (B, L, V). With teacher_forcing < 1, each step's input is, with that
+        probability per example, the true previous token, else the model's own best guess."""
+        state, feed, memory, keys, mask = self.start(source, lengths)
+        token = target_in[:, 0]
+        logits = []
+        for t in range(target_in.shape[1]):
+            out, state, feed = self.step(token, state, feed, memory, keys, mask)
+            logits.append(out)
+            if t + 1 < target_in.shape[1]:
+                token = target_in[:, t + 1]
+                if teacher_forcing < 1.0:
+                    own = torch.rand(token.shape, generator=generator, device=token.device) >= teacher_forcing
+                    token = torch.where(own, out.argmax(-1), token)
+        return torch.stack(logits, dim=1)
+
+    # --- search -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def greedy(self, source: Tensor, lengths: Tensor | None, max_length: int) -> list[list[int]]:
+        """The most likely token at each step, for a batch; each output stops at <eos>."""
+        state, feed, memory, keys, mask = self.start(source, lengths)
+        token = torch.full((source.shape[0],), BOS, dtype=torch.int64, device=source.device)
+        outputs: list[list[int]] = [[] for _ in range(source.shape[0])]
+        done = torch.zeros(source.shape[0], dtype=torch.bool, device=source.device)
+        for _ in range(max_length):
+            out, state, feed = self.step(token, state, feed, memory, keys, mask)
+            token = out.argmax(-1)
+            for i in torch.nonzero(~done).flatten().tolist():
+                if int(token[i]) != EOS:
+                    outputs[i].append(int(token[i]))
+            done |= token == EOS
+            if bool(done.all()):
+                break
+        return outputs
+
+    @torch.no_grad()
+    def beam(self, source: Tensor, lengths: Tensor | None, max_length: int, width: int) -> list[int]:
+        """Beam search for one example (source of batch 1): keeps the `width` most likely partial
+        outputs (sum of log-probabilities); returns the most likely finished one (ended by <eos>,
+        or cut at max_length)."""
+        state, feed, memory, keys, mask = self.start(source, lengths)
+        expand = lambda t: None if t is None else t.expand(width, *t.shape[1:]).contiguous()  # noqa: E731
+        memory, keys, mask, feed = expand(memory), expand(keys), expand(mask), expand(feed)
+        state = [tuple(expand(x) for x in s) if isinstance(s, tuple) else expand(s) for s in state]
+        scores = torch.full((width,), float("-inf"), device=source.device)
+        scores[0] = 0.0  # one live hypothesis at first: the others are copies of it
+        tokens = torch.full((width,), BOS, dtype=torch.int64, device=source.device)
+        paths: list[list[int]] = [[] for _ in range(width)]
+        finished: list[tuple[float, list[int]]] = []
+        for _ in range(max_length):
+            out, state, feed = self.step(tokens, state, feed, memory, keys, mask)
+            total = scores[:, None] + torch.log_softmax(out, dim=-1)  # (W, V): score of each extension
+            best, flat = total.view(-1).topk(width)
+            rows, tokens = flat // total.shape[1], flat % total.shape[1]
+            keep = []
+            for score, row, token in zip(best.tolist(), rows.tolist(), tokens.tolist()):
+                if token == EOS:
+                    finished.append((score, paths[row]))
+                else:
+                    keep.append((score, row, token))
+            if finished and (not keep or max(f[0] for f in finished) >= keep[0][0]):
+                break  # scores only fall: nothing alive can beat the best finished output
+            keep += [(float("-inf"), keep[0][1], keep[0][2])] * (width - len(keep)) if keep else []
+            rows_t = torch.tensor([r for _, r, _ in keep], device=source.device)
+            tokens = torch.tensor([t for _, _, t in keep], device=source.device)
+            scores = torch.tensor([s for s, _, _ in keep], device=source.device)
+            paths = [paths[r] + [t] for _, r, t in keep]
+            state = [tuple(x[rows_t] for x in s) if isinstance(s, tuple) else s[rows_t] for s in state]
+            feed = feed[rows_t] if feed is not None else None
+        if not finished:
+            finished = [(float(scores[0]), paths[0])]
+        return max(finished, key=lambda f: f[0])[1]

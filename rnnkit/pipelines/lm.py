@@ -1,0 +1,289 @@
+"""N -> N: a character language model on any UTF-8 text (bundled: the reference topics that
+CPython's pydoc carries in pydoc_data).
+
+Split: the text's last test_fraction is the test tail, the validation part comes before it, the
+vocabulary is built from the training part only. A text under SHORT_TEXT characters is too short
+to hold out a tail: the model trains on all of it and metrics.json says that the "test" numbers
+are on the training text.
+
+Training, two ways:
+- ``context=K``: on every window of K characters, each predicting the character after each of
+  its positions (the "hello world" example of the seeds uses K = 2); the metric is on the last
+  position of each window, the next character given K characters of context.
+- otherwise truncated backpropagation through time: the training text is cut into
+  ``train.batch_size`` parallel streams read in chunks of ``bptt`` characters, in order; the
+  hidden state is carried from one chunk to the next and detached, so gradients flow through at
+  most ``bptt`` steps.
+
+Metric: bits per character, -mean log2 p(next character); baseline: the unigram distribution of
+the training part (add-one smoothed), on the same characters.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from rnnkit import _checks
+from rnnkit.data import Vocabulary
+from rnnkit.models import LanguageModel, LanguageModelConfig, generate as generate_ids
+from rnnkit.pipelines._runs import check_new, open_run
+from rnnkit.runs import NotARunError, finish_run, read_run
+from rnnkit.training import EpochRecord, Trainer, TrainConfig, world
+
+SHORT_TEXT = 2000
+CORPORA = {
+    "pydoc": "the reference topics of CPython's pydoc (pydoc_data.topics), about 465,000 characters of "
+             "English prose and Python code; PSF licence",
+}
+
+
+def _lm_training() -> TrainConfig:
+    return TrainConfig(epochs=200, batch_size=32, lr=3e-3, patience=5, lr_patience=1, max_minutes=10.0)
+
+
+@dataclass
+class LMConfig:
+    text: str | None = None  # a UTF-8 text file; None: the bundled corpus
+    corpus: str = "pydoc"
+    context: int | None = None  # K: train on windows of K characters; None: truncated BPTT
+    bptt: int = 100  # steps per chunk in truncated BPTT (train.batch_size is the number of streams)
+    cell: str = "lstm"
+    embed_dim: int = 64
+    hidden_size: int = 256
+    num_layers: int = 2
+    dropout: float = 0.1
+    val_fraction: float = 0.05
+    test_fraction: float = 0.05
+    train: TrainConfig = field(default_factory=_lm_training)
+
+    def check(self) -> LMConfig:
+        if self.context is not None:
+            _checks.check_int("lm", "context", self.context, minimum=1)
+        _checks.check_int("lm", "bptt", self.bptt, minimum=1)
+        if self.text is None and self.corpus not in CORPORA:
+            raise ValueError(f"unknown corpus {self.corpus!r}: choose from {', '.join(CORPORA)}, or give --text FILE")
+        return self
+
+    @property
+    def source(self) -> str:
+        return Path(self.text).name if self.text else self.corpus
+
+
+def bundled_text(name: str) -> str:
+    if name != "pydoc":
+        raise ValueError(f"unknown corpus {name!r}: choose from {', '.join(CORPORA)}")
+    from pydoc_data.topics import topics
+
+    return "\n\n".join(topics[key] for key in sorted(topics))
+
+
+def read_text(cfg: LMConfig) -> str:
+    if cfg.text is None:
+        return bundled_text(cfg.corpus)
+    path = Path(cfg.text)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ValueError(f"no such file: {path}") from None
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} is not UTF-8 text: {error}") from None
+    if len(text) < 2 or len(set(text)) < 2:
+        raise ValueError(f"{path} has {len(text)} character(s) of {len(set(text))} kind(s): a language model "
+                         "needs a text of at least 2 different characters")
+    return text
+
+
+def bits_per_char(logits: Tensor, target: Tensor) -> float:
+    return float(F.cross_entropy(logits, target)) / math.log(2)
+
+
+def unigram_bpc(train_ids: np.ndarray, target_ids: np.ndarray, vocab_size: int) -> float:
+    counts = np.bincount(train_ids, minlength=vocab_size) + 1.0  # add-one: every character possible
+    return float(-np.log2(counts[target_ids] / counts.sum()).mean())
+
+
+class Windows(Dataset[tuple[Tensor, Tensor]]):
+    """Every window of K ids whose last target lies in [lo, hi): x = ids[i:i+K], y = ids[i+1:i+K+1]."""
+
+    def __init__(self, ids: Tensor, context: int, lo: int, hi: int) -> None:
+        self.ids, self.k = ids, context
+        self.starts = range(max(lo - context, 0), max(hi - context, 0))
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        s = self.starts[i]
+        return self.ids[s : s + self.k], self.ids[s + 1 : s + self.k + 1]
+
+
+class Streams(Dataset[tuple[Tensor, Tensor, int]]):
+    """ids[lo:hi] cut into `rows` parallel streams read in chunks of `steps`; item c*rows + b is
+    chunk c of stream b, so unshuffled batches of `rows` items are whole chunks, in order."""
+
+    def __init__(self, ids: Tensor, lo: int, hi: int, rows: int, steps: int) -> None:
+        n = hi - lo
+        self.rows = max(1, min(rows, (n - 1) // max(steps, 1)))
+        self.steps = min(steps, (n - 1) // self.rows)
+        width = (n - 1) // self.rows  # characters per stream, one more for the last target
+        self.data = ids[lo : lo + self.rows * width + 1]
+        self.width = width
+        self.chunks = (width - 1) // self.steps if width > self.steps else 1
+
+    def __len__(self) -> int:
+        return self.chunks * self.rows
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor, int]:
+        c, b = divmod(i, self.rows)
+        s = b * self.width + c * self.steps
+        return self.data[s : s + self.steps], self.data[s + 1 : s + self.steps + 1], c
+
+
+class CarriedState:
+    """forward(model, batch) for truncated BPTT: the state left by chunk c feeds chunk c+1,
+    detached so that gradients stop at the chunk's start; chunk 0 starts from zeros."""
+
+    def __init__(self) -> None:
+        self.state: Any = None
+
+    def __call__(self, model: torch.nn.Module, batch: list[Tensor]) -> tuple[Tensor, Tensor]:
+        x, y, chunk = batch
+        if int(chunk[0]) == 0:
+            self.state = None
+        logits, state = model(x, self.state)  # (B, T, V)
+        self.state = tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
+        return logits.reshape(-1, logits.shape[-1]), y.reshape(-1)
+
+
+def windows_forward(model: torch.nn.Module, batch: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """Training: every position of each window; evaluation: the last, with K characters of context."""
+    x, y = batch
+    logits, _ = model(x)  # (B, K, V)
+    if model.training:
+        return logits.reshape(-1, logits.shape[-1]), y.reshape(-1)
+    return logits[:, -1], y[:, -1]
+
+
+def train(cfg: LMConfig, out: str | Path, *, on_epoch: Callable[[EpochRecord], None] | None = None,
+          resume: bool = False, progress: bool = False, tensorboard: bool = False) -> dict[str, Any]:
+    """Train and write the run folder at out; returns metrics.json's content."""
+    cfg.check()
+    if not resume:
+        check_new(out)
+    if cfg.context is None and world()[1] > 1:
+        raise ValueError("truncated BPTT reads its streams in order and does not run data-parallel: "
+                         "use --context K under torchrun")
+    text = read_text(cfg)
+    n = len(text)
+    held_out = n >= SHORT_TEXT
+    train_end = int(n * (1 - cfg.val_fraction - cfg.test_fraction)) if held_out else n
+    val_end = int(n * (1 - cfg.test_fraction)) if held_out else n
+    vocab = Vocabulary.build([text[:train_end]], "char")
+    ids = torch.tensor([vocab.stoi.get(c, 1) for c in text], dtype=torch.int64)
+    parts = {"train": (0, train_end), "validation": (train_end, val_end), "test": (val_end, n)}
+    if not held_out:  # too short to hold anything out: every split is the whole text
+        parts = {"train": (0, n), "validation": (0, n), "test": (0, n)}
+    if cfg.context is not None:
+        k = cfg.context
+        data: dict[str, Any] = {name: Windows(ids, k, max(lo, k), hi) for name, (lo, hi) in parts.items()}
+        forward: Callable[..., tuple[Tensor, Tensor]] = windows_forward
+        targets = {name: ids[max(lo, k):hi] for name, (lo, hi) in parts.items()}
+    else:
+        data = {name: Streams(ids, lo, hi, cfg.train.batch_size, cfg.bptt) for name, (lo, hi) in parts.items()}
+        forward = CarriedState()
+        targets = {name: torch.cat([d[i][1] for i in range(len(d))]) for name, d in data.items()}
+    empty = [name for name, d in data.items() if len(d) == 0]
+    if empty:
+        raise ValueError(f"the text ({n} characters) is too short for --context {cfg.context}: "
+                         f"no window in the {' or '.join(empty)} part")
+    if cfg.context is None:  # batches of whole chunks: one item per stream
+        streams = {name: d.rows for name, d in data.items()}
+        if len(set(streams.values())) > 1:  # evaluation parts narrower than training: batch them alike
+            rows = min(streams.values())
+            data = {name: Streams(ids, lo, hi, rows, cfg.bptt) for name, (lo, hi) in parts.items()}
+            targets = {name: torch.cat([d[i][1] for i in range(len(d))]) for name, d in data.items()}
+        train_cfg = TrainConfig(**{**asdict(cfg.train), "batch_size": data["train"].rows})
+    else:
+        train_cfg = cfg.train
+    model_cfg = LanguageModelConfig(vocab_size=len(vocab), cell=cfg.cell, embed_dim=cfg.embed_dim,
+                                    hidden_size=cfg.hidden_size, num_layers=cfg.num_layers, dropout=cfg.dropout)
+    checkpoint = open_run(out, "lm", cfg, resume=resume)
+    torch.manual_seed(cfg.train.seed)
+    model = LanguageModel(model_cfg)
+    trainer = Trainer(model, forward=forward, loss_fn=F.cross_entropy, metric_fn=bits_per_char, config=train_cfg,
+                      higher_is_better=False, on_epoch=on_epoch, checkpoint=checkpoint, progress=progress,
+                      tensorboard=checkpoint.parent / "tensorboard" if tensorboard else None,
+                      shuffle=cfg.context is not None)
+    start = time.perf_counter()
+    history = trainer.fit(data["train"], data["validation"], resume=resume)
+    seconds = time.perf_counter() - start
+    _, test_bpc, _, _ = trainer.evaluate(data["test"])
+    lo, hi = parts["train"]
+    metrics = {
+        "task": "lm",
+        "data": cfg.source,
+        "test": {"bpc": test_bpc, "characters": len(targets["test"])},
+        "baseline": {"name": "unigram of the training part",
+                     "bpc": unigram_bpc(ids[lo:hi].numpy(), targets["test"].numpy(), len(vocab))},
+        "test_on": "the held-out tail" if held_out else f"the training text (under {SHORT_TEXT} characters: "
+                                                         "too short to hold out a tail)",
+        "sizes": {name: hi - lo for name, (lo, hi) in parts.items()} | {"vocabulary": len(vocab)},
+        "best_epoch": trainer.best_epoch,
+        "epochs_run": len(history),
+        "stopped": trainer.stop_reason or f"after --epochs {cfg.train.epochs}",
+        "train_seconds": round(seconds, 2),
+        "device": str(trainer.device),
+        "processes": trainer.world_size,
+    }
+    if not trainer.is_main:
+        return metrics
+    from rnnkit import plots
+
+    rows = [r.as_dict() for r in history]
+    config = {"task": "lm", "pipeline": asdict(cfg), "model": asdict(model_cfg), "context": cfg.context}
+    finish_run(out, config=config, weights=model.state_dict(), extras={"vocabulary": vocab.to_json()},
+               metrics=metrics, history=rows, plots={"history.png": plots.history(rows, "bits per character")})
+    return metrics
+
+
+def load(run_path: str | Path) -> tuple[LanguageModel, dict[str, Any], Vocabulary]:
+    run = read_run(run_path)
+    if run.config.get("task") != "lm":
+        raise NotARunError(f"{run.path} is a {run.config.get('task')!r} run, not an lm run")
+    model = LanguageModel(LanguageModelConfig(**run.config["model"]))
+    model.load_state_dict(run.weights)
+    return model.eval(), run.config, Vocabulary.from_json(run.extras["vocabulary"])
+
+
+def generate(run_path: str | Path, prompt: str, length: int, *, greedy: bool = False, temperature: float = 1.0,
+             top_k: int | None = None, seed: int | None = None) -> str:
+    """The prompt followed by `length` generated characters. A prompt character the model never
+    saw in training is an error that names it (the model has no way to read it)."""
+    if length < 1:
+        raise ValueError(f"--length must be >= 1, got {length}")
+    if not temperature > 0:
+        raise ValueError(f"--temperature must be > 0, got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"--top-k must be >= 1, got {top_k}")
+    if not prompt:
+        raise ValueError("the prompt is empty: give at least one character")
+    model, config, vocab = load(run_path)
+    unknown = vocab.unknown(prompt)
+    if unknown:
+        raise ValueError(f"the prompt has characters the model never saw in training: {', '.join(map(repr, unknown))}; "
+                         "use characters of the training text")
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    ids = generate_ids(model, vocab.encode(prompt), length, context=config.get("context"), greedy=greedy,
+                       temperature=temperature, top_k=top_k, generator=generator, exclude=(0, 1))
+    return prompt + "".join(vocab.itos[i] for i in ids)

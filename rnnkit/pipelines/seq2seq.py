@@ -1,0 +1,311 @@
+"""Generating sequences: 1 -> N (caption: one feature vector -> a token sequence) and N -> M
+(seq2seq: a token sequence -> another, with attention).
+
+Bundled: ``caption --dataset digits`` (scikit-learn's 8x8 digits -> the English name of the
+digit, spelled character by character) and ``seq2seq --dataset addition|dates`` (generated,
+seeded: see rnnkit.data._pairs); or the user's ``--data PAIRS.tsv`` (source TAB target).
+
+Training: cross-entropy over the target tokens (padding masked out) with teacher forcing
+(``teacher_forcing`` < 1 feeds the model its own guesses that often). The validation metric is
+the exact match under teacher forcing, which equals the greedy decoder's exact match: if every
+step's best token is right given the right prefix, greedy decoding writes the target.
+Test: greedy (or beam) decoding; exact match, token accuracy (the share of target tokens, <eos>
+included, right at their position), corpus BLEU (sacrebleu) for word tokens. Baseline: copying
+the source, or the most frequent training target, whichever scores higher.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from rnnkit import _checks
+from rnnkit.data import Vocabulary, pad_batch, tokenize
+from rnnkit.data._pairs import PAIR_SETS, read_pairs
+from rnnkit.data._text import PAD, TOKENS, UNK
+from rnnkit.models._seq2seq import ATTENTIONS, BOS, EOS, Seq2Seq, Seq2SeqConfig
+from rnnkit.pipelines._runs import check_new, open_run
+from rnnkit.runs import NotARunError, finish_run, read_run
+from rnnkit.training import EpochRecord, Trainer, TrainConfig
+
+DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+def _seq2seq_training() -> TrainConfig:
+    return TrainConfig(epochs=60, batch_size=64, lr=3e-3, patience=6, lr_patience=2)
+
+
+@dataclass
+class Seq2SeqTaskConfig:
+    task: str = "seq2seq"  # "seq2seq" (N -> M) or "caption" (1 -> N)
+    dataset: str = "addition"  # addition, dates (seq2seq); digits (caption); ignored with data
+    data: str | None = None  # seq2seq: a TSV of source TAB target
+    tokens: str = "char"
+    cell: str = "gru"
+    embed_dim: int = 64
+    hidden_size: int = 128
+    num_layers: int = 1
+    bidirectional: bool = True
+    attention: str = "bahdanau"
+    dropout: float = 0.0
+    teacher_forcing: float = 1.0
+    max_length: int | None = None  # of an output; None: the longest training target + 5
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    train: TrainConfig = field(default_factory=_seq2seq_training)
+
+    def check(self) -> Seq2SeqTaskConfig:
+        _checks.check_choice("seq2seq", "task", self.task, ("seq2seq", "caption"))
+        _checks.check_choice("seq2seq", "tokens", self.tokens, TOKENS)
+        _checks.check_choice("seq2seq", "attention", self.attention, ATTENTIONS)
+        if not 0 <= self.teacher_forcing <= 1:
+            raise ValueError(f"--teacher-forcing must be in [0, 1], got {self.teacher_forcing}")
+        if self.max_length is not None:
+            _checks.check_int("seq2seq", "max_length", self.max_length, minimum=1)
+        if self.task == "caption" and self.dataset != "digits":
+            raise ValueError(f"unknown caption dataset {self.dataset!r}: choose digits")
+        if self.task == "seq2seq" and self.data is None and self.dataset not in PAIR_SETS:
+            raise ValueError(f"unknown dataset {self.dataset!r}: choose from {', '.join(PAIR_SETS)}, or give --data FILE")
+        return self
+
+    @property
+    def source(self) -> str:
+        return Path(self.data).name if self.data else self.dataset
+
+
+class TargetVocabulary(Vocabulary):
+    """A vocabulary with <bos> (id 2) and <eos> (id 3) after <pad> and <unk>."""
+
+    @classmethod
+    def build_targets(cls, texts: Sequence[str], tokens: str) -> TargetVocabulary:
+        counts = Counter(t for text in texts for t in tokenize(text, tokens))
+        return cls([PAD, UNK, "<bos>", "<eos>", *(t for t, _ in counts.most_common())], tokens)
+
+    def join(self, ids: Sequence[int]) -> str:
+        return ("" if self.tokens == "char" else " ").join(self.itos[i] for i in ids)
+
+
+class Pairs(Dataset[tuple[Any, list[int]]]):
+    def __init__(self, sources: Sequence[Any], targets: Sequence[list[int]]) -> None:
+        self.sources, self.targets = sources, targets
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int) -> tuple[Any, list[int]]:
+        return self.sources[i], self.targets[i]
+
+
+def make_collate(width: int, vector_source: bool) -> Callable[[list[tuple[Any, list[int]]]], list[Tensor]]:
+    """Batches of (source, target ids) -> [source (B, S) ids or (B, F), lengths (B,), target_in
+    (B, width): <bos> + target, target_out (B, width): target + <eos>], padded with 0 to a fixed
+    width so that every batch's outputs line up."""
+
+    def collate(items: list[tuple[Any, list[int]]]) -> list[Tensor]:
+        if vector_source:
+            source = torch.stack([torch.as_tensor(s, dtype=torch.float32) for s, _ in items])
+            lengths = torch.ones(len(items), dtype=torch.int64)
+        else:
+            source, lengths = pad_batch([s for s, _ in items])
+        target_in = torch.zeros(len(items), width, dtype=torch.int64)
+        target_out = torch.zeros(len(items), width, dtype=torch.int64)
+        for row, (_, t) in enumerate(items):
+            t = t[: width - 1]
+            target_in[row, : len(t) + 1] = torch.tensor([BOS, *t])
+            target_out[row, : len(t) + 1] = torch.tensor([*t, EOS])
+        return [source, lengths, target_in, target_out]
+
+    return collate
+
+
+def exact_under_teacher_forcing(logits: Tensor, target: Tensor) -> float:
+    """The share of rows whose every non-padding token is the best-scored one."""
+    right = (logits.argmax(-1) == target) | (target == 0)
+    return float(right.all(dim=1).double().mean())
+
+
+def masked_loss(logits: Tensor, target: Tensor) -> Tensor:
+    return F.cross_entropy(logits.transpose(1, 2), target, ignore_index=0)  # padding counts for nothing
+
+
+def sequence_scores(predicted: list[list[str]], reference: list[list[str]], *, bleu: bool) -> dict[str, float]:
+    """Exact match; token accuracy (reference tokens and the end, right at their position); BLEU."""
+    exact = np.mean([p == r for p, r in zip(predicted, reference)])
+    right = sum(sum(a == b for a, b in zip(p + ["<eos>"], r + ["<eos>"])) for p, r in zip(predicted, reference))
+    total = sum(len(r) + 1 for r in reference)
+    scores = {"exact_match": float(exact), "token_accuracy": right / total}
+    if bleu:
+        import sacrebleu
+
+        scores["bleu"] = float(sacrebleu.corpus_bleu([" ".join(p) for p in predicted],
+                                                     [[" ".join(r) for r in reference]]).score)
+    return scores
+
+
+def _load_task_data(cfg: Seq2SeqTaskConfig) -> tuple[list[Any], list[str], list[int] | None]:
+    """(sources, targets, stratify labels or None)."""
+    if cfg.task == "caption":
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        return list((digits.data / 16.0).astype(np.float32)), [DIGIT_NAMES[d] for d in digits.target], list(digits.target)
+    pairs = read_pairs(cfg.data) if cfg.data else PAIR_SETS[cfg.dataset][1](seed=0)  # type: ignore[operator]
+    return [s for s, _ in pairs], [t for _, t in pairs], None
+
+
+def train(cfg: Seq2SeqTaskConfig, out: str | Path, *, on_epoch: Callable[[EpochRecord], None] | None = None,
+          resume: bool = False, progress: bool = False, tensorboard: bool = False) -> dict[str, Any]:
+    """Train and write the run folder at out; returns metrics.json's content."""
+    from sklearn.model_selection import train_test_split
+
+    cfg.check()
+    if not resume:
+        check_new(out)
+    sources, targets, strata = _load_task_data(cfg)
+    index = np.arange(len(targets))
+    seed = cfg.train.seed
+    rest, te = train_test_split(index, test_size=cfg.test_fraction, random_state=seed, stratify=strata)
+    tr, va = train_test_split(rest, test_size=cfg.val_fraction / (1 - cfg.test_fraction), random_state=seed,
+                              stratify=None if strata is None else [strata[i] for i in rest])
+    target_vocab = TargetVocabulary.build_targets([targets[i] for i in tr], cfg.tokens)
+    target_ids = [target_vocab.encode(t) for t in targets]
+    vector_source = cfg.task == "caption"
+    if vector_source:
+        source_vocab, source_items = None, sources
+        model_cfg = Seq2SeqConfig(target_vocab=len(target_vocab), source_features=len(sources[0]), cell=cfg.cell,
+                                  embed_dim=cfg.embed_dim, hidden_size=cfg.hidden_size, num_layers=cfg.num_layers,
+                                  bidirectional=False, attention="none", dropout=cfg.dropout)
+    else:
+        source_vocab = Vocabulary.build([sources[i] for i in tr], cfg.tokens)
+        source_items = [source_vocab.encode(s) for s in sources]
+        model_cfg = Seq2SeqConfig(target_vocab=len(target_vocab), source_vocab=len(source_vocab), cell=cfg.cell,
+                                  embed_dim=cfg.embed_dim, hidden_size=cfg.hidden_size, num_layers=cfg.num_layers,
+                                  bidirectional=cfg.bidirectional, attention=cfg.attention, dropout=cfg.dropout)
+    max_length = cfg.max_length or max(len(target_ids[i]) for i in tr) + 5
+    width = max(len(t) for t in target_ids) + 1
+    subsets = [Pairs([source_items[i] for i in part], [target_ids[i] for i in part]) for part in (tr, va, te)]
+    checkpoint = open_run(out, cfg.task, cfg, resume=resume)
+    torch.manual_seed(seed)
+    model = Seq2Seq(model_cfg)
+    forcing = torch.Generator().manual_seed(seed)
+
+    def forward(m: torch.nn.Module, b: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        ratio = cfg.teacher_forcing if m.training else 1.0
+        return m(b[0], None if vector_source else b[1], b[2], teacher_forcing=ratio, generator=forcing), b[3]
+
+    trainer = Trainer(model, forward=forward, loss_fn=masked_loss, metric_fn=exact_under_teacher_forcing,
+                      config=cfg.train, on_epoch=on_epoch, collate_fn=make_collate(width, vector_source),
+                      checkpoint=checkpoint, progress=progress,
+                      tensorboard=checkpoint.parent / "tensorboard" if tensorboard else None)
+    start = time.perf_counter()
+    history = trainer.fit(subsets[0], subsets[1], resume=resume)
+    seconds = time.perf_counter() - start
+    model.to("cpu").eval()
+    decoded = decode(model, [source_items[i] for i in te], vector_source, max_length)
+    split_tokens = lambda s: tokenize(s, cfg.tokens)  # noqa: E731
+    reference = [split_tokens(targets[i]) for i in te]
+    predicted = [[target_vocab.itos[j] for j in ids] for ids in decoded]
+    bleu = cfg.tokens == "word"
+    test = sequence_scores(predicted, reference, bleu=bleu)
+    frequent = Counter(targets[i] for i in tr).most_common(1)[0][0]
+    candidates = {"most frequent training target": [split_tokens(frequent)] * len(te)}
+    if not vector_source:
+        candidates["copy the source"] = [split_tokens(sources[i]) for i in te]
+    scored = {name: sequence_scores(p, reference, bleu=bleu) for name, p in candidates.items()}
+    base_name = max(scored, key=lambda k: (scored[k]["exact_match"], scored[k]["token_accuracy"]))
+    metrics = {
+        "task": cfg.task,
+        "data": cfg.source,
+        "test": test,
+        "decoding": "greedy",
+        "baseline": {"name": base_name, **scored[base_name]},
+        "sizes": {"train": len(tr), "validation": len(va), "test": len(te), "target_vocabulary": len(target_vocab)},
+        "examples": [{"source": sources[i] if not vector_source else f"test image {n}", "target": targets[i],
+                      "output": target_vocab.join(d)} for n, (i, d) in enumerate(zip(te[:5], decoded[:5]))],
+        "best_epoch": trainer.best_epoch,
+        "epochs_run": len(history),
+        "train_seconds": round(seconds, 2),
+        "device": str(trainer.device),
+        "processes": trainer.world_size,
+    }
+    if not trainer.is_main:
+        return metrics
+    from rnnkit import plots
+
+    rows = [r.as_dict() for r in history]
+    extras: dict[str, Any] = {"target_vocabulary": target_vocab.to_json(), "max_length": max_length}
+    if source_vocab is not None:
+        extras["source_vocabulary"] = source_vocab.to_json()
+    else:
+        extras["input_divisor"] = 16.0  # digits: pixel values 0-16 were scaled to 0-1
+    config = {"task": cfg.task, "pipeline": asdict(cfg), "model": asdict(model_cfg)}
+    finish_run(out, config=config, weights=model.state_dict(), extras=extras, metrics=metrics, history=rows,
+               plots={"history.png": plots.history(rows, "exact match (teacher forcing)")})
+    return metrics
+
+
+def decode(model: Seq2Seq, sources: Sequence[Any], vector_source: bool, max_length: int, *,
+           beam: int | None = None, batch_size: int = 256) -> list[list[int]]:
+    """Target ids for each source: greedy in batches, or beam search one by one."""
+    outputs: list[list[int]] = []
+    for start in range(0, len(sources), 1 if beam else batch_size):
+        chunk = sources[start : start + (1 if beam else batch_size)]
+        if vector_source:
+            src, lengths = torch.stack([torch.as_tensor(s, dtype=torch.float32) for s in chunk]), None
+        else:
+            src, lengths = pad_batch(chunk)
+        if beam:
+            outputs.append(model.beam(src, lengths, max_length, beam))
+        else:
+            outputs += model.greedy(src, lengths, max_length)
+    return outputs
+
+
+def load(run_path: str | Path, task: str) -> tuple[Seq2Seq, dict[str, Any], dict[str, Any]]:
+    run = read_run(run_path)
+    if run.config.get("task") != task:
+        raise NotARunError(f"{run.path} is a {run.config.get('task')!r} run, not a {task} run")
+    model = Seq2Seq(Seq2SeqConfig(**run.config["model"]))
+    model.load_state_dict(run.weights)
+    return model.eval(), run.config, run.extras
+
+
+def translate(run_path: str | Path, texts: list[str], *, beam: int | None = None) -> tuple[list[str], list[list[str]]]:
+    """Outputs of a seq2seq run for texts, and for each text the tokens its source vocabulary
+    lacks (read as <unk>, as in training)."""
+    if beam is not None and beam < 1:
+        raise ValueError(f"--beam must be >= 1, got {beam}")
+    if not texts:
+        raise ValueError("no text to translate")
+    model, _, extras = load(run_path, "seq2seq")
+    source_vocab = Vocabulary.from_json(extras["source_vocabulary"])
+    target_vocab = TargetVocabulary.from_json(extras["target_vocabulary"])
+    empty = [i + 1 for i, t in enumerate(texts) if not tokenize(t, source_vocab.tokens)]
+    if empty:
+        raise ValueError(f"text {empty[0]} is empty")
+    ids = decode(model, [source_vocab.encode(t) for t in texts], False, extras["max_length"], beam=beam)
+    return [target_vocab.join(i) for i in ids], [source_vocab.unknown(t) for t in texts]
+
+
+def caption(run_path: str | Path, features: np.ndarray, *, beam: int | None = None) -> list[str]:
+    """Outputs of a caption run for rows of features (N, F), given as raw values (digits: 0-16)."""
+    if beam is not None and beam < 1:
+        raise ValueError(f"--beam must be >= 1, got {beam}")
+    model, config, extras = load(run_path, "caption")
+    width = config["model"]["source_features"]
+    features = np.asarray(features, dtype=np.float32)
+    if features.ndim != 2 or features.shape[1] != width:
+        raise ValueError(f"expected rows of {width} numbers, got an array of shape {tuple(features.shape)}")
+    target_vocab = TargetVocabulary.from_json(extras["target_vocabulary"])
+    ids = decode(model, list(features / np.float32(extras["input_divisor"])), True, extras["max_length"], beam=beam)
+    return [target_vocab.join(i) for i in ids]

@@ -1,0 +1,146 @@
+"""Seq2seq and caption: the decoder agrees with itself (teacher forcing vs greedy, beam 1 vs
+greedy, padding), the generators are right, runs end to end, bad input."""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from rnnkit.cli import main
+from rnnkit.data import pad_batch
+from rnnkit.data._pairs import DATE_STYLES, MONTHS, _format, addition, dates, read_pairs
+from rnnkit.models._seq2seq import BOS, EOS, Seq2Seq, Seq2SeqConfig
+from rnnkit.pipelines import seq2seq
+from rnnkit.training import TrainConfig
+
+CONFIGS = [
+    dict(cell="gru", attention="bahdanau", bidirectional=True, num_layers=1),
+    dict(cell="lstm", attention="luong", bidirectional=False, num_layers=2),
+    dict(cell="rnn", attention="none", bidirectional=True, num_layers=2),
+]
+
+
+def model(**kwargs) -> Seq2Seq:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    return Seq2Seq(Seq2SeqConfig(target_vocab=9, source_vocab=11, embed_dim=5, hidden_size=6, **kwargs)).eval()
+
+
+@pytest.mark.parametrize("kwargs", CONFIGS)
+def test_teacher_forcing_on_the_greedy_output_reproduces_it(kwargs) -> None:  # type: ignore[no-untyped-def]
+    m = model(**kwargs)
+    source, lengths = pad_batch([[2, 3, 4, 5], [6, 7], [8, 9, 10]])
+    outputs = m.greedy(source, lengths, max_length=6)
+    for row, out in enumerate(outputs):
+        target_in = torch.tensor([[BOS, *out]])
+        logits = m(source[row : row + 1, : int(lengths[row])], lengths[row : row + 1], target_in)
+        best = logits.argmax(-1)[0].tolist()
+        assert best[: len(out)] == out
+        if len(out) < 6:
+            assert best[len(out)] == EOS
+
+
+@pytest.mark.parametrize("kwargs", CONFIGS)
+def test_padding_and_beam_of_one(kwargs) -> None:  # type: ignore[no-untyped-def]
+    m = model(**kwargs)
+    sources = [[2, 3, 4, 5, 6, 7], [8], [9, 10, 2]]
+    source, lengths = pad_batch(sources)
+    source[1, 1:] = 10  # garbage in the padding
+    target_in = torch.tensor([[BOS, 4, 5, 6]] * 3)
+    batched = m(source, lengths, target_in)
+    for row, s in enumerate(sources):
+        alone = m(torch.tensor([s]), torch.tensor([len(s)]), target_in[:1])
+        torch.testing.assert_close(batched[row], alone[0], rtol=1e-5, atol=1e-6)
+        assert m.beam(torch.tensor([s]), torch.tensor([len(s)]), 6, 1) == m.greedy(torch.tensor([s]), None, 6)[0]
+
+
+def test_beam_finds_a_likelier_output_than_greedy() -> None:
+    """Over random models and sources, beam search never ends with a lower log-probability than
+    greedy decoding when the beam keeps greedy's path among its hypotheses (width >= vocabulary)."""
+    @torch.no_grad()
+    def logprob(m: Seq2Seq, s: list[int], out: list[int]) -> float:
+        logits = m(torch.tensor([s]), None, torch.tensor([[BOS, *out]]))
+        return float(torch.log_softmax(logits, -1)[0].gather(-1, torch.tensor([*out, EOS])[:, None]).sum())
+
+    compared = 0
+    for seed in range(30):
+        torch.manual_seed(seed)
+        m = Seq2Seq(Seq2SeqConfig(target_vocab=6, source_vocab=11, embed_dim=5, hidden_size=6)).eval()
+        rng = random.Random(seed)
+        s = [rng.randint(2, 10) for _ in range(5)]
+        greedy, beam = m.greedy(torch.tensor([s]), None, 8)[0], m.beam(torch.tensor([s]), None, 8, 6)
+        if len(greedy) < 8 and len(beam) < 8:  # both ended with <eos>
+            assert logprob(m, s, beam) >= logprob(m, s, greedy) - 1e-5
+            compared += 1
+    assert compared >= 8
+
+
+def test_generators() -> None:
+    pairs = addition(2000, seed=1)
+    assert len({s for s, _ in pairs}) == 2000
+    assert all(int(t) == sum(map(int, s.split("+"))) for s, t in pairs)
+    lengths = {len(part) for s, _ in pairs for part in s.split("+")}
+    assert lengths == {1, 2, 3}
+    assert addition(50, seed=1) == addition(50, seed=1) != addition(50, seed=2)
+    formats = ["%d %B %Y", "%d %B %Y", "%B %d, %Y", "%b %d %Y", "%d %b %Y", "%A, %B %d, %Y", "%m/%d/%Y",
+               "%d.%m.%Y", "%Y/%m/%d", "%d %b %Y", "%B %d %Y"]
+    for day in (dt.date(1900, 1, 1), dt.date(2021, 3, 7), dt.date(2099, 12, 31)):
+        for style in range(DATE_STYLES):
+            text = _format(day, style)
+            assert dt.datetime.strptime(text.title(), formats[style]).date() == day, text
+    pairs = dates(3000, seed=0)
+    assert all(dt.date.fromisoformat(t) for _, t in pairs)
+    assert len({s for s, _ in pairs}) == 3000
+    assert any(MONTHS[2] in s for s, _ in pairs) and any("/" in s for s, _ in pairs)
+
+
+def test_read_pairs_errors(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "p.tsv").write_text("a\tb\nno tab here\n")
+    with pytest.raises(ValueError, match="line 2: no tab between source and target: 'no tab here'"):
+        read_pairs(tmp_path / "p.tsv")
+    (tmp_path / "q.tsv").write_text("a\tb\n\tc\n")
+    with pytest.raises(ValueError, match="line 2: empty source"):
+        read_pairs(tmp_path / "q.tsv")
+
+
+def test_seq2seq_run_on_user_pairs(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Reversing short words: learnable, and far from both baselines."""
+    rng = random.Random(0)
+    words = {"".join(rng.choice("abcdef") for _ in range(rng.randint(2, 4))) for _ in range(600)}
+    (tmp_path / "rev.tsv").write_text("".join(f"{w}\t{w[::-1]}\n" for w in sorted(words)), encoding="utf-8")
+    runner = CliRunner()
+    out = tmp_path / "run"
+    result = runner.invoke(main, ["train", "seq2seq", "--data", str(tmp_path / "rev.tsv"), "--hidden", "32",
+                                  "--epochs", "25", "--lr", "0.01", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    import json
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["test"]["exact_match"] > 0.8 > metrics["baseline"]["exact_match"] + 0.3
+    result = runner.invoke(main, ["translate", str(out), "abc", "fed", "--beam", "3"])
+    assert result.exit_code == 0 and result.output.split() == ["cba", "def"]
+    result = runner.invoke(main, ["translate", str(out), "abz"])
+    assert result.exit_code == 0 and "not in the vocabulary, read as <unk>: z" in result.output
+    result = runner.invoke(main, ["translate", str(out), "abc", "--beam", "0"])
+    assert result.exit_code == 1 and "--beam must be >= 1, got 0" in result.output
+
+
+def test_caption_digits(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from sklearn.datasets import load_digits
+
+    cfg = seq2seq.Seq2SeqTaskConfig(task="caption", dataset="digits", hidden_size=64,
+                                    train=TrainConfig(epochs=4, lr=1e-2, seed=0))
+    metrics = seq2seq.train(cfg, tmp_path / "run")
+    assert metrics["baseline"]["exact_match"] == pytest.approx(0.1, abs=0.02)
+    assert metrics["test"]["exact_match"] > 0.7
+    digits = load_digits()
+    np.savetxt(tmp_path / "x.csv", digits.data[:20], delimiter=",", fmt="%d")
+    result = CliRunner().invoke(main, ["caption", str(tmp_path / "run"), "--input", str(tmp_path / "x.csv")])
+    assert result.exit_code == 0, result.output
+    names = result.output.split()
+    assert len(names) == 20
+    assert np.mean([n == seq2seq.DIGIT_NAMES[d] for n, d in zip(names, digits.target[:20])]) > 0.7
