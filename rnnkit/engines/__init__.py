@@ -15,7 +15,7 @@ import logging
 
 from torch import Tensor
 
-from rnnkit.engines._base import Engine, LayerConfig, Noise, reverse_padded
+from rnnkit.engines._base import Engine, LayerConfig, Noise, Probe, reverse_padded
 from rnnkit.engines._fused import FusedEngine
 from rnnkit.engines._native import NativeEngine
 from rnnkit.engines._reference import ReferenceEngine
@@ -72,7 +72,7 @@ __all__ = [
     "FusedEngine",
     "NativeEngine",
     "LayerConfig",
-    "Noise",
+    "Noise", "Probe",
     "ReferenceEngine",
     "auto_order",
     "reverse_padded",

@@ -10,7 +10,7 @@ produce the same numbers.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
@@ -31,6 +31,20 @@ class Noise:
 
     h_mask: Tensor | None = None
     keep: tuple[Tensor, ...] | None = None
+
+
+@dataclass
+class Probe:
+    """A view into one layer and direction for rnnkit.diagnostics (reference engine only).
+
+    delta: (T, B, R) zeros that require grad, added to h_t after each step (t in processing
+        order): the numbers do not change, and dL/d delta_t is the total derivative dL/dh_t,
+        through the outputs and through all later steps.
+    states: filled by the engine with the state after each step (h, or (h, c)), in processing order.
+    """
+
+    delta: Tensor
+    states: list[State] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from rnnkit.cells import CellSpec, CellWeights, State
-from rnnkit.engines._base import LayerConfig, Noise
+from rnnkit.engines._base import LayerConfig, Noise, Probe
 
 
 class ReferenceEngine:
@@ -28,6 +28,7 @@ class ReferenceEngine:
         *,
         lengths: Tensor | None,
         noise: Noise,
+        probe: Probe | None = None,
     ) -> tuple[Tensor, State]:
         steps = x.shape[0]
         valid = None
@@ -36,6 +37,8 @@ class ReferenceEngine:
         outputs = []
         for t in range(steps):
             new = spec.step(x[t], state, weights, noise.h_mask)
+            if probe is not None:  # + 0, for rnnkit.diagnostics: dL/dh_t lands on probe.delta[t]
+                new = (new[0] + probe.delta[t], *new[1:])
             if noise.keep is not None:  # zoneout: some units keep their previous value
                 new = tuple(torch.where(keep[t], old, n) for keep, old, n in zip(noise.keep, state, new))
             if valid is not None:  # past its length a sequence keeps its state and outputs 0
@@ -44,5 +47,7 @@ class ReferenceEngine:
             else:
                 outputs.append(new[0])
             state = new
+            if probe is not None:
+                probe.states.append(new)
         out = torch.stack(outputs)  # (T, B, R)
         return out, state

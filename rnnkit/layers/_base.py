@@ -6,6 +6,8 @@ is the cell's, and the time loop is run by an engine (rnnkit.engines).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import warnings
 from collections.abc import Sequence
 
@@ -18,13 +20,27 @@ from rnnkit import _checks
 from rnnkit.cells import CellSpec, CellWeights, State
 from rnnkit.cells._base import INITS, init_cell_weights, parameter_shapes
 from rnnkit.cells._module import check_forget_bias
-from rnnkit.engines import ENGINE_NAMES, Engine, LayerConfig, Noise, reverse_padded, select_engine
+from rnnkit.engines import ENGINE_NAMES, ENGINES, Engine, LayerConfig, Noise, Probe, reverse_padded, select_engine
 
 Lengths = Sequence[int] | Tensor
 
 
+@dataclass
+class LayerProbe:
+    """What rnnkit.diagnostics saw of one layer and direction in one forward call.
+    inputs: (T, B, I) as the direction read them (reversed in time for direction 1)."""
+
+    layer: int
+    direction: int
+    inputs: Tensor
+    lengths: Tensor | None
+    probe: Probe
+
+
 class RecurrentLayer(nn.Module):
     """Base of rnnkit.RNN, rnnkit.LSTM and rnnkit.GRU; see those classes for the arguments."""
+
+    _probes: list[LayerProbe] | None = None  # set by rnnkit.diagnostics while it looks
 
     def __init__(
         self,
@@ -231,6 +247,8 @@ class RecurrentLayer(nn.Module):
         if cpu_lengths is not None and int(cpu_lengths.min()) < steps:
             run_lengths = cpu_lengths.to(x.device)
         engine = select_engine(self.engine, self._config(), x, owner=owner)
+        if self._probes is not None:  # rnnkit.diagnostics is looking: the reference loop, with probes
+            engine = ENGINES["reference"]
         out, finals = self._run_stack(engine, x, state0, run_lengths)
 
         if len(finals) == 1:  # (1, B, S) without a copy
@@ -256,14 +274,16 @@ class RecurrentLayer(nn.Module):
             for direction in range(self.num_directions):
                 index = layer * self.num_directions + direction
                 reverse = direction == 1  # read each sequence from its last valid step back
-                out, final = engine.run(
-                    self.spec,
-                    reverse_padded(layer_input, lengths) if reverse else layer_input,
-                    state0[index],
-                    self.cell_weights(layer, direction),
-                    lengths=lengths,
-                    noise=self._sample_noise(x.shape[0], x.shape[1], x),
-                )
+                seen = reverse_padded(layer_input, lengths) if reverse else layer_input  # (T, B, I) in its order
+                args = (self.spec, seen, state0[index], self.cell_weights(layer, direction))
+                noise = self._sample_noise(x.shape[0], x.shape[1], x)
+                if self._probes is None:
+                    out, final = engine.run(*args, lengths=lengths, noise=noise)
+                else:
+                    probe = Probe(x.new_zeros(x.shape[0], x.shape[1], self.out_size, requires_grad=True))
+                    out, final = ENGINES["reference"].run(*args, lengths=lengths, noise=noise,  # type: ignore[call-arg]
+                                                          probe=probe)
+                    self._probes.append(LayerProbe(layer, direction, seen, lengths, probe))
                 outs.append(reverse_padded(out, lengths) if reverse else out)  # (T, B, R)
                 finals.append(final)
             layer_input = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)  # (T, B, D*R)
