@@ -49,6 +49,9 @@ def _training_options(f: Callable[..., None]) -> Callable[..., None]:
         click.option("--resume", type=click.Path(file_okay=False), default=None,
                      help="Continue this run (stopped, or finished: give a larger --epochs) with its own settings."),
         click.option("--tensorboard", is_flag=True, help="Also write TensorBoard event files to RUN/tensorboard."),
+        click.option("--diagnose-every", type=click.IntRange(min=1), default=None, metavar="N",
+                     help="Every N steps, measure the gradient flow through time (metrics.json keeps it); "
+                          "warns once if gradients vanish or explode."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -59,7 +62,7 @@ def _check_resume(ctx: click.Context, resume: str | None) -> None:
     """With --resume, the run's own settings hold: any other explicit option but --epochs is an error."""
     if resume is None:
         return
-    given = [name for name in ctx.params if name not in ("resume", "epochs", "tensorboard")
+    given = [name for name in ctx.params if name not in ("resume", "epochs", "tensorboard", "diagnose_every")
              and ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
     if given:
         flags = ", ".join("--" + n.replace("_", "-") for n in given)
@@ -81,6 +84,12 @@ def _epoch_printer(metric: str, every: int = 1) -> tuple[Callable[[EpochRecord],
                    f"(clipped {r.clipped:.0%})  {r.seconds:.1f} s")
 
     return show, progress
+
+
+def _show_diagnosis(summary: dict[str, Any]) -> None:
+    """A warning line when gradients first vanish, explode or become NaN."""
+    if "warning" in summary:
+        click.echo(f"warning: {summary['warning']}", err=True)
 
 
 def _run_folder(out: str | None, resume: str | None, task: str, name: str) -> str:
@@ -131,7 +140,8 @@ def _train(run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
 def train_classify(ctx: click.Context, dataset: str, data: str | None, text_col: str | None, label_col: str | None,
                    steps: int, tokens: str, max_vocab: int, max_length: int, embed: int, cell: str, hidden: int,
                    layers: int, bidirectional: bool, pooling: str, dropout: float, epochs: int, batch_size: int,
-                   lr: float, seed: int, out: str | None, resume: str | None, tensorboard: bool) -> None:
+                   lr: float, seed: int, out: str | None, resume: str | None, tensorboard: bool,
+                   diagnose_every: int | None) -> None:
     """N -> 1: classify texts or sequences (digits: 8x8 images read row by row; surnames: by language)."""
     from rnnkit.pipelines import classify
     from rnnkit.pipelines._runs import pipeline_config
@@ -150,7 +160,8 @@ def train_classify(ctx: click.Context, dataset: str, data: str | None, text_col:
     folder = _run_folder(out, resume, "classify", Path(cfg.source).stem)
     show, progress = _epoch_printer("accuracy")
     metrics = _train(lambda: classify.train(cfg, folder, on_epoch=show, resume=resume is not None, progress=progress,
-                                            tensorboard=tensorboard))
+                                            tensorboard=tensorboard, diagnose_every=diagnose_every,
+                                            on_diagnosis=_show_diagnosis))
     if _worker():
         return
     t, b = metrics["test"], metrics["baseline"]
@@ -181,7 +192,7 @@ def train_classify(ctx: click.Context, dataset: str, data: str | None, text_col:
 def train_forecast(ctx: click.Context, dataset: str, data: str | None, target: str | None, time_col: str | None,
                    features: str, window: int, horizon: int, season: int | None, predict: str, cell: str, hidden: int,
                    layers: int, epochs: int, lr: float, seed: int, out: str | None, resume: str | None,
-                   tensorboard: bool) -> None:
+                   tensorboard: bool, diagnose_every: int | None) -> None:
     """N -> 1 or N -> horizon: forecast a series (bundled: sunspots, co2, tbilrate)."""
     from rnnkit.pipelines import forecast as fc
     from rnnkit.pipelines._runs import pipeline_config
@@ -199,7 +210,8 @@ def train_forecast(ctx: click.Context, dataset: str, data: str | None, target: s
     folder = _run_folder(out, resume, "forecast", Path(cfg.data).stem if cfg.data else str(cfg.dataset))
     show, progress = _epoch_printer("RMSE (scaled)", every=10)  # forecasting runs are many short epochs
     metrics = _train(lambda: fc.train(cfg, folder, on_epoch=show, resume=resume is not None, progress=progress,
-                                      tensorboard=tensorboard))
+                                      tensorboard=tensorboard, diagnose_every=diagnose_every,
+                                            on_diagnosis=_show_diagnosis))
     if _worker():
         return
     t = metrics["test"]
@@ -230,7 +242,7 @@ def train_forecast(ctx: click.Context, dataset: str, data: str | None, target: s
 @click.pass_context
 def train_lm(ctx: click.Context, text: str | None, corpus: str, context: int | None, bptt: int, cell: str, embed: int,
              hidden: int, layers: int, dropout: float, epochs: int, minutes: float, batch_size: int, lr: float,
-             seed: int, out: str | None, resume: str | None, tensorboard: bool) -> None:
+             seed: int, out: str | None, resume: str | None, tensorboard: bool, diagnose_every: int | None) -> None:
     """N -> N: a character language model; bits per character on a held-out tail."""
     from rnnkit.pipelines import lm
     from rnnkit.pipelines._runs import pipeline_config
@@ -247,7 +259,8 @@ def train_lm(ctx: click.Context, text: str | None, corpus: str, context: int | N
     folder = _run_folder(out, resume, "lm", Path(cfg.source).stem)
     show, progress = _epoch_printer("bits/char")
     metrics = _train(lambda: lm.train(cfg, folder, on_epoch=show, resume=resume is not None, progress=progress,
-                                      tensorboard=tensorboard))
+                                      tensorboard=tensorboard, diagnose_every=diagnose_every,
+                                            on_diagnosis=_show_diagnosis))
     if _worker():
         return
     t, b = metrics["test"], metrics["baseline"]
@@ -298,6 +311,7 @@ def _seq2seq_options(f: Callable[..., None]) -> Callable[..., None]:
 
 def _train_generator(ctx: click.Context, task: str, resume: str | None, tensorboard: bool, out: str | None,
                      build: Callable[[Any], Any]) -> None:
+    diagnose_every = ctx.params["diagnose_every"]
     from rnnkit.pipelines import seq2seq
     from rnnkit.pipelines._runs import pipeline_config
 
@@ -315,7 +329,8 @@ def _train_generator(ctx: click.Context, task: str, resume: str | None, tensorbo
     folder = _run_folder(out, resume, task, Path(cfg.source).stem)
     show, progress = _epoch_printer("exact match")
     metrics = _train(lambda: seq2seq.train(cfg, folder, on_epoch=show, resume=resume is not None, progress=progress,
-                                           tensorboard=tensorboard))
+                                           tensorboard=tensorboard, diagnose_every=diagnose_every,
+                                            on_diagnosis=_show_diagnosis))
     if _worker():
         return
     t, b = metrics["test"], metrics["baseline"]
@@ -342,7 +357,7 @@ def _train_generator(ctx: click.Context, task: str, resume: str | None, tensorbo
 def train_seq2seq(ctx: click.Context, dataset: str, data: str | None, tokens: str, bidirectional: bool, attention: str,
                   cell: str, embed: int, hidden: int, layers: int, dropout: float, teacher_forcing: float,
                   max_length: int | None, epochs: int, batch_size: int, lr: float, seed: int, out: str | None,
-                  resume: str | None, tensorboard: bool) -> None:
+                  resume: str | None, tensorboard: bool, diagnose_every: int | None) -> None:
     """N -> M: encoder-decoder with attention (bundled: addition, dates; or --data PAIRS.tsv)."""
     from rnnkit.pipelines import seq2seq
 
@@ -360,7 +375,7 @@ def train_seq2seq(ctx: click.Context, dataset: str, data: str | None, tokens: st
 @click.pass_context
 def train_caption(ctx: click.Context, dataset: str, cell: str, embed: int, hidden: int, layers: int, dropout: float,
                   teacher_forcing: float, max_length: int | None, epochs: int, batch_size: int, lr: float, seed: int,
-                  out: str | None, resume: str | None, tensorboard: bool) -> None:
+                  out: str | None, resume: str | None, tensorboard: bool, diagnose_every: int | None) -> None:
     """1 -> N: one feature vector sets the decoder's initial state, which spells a sequence."""
     from rnnkit.pipelines import seq2seq
 
@@ -416,6 +431,100 @@ def caption_command(run: str, input_path: str, beam: int | None) -> None:
             click.echo(output)
     except ValueError as error:
         raise click.ClickException(str(error)) from None
+
+
+def _memory_command(task: str) -> Callable[..., None]:
+    """`rnnkit train adding` and `rnnkit train copy`."""
+
+    @click.option("--steps", default=100, show_default=True, help="T: how far apart what must be remembered lies.")
+    @click.option("--cell", type=click.Choice(["rnn", "lstm", "gru", "irnn"]), default="lstm", show_default=True,
+                  help="irnn: a relu RNN with W_hh = I (Le et al. 2015).")
+    @click.option("--hidden", default=128, show_default=True)
+    @click.option("--init", type=click.Choice(["default", "orthogonal", "identity"]), default="default", show_default=True,
+                  help="W_hh's initialisation.")
+    @click.option("--train-size", default=10000, show_default=True, help="Generated training sequences.")
+    @click.option("--epochs", default=10, show_default=True)
+    @click.option("--batch-size", default=50, show_default=True)
+    @click.option("--lr", default=1e-3, show_default=True)
+    @click.option("--clip", type=float, default=1.0, show_default=True, help="Gradient clipping by norm; 0: off.")
+    @_training_options
+    @click.pass_context
+    def command(ctx: click.Context, steps: int, cell: str, hidden: int, init: str, train_size: int, epochs: int,
+                batch_size: int, lr: float, clip: float, seed: int, out: str | None, resume: str | None,
+                tensorboard: bool, diagnose_every: int | None) -> None:
+        from rnnkit.pipelines import memory
+        from rnnkit.pipelines._runs import pipeline_config
+        from rnnkit.training import TrainConfig
+
+        _check_resume(ctx, resume)
+        if resume:
+            cfg = _train(lambda: {"cfg": pipeline_config(resume, task, memory.MemoryConfig, epochs=epochs)})["cfg"]
+        else:
+            train_cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, patience=None, lr_patience=1000,
+                                    clip_norm=clip or None, seed=seed)
+            cfg = memory.MemoryConfig(task=task, steps=steps, cell=cell, hidden_size=hidden, init=init,
+                                      train_size=train_size, train=train_cfg)
+        folder = _run_folder(out, resume, task, f"{cfg.cell}-{cfg.steps}")
+        show, progress = _epoch_printer("MSE" if task == "adding" else "cross-entropy")
+        metrics = _train(lambda: memory.train(cfg, folder, on_epoch=show, resume=resume is not None, progress=progress,
+                                              tensorboard=tensorboard, diagnose_every=diagnose_every,
+                                              on_diagnosis=_show_diagnosis))
+        if _worker():
+            return
+        t, b = metrics["test"], metrics["baseline"]
+        if task == "adding":
+            click.echo(f"test MSE {t['mse']:.4f} (baseline {b['name']}: {b['mse']:.4f}); {metrics['training_steps']} "
+                       f"steps, {metrics['train_seconds']:.1f} s")
+        else:
+            click.echo(f"test cross-entropy {t['cross_entropy']:.4f}, recall accuracy {t['recall_accuracy']:.4f} "
+                       f"(baseline {b['name']}: {b['cross_entropy']:.4f}, {b['recall_accuracy']:.4f}); "
+                       f"{metrics['training_steps']} steps, {metrics['train_seconds']:.1f} s")
+        click.echo(f"run folder: {folder}")
+
+    command.__doc__ = ("The adding problem (N -> 1): sum the two marked numbers of T steps." if task == "adding" else
+                       "Copy memory (N -> N): recall 10 symbols after T blank steps.")
+    return command
+
+
+train.command("adding")(_memory_command("adding"))
+train.command("copy")(_memory_command("copy"))
+
+
+@main.command("diagnose")
+@click.argument("run", required=False, type=click.Path())
+@click.option("--cells", default="rnn,lstm,gru", show_default=True, help="Fresh cells to compare: rnn, lstm, gru, irnn.")
+@click.option("--steps", default=100, show_default=True, help="T, steps of the random sequences.")
+@click.option("--hidden", default=64, show_default=True)
+@click.option("--layers", default=1, show_default=True)
+@click.option("--init", type=click.Choice(["default", "orthogonal", "identity"]), default="default", show_default=True,
+              help="W_hh's initialisation (identity with --nonlinearity relu: the IRNN).")
+@click.option("--nonlinearity", type=click.Choice(["tanh", "relu"]), default="tanh", show_default=True,
+              help="The vanilla RNN's.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), default="diagnostics", show_default=True,
+              help="Folder for gradient_flow.png, hidden_stats.png and diagnostics.json.")
+def diagnose_command(run: str | None, cells: str, steps: int, hidden: int, layers: int, init: str, nonlinearity: str,
+                     seed: int, out: str) -> None:
+    """See gradients vanish or explode through time: fresh cells on random sequences, or a trained
+    RUN (classify, adding, copy) on its validation data."""
+    from rnnkit import diagnostics
+
+    try:
+        if run:
+            report = diagnostics.diagnose_run(run)
+            title = f"{run}: validation batch"
+        else:
+            cell_list = [c.strip() for c in cells.split(",") if c.strip()]
+            report = diagnostics.diagnose_cells(cell_list, steps=steps, hidden=hidden, layers=layers, init=init,
+                                                nonlinearity=nonlinearity, seed=seed)
+            title = f"fresh cells, T={steps}, H={hidden}, init {init}"
+        files = diagnostics.write_report(report, out, title=title)
+    except ValueError as error:
+        raise click.ClickException(str(error)) from None
+    for cell, r in report["cells"].items():
+        v = r["verdict"]
+        click.echo(f"{cell:<6} {v['verdict']:<10} first/last step gradient {v['ratio']:.2e}  ({v['reason']})")
+    click.echo("wrote " + ", ".join(str(f) for f in files))
 
 
 @main.command("forecast")

@@ -64,3 +64,34 @@ def forecast(times: Sequence[str], actual: np.ndarray, predicted: np.ndarray,
     ax.set(title=title, ylabel="value")
     ax.legend()
     return _png(fig)
+
+
+def gradient_flow(lines: Mapping[str, Sequence[float]], title: str) -> bytes:
+    """One line per name: ||dL/dh_t|| against the distance T-1-t from the loss, log scale."""
+    fig = _figure(7, 4.2)
+    ax = fig.subplots()
+    for name, norms in lines.items():
+        values = np.asarray(norms, dtype=float)[::-1]  # distance 0: the last step, where the loss sits
+        ax.plot(np.arange(len(values)), np.where(values > 0, values, np.nan), label=name)
+    ax.set_yscale("log")
+    ax.set(xlabel="steps back from the loss (T-1-t)", ylabel="||dL/dh_t||", title=title)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend()
+    return _png(fig)
+
+
+def hidden_stats(stats: Mapping[str, Mapping[str, Sequence[float]]], title: str) -> bytes:
+    """Per name: the hidden-state norm and the saturated fractions per step."""
+    fig = _figure(11, 3.6)
+    norm, saturated, gates = fig.subplots(1, 3)
+    for name, s in stats.items():
+        norm.plot(s["h_norm"], label=name)
+        saturated.plot(s["saturated"], label=name)
+        if "gates_saturated" in s:
+            gates.plot(s["gates_saturated"], label=name)
+    norm.set(xlabel="step t", ylabel="mean ||h_t||", title="hidden-state norm")
+    saturated.set(xlabel="step t", ylabel="fraction", title="|tanh| > 0.99", ylim=(-0.02, 1.02))
+    gates.set(xlabel="step t", ylabel="fraction", title="sigmoid gates < 0.01 or > 0.99", ylim=(-0.02, 1.02))
+    norm.legend()
+    fig.suptitle(title, y=1.04)
+    return _png(fig)

@@ -124,7 +124,8 @@ class TokenDataset(Dataset[tuple[list[int], int]]):
 
 
 def train(cfg: ClassifyConfig, out: str | Path, *, on_epoch: Callable[[EpochRecord], None] | None = None,
-          resume: bool = False, progress: bool = False, tensorboard: bool = False) -> dict[str, Any]:
+          resume: bool = False, progress: bool = False, tensorboard: bool = False,
+          diagnose_every: int | None = None, on_diagnosis: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Train and write the run folder at out; returns metrics.json's content.
     resume: continue the run at out (stopped, or finished and given more epochs)."""
     cfg.check()
@@ -159,7 +160,8 @@ def train(cfg: ClassifyConfig, out: str | Path, *, on_epoch: Callable[[EpochReco
     model = NToOne(model_cfg)
     trainer = Trainer(model, forward=forward, loss_fn=F.cross_entropy, metric_fn=accuracy, config=cfg.train,
                       on_epoch=on_epoch, collate_fn=collate, checkpoint=checkpoint, progress=progress,
-                      tensorboard=checkpoint.parent / "tensorboard" if tensorboard else None)
+                      tensorboard=checkpoint.parent / "tensorboard" if tensorboard else None,
+                      diagnose_every=diagnose_every, on_diagnosis=on_diagnosis)
     start = time.perf_counter()
     history = trainer.fit(subsets[0], subsets[1], resume=resume)
     seconds = time.perf_counter() - start
@@ -177,6 +179,8 @@ def train(cfg: ClassifyConfig, out: str | Path, *, on_epoch: Callable[[EpochReco
         "train_seconds": round(seconds, 2),
         "device": str(trainer.device),
         "processes": trainer.world_size,
+        "stopped": trainer.stop_reason or f"after --epochs {cfg.train.epochs}",
+        "gradient_flow": trainer.diagnoses,
     }
     if not trainer.is_main:
         return metrics

@@ -91,7 +91,8 @@ def errors(predicted: np.ndarray, actual: np.ndarray) -> dict[str, float]:
 
 
 def train(cfg: ForecastConfig, out: str | Path, *, on_epoch: Callable[[EpochRecord], None] | None = None,
-          resume: bool = False, progress: bool = False, tensorboard: bool = False) -> dict[str, Any]:
+          resume: bool = False, progress: bool = False, tensorboard: bool = False,
+          diagnose_every: int | None = None, on_diagnosis: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Train and write the run folder at out; returns metrics.json's content.
     resume: continue the run at out (stopped, or finished and given more epochs)."""
     if not resume:
@@ -127,7 +128,8 @@ def train(cfg: ForecastConfig, out: str | Path, *, on_epoch: Callable[[EpochReco
 
     trainer = Trainer(model, forward=lambda m, b: (m(b[0]), b[1]), loss_fn=F.mse_loss, metric_fn=rmse,
                       config=cfg.train, higher_is_better=False, on_epoch=on_epoch, checkpoint=checkpoint,
-                      progress=progress, tensorboard=checkpoint.parent / "tensorboard" if tensorboard else None)
+                      progress=progress, tensorboard=checkpoint.parent / "tensorboard" if tensorboard else None,
+                      diagnose_every=diagnose_every, on_diagnosis=on_diagnosis)
 
     def targets(x: np.ndarray, y: np.ndarray) -> np.ndarray:  # what the model learns to output
         return y - x[:, -1:, 0] if cfg.predict == "change" else y
@@ -157,6 +159,8 @@ def train(cfg: ForecastConfig, out: str | Path, *, on_epoch: Callable[[EpochReco
         "train_seconds": round(seconds, 2),
         "device": str(trainer.device),
         "processes": trainer.world_size,
+        "stopped": trainer.stop_reason or f"after --epochs {cfg.train.epochs}",
+        "gradient_flow": trainer.diagnoses,
     }
     if not trainer.is_main:
         return metrics

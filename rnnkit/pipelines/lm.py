@@ -176,7 +176,8 @@ def windows_forward(model: torch.nn.Module, batch: list[Tensor]) -> tuple[Tensor
 
 
 def train(cfg: LMConfig, out: str | Path, *, on_epoch: Callable[[EpochRecord], None] | None = None,
-          resume: bool = False, progress: bool = False, tensorboard: bool = False) -> dict[str, Any]:
+          resume: bool = False, progress: bool = False, tensorboard: bool = False,
+          diagnose_every: int | None = None, on_diagnosis: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Train and write the run folder at out; returns metrics.json's content."""
     cfg.check()
     if not resume:
@@ -224,6 +225,7 @@ def train(cfg: LMConfig, out: str | Path, *, on_epoch: Callable[[EpochRecord], N
     trainer = Trainer(model, forward=forward, loss_fn=F.cross_entropy, metric_fn=bits_per_char, config=train_cfg,
                       higher_is_better=False, on_epoch=on_epoch, checkpoint=checkpoint, progress=progress,
                       tensorboard=checkpoint.parent / "tensorboard" if tensorboard else None,
+                      diagnose_every=diagnose_every, on_diagnosis=on_diagnosis,
                       shuffle=cfg.context is not None)
     start = time.perf_counter()
     history = trainer.fit(data["train"], data["validation"], resume=resume)
@@ -241,10 +243,11 @@ def train(cfg: LMConfig, out: str | Path, *, on_epoch: Callable[[EpochRecord], N
         "sizes": {name: hi - lo for name, (lo, hi) in parts.items()} | {"vocabulary": len(vocab)},
         "best_epoch": trainer.best_epoch,
         "epochs_run": len(history),
-        "stopped": trainer.stop_reason or f"after --epochs {cfg.train.epochs}",
         "train_seconds": round(seconds, 2),
         "device": str(trainer.device),
         "processes": trainer.world_size,
+        "stopped": trainer.stop_reason or f"after --epochs {cfg.train.epochs}",
+        "gradient_flow": trainer.diagnoses,
     }
     if not trainer.is_main:
         return metrics

@@ -164,7 +164,8 @@ def _load_task_data(cfg: Seq2SeqTaskConfig) -> tuple[list[Any], list[str], list[
 
 
 def train(cfg: Seq2SeqTaskConfig, out: str | Path, *, on_epoch: Callable[[EpochRecord], None] | None = None,
-          resume: bool = False, progress: bool = False, tensorboard: bool = False) -> dict[str, Any]:
+          resume: bool = False, progress: bool = False, tensorboard: bool = False,
+          diagnose_every: int | None = None, on_diagnosis: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Train and write the run folder at out; returns metrics.json's content."""
     from sklearn.model_selection import train_test_split
 
@@ -206,7 +207,8 @@ def train(cfg: Seq2SeqTaskConfig, out: str | Path, *, on_epoch: Callable[[EpochR
     trainer = Trainer(model, forward=forward, loss_fn=masked_loss, metric_fn=exact_under_teacher_forcing,
                       config=cfg.train, on_epoch=on_epoch, collate_fn=make_collate(width, vector_source),
                       checkpoint=checkpoint, progress=progress,
-                      tensorboard=checkpoint.parent / "tensorboard" if tensorboard else None)
+                      tensorboard=checkpoint.parent / "tensorboard" if tensorboard else None,
+                      diagnose_every=diagnose_every, on_diagnosis=on_diagnosis)
     start = time.perf_counter()
     history = trainer.fit(subsets[0], subsets[1], resume=resume)
     seconds = time.perf_counter() - start
@@ -237,6 +239,8 @@ def train(cfg: Seq2SeqTaskConfig, out: str | Path, *, on_epoch: Callable[[EpochR
         "train_seconds": round(seconds, 2),
         "device": str(trainer.device),
         "processes": trainer.world_size,
+        "stopped": trainer.stop_reason or f"after --epochs {cfg.train.epochs}",
+        "gradient_flow": trainer.diagnoses,
     }
     if not trainer.is_main:
         return metrics

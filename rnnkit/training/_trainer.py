@@ -134,6 +134,13 @@ class Trainer:
         tensorboard: folder for TensorBoard event files (needs the tensorboard package).
         shuffle: draw training batches in random order (False: in the dataset's order, for
             truncated backpropagation through time over a stream).
+        diagnose_every: every N training steps, measure the gradient flow through time of the
+            model's rnnkit layers on the step's batch (rnnkit.diagnostics, in eval mode) and keep a
+            summary in self.diagnoses; warn once, in words, when it vanishes or explodes.
+        on_diagnosis: called with each summary (main process).
+
+    A loss or gradient norm that becomes NaN or infinite stops the run: the weights of the best
+    epoch so far are kept, the last checkpoint stays as it was, and stop_reason names the step.
     """
 
     def __init__(
@@ -151,6 +158,8 @@ class Trainer:
         progress: bool = False,
         tensorboard: str | os.PathLike[str] | None = None,
         shuffle: bool = True,
+        diagnose_every: int | None = None,
+        on_diagnosis: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.config = config.check()
         self.rank, self.world_size = world()
@@ -169,6 +178,11 @@ class Trainer:
         self.stopped_early = False
         self.shuffle = shuffle
         self.stop_reason = ""
+        self.failed = False  # the loss or a gradient became NaN or infinite
+        self.diagnose_every = diagnose_every
+        self.on_diagnosis = on_diagnosis
+        self.diagnoses: list[dict[str, Any]] = []
+        self._warned: set[str] = set()
 
     @property
     def is_main(self) -> bool:
@@ -270,14 +284,23 @@ class Trainer:
             losses, norms, clipped = [], [], 0
             batches = self._batches(train, shuffle=self.shuffle, generator=generator, sampler=sampler)
             bar = self._bar(len(batches), epoch)
-            for batch in batches:
-                output, target = self.forward(model, self._to_device(batch))
+            for i, batch in enumerate(batches):
+                step = (epoch - 1) * len(batches) + i + 1  # counted over the whole run
+                batch = self._to_device(batch)
+                if self.diagnose_every and step % self.diagnose_every == 0:
+                    self._diagnose(model, batch, step, epoch)
+                output, target = self.forward(model, batch)
                 loss = self.loss_fn(output, target)
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
                 norm = float(nn.utils.clip_grad_norm_(params, cfg.clip_norm if cfg.clip_norm else math.inf))
-                if not math.isfinite(norm):
-                    raise FloatingPointError(f"Trainer: the gradient norm became {norm} in epoch {epoch}")
+                if not (math.isfinite(norm) and math.isfinite(loss.item())):
+                    self.stop_reason = (f"the {'loss' if not math.isfinite(loss.item()) else 'gradient norm'} became "
+                                        f"{loss.item() if not math.isfinite(loss.item()) else norm} at step {step} "
+                                        f"(epoch {epoch}, batch {i + 1}); the weights of the best epoch so far are kept")
+                    log.warning("Trainer: %s", self.stop_reason)
+                    self.failed = True
+                    break
                 clipped += int(cfg.clip_norm is not None and norm > cfg.clip_norm)
                 norms.append(norm)
                 losses.append(loss.item())
@@ -285,6 +308,10 @@ class Trainer:
                 if bar is not None:
                     bar.update()
                     bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
+            if self.failed:  # no record, no checkpoint: the last good one stays
+                if bar is not None:
+                    bar.close()
+                break
             val_loss, metric, _, _ = self.evaluate(val)
             scheduler.step(self.sign * metric)
             record = EpochRecord(epoch, self._mean_over_processes(losses), val_loss, metric,
@@ -326,6 +353,27 @@ class Trainer:
         if self.world_size > 1:
             self._check_replicas()
         return self.history
+
+    def _diagnose(self, model: nn.Module, batch: Batch, step: int, epoch: int) -> None:
+        from rnnkit.diagnostics import gradient_flow, verdict
+
+        was_training = self.model.training
+        self.model.eval()  # no dropout noise in the measurement, and no random numbers drawn
+        try:
+            flow = gradient_flow(self.model, batch, lambda m, b: self.loss_fn(*self.forward(m, b)))
+        finally:
+            self.model.train(was_training)
+        v = verdict(flow)
+        summary = {"step": step, "epoch": epoch, **v.to_json(),
+                   "first_last": {k: [float(n[0]), float(n[-1])] for k, n in flow.norms.items()}}
+        self.diagnoses.append(summary)
+        log.info("step %d: gradient flow %s (%s)", step, v.verdict, v.reason)
+        if v.verdict != "healthy" and v.verdict not in self._warned:
+            self._warned.add(v.verdict)
+            summary["warning"] = f"step {step}: gradients {v.verdict if v.verdict != 'nan' else 'became NaN'} - {v.reason}"
+            log.warning("Trainer: %s", summary["warning"])
+        if self.on_diagnosis is not None and self.is_main:
+            self.on_diagnosis(summary)
 
     def _mean_over_processes(self, losses: list[float]) -> float:
         """The epoch's mean training loss over all batches of all processes."""

@@ -1,0 +1,171 @@
+"""Long-range memory tasks: the adding problem (N -> 1) and copy memory (N -> N), generated with a
+seed (rnnkit.data._memory), trained with the Trainer, scored beside their memoryless baselines.
+
+Cells: rnn, lstm, gru, and irnn (a relu RNN with W_hh initialised to the identity and zero
+biases, Le et al. 2015). The training budget is fixed in steps: epochs x train_size / batch_size.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import TensorDataset
+
+import rnnkit
+from rnnkit import _checks
+from rnnkit.data._memory import SYMBOLS, adding_baseline, adding_problem, copy_baseline, copy_memory
+from rnnkit.pipelines._runs import check_new, open_run
+from rnnkit.runs import NotARunError, finish_run, read_run
+from rnnkit.training import EpochRecord, Trainer, TrainConfig
+
+TASKS = ("adding", "copy")
+MEMORY_CELLS = ("rnn", "lstm", "gru", "irnn")
+
+
+def _memory_training() -> TrainConfig:
+    return TrainConfig(epochs=10, batch_size=50, lr=1e-3, patience=None, lr_patience=1000)
+
+
+@dataclass
+class MemoryModelConfig:
+    task: str
+    cell: str = "lstm"
+    hidden_size: int = 128
+    init: str = "default"  # default, orthogonal or identity for W_hh (irnn: identity)
+
+    def check(self) -> MemoryModelConfig:
+        _checks.check_choice("memory", "task", self.task, TASKS)
+        _checks.check_choice("memory", "cell", self.cell, MEMORY_CELLS)
+        _checks.check_choice("memory", "init", self.init, ("default", "orthogonal", "identity"))
+        _checks.check_int("memory", "hidden_size", self.hidden_size, minimum=1)
+        return self
+
+
+class MemoryModel(nn.Module):
+    """adding: x (B, T, 2) -> (B, 1), read from the last step; copy: symbols (B, T+20) -> logits
+    (B, T+20, 9) at every step (input one-hot over the 10 symbols)."""
+
+    def __init__(self, config: MemoryModelConfig) -> None:
+        super().__init__()
+        self.config = c = config.check()
+        inputs = 2 if c.task == "adding" else SYMBOLS + 2
+        if c.cell in ("rnn", "irnn"):
+            self.rnn: nn.Module = rnnkit.RNN(inputs, c.hidden_size, nonlinearity="relu" if c.cell == "irnn" else "tanh",
+                                             batch_first=True, init="identity" if c.cell == "irnn" else c.init)
+        else:
+            cls = rnnkit.LSTM if c.cell == "lstm" else rnnkit.GRU
+            self.rnn = cls(inputs, c.hidden_size, batch_first=True, init=c.init)
+        self.head = nn.Linear(c.hidden_size, 1 if c.task == "adding" else SYMBOLS + 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.config.task == "copy":
+            x = F.one_hot(x, SYMBOLS + 2).to(self.head.weight.dtype)  # (B, T+20) -> (B, T+20, 10)
+        out, _ = self.rnn(x)  # (B, T, H)
+        return self.head(out[:, -1]) if self.config.task == "adding" else self.head(out)
+
+
+def copy_loss(logits: Tensor, target: Tensor) -> Tensor:
+    return F.cross_entropy(logits.transpose(1, 2), target)  # mean over every step of every sequence
+
+
+def copy_accuracy(logits: Tensor, target: Tensor) -> float:
+    """The share of the 10 recalled symbols that are right."""
+    return float((logits[:, -10:].argmax(-1) == target[:, -10:]).double().mean())
+
+
+@dataclass
+class MemoryConfig:
+    task: str = "adding"
+    steps: int = 100  # T
+    cell: str = "lstm"
+    hidden_size: int = 128
+    init: str = "default"
+    train_size: int = 10000
+    val_size: int = 1000
+    test_size: int = 1000
+    train: TrainConfig = field(default_factory=_memory_training)
+
+    def check(self) -> MemoryConfig:
+        for name in ("steps", "train_size", "val_size", "test_size"):
+            _checks.check_int("memory", name, getattr(self, name), minimum=1)
+        return self
+
+    @property
+    def source(self) -> str:
+        return f"{self.task}{self.steps}"
+
+
+def make_data(cfg: MemoryConfig) -> list[TensorDataset]:
+    """Train, validation and test sets, each from its own seed."""
+    make = adding_problem if cfg.task == "adding" else copy_memory
+    seeds = (cfg.train.seed * 3 + 1, cfg.train.seed * 3 + 2, cfg.train.seed * 3 + 3)
+    sizes = (cfg.train_size, cfg.val_size, cfg.test_size)
+    return [TensorDataset(*make(n, cfg.steps, seed=s)) for n, s in zip(sizes, seeds)]
+
+
+def train(cfg: MemoryConfig, out: str | Path | None, *, on_epoch: Callable[[EpochRecord], None] | None = None,
+          resume: bool = False, progress: bool = False, tensorboard: bool = False,
+          diagnose_every: int | None = None, on_diagnosis: Callable[[dict[str, Any]], None] | None = None,
+          keep: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train and write the run folder at out (None: write nothing); returns metrics.json's content.
+    keep: if given, receives the trained model under "model" and the test set under "test"."""
+    cfg.check()
+    model_cfg = MemoryModelConfig(task=cfg.task, cell=cfg.cell, hidden_size=cfg.hidden_size, init=cfg.init).check()
+    if out is not None and not resume:
+        check_new(out)
+    data = make_data(cfg)
+    checkpoint = open_run(out, cfg.task, cfg, resume=resume) if out is not None else None
+    torch.manual_seed(cfg.train.seed)
+    model = MemoryModel(model_cfg)
+    adding = cfg.task == "adding"
+    trainer = Trainer(model, forward=lambda m, b: (m(b[0]), b[1]), loss_fn=F.mse_loss if adding else copy_loss,
+                      metric_fn=(lambda o, t: float(F.mse_loss(o, t))) if adding else (lambda o, t: float(copy_loss(o, t))),
+                      higher_is_better=False, config=cfg.train, on_epoch=on_epoch, checkpoint=checkpoint,
+                      progress=progress, tensorboard=checkpoint.parent / "tensorboard" if tensorboard and checkpoint else None,
+                      diagnose_every=diagnose_every, on_diagnosis=on_diagnosis)
+    start = time.perf_counter()
+    history = trainer.fit(data[0], data[1], resume=resume)
+    seconds = time.perf_counter() - start
+    loss, _, outputs, targets = trainer.evaluate(data[2])
+    if adding:
+        test = {"mse": loss}
+        baseline = {"name": "always predict 1", "mse": adding_baseline()}
+    else:
+        test = {"cross_entropy": loss, "recall_accuracy": copy_accuracy(outputs, targets)}
+        baseline = {"name": "memoryless: blanks, then a uniform guess of the 8 symbols",
+                    "cross_entropy": copy_baseline(cfg.steps), "recall_accuracy": 1 / SYMBOLS}
+    metrics = {
+        "task": cfg.task, "steps": cfg.steps, "cell": cfg.cell, "test": test, "baseline": baseline,
+        "sizes": {"train": cfg.train_size, "validation": cfg.val_size, "test": cfg.test_size},
+        "training_steps": len(history) * -(-cfg.train_size // cfg.train.batch_size),
+        "clip_norm": cfg.train.clip_norm, "best_epoch": trainer.best_epoch, "epochs_run": len(history),
+        "stopped": trainer.stop_reason or f"after --epochs {cfg.train.epochs}",
+        "gradient_flow": trainer.diagnoses, "train_seconds": round(seconds, 2), "device": str(trainer.device),
+    }
+    if keep is not None:
+        keep["model"], keep["test"] = model, data[2]
+    if out is None or not trainer.is_main:
+        return metrics
+    from rnnkit import plots
+
+    rows = [r.as_dict() for r in history]
+    config = {"task": cfg.task, "pipeline": asdict(cfg), "model": asdict(model_cfg)}
+    finish_run(out, config=config, weights=model.state_dict(), extras={}, metrics=metrics, history=rows,
+               plots={"history.png": plots.history(rows, "MSE" if adding else "cross-entropy")})
+    return metrics
+
+
+def load(run_path: str | Path) -> tuple[MemoryModel, dict[str, Any]]:
+    run = read_run(run_path)
+    if run.config.get("task") not in TASKS:
+        raise NotARunError(f"{run.path} is a {run.config.get('task')!r} run, not an adding or copy run")
+    model = MemoryModel(MemoryModelConfig(**run.config["model"]))
+    model.load_state_dict(run.weights)
+    return model.eval(), run.config

@@ -1,0 +1,128 @@
+"""The long-range memory tasks' generators and baselines, the Trainer's gradient-flow watch and
+NaN stop, and `rnnkit diagnose`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from click.testing import CliRunner
+from torch import nn
+from torch.utils.data import TensorDataset
+
+import rnnkit
+from rnnkit.cli import main
+from rnnkit.data._memory import adding_baseline, adding_problem, copy_baseline, copy_memory
+from rnnkit.training import Trainer, TrainConfig
+
+
+def test_adding_problem() -> None:
+    x, y = adding_problem(20000, 10, seed=0)
+    assert x.shape == (20000, 10, 2) and y.shape == (20000, 1)
+    marks = x[..., 1]
+    assert torch.all(marks.sum(1) == 2)
+    assert torch.all(marks[:, :5].sum(1) == 1) and torch.all(marks[:, 5:].sum(1) == 1)  # one in each half
+    torch.testing.assert_close(y[:, 0], (x[..., 0] * marks).sum(1))
+    assert 0 <= float(x[..., 0].min()) and float(x[..., 0].max()) <= 1
+    assert float(F.mse_loss(torch.ones_like(y), y)) == pytest.approx(adding_baseline(), abs=0.005)
+    assert adding_baseline() == pytest.approx(0.1667, abs=1e-4)
+
+
+def test_copy_memory_and_its_memoryless_baseline() -> None:
+    steps = 30
+    x, y = copy_memory(500, steps, seed=0)
+    assert x.shape == y.shape == (500, steps + 20)
+    assert torch.all((x[:, :10] >= 1) & (x[:, :10] <= 8))
+    assert torch.all(x[:, 10 + steps - 1] == 9) and int((x[:, 10:] != 0).sum()) == 500  # blanks but the delimiter
+    assert torch.equal(y[:, -10:], x[:, :10]) and torch.all(y[:, :-10] == 0)
+    # blanks for sure until the last 10 steps, then a uniform guess over the 8 symbols
+    probs = torch.zeros(500, steps + 20, 9)
+    probs[:, :-10, 0] = 1.0
+    probs[:, -10:, 1:] = 1 / 8
+    ce = F.nll_loss(torch.log(probs.clamp_min(1e-30)).transpose(1, 2), y)
+    assert float(ce) == pytest.approx(copy_baseline(steps), rel=1e-6)
+    assert copy_baseline(steps) == pytest.approx(10 * math.log(8) / (steps + 20))
+
+
+class Last(nn.Module):
+    def __init__(self, scale: float = 0.1) -> None:
+        super().__init__()
+        self.rnn = rnnkit.RNN(2, 8)
+        with torch.no_grad():
+            self.rnn.weight_hh_l0.mul_(scale)
+        self.head = nn.Linear(8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.rnn(x.transpose(0, 1))[0][-1])
+
+
+def test_trainer_watches_the_gradient_flow(caplog) -> None:  # type: ignore[no-untyped-def]
+    x, y = adding_problem(64, 60, seed=0)
+    torch.manual_seed(0)
+    trainer = Trainer(Last(), forward=lambda m, b: (m(b[0]), b[1]), loss_fn=F.mse_loss,
+                      metric_fn=lambda o, t: float(F.mse_loss(o, t)), higher_is_better=False,
+                      config=TrainConfig(epochs=2, batch_size=16), diagnose_every=2)
+    with caplog.at_level(logging.WARNING, logger="rnnkit"):
+        trainer.fit(TensorDataset(x[:48], y[:48]), TensorDataset(x[48:], y[48:]))
+    assert [d["step"] for d in trainer.diagnoses] == [2, 4, 6]
+    assert all(d["verdict"] == "vanishing" for d in trainer.diagnoses)
+    warnings = [r.message for r in caplog.records if "gradients vanishing" in r.message]
+    assert len(warnings) == 1 and "step 2" in warnings[0]  # once, in words
+
+
+def test_a_nan_stops_the_run_and_keeps_the_best_weights(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    x, y = adding_problem(64, 10, seed=0)
+    calls = {"n": 0}
+
+    def forward(m: nn.Module, b: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        out = m(b[0])
+        if m.training:
+            calls["n"] += 1
+            if calls["n"] == 7:  # the 3rd step of epoch 3 (3 batches of 16 per epoch)
+                out = out * float("nan")
+        return out, b[1]
+
+    torch.manual_seed(0)
+    trainer = Trainer(Last(1.0), forward=forward, loss_fn=F.mse_loss, metric_fn=lambda o, t: float(F.mse_loss(o, t)),
+                      higher_is_better=False, config=TrainConfig(epochs=5, batch_size=16, patience=None),
+                      checkpoint=tmp_path / "c.pt")
+    history = trainer.fit(TensorDataset(x[:48], y[:48]), TensorDataset(x[48:], y[48:]))
+    assert len(history) == 2 and trainer.failed
+    assert "the loss became nan at step 7 (epoch 3, batch 1)" in trainer.stop_reason
+    assert torch.load(tmp_path / "c.pt", weights_only=True)["history"][-1]["epoch"] == 2
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    _, metric, _, _ = trainer.evaluate(TensorDataset(x[48:], y[48:]))
+    assert metric == pytest.approx(min(r.val_metric for r in history))
+
+
+def test_cli_diagnose_fresh_cells_and_a_run(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from matplotlib.image import imread
+
+    runner = CliRunner()
+    result = runner.invoke(main, ["diagnose", "--cells", "rnn,gru,irnn", "--steps", "40", "--hidden", "16",
+                                  "--out", str(tmp_path / "d")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "d" / "diagnostics.json").read_text())
+    assert set(report["cells"]) == {"rnn", "gru", "irnn"}
+    assert report["cells"]["irnn"]["verdict"]["verdict"] == "healthy"
+    assert len(report["cells"]["rnn"]["gradient_flow"]["norms"]["RNN.l0"]) == 40
+    assert report["cells"]["irnn"]["spectral_radius"]["weight_hh_l0"] == [pytest.approx(1.0)]
+    for name in ("gradient_flow.png", "hidden_stats.png"):
+        assert imread(tmp_path / "d" / name).ndim == 3
+    assert "irnn   healthy" in result.output
+    result = runner.invoke(main, ["train", "copy", "--steps", "10", "--cell", "gru", "--hidden", "16", "--train-size",
+                                  "200", "--epochs", "2", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["baseline"]["cross_entropy"] == pytest.approx(10 * math.log(8) / 30)
+    result = runner.invoke(main, ["diagnose", str(tmp_path / "run"), "--out", str(tmp_path / "d2")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "d2" / "diagnostics.json").read_text())
+    assert len(report["cells"]["model"]["gradient_flow"]["norms"]["rnn.l0"]) == 30
+    result = runner.invoke(main, ["diagnose", "--cells", "rnn,transformer", "--out", str(tmp_path / "d3")])
+    assert result.exit_code == 1 and "unknown cell ['transformer']" in result.output
+    assert not (tmp_path / "d3").exists()
