@@ -611,6 +611,16 @@ def datasets() -> None:
         loaded = series.load()
         click.echo(f"{series.name:<10} forecast  {len(loaded.values)} {series.frequency} values, season "
                    f"{series.season}\n  {series.description}\n  source: {series.source}\n  licence: {series.licence}")
+    from rnnkit.data._pairs import PAIR_SETS
+    from rnnkit.pipelines.lm import CORPORA
+
+    for name, description in CORPORA.items():
+        click.echo(f"{name:<10} lm        {description}")
+    click.echo("digits     caption   the digits above, each image -> the English name of its digit (\"seven\")")
+    for name, (description, _) in PAIR_SETS.items():
+        click.echo(f"{name:<10} seq2seq   {description}; made by rnnkit (rnnkit.data._pairs)")
+    click.echo("adding     adding    the adding problem (Hochreiter & Schmidhuber 1997; Le et al. 2015), generated "
+               "with a seed\ncopy       copy      copy memory (Arjovsky et al. 2016), generated with a seed")
 
 
 def _parse_sizes(value: str | None) -> list[tuple[int, int, int, int]] | None:

@@ -61,8 +61,9 @@ class Seq2Seq(nn.Module):
     (B, L) is <bos> followed by the target, and logits[:, t] scores target token t.
 
     Encoder (token sources): an rnnkit layer (bidirectional by default) over the embedded source.
+    Vector sources: an encoder of one hidden layer, tanh(Linear(x)) (B, H).
     Bridge: the decoder's initial state, tanh(Linear(.)) of the encoder's final states (both
-    directions of each layer), or of the feature vector. Decoder: one rnnkit cell per layer, one
+    directions of each layer), or of the encoded vector. Decoder: one rnnkit cell per layer, one
     step at a time. Attention over the encoder outputs, masked past each length:
       bahdanau: score_j = v . tanh(W s_{t-1} + U h_j); the context c_t joins the input:
                 s_t = cell([emb(y_{t-1}); c_t], s_{t-1}); logits = Linear([s_t; c_t]);
@@ -81,8 +82,9 @@ class Seq2Seq(nn.Module):
                                          dropout=c.dropout if c.num_layers > 1 else 0.0)
             bridge_in = d * h
             memory = d * h
-        else:
-            bridge_in, memory = int(c.source_features or 0), 0
+        else:  # an encoder for the vector: one hidden layer (B, F) -> (B, H)
+            self.vector_encoder = nn.Sequential(nn.Linear(int(c.source_features or 0), h), nn.Tanh())
+            bridge_in, memory = h, 0
         states = 2 if c.cell == "lstm" else 1  # LSTM: bridge h and c
         self.bridge = nn.ModuleList(nn.Linear(bridge_in, h) for _ in range(states * c.num_layers))
         self.target_embed = nn.Embedding(c.target_vocab, c.embed_dim, padding_idx=0)
@@ -106,7 +108,7 @@ class Seq2Seq(nn.Module):
         """-> (initial decoder state, memory (B, S, D*H) or None, mask (B, S) of valid steps or None)."""
         c = self.config
         if c.source_vocab is None:  # 1 -> N: the vector alone sets the initial state
-            summary = [source] * (len(self.bridge))
+            summary = [self.drop(self.vector_encoder(source))] * len(self.bridge)  # each (B, H)
             memory = mask = None
         else:
             out, final = self.encoder(self.drop(self.source_embed(source)), lengths=lengths)  # (B, S, D*H)

@@ -144,3 +144,15 @@ def test_caption_digits(tmp_path) -> None:  # type: ignore[no-untyped-def]
     names = result.output.split()
     assert len(names) == 20
     assert np.mean([n == seq2seq.DIGIT_NAMES[d] for n, d in zip(names, digits.target[:20])]) > 0.7
+
+
+@pytest.mark.parametrize("content, message", [
+    ("12+3\t15\n1+1 2\n", "line 2: no tab between source and target: '1+1 2'"),
+    ("", "has 0 pair(s): too few to split"),
+])
+def test_cli_bad_pairs_one_line_nothing_written(tmp_path, content: str, message: str) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "p.tsv").write_text(content, encoding="utf-8")
+    result = CliRunner().invoke(main, ["train", "seq2seq", "--data", str(tmp_path / "p.tsv"), "--out",
+                                       str(tmp_path / "run")])
+    assert result.exit_code == 1 and message in result.output and result.output.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.tsv"]
