@@ -105,12 +105,31 @@ def _worker() -> bool:
     return world()[0] != 0
 
 
-def _train(run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """Run a pipeline's train; its errors become one-line messages."""
+def _train(run: Callable[[], Any]) -> Any:
+    """Run a pipeline's step; its errors become one-line messages."""
     try:
         return run()
     except (ValueError, FileExistsError, FileNotFoundError, ImportError) as error:
         raise click.ClickException(str(error)) from None
+
+
+def _run_training(ctx: click.Context, task: str, config_cls: type, build: Callable[[], Any],
+                  train_fn: Callable[..., dict[str, Any]], name_of: Callable[[Any], str], metric: str,
+                  every: int = 1) -> tuple[dict[str, Any], str] | None:
+    """What every `rnnkit train` command does: the config (built, or the resumed run's own), the
+    run folder, the per-epoch output, the pipeline's train. None in a data-parallel worker."""
+    from rnnkit.pipelines._runs import pipeline_config
+
+    p = ctx.params
+    resume = p["resume"]
+    _check_resume(ctx, resume)
+    cfg = _train(lambda: pipeline_config(resume, task, config_cls, epochs=p["epochs"]) if resume else build())
+    folder = _run_folder(p["out"], resume, task, name_of(cfg))
+    show, progress = _epoch_printer(metric, every)
+    metrics = _train(lambda: train_fn(cfg, folder, on_epoch=show, resume=resume is not None, progress=progress,
+                                      tensorboard=p["tensorboard"], diagnose_every=p["diagnose_every"],
+                                      on_diagnosis=_show_diagnosis))
+    return None if _worker() else (metrics, folder)
 
 
 @train.command("classify")
@@ -144,26 +163,17 @@ def train_classify(ctx: click.Context, dataset: str, data: str | None, text_col:
                    diagnose_every: int | None) -> None:
     """N -> 1: classify texts or sequences (digits: 8x8 images read row by row; surnames: by language)."""
     from rnnkit.pipelines import classify
-    from rnnkit.pipelines._runs import pipeline_config
     from rnnkit.training import TrainConfig
 
-    _check_resume(ctx, resume)
-    if resume:
-        cfg = _train(lambda: {"cfg": pipeline_config(resume, "classify", classify.ClassifyConfig,
-                                                     epochs=epochs)})["cfg"]
-    else:
-        cfg = classify.ClassifyConfig(dataset=dataset, data=data, text_col=text_col, label_col=label_col, steps=steps,
-                                      tokens=tokens, max_vocab=max_vocab, max_length=max_length, embed_dim=embed,
-                                      cell=cell, hidden_size=hidden, num_layers=layers, bidirectional=bidirectional,
-                                      pooling=pooling, dropout=dropout,
-                                      train=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed))
-    folder = _run_folder(out, resume, "classify", Path(cfg.source).stem)
-    show, progress = _epoch_printer("accuracy")
-    metrics = _train(lambda: classify.train(cfg, folder, on_epoch=show, resume=resume is not None, progress=progress,
-                                            tensorboard=tensorboard, diagnose_every=diagnose_every,
-                                            on_diagnosis=_show_diagnosis))
-    if _worker():
+    done = _run_training(ctx, "classify", classify.ClassifyConfig, lambda: classify.ClassifyConfig(
+        dataset=dataset, data=data, text_col=text_col, label_col=label_col, steps=steps, tokens=tokens,
+        max_vocab=max_vocab, max_length=max_length, embed_dim=embed, cell=cell, hidden_size=hidden, num_layers=layers,
+        bidirectional=bidirectional, pooling=pooling, dropout=dropout,
+        train=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)),
+        classify.train, lambda c: Path(c.source).stem, "accuracy")
+    if done is None:
         return
+    metrics, folder = done
     t, b = metrics["test"], metrics["baseline"]
     click.echo(f"test accuracy {t['accuracy']:.4f}, macro-F1 {t['macro_f1']:.4f}  "
                f"(majority baseline: accuracy {b['accuracy']:.4f}, macro-F1 {b['macro_f1']:.4f}); "
@@ -195,25 +205,17 @@ def train_forecast(ctx: click.Context, dataset: str, data: str | None, target: s
                    tensorboard: bool, diagnose_every: int | None) -> None:
     """N -> 1 or N -> horizon: forecast a series (bundled: sunspots, co2, tbilrate)."""
     from rnnkit.pipelines import forecast as fc
-    from rnnkit.pipelines._runs import pipeline_config
     from rnnkit.training import TrainConfig
 
-    _check_resume(ctx, resume)
-    if resume:
-        cfg = _train(lambda: {"cfg": pipeline_config(resume, "forecast", fc.ForecastConfig, epochs=epochs)})["cfg"]
-    else:
-        train_cfg = TrainConfig(epochs=epochs, batch_size=32, lr=lr, patience=30, lr_patience=8, seed=seed)
-        cfg = fc.ForecastConfig(dataset=None if data else dataset, data=data, target=target, time_col=time_col,
-                                features=tuple(f for f in features.split(",") if f), window=window, horizon=horizon,
-                                season=season, predict=predict, cell=cell, hidden_size=hidden, num_layers=layers,
-                                train=train_cfg)
-    folder = _run_folder(out, resume, "forecast", Path(cfg.data).stem if cfg.data else str(cfg.dataset))
-    show, progress = _epoch_printer("RMSE (scaled)", every=10)  # forecasting runs are many short epochs
-    metrics = _train(lambda: fc.train(cfg, folder, on_epoch=show, resume=resume is not None, progress=progress,
-                                      tensorboard=tensorboard, diagnose_every=diagnose_every,
-                                            on_diagnosis=_show_diagnosis))
-    if _worker():
+    done = _run_training(ctx, "forecast", fc.ForecastConfig, lambda: fc.ForecastConfig(
+        dataset=None if data else dataset, data=data, target=target, time_col=time_col,
+        features=tuple(f for f in features.split(",") if f), window=window, horizon=horizon, season=season,
+        predict=predict, cell=cell, hidden_size=hidden, num_layers=layers,
+        train=TrainConfig(epochs=epochs, batch_size=32, lr=lr, patience=30, lr_patience=8, seed=seed)),
+        fc.train, lambda c: Path(c.data).stem if c.data else str(c.dataset), "RMSE (scaled)", every=10)
+    if done is None:
         return
+    metrics, folder = done
     t = metrics["test"]
     click.echo(f"test RMSE {t['rmse']:.3f}, MAE {t['mae']:.3f} on {metrics['sizes']['test']} windows; best epoch "
                f"{metrics['best_epoch']}, {metrics['train_seconds']:.1f} s")
@@ -245,24 +247,17 @@ def train_lm(ctx: click.Context, text: str | None, corpus: str, context: int | N
              seed: int, out: str | None, resume: str | None, tensorboard: bool, diagnose_every: int | None) -> None:
     """N -> N: a character language model; bits per character on a held-out tail."""
     from rnnkit.pipelines import lm
-    from rnnkit.pipelines._runs import pipeline_config
     from rnnkit.training import TrainConfig
 
-    _check_resume(ctx, resume)
-    if resume:
-        cfg = _train(lambda: {"cfg": pipeline_config(resume, "lm", lm.LMConfig, epochs=epochs)})["cfg"]
-    else:
-        train_cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, patience=5, lr_patience=1, seed=seed,
-                                max_minutes=minutes)
-        cfg = lm.LMConfig(text=text, corpus=corpus, context=context, bptt=bptt, cell=cell, embed_dim=embed,
-                          hidden_size=hidden, num_layers=layers, dropout=dropout, train=train_cfg)
-    folder = _run_folder(out, resume, "lm", Path(cfg.source).stem)
-    show, progress = _epoch_printer("bits/char")
-    metrics = _train(lambda: lm.train(cfg, folder, on_epoch=show, resume=resume is not None, progress=progress,
-                                      tensorboard=tensorboard, diagnose_every=diagnose_every,
-                                            on_diagnosis=_show_diagnosis))
-    if _worker():
+    done = _run_training(ctx, "lm", lm.LMConfig, lambda: lm.LMConfig(
+        text=text, corpus=corpus, context=context, bptt=bptt, cell=cell, embed_dim=embed, hidden_size=hidden,
+        num_layers=layers, dropout=dropout,
+        train=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, patience=5, lr_patience=1, seed=seed,
+                          max_minutes=minutes)),
+        lm.train, lambda c: Path(c.source).stem, "bits/char")
+    if done is None:
         return
+    metrics, folder = done
     t, b = metrics["test"], metrics["baseline"]
     click.echo(f"test {t['bpc']:.3f} bits per character on {t['characters']} characters of {metrics['test_on']} "
                f"(unigram baseline {b['bpc']:.3f}); best epoch {metrics['best_epoch']}, stopped "
@@ -309,30 +304,17 @@ def _seq2seq_options(f: Callable[..., None]) -> Callable[..., None]:
     return f
 
 
-def _train_generator(ctx: click.Context, task: str, resume: str | None, tensorboard: bool, out: str | None,
-                     build: Callable[[Any], Any]) -> None:
-    diagnose_every = ctx.params["diagnose_every"]
+def _train_generator(ctx: click.Context, task: str, build: Callable[[Any], Any]) -> None:
     from rnnkit.pipelines import seq2seq
-    from rnnkit.pipelines._runs import pipeline_config
+    from rnnkit.training import TrainConfig
 
-    _check_resume(ctx, resume)
-    epochs = ctx.params["epochs"]
-    if resume:
-        cfg = _train(lambda: {"cfg": pipeline_config(resume, task, seq2seq.Seq2SeqTaskConfig, epochs=epochs)})["cfg"]
-    else:
-        from rnnkit.training import TrainConfig
-
-        p = ctx.params
-        train_cfg = TrainConfig(epochs=epochs, batch_size=p["batch_size"], lr=p["lr"], patience=6, lr_patience=2,
-                                seed=p["seed"])
-        cfg = build(train_cfg)
-    folder = _run_folder(out, resume, task, Path(cfg.source).stem)
-    show, progress = _epoch_printer("exact match")
-    metrics = _train(lambda: seq2seq.train(cfg, folder, on_epoch=show, resume=resume is not None, progress=progress,
-                                           tensorboard=tensorboard, diagnose_every=diagnose_every,
-                                            on_diagnosis=_show_diagnosis))
-    if _worker():
+    p = ctx.params
+    done = _run_training(ctx, task, seq2seq.Seq2SeqTaskConfig, lambda: build(TrainConfig(
+        epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"], patience=6, lr_patience=2, seed=p["seed"])),
+        seq2seq.train, lambda c: Path(c.source).stem, "exact match")
+    if done is None:
         return
+    metrics, folder = done
     t, b = metrics["test"], metrics["baseline"]
     extra = f", BLEU {t['bleu']:.2f}" if "bleu" in t else ""
     click.echo(f"test exact match {t['exact_match']:.4f}, token accuracy {t['token_accuracy']:.4f}{extra} "
@@ -361,7 +343,7 @@ def train_seq2seq(ctx: click.Context, dataset: str, data: str | None, tokens: st
     """N -> M: encoder-decoder with attention (bundled: addition, dates; or --data PAIRS.tsv)."""
     from rnnkit.pipelines import seq2seq
 
-    _train_generator(ctx, "seq2seq", resume, tensorboard, out, lambda train_cfg: seq2seq.Seq2SeqTaskConfig(
+    _train_generator(ctx, "seq2seq", lambda train_cfg: seq2seq.Seq2SeqTaskConfig(
         task="seq2seq", dataset=dataset, data=data, tokens=tokens, cell=cell, embed_dim=embed, hidden_size=hidden,
         num_layers=layers, bidirectional=bidirectional, attention=attention, dropout=dropout,
         teacher_forcing=teacher_forcing, max_length=max_length, train=train_cfg))
@@ -379,7 +361,7 @@ def train_caption(ctx: click.Context, dataset: str, cell: str, embed: int, hidde
     """1 -> N: one feature vector sets the decoder's initial state, which spells a sequence."""
     from rnnkit.pipelines import seq2seq
 
-    _train_generator(ctx, "caption", resume, tensorboard, out, lambda train_cfg: seq2seq.Seq2SeqTaskConfig(
+    _train_generator(ctx, "caption", lambda train_cfg: seq2seq.Seq2SeqTaskConfig(
         task="caption", dataset=dataset, tokens="char", cell=cell, embed_dim=embed, hidden_size=hidden,
         num_layers=layers, bidirectional=False, attention="none", dropout=dropout, teacher_forcing=teacher_forcing,
         max_length=max_length, train=train_cfg))
@@ -453,24 +435,16 @@ def _memory_command(task: str) -> Callable[..., None]:
                 batch_size: int, lr: float, clip: float, seed: int, out: str | None, resume: str | None,
                 tensorboard: bool, diagnose_every: int | None) -> None:
         from rnnkit.pipelines import memory
-        from rnnkit.pipelines._runs import pipeline_config
         from rnnkit.training import TrainConfig
 
-        _check_resume(ctx, resume)
-        if resume:
-            cfg = _train(lambda: {"cfg": pipeline_config(resume, task, memory.MemoryConfig, epochs=epochs)})["cfg"]
-        else:
-            train_cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, patience=None, lr_patience=1000,
-                                    clip_norm=clip or None, seed=seed)
-            cfg = memory.MemoryConfig(task=task, steps=steps, cell=cell, hidden_size=hidden, init=init,
-                                      train_size=train_size, train=train_cfg)
-        folder = _run_folder(out, resume, task, f"{cfg.cell}-{cfg.steps}")
-        show, progress = _epoch_printer("MSE" if task == "adding" else "cross-entropy")
-        metrics = _train(lambda: memory.train(cfg, folder, on_epoch=show, resume=resume is not None, progress=progress,
-                                              tensorboard=tensorboard, diagnose_every=diagnose_every,
-                                              on_diagnosis=_show_diagnosis))
-        if _worker():
+        done = _run_training(ctx, task, memory.MemoryConfig, lambda: memory.MemoryConfig(
+            task=task, steps=steps, cell=cell, hidden_size=hidden, init=init, train_size=train_size,
+            train=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, patience=None, lr_patience=1000,
+                              clip_norm=clip or None, seed=seed)),
+            memory.train, lambda c: f"{c.cell}-{c.steps}", "MSE" if task == "adding" else "cross-entropy")
+        if done is None:
             return
+        metrics, folder = done
         t, b = metrics["test"], metrics["baseline"]
         if task == "adding":
             click.echo(f"test MSE {t['mse']:.4f} (baseline {b['name']}: {b['mse']:.4f}); {metrics['training_steps']} "

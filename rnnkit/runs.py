@@ -136,32 +136,6 @@ def _fill(
             (folder / "plots" / name).write_bytes(png)
 
 
-def write_run(
-    path: str | os.PathLike[str],
-    *,
-    config: Mapping[str, Any],
-    weights: Mapping[str, torch.Tensor],
-    extras: Mapping[str, Any],
-    metrics: Mapping[str, Any],
-    history: Sequence[Mapping[str, float]],
-    plots: Mapping[str, bytes] | None = None,
-) -> Path:
-    """Write a whole run folder at path, which must not exist yet; all of it appears at once.
-    plots: PNG images by file name, written into plots/."""
-    target = Path(path)
-    if target.exists():
-        raise FileExistsError(f"run folder {target} already exists: choose another --out")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
-    try:
-        _fill(tmp, config=config, weights=weights, extras=extras, metrics=metrics, history=history, plots=plots)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
-
-
 def read_run(path: str | os.PathLike[str]) -> Run:
     """Read a run folder; NotARunError names what is missing."""
     folder = Path(path)

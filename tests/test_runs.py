@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rnnkit.runs import NotARunError, read_run, write_run
+from rnnkit.runs import NotARunError, finish_run, partial_path, read_run, resume_run, start_run
+
+
+def write_run(path, **files):  # type: ignore[no-untyped-def]
+    start_run(path, config=files["config"])
+    return finish_run(path, **files)
 
 
 def test_round_trip(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -20,11 +25,17 @@ def test_round_trip(tmp_path) -> None:  # type: ignore[no-untyped-def]
         write_run(path, config={}, weights=weights, extras={}, metrics={}, history=[])
 
 
-def test_a_failed_write_leaves_nothing(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_a_failed_write_leaves_no_run_folder(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Only RUN.partial, the working folder that --resume continues, and never a half-written RUN."""
     with pytest.raises(TypeError):
         write_run(tmp_path / "run", config={"task": "x"}, weights={"w": torch.ones(2)},
                   extras={"not json": object()}, metrics={}, history=[])
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["run.partial"]
+    assert partial_path(tmp_path / "run") == tmp_path / "run.partial"
+    with pytest.raises(FileExistsError, match="an unfinished run is at"):
+        start_run(tmp_path / "run", config={})
+    with pytest.raises(NotARunError, match="died before its first epoch ended"):
+        resume_run(tmp_path / "run")
 
 
 def test_not_a_run(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -12,7 +12,6 @@ beside the majority-class baseline, and writes the run folder. ``predict`` and
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -162,9 +161,7 @@ def train(cfg: ClassifyConfig, out: str | Path, *, on_epoch: Callable[[EpochReco
                       on_epoch=on_epoch, collate_fn=collate, checkpoint=checkpoint, progress=progress,
                       tensorboard=checkpoint.parent / "tensorboard" if tensorboard else None,
                       diagnose_every=diagnose_every, on_diagnosis=on_diagnosis)
-    start = time.perf_counter()
     history = trainer.fit(subsets[0], subsets[1], resume=resume)
-    seconds = time.perf_counter() - start
     _, _, logits, target = trainer.evaluate(subsets[2])
     predicted = logits.argmax(-1).numpy()
     majority = int(np.bincount(data.y[tr]).argmax())
@@ -174,13 +171,7 @@ def train(cfg: ClassifyConfig, out: str | Path, *, on_epoch: Callable[[EpochReco
         "test": scores(predicted, target.numpy()),
         "baseline": {"name": "majority class", **scores(np.full(len(te), majority), target.numpy())},
         "sizes": {"train": len(tr), "validation": len(va), "test": len(te), "classes": len(data.label_names)},
-        "best_epoch": trainer.best_epoch,
-        "epochs_run": len(history),
-        "train_seconds": round(seconds, 2),
-        "device": str(trainer.device),
-        "processes": trainer.world_size,
-        "stopped": trainer.stop_reason or f"after --epochs {cfg.train.epochs}",
-        "gradient_flow": trainer.diagnoses,
+        **trainer.summary(),
     }
     if not trainer.is_main:
         return metrics

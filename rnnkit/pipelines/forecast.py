@@ -11,7 +11,6 @@ continues the series recursively from its end.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -135,9 +134,7 @@ def train(cfg: ForecastConfig, out: str | Path, *, on_epoch: Callable[[EpochReco
         return y - x[:, -1:, 0] if cfg.predict == "change" else y
 
     data = {name: TensorDataset(torch.from_numpy(x), torch.from_numpy(targets(x, y))) for name, (x, y, _) in parts.items()}
-    start = time.perf_counter()
     history = trainer.fit(data["train"], data["validation"], resume=resume)
-    seconds = time.perf_counter() - start
     _, _, pred, _ = trainer.evaluate(data["test"])
     x_test, _, origins = parts["test"]
     if cfg.predict == "change":
@@ -154,13 +151,7 @@ def train(cfg: ForecastConfig, out: str | Path, *, on_epoch: Callable[[EpochReco
         "sizes": {name: len(x) for name, (x, _, _) in parts.items()},
         "rows": n,
         "interpolated": series.interpolated,
-        "best_epoch": trainer.best_epoch,
-        "epochs_run": len(history),
-        "train_seconds": round(seconds, 2),
-        "device": str(trainer.device),
-        "processes": trainer.world_size,
-        "stopped": trainer.stop_reason or f"after --epochs {cfg.train.epochs}",
-        "gradient_flow": trainer.diagnoses,
+        **trainer.summary(),
     }
     if not trainer.is_main:
         return metrics

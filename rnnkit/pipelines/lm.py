@@ -22,7 +22,6 @@ the training part (add-one smoothed), on the same characters.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -227,9 +226,7 @@ def train(cfg: LMConfig, out: str | Path, *, on_epoch: Callable[[EpochRecord], N
                       tensorboard=checkpoint.parent / "tensorboard" if tensorboard else None,
                       diagnose_every=diagnose_every, on_diagnosis=on_diagnosis,
                       shuffle=cfg.context is not None)
-    start = time.perf_counter()
     history = trainer.fit(data["train"], data["validation"], resume=resume)
-    seconds = time.perf_counter() - start
     _, test_bpc, _, _ = trainer.evaluate(data["test"])
     lo, hi = parts["train"]
     metrics = {
@@ -241,13 +238,7 @@ def train(cfg: LMConfig, out: str | Path, *, on_epoch: Callable[[EpochRecord], N
         "test_on": "the held-out tail" if held_out else f"the training text (under {SHORT_TEXT} characters: "
                                                          "too short to hold out a tail)",
         "sizes": {name: hi - lo for name, (lo, hi) in parts.items()} | {"vocabulary": len(vocab)},
-        "best_epoch": trainer.best_epoch,
-        "epochs_run": len(history),
-        "train_seconds": round(seconds, 2),
-        "device": str(trainer.device),
-        "processes": trainer.world_size,
-        "stopped": trainer.stop_reason or f"after --epochs {cfg.train.epochs}",
-        "gradient_flow": trainer.diagnoses,
+        **trainer.summary(),
     }
     if not trainer.is_main:
         return metrics

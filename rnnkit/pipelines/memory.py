@@ -7,7 +7,6 @@ biases, Le et al. 2015). The training budget is fixed in steps: epochs x train_s
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -130,9 +129,7 @@ def train(cfg: MemoryConfig, out: str | Path | None, *, on_epoch: Callable[[Epoc
                       higher_is_better=False, config=cfg.train, on_epoch=on_epoch, checkpoint=checkpoint,
                       progress=progress, tensorboard=checkpoint.parent / "tensorboard" if tensorboard and checkpoint else None,
                       diagnose_every=diagnose_every, on_diagnosis=on_diagnosis)
-    start = time.perf_counter()
     history = trainer.fit(data[0], data[1], resume=resume)
-    seconds = time.perf_counter() - start
     loss, _, outputs, targets = trainer.evaluate(data[2])
     if adding:
         test = {"mse": loss}
@@ -145,9 +142,7 @@ def train(cfg: MemoryConfig, out: str | Path | None, *, on_epoch: Callable[[Epoc
         "task": cfg.task, "steps": cfg.steps, "cell": cfg.cell, "test": test, "baseline": baseline,
         "sizes": {"train": cfg.train_size, "validation": cfg.val_size, "test": cfg.test_size},
         "training_steps": len(history) * -(-cfg.train_size // cfg.train.batch_size),
-        "clip_norm": cfg.train.clip_norm, "best_epoch": trainer.best_epoch, "epochs_run": len(history),
-        "stopped": trainer.stop_reason or f"after --epochs {cfg.train.epochs}",
-        "gradient_flow": trainer.diagnoses, "train_seconds": round(seconds, 2), "device": str(trainer.device),
+        "clip_norm": cfg.train.clip_norm, **trainer.summary(),
     }
     if keep is not None:
         keep["model"], keep["test"] = model, data[2]

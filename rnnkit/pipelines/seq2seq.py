@@ -16,7 +16,6 @@ the source, or the most frequent training target, whichever scores higher.
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -209,9 +208,7 @@ def train(cfg: Seq2SeqTaskConfig, out: str | Path, *, on_epoch: Callable[[EpochR
                       checkpoint=checkpoint, progress=progress,
                       tensorboard=checkpoint.parent / "tensorboard" if tensorboard else None,
                       diagnose_every=diagnose_every, on_diagnosis=on_diagnosis)
-    start = time.perf_counter()
     history = trainer.fit(subsets[0], subsets[1], resume=resume)
-    seconds = time.perf_counter() - start
     model.to("cpu").eval()
     decoded = decode(model, [source_items[i] for i in te], vector_source, max_length)
     split_tokens = lambda s: tokenize(s, cfg.tokens)  # noqa: E731
@@ -234,13 +231,7 @@ def train(cfg: Seq2SeqTaskConfig, out: str | Path, *, on_epoch: Callable[[EpochR
         "sizes": {"train": len(tr), "validation": len(va), "test": len(te), "target_vocabulary": len(target_vocab)},
         "examples": [{"source": sources[i] if not vector_source else f"test image {n}", "target": targets[i],
                       "output": target_vocab.join(d)} for n, (i, d) in enumerate(zip(te[:5], decoded[:5]))],
-        "best_epoch": trainer.best_epoch,
-        "epochs_run": len(history),
-        "train_seconds": round(seconds, 2),
-        "device": str(trainer.device),
-        "processes": trainer.world_size,
-        "stopped": trainer.stop_reason or f"after --epochs {cfg.train.epochs}",
-        "gradient_flow": trainer.diagnoses,
+        **trainer.summary(),
     }
     if not trainer.is_main:
         return metrics

@@ -182,6 +182,7 @@ class Trainer:
         self.diagnose_every = diagnose_every
         self.on_diagnosis = on_diagnosis
         self.diagnoses: list[dict[str, Any]] = []
+        self.train_seconds = 0.0
         self._warned: set[str] = set()
 
     @property
@@ -267,7 +268,7 @@ class Trainer:
         sampler: DistributedSampler[Any] | None = (DistributedSampler(train, num_replicas=self.world_size, rank=self.rank,
                                                                       shuffle=self.shuffle, seed=cfg.seed)
                    if self.world_size > 1 else None)
-        began = time.perf_counter() - sum(r.seconds for r in self.history)
+        began = time.perf_counter() - sum(r.seconds for r in self.history)  # a resumed run counts its past
         for epoch in range(first, cfg.epochs + 1):
             if self.stopped_early:
                 break
@@ -349,6 +350,7 @@ class Trainer:
                 })
         if self.writer is not None:
             self.writer.close()
+        self.train_seconds = time.perf_counter() - began
         self.model.load_state_dict(best_state)
         if self.world_size > 1:
             self._check_replicas()
@@ -396,6 +398,18 @@ class Trainer:
         if not torch.equal(low, high):
             raise RuntimeError(f"data parallel: the {self.world_size} processes ended with different weights "
                                f"(checksums {float(low):.9g} to {float(high):.9g})")
+
+    def summary(self) -> dict[str, Any]:
+        """What metrics.json says of the training itself (after fit)."""
+        return {
+            "best_epoch": self.best_epoch,
+            "epochs_run": len(self.history),
+            "train_seconds": round(self.train_seconds, 2),
+            "device": str(self.device),
+            "processes": self.world_size,
+            "stopped": self.stop_reason or f"after --epochs {self.config.epochs}",
+            "gradient_flow": self.diagnoses,
+        }
 
     def _bar(self, total: int, epoch: int) -> Any:
         if not self.progress:
