@@ -182,8 +182,11 @@ class HiddenStats:
 
 
 @torch.no_grad()
-def hidden_stats(model: nn.Module, batch: Any, run: Callable[[nn.Module, Any], Any]) -> HiddenStats:
-    """Run model on batch (run(model, batch) calls it) and describe every rnnkit layer's states."""
+def hidden_stats(model: nn.Module, batch: Any, run: Callable[[nn.Module, Any], Any] | None = None) -> HiddenStats:
+    """Run model on batch and describe every rnnkit layer's states, per step. run(model, batch)
+    calls the model; by default model(batch), or model(*batch) for a tuple or list."""
+    if run is None:
+        run = lambda m, b: m(*b) if isinstance(b, (tuple, list)) else m(b)  # noqa: E731
     with probing(model) as seen, torch.enable_grad():
         run(model, batch)
     stats: dict[str, dict[str, list[float]]] = {}

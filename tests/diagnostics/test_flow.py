@@ -101,7 +101,7 @@ def test_hidden_stats() -> None:
     torch.manual_seed(0)
     lstm = rnnkit.LSTM(2, 6, forget_bias=20.0)  # the forget gate is pinned open: 1/3 of gate units saturated
     x = torch.randn(5, 3, 2)
-    stats = hidden_stats(lstm, x, lambda m, b: m(b)).stats["LSTM.l0"]
+    stats = hidden_stats(lstm, x).stats["LSTM.l0"]
     out, _ = lstm(x)
     np.testing.assert_allclose(stats["h_norm"], out.norm(dim=-1).mean(dim=1).detach().numpy(), rtol=1e-5)
     assert all(1 / 3 <= s <= 1 for s in stats["gates_saturated"])
