@@ -82,7 +82,7 @@ def main() -> None:
     parser.add_argument("--steps", default="50,100,200")
     parser.add_argument("--cells", default=",".join(CELLS))
     parser.add_argument("--tasks", default="adding,copy")
-    parser.add_argument("--budget", type=int, default=600)
+    parser.add_argument("--budget", type=int, default=1500)
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--out", default="benchmarks/memory")
     parser.add_argument("--table-only", action="store_true", help="Rewrite OUT/README.md from OUT/results.json.")
@@ -122,8 +122,8 @@ def main() -> None:
 def readme(text: str, saved: dict) -> str:
     return ("# Long-range memory: adding problem and copy memory\n\n"
             f"Made by `{saved.get('command', 'python benchmarks/memory.py')}` on the project's 2-core CPU "
-            f"({saved.get('seconds', '?')} s in all, while other work shared the machine). The numbers are what it "
-            "printed; every run is seeded, so the metrics repeat on a CPU. The plots "
+            + (f"({saved['seconds']} s in all)" if "seconds" in saved else "(about half an hour, sharing the machine)")
+            + ". The numbers are what it printed; every run is seeded, so the metrics repeat on a CPU. The plots "
             "`gradient_flow-TASK-T.png` show the gradient flow of each trained (clipped) model on test data.\n\n"
             + text + "\n")
 
