@@ -145,7 +145,9 @@ class RecurrentLayer(nn.Module):
     def cell_weights(self, layer: int, direction: int = 0) -> CellWeights:
         """The parameters of one layer and direction, as the CellWeights a step function takes."""
         names = self._cell_names[layer * self.num_directions + direction]
-        return CellWeights(**{field: getattr(self, name) for field, name in names.items()})
+        params = self._parameters  # a dict lookup, not nn.Module.__getattr__: this runs every call
+        return CellWeights(**{field: params[name] if name in params else getattr(self, name)
+                              for field, name in names.items()})
 
     @property
     def all_weights(self) -> list[list[nn.Parameter]]:
