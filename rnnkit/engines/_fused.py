@@ -71,15 +71,16 @@ class FusedEngine:
         kernels = _compiled.load()
         assert not isinstance(kernels, str), kernels
         w = weights
-        if w.ln_weight_ih is None:  # the input side of all steps' gates: (T, B, I) -> (T, B, G*H)
-            xp = F.linear(x, w.weight_ih, w.bias_ih)
-        else:
+        if w.ln_weight_ih is None:  # the Function projects x itself: one autograd node fewer
+            xp, w_ih, b_ih = x, w.weight_ih, w.bias_ih
+        else:  # the input side of all steps' gates, layer-normalised: (T, B, I) -> (T, B, G*H)
             xp = F.layer_norm(F.linear(x, w.weight_ih), (w.weight_ih.shape[0],), w.ln_weight_ih,
                               w.bias_ih, LAYER_NORM_EPS)
+            w_ih = b_ih = None
         keep = noise.keep or (None, None)
         lstm = spec.mode == "LSTM"
         results = FusedLayer.apply(
-            kernels, spec.mode, xp, state[0], state[1] if lstm else None, w.weight_hh, w.bias_hh,
+            kernels, spec.mode, xp, w_ih, b_ih, state[0], state[1] if lstm else None, w.weight_hh, w.bias_hh,
             w.weight_hr, w.ln_weight_hh, w.ln_weight_c, w.ln_bias_c, lengths, noise.h_mask,
             keep[0], keep[1] if lstm else None,
         )
@@ -109,6 +110,8 @@ class FusedLayer(torch.autograd.Function):
         kernels: _compiled.Kernels,
         mode: str,
         xp: Tensor,
+        w_ih: Tensor | None,
+        b_ih: Tensor | None,
         h0: Tensor,
         c0: Tensor | None,
         w_hh: Tensor,
@@ -122,6 +125,11 @@ class FusedLayer(torch.autograd.Function):
         keep_h: Tensor | None,
         keep_c: Tensor | None,
     ) -> tuple[Tensor, ...]:
+        x_in = None
+        if w_ih is not None:  # xp is the input x (T, B, I): project it, xp = x W_ih^T + b_ih (T, B, G*H)
+            x_in = xp.reshape(-1, xp.shape[-1])  # (T*B, I)
+            flat = x_in @ w_ih.t() if b_ih is None else torch.addmm(b_ih, x_in, w_ih.t())
+            xp = flat.view(xp.shape[0], xp.shape[1], -1)
         steps, batch, gates = xp.shape
         hidden = gates // GATES[mode]
         size = w_hh.shape[1]  # R: proj_size with a projection, else hidden
@@ -157,7 +165,7 @@ class FusedLayer(torch.autograd.Function):
             raise MemoryError("rnnkit fused engine: no memory for the forward kernel's scratch")
         ctx.slices = slices
         ctx.save_for_backward(w_hh_c, w_hr_c, ln_hh, ln_cw, ln_cb, hs, cs, acts, cand, hr, ghat,
-                              rstd_h, chat, rstd_c, lengths_c, h_mask_c, keep_h_c, keep_c_c)
+                              rstd_h, chat, rstd_c, lengths_c, h_mask_c, keep_h_c, keep_c_c, x_in, w_ih)
         ctx.kernels, ctx.mode, ctx.has_bias = kernels, mode, b_hh is not None
         if lstm:
             assert cs is not None
@@ -176,7 +184,7 @@ class FusedLayer(torch.autograd.Function):
                 "gradients of gradients"
             )
         (w_hh, w_hr, ln_hh, ln_cw, ln_cb, hs, cs, acts, cand, hr, ghat, rstd_h, chat, rstd_c,
-         lengths, h_mask, keep_h, keep_c) = ctx.saved_tensors
+         lengths, h_mask, keep_h, keep_c, x_in, w_ih) = ctx.saved_tensors
         mode, kernels = ctx.mode, ctx.kernels
         steps, batch, size = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
         gates = w_hh.shape[0]
@@ -204,18 +212,30 @@ class FusedLayer(torch.autograd.Function):
         dln_cw = dln_cb = None
         if dln_c is not None:
             dln_cw, dln_cb = dln_c.sum(0)  # (H,) each
-        needs = ctx.needs_input_grad  # kernels, mode, xp, h0, c0, w_hh, b_hh, w_hr, ln_hh, ln_cw, ln_cb, ...
+        # kernels, mode, xp, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, ln_hh, ln_cw, ln_cb, ...
+        needs = ctx.needs_input_grad
         dg_post = (dgh if dgh is not None else dgi).view(steps * batch, gates)  # recurrent side, after LN
         dg_rec = dgh_raw.view(steps * batch, gates) if dgh_raw is not None else dg_post  # before LN
+        dx = dw_ih = db_ih = None  # the input projection's, when the Function did it
+        dgi_flat = dgi.view(steps * batch, gates)
+        if x_in is not None:
+            if needs[2]:
+                dx = (dgi_flat @ w_ih).view(steps, batch, -1)  # (T, B, I)
+            if needs[3]:
+                dw_ih = dgi_flat.t() @ x_in  # (G*H, I)
+            if needs[4]:
+                db_ih = dgi_flat.sum(0)
+        elif needs[2]:
+            dx = dgi
         dw_hh = None
-        if needs[5]:
+        if needs[7]:
             h_in = hs[:steps] if h_mask is None else hs[:steps] * h_mask  # (T, B, R): what met W_hh
             dw_hh = dg_rec.t() @ h_in.reshape(steps * batch, size)  # (G*H, R)
-        db_hh = dg_post.sum(0) if ctx.has_bias and needs[6] else None
+        db_hh = dg_post.sum(0) if ctx.has_bias and needs[8] else None
         dw_hr = None
-        if dproj is not None and needs[7]:  # (P, H) = dproj (T*B, P)^T @ hr (T*B, H)
+        if dproj is not None and needs[9]:  # (P, H) = dproj (T*B, P)^T @ hr (T*B, H)
             dw_hr = dproj.view(steps * batch, size).t() @ hr.view(steps * batch, hidden)
-        dln_hh = (dg_post * ghat.view(steps * batch, gates)).sum(0) if ghat is not None and needs[8] else None
-        return (None, None, dgi if needs[2] else None, dh if needs[3] else None, dc if needs[4] else None,
-                dw_hh, db_hh, dw_hr, dln_hh, dln_cw if needs[9] else None, dln_cb if needs[10] else None,
+        dln_hh = (dg_post * ghat.view(steps * batch, gates)).sum(0) if ghat is not None and needs[10] else None
+        return (None, None, dx, dw_ih, db_ih, dh if needs[5] else None, dc if needs[6] else None,
+                dw_hh, db_hh, dw_hr, dln_hh, dln_cw if needs[11] else None, dln_cb if needs[12] else None,
                 None, None, None, None)
