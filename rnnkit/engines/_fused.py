@@ -71,6 +71,8 @@ class FusedEngine:
         kernels = _compiled.load()
         assert not isinstance(kernels, str), kernels
         w = weights
+        w_ih: Tensor | None
+        b_ih: Tensor | None
         if w.ln_weight_ih is None:  # the Function projects x itself: one autograd node fewer
             xp, w_ih, b_ih = x, w.weight_ih, w.bias_ih
         else:  # the input side of all steps' gates, layer-normalised: (T, B, I) -> (T, B, G*H)

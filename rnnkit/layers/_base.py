@@ -146,7 +146,7 @@ class RecurrentLayer(nn.Module):
         """The parameters of one layer and direction, as the CellWeights a step function takes."""
         names = self._cell_names[layer * self.num_directions + direction]
         params = self._parameters  # a dict lookup, not nn.Module.__getattr__: this runs every call
-        return CellWeights(**{field: params[name] if name in params else getattr(self, name)
+        return CellWeights(**{field: params[name] if name in params else getattr(self, name)  # type: ignore[arg-type]
                               for field, name in names.items()})
 
     @property
