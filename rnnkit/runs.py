@@ -62,7 +62,9 @@ def start_run(path: str | os.PathLike[str], *, config: Mapping[str, Any]) -> Pat
     if target.exists():
         raise FileExistsError(f"run folder {target} already exists: choose another --out")
     if work.exists():
-        raise FileExistsError(f"an unfinished run is at {work}: continue it with --resume {target}, or delete it")
+        if (work / CHECKPOINT).is_file():
+            raise FileExistsError(f"an unfinished run is at {work}: continue it with --resume {target}, or delete it")
+        shutil.rmtree(work)  # a run that died before its first epoch ended: nothing in it to keep
     work.mkdir(parents=True)
     _write_json(work / "config.json", config)
     return work

@@ -32,10 +32,12 @@ def test_a_failed_write_leaves_no_run_folder(tmp_path) -> None:  # type: ignore[
                   extras={"not json": object()}, metrics={}, history=[])
     assert [p.name for p in tmp_path.iterdir()] == ["run.partial"]
     assert partial_path(tmp_path / "run") == tmp_path / "run.partial"
-    with pytest.raises(FileExistsError, match="an unfinished run is at"):
-        start_run(tmp_path / "run", config={})
     with pytest.raises(NotARunError, match="died before its first epoch ended"):
         resume_run(tmp_path / "run")
+    start_run(tmp_path / "run", config={"again": 1})  # no checkpoint in it: nothing to keep, replaced
+    (tmp_path / "run.partial" / "checkpoint.pt").write_bytes(b"")
+    with pytest.raises(FileExistsError, match="an unfinished run is at"):  # one with a checkpoint is kept
+        start_run(tmp_path / "run", config={})
 
 
 def test_not_a_run(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -8,15 +8,19 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from rnnkit.runs import CHECKPOINT, NotARunError, partial_path, resume_run, start_run
-from rnnkit.training import TrainConfig, world
+from rnnkit.training import TrainConfig, require_tensorboard, world
 
 C = TypeVar("C")
 
 
-def open_run(out: str | Path, task: str, cfg: Any, *, resume: bool) -> Path:
+def open_run(out: str | Path, task: str, cfg: Any, *, resume: bool, tensorboard: bool = False) -> Path:
     """The checkpoint file of the run at out. The main process creates RUN.partial (or, with
     resume, finds it or copies the finished run there); other processes of a data-parallel run
-    only read the checkpoint."""
+    only read the checkpoint. What could still fail before training (TensorBoard missing) is
+    checked first, so that a refused run leaves no folder."""
+    cfg.train.check()
+    if tensorboard:
+        require_tensorboard()
     rank, _ = world()
     if rank == 0:
         work = resume_run(out)[0] if resume else start_run(out, config={"task": task, "pipeline": asdict(cfg)})

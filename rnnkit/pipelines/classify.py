@@ -154,7 +154,7 @@ def train(cfg: ClassifyConfig, out: str | Path, *, on_epoch: Callable[[EpochReco
         forward = lambda m, b: (m(b[0]), b[1])  # noqa: E731
         extras["input_divisor"] = data.input_divisor
         input_info = {"kind": "features", "steps": int(data.x.shape[1]), "features": int(data.x.shape[2])}
-    checkpoint = open_run(out, "classify", cfg, resume=resume)
+    checkpoint = open_run(out, "classify", cfg, resume=resume, tensorboard=tensorboard)
     torch.manual_seed(cfg.train.seed)
     model = NToOne(model_cfg)
     trainer = Trainer(model, forward=forward, loss_fn=F.cross_entropy, metric_fn=accuracy, config=cfg.train,

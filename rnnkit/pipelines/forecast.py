@@ -118,7 +118,7 @@ def train(cfg: ForecastConfig, out: str | Path, *, on_epoch: Callable[[EpochReco
         raise ValueError(f"--predict must be 'change' or 'level', got {cfg.predict!r}")
     model_cfg = NToOneConfig(input_size=values.shape[1], outputs=cfg.horizon, cell=cfg.cell, hidden_size=cfg.hidden_size,
                              num_layers=cfg.num_layers, bidirectional=False, pooling=cfg.pooling, dropout=cfg.dropout)
-    checkpoint = open_run(out, "forecast", cfg, resume=resume)
+    checkpoint = open_run(out, "forecast", cfg, resume=resume, tensorboard=tensorboard)
     torch.manual_seed(cfg.train.seed)
     model = NToOne(model_cfg)
 

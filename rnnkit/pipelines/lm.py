@@ -218,7 +218,7 @@ def train(cfg: LMConfig, out: str | Path, *, on_epoch: Callable[[EpochRecord], N
         train_cfg = cfg.train
     model_cfg = LanguageModelConfig(vocab_size=len(vocab), cell=cfg.cell, embed_dim=cfg.embed_dim,
                                     hidden_size=cfg.hidden_size, num_layers=cfg.num_layers, dropout=cfg.dropout)
-    checkpoint = open_run(out, "lm", cfg, resume=resume)
+    checkpoint = open_run(out, "lm", cfg, resume=resume, tensorboard=tensorboard)
     torch.manual_seed(cfg.train.seed)
     model = LanguageModel(model_cfg)
     trainer = Trainer(model, forward=forward, loss_fn=F.cross_entropy, metric_fn=bits_per_char, config=train_cfg,

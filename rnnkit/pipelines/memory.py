@@ -120,7 +120,7 @@ def train(cfg: MemoryConfig, out: str | Path | None, *, on_epoch: Callable[[Epoc
     if out is not None and not resume:
         check_new(out)
     data = make_data(cfg)
-    checkpoint = open_run(out, cfg.task, cfg, resume=resume) if out is not None else None
+    checkpoint = open_run(out, cfg.task, cfg, resume=resume, tensorboard=tensorboard) if out is not None else None
     torch.manual_seed(cfg.train.seed)
     model = MemoryModel(model_cfg)
     adding = cfg.task == "adding"

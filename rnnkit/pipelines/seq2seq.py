@@ -194,7 +194,7 @@ def train(cfg: Seq2SeqTaskConfig, out: str | Path, *, on_epoch: Callable[[EpochR
     max_length = cfg.max_length or max(len(target_ids[i]) for i in tr) + 5
     width = max(len(t) for t in target_ids) + 1
     subsets = [Pairs([source_items[i] for i in part], [target_ids[i] for i in part]) for part in (tr, va, te)]
-    checkpoint = open_run(out, cfg.task, cfg, resume=resume)
+    checkpoint = open_run(out, cfg.task, cfg, resume=resume, tensorboard=tensorboard)
     torch.manual_seed(seed)
     model = Seq2Seq(model_cfg)
     forcing = torch.Generator().manual_seed(seed)

@@ -108,12 +108,17 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _tensorboard_writer(folder: Path) -> Any:
+def require_tensorboard() -> Any:
+    """torch's SummaryWriter, or an ImportError that says what to install."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         raise ImportError("TensorBoard logging needs the tensorboard package: pip install 'rnnkit[tensorboard]'") from None
-    return SummaryWriter(log_dir=str(folder))
+    return SummaryWriter
+
+
+def _tensorboard_writer(folder: Path) -> Any:
+    return require_tensorboard()(log_dir=str(folder))
 
 
 class Trainer:

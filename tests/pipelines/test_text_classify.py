@@ -186,3 +186,22 @@ def test_cli_text_errors(tmp_path, args: list[str], message: str) -> None:  # ty
     assert result.exit_code in (1, 2), result.output
     assert message in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_a_refused_run_leaves_no_folder(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Errors found before training (a bad setting, TensorBoard missing) write nothing."""
+    import builtins
+
+    result = CliRunner().invoke(main, ["train", "classify", "--epochs", "0", "--out", str(tmp_path / "a")])
+    assert result.exit_code == 1 and "epochs must be an int >= 1, got 0" in result.output
+    real_import = builtins.__import__
+
+    def no_tensorboard(name, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if name == "torch.utils.tensorboard":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    result = CliRunner().invoke(main, ["train", "classify", "--tensorboard", "--out", str(tmp_path / "b")])
+    assert result.exit_code == 1 and "pip install 'rnnkit[tensorboard]'" in result.output
+    assert list(tmp_path.iterdir()) == []
