@@ -85,7 +85,7 @@ def write_report(report: dict[str, Any], out: str | os.PathLike[str], *, title: 
 
 
 def diagnose_run(run_path: str | Path, *, batch: int = 64) -> dict[str, Any]:
-    """A trained run (classify, adding or copy) on a batch of its validation data."""
+    """A trained run (classify, forecast, lm, adding or copy) on a batch of its validation data."""
     from rnnkit.runs import read_run
 
     run = read_run(run_path)
@@ -125,9 +125,30 @@ def diagnose_run(run_path: str | Path, *, batch: int = 64) -> dict[str, Any]:
             data = (torch.from_numpy(labelled.x[val]), target)  # type: ignore[union-attr]
             loss_fn = lambda m, b: F.cross_entropy(m(b[0]), b[1])  # noqa: E731
             run_fn = lambda m, b: m(b[0])  # noqa: E731
+    elif task == "forecast":
+        from rnnkit.models import NToOne, NToOneConfig
+        from rnnkit.pipelines import forecast
+        from rnnkit.pipelines._runs import pipeline_config
+
+        model = NToOne(NToOneConfig(**run.config["model"]))
+        model.load_state_dict(run.weights)
+        windows = forecast.prepare(pipeline_config(run_path, "forecast", forecast.ForecastConfig)).data["validation"]
+        data = (windows.tensors[0][:batch], windows.tensors[1][:batch])
+        loss_fn = lambda m, b: F.mse_loss(m(b[0]), b[1])  # noqa: E731
+        run_fn = lambda m, b: m(b[0])  # noqa: E731
+    elif task == "lm":
+        from rnnkit.pipelines import lm
+        from rnnkit.pipelines._runs import pipeline_config
+
+        model, _, _ = lm.load(run_path)
+        part = lm.prepare(pipeline_config(run_path, "lm", lm.LMConfig)).data["validation"]
+        items = [part[i] for i in range(min(batch, getattr(part, "rows", batch), len(part)))]  # streams: chunk 0
+        data = (torch.stack([i[0] for i in items]), torch.stack([i[1] for i in items]))  # (B, K) each
+        loss_fn = lambda m, b: F.cross_entropy(m(b[0])[0].transpose(1, 2), b[1])  # noqa: E731
+        run_fn = lambda m, b: m(b[0])  # noqa: E731
     else:
-        raise ValueError(f"rnnkit diagnose RUN takes classify, adding and copy runs; {run_path} is a {task!r} run "
-                         "(in Python, rnnkit.diagnostics.gradient_flow takes any model)")
+        raise ValueError(f"rnnkit diagnose RUN takes classify, forecast, lm, adding and copy runs; {run_path} is a "
+                         f"{task!r} run (in Python, rnnkit.diagnostics.gradient_flow takes any model)")
     model.eval()
     flow = gradient_flow(model, data, loss_fn)
     stats = hidden_stats(model, data, run_fn)

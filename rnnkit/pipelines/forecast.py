@@ -89,13 +89,23 @@ def errors(predicted: np.ndarray, actual: np.ndarray) -> dict[str, float]:
     return {"rmse": float(np.sqrt(np.mean((predicted - actual) ** 2))), "mae": float(np.mean(np.abs(predicted - actual)))}
 
 
-def train(cfg: ForecastConfig, out: str | Path, *, on_epoch: Callable[[EpochRecord], None] | None = None,
-          resume: bool = False, progress: bool = False, tensorboard: bool = False,
-          diagnose_every: int | None = None, on_diagnosis: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Train and write the run folder at out; returns metrics.json's content.
-    resume: continue the run at out (stopped, or finished and given more epochs)."""
-    if not resume:
-        check_new(out)
+@dataclass
+class Prepared:
+    """A forecast run's data: the series, its season, the values (N, F), the training part's
+    mean and std (F,), windows per split (x, y, origins), and the datasets the model trains on
+    (x scaled (n, W, F), targets (n, horizon): changes from the last input value, or levels)."""
+
+    series: Series
+    season: int | None
+    values: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+    parts: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]
+    data: dict[str, TensorDataset]
+
+
+def prepare(cfg: ForecastConfig) -> Prepared:
+    """Read, split in time order, scale with the training part only, and cut into windows."""
     if cfg.window < 1 or cfg.horizon < 1:
         raise ValueError(f"--window and --horizon must be >= 1, got {cfg.window} and {cfg.horizon}")
     series = get_series(cfg)
@@ -116,6 +126,24 @@ def train(cfg: ForecastConfig, out: str | Path, *, on_epoch: Callable[[EpochReco
                          f"give about {need} rows or more, or a smaller window")
     if cfg.predict not in ("change", "level"):
         raise ValueError(f"--predict must be 'change' or 'level', got {cfg.predict!r}")
+
+    def targets(x: np.ndarray, y: np.ndarray) -> np.ndarray:  # what the model learns to output
+        return y - x[:, -1:, 0] if cfg.predict == "change" else y
+
+    data = {name: TensorDataset(torch.from_numpy(x), torch.from_numpy(targets(x, y))) for name, (x, y, _) in parts.items()}
+    return Prepared(series, season, values, mean, std, parts, data)
+
+
+def train(cfg: ForecastConfig, out: str | Path, *, on_epoch: Callable[[EpochRecord], None] | None = None,
+          resume: bool = False, progress: bool = False, tensorboard: bool = False,
+          diagnose_every: int | None = None, on_diagnosis: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Train and write the run folder at out; returns metrics.json's content.
+    resume: continue the run at out (stopped, or finished and given more epochs)."""
+    if not resume:
+        check_new(out)
+    prepared = prepare(cfg)
+    series, season, values, mean, std, parts = (prepared.series, prepared.season, prepared.values, prepared.mean,
+                                                 prepared.std, prepared.parts)
     model_cfg = NToOneConfig(input_size=values.shape[1], outputs=cfg.horizon, cell=cfg.cell, hidden_size=cfg.hidden_size,
                              num_layers=cfg.num_layers, bidirectional=False, pooling=cfg.pooling, dropout=cfg.dropout)
     checkpoint = open_run(out, "forecast", cfg, resume=resume, tensorboard=tensorboard)
@@ -130,10 +158,7 @@ def train(cfg: ForecastConfig, out: str | Path, *, on_epoch: Callable[[EpochReco
                       progress=progress, tensorboard=checkpoint.parent / "tensorboard" if tensorboard else None,
                       diagnose_every=diagnose_every, on_diagnosis=on_diagnosis)
 
-    def targets(x: np.ndarray, y: np.ndarray) -> np.ndarray:  # what the model learns to output
-        return y - x[:, -1:, 0] if cfg.predict == "change" else y
-
-    data = {name: TensorDataset(torch.from_numpy(x), torch.from_numpy(targets(x, y))) for name, (x, y, _) in parts.items()}
+    data = prepared.data
     history = trainer.fit(data["train"], data["validation"], resume=resume)
     _, _, pred, _ = trainer.evaluate(data["test"])
     x_test, _, origins = parts["test"]
@@ -149,7 +174,7 @@ def train(cfg: ForecastConfig, out: str | Path, *, on_epoch: Callable[[EpochReco
         "test": errors(predicted, actual),
         "baseline": base,
         "sizes": {name: len(x) for name, (x, _, _) in parts.items()},
-        "rows": n,
+        "rows": len(values),
         "interpolated": series.interpolated,
         **trainer.summary(),
     }

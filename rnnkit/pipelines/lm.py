@@ -22,7 +22,7 @@ the training part (add-one smoothed), on the same characters.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -156,7 +156,7 @@ class CarriedState:
     def __init__(self) -> None:
         self.state: Any = None
 
-    def __call__(self, model: torch.nn.Module, batch: list[Tensor]) -> tuple[Tensor, Tensor]:
+    def __call__(self, model: torch.nn.Module, batch: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
         x, y, chunk = batch
         if int(chunk[0]) == 0:
             self.state = None
@@ -165,7 +165,7 @@ class CarriedState:
         return logits.reshape(-1, logits.shape[-1]), y.reshape(-1)
 
 
-def windows_forward(model: torch.nn.Module, batch: list[Tensor]) -> tuple[Tensor, Tensor]:
+def windows_forward(model: torch.nn.Module, batch: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
     """Training: every position of each window; evaluation: the last, with K characters of context."""
     x, y = batch
     logits, _ = model(x)  # (B, K, V)
@@ -174,16 +174,22 @@ def windows_forward(model: torch.nn.Module, batch: list[Tensor]) -> tuple[Tensor
     return logits[:, -1], y[:, -1]
 
 
-def train(cfg: LMConfig, out: str | Path, *, on_epoch: Callable[[EpochRecord], None] | None = None,
-          resume: bool = False, progress: bool = False, tensorboard: bool = False,
-          diagnose_every: int | None = None, on_diagnosis: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Train and write the run folder at out; returns metrics.json's content."""
-    cfg.check()
-    if not resume:
-        check_new(out)
-    if cfg.context is None and world()[1] > 1:
-        raise ValueError("truncated BPTT reads its streams in order and does not run data-parallel: "
-                         "use --context K under torchrun")
+@dataclass
+class Prepared:
+    """An lm run's data: the vocabulary (from the training part), the text's ids (N,), each split's
+    (start, end) in the text, its Windows or Streams, the characters each split scores, and
+    whether a tail was held out."""
+
+    vocab: Vocabulary
+    ids: Tensor
+    parts: dict[str, tuple[int, int]]
+    data: dict[str, Any]
+    targets: dict[str, Tensor]
+    held_out: bool
+
+
+def prepare(cfg: LMConfig) -> Prepared:
+    """Read the text, split it, build the vocabulary and the windows or streams."""
     text = read_text(cfg)
     n = len(text)
     held_out = n >= SHORT_TEXT
@@ -197,11 +203,9 @@ def train(cfg: LMConfig, out: str | Path, *, on_epoch: Callable[[EpochRecord], N
     if cfg.context is not None:
         k = cfg.context
         data: dict[str, Any] = {name: Windows(ids, k, max(lo, k), hi) for name, (lo, hi) in parts.items()}
-        forward: Callable[..., tuple[Tensor, Tensor]] = windows_forward
         targets = {name: ids[max(lo, k):hi] for name, (lo, hi) in parts.items()}
     else:
         data = {name: Streams(ids, lo, hi, cfg.train.batch_size, cfg.bptt) for name, (lo, hi) in parts.items()}
-        forward = CarriedState()
         targets = {name: torch.cat([d[i][1] for i in range(len(d))]) for name, d in data.items()}
     empty = [name for name, d in data.items() if len(d) == 0]
     if empty:
@@ -213,9 +217,24 @@ def train(cfg: LMConfig, out: str | Path, *, on_epoch: Callable[[EpochRecord], N
             rows = min(streams.values())
             data = {name: Streams(ids, lo, hi, rows, cfg.bptt) for name, (lo, hi) in parts.items()}
             targets = {name: torch.cat([d[i][1] for i in range(len(d))]) for name, d in data.items()}
-        train_cfg = TrainConfig(**{**asdict(cfg.train), "batch_size": data["train"].rows})
-    else:
-        train_cfg = cfg.train
+    return Prepared(vocab, ids, parts, data, targets, held_out)
+
+
+def train(cfg: LMConfig, out: str | Path, *, on_epoch: Callable[[EpochRecord], None] | None = None,
+          resume: bool = False, progress: bool = False, tensorboard: bool = False,
+          diagnose_every: int | None = None, on_diagnosis: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Train and write the run folder at out; returns metrics.json's content."""
+    cfg.check()
+    if not resume:
+        check_new(out)
+    if cfg.context is None and world()[1] > 1:
+        raise ValueError("truncated BPTT reads its streams in order and does not run data-parallel: "
+                         "use --context K under torchrun")
+    d = prepare(cfg)
+    vocab, ids, parts, data, targets, held_out = d.vocab, d.ids, d.parts, d.data, d.targets, d.held_out
+    forward = windows_forward if cfg.context is not None else CarriedState()
+    train_cfg = cfg.train if cfg.context is not None else TrainConfig(**{**asdict(cfg.train),
+                                                                         "batch_size": data["train"].rows})
     model_cfg = LanguageModelConfig(vocab_size=len(vocab), cell=cfg.cell, embed_dim=cfg.embed_dim,
                                     hidden_size=cfg.hidden_size, num_layers=cfg.num_layers, dropout=cfg.dropout)
     checkpoint = open_run(out, "lm", cfg, resume=resume, tensorboard=tensorboard)

@@ -126,3 +126,26 @@ def test_cli_diagnose_fresh_cells_and_a_run(tmp_path) -> None:  # type: ignore[n
     result = runner.invoke(main, ["diagnose", "--cells", "rnn,transformer", "--out", str(tmp_path / "d3")])
     assert result.exit_code == 1 and "unknown cell ['transformer']" in result.output
     assert not (tmp_path / "d3").exists()
+
+
+def test_cli_diagnose_forecast_and_lm_runs(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    runner = CliRunner()
+    assert runner.invoke(main, ["train", "forecast", "--window", "12", "--hidden", "8", "--epochs", "2",
+                                "--out", str(tmp_path / "fc")]).exit_code == 0
+    result = runner.invoke(main, ["diagnose", str(tmp_path / "fc"), "--out", str(tmp_path / "d1")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "d1" / "diagnostics.json").read_text())
+    assert len(report["cells"]["model"]["gradient_flow"]["norms"]["rnn.l0"]) == 12  # one per step of a window
+    (tmp_path / "t.txt").write_text("abcabcabd " * 30, encoding="utf-8")
+    assert runner.invoke(main, ["train", "lm", "--text", str(tmp_path / "t.txt"), "--context", "6", "--hidden", "8",
+                                "--layers", "1", "--epochs", "2", "--out", str(tmp_path / "lm")]).exit_code == 0
+    result = runner.invoke(main, ["diagnose", str(tmp_path / "lm"), "--out", str(tmp_path / "d2")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "d2" / "diagnostics.json").read_text())
+    assert len(report["cells"]["model"]["gradient_flow"]["norms"]["rnn.l0"]) == 6
+    pairs = "".join(f"{a}{b}\t{b}{a}\n" for a in "abcd" for b in "efgh")
+    (tmp_path / "p.tsv").write_text(pairs, encoding="utf-8")
+    assert runner.invoke(main, ["train", "seq2seq", "--data", str(tmp_path / "p.tsv"), "--hidden", "4", "--epochs", "1",
+                                "--out", str(tmp_path / "s2s")]).exit_code == 0
+    result = runner.invoke(main, ["diagnose", str(tmp_path / "s2s"), "--out", str(tmp_path / "d3")])
+    assert result.exit_code == 1 and "is a 'seq2seq' run" in result.output and not (tmp_path / "d3").exists()
