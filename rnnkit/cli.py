@@ -480,7 +480,7 @@ train.command("copy")(_memory_command("copy"))
 def diagnose_command(run: str | None, cells: str, steps: int, hidden: int, layers: int, init: str, nonlinearity: str,
                      seed: int, out: str) -> None:
     """See gradients vanish or explode through time: fresh cells on random sequences, or a trained
-    RUN (classify, forecast, lm, adding, copy) on its validation data."""
+    RUN (classify, forecast, lm, seq2seq, adding, copy) on its validation data."""
     from rnnkit import diagnostics
 
     try:

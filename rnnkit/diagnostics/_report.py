@@ -85,7 +85,8 @@ def write_report(report: dict[str, Any], out: str | os.PathLike[str], *, title: 
 
 
 def diagnose_run(run_path: str | Path, *, batch: int = 64) -> dict[str, Any]:
-    """A trained run (classify, forecast, lm, adding or copy) on a batch of its validation data."""
+    """A trained run (classify, forecast, lm, seq2seq (its encoder), adding or copy) on a batch of its
+    validation data."""
     from rnnkit.runs import read_run
 
     run = read_run(run_path)
@@ -146,9 +147,25 @@ def diagnose_run(run_path: str | Path, *, batch: int = 64) -> dict[str, Any]:
         data = (torch.stack([i[0] for i in items]), torch.stack([i[1] for i in items]))  # (B, K) each
         loss_fn = lambda m, b: F.cross_entropy(m(b[0])[0].transpose(1, 2), b[1])  # noqa: E731
         run_fn = lambda m, b: m(b[0])  # noqa: E731
+    elif task == "seq2seq":  # the encoder is the rnnkit layer: how far back into the source the gradient reaches
+        from rnnkit.data import Vocabulary, pad_batch
+        from rnnkit.pipelines import seq2seq
+        from rnnkit.pipelines._runs import pipeline_config
+
+        model, _, extras = seq2seq.load(run_path, "seq2seq")
+        sources, targets, (_, val_index, _) = seq2seq.load_split(pipeline_config(run_path, "seq2seq",
+                                                                                 seq2seq.Seq2SeqTaskConfig))
+        source_vocab = Vocabulary.from_json(extras["source_vocabulary"])
+        target_vocab = seq2seq.TargetVocabulary.from_json(extras["target_vocabulary"])
+        chosen = val_index[:batch]
+        items = [(source_vocab.encode(sources[i]), target_vocab.encode(targets[i])) for i in chosen]
+        width = max(len(t) for _, t in items) + 1
+        data = seq2seq.make_collate(width, False)(items)  # [source, lengths, target_in, target_out]
+        loss_fn = lambda m, b: seq2seq.masked_loss(m(b[0], b[1], b[2]), b[3])  # noqa: E731
+        run_fn = lambda m, b: m(b[0], b[1], b[2])  # noqa: E731
     else:
-        raise ValueError(f"rnnkit diagnose RUN takes classify, forecast, lm, adding and copy runs; {run_path} is a "
-                         f"{task!r} run (in Python, rnnkit.diagnostics.gradient_flow takes any model)")
+        raise ValueError(f"rnnkit diagnose RUN takes classify, forecast, lm, seq2seq, adding and copy runs; {run_path} "
+                         f"is a {task!r} run (in Python, rnnkit.diagnostics.gradient_flow takes any model)")
     model.eval()
     flow = gradient_flow(model, data, loss_fn)
     stats = hidden_stats(model, data, run_fn)

@@ -162,6 +162,19 @@ def _load_task_data(cfg: Seq2SeqTaskConfig) -> tuple[list[Any], list[str], list[
     return [s for s, _ in pairs], [t for _, t in pairs], None
 
 
+def load_split(cfg: Seq2SeqTaskConfig) -> tuple[list[Any], list[str], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(sources, targets, (train, validation, test) indices), the split seeded by cfg.train.seed."""
+    from sklearn.model_selection import train_test_split
+
+    sources, targets, strata = _load_task_data(cfg)
+    index = np.arange(len(targets))
+    seed = cfg.train.seed
+    rest, te = train_test_split(index, test_size=cfg.test_fraction, random_state=seed, stratify=strata)
+    tr, va = train_test_split(rest, test_size=cfg.val_fraction / (1 - cfg.test_fraction), random_state=seed,
+                              stratify=None if strata is None else [strata[i] for i in rest])
+    return sources, targets, (tr, va, te)
+
+
 def train(cfg: Seq2SeqTaskConfig, out: str | Path, *, on_epoch: Callable[[EpochRecord], None] | None = None,
           resume: bool = False, progress: bool = False, tensorboard: bool = False,
           diagnose_every: int | None = None, on_diagnosis: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
@@ -171,12 +184,8 @@ def train(cfg: Seq2SeqTaskConfig, out: str | Path, *, on_epoch: Callable[[EpochR
     cfg.check()
     if not resume:
         check_new(out)
-    sources, targets, strata = _load_task_data(cfg)
-    index = np.arange(len(targets))
+    sources, targets, (tr, va, te) = load_split(cfg)
     seed = cfg.train.seed
-    rest, te = train_test_split(index, test_size=cfg.test_fraction, random_state=seed, stratify=strata)
-    tr, va = train_test_split(rest, test_size=cfg.val_fraction / (1 - cfg.test_fraction), random_state=seed,
-                              stratify=None if strata is None else [strata[i] for i in rest])
     target_vocab = TargetVocabulary.build_targets([targets[i] for i in tr], cfg.tokens)
     target_ids = [target_vocab.encode(t) for t in targets]
     vector_source = cfg.task == "caption"

@@ -148,4 +148,11 @@ def test_cli_diagnose_forecast_and_lm_runs(tmp_path) -> None:  # type: ignore[no
     assert runner.invoke(main, ["train", "seq2seq", "--data", str(tmp_path / "p.tsv"), "--hidden", "4", "--epochs", "1",
                                 "--out", str(tmp_path / "s2s")]).exit_code == 0
     result = runner.invoke(main, ["diagnose", str(tmp_path / "s2s"), "--out", str(tmp_path / "d3")])
-    assert result.exit_code == 1 and "is a 'seq2seq' run" in result.output and not (tmp_path / "d3").exists()
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "d3" / "diagnostics.json").read_text())
+    assert set(report["cells"]["model"]["gradient_flow"]["norms"]) == {"encoder.l0", "encoder.l0_reverse"}
+    assert len(report["cells"]["model"]["gradient_flow"]["norms"]["encoder.l0"]) == 2  # two source characters
+    cfg = ["train", "caption", "--hidden", "4", "--epochs", "1", "--out", str(tmp_path / "cap")]
+    assert runner.invoke(main, cfg).exit_code == 0
+    result = runner.invoke(main, ["diagnose", str(tmp_path / "cap"), "--out", str(tmp_path / "d4")])
+    assert result.exit_code == 1 and "is a 'caption' run" in result.output and not (tmp_path / "d4").exists()
