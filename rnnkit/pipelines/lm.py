@@ -177,14 +177,14 @@ def windows_forward(model: torch.nn.Module, batch: Sequence[Tensor]) -> tuple[Te
 @dataclass
 class Prepared:
     """An lm run's data: the vocabulary (from the training part), the text's ids (N,), each split's
-    (start, end) in the text, its Windows or Streams, the characters each split scores, and
+    (start, end) in the text, its Windows or Streams, the characters the test split scores, and
     whether a tail was held out."""
 
     vocab: Vocabulary
     ids: Tensor
     parts: dict[str, tuple[int, int]]
     data: dict[str, Any]
-    targets: dict[str, Tensor]
+    test_targets: Tensor
     held_out: bool
 
 
@@ -196,28 +196,26 @@ def prepare(cfg: LMConfig) -> Prepared:
     train_end = int(n * (1 - cfg.val_fraction - cfg.test_fraction)) if held_out else n
     val_end = int(n * (1 - cfg.test_fraction)) if held_out else n
     vocab = Vocabulary.build([text[:train_end]], "char")
-    ids = torch.tensor([vocab.stoi.get(c, 1) for c in text], dtype=torch.int64)
+    ids = torch.tensor(vocab.encode(text), dtype=torch.int64)
     parts = {"train": (0, train_end), "validation": (train_end, val_end), "test": (val_end, n)}
     if not held_out:  # too short to hold anything out: every split is the whole text
         parts = {"train": (0, n), "validation": (0, n), "test": (0, n)}
+    data: dict[str, Any]
     if cfg.context is not None:
         k = cfg.context
-        data: dict[str, Any] = {name: Windows(ids, k, max(lo, k), hi) for name, (lo, hi) in parts.items()}
-        targets = {name: ids[max(lo, k):hi] for name, (lo, hi) in parts.items()}
-    else:
-        data = {name: Streams(ids, lo, hi, cfg.train.batch_size, cfg.bptt) for name, (lo, hi) in parts.items()}
-        targets = {name: torch.cat([d[i][1] for i in range(len(d))]) for name, d in data.items()}
-    empty = [name for name, d in data.items() if len(d) == 0]
-    if empty:
-        raise ValueError(f"the text ({n} characters) is too short for --context {cfg.context}: "
-                         f"no window in the {' or '.join(empty)} part")
-    if cfg.context is None:  # batches of whole chunks: one item per stream
-        streams = {name: d.rows for name, d in data.items()}
-        if len(set(streams.values())) > 1:  # evaluation parts narrower than training: batch them alike
-            rows = min(streams.values())
-            data = {name: Streams(ids, lo, hi, rows, cfg.bptt) for name, (lo, hi) in parts.items()}
-            targets = {name: torch.cat([d[i][1] for i in range(len(d))]) for name, d in data.items()}
-    return Prepared(vocab, ids, parts, data, targets, held_out)
+        data = {name: Windows(ids, k, max(lo, k), hi) for name, (lo, hi) in parts.items()}
+        empty = [name for name, d in data.items() if len(d) == 0]
+        if empty:
+            raise ValueError(f"the text ({n} characters) is too short for --context {k}: "
+                             f"no window in the {' or '.join(empty)} part")
+        lo, hi = parts["test"]
+        test_targets = ids[max(lo, k):hi]
+    else:  # every split in as many streams as the narrowest allows, so that batches of whole chunks line up
+        rows = min(Streams(ids, lo, hi, cfg.train.batch_size, cfg.bptt).rows for lo, hi in parts.values())
+        data = {name: Streams(ids, lo, hi, rows, cfg.bptt) for name, (lo, hi) in parts.items()}
+        test = data["test"]
+        test_targets = torch.cat([test[i][1] for i in range(len(test))])
+    return Prepared(vocab, ids, parts, data, test_targets, held_out)
 
 
 def train(cfg: LMConfig, out: str | Path, *, on_epoch: Callable[[EpochRecord], None] | None = None,
@@ -231,7 +229,7 @@ def train(cfg: LMConfig, out: str | Path, *, on_epoch: Callable[[EpochRecord], N
         raise ValueError("truncated BPTT reads its streams in order and does not run data-parallel: "
                          "use --context K under torchrun")
     d = prepare(cfg)
-    vocab, ids, parts, data, targets, held_out = d.vocab, d.ids, d.parts, d.data, d.targets, d.held_out
+    vocab, ids, parts, data, held_out = d.vocab, d.ids, d.parts, d.data, d.held_out
     forward = windows_forward if cfg.context is not None else CarriedState()
     train_cfg = cfg.train if cfg.context is not None else TrainConfig(**{**asdict(cfg.train),
                                                                          "batch_size": data["train"].rows})
@@ -251,9 +249,9 @@ def train(cfg: LMConfig, out: str | Path, *, on_epoch: Callable[[EpochRecord], N
     metrics = {
         "task": "lm",
         "data": cfg.source,
-        "test": {"bpc": test_bpc, "characters": len(targets["test"])},
+        "test": {"bpc": test_bpc, "characters": len(d.test_targets)},
         "baseline": {"name": "unigram of the training part",
-                     "bpc": unigram_bpc(ids[lo:hi].numpy(), targets["test"].numpy(), len(vocab))},
+                     "bpc": unigram_bpc(ids[lo:hi].numpy(), d.test_targets.numpy(), len(vocab))},
         "test_on": "the held-out tail" if held_out else f"the training text (under {SHORT_TEXT} characters: "
                                                          "too short to hold out a tail)",
         "sizes": {name: hi - lo for name, (lo, hi) in parts.items()} | {"vocabulary": len(vocab)},

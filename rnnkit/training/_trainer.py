@@ -263,7 +263,9 @@ class Trainer:
             best_state = state["best_model"]
             self.history = [EpochRecord(**r) for r in state["history"]]
             self.best_metric, self.best_epoch = state["best_metric"], state["best_epoch"]
-            self.stopped_early = state["stopped_early"]
+            self.stopped_early, self.stop_reason = state["stopped_early"], state["stop_reason"]
+            self.diagnoses = state["diagnoses"]
+            self._warned = {d["verdict"] for d in self.diagnoses if "warning" in d}
             torch.set_rng_state(state["rng"])
             generator.set_state(state["generator"])
             if torch.cuda.is_available() and state.get("cuda_rng") is not None:
@@ -294,22 +296,23 @@ class Trainer:
                 step = (epoch - 1) * len(batches) + i + 1  # counted over the whole run
                 batch = self._to_device(batch)
                 if self.diagnose_every and step % self.diagnose_every == 0:
-                    self._diagnose(model, batch, step, epoch)
+                    self._diagnose(batch, step, epoch)
                 output, target = self.forward(model, batch)
                 loss = self.loss_fn(output, target)
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
                 norm = float(nn.utils.clip_grad_norm_(params, cfg.clip_norm if cfg.clip_norm else math.inf))
-                if not (math.isfinite(norm) and math.isfinite(loss.item())):
-                    self.stop_reason = (f"the {'loss' if not math.isfinite(loss.item()) else 'gradient norm'} became "
-                                        f"{loss.item() if not math.isfinite(loss.item()) else norm} at step {step} "
-                                        f"(epoch {epoch}, batch {i + 1}); the weights of the best epoch so far are kept")
+                value = loss.item()
+                if not (math.isfinite(value) and math.isfinite(norm)):
+                    what, bad = ("loss", value) if not math.isfinite(value) else ("gradient norm", norm)
+                    self.stop_reason = (f"the {what} became {bad} at step {step} (epoch {epoch}, batch {i + 1}); "
+                                        "the weights of the best epoch so far are kept")
                     log.warning("Trainer: %s", self.stop_reason)
                     self.failed = True
                     break
                 clipped += int(cfg.clip_norm is not None and norm > cfg.clip_norm)
                 norms.append(norm)
-                losses.append(loss.item())
+                losses.append(value)
                 optimiser.step()
                 if bar is not None:
                     bar.update()
@@ -350,6 +353,7 @@ class Trainer:
                     "scheduler": scheduler.state_dict(), "best_model": best_state,
                     "history": [r.as_dict() for r in self.history], "best_metric": self.best_metric,
                     "best_epoch": self.best_epoch, "stopped_early": self.stopped_early,
+                    "stop_reason": self.stop_reason, "diagnoses": self.diagnoses,
                     "rng": torch.get_rng_state(), "generator": generator.get_state(),
                     "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                 })
@@ -361,7 +365,7 @@ class Trainer:
             self._check_replicas()
         return self.history
 
-    def _diagnose(self, model: nn.Module, batch: Batch, step: int, epoch: int) -> None:
+    def _diagnose(self, batch: Batch, step: int, epoch: int) -> None:
         from rnnkit.diagnostics import gradient_flow, verdict
 
         was_training = self.model.training

@@ -148,3 +148,14 @@ def test_progress_bar_and_tensorboard(tmp_path, capsys) -> None:  # type: ignore
     assert {"train_loss", "val_loss", "val_metric", "lr", "grad_norm"} <= set(events.Tags()["scalars"])
     losses = [(e.step, e.value) for e in events.Scalars("train_loss")]
     assert losses == [(r.epoch, pytest.approx(r.train_loss)) for r in trainer.history]
+
+
+def test_an_early_stopped_run_stays_stopped_when_resumed(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    config = TrainConfig(epochs=50, batch_size=16, lr=1e-6, patience=2, lr_patience=1)
+    first = make(config, tmp_path / "c.pt", diagnose_every=5)
+    first.fit(*data())
+    assert first.stopped_early and first.stop_reason == "no better validation metric in 2 epochs"
+    again = make(TrainConfig(epochs=60, batch_size=16, lr=1e-6, patience=2, lr_patience=1), tmp_path / "c.pt")
+    again.fit(*data(), resume=True)
+    assert len(again.history) == len(first.history) and again.stop_reason == first.stop_reason
+    assert again.diagnoses == first.diagnoses and len(first.diagnoses) > 0
