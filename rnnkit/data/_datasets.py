@@ -33,7 +33,8 @@ class DatasetInfo:
     load: Callable[[], SequenceData | TextData]
 
 
-def _digits() -> SequenceData:
+def digit_rows() -> SequenceData:
+    """scikit-learn's 8x8 digits read row by row: x (1797, 8, 8) in [0, 1], y the digit."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -49,7 +50,7 @@ DATASETS: dict[str, DatasetInfo] = {
         source="scikit-learn's load_digits (UCI optical recognition of handwritten digits)",
         licence="CC BY 4.0 (UCI); shipped with scikit-learn (BSD-3-Clause)",
         size="1,797 sequences, 10 classes",
-        load=_digits,
+        load=digit_rows,
     ),
     "surnames": DatasetInfo(
         name="surnames",

@@ -29,7 +29,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from rnnkit import _checks
-from rnnkit.data import Vocabulary, pad_batch, tokenize
+from rnnkit.data import Vocabulary, digit_rows, pad_batch, tokenize
 from rnnkit.data._pairs import PAIR_SETS, read_pairs
 from rnnkit.data._text import PAD, TOKENS, UNK
 from rnnkit.models._seq2seq import ATTENTIONS, BOS, EOS, Seq2Seq, Seq2SeqConfig
@@ -153,11 +153,9 @@ def sequence_scores(predicted: list[list[str]], reference: list[list[str]], *, b
 
 def _load_task_data(cfg: Seq2SeqTaskConfig) -> tuple[list[Any], list[str], list[int] | None]:
     """(sources, targets, stratify labels or None)."""
-    if cfg.task == "caption":
-        from sklearn.datasets import load_digits
-
-        digits = load_digits()
-        return list((digits.data / 16.0).astype(np.float32)), [DIGIT_NAMES[d] for d in digits.target], list(digits.target)
+    if cfg.task == "caption":  # the digits of `rnnkit train classify`, each image one vector of 64
+        digits = digit_rows()
+        return list(digits.x.reshape(len(digits.x), -1)), [DIGIT_NAMES[d] for d in digits.y], list(digits.y)
     pairs = read_pairs(cfg.data) if cfg.data else PAIR_SETS[cfg.dataset][1](seed=0)  # type: ignore[operator]
     return [s for s, _ in pairs], [t for _, t in pairs], None
 
@@ -179,8 +177,6 @@ def train(cfg: Seq2SeqTaskConfig, out: str | Path, *, on_epoch: Callable[[EpochR
           resume: bool = False, progress: bool = False, tensorboard: bool = False,
           diagnose_every: int | None = None, on_diagnosis: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Train and write the run folder at out; returns metrics.json's content."""
-    from sklearn.model_selection import train_test_split
-
     cfg.check()
     if not resume:
         check_new(out)
@@ -206,11 +202,9 @@ def train(cfg: Seq2SeqTaskConfig, out: str | Path, *, on_epoch: Callable[[EpochR
     checkpoint = open_run(out, cfg.task, cfg, resume=resume, tensorboard=tensorboard)
     torch.manual_seed(seed)
     model = Seq2Seq(model_cfg)
-    forcing = torch.Generator().manual_seed(seed)
-
     def forward(m: torch.nn.Module, b: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
-        ratio = cfg.teacher_forcing if m.training else 1.0
-        return m(b[0], None if vector_source else b[1], b[2], teacher_forcing=ratio, generator=forcing), b[3]
+        ratio = cfg.teacher_forcing if m.training else 1.0  # draws from torch's generator, which --resume restores
+        return m(b[0], None if vector_source else b[1], b[2], teacher_forcing=ratio), b[3]
 
     trainer = Trainer(model, forward=forward, loss_fn=masked_loss, metric_fn=exact_under_teacher_forcing,
                       config=cfg.train, on_epoch=on_epoch, collate_fn=make_collate(width, vector_source),
@@ -251,7 +245,7 @@ def train(cfg: Seq2SeqTaskConfig, out: str | Path, *, on_epoch: Callable[[EpochR
     if source_vocab is not None:
         extras["source_vocabulary"] = source_vocab.to_json()
     else:
-        extras["input_divisor"] = 16.0  # digits: pixel values 0-16 were scaled to 0-1
+        extras["input_divisor"] = digit_rows().input_divisor  # new images are scaled as these were
     config = {"task": cfg.task, "pipeline": asdict(cfg), "model": asdict(model_cfg)}
     finish_run(out, config=config, weights=model.state_dict(), extras=extras, metrics=metrics, history=rows,
                plots={"history.png": plots.history(rows, "exact match (teacher forcing)")})
