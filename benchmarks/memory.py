@@ -17,7 +17,6 @@ import json
 import time
 from pathlib import Path
 
-import torch
 import torch.nn.functional as F
 
 from rnnkit import plots
@@ -93,7 +92,6 @@ def main() -> None:
         (out / "README.md").write_text(readme(table(saved["results"], saved["budget"], saved["hidden"]), saved))
         return
     out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(torch.get_num_threads())
     results = []
     start = time.perf_counter()
     for task in args.tasks.split(","):

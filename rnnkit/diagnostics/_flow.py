@@ -187,7 +187,7 @@ def hidden_stats(model: nn.Module, batch: Any, run: Callable[[nn.Module, Any], A
     calls the model; by default model(batch), or model(*batch) for a tuple or list."""
     if run is None:
         run = lambda m, b: m(*b) if isinstance(b, (tuple, list)) else m(b)  # noqa: E731
-    with probing(model) as seen, torch.enable_grad():
+    with probing(model) as seen:
         run(model, batch)
     stats: dict[str, dict[str, list[float]]] = {}
     for name, (layer, probes) in seen.items():

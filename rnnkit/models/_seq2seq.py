@@ -235,7 +235,7 @@ class Seq2Seq(nn.Module):
                     keep.append((score, row, token))
             if finished and (not keep or max(f[0] for f in finished) >= keep[0][0]):
                 break  # scores only fall: nothing alive can beat the best finished output
-            keep += [(float("-inf"), keep[0][1], keep[0][2])] * (width - len(keep)) if keep else []
+            keep += [(float("-inf"), keep[0][1], keep[0][2])] * (width - len(keep))  # stand-ins for the ended
             rows_t = torch.tensor([r for _, r, _ in keep], device=source.device)
             tokens = torch.tensor([t for _, _, t in keep], device=source.device)
             scores = torch.tensor([s for s, _, _ in keep], device=source.device)
