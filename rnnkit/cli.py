@@ -123,7 +123,9 @@ def _run_training(ctx: click.Context, task: str, config_cls: type, build: Callab
     p = ctx.params
     resume = p["resume"]
     _check_resume(ctx, resume)
-    cfg = _train(lambda: pipeline_config(resume, task, config_cls, epochs=p["epochs"]) if resume else build())
+    given = ctx.get_parameter_source("epochs") == click.core.ParameterSource.COMMANDLINE
+    epochs = p["epochs"] if given else None  # resumed without --epochs: the run's own number
+    cfg = _train(lambda: pipeline_config(resume, task, config_cls, epochs=epochs) if resume else build())
     folder = _run_folder(p["out"], resume, task, name_of(cfg))
     show, progress = _epoch_printer(metric, every)
     metrics = _train(lambda: train_fn(cfg, folder, on_epoch=show, resume=resume is not None, progress=progress,

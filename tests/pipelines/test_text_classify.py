@@ -168,6 +168,11 @@ def test_cli_resume_continues_a_stopped_run(tmp_path) -> None:  # type: ignore[n
     result = runner.invoke(main, ["train", "classify", "--resume", str(tmp_path / "dead"), "--epochs", "5"])
     assert result.exit_code == 0, result.output
     assert len(history("dead")) == 1 + 5 and not (tmp_path / "dead.partial").exists()
+    # resumed without --epochs, a run keeps its own number (5), not the command's default (40)
+    shutil.copytree(tmp_path / "whole", tmp_path / "again.partial")
+    result = runner.invoke(main, ["train", "classify", "--resume", str(tmp_path / "again")])
+    assert result.exit_code == 0, result.output
+    assert len(history("again")) == 1 + 4
 
 
 @pytest.mark.parametrize("args, message", [
