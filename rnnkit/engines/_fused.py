@@ -9,7 +9,7 @@ layer norm, and the gate math.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -81,13 +81,93 @@ class FusedEngine:
             w_ih = b_ih = None
         keep = noise.keep or (None, None)
         lstm = spec.mode == "LSTM"
-        results = FusedLayer.apply(
-            kernels, spec.mode, xp, w_ih, b_ih, state[0], state[1] if lstm else None, w.weight_hh, w.bias_hh,
-            w.weight_hr, w.ln_weight_hh, w.ln_weight_c, w.ln_bias_c, lengths, noise.h_mask,
-            keep[0], keep[1] if lstm else None,
-        )
-        out, final = results[0], tuple(results[1:])
-        return out, final
+        args = (kernels, spec.mode, xp, w_ih, b_ih, state[0], state[1] if lstm else None, w.weight_hh,
+                w.bias_hh, w.weight_hr, w.ln_weight_hh, w.ln_weight_c, w.ln_bias_c, lengths, noise.h_mask,
+                keep[0], keep[1] if lstm else None)
+        if torch.is_grad_enabled() and any(isinstance(a, Tensor) and a.requires_grad for a in args):
+            results = FusedLayer.apply(*args)
+        else:  # nothing to differentiate: keep nothing for a backward pass
+            results = _forward(*args, save=False).outputs
+        return results[0], tuple(results[1:])
+
+
+class _Forward(NamedTuple):
+    outputs: tuple[Tensor, ...]  # out (T, B, R), h_T (B, R)[, c_T (B, H)]
+    saved: tuple[Tensor | None, ...]  # what FusedLayer.backward unpacks (save=True only)
+    slices: int
+
+
+def _forward(
+    kernels: _compiled.Kernels,
+    mode: str,
+    xp: Tensor,
+    w_ih: Tensor | None,
+    b_ih: Tensor | None,
+    h0: Tensor,
+    c0: Tensor | None,
+    w_hh: Tensor,
+    b_hh: Tensor | None,
+    w_hr: Tensor | None,
+    ln_hh: Tensor | None,
+    ln_cw: Tensor | None,
+    ln_cb: Tensor | None,
+    lengths: Tensor | None,
+    h_mask: Tensor | None,
+    keep_h: Tensor | None,
+    keep_c: Tensor | None,
+    *,
+    save: bool,
+) -> _Forward:
+    """The forward kernel over xp: the gates' input side (T, B, G*H), or with w_ih the input x
+    (T, B, I), projected here. save=False keeps nothing for a backward pass: the saved arrays
+    then hold one step (and hs, cs two), which the kernel overwrites as it goes."""
+    x_in = None
+    if w_ih is not None:  # xp is the input x (T, B, I): project it, xp = x W_ih^T + b_ih (T, B, G*H)
+        x_in = xp.reshape(-1, xp.shape[-1])  # (T*B, I)
+        flat = x_in @ w_ih.t() if b_ih is None else torch.addmm(b_ih, x_in, w_ih.t())
+        xp = flat.view(xp.shape[0], xp.shape[1], -1)
+    steps, batch, gates = xp.shape
+    hidden = gates // GATES[mode]
+    size = w_hh.shape[1]  # R: proj_size with a projection, else hidden
+    lstm = mode == "LSTM"
+    kept = steps if save else 1  # steps the saved arrays hold
+    xp = xp.contiguous()
+    hs = xp.new_empty(kept + 1, batch, size)
+    cs = xp.new_empty(kept + 1, batch, hidden) if lstm else None
+    out = xp.new_empty(steps, batch, size)
+    hr = xp.new_empty(kept, batch, hidden) if w_hr is not None else None
+    w_hr_c = None if w_hr is None else w_hr.contiguous()
+    acts = xp.new_empty(kept, batch, SAVED[mode] * hidden)
+    cand = xp.new_empty(kept, batch, hidden) if lstm else None
+    ghat = xp.new_empty(kept, batch, gates) if ln_hh is not None else None
+    rstd_h = xp.new_empty(kept, batch) if ln_hh is not None else None
+    chat = xp.new_empty(kept, batch, hidden) if ln_cw is not None else None
+    rstd_c = xp.new_empty(kept, batch) if ln_cw is not None else None
+    h0_c = h0.contiguous()
+    c0_c = None if c0 is None else c0.contiguous()
+    w_hh_c = w_hh.contiguous()
+    lengths_c = None if lengths is None else lengths.to(torch.int64).contiguous()
+    h_mask_c = None if h_mask is None else h_mask.contiguous()
+    keep_h_c = None if keep_h is None else keep_h.contiguous().view(torch.uint8)
+    keep_c_c = None if keep_c is None else keep_c.contiguous().view(torch.uint8)
+    slices = _slice_count(kernels, steps, batch, gates, hidden)
+    status = getattr(kernels.lib, "rnn_forward_slices" + DTYPES[xp.dtype])(
+        slices, CELL_IDS[mode], int(save), kernels.blas[xp.dtype], steps, batch, hidden, size,
+        _ptr(xp), _ptr(w_hh_c), _ptr(b_hh), _ptr(w_hr_c), _ptr(ln_hh), _ptr(ln_cw), _ptr(ln_cb),
+        _ptr(lengths_c), _ptr(h_mask_c), _ptr(keep_h_c), _ptr(keep_c_c), _ptr(h0_c), _ptr(c0_c),
+        _ptr(hs), _ptr(cs), _ptr(out), _ptr(acts), _ptr(cand), _ptr(hr),
+        _ptr(ghat), _ptr(rstd_h), _ptr(chat), _ptr(rstd_c),
+    )
+    if status != 0:
+        raise MemoryError("rnnkit fused engine: no memory for the forward kernel's scratch")
+    last = steps if save else steps % 2  # where h_T and c_T are
+    if not save:  # hs and cs are scratch here: h_T and c_T can be views of them
+        finals = (hs[last],) if cs is None else (hs[last], cs[last])
+        return _Forward((out, *finals), (), slices)
+    finals = (hs[last].clone(),) if cs is None else (hs[last].clone(), cs[last].clone())
+    saved = (w_hh_c, w_hr_c, ln_hh, ln_cw, ln_cb, hs, cs, acts, cand, hr, ghat, rstd_h, chat, rstd_c,
+             lengths_c, h_mask_c, keep_h_c, keep_c_c, x_in, w_ih)
+    return _Forward((out, *finals), saved, slices)
 
 
 class FusedLayer(torch.autograd.Function):
@@ -127,52 +207,12 @@ class FusedLayer(torch.autograd.Function):
         keep_h: Tensor | None,
         keep_c: Tensor | None,
     ) -> tuple[Tensor, ...]:
-        x_in = None
-        if w_ih is not None:  # xp is the input x (T, B, I): project it, xp = x W_ih^T + b_ih (T, B, G*H)
-            x_in = xp.reshape(-1, xp.shape[-1])  # (T*B, I)
-            flat = x_in @ w_ih.t() if b_ih is None else torch.addmm(b_ih, x_in, w_ih.t())
-            xp = flat.view(xp.shape[0], xp.shape[1], -1)
-        steps, batch, gates = xp.shape
-        hidden = gates // GATES[mode]
-        size = w_hh.shape[1]  # R: proj_size with a projection, else hidden
-        lstm = mode == "LSTM"
-        xp = xp.contiguous()
-        hs = xp.new_empty(steps + 1, batch, size)
-        cs = xp.new_empty(steps + 1, batch, hidden) if lstm else None
-        out = xp.new_empty(steps, batch, size)
-        hr = xp.new_empty(steps, batch, hidden) if w_hr is not None else None
-        w_hr_c = None if w_hr is None else w_hr.contiguous()
-        acts = xp.new_empty(steps, batch, SAVED[mode] * hidden)
-        cand = xp.new_empty(steps, batch, hidden) if lstm else None
-        ghat = xp.new_empty(steps, batch, gates) if ln_hh is not None else None
-        rstd_h = xp.new_empty(steps, batch) if ln_hh is not None else None
-        chat = xp.new_empty(steps, batch, hidden) if ln_cw is not None else None
-        rstd_c = xp.new_empty(steps, batch) if ln_cw is not None else None
-        h0_c = h0.contiguous()
-        c0_c = None if c0 is None else c0.contiguous()
-        w_hh_c = w_hh.contiguous()
-        lengths_c = None if lengths is None else lengths.to(torch.int64).contiguous()
-        h_mask_c = None if h_mask is None else h_mask.contiguous()
-        keep_h_c = None if keep_h is None else keep_h.contiguous().view(torch.uint8)
-        keep_c_c = None if keep_c is None else keep_c.contiguous().view(torch.uint8)
-        slices = _slice_count(kernels, steps, batch, gates, hidden)
-        status = getattr(kernels.lib, "rnn_forward_slices" + DTYPES[xp.dtype])(
-            slices, CELL_IDS[mode], kernels.blas[xp.dtype], steps, batch, hidden, size,
-            _ptr(xp), _ptr(w_hh_c), _ptr(b_hh), _ptr(w_hr_c), _ptr(ln_hh), _ptr(ln_cw), _ptr(ln_cb),
-            _ptr(lengths_c), _ptr(h_mask_c), _ptr(keep_h_c), _ptr(keep_c_c), _ptr(h0_c), _ptr(c0_c),
-            _ptr(hs), _ptr(cs), _ptr(out), _ptr(acts), _ptr(cand), _ptr(hr),
-            _ptr(ghat), _ptr(rstd_h), _ptr(chat), _ptr(rstd_c),
-        )
-        if status != 0:
-            raise MemoryError("rnnkit fused engine: no memory for the forward kernel's scratch")
-        ctx.slices = slices
-        ctx.save_for_backward(w_hh_c, w_hr_c, ln_hh, ln_cw, ln_cb, hs, cs, acts, cand, hr, ghat,
-                              rstd_h, chat, rstd_c, lengths_c, h_mask_c, keep_h_c, keep_c_c, x_in, w_ih)
+        run = _forward(kernels, mode, xp, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, ln_hh, ln_cw, ln_cb,
+                       lengths, h_mask, keep_h, keep_c, save=True)
+        ctx.slices = run.slices
+        ctx.save_for_backward(*run.saved)
         ctx.kernels, ctx.mode, ctx.has_bias = kernels, mode, b_hh is not None
-        if lstm:
-            assert cs is not None
-            return out, hs[steps].clone(), cs[steps].clone()
-        return out, hs[steps].clone()
+        return run.outputs
 
     @staticmethod
     def backward(ctx: Any, d_out: Tensor | None, d_hn: Tensor | None, d_cn: Tensor | None = None) -> tuple[Tensor | None, ...]:

@@ -84,8 +84,9 @@ def outputs(result: tuple[Any, Any]) -> list[Tensor]:
     return [out, *(hidden if isinstance(hidden, tuple) else (hidden,))]
 
 
-def check_case(case: Case, dtype: torch.dtype, engine: str = "fused") -> None:
-    """The layer on engine against the same layer on the reference engine."""
+def check_case(case: Case, dtype: torch.dtype, engine: str = "fused", *, grad: bool = True) -> None:
+    """The layer on engine against the same layer on the reference engine; grad=False: the
+    forward pass alone under torch.no_grad (the fused engine then keeps nothing for a backward)."""
     if dtype == torch.float32 and dict(case.options).get("layer_norm"):
         # In float32 a layer-normalised RNN's gradients are only good to ~2e-4 in either engine
         # (layer norm divides by small standard deviations: 1/sqrt(eps) ~ 316 at h_0 = 0), so the
@@ -127,15 +128,19 @@ def check_case(case: Case, dtype: torch.dtype, engine: str = "fused") -> None:
     results = []
     for layer in (ref, fused):
         torch.manual_seed(case.seed + 1)  # the same masks for both engines
-        if case.inputs == "lengths":
-            result = layer(x, hx, lengths=lengths)
-        elif case.inputs == "packed":
-            result = layer(pack_padded_sequence(x, lengths, batch_first=options["batch_first"], enforce_sorted=False), hx)
-        else:
-            result = layer(x, hx)
+        with torch.set_grad_enabled(grad):
+            if case.inputs == "lengths":
+                result = layer(x, hx, lengths=lengths)
+            elif case.inputs == "packed":
+                result = layer(pack_padded_sequence(x, lengths, batch_first=options["batch_first"], enforce_sorted=False), hx)
+            else:
+                result = layer(x, hx)
         results.append(outputs(result))
     for a, b in zip(results[1], results[0]):
         assert_close(a, b, f"{engine} vs reference")
+    if not grad:
+        assert not any(a.requires_grad for a in results[1])
+        return
     grads = [torch.autograd.grad(weighted_sum(outs), [x, *hx_leaves, *layer.parameters()],
                                  retain_graph=True, allow_unused=True)  # initial_h unused with hx
              for outs, layer in zip(results, (ref, fused))]
@@ -153,15 +158,23 @@ def test_fused_matches_reference(case: Case, dtype: torch.dtype) -> None:
     check_case(case, dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(case=cases())
+def test_fused_inference_matches_reference(case: Case, dtype: torch.dtype) -> None:
+    check_case(case, dtype, grad=False)
+
+
 @pytest.mark.parametrize("family", list(FAMILIES))
-def test_fused_matches_reference_at_blas_sizes(family: str) -> None:
+@pytest.mark.parametrize("grad", [True, False])
+def test_fused_matches_reference_at_blas_sizes(family: str, grad: bool) -> None:
     """Sizes where the per-step product goes to the BLAS, in both directions, with lengths."""
     for layer_norm in (False, True):
         options = (("num_layers", 2), ("bidirectional", True), ("batch_first", False), ("bias", True),
                    ("recurrent_dropout", 0.2), ("zoneout", 0.1), ("layer_norm", layer_norm),
                    ("learn_initial_state", False)) + ((("proj_size", 24),) if family == "lstm" else ())
         for dtype in (torch.float32, torch.float64):
-            check_case(Case(family, options, "lengths", True, True, 7, 16, 24, 64, seed=3), dtype)
+            check_case(Case(family, options, "lengths", True, True, 7, 16, 24, 64, seed=3), dtype, grad=grad)
 
 
 def _ln_gradients(engine: str, dtype: torch.dtype, family: str, hidden: int, seed: int) -> list[Tensor]:
@@ -323,7 +336,8 @@ def test_fused_batch_slices_in_parallel_threads(family: str, monkeypatch: pytest
         options = (("num_layers", 2), ("bidirectional", True), ("batch_first", True), ("bias", True),
                    ("recurrent_dropout", 0.2), ("zoneout", 0.1), ("layer_norm", layer_norm),
                    ("learn_initial_state", True)) + ((("proj_size", 3),) if family == "lstm" else ())
-        check_case(Case(family, options, "lengths", False, True, 6, 7, 3, 5, seed=11), torch.float64)
+        for grad in (True, False):
+            check_case(Case(family, options, "lengths", False, True, 6, 7, 3, 5, seed=11), torch.float64, grad=grad)
 
 
 @pytest.mark.parametrize("loss", ["sum", "square"])

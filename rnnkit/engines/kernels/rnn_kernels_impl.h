@@ -110,9 +110,12 @@ static void SFX(layer_norm_backward)(int n, const REAL* dy, const REAL* gain, co
  *   chat   (T, B, H),   rstd_c (T, B): with ln_cw, LN(c~)'s likewise
  * It runs the B sequences b0 .. b0+B-1 of a batch of BS (every (T, B, *) array above is
  * (T, BS, *), and (B, *) is (BS, *)), so that slices of one batch can run in parallel threads.
+ * save = 0 (inference, nothing kept for a backward pass): hs and cs are (2, BS, *), the state
+ * before and after the step alternating, h_T in hs[T % 2]; acts, cand, hr, ghat, rstd_h, chat
+ * and rstd_c hold one step (1, BS, *), overwritten at every step.
  * Returns 0, or -1 when its scratch memory cannot be had.
  */
-int SFX(rnn_forward)(int cell, void* blas, int T, int BS, int b0, int B, int H, int R,
+int SFX(rnn_forward)(int cell, int save, void* blas, int T, int BS, int b0, int B, int H, int R,
                      const REAL* xp, const REAL* whh, const REAL* bhh, const REAL* whr,
                      const REAL* ln_hh, const REAL* ln_cw, const REAL* ln_cb,
                      const int64_t* lengths, const REAL* hmask, const uint8_t* keep_h,
@@ -152,9 +155,12 @@ int SFX(rnn_forward)(int cell, void* blas, int T, int BS, int b0, int B, int H, 
     }
     /* b_hh goes in before the product without layer norm, after it with */
     const int bias_first = bhh != NULL && ln_hh == NULL;
+    const long keep_t = save ? 1 : 0;  /* steps kept in the saved arrays: all, or the current one */
     for (int t = 0; t < T; t++) {
-        const REAL* hp = hs + t * step_r + off_r;        /* h_{t-1} (B, R) */
-        REAL* hn = hs + (t + 1) * step_r + off_r;        /* h_t     (B, R) */
+        const long slot = save ? t : (t & 1);             /* h_{t-1}'s place in hs and cs */
+        const long next_slot = save ? t + 1 : ((t + 1) & 1);
+        const REAL* hp = hs + slot * step_r + off_r;      /* h_{t-1} (B, R) */
+        REAL* hn = hs + next_slot * step_r + off_r;       /* h_t     (B, R) */
         const REAL* h_in = hp;                            /* what enters W_hh */
         if (hmask != NULL) {
 #pragma omp simd
@@ -167,12 +173,13 @@ int SFX(rnn_forward)(int cell, void* blas, int T, int BS, int b0, int B, int H, 
         SFX(matmul)(blas, 1, B, GH, R, h_in, whh, whh_t, bias_first ? 1 : 0, work_g);
 
         for (int b = 0; b < B; b++) {
-            const long row = (long)t * BS + b0 + b;  /* index of (t, b) in (T, BS, *) arrays */
+            const long in_row = (long)t * BS + b0 + b;  /* index of (t, b) in (T, BS, *) arrays */
+            const long row = keep_t * t * BS + b0 + b;  /* and in the saved ones */
             const REAL* hpb = hp + (long)b * R;
             REAL* hnb = hn + (long)b * R;
-            REAL* ob = out + row * R;
-            const REAL* cpb = cell == CELL_LSTM ? cs + t * step_h + off_h + (long)b * H : NULL;
-            REAL* cnb = cell == CELL_LSTM ? cs + (t + 1) * step_h + off_h + (long)b * H : NULL;
+            REAL* ob = out + in_row * R;
+            const REAL* cpb = cell == CELL_LSTM ? cs + slot * step_h + off_h + (long)b * H : NULL;
+            REAL* cnb = cell == CELL_LSTM ? cs + next_slot * step_h + off_h + (long)b * H : NULL;
             if (lengths != NULL && t >= lengths[b0 + b]) {  /* past the end: keep the state, output 0 */
                 memcpy(hnb, hpb, sizeof(REAL) * R);
                 if (cell == CELL_LSTM) memcpy(cnb, cpb, sizeof(REAL) * H);
@@ -181,14 +188,14 @@ int SFX(rnn_forward)(int cell, void* blas, int T, int BS, int b0, int B, int H, 
                 if (whr != NULL) memset(hr + row * H, 0, sizeof(REAL) * H);
                 continue;
             }
-            const REAL* x = xp + row * GH;
+            const REAL* x = xp + in_row * GH;
             REAL* g = work_g + (long)b * GH;
             if (ln_hh != NULL)
                 rstd_h[row] = SFX(layer_norm)(GH, g, ln_hh, bhh, ghat + row * GH);
             REAL* a = acts + row * SH;
-            const uint8_t* kh = keep_h != NULL ? keep_h + row * R : NULL;
+            const uint8_t* kh = keep_h != NULL ? keep_h + in_row * R : NULL;
             if (cell == CELL_LSTM) {
-                const uint8_t* kc = keep_c != NULL ? keep_c + row * H : NULL;
+                const uint8_t* kc = keep_c != NULL ? keep_c + in_row * H : NULL;
                 REAL* cc = cand + row * H;
 #pragma omp simd
                 for (int j = 0; j < H; j++) {
@@ -244,7 +251,7 @@ int SFX(rnn_forward)(int cell, void* blas, int T, int BS, int b0, int B, int H, 
             }
         }
         if (whr != NULL) {  /* h_t = W_hr h~ for the whole slice: work_p (B, R) = hr[t] @ W_hr^T */
-            SFX(matmul)(blas, 1, B, R, H, hr + ((long)t * BS + b0) * H, whr, whr_t, 0, work_p);
+            SFX(matmul)(blas, 1, B, R, H, hr + (keep_t * t * BS + b0) * H, whr, whr_t, 0, work_p);
             for (int b = 0; b < B; b++) {
                 const long row = (long)t * BS + b0 + b;
                 if (lengths != NULL && t >= lengths[b0 + b]) continue;  /* done above */
@@ -424,7 +431,7 @@ int SFX(rnn_backward)(int cell, void* blas, int T, int BS, int b0, int B, int H,
  * whole time loop in one thread: sequences never meet, so no step waits for another thread.
  * The region runs on the OpenMP runtime torch already uses, and a BLAS called inside it runs on
  * one thread. dln_c: with ln_cw, (n, 2, H), each slice's sums of dln_cw and dln_cb. */
-int SFX(rnn_forward_slices)(int n, int cell, void* blas, int T, int B, int H, int R,
+int SFX(rnn_forward_slices)(int n, int cell, int save, void* blas, int T, int B, int H, int R,
                             const REAL* xp, const REAL* whh, const REAL* bhh, const REAL* whr,
                             const REAL* ln_hh, const REAL* ln_cw, const REAL* ln_cb,
                             const int64_t* lengths, const REAL* hmask, const uint8_t* keep_h,
@@ -433,14 +440,14 @@ int SFX(rnn_forward_slices)(int n, int cell, void* blas, int T, int B, int H, in
                             REAL* rstd_h, REAL* chat, REAL* rstd_c) {
     if (n <= 1)  /* no region at all: inside one, even an inactive one, the BLAS would start a
                   * nested team of threads at every call */
-        return SFX(rnn_forward)(cell, blas, T, B, 0, B, H, R, xp, whh, bhh, whr, ln_hh, ln_cw,
+        return SFX(rnn_forward)(cell, save, blas, T, B, 0, B, H, R, xp, whh, bhh, whr, ln_hh, ln_cw,
                                 ln_cb, lengths, hmask, keep_h, keep_c, h0, c0, hs, cs, out, acts,
                                 cand, hr, ghat, rstd_h, chat, rstd_c);
     int status = 0;
 #pragma omp parallel for num_threads(n) schedule(static, 1) reduction(| : status)
     for (int s = 0; s < n; s++) {
         const int b0 = (int)((long)s * B / n), b1 = (int)((long)(s + 1) * B / n);
-        status |= SFX(rnn_forward)(cell, blas, T, B, b0, b1 - b0, H, R, xp, whh, bhh, whr, ln_hh,
+        status |= SFX(rnn_forward)(cell, save, blas, T, B, b0, b1 - b0, H, R, xp, whh, bhh, whr, ln_hh,
                                    ln_cw, ln_cb, lengths, hmask, keep_h, keep_c, h0, c0, hs, cs,
                                    out, acts, cand, hr, ghat, rstd_h, chat, rstd_c);
     }
