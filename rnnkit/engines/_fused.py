@@ -152,7 +152,7 @@ def _forward(
     keep_c_c = None if keep_c is None else keep_c.contiguous().view(torch.uint8)
     slices = _slice_count(kernels, steps, batch, gates, hidden)
     status = getattr(kernels.lib, "rnn_forward_slices" + DTYPES[xp.dtype])(
-        slices, CELL_IDS[mode], int(save), kernels.blas[xp.dtype], steps, batch, hidden, size,
+        slices, CELL_IDS[mode], int(save), steps, batch, hidden, size,
         _ptr(xp), _ptr(w_hh_c), _ptr(b_hh), _ptr(w_hr_c), _ptr(ln_hh), _ptr(ln_cw), _ptr(ln_cb),
         _ptr(lengths_c), _ptr(h_mask_c), _ptr(keep_h_c), _ptr(keep_c_c), _ptr(h0_c), _ptr(c0_c),
         _ptr(hs), _ptr(cs), _ptr(out), _ptr(acts), _ptr(cand), _ptr(hr),
@@ -243,7 +243,7 @@ class FusedLayer(torch.autograd.Function):
         slices = ctx.slices
         dln_c = hs.new_zeros(slices, 2, hidden) if ln_cw is not None else None  # each slice's sums
         status = getattr(kernels.lib, "rnn_backward_slices" + DTYPES[hs.dtype])(
-            slices, CELL_IDS[mode], kernels.blas[hs.dtype], steps, batch, hidden, size,
+            slices, CELL_IDS[mode], steps, batch, hidden, size,
             _ptr(w_hh), _ptr(w_hr), _ptr(ln_hh), _ptr(ln_cw), _ptr(ln_cb), _ptr(lengths), _ptr(h_mask),
             _ptr(keep_h), _ptr(keep_c), _ptr(hs), _ptr(cs), _ptr(acts), _ptr(cand),
             _ptr(ghat), _ptr(rstd_h), _ptr(chat), _ptr(rstd_c), _ptr(d_out), _ptr(dh), _ptr(dc),

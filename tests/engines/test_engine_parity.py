@@ -200,17 +200,19 @@ def _ln_gradients(engine: str, dtype: torch.dtype, family: str, hidden: int, see
 @pytest.mark.parametrize("hidden", [2, 7, 32])
 def test_fused_layer_norm_float32_is_as_accurate_as_reference(family: str, hidden: int) -> None:
     """Against the float64 truth, the fused engine's largest float32 error over all outputs and
-    gradients (relative to 1 + |truth|) is within 1e-5, or, where the reference engine's own
-    largest float32 error exceeds that, within twice it."""
+    gradients (relative to 1 + |truth|) and three seeds is within 1e-5, or, where the reference
+    engine's own largest float32 error exceeds that, within twice it. (Over seeds, not per seed:
+    the two engines sum in different orders, so which of them rounds worse on one draw is chance.)"""
 
     def error(result: list[Tensor], truth: list[Tensor]) -> float:
         return max(((r.double() - t).abs() / (1 + t.abs())).max().item() for r, t in zip(result, truth))
 
+    err_ref = err_fused = 0.0
     for seed in range(3):
         truth = _ln_gradients("reference", torch.float64, family, hidden, seed)
-        err_ref = error(_ln_gradients("reference", torch.float32, family, hidden, seed), truth)
-        err_fused = error(_ln_gradients("fused", torch.float32, family, hidden, seed), truth)
-        assert err_fused <= max(1e-5, 2 * err_ref), (seed, err_fused, err_ref)
+        err_ref = max(err_ref, error(_ln_gradients("reference", torch.float32, family, hidden, seed), truth))
+        err_fused = max(err_fused, error(_ln_gradients("fused", torch.float32, family, hidden, seed), truth))
+    assert err_fused <= max(1e-5, 2 * err_ref), (err_fused, err_ref)
 
 
 def test_fused_gradcheck_projected_lstm() -> None:

@@ -2,8 +2,9 @@
  * (backpropagation through time derived by hand), for the RNN (tanh, relu), LSTM and GRU cells.
  *
  * Built at first use by rnnkit/engines/_compiled.py with the system C compiler and loaded with
- * ctypes; no PyTorch headers. The per-step recurrent product calls the BLAS ?gemm_ whose address
- * Python passes in (torch's own), or a plain loop for tiny sizes and when none is given.
+ * ctypes; no PyTorch headers. The per-step products (h_{t-1} @ W_hh^T and its mirror in the
+ * backward pass) are the kernels' own register-tiled product over weights packed once per call,
+ * written with the compiler's vector types so that it builds for any SIMD width.
  * The gate math is written as elementwise loops that the compiler turns into SIMD code, with
  * exp and tanh inlined (below) so that they vectorise too. Built with OpenMP, the *_slices
  * functions run slices of the batch in parallel on the OpenMP runtime torch already loaded.
@@ -77,14 +78,24 @@ enum { CELL_RNN_TANH = 0, CELL_RNN_RELU = 1, CELL_LSTM = 2, CELL_GRU = 3 };
 /* As torch.nn.functional.layer_norm's default, and rnnkit.cells' LAYER_NORM_EPS. */
 #define LAYER_NORM_EPS 1e-5
 
-/* Below this many multiply-adds a plain loop beats a call into the BLAS. */
-#define BLAS_MIN_WORK 4096L
+/* The SIMD width the per-step products are written for, and their register tile: GEMM_MR rows
+ * by two vectors, 2 * GEMM_MR accumulators (16 of AVX-512's 32 registers; 12 of AVX's 16). */
+#if defined(__AVX512F__)
+#define VEC_BYTES 64
+#define GEMM_MR 8
+#elif defined(__AVX__)
+#define VEC_BYTES 32
+#define GEMM_MR 6
+#else
+#define VEC_BYTES 16
+#define GEMM_MR 6
+#endif
 
 static int gates_of(int cell) { return cell == CELL_LSTM ? 4 : cell == CELL_GRU ? 3 : 1; }
 /* Saved activations per unit: LSTM i, f, g, o; GRU r, z, n and W_hn h + b_hn; RNN h~. */
 static int saved_of(int cell) { return cell == CELL_LSTM || cell == CELL_GRU ? 4 : 1; }
 
-int rnnkit_kernels_version(void) { return 6; }
+int rnnkit_kernels_version(void) { return 7; }
 
 #define REAL float
 #define SFX(name) name##_f32

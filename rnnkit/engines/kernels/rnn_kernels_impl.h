@@ -4,48 +4,93 @@
  * S saved activations per unit (1 RNN, 4 LSTM and GRU). A "row" is one (t, b).
  */
 
-typedef void (*SFX(gemm_t))(const char*, const char*, const int*, const int*, const int*,
-                            const REAL*, const REAL*, const int*, const REAL*, const int*,
-                            const REAL*, REAL*, const int*);
+/* The per-step matrix products, C (M x N) = A (M x K) @ B (K x N), with B packed once per call
+ * into panels of GEMM_NR columns (K x GEMM_NR each, zero-padded past N) so that the inner loop
+ * reads it contiguously; register tiles of GEMM_MR rows x GEMM_NR columns, two vectors wide.
+ * At the recurrent products' shapes (few rows: the batch slice) this runs 1.2-2x faster than
+ * the BLAS sgemm torch ships with (benchmarks/README.md), which repacks B at every call. */
+typedef REAL SFX(vec) __attribute__((vector_size(VEC_BYTES), aligned(sizeof(REAL))));
+enum { SFX(VL) = VEC_BYTES / sizeof(REAL), SFX(NR) = 2 * SFX(VL) };
 
-static int SFX(use_blas)(void* blas, int M, int N, int K) {
-    return blas != NULL && (long)M * N * K >= BLAS_MIN_WORK;
-}
+/* Elements of the packed copy of a B with N columns and K rows. */
+static long SFX(packed_size)(int N, int K) { return (long)(N + SFX(NR) - 1) / SFX(NR) * SFX(NR) * K; }
 
-/* C (M x N) = beta * C + A (M x K) @ op(Bm), row-major; op(Bm) = Bm^T with Bm (N x K) when
- * trans_b, else Bm (K x N). beta is 0 or 1. Without the BLAS, trans_b needs Bt, Bm transposed
- * (K x N), so that every loop runs along contiguous rows (no horizontal sums). */
-static void SFX(matmul)(void* blas, int trans_b, int M, int N, int K, const REAL* A,
-                        const REAL* Bm, const REAL* Bt, REAL beta, REAL* C) {
-    if (SFX(use_blas)(blas, M, N, K)) {
-        /* Column-major BLAS computes C^T = op(Bm)^T A^T. */
-        const REAL one = 1;
-        SFX(gemm_t) gemm = (SFX(gemm_t))blas;
-        if (trans_b)
-            gemm("T", "N", &N, &M, &K, &one, Bm, &K, A, &K, &beta, C, &N);
-        else
-            gemm("N", "N", &N, &M, &K, &one, Bm, &N, A, &K, &beta, C, &N);
-        return;
-    }
-    const REAL* B_rows = trans_b ? Bt : Bm;  /* (K x N) */
-    for (int i = 0; i < M; i++) {
-        REAL* c = C + (long)i * N;
-        const REAL* a = A + (long)i * K;
-        if (beta == 0)
-            memset(c, 0, sizeof(REAL) * N);
+/* P = B packed in panels: P[p][k][j] = B(k, p*NR + j), 0 past N, where
+ * B(k, n) = src[n * K + k] when trans (src is B^T, N x K, as W_hh for h @ W_hh^T), else src[k * N + n]. */
+static void SFX(pack)(int trans, int N, int K, const REAL* src, REAL* P) {
+    const int NR = SFX(NR);
+    for (int n0 = 0; n0 < N; n0 += NR) {
+        REAL* panel = P + (long)n0 * K;
+        const int w = N - n0 < NR ? N - n0 : NR;
         for (int k = 0; k < K; k++) {
-            const REAL ak = a[k];
-            const REAL* b = B_rows + (long)k * N;
-#pragma omp simd
-            for (int j = 0; j < N; j++) c[j] += ak * b[j];
+            REAL* row = panel + (long)k * NR;
+            for (int j = 0; j < w; j++) row[j] = trans ? src[(long)(n0 + j) * K + k] : src[(long)k * N + n0 + j];
+            for (int j = w; j < NR; j++) row[j] = 0;
         }
     }
 }
 
-/* dst (cols x rows) = src (rows x cols)^T */
-static void SFX(transpose)(int rows, int cols, const REAL* src, REAL* dst) {
-    for (int r = 0; r < rows; r++)
-        for (int c = 0; c < cols; c++) dst[(long)c * rows + r] = src[(long)r * cols + c];
+/* One register tile: C[0:mr, 0:w] (+)= A[0:mr, 0:kc] @ panel[0:kc, :]. mr is a constant at each
+ * call site below, so that the compiler unrolls the row loops and keeps the 2*mr accumulators
+ * in registers. w < NR (the last panel) goes through a buffer. */
+static inline __attribute__((always_inline)) void SFX(tile)(const int mr, int kc, const REAL* A, long lda,
+                                                            const REAL* panel, int add, int w, REAL* C, long ldc) {
+    typedef SFX(vec) vec;
+    const int VL = SFX(VL), NR = SFX(NR);
+    vec c0[GEMM_MR], c1[GEMM_MR];
+    for (int i = 0; i < mr; i++) { c0[i] = (vec){0}; c1[i] = (vec){0}; }
+    for (int k = 0; k < kc; k++) {
+        const vec b0 = *(const vec*)(panel + (long)k * NR), b1 = *(const vec*)(panel + (long)k * NR + VL);
+        for (int i = 0; i < mr; i++) {
+            const REAL a = A[i * lda + k];
+            c0[i] += a * b0;
+            c1[i] += a * b1;
+        }
+    }
+    if (w == NR) {
+        for (int i = 0; i < mr; i++) {
+            vec* c = (vec*)(C + i * ldc);
+            if (add) { c[0] += c0[i]; c[1] += c1[i]; } else { c[0] = c0[i]; c[1] = c1[i]; }
+        }
+    } else {
+        REAL buf[2 * SFX(VL)];
+        for (int i = 0; i < mr; i++) {
+            *(vec*)buf = c0[i];
+            *(vec*)(buf + VL) = c1[i];
+            REAL* c = C + i * ldc;
+            for (int j = 0; j < w; j++) c[j] = add ? c[j] + buf[j] : buf[j];
+        }
+    }
+}
+
+/* C (M x N, rows ldc apart) = [C +] A (M x K, rows lda apart) @ B, B packed by pack (P). */
+static void SFX(gemm)(int M, int N, int K, const REAL* A, long lda, const REAL* P, int add, REAL* C, long ldc) {
+    const int NR = SFX(NR), KC = 256;  /* K in chunks: a chunk of a panel stays in L1 across row tiles */
+    for (int k0 = 0; k0 < K; k0 += KC) {
+        const int kc = K - k0 < KC ? K - k0 : KC;
+        const int acc = add || k0 > 0;
+        for (int n0 = 0; n0 < N; n0 += NR) {
+            const REAL* panel = P + (long)n0 * K + (long)k0 * NR;
+            const int w = N - n0 < NR ? N - n0 : NR;
+            int m0 = 0;
+            for (; m0 + GEMM_MR <= M; m0 += GEMM_MR)
+                SFX(tile)(GEMM_MR, kc, A + m0 * lda + k0, lda, panel, acc, w, C + m0 * ldc + n0, ldc);
+            const REAL* a = A + m0 * lda + k0;
+            REAL* c = C + m0 * ldc + n0;
+            switch (M - m0) {  /* the last rows, each count with its own unrolled tile */
+                case 1: SFX(tile)(1, kc, a, lda, panel, acc, w, c, ldc); break;
+                case 2: SFX(tile)(2, kc, a, lda, panel, acc, w, c, ldc); break;
+                case 3: SFX(tile)(3, kc, a, lda, panel, acc, w, c, ldc); break;
+                case 4: SFX(tile)(4, kc, a, lda, panel, acc, w, c, ldc); break;
+                case 5: SFX(tile)(5, kc, a, lda, panel, acc, w, c, ldc); break;
+#if GEMM_MR > 6
+                case 6: SFX(tile)(6, kc, a, lda, panel, acc, w, c, ldc); break;
+                case 7: SFX(tile)(7, kc, a, lda, panel, acc, w, c, ldc); break;
+#endif
+                default: break;
+            }
+        }
+    }
 }
 
 static inline REAL SFX(sigmoid)(REAL v) { return (REAL)1 / ((REAL)1 + EXP(-v)); }
@@ -115,7 +160,7 @@ static void SFX(layer_norm_backward)(int n, const REAL* dy, const REAL* gain, co
  * and rstd_c hold one step (1, BS, *), overwritten at every step.
  * Returns 0, or -1 when its scratch memory cannot be had.
  */
-int SFX(rnn_forward)(int cell, int save, void* blas, int T, int BS, int b0, int B, int H, int R,
+int SFX(rnn_forward)(int cell, int save, const REAL* whh_p, const REAL* whr_p, int T, int BS, int b0, int B, int H, int R,
                      const REAL* xp, const REAL* whh, const REAL* bhh, const REAL* whr,
                      const REAL* ln_hh, const REAL* ln_cw, const REAL* ln_cb,
                      const int64_t* lengths, const REAL* hmask, const uint8_t* keep_h,
@@ -124,29 +169,13 @@ int SFX(rnn_forward)(int cell, int save, void* blas, int T, int BS, int b0, int 
                      REAL* chat, REAL* rstd_c) {
     const int G = gates_of(cell), S = saved_of(cell), GH = G * H, SH = S * H;
     const long BR = (long)B * R, BH = (long)B * H;
-    const int own_product = !SFX(use_blas)(blas, B, GH, R);
-    const int own_projection = whr != NULL && !SFX(use_blas)(blas, B, R, H);
     /* scratch: work_g (B, G*H) the recurrent pre-activations; work_h (B, H) the masked h, then
-     * LN(c~) rows; work_p (B, R) the projection; for the kernels' own products W_hh^T (R, G*H)
-     * and W_hr^T (H, R) */
-    REAL* scratch = malloc(sizeof(REAL) * ((long)B * GH + BH + BR + (own_product ? (long)R * GH : 0)
-                                           + (own_projection ? (long)H * R : 0)));
+     * LN(c~) rows; work_p (B, R) the projection */
+    REAL* scratch = malloc(sizeof(REAL) * ((long)B * GH + BH + BR));
     if (scratch == NULL) return -1;
     REAL* work_g = scratch;
     REAL* work_h = work_g + (long)B * GH;
     REAL* work_p = work_h + BH;
-    REAL* next = work_p + BR;
-    const REAL* whh_t = NULL;
-    if (own_product) {
-        SFX(transpose)(GH, R, whh, next);
-        whh_t = next;
-        next += (long)R * GH;
-    }
-    const REAL* whr_t = NULL;
-    if (own_projection) {
-        SFX(transpose)(R, H, whr, next);
-        whr_t = next;
-    }
     const long step_r = (long)BS * R, step_h = (long)BS * H;  /* one step of (T, BS, R|H) */
     const long off_r = (long)b0 * R, off_h = (long)b0 * H;     /* this slice's first row */
     if (h0 != NULL) memcpy(hs + off_r, h0 + off_r, sizeof(REAL) * BR); else memset(hs + off_r, 0, sizeof(REAL) * BR);
@@ -170,7 +199,7 @@ int SFX(rnn_forward)(int cell, int save, void* blas, int T, int BS, int b0, int 
         /* work_g (B, G*H) = b_hh + h_in @ W_hh^T, or ln_hh * LN(h_in @ W_hh^T) + b_hh */
         if (bias_first)
             for (int b = 0; b < B; b++) memcpy(work_g + (long)b * GH, bhh, sizeof(REAL) * GH);
-        SFX(matmul)(blas, 1, B, GH, R, h_in, whh, whh_t, bias_first ? 1 : 0, work_g);
+        SFX(gemm)(B, GH, R, h_in, R, whh_p, bias_first, work_g, GH);
 
         for (int b = 0; b < B; b++) {
             const long in_row = (long)t * BS + b0 + b;  /* index of (t, b) in (T, BS, *) arrays */
@@ -251,7 +280,7 @@ int SFX(rnn_forward)(int cell, int save, void* blas, int T, int BS, int b0, int 
             }
         }
         if (whr != NULL) {  /* h_t = W_hr h~ for the whole slice: work_p (B, R) = hr[t] @ W_hr^T */
-            SFX(matmul)(blas, 1, B, R, H, hr + (keep_t * t * BS + b0) * H, whr, whr_t, 0, work_p);
+            SFX(gemm)(B, R, H, hr + (keep_t * t * BS + b0) * H, H, whr_p, 0, work_p, R);
             for (int b = 0; b < B; b++) {
                 const long row = (long)t * BS + b0 + b;
                 if (lengths != NULL && t >= lengths[b0 + b]) continue;  /* done above */
@@ -288,7 +317,7 @@ int SFX(rnn_forward)(int cell, int save, void* blas, int T, int BS, int b0, int 
  * Like rnn_forward, it runs the B sequences b0 .. b0+B-1 of a batch of BS.
  * Returns 0, or -1 when its scratch memory cannot be had.
  */
-int SFX(rnn_backward)(int cell, void* blas, int T, int BS, int b0, int B, int H, int R,
+int SFX(rnn_backward)(int cell, const REAL* whh_p, const REAL* whr_p, int T, int BS, int b0, int B, int H, int R,
                       const REAL* whh, const REAL* whr, const REAL* ln_hh, const REAL* ln_cw,
                       const REAL* ln_cb, const int64_t* lengths, const REAL* hmask,
                       const uint8_t* keep_h, const uint8_t* keep_c, const REAL* hs,
@@ -337,7 +366,7 @@ int SFX(rnn_backward)(int cell, void* blas, int T, int BS, int b0, int B, int H,
             }
         }
         if (whr != NULL)  /* d_raw (B, H) = dproj[t] (B, R) @ W_hr (R, H) */
-            SFX(matmul)(blas, 0, B, H, R, dproj + ((long)t * BS + b0) * R, whr, NULL, 0, d_raw);
+            SFX(gemm)(B, H, R, dproj + ((long)t * BS + b0) * R, R, whr_p, 0, d_raw, H);
         for (int b = 0; b < B; b++) {
             const long row = (long)t * BS + b0 + b;
             if (lengths != NULL && t >= lengths[b0 + b]) continue;
@@ -414,7 +443,7 @@ int SFX(rnn_backward)(int cell, void* blas, int T, int BS, int b0, int B, int H,
                                          rstd_h[row], dgh_raw + row * GH);
         }
         /* dL/dh_{t-1} += (dg_t @ W_hh) * mask: work (B, R) = dg_rec[t] (B, G*H) @ W_hh (G*H, R) */
-        SFX(matmul)(blas, 0, B, R, GH, dg_rec + ((long)t * BS + b0) * GH, whh, NULL, 0, work);
+        SFX(gemm)(B, R, GH, dg_rec + ((long)t * BS + b0) * GH, GH, whh_p, 0, work, R);
         if (hmask != NULL) {
 #pragma omp simd
             for (long k = 0; k < BR; k++) dh[k] += work[k] * hmask[off_r + k];
@@ -427,34 +456,56 @@ int SFX(rnn_backward)(int cell, void* blas, int T, int BS, int b0, int B, int H,
     return 0;
 }
 
+/* W_hh (G*H, R), and W_hr (R, H) or NULL, packed for the products of rnn_forward (trans 1: h @ W^T)
+ * or rnn_backward (trans 0: dg @ W), in one block: *whr_p points into it. NULL when no memory. */
+static REAL* SFX(pack_weights)(int trans, int GH, int H, int R, const REAL* whh, const REAL* whr,
+                               const REAL** whr_p) {
+    const long size_hh = trans ? SFX(packed_size)(GH, R) : SFX(packed_size)(R, GH);
+    const long size_hr = whr == NULL ? 0 : trans ? SFX(packed_size)(R, H) : SFX(packed_size)(H, R);
+    REAL* block = aligned_alloc(64, sizeof(REAL) * (size_t)((size_hh + size_hr + 15) / 16 * 16));
+    if (block == NULL) return NULL;
+    if (trans) SFX(pack)(1, GH, R, whh, block); else SFX(pack)(0, R, GH, whh, block);
+    *whr_p = NULL;
+    if (whr != NULL) {
+        if (trans) SFX(pack)(1, R, H, whr, block + size_hh); else SFX(pack)(0, H, R, whr, block + size_hh);
+        *whr_p = block + size_hh;
+    }
+    return block;
+}
+
 /* Run the batch as n slices of consecutive sequences in an OpenMP parallel region, each slice's
  * whole time loop in one thread: sequences never meet, so no step waits for another thread.
- * The region runs on the OpenMP runtime torch already uses, and a BLAS called inside it runs on
- * one thread. dln_c: with ln_cw, (n, 2, H), each slice's sums of dln_cw and dln_cb. */
-int SFX(rnn_forward_slices)(int n, int cell, int save, void* blas, int T, int B, int H, int R,
+ * The region runs on the OpenMP runtime torch already uses. The weights are packed once, for all
+ * slices. dln_c: with ln_cw, (n, 2, H), each slice's sums of dln_cw and dln_cb. */
+int SFX(rnn_forward_slices)(int n, int cell, int save, int T, int B, int H, int R,
                             const REAL* xp, const REAL* whh, const REAL* bhh, const REAL* whr,
                             const REAL* ln_hh, const REAL* ln_cw, const REAL* ln_cb,
                             const int64_t* lengths, const REAL* hmask, const uint8_t* keep_h,
                             const uint8_t* keep_c, const REAL* h0, const REAL* c0, REAL* hs,
                             REAL* cs, REAL* out, REAL* acts, REAL* cand, REAL* hr, REAL* ghat,
                             REAL* rstd_h, REAL* chat, REAL* rstd_c) {
-    if (n <= 1)  /* no region at all: inside one, even an inactive one, the BLAS would start a
-                  * nested team of threads at every call */
-        return SFX(rnn_forward)(cell, save, blas, T, B, 0, B, H, R, xp, whh, bhh, whr, ln_hh, ln_cw,
-                                ln_cb, lengths, hmask, keep_h, keep_c, h0, c0, hs, cs, out, acts,
-                                cand, hr, ghat, rstd_h, chat, rstd_c);
+    const REAL* whr_p;
+    REAL* whh_p = SFX(pack_weights)(1, gates_of(cell) * H, H, R, whh, whr, &whr_p);
+    if (whh_p == NULL) return -1;
     int status = 0;
+    if (n <= 1) {  /* no parallel region at all: starting one costs more than small work */
+        status = SFX(rnn_forward)(cell, save, whh_p, whr_p, T, B, 0, B, H, R, xp, whh, bhh, whr,
+                                  ln_hh, ln_cw, ln_cb, lengths, hmask, keep_h, keep_c, h0, c0, hs,
+                                  cs, out, acts, cand, hr, ghat, rstd_h, chat, rstd_c);
+    } else {
 #pragma omp parallel for num_threads(n) schedule(static, 1) reduction(| : status)
-    for (int s = 0; s < n; s++) {
-        const int b0 = (int)((long)s * B / n), b1 = (int)((long)(s + 1) * B / n);
-        status |= SFX(rnn_forward)(cell, save, blas, T, B, b0, b1 - b0, H, R, xp, whh, bhh, whr, ln_hh,
-                                   ln_cw, ln_cb, lengths, hmask, keep_h, keep_c, h0, c0, hs, cs,
-                                   out, acts, cand, hr, ghat, rstd_h, chat, rstd_c);
+        for (int s = 0; s < n; s++) {
+            const int b0 = (int)((long)s * B / n), b1 = (int)((long)(s + 1) * B / n);
+            status |= SFX(rnn_forward)(cell, save, whh_p, whr_p, T, B, b0, b1 - b0, H, R, xp, whh,
+                                       bhh, whr, ln_hh, ln_cw, ln_cb, lengths, hmask, keep_h, keep_c,
+                                       h0, c0, hs, cs, out, acts, cand, hr, ghat, rstd_h, chat, rstd_c);
+        }
     }
+    free(whh_p);
     return status;
 }
 
-int SFX(rnn_backward_slices)(int n, int cell, void* blas, int T, int B, int H, int R,
+int SFX(rnn_backward_slices)(int n, int cell, int T, int B, int H, int R,
                              const REAL* whh, const REAL* whr, const REAL* ln_hh,
                              const REAL* ln_cw, const REAL* ln_cb, const int64_t* lengths,
                              const REAL* hmask, const uint8_t* keep_h, const uint8_t* keep_c,
@@ -462,20 +513,26 @@ int SFX(rnn_backward_slices)(int n, int cell, void* blas, int T, int B, int H, i
                              const REAL* ghat, const REAL* rstd_h, const REAL* chat,
                              const REAL* rstd_c, const REAL* d_out, REAL* dh, REAL* dc,
                              REAL* dgi, REAL* dgh, REAL* dgh_raw, REAL* dproj, REAL* dln_c) {
-    if (n <= 1)  /* as in rnn_forward_slices */
-        return SFX(rnn_backward)(cell, blas, T, B, 0, B, H, R, whh, whr, ln_hh, ln_cw, ln_cb,
-                                 lengths, hmask, keep_h, keep_c, hs, cs, acts, cand, ghat, rstd_h,
-                                 chat, rstd_c, d_out, dh, dc, dgi, dgh, dgh_raw, dproj, dln_c,
-                                 dln_c != NULL ? dln_c + H : NULL);
+    const REAL* whr_p;
+    REAL* whh_p = SFX(pack_weights)(0, gates_of(cell) * H, H, R, whh, whr, &whr_p);
+    if (whh_p == NULL) return -1;
     int status = 0;
+    if (n <= 1) {
+        status = SFX(rnn_backward)(cell, whh_p, whr_p, T, B, 0, B, H, R, whh, whr, ln_hh, ln_cw,
+                                   ln_cb, lengths, hmask, keep_h, keep_c, hs, cs, acts, cand, ghat,
+                                   rstd_h, chat, rstd_c, d_out, dh, dc, dgi, dgh, dgh_raw, dproj,
+                                   dln_c, dln_c != NULL ? dln_c + H : NULL);
+    } else {
 #pragma omp parallel for num_threads(n) schedule(static, 1) reduction(| : status)
-    for (int s = 0; s < n; s++) {
-        const int b0 = (int)((long)s * B / n), b1 = (int)((long)(s + 1) * B / n);
-        REAL* own = dln_c != NULL ? dln_c + (long)s * 2 * H : NULL;  /* (2, H) */
-        status |= SFX(rnn_backward)(cell, blas, T, B, b0, b1 - b0, H, R, whh, whr, ln_hh, ln_cw,
-                                    ln_cb, lengths, hmask, keep_h, keep_c, hs, cs, acts, cand,
-                                    ghat, rstd_h, chat, rstd_c, d_out, dh, dc, dgi, dgh, dgh_raw,
-                                    dproj, own, own != NULL ? own + H : NULL);
+        for (int s = 0; s < n; s++) {
+            const int b0 = (int)((long)s * B / n), b1 = (int)((long)(s + 1) * B / n);
+            REAL* own = dln_c != NULL ? dln_c + (long)s * 2 * H : NULL;  /* (2, H) */
+            status |= SFX(rnn_backward)(cell, whh_p, whr_p, T, B, b0, b1 - b0, H, R, whh, whr, ln_hh,
+                                        ln_cw, ln_cb, lengths, hmask, keep_h, keep_c, hs, cs, acts,
+                                        cand, ghat, rstd_h, chat, rstd_c, d_out, dh, dc, dgi, dgh,
+                                        dgh_raw, dproj, own, own != NULL ? own + H : NULL);
+        }
     }
+    free(whh_p);
     return status;
 }
