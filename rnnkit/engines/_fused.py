@@ -121,28 +121,37 @@ def _forward(
     """The forward kernel over xp: the gates' input side (T, B, G*H), or with w_ih the input x
     (T, B, I), projected here. save=False keeps nothing for a backward pass: the saved arrays
     then hold one step (and hs, cs two), which the kernel overwrites as it goes."""
-    x_in = None
-    if w_ih is not None:  # xp is the input x (T, B, I): project it, xp = x W_ih^T + b_ih (T, B, G*H)
-        x_in = xp.reshape(-1, xp.shape[-1])  # (T*B, I)
-        flat = x_in @ w_ih.t() if b_ih is None else torch.addmm(b_ih, x_in, w_ih.t())
-        xp = flat.view(xp.shape[0], xp.shape[1], -1)
-    steps, batch, gates = xp.shape
+    x_in = x = w_ih_c = b_ih_c = None
+    steps, batch = xp.shape[:2]
+    gates = w_hh.shape[0]
     hidden = gates // GATES[mode]
+    slices = _slice_count(kernels, steps, batch, gates, hidden)
+    pre: Tensor | None = xp  # the gates' input side (T, B, G*H), when computed before the loop
+    if w_ih is not None:  # xp is the input x (T, B, I), to project: x W_ih^T + b_ih (T, B, G*H)
+        x_in = xp.reshape(-1, xp.shape[-1])  # (T*B, I)
+        if slices > 1 or steps * batch * gates * x_in.shape[1] < PARALLEL_MIN_WORK:
+            # each step's projection in the kernel, beside W_hh's: no (T, B, G*H) array at all
+            x, w_ih_c, pre = xp.contiguous(), w_ih.contiguous(), None
+            b_ih_c = None if b_ih is None else b_ih.contiguous()
+        else:  # one product for all steps, on all threads (the recurrence runs on one)
+            flat = x_in @ w_ih.t() if b_ih is None else torch.addmm(b_ih, x_in, w_ih.t())
+            pre = flat.view(steps, batch, gates)
+    pre = None if pre is None else pre.contiguous()
+    like = xp
     size = w_hh.shape[1]  # R: proj_size with a projection, else hidden
     lstm = mode == "LSTM"
     kept = steps if save else 1  # steps the saved arrays hold
-    xp = xp.contiguous()
-    hs = xp.new_empty(kept + 1, batch, size)
-    cs = xp.new_empty(kept + 1, batch, hidden) if lstm else None
-    out = xp.new_empty(steps, batch, size)
-    hr = xp.new_empty(kept, batch, hidden) if w_hr is not None else None
+    hs = like.new_empty(kept + 1, batch, size)
+    cs = like.new_empty(kept + 1, batch, hidden) if lstm else None
+    out = like.new_empty(steps, batch, size)
+    hr = like.new_empty(kept, batch, hidden) if w_hr is not None else None
     w_hr_c = None if w_hr is None else w_hr.contiguous()
-    acts = xp.new_empty(kept, batch, SAVED[mode] * hidden)
-    cand = xp.new_empty(kept, batch, hidden) if lstm else None
-    ghat = xp.new_empty(kept, batch, gates) if ln_hh is not None else None
-    rstd_h = xp.new_empty(kept, batch) if ln_hh is not None else None
-    chat = xp.new_empty(kept, batch, hidden) if ln_cw is not None else None
-    rstd_c = xp.new_empty(kept, batch) if ln_cw is not None else None
+    acts = like.new_empty(kept, batch, SAVED[mode] * hidden)
+    cand = like.new_empty(kept, batch, hidden) if lstm else None
+    ghat = like.new_empty(kept, batch, gates) if ln_hh is not None else None
+    rstd_h = like.new_empty(kept, batch) if ln_hh is not None else None
+    chat = like.new_empty(kept, batch, hidden) if ln_cw is not None else None
+    rstd_c = like.new_empty(kept, batch) if ln_cw is not None else None
     h0_c = h0.contiguous()
     c0_c = None if c0 is None else c0.contiguous()
     w_hh_c = w_hh.contiguous()
@@ -150,10 +159,10 @@ def _forward(
     h_mask_c = None if h_mask is None else h_mask.contiguous()
     keep_h_c = None if keep_h is None else keep_h.contiguous().view(torch.uint8)
     keep_c_c = None if keep_c is None else keep_c.contiguous().view(torch.uint8)
-    slices = _slice_count(kernels, steps, batch, gates, hidden)
-    status = getattr(kernels.lib, "rnn_forward_slices" + DTYPES[xp.dtype])(
-        slices, CELL_IDS[mode], int(save), steps, batch, hidden, size,
-        _ptr(xp), _ptr(w_hh_c), _ptr(b_hh), _ptr(w_hr_c), _ptr(ln_hh), _ptr(ln_cw), _ptr(ln_cb),
+    status = getattr(kernels.lib, "rnn_forward_slices" + DTYPES[like.dtype])(
+        slices, CELL_IDS[mode], int(save), steps, batch, hidden, size, 0 if x is None else x.shape[2],
+        _ptr(pre), _ptr(x), _ptr(w_ih_c), _ptr(b_ih_c), _ptr(w_hh_c), _ptr(b_hh), _ptr(w_hr_c),
+        _ptr(ln_hh), _ptr(ln_cw), _ptr(ln_cb),
         _ptr(lengths_c), _ptr(h_mask_c), _ptr(keep_h_c), _ptr(keep_c_c), _ptr(h0_c), _ptr(c0_c),
         _ptr(hs), _ptr(cs), _ptr(out), _ptr(acts), _ptr(cand), _ptr(hr),
         _ptr(ghat), _ptr(rstd_h), _ptr(chat), _ptr(rstd_c),

@@ -321,26 +321,32 @@ def test_kernel_tanh_and_sigmoid_match_torch(dtype: torch.dtype, ulps: int) -> N
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
-def test_fused_batch_slices_in_parallel_threads(family: str, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("threads", [3, 1])
+def test_fused_batch_slices_in_parallel_threads(family: str, threads: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """With the thresholds lowered, the batch runs as slices in parallel threads (three here,
-    unevenly sized), and everything still equals the reference engine, options included."""
+    unevenly sized), each projecting its own input at every step; with one thread, the input
+    projection runs as one product before the loop. Everything still equals the reference
+    engine, options included."""
     from rnnkit.engines import _fused
 
     kernels = _compiled.load()
     assert not isinstance(kernels, str)
-    if not kernels.parallel:
+    if threads > 1 and not kernels.parallel:
         pytest.skip("the kernels were built without OpenMP: they run one slice")
     monkeypatch.setattr(_fused, "PARALLEL_MIN_ROWS", 1)
     monkeypatch.setattr(_fused, "PARALLEL_MIN_WORK", 0)
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
-    assert _fused._slice_count(kernels, 5, 7, 8, 2) == 3
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    assert _fused._slice_count(kernels, 5, 7, 8, 2) == threads
+    projections = []
+    addmm = torch.addmm
+    monkeypatch.setattr(torch, "addmm", lambda *a, **k: projections.append(1) or addmm(*a, **k))
     for layer_norm in (False, True):
         options = (("num_layers", 2), ("bidirectional", True), ("batch_first", True), ("bias", True),
                    ("recurrent_dropout", 0.2), ("zoneout", 0.1), ("layer_norm", layer_norm),
                    ("learn_initial_state", True)) + ((("proj_size", 3),) if family == "lstm" else ())
         for grad in (True, False):
             check_case(Case(family, options, "lengths", False, True, 6, 7, 3, 5, seed=11), torch.float64, grad=grad)
-
+    assert bool(projections) == (threads == 1)  # layer_norm=False: the fused engine projects x
 
 @pytest.mark.parametrize("loss", ["sum", "square"])
 def test_fused_refuses_double_backward(loss: str) -> None:

@@ -132,7 +132,9 @@ static void SFX(layer_norm_backward)(int n, const REAL* dy, const REAL* gain, co
 
 /* Forward over T steps.
  *   xp     (T, B, G*H)  the input side of every step's gates, W_ih x_t + b_ih (layer-normalised
- *                       with layer_norm), computed by the caller before the loop
+ *                       with layer_norm), computed by the caller before the loop; or NULL, and
+ *   x      (T, B, I)    the input, whose projection xp_t = x_t @ W_ih^T + b_ih runs at each step
+ *                       beside the recurrent one (wih_p: W_ih (G*H, I) packed; bih (G*H,) or NULL)
  *   whh    (G*H, R)     W_hh, R = P with a projection (LSTM), else H;  bhh (G*H,) or NULL
  *   whr    (P, H) or NULL: LSTM projection W_hr; then R = P and h_t = W_hr (o * tanh(c~))
  *   ln_hh  (G*H,) or NULL: gain of LN(W_hh h); then gh = ln_hh * LN(W_hh h) + b_hh
@@ -160,8 +162,9 @@ static void SFX(layer_norm_backward)(int n, const REAL* dy, const REAL* gain, co
  * and rstd_c hold one step (1, BS, *), overwritten at every step.
  * Returns 0, or -1 when its scratch memory cannot be had.
  */
-int SFX(rnn_forward)(int cell, int save, const REAL* whh_p, const REAL* whr_p, int T, int BS, int b0, int B, int H, int R,
-                     const REAL* xp, const REAL* whh, const REAL* bhh, const REAL* whr,
+int SFX(rnn_forward)(int cell, int save, const REAL* whh_p, const REAL* whr_p, const REAL* wih_p,
+                     int T, int BS, int b0, int B, int H, int R, int I, const REAL* xp,
+                     const REAL* x, const REAL* bih, const REAL* bhh, const REAL* whr,
                      const REAL* ln_hh, const REAL* ln_cw, const REAL* ln_cb,
                      const int64_t* lengths, const REAL* hmask, const uint8_t* keep_h,
                      const uint8_t* keep_c, const REAL* h0, const REAL* c0, REAL* hs, REAL* cs,
@@ -170,12 +173,13 @@ int SFX(rnn_forward)(int cell, int save, const REAL* whh_p, const REAL* whr_p, i
     const int G = gates_of(cell), S = saved_of(cell), GH = G * H, SH = S * H;
     const long BR = (long)B * R, BH = (long)B * H;
     /* scratch: work_g (B, G*H) the recurrent pre-activations; work_h (B, H) the masked h, then
-     * LN(c~) rows; work_p (B, R) the projection */
-    REAL* scratch = malloc(sizeof(REAL) * ((long)B * GH + BH + BR));
+     * LN(c~) rows; work_p (B, R) the projection; work_x (B, G*H) this step's xp, from x */
+    REAL* scratch = malloc(sizeof(REAL) * ((long)B * GH * (x != NULL ? 2 : 1) + BH + BR));
     if (scratch == NULL) return -1;
     REAL* work_g = scratch;
     REAL* work_h = work_g + (long)B * GH;
     REAL* work_p = work_h + BH;
+    REAL* work_x = work_p + BR;
     const long step_r = (long)BS * R, step_h = (long)BS * H;  /* one step of (T, BS, R|H) */
     const long off_r = (long)b0 * R, off_h = (long)b0 * H;     /* this slice's first row */
     if (h0 != NULL) memcpy(hs + off_r, h0 + off_r, sizeof(REAL) * BR); else memset(hs + off_r, 0, sizeof(REAL) * BR);
@@ -200,6 +204,11 @@ int SFX(rnn_forward)(int cell, int save, const REAL* whh_p, const REAL* whr_p, i
         if (bias_first)
             for (int b = 0; b < B; b++) memcpy(work_g + (long)b * GH, bhh, sizeof(REAL) * GH);
         SFX(gemm)(B, GH, R, h_in, R, whh_p, bias_first, work_g, GH);
+        if (x != NULL) {  /* work_x (B, G*H) = b_ih + x_t @ W_ih^T */
+            if (bih != NULL)
+                for (int b = 0; b < B; b++) memcpy(work_x + (long)b * GH, bih, sizeof(REAL) * GH);
+            SFX(gemm)(B, GH, I, x + ((long)t * BS + b0) * I, I, wih_p, bih != NULL, work_x, GH);
+        }
 
         for (int b = 0; b < B; b++) {
             const long in_row = (long)t * BS + b0 + b;  /* index of (t, b) in (T, BS, *) arrays */
@@ -217,7 +226,7 @@ int SFX(rnn_forward)(int cell, int save, const REAL* whh_p, const REAL* whr_p, i
                 if (whr != NULL) memset(hr + row * H, 0, sizeof(REAL) * H);
                 continue;
             }
-            const REAL* x = xp + in_row * GH;
+            const REAL* xr = x != NULL ? work_x + (long)b * GH : xp + in_row * GH;  /* input side */
             REAL* g = work_g + (long)b * GH;
             if (ln_hh != NULL)
                 rstd_h[row] = SFX(layer_norm)(GH, g, ln_hh, bhh, ghat + row * GH);
@@ -229,10 +238,10 @@ int SFX(rnn_forward)(int cell, int save, const REAL* whh_p, const REAL* whr_p, i
 #pragma omp simd
                 for (int j = 0; j < H; j++) {
                     /* i, f, g, o = sigmoid, sigmoid, tanh, sigmoid of (gi + gh) */
-                    const REAL i = SFX(sigmoid)(x[j] + g[j]);
-                    const REAL f = SFX(sigmoid)(x[H + j] + g[H + j]);
-                    const REAL gg = TANH(x[2 * H + j] + g[2 * H + j]);
-                    const REAL o = SFX(sigmoid)(x[3 * H + j] + g[3 * H + j]);
+                    const REAL i = SFX(sigmoid)(xr[j] + g[j]);
+                    const REAL f = SFX(sigmoid)(xr[H + j] + g[H + j]);
+                    const REAL gg = TANH(xr[2 * H + j] + g[2 * H + j]);
+                    const REAL o = SFX(sigmoid)(xr[3 * H + j] + g[3 * H + j]);
                     a[j] = i; a[H + j] = f; a[2 * H + j] = gg; a[3 * H + j] = o;
                     cc[j] = f * cpb[j] + i * gg;            /* c~ = f * c + i * g */
                     cnb[j] = kc != NULL && kc[j] ? cpb[j] : cc[j];  /* zoneout keeps c */
@@ -258,10 +267,10 @@ int SFX(rnn_forward)(int cell, int save, const REAL* whh_p, const REAL* whr_p, i
             } else if (cell == CELL_GRU) {
 #pragma omp simd
                 for (int j = 0; j < H; j++) {
-                    const REAL r = SFX(sigmoid)(x[j] + g[j]);
-                    const REAL z = SFX(sigmoid)(x[H + j] + g[H + j]);
+                    const REAL r = SFX(sigmoid)(xr[j] + g[j]);
+                    const REAL z = SFX(sigmoid)(xr[H + j] + g[H + j]);
                     const REAL ghn = g[2 * H + j];          /* W_hn h + b_hn */
-                    const REAL n = TANH(x[2 * H + j] + r * ghn);
+                    const REAL n = TANH(xr[2 * H + j] + r * ghn);
                     REAL h = (1 - z) * n + z * hpb[j];      /* h~ = (1 - z) * n + z * h */
                     a[j] = r; a[H + j] = z; a[2 * H + j] = n; a[3 * H + j] = ghn;
                     if (kh != NULL) h = kh[j] ? hpb[j] : h;
@@ -271,7 +280,7 @@ int SFX(rnn_forward)(int cell, int save, const REAL* whh_p, const REAL* whr_p, i
                 const int relu = cell == CELL_RNN_RELU;
 #pragma omp simd
                 for (int j = 0; j < H; j++) {
-                    const REAL pre = x[j] + g[j];
+                    const REAL pre = xr[j] + g[j];
                     REAL h = relu ? (pre > 0 ? pre : 0) : TANH(pre);
                     a[j] = h;
                     if (kh != NULL) h = kh[j] ? hpb[j] : h;
@@ -477,31 +486,41 @@ static REAL* SFX(pack_weights)(int trans, int GH, int H, int R, const REAL* whh,
  * whole time loop in one thread: sequences never meet, so no step waits for another thread.
  * The region runs on the OpenMP runtime torch already uses. The weights are packed once, for all
  * slices. dln_c: with ln_cw, (n, 2, H), each slice's sums of dln_cw and dln_cb. */
-int SFX(rnn_forward_slices)(int n, int cell, int save, int T, int B, int H, int R,
-                            const REAL* xp, const REAL* whh, const REAL* bhh, const REAL* whr,
+int SFX(rnn_forward_slices)(int n, int cell, int save, int T, int B, int H, int R, int I,
+                            const REAL* xp, const REAL* x, const REAL* wih, const REAL* bih,
+                            const REAL* whh, const REAL* bhh, const REAL* whr,
                             const REAL* ln_hh, const REAL* ln_cw, const REAL* ln_cb,
                             const int64_t* lengths, const REAL* hmask, const uint8_t* keep_h,
                             const uint8_t* keep_c, const REAL* h0, const REAL* c0, REAL* hs,
                             REAL* cs, REAL* out, REAL* acts, REAL* cand, REAL* hr, REAL* ghat,
                             REAL* rstd_h, REAL* chat, REAL* rstd_c) {
+    const int GH = gates_of(cell) * H;
     const REAL* whr_p;
-    REAL* whh_p = SFX(pack_weights)(1, gates_of(cell) * H, H, R, whh, whr, &whr_p);
-    if (whh_p == NULL) return -1;
+    REAL* whh_p = SFX(pack_weights)(1, GH, H, R, whh, whr, &whr_p);
+    REAL* wih_p = x != NULL ? aligned_alloc(64, sizeof(REAL) * (size_t)((SFX(packed_size)(GH, I) + 15) / 16 * 16)) : NULL;
+    if (whh_p == NULL || (x != NULL && wih_p == NULL)) {
+        free(whh_p);
+        free(wih_p);
+        return -1;
+    }
+    if (x != NULL) SFX(pack)(1, GH, I, wih, wih_p);
     int status = 0;
     if (n <= 1) {  /* no parallel region at all: starting one costs more than small work */
-        status = SFX(rnn_forward)(cell, save, whh_p, whr_p, T, B, 0, B, H, R, xp, whh, bhh, whr,
-                                  ln_hh, ln_cw, ln_cb, lengths, hmask, keep_h, keep_c, h0, c0, hs,
-                                  cs, out, acts, cand, hr, ghat, rstd_h, chat, rstd_c);
+        status = SFX(rnn_forward)(cell, save, whh_p, whr_p, wih_p, T, B, 0, B, H, R, I, xp, x, bih,
+                                  bhh, whr, ln_hh, ln_cw, ln_cb, lengths, hmask, keep_h, keep_c, h0,
+                                  c0, hs, cs, out, acts, cand, hr, ghat, rstd_h, chat, rstd_c);
     } else {
 #pragma omp parallel for num_threads(n) schedule(static, 1) reduction(| : status)
         for (int s = 0; s < n; s++) {
             const int b0 = (int)((long)s * B / n), b1 = (int)((long)(s + 1) * B / n);
-            status |= SFX(rnn_forward)(cell, save, whh_p, whr_p, T, B, b0, b1 - b0, H, R, xp, whh,
-                                       bhh, whr, ln_hh, ln_cw, ln_cb, lengths, hmask, keep_h, keep_c,
-                                       h0, c0, hs, cs, out, acts, cand, hr, ghat, rstd_h, chat, rstd_c);
+            status |= SFX(rnn_forward)(cell, save, whh_p, whr_p, wih_p, T, B, b0, b1 - b0, H, R, I, xp,
+                                       x, bih, bhh, whr, ln_hh, ln_cw, ln_cb, lengths, hmask, keep_h,
+                                       keep_c, h0, c0, hs, cs, out, acts, cand, hr, ghat, rstd_h, chat,
+                                       rstd_c);
         }
     }
     free(whh_p);
+    free(wih_p);
     return status;
 }
 
