@@ -188,7 +188,7 @@ class FusedLayer(torch.autograd.Function):
         hs     (T+1, B, R)  h before and after every step: h_{t-1} enters dW_hh and the GRU's dz
         cs     (T+1, B, H)  LSTM cell states: c_{t-1} gives df
         acts   (T, B, S*H)  gate activations, so no sigmoid or tanh is recomputed
-        cand   (T, B, H)    LSTM candidate c~_t: tanh of it (or of its layer norm) gives do and dc
+        cand   (T, B, H)    LSTM: tanh of the candidate c~_t (or of its layer norm), for do and dc
         ghat   (T, B, G*H), rstd_h (T, B): layer_norm, LN(W_hh h)'s normalised rows and 1/sigma
         chat   (T, B, H),   rstd_c (T, B): layer-normalised LSTM, LN(c~)'s likewise
         hr     (T, B, H)    projected LSTM: o * tanh(c~) before W_hr, for dW_hr

@@ -150,7 +150,7 @@ static void SFX(layer_norm_backward)(int n, const REAL* dy, const REAL* gain, co
  *   out    (T, B, R)    h_t, or 0 past a sequence's length
  *   acts   (T, B, S*H)  gate activations: LSTM i, f, g, o; GRU r, z, n, (W_hn h + b_hn) after
  *                       its layer norm; RNN the candidate h~
- *   cand   (T, B, H)    LSTM: the candidate cell state c~_t (tanh of it, or of LN(c~_t), enters dh)
+ *   cand   (T, B, H)    LSTM: tanh(c~_t), or tanh(LN(c~_t)), of the candidate cell state
  *   hr     (T, B, H)    with whr: o * tanh(c~), what W_hr projects (0 past a sequence's length)
  *   ghat   (T, B, G*H), rstd_h (T, B): with ln_hh, LN(W_hh h)'s normalised rows (0 past a
  *                       sequence's length) and 1/sigma
@@ -173,12 +173,14 @@ int SFX(rnn_forward)(int cell, int save, const REAL* whh_p, const REAL* whr_p, c
     const int G = gates_of(cell), S = saved_of(cell), GH = G * H, SH = S * H;
     const long BR = (long)B * R, BH = (long)B * H;
     /* scratch: work_g (B, G*H) the recurrent pre-activations; work_h (B, H) the masked h, then
-     * LN(c~) rows; work_p (B, R) the projection; work_x (B, G*H) this step's xp, from x */
-    REAL* scratch = malloc(sizeof(REAL) * ((long)B * GH * (x != NULL ? 2 : 1) + BH + BR));
+     * LN(c~) rows; work_c (B, H) c~; work_p (B, R) the projection; work_x (B, G*H) this step's
+     * xp, from x */
+    REAL* scratch = malloc(sizeof(REAL) * ((long)B * GH * (x != NULL ? 2 : 1) + 2 * BH + BR));
     if (scratch == NULL) return -1;
     REAL* work_g = scratch;
     REAL* work_h = work_g + (long)B * GH;
-    REAL* work_p = work_h + BH;
+    REAL* work_c = work_h + BH;
+    REAL* work_p = work_c + BH;
     REAL* work_x = work_p + BR;
     const long step_r = (long)BS * R, step_h = (long)BS * H;  /* one step of (T, BS, R|H) */
     const long off_r = (long)b0 * R, off_h = (long)b0 * H;     /* this slice's first row */
@@ -234,7 +236,8 @@ int SFX(rnn_forward)(int cell, int save, const REAL* whh_p, const REAL* whr_p, c
             const uint8_t* kh = keep_h != NULL ? keep_h + in_row * R : NULL;
             if (cell == CELL_LSTM) {
                 const uint8_t* kc = keep_c != NULL ? keep_c + in_row * H : NULL;
-                REAL* cc = cand + row * H;
+                REAL* cc = work_c + (long)b * H;            /* c~ */
+                REAL* tc = cand + row * H;                  /* tanh(c~), or of LN(c~), kept */
 #pragma omp simd
                 for (int j = 0; j < H; j++) {
                     /* i, f, g, o = sigmoid, sigmoid, tanh, sigmoid of (gi + gh) */
@@ -255,11 +258,15 @@ int SFX(rnn_forward)(int cell, int save, const REAL* whh_p, const REAL* whr_p, c
                 if (whr != NULL) {                          /* h~ before W_hr, projected below */
                     REAL* hrb = hr + row * H;
 #pragma omp simd
-                    for (int j = 0; j < H; j++) hrb[j] = a[3 * H + j] * TANH(c_out[j]);
+                    for (int j = 0; j < H; j++) {
+                        tc[j] = TANH(c_out[j]);
+                        hrb[j] = a[3 * H + j] * tc[j];
+                    }
                 } else {
 #pragma omp simd
                     for (int j = 0; j < H; j++) {
-                        REAL h = a[3 * H + j] * TANH(c_out[j]);  /* h~ = o * tanh(c~) */
+                        tc[j] = TANH(c_out[j]);
+                        REAL h = a[3 * H + j] * tc[j];           /* h~ = o * tanh(c~) */
                         if (kh != NULL) h = kh[j] ? hpb[j] : h;   /* zoneout keeps h */
                         hnb[j] = h; ob[j] = h;
                     }
@@ -386,7 +393,7 @@ int SFX(rnn_backward)(int cell, const REAL* whh_p, const REAL* whr_p, int T, int
             if (cell == CELL_LSTM) {
                 const uint8_t* kc = keep_c != NULL ? keep_c + row * H : NULL;
                 const REAL* cpb = cs + t * step_h + off_h + (long)b * H;  /* c_{t-1} */
-                const REAL* cc = cand + row * H;                          /* c~_t */
+                const REAL* tcb = cand + row * H;                         /* tanh(c_out) */
                 const REAL* ch = ln_cw != NULL ? chat + row * H : NULL;
                 const REAL* dr = d_raw + (long)b * H;  /* dL/d(o * tanh(c_out)) */
                 REAL* dcb = dc + (long)b * H;
@@ -394,7 +401,7 @@ int SFX(rnn_backward)(int cell, const REAL* whh_p, const REAL* whr_p, int T, int
 #pragma omp simd
                 for (int j = 0; j < H; j++) {
                     const REAL o = a[3 * H + j];
-                    const REAL tc = TANH(ch != NULL ? ln_cw[j] * ch[j] + ln_cb[j] : cc[j]);
+                    const REAL tc = tcb[j];
                     d_cout[j] = dr[j] * o * (1 - tc * tc);
                     dgib[3 * H + j] = dr[j] * tc * o * (1 - o);        /* through sigmoid(o) */
                 }
