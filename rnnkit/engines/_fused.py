@@ -28,6 +28,9 @@ PARALLEL_MIN_ROWS = 8
 """Each thread's slice of the batch has at least this many sequences."""
 PARALLEL_MIN_WORK = 4_000_000
 """Multiply-adds of the recurrent products (T * B * G*H * H) below which one thread runs all."""
+STEP_PARALLEL_MIN_WORK = 300_000
+"""Multiply-adds of one step's recurrent product (B * G*H * R) from which a batch run as one
+slice shares each step's products among threads (about 3 us of work: starting them costs ~1)."""
 
 
 def _slice_count(kernels: _compiled.Kernels, steps: int, batch: int, gates: int, hidden: int) -> int:
@@ -39,6 +42,14 @@ def _slice_count(kernels: _compiled.Kernels, steps: int, batch: int, gates: int,
     if not kernels.parallel or steps * batch * gates * hidden < PARALLEL_MIN_WORK:
         return 1
     return max(1, min(torch.get_num_threads(), batch // PARALLEL_MIN_ROWS))
+
+
+def _product_threads(kernels: _compiled.Kernels, slices: int, batch: int, gates: int, size: int) -> int:
+    """How many threads share each step's products: for a batch too small to slice, all of them
+    once a step's work pays for starting them; else one (each slice has its thread)."""
+    if slices > 1 or not kernels.parallel or batch * gates * size < STEP_PARALLEL_MIN_WORK:
+        return 1
+    return torch.get_num_threads()
 
 
 def _ptr(t: Tensor | None) -> int | None:
@@ -95,6 +106,7 @@ class _Forward(NamedTuple):
     outputs: tuple[Tensor, ...]  # out (T, B, R), h_T (B, R)[, c_T (B, H)]
     saved: tuple[Tensor | None, ...]  # what FusedLayer.backward unpacks (save=True only)
     slices: int
+    threads: int  # see _product_threads
 
 
 def _forward(
@@ -139,6 +151,7 @@ def _forward(
     pre = None if pre is None else pre.contiguous()
     like = xp
     size = w_hh.shape[1]  # R: proj_size with a projection, else hidden
+    threads = _product_threads(kernels, slices, batch, gates, size)
     lstm = mode == "LSTM"
     kept = steps if save else 1  # steps the saved arrays hold
     hs = like.new_empty(kept + 1, batch, size)
@@ -160,7 +173,7 @@ def _forward(
     keep_h_c = None if keep_h is None else keep_h.contiguous().view(torch.uint8)
     keep_c_c = None if keep_c is None else keep_c.contiguous().view(torch.uint8)
     status = getattr(kernels.lib, "rnn_forward_slices" + DTYPES[like.dtype])(
-        slices, CELL_IDS[mode], int(save), steps, batch, hidden, size, 0 if x is None else x.shape[2],
+        slices, threads, CELL_IDS[mode], int(save), steps, batch, hidden, size, 0 if x is None else x.shape[2],
         _ptr(pre), _ptr(x), _ptr(w_ih_c), _ptr(b_ih_c), _ptr(w_hh_c), _ptr(b_hh), _ptr(w_hr_c),
         _ptr(ln_hh), _ptr(ln_cw), _ptr(ln_cb),
         _ptr(lengths_c), _ptr(h_mask_c), _ptr(keep_h_c), _ptr(keep_c_c), _ptr(h0_c), _ptr(c0_c),
@@ -172,11 +185,11 @@ def _forward(
     last = steps if save else steps % 2  # where h_T and c_T are
     if not save:  # hs and cs are scratch here: h_T and c_T can be views of them
         finals = (hs[last],) if cs is None else (hs[last], cs[last])
-        return _Forward((out, *finals), (), slices)
+        return _Forward((out, *finals), (), slices, threads)
     finals = (hs[last].clone(),) if cs is None else (hs[last].clone(), cs[last].clone())
     saved = (w_hh_c, w_hr_c, ln_hh, ln_cw, ln_cb, hs, cs, acts, cand, hr, ghat, rstd_h, chat, rstd_c,
              lengths_c, h_mask_c, keep_h_c, keep_c_c, x_in, w_ih)
-    return _Forward((out, *finals), saved, slices)
+    return _Forward((out, *finals), saved, slices, threads)
 
 
 class FusedLayer(torch.autograd.Function):
@@ -218,7 +231,7 @@ class FusedLayer(torch.autograd.Function):
     ) -> tuple[Tensor, ...]:
         run = _forward(kernels, mode, xp, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, ln_hh, ln_cw, ln_cb,
                        lengths, h_mask, keep_h, keep_c, save=True)
-        ctx.slices = run.slices
+        ctx.slices, ctx.threads = run.slices, run.threads
         ctx.save_for_backward(*run.saved)
         ctx.kernels, ctx.mode, ctx.has_bias = kernels, mode, b_hh is not None
         return run.outputs
@@ -252,7 +265,7 @@ class FusedLayer(torch.autograd.Function):
         slices = ctx.slices
         dln_c = hs.new_zeros(slices, 2, hidden) if ln_cw is not None else None  # each slice's sums
         status = getattr(kernels.lib, "rnn_backward_slices" + DTYPES[hs.dtype])(
-            slices, CELL_IDS[mode], steps, batch, hidden, size,
+            slices, ctx.threads, CELL_IDS[mode], steps, batch, hidden, size,
             _ptr(w_hh), _ptr(w_hr), _ptr(ln_hh), _ptr(ln_cw), _ptr(ln_cb), _ptr(lengths), _ptr(h_mask),
             _ptr(keep_h), _ptr(keep_c), _ptr(hs), _ptr(cs), _ptr(acts), _ptr(cand),
             _ptr(ghat), _ptr(rstd_h), _ptr(chat), _ptr(rstd_c), _ptr(d_out), _ptr(dh), _ptr(dc),

@@ -321,22 +321,26 @@ def test_kernel_tanh_and_sigmoid_match_torch(dtype: torch.dtype, ulps: int) -> N
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
-@pytest.mark.parametrize("threads", [3, 1])
-def test_fused_batch_slices_in_parallel_threads(family: str, threads: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    """With the thresholds lowered, the batch runs as slices in parallel threads (three here,
-    unevenly sized), each projecting its own input at every step; with one thread, the input
-    projection runs as one product before the loop. Everything still equals the reference
-    engine, options included."""
+@pytest.mark.parametrize("split", ["slices", "products", "one thread"])
+def test_fused_parallel_threads(family: str, split: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the thresholds lowered, three threads run the batch as slices (unevenly sized), each
+    projecting its own input at every step; or, the batch left whole, share each step's
+    products; with one thread, the input projection runs as one product before the loop.
+    Everything still equals the reference engine, options included."""
     from rnnkit.engines import _fused
 
     kernels = _compiled.load()
     assert not isinstance(kernels, str)
-    if threads > 1 and not kernels.parallel:
-        pytest.skip("the kernels were built without OpenMP: they run one slice")
-    monkeypatch.setattr(_fused, "PARALLEL_MIN_ROWS", 1)
+    if split != "one thread" and not kernels.parallel:
+        pytest.skip("the kernels were built without OpenMP: they run on one thread")
+    threads = 1 if split == "one thread" else 3
+    monkeypatch.setattr(_fused, "PARALLEL_MIN_ROWS", 100 if split == "products" else 1)
     monkeypatch.setattr(_fused, "PARALLEL_MIN_WORK", 0)
+    monkeypatch.setattr(_fused, "STEP_PARALLEL_MIN_WORK", 0)
     monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
-    assert _fused._slice_count(kernels, 5, 7, 8, 2) == threads
+    slices = 1 if split == "products" else threads
+    assert _fused._slice_count(kernels, 5, 7, 8, 2) == slices
+    assert _fused._product_threads(kernels, slices, 7, 8, 2) == (3 if split == "products" else 1)
     projections = []
     addmm = torch.addmm
     monkeypatch.setattr(torch, "addmm", lambda *a, **k: projections.append(1) or addmm(*a, **k))
@@ -344,9 +348,10 @@ def test_fused_batch_slices_in_parallel_threads(family: str, threads: int, monke
         options = (("num_layers", 2), ("bidirectional", True), ("batch_first", True), ("bias", True),
                    ("recurrent_dropout", 0.2), ("zoneout", 0.1), ("layer_norm", layer_norm),
                    ("learn_initial_state", True)) + ((("proj_size", 3),) if family == "lstm" else ())
+        hidden = 40 if split == "products" else 5  # products: several column panels to share
         for grad in (True, False):
-            check_case(Case(family, options, "lengths", False, True, 6, 7, 3, 5, seed=11), torch.float64, grad=grad)
-    assert bool(projections) == (threads == 1)  # layer_norm=False: the fused engine projects x
+            check_case(Case(family, options, "lengths", False, True, 6, 7, 3, hidden, seed=11), torch.float64, grad=grad)
+    assert bool(projections) == (slices == 1)  # layer_norm=False: the fused engine projects x
 
 @pytest.mark.parametrize("loss", ["sum", "square"])
 def test_fused_refuses_double_backward(loss: str) -> None:

@@ -63,15 +63,17 @@ static inline __attribute__((always_inline)) void SFX(tile)(const int mr, int kc
     }
 }
 
-/* C (M x N, rows ldc apart) = [C +] A (M x K, rows lda apart) @ B, B packed by pack (P). */
-static void SFX(gemm)(int M, int N, int K, const REAL* A, long lda, const REAL* P, int add, REAL* C, long ldc) {
+/* The panels p0 .. p1-1 of C (M x N, rows ldc apart) = [C +] A (M x K, rows lda apart) @ B,
+ * B packed by pack (P). */
+static void SFX(gemm_panels)(int p0, int p1, int M, int N, int K, const REAL* A, long lda,
+                             const REAL* P, int add, REAL* C, long ldc) {
     const int NR = SFX(NR), KC = 256;  /* K in chunks: a chunk of a panel stays in L1 across row tiles */
-    for (int k0 = 0; k0 < K; k0 += KC) {
-        const int kc = K - k0 < KC ? K - k0 : KC;
-        const int acc = add || k0 > 0;
-        for (int n0 = 0; n0 < N; n0 += NR) {
+    for (int p = p0; p < p1; p++) {
+        const int n0 = p * NR, w = N - n0 < NR ? N - n0 : NR;
+        for (int k0 = 0; k0 < K; k0 += KC) {
+            const int kc = K - k0 < KC ? K - k0 : KC;
+            const int acc = add || k0 > 0;
             const REAL* panel = P + (long)n0 * K + (long)k0 * NR;
-            const int w = N - n0 < NR ? N - n0 : NR;
             int m0 = 0;
             for (; m0 + GEMM_MR <= M; m0 += GEMM_MR)
                 SFX(tile)(GEMM_MR, kc, A + m0 * lda + k0, lda, panel, acc, w, C + m0 * ldc + n0, ldc);
@@ -91,6 +93,22 @@ static void SFX(gemm)(int M, int N, int K, const REAL* A, long lda, const REAL* 
             }
         }
     }
+}
+
+/* C (M x N, rows ldc apart) = [C +] A (M x K, rows lda apart) @ B, B packed by pack (P); on
+ * `threads` threads, each its share of the column panels (for a batch too small to slice). */
+static void SFX(gemm)(int threads, int M, int N, int K, const REAL* A, long lda, const REAL* P,
+                      int add, REAL* C, long ldc) {
+    const int panels = (N + SFX(NR) - 1) / SFX(NR);
+    if (threads > panels) threads = panels;
+    if (threads <= 1) {
+        SFX(gemm_panels)(0, panels, M, N, K, A, lda, P, add, C, ldc);
+        return;
+    }
+#pragma omp parallel for num_threads(threads) schedule(static, 1)
+    for (int s = 0; s < threads; s++)
+        SFX(gemm_panels)((int)((long)s * panels / threads), (int)((long)(s + 1) * panels / threads),
+                         M, N, K, A, lda, P, add, C, ldc);
 }
 
 static inline REAL SFX(sigmoid)(REAL v) { return (REAL)1 / ((REAL)1 + EXP(-v)); }
@@ -160,9 +178,10 @@ static void SFX(layer_norm_backward)(int n, const REAL* dy, const REAL* gain, co
  * save = 0 (inference, nothing kept for a backward pass): hs and cs are (2, BS, *), the state
  * before and after the step alternating, h_T in hs[T % 2]; acts, cand, hr, ghat, rstd_h, chat
  * and rstd_c hold one step (1, BS, *), overwritten at every step.
+ * threads: how many threads run each per-step product (for one slice alone).
  * Returns 0, or -1 when its scratch memory cannot be had.
  */
-int SFX(rnn_forward)(int cell, int save, const REAL* whh_p, const REAL* whr_p, const REAL* wih_p,
+int SFX(rnn_forward)(int cell, int save, int threads, const REAL* whh_p, const REAL* whr_p, const REAL* wih_p,
                      int T, int BS, int b0, int B, int H, int R, int I, const REAL* xp,
                      const REAL* x, const REAL* bih, const REAL* bhh, const REAL* whr,
                      const REAL* ln_hh, const REAL* ln_cw, const REAL* ln_cb,
@@ -205,11 +224,11 @@ int SFX(rnn_forward)(int cell, int save, const REAL* whh_p, const REAL* whr_p, c
         /* work_g (B, G*H) = b_hh + h_in @ W_hh^T, or ln_hh * LN(h_in @ W_hh^T) + b_hh */
         if (bias_first)
             for (int b = 0; b < B; b++) memcpy(work_g + (long)b * GH, bhh, sizeof(REAL) * GH);
-        SFX(gemm)(B, GH, R, h_in, R, whh_p, bias_first, work_g, GH);
+        SFX(gemm)(threads, B, GH, R, h_in, R, whh_p, bias_first, work_g, GH);
         if (x != NULL) {  /* work_x (B, G*H) = b_ih + x_t @ W_ih^T */
             if (bih != NULL)
                 for (int b = 0; b < B; b++) memcpy(work_x + (long)b * GH, bih, sizeof(REAL) * GH);
-            SFX(gemm)(B, GH, I, x + ((long)t * BS + b0) * I, I, wih_p, bih != NULL, work_x, GH);
+            SFX(gemm)(threads, B, GH, I, x + ((long)t * BS + b0) * I, I, wih_p, bih != NULL, work_x, GH);
         }
 
         for (int b = 0; b < B; b++) {
@@ -296,7 +315,7 @@ int SFX(rnn_forward)(int cell, int save, const REAL* whh_p, const REAL* whr_p, c
             }
         }
         if (whr != NULL) {  /* h_t = W_hr h~ for the whole slice: work_p (B, R) = hr[t] @ W_hr^T */
-            SFX(gemm)(B, R, H, hr + (keep_t * t * BS + b0) * H, H, whr_p, 0, work_p, R);
+            SFX(gemm)(threads, B, R, H, hr + (keep_t * t * BS + b0) * H, H, whr_p, 0, work_p, R);
             for (int b = 0; b < B; b++) {
                 const long row = (long)t * BS + b0 + b;
                 if (lengths != NULL && t >= lengths[b0 + b]) continue;  /* done above */
@@ -333,7 +352,7 @@ int SFX(rnn_forward)(int cell, int save, const REAL* whh_p, const REAL* whr_p, c
  * Like rnn_forward, it runs the B sequences b0 .. b0+B-1 of a batch of BS.
  * Returns 0, or -1 when its scratch memory cannot be had.
  */
-int SFX(rnn_backward)(int cell, const REAL* whh_p, const REAL* whr_p, int T, int BS, int b0, int B, int H, int R,
+int SFX(rnn_backward)(int cell, int threads, const REAL* whh_p, const REAL* whr_p, int T, int BS, int b0, int B, int H, int R,
                       const REAL* whh, const REAL* whr, const REAL* ln_hh, const REAL* ln_cw,
                       const REAL* ln_cb, const int64_t* lengths, const REAL* hmask,
                       const uint8_t* keep_h, const uint8_t* keep_c, const REAL* hs,
@@ -382,7 +401,7 @@ int SFX(rnn_backward)(int cell, const REAL* whh_p, const REAL* whr_p, int T, int
             }
         }
         if (whr != NULL)  /* d_raw (B, H) = dproj[t] (B, R) @ W_hr (R, H) */
-            SFX(gemm)(B, H, R, dproj + ((long)t * BS + b0) * R, R, whr_p, 0, d_raw, H);
+            SFX(gemm)(threads, B, H, R, dproj + ((long)t * BS + b0) * R, R, whr_p, 0, d_raw, H);
         for (int b = 0; b < B; b++) {
             const long row = (long)t * BS + b0 + b;
             if (lengths != NULL && t >= lengths[b0 + b]) continue;
@@ -459,7 +478,7 @@ int SFX(rnn_backward)(int cell, const REAL* whh_p, const REAL* whr_p, int T, int
                                          rstd_h[row], dgh_raw + row * GH);
         }
         /* dL/dh_{t-1} += (dg_t @ W_hh) * mask: work (B, R) = dg_rec[t] (B, G*H) @ W_hh (G*H, R) */
-        SFX(gemm)(B, R, GH, dg_rec + ((long)t * BS + b0) * GH, GH, whh_p, 0, work, R);
+        SFX(gemm)(threads, B, R, GH, dg_rec + ((long)t * BS + b0) * GH, GH, whh_p, 0, work, R);
         if (hmask != NULL) {
 #pragma omp simd
             for (long k = 0; k < BR; k++) dh[k] += work[k] * hmask[off_r + k];
@@ -492,8 +511,8 @@ static REAL* SFX(pack_weights)(int trans, int GH, int H, int R, const REAL* whh,
 /* Run the batch as n slices of consecutive sequences in an OpenMP parallel region, each slice's
  * whole time loop in one thread: sequences never meet, so no step waits for another thread.
  * The region runs on the OpenMP runtime torch already uses. The weights are packed once, for all
- * slices. dln_c: with ln_cw, (n, 2, H), each slice's sums of dln_cw and dln_cb. */
-int SFX(rnn_forward_slices)(int n, int cell, int save, int T, int B, int H, int R, int I,
+ * slices. With one slice (n = 1), `threads` threads share each step's products instead. dln_c: with ln_cw, (n, 2, H), each slice's sums of dln_cw and dln_cb. */
+int SFX(rnn_forward_slices)(int n, int threads, int cell, int save, int T, int B, int H, int R, int I,
                             const REAL* xp, const REAL* x, const REAL* wih, const REAL* bih,
                             const REAL* whh, const REAL* bhh, const REAL* whr,
                             const REAL* ln_hh, const REAL* ln_cw, const REAL* ln_cb,
@@ -513,14 +532,14 @@ int SFX(rnn_forward_slices)(int n, int cell, int save, int T, int B, int H, int 
     if (x != NULL) SFX(pack)(1, GH, I, wih, wih_p);
     int status = 0;
     if (n <= 1) {  /* no parallel region at all: starting one costs more than small work */
-        status = SFX(rnn_forward)(cell, save, whh_p, whr_p, wih_p, T, B, 0, B, H, R, I, xp, x, bih,
+        status = SFX(rnn_forward)(cell, save, threads, whh_p, whr_p, wih_p, T, B, 0, B, H, R, I, xp, x, bih,
                                   bhh, whr, ln_hh, ln_cw, ln_cb, lengths, hmask, keep_h, keep_c, h0,
                                   c0, hs, cs, out, acts, cand, hr, ghat, rstd_h, chat, rstd_c);
     } else {
 #pragma omp parallel for num_threads(n) schedule(static, 1) reduction(| : status)
         for (int s = 0; s < n; s++) {
             const int b0 = (int)((long)s * B / n), b1 = (int)((long)(s + 1) * B / n);
-            status |= SFX(rnn_forward)(cell, save, whh_p, whr_p, wih_p, T, B, b0, b1 - b0, H, R, I, xp,
+            status |= SFX(rnn_forward)(cell, save, 1, whh_p, whr_p, wih_p, T, B, b0, b1 - b0, H, R, I, xp,
                                        x, bih, bhh, whr, ln_hh, ln_cw, ln_cb, lengths, hmask, keep_h,
                                        keep_c, h0, c0, hs, cs, out, acts, cand, hr, ghat, rstd_h, chat,
                                        rstd_c);
@@ -531,7 +550,7 @@ int SFX(rnn_forward_slices)(int n, int cell, int save, int T, int B, int H, int 
     return status;
 }
 
-int SFX(rnn_backward_slices)(int n, int cell, int T, int B, int H, int R,
+int SFX(rnn_backward_slices)(int n, int threads, int cell, int T, int B, int H, int R,
                              const REAL* whh, const REAL* whr, const REAL* ln_hh,
                              const REAL* ln_cw, const REAL* ln_cb, const int64_t* lengths,
                              const REAL* hmask, const uint8_t* keep_h, const uint8_t* keep_c,
@@ -544,7 +563,7 @@ int SFX(rnn_backward_slices)(int n, int cell, int T, int B, int H, int R,
     if (whh_p == NULL) return -1;
     int status = 0;
     if (n <= 1) {
-        status = SFX(rnn_backward)(cell, whh_p, whr_p, T, B, 0, B, H, R, whh, whr, ln_hh, ln_cw,
+        status = SFX(rnn_backward)(cell, threads, whh_p, whr_p, T, B, 0, B, H, R, whh, whr, ln_hh, ln_cw,
                                    ln_cb, lengths, hmask, keep_h, keep_c, hs, cs, acts, cand, ghat,
                                    rstd_h, chat, rstd_c, d_out, dh, dc, dgi, dgh, dgh_raw, dproj,
                                    dln_c, dln_c != NULL ? dln_c + H : NULL);
@@ -553,7 +572,7 @@ int SFX(rnn_backward_slices)(int n, int cell, int T, int B, int H, int R,
         for (int s = 0; s < n; s++) {
             const int b0 = (int)((long)s * B / n), b1 = (int)((long)(s + 1) * B / n);
             REAL* own = dln_c != NULL ? dln_c + (long)s * 2 * H : NULL;  /* (2, H) */
-            status |= SFX(rnn_backward)(cell, whh_p, whr_p, T, B, b0, b1 - b0, H, R, whh, whr, ln_hh,
+            status |= SFX(rnn_backward)(cell, 1, whh_p, whr_p, T, B, b0, b1 - b0, H, R, whh, whr, ln_hh,
                                         ln_cw, ln_cb, lengths, hmask, keep_h, keep_c, hs, cs, acts,
                                         cand, ghat, rstd_h, chat, rstd_c, d_out, dh, dc, dgi, dgh,
                                         dgh_raw, dproj, own, own != NULL ? own + H : NULL);
