@@ -27,30 +27,35 @@ ENGINES: dict[str, Engine] = {"reference": ReferenceEngine(), "fused": FusedEngi
 
 ENGINE_NAMES = ("auto", *ENGINES)
 
-FUSED_LSTM_MAX_WIDTH = 64
-"""engine='auto' runs an LSTM on CPU in the fused engine only while B * H is at most this: above
-it torch's oneDNN LSTM is faster. Measured on the 2-core development CPU, forward + backward vs
-torch.nn: fused 1.16x / native 0.89x at B*H = 20, 1.08x / 0.93x at 64, 0.92x / 0.96x at 128."""
+FUSED_LSTM_MAX_WIDTH = 1024
+"""Without gradients, engine='auto' runs an LSTM on CPU in the fused engine only while B * H is
+at most this: above it torch's oneDNN LSTM is a little faster (oneDNN's AVX-512 products outrun
+any other at these shapes). Measured on the 2-core development CPU against torch.nn, forward
+only, fused / native: 1.38x / 0.92x at B*H = 20, 1.06x / 0.97x at 1000, 0.86x / 0.96x at 8192,
+0.91x / 0.99x at 16384. With gradients the fused engine is as fast or faster at every width
+(1.22x / 0.92x at 20, 1.23x / 1.04x at 16384), so it runs every LSTM that is trained."""
 
 
-def auto_order(config: LayerConfig, x: Tensor) -> tuple[str, ...]:
-    """The engines engine='auto' tries for config on x (T, B, I), fastest first.
+def auto_order(config: LayerConfig, x: Tensor, *, grad: bool = True) -> tuple[str, ...]:
+    """The engines engine='auto' tries for config on x (T, B, I), fastest first; grad: whether
+    the call will be differentiated.
 
-    CPU: the fused engine, except for LSTMs wider than FUSED_LSTM_MAX_WIDTH, where torch's
-    oneDNN kernel is faster. CUDA and other devices: torch's kernels (cuDNN), else the reference
-    engine. The reference engine runs everything and comes last.
+    CPU: the fused engine, except for LSTMs wider than FUSED_LSTM_MAX_WIDTH run without
+    gradients, where torch's oneDNN kernel is faster. CUDA and other devices: torch's kernels
+    (cuDNN), else the reference engine. The reference engine runs everything and comes last.
     """
     if x.device.type != "cpu":
         return ("native", "reference")
-    if config.spec.mode == "LSTM" and x.shape[1] * config.hidden_size > FUSED_LSTM_MAX_WIDTH:
+    if not grad and config.spec.mode == "LSTM" and x.shape[1] * config.hidden_size > FUSED_LSTM_MAX_WIDTH:
         return ("native", "fused", "reference")
     return ("fused", "native", "reference")
 
 
-def select_engine(name: str, config: LayerConfig, x: Tensor, *, owner: str) -> Engine:
-    """The engine that runs config on x (T, B, I): the named one, or for 'auto' the first that can."""
+def select_engine(name: str, config: LayerConfig, x: Tensor, *, owner: str, grad: bool = True) -> Engine:
+    """The engine that runs config on x (T, B, I): the named one, or for 'auto' the first that
+    can (grad: whether the call will be differentiated)."""
     if name == "auto":
-        for candidate in auto_order(config, x):
+        for candidate in auto_order(config, x, grad=grad):
             engine = ENGINES[candidate]
             if engine.unsupported(config, x) is None:
                 if log.isEnabledFor(logging.DEBUG):

@@ -183,14 +183,20 @@ class RecurrentLayer(nn.Module):
         )
 
     def engine_for(self, input: Tensor | PackedSequence) -> str:
-        """The name of the engine that runs this layer on input (by its device, dtype and batch)."""
+        """The name of the engine that runs this layer on input (by its device, dtype and batch,
+        and whether gradients are on: torch.no_grad() can change the choice)."""
         if isinstance(input, PackedSequence):
             data, batch = input.data, int(input.batch_sizes[0])
         else:
             data = input
             batch = 1 if input.dim() < 3 else input.shape[0 if self.batch_first else 1]
         x = data.new_empty((1, batch, data.shape[-1]))  # (T, B, I) as the engines see it
-        return select_engine(self.engine, self._config(), x, owner=type(self).__name__).name
+        grad = self._needs_grad(data)
+        return select_engine(self.engine, self._config(), x, owner=type(self).__name__, grad=grad).name
+
+    def _needs_grad(self, x: Tensor) -> bool:
+        """Whether a call on x will be differentiated (grad mode on, and x or the weights need it)."""
+        return torch.is_grad_enabled() and (x.requires_grad or self.cell_weights(0).weight_hh.requires_grad)
 
     def to_torch(self) -> nn.Module:
         """The equivalent torch.nn module with the same weights (see rnnkit.to_torch)."""
@@ -248,7 +254,7 @@ class RecurrentLayer(nn.Module):
         run_lengths = None
         if cpu_lengths is not None and int(cpu_lengths.min()) < steps:
             run_lengths = cpu_lengths.to(x.device)
-        engine = select_engine(self.engine, self._config(), x, owner=owner)
+        engine = select_engine(self.engine, self._config(), x, owner=owner, grad=self._needs_grad(x))
         if self._probes is not None:  # rnnkit.diagnostics is looking: the reference loop, with probes
             engine = ENGINES["reference"]
         out, finals = self._run_stack(engine, x, state0, run_lengths)

@@ -261,18 +261,25 @@ def test_native_refuses_what_torch_lacks() -> None:
 
 
 def test_auto_picks_the_fastest_engine_that_runs_the_layer() -> None:
-    """CPU: fused, but torch's oneDNN for wide LSTMs; what an engine lacks falls through."""
+    """CPU: fused, but torch's oneDNN for wide LSTMs run without gradients; what an engine lacks
+    falls through."""
     x = torch.randn(4, 2, 3)
     assert rnnkit.LSTM(3, 5).engine_for(x) == "fused"
     assert rnnkit.GRU(3, 600).engine_for(x) == "fused"
-    assert rnnkit.LSTM(3, 600).engine_for(x) == "native"  # B * H = 1200 > FUSED_LSTM_MAX_WIDTH
-    one = torch.randn(4, 1, 3)  # (T, B=1, I), or (B=4, T, I) with batch_first
-    assert rnnkit.LSTM(3, 40).engine_for(one) == "fused"  # B * H = 40
-    assert rnnkit.LSTM(3, 40, batch_first=True).engine_for(one) == "native"  # B * H = 160
-    assert rnnkit.LSTM(3, 600, zoneout=0.1).engine_for(x) == "fused"  # native has no zoneout
-    assert rnnkit.LSTM(3, 600, layer_norm=True).engine_for(x) == "fused"
-    assert rnnkit.LSTM(3, 5, proj_size=2, layer_norm=True).engine_for(x) == "fused"
-    assert rnnkit.LSTM(3, 600, proj_size=2).engine_for(x) == "native"
+    assert rnnkit.LSTM(3, 600).engine_for(x) == "fused"  # trained: the fused engine at any width
+    with torch.no_grad():
+        assert rnnkit.LSTM(3, 600).engine_for(x) == "native"  # B * H = 1200 > FUSED_LSTM_MAX_WIDTH
+        assert rnnkit.LSTM(3, 500).engine_for(x) == "fused"  # B * H = 1000
+        one = torch.randn(4, 1, 3)  # (T, B=1, I), or (B=4, T, I) with batch_first
+        assert rnnkit.LSTM(3, 300).engine_for(one) == "fused"  # B * H = 300
+        assert rnnkit.LSTM(3, 300, batch_first=True).engine_for(one) == "native"  # B * H = 1200
+        assert rnnkit.LSTM(3, 600, zoneout=0.1).engine_for(x) == "fused"  # native has no zoneout
+        assert rnnkit.LSTM(3, 600, layer_norm=True).engine_for(x) == "fused"
+        assert rnnkit.LSTM(3, 5, proj_size=2, layer_norm=True).engine_for(x) == "fused"
+        assert rnnkit.LSTM(3, 600, proj_size=2).engine_for(x) == "native"
+    frozen = rnnkit.LSTM(3, 600).requires_grad_(False)  # nothing to differentiate: as no_grad
+    assert frozen.engine_for(x) == "native"
+    assert frozen.engine_for(x.requires_grad_()) == "fused"
     assert rnnkit.GRU(3, 5).engine_for(x.to(torch.bfloat16)) == "native"
     with pytest.raises(ValueError, match=r"GRU: engine='fused' cannot run this layer: it runs float32 and float64, and the input is torch.bfloat16"):
         rnnkit.GRU(3, 5, engine="fused", dtype=torch.bfloat16)(x.to(torch.bfloat16))
