@@ -1,10 +1,12 @@
 """The fused engine: forward and backward of one layer and direction as one autograd Function,
 with backpropagation through time derived by hand (kernels/rnn_kernels_impl.h).
 
-Outside the time loop, one matrix product each: the input side of every step's gates
-(W_ih x + b_ih, layer-normalised with layer_norm) before it, differentiated by autograd, and
-after it the gradient of W_hh. Inside it (in C): the recurrent product h_{t-1} @ W_hh^T, its
-layer norm, and the gate math.
+Inside the time loop (in C): the recurrent product h_{t-1} @ W_hh^T over W_hh packed once per
+call, its layer norm, the gate math, and, when the batch runs in parallel slices or the work is
+small, each step's input projection x_t @ W_ih^T beside it. Otherwise the input side of every
+step's gates (W_ih x + b_ih, layer-normalised with layer_norm, then differentiated by autograd)
+is one matrix product before the loop. After the backward loop, the weight gradients are one
+matrix product each. A call that needs no gradient keeps nothing for a backward pass.
 """
 
 from __future__ import annotations

@@ -257,16 +257,26 @@ int SFX(rnn_forward)(int cell, int save, int threads, const REAL* whh_p, const R
                 const uint8_t* kc = keep_c != NULL ? keep_c + in_row * H : NULL;
                 REAL* cc = work_c + (long)b * H;            /* c~ */
                 REAL* tc = cand + row * H;                  /* tanh(c~), or of LN(c~), kept */
+                /* i, f, g, o = sigmoid, sigmoid, tanh, sigmoid of (gi + gh); a loop per kind of
+                 * gate: one in a loop keeps every value in a register, four spill */
 #pragma omp simd
-                for (int j = 0; j < H; j++) {
-                    /* i, f, g, o = sigmoid, sigmoid, tanh, sigmoid of (gi + gh) */
-                    const REAL i = SFX(sigmoid)(xr[j] + g[j]);
-                    const REAL f = SFX(sigmoid)(xr[H + j] + g[H + j]);
-                    const REAL gg = TANH(xr[2 * H + j] + g[2 * H + j]);
-                    const REAL o = SFX(sigmoid)(xr[3 * H + j] + g[3 * H + j]);
-                    a[j] = i; a[H + j] = f; a[2 * H + j] = gg; a[3 * H + j] = o;
-                    cc[j] = f * cpb[j] + i * gg;            /* c~ = f * c + i * g */
-                    cnb[j] = kc != NULL && kc[j] ? cpb[j] : cc[j];  /* zoneout keeps c */
+                for (int j = 0; j < 2 * H; j++) a[j] = SFX(sigmoid)(xr[j] + g[j]);  /* i, f */
+#pragma omp simd
+                for (int j = 2 * H; j < 3 * H; j++) a[j] = TANH(xr[j] + g[j]);      /* g */
+#pragma omp simd
+                for (int j = 3 * H; j < 4 * H; j++) a[j] = SFX(sigmoid)(xr[j] + g[j]);  /* o */
+                if (kc == NULL) {  /* loops without the zoneout test, which would cost a masked load */
+#pragma omp simd
+                    for (int j = 0; j < H; j++) {
+                        cc[j] = a[H + j] * cpb[j] + a[j] * a[2 * H + j];  /* c~ = f * c + i * g */
+                        cnb[j] = cc[j];
+                    }
+                } else {
+#pragma omp simd
+                    for (int j = 0; j < H; j++) {
+                        cc[j] = a[H + j] * cpb[j] + a[j] * a[2 * H + j];
+                        cnb[j] = kc[j] ? cpb[j] : cc[j];                 /* zoneout keeps c */
+                    }
                 }
                 REAL* c_out = cc;                           /* what enters the tanh of h~ */
                 if (ln_cw != NULL) {                        /* LN(c~) into work_h's row */
@@ -285,20 +295,22 @@ int SFX(rnn_forward)(int cell, int save, int threads, const REAL* whh_p, const R
 #pragma omp simd
                     for (int j = 0; j < H; j++) {
                         tc[j] = TANH(c_out[j]);
-                        REAL h = a[3 * H + j] * tc[j];           /* h~ = o * tanh(c~) */
-                        if (kh != NULL) h = kh[j] ? hpb[j] : h;   /* zoneout keeps h */
-                        hnb[j] = h; ob[j] = h;
+                        hnb[j] = a[3 * H + j] * tc[j];           /* h~ = o * tanh(c~) */
                     }
+                    if (kh != NULL)                               /* zoneout keeps h */
+                        for (int j = 0; j < H; j++) hnb[j] = kh[j] ? hpb[j] : hnb[j];
+                    memcpy(ob, hnb, sizeof(REAL) * H);
                 }
             } else if (cell == CELL_GRU) {
 #pragma omp simd
+                for (int j = 0; j < 2 * H; j++) a[j] = SFX(sigmoid)(xr[j] + g[j]);  /* r, z */
+#pragma omp simd
                 for (int j = 0; j < H; j++) {
-                    const REAL r = SFX(sigmoid)(xr[j] + g[j]);
-                    const REAL z = SFX(sigmoid)(xr[H + j] + g[H + j]);
+                    const REAL r = a[j], z = a[H + j];
                     const REAL ghn = g[2 * H + j];          /* W_hn h + b_hn */
                     const REAL n = TANH(xr[2 * H + j] + r * ghn);
                     REAL h = (1 - z) * n + z * hpb[j];      /* h~ = (1 - z) * n + z * h */
-                    a[j] = r; a[H + j] = z; a[2 * H + j] = n; a[3 * H + j] = ghn;
+                    a[2 * H + j] = n; a[3 * H + j] = ghn;
                     if (kh != NULL) h = kh[j] ? hpb[j] : h;
                     hnb[j] = h; ob[j] = h;
                 }
