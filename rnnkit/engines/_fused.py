@@ -211,31 +211,13 @@ class FusedLayer(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any,
-        kernels: _compiled.Kernels,
-        mode: str,
-        xp: Tensor,
-        w_ih: Tensor | None,
-        b_ih: Tensor | None,
-        h0: Tensor,
-        c0: Tensor | None,
-        w_hh: Tensor,
-        b_hh: Tensor | None,
-        w_hr: Tensor | None,
-        ln_hh: Tensor | None,
-        ln_cw: Tensor | None,
-        ln_cb: Tensor | None,
-        lengths: Tensor | None,
-        h_mask: Tensor | None,
-        keep_h: Tensor | None,
-        keep_c: Tensor | None,
-    ) -> tuple[Tensor, ...]:
-        run = _forward(kernels, mode, xp, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, ln_hh, ln_cw, ln_cb,
-                       lengths, h_mask, keep_h, keep_c, save=True)
+    def forward(ctx: Any, *args: Any) -> tuple[Tensor, ...]:  # type: ignore[override]
+        """args: _forward's (kernels, mode, xp, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, ln_hh,
+        ln_cw, ln_cb, lengths, h_mask, keep_h, keep_c), in that order."""
+        run = _forward(*args, save=True)
         ctx.slices, ctx.threads = run.slices, run.threads
         ctx.save_for_backward(*run.saved)
-        ctx.kernels, ctx.mode, ctx.has_bias = kernels, mode, b_hh is not None
+        ctx.kernels, ctx.mode, ctx.has_bias = args[0], args[1], args[8] is not None
         return run.outputs
 
     @staticmethod
