@@ -82,7 +82,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         forward.argtypes = [i] * 9 + [p] * 26  # slices, threads, cell, save, T, B, H, R, I, pointers
         backward = getattr(lib, "rnn_backward_slices" + suffix)
         backward.restype = i
-        backward.argtypes = [i] * 7 + [p] * 25  # slices, threads, cell, T, B, H, R, pointers
+        backward.argtypes = [i] * 7 + [p] * 24  # slices, threads, cell, T, B, H, R, pointers
     lib.rnnkit_kernels_version.restype = i
 
 

@@ -151,22 +151,21 @@ def _forward(
             flat = x_in @ w_ih.t() if b_ih is None else torch.addmm(b_ih, x_in, w_ih.t())
             pre = flat.view(steps, batch, gates)
     pre = None if pre is None else pre.contiguous()
-    like = xp
     size = w_hh.shape[1]  # R: proj_size with a projection, else hidden
     threads = _product_threads(kernels, slices, batch, gates, size)
     lstm = mode == "LSTM"
     kept = steps if save else 1  # steps the saved arrays hold
-    hs = like.new_empty(kept + 1, batch, size)
-    cs = like.new_empty(kept + 1, batch, hidden) if lstm else None
-    out = like.new_empty(steps, batch, size)
-    hr = like.new_empty(kept, batch, hidden) if w_hr is not None else None
+    hs = xp.new_empty(kept + 1, batch, size)
+    cs = xp.new_empty(kept + 1, batch, hidden) if lstm else None
+    out = xp.new_empty(steps, batch, size)
+    hr = xp.new_empty(kept, batch, hidden) if w_hr is not None else None
     w_hr_c = None if w_hr is None else w_hr.contiguous()
-    acts = like.new_empty(kept, batch, SAVED[mode] * hidden)
-    cand = like.new_empty(kept, batch, hidden) if lstm else None
-    ghat = like.new_empty(kept, batch, gates) if ln_hh is not None else None
-    rstd_h = like.new_empty(kept, batch) if ln_hh is not None else None
-    chat = like.new_empty(kept, batch, hidden) if ln_cw is not None else None
-    rstd_c = like.new_empty(kept, batch) if ln_cw is not None else None
+    acts = xp.new_empty(kept, batch, SAVED[mode] * hidden)
+    cand = xp.new_empty(kept, batch, hidden) if lstm else None
+    ghat = xp.new_empty(kept, batch, gates) if ln_hh is not None else None
+    rstd_h = xp.new_empty(kept, batch) if ln_hh is not None else None
+    chat = xp.new_empty(kept, batch, hidden) if ln_cw is not None else None
+    rstd_c = xp.new_empty(kept, batch) if ln_cw is not None else None
     h0_c = h0.contiguous()
     c0_c = None if c0 is None else c0.contiguous()
     w_hh_c = w_hh.contiguous()
@@ -174,7 +173,7 @@ def _forward(
     h_mask_c = None if h_mask is None else h_mask.contiguous()
     keep_h_c = None if keep_h is None else keep_h.contiguous().view(torch.uint8)
     keep_c_c = None if keep_c is None else keep_c.contiguous().view(torch.uint8)
-    status = getattr(kernels.lib, "rnn_forward_slices" + DTYPES[like.dtype])(
+    status = getattr(kernels.lib, "rnn_forward_slices" + DTYPES[xp.dtype])(
         slices, threads, CELL_IDS[mode], int(save), steps, batch, hidden, size, 0 if x is None else x.shape[2],
         _ptr(pre), _ptr(x), _ptr(w_ih_c), _ptr(b_ih_c), _ptr(w_hh_c), _ptr(b_hh), _ptr(w_hr_c),
         _ptr(ln_hh), _ptr(ln_cw), _ptr(ln_cb),
@@ -250,7 +249,7 @@ class FusedLayer(torch.autograd.Function):
         dln_c = hs.new_zeros(slices, 2, hidden) if ln_cw is not None else None  # each slice's sums
         status = getattr(kernels.lib, "rnn_backward_slices" + DTYPES[hs.dtype])(
             slices, ctx.threads, CELL_IDS[mode], steps, batch, hidden, size,
-            _ptr(w_hh), _ptr(w_hr), _ptr(ln_hh), _ptr(ln_cw), _ptr(ln_cb), _ptr(lengths), _ptr(h_mask),
+            _ptr(w_hh), _ptr(w_hr), _ptr(ln_hh), _ptr(ln_cw), _ptr(lengths), _ptr(h_mask),
             _ptr(keep_h), _ptr(keep_c), _ptr(hs), _ptr(cs), _ptr(acts), _ptr(cand),
             _ptr(ghat), _ptr(rstd_h), _ptr(chat), _ptr(rstd_c), _ptr(d_out), _ptr(dh), _ptr(dc),
             _ptr(dgi), _ptr(dgh), _ptr(dgh_raw), _ptr(dproj), _ptr(dln_c),

@@ -5,10 +5,10 @@
  */
 
 /* The per-step matrix products, C (M x N) = A (M x K) @ B (K x N), with B packed once per call
- * into panels of GEMM_NR columns (K x GEMM_NR each, zero-padded past N) so that the inner loop
- * reads it contiguously; register tiles of GEMM_MR rows x GEMM_NR columns, two vectors wide.
- * At the recurrent products' shapes (few rows: the batch slice) this runs 1.2-2x faster than
- * the BLAS sgemm torch ships with (benchmarks/README.md), which repacks B at every call. */
+ * into panels of NR columns, two vectors (K x NR each, zero-padded past N), so that the inner
+ * loop reads it contiguously; register tiles of GEMM_MR rows x NR columns. At the recurrent
+ * products' shapes (few rows: the batch slice) this runs 1.1-1.7x faster than the BLAS sgemm
+ * torch ships with (benchmarks/README.md), which repacks B at every call. */
 typedef REAL SFX(vec) __attribute__((vector_size(VEC_BYTES), aligned(sizeof(REAL))));
 enum { SFX(VL) = VEC_BYTES / sizeof(REAL), SFX(NR) = 2 * SFX(VL) };
 
@@ -181,8 +181,8 @@ static void SFX(layer_norm_backward)(int n, const REAL* dy, const REAL* gain, co
  * threads: how many threads run each per-step product (for one slice alone).
  * Returns 0, or -1 when its scratch memory cannot be had.
  */
-int SFX(rnn_forward)(int cell, int save, int threads, const REAL* whh_p, const REAL* whr_p, const REAL* wih_p,
-                     int T, int BS, int b0, int B, int H, int R, int I, const REAL* xp,
+static int SFX(rnn_forward)(int cell, int save, int threads, const REAL* whh_p, const REAL* whr_p,
+                     const REAL* wih_p, int T, int BS, int b0, int B, int H, int R, int I, const REAL* xp,
                      const REAL* x, const REAL* bih, const REAL* bhh, const REAL* whr,
                      const REAL* ln_hh, const REAL* ln_cw, const REAL* ln_cb,
                      const int64_t* lengths, const REAL* hmask, const uint8_t* keep_h,
@@ -364,9 +364,9 @@ int SFX(rnn_forward)(int cell, int save, int threads, const REAL* whh_p, const R
  * Like rnn_forward, it runs the B sequences b0 .. b0+B-1 of a batch of BS.
  * Returns 0, or -1 when its scratch memory cannot be had.
  */
-int SFX(rnn_backward)(int cell, int threads, const REAL* whh_p, const REAL* whr_p, int T, int BS, int b0, int B, int H, int R,
-                      const REAL* whh, const REAL* whr, const REAL* ln_hh, const REAL* ln_cw,
-                      const REAL* ln_cb, const int64_t* lengths, const REAL* hmask,
+static int SFX(rnn_backward)(int cell, int threads, const REAL* whh_p, const REAL* whr_p, int T,
+                      int BS, int b0, int B, int H, int R, const REAL* whr, const REAL* ln_hh,
+                      const REAL* ln_cw, const int64_t* lengths, const REAL* hmask,
                       const uint8_t* keep_h, const uint8_t* keep_c, const REAL* hs,
                       const REAL* cs, const REAL* acts, const REAL* cand, const REAL* ghat,
                       const REAL* rstd_h, const REAL* chat, const REAL* rstd_c,
@@ -503,19 +503,26 @@ int SFX(rnn_backward)(int cell, int threads, const REAL* whh_p, const REAL* whr_
     return 0;
 }
 
-/* W_hh (G*H, R), and W_hr (R, H) or NULL, packed for the products of rnn_forward (trans 1: h @ W^T)
- * or rnn_backward (trans 0: dg @ W), in one block: *whr_p points into it. NULL when no memory. */
-static REAL* SFX(pack_weights)(int trans, int GH, int H, int R, const REAL* whh, const REAL* whr,
-                               const REAL** whr_p) {
+/* W_hh (G*H, R), W_hr (R, H) or NULL and W_ih (G*H, I) or NULL (forward only), packed for the
+ * products of rnn_forward (trans 1: h @ W^T) or rnn_backward (trans 0: dg @ W) in one block,
+ * which is returned (NULL when no memory); *whr_p and *wih_p point into it, or are NULL. */
+static REAL* SFX(pack_weights)(int trans, int GH, int H, int R, int I, const REAL* whh,
+                               const REAL* whr, const REAL* wih, const REAL** whr_p,
+                               const REAL** wih_p) {
     const long size_hh = trans ? SFX(packed_size)(GH, R) : SFX(packed_size)(R, GH);
     const long size_hr = whr == NULL ? 0 : trans ? SFX(packed_size)(R, H) : SFX(packed_size)(H, R);
-    REAL* block = aligned_alloc(64, sizeof(REAL) * (size_t)((size_hh + size_hr + 15) / 16 * 16));
+    const long size_ih = wih == NULL ? 0 : SFX(packed_size)(GH, I);
+    REAL* block = aligned_alloc(64, sizeof(REAL) * (size_t)((size_hh + size_hr + size_ih + 15) / 16 * 16));
     if (block == NULL) return NULL;
     if (trans) SFX(pack)(1, GH, R, whh, block); else SFX(pack)(0, R, GH, whh, block);
-    *whr_p = NULL;
+    *whr_p = *wih_p = NULL;
     if (whr != NULL) {
         if (trans) SFX(pack)(1, R, H, whr, block + size_hh); else SFX(pack)(0, H, R, whr, block + size_hh);
         *whr_p = block + size_hh;
+    }
+    if (wih != NULL) {
+        SFX(pack)(1, GH, I, wih, block + size_hh + size_hr);
+        *wih_p = block + size_hh + size_hr;
     }
     return block;
 }
@@ -523,7 +530,8 @@ static REAL* SFX(pack_weights)(int trans, int GH, int H, int R, const REAL* whh,
 /* Run the batch as n slices of consecutive sequences in an OpenMP parallel region, each slice's
  * whole time loop in one thread: sequences never meet, so no step waits for another thread.
  * The region runs on the OpenMP runtime torch already uses. The weights are packed once, for all
- * slices. With one slice (n = 1), `threads` threads share each step's products instead. dln_c: with ln_cw, (n, 2, H), each slice's sums of dln_cw and dln_cb. */
+ * slices. With one slice (n = 1), `threads` threads share each step's products instead.
+ * dln_c: with ln_cw, (n, 2, H), each slice's sums of dln_cw and dln_cb. */
 int SFX(rnn_forward_slices)(int n, int threads, int cell, int save, int T, int B, int H, int R, int I,
                             const REAL* xp, const REAL* x, const REAL* wih, const REAL* bih,
                             const REAL* whh, const REAL* bhh, const REAL* whr,
@@ -532,16 +540,10 @@ int SFX(rnn_forward_slices)(int n, int threads, int cell, int save, int T, int B
                             const uint8_t* keep_c, const REAL* h0, const REAL* c0, REAL* hs,
                             REAL* cs, REAL* out, REAL* acts, REAL* cand, REAL* hr, REAL* ghat,
                             REAL* rstd_h, REAL* chat, REAL* rstd_c) {
-    const int GH = gates_of(cell) * H;
-    const REAL* whr_p;
-    REAL* whh_p = SFX(pack_weights)(1, GH, H, R, whh, whr, &whr_p);
-    REAL* wih_p = x != NULL ? aligned_alloc(64, sizeof(REAL) * (size_t)((SFX(packed_size)(GH, I) + 15) / 16 * 16)) : NULL;
-    if (whh_p == NULL || (x != NULL && wih_p == NULL)) {
-        free(whh_p);
-        free(wih_p);
-        return -1;
-    }
-    if (x != NULL) SFX(pack)(1, GH, I, wih, wih_p);
+    const REAL *whr_p, *wih_p;
+    REAL* whh_p = SFX(pack_weights)(1, gates_of(cell) * H, H, R, I, whh, whr, x != NULL ? wih : NULL,
+                                    &whr_p, &wih_p);
+    if (whh_p == NULL) return -1;
     int status = 0;
     if (n <= 1) {  /* no parallel region at all: starting one costs more than small work */
         status = SFX(rnn_forward)(cell, save, threads, whh_p, whr_p, wih_p, T, B, 0, B, H, R, I, xp, x, bih,
@@ -558,25 +560,24 @@ int SFX(rnn_forward_slices)(int n, int threads, int cell, int save, int T, int B
         }
     }
     free(whh_p);
-    free(wih_p);
     return status;
 }
 
 int SFX(rnn_backward_slices)(int n, int threads, int cell, int T, int B, int H, int R,
                              const REAL* whh, const REAL* whr, const REAL* ln_hh,
-                             const REAL* ln_cw, const REAL* ln_cb, const int64_t* lengths,
+                             const REAL* ln_cw, const int64_t* lengths,
                              const REAL* hmask, const uint8_t* keep_h, const uint8_t* keep_c,
                              const REAL* hs, const REAL* cs, const REAL* acts, const REAL* cand,
                              const REAL* ghat, const REAL* rstd_h, const REAL* chat,
                              const REAL* rstd_c, const REAL* d_out, REAL* dh, REAL* dc,
                              REAL* dgi, REAL* dgh, REAL* dgh_raw, REAL* dproj, REAL* dln_c) {
-    const REAL* whr_p;
-    REAL* whh_p = SFX(pack_weights)(0, gates_of(cell) * H, H, R, whh, whr, &whr_p);
+    const REAL *whr_p, *wih_p;
+    REAL* whh_p = SFX(pack_weights)(0, gates_of(cell) * H, H, R, 0, whh, whr, NULL, &whr_p, &wih_p);
     if (whh_p == NULL) return -1;
     int status = 0;
     if (n <= 1) {
-        status = SFX(rnn_backward)(cell, threads, whh_p, whr_p, T, B, 0, B, H, R, whh, whr, ln_hh, ln_cw,
-                                   ln_cb, lengths, hmask, keep_h, keep_c, hs, cs, acts, cand, ghat,
+        status = SFX(rnn_backward)(cell, threads, whh_p, whr_p, T, B, 0, B, H, R, whr, ln_hh, ln_cw,
+                                   lengths, hmask, keep_h, keep_c, hs, cs, acts, cand, ghat,
                                    rstd_h, chat, rstd_c, d_out, dh, dc, dgi, dgh, dgh_raw, dproj,
                                    dln_c, dln_c != NULL ? dln_c + H : NULL);
     } else {
@@ -584,8 +585,8 @@ int SFX(rnn_backward_slices)(int n, int threads, int cell, int T, int B, int H, 
         for (int s = 0; s < n; s++) {
             const int b0 = (int)((long)s * B / n), b1 = (int)((long)(s + 1) * B / n);
             REAL* own = dln_c != NULL ? dln_c + (long)s * 2 * H : NULL;  /* (2, H) */
-            status |= SFX(rnn_backward)(cell, 1, whh_p, whr_p, T, B, b0, b1 - b0, H, R, whh, whr, ln_hh,
-                                        ln_cw, ln_cb, lengths, hmask, keep_h, keep_c, hs, cs, acts,
+            status |= SFX(rnn_backward)(cell, 1, whh_p, whr_p, T, B, b0, b1 - b0, H, R, whr, ln_hh,
+                                        ln_cw, lengths, hmask, keep_h, keep_c, hs, cs, acts,
                                         cand, ghat, rstd_h, chat, rstd_c, d_out, dh, dc, dgi, dgh,
                                         dgh_raw, dproj, own, own != NULL ? own + H : NULL);
         }
