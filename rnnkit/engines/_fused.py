@@ -188,7 +188,7 @@ def _forward(
         finals = (hs[last],) if cs is None else (hs[last], cs[last])
         return _Forward((out, *finals), (), slices, threads)
     finals = (hs[last].clone(),) if cs is None else (hs[last].clone(), cs[last].clone())
-    saved = (w_hh_c, w_hr_c, ln_hh, ln_cw, ln_cb, hs, cs, acts, cand, hr, ghat, rstd_h, chat, rstd_c,
+    saved = (w_hh_c, w_hr_c, ln_hh, ln_cw, hs, cs, acts, cand, hr, ghat, rstd_h, chat, rstd_c,
              lengths_c, h_mask_c, keep_h_c, keep_c_c, x_in, w_ih)
     return _Forward((out, *finals), saved, slices, threads)
 
@@ -230,7 +230,7 @@ class FusedLayer(torch.autograd.Function):
                 "differentiable (create_graph=True); use engine='reference' or 'native' for "
                 "gradients of gradients"
             )
-        (w_hh, w_hr, ln_hh, ln_cw, ln_cb, hs, cs, acts, cand, hr, ghat, rstd_h, chat, rstd_c,
+        (w_hh, w_hr, ln_hh, ln_cw, hs, cs, acts, cand, hr, ghat, rstd_h, chat, rstd_c,
          lengths, h_mask, keep_h, keep_c, x_in, w_ih) = ctx.saved_tensors
         mode, kernels = ctx.mode, ctx.kernels
         steps, batch, size = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
