@@ -91,11 +91,27 @@ enum { CELL_RNN_TANH = 0, CELL_RNN_RELU = 1, CELL_LSTM = 2, CELL_GRU = 3 };
 #define GEMM_MR 6
 #endif
 
+/* TRANSPOSE4(r0, r1, r2, r3): four vectors of 4 elements, the rows of a 4 x 4 block, become its
+ * columns (an unpack stage, then a 64-bit one). Where __builtin_shufflevector is missing (GCC
+ * before 12), pack transposes element by element. */
+#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
+#define TRANSPOSE4(r0, r1, r2, r3) do {                                 \
+        const __typeof__(r0) t0 = __builtin_shufflevector(r0, r1, 0, 4, 1, 5); \
+        const __typeof__(r0) t1 = __builtin_shufflevector(r0, r1, 2, 6, 3, 7); \
+        const __typeof__(r0) t2 = __builtin_shufflevector(r2, r3, 0, 4, 1, 5); \
+        const __typeof__(r0) t3 = __builtin_shufflevector(r2, r3, 2, 6, 3, 7); \
+        r0 = __builtin_shufflevector(t0, t2, 0, 1, 4, 5);                 \
+        r1 = __builtin_shufflevector(t0, t2, 2, 3, 6, 7);                 \
+        r2 = __builtin_shufflevector(t1, t3, 0, 1, 4, 5);                 \
+        r3 = __builtin_shufflevector(t1, t3, 2, 3, 6, 7);                 \
+    } while (0)
+#endif
+
 static int gates_of(int cell) { return cell == CELL_LSTM ? 4 : cell == CELL_GRU ? 3 : 1; }
 /* Saved activations per unit: LSTM i, f, g, o; GRU r, z, n and W_hn h + b_hn; RNN h~. */
 static int saved_of(int cell) { return cell == CELL_LSTM || cell == CELL_GRU ? 4 : 1; }
 
-int rnnkit_kernels_version(void) { return 14; }
+int rnnkit_kernels_version(void) { return 15; }
 
 #define REAL float
 #define SFX(name) name##_f32

@@ -16,15 +16,38 @@ enum { SFX(VL) = VEC_BYTES / sizeof(REAL), SFX(NR) = 2 * SFX(VL) };
 static long SFX(packed_size)(int N, int K) { return (long)(N + SFX(NR) - 1) / SFX(NR) * SFX(NR) * K; }
 
 /* P = B packed in panels: P[p][k][j] = B(k, p*NR + j), 0 past N, where
- * B(k, n) = src[n * K + k] when trans (src is B^T, N x K, as W_hh for h @ W_hh^T), else src[k * N + n]. */
+ * B(k, n) = src[n * K + k] when trans (src is B^T, N x K, as W_hh for h @ W_hh^T), else src[k * N + n].
+ * The transposed copy goes by 4 x 4 blocks, each turned in registers (TRANSPOSE4): element by
+ * element it cost more than the products themselves at small T x B. */
 static void SFX(pack)(int trans, int N, int K, const REAL* src, REAL* P) {
     const int NR = SFX(NR);
     for (int n0 = 0; n0 < N; n0 += NR) {
         REAL* panel = P + (long)n0 * K;
         const int w = N - n0 < NR ? N - n0 : NR;
+        int j0 = 0;
+#ifdef TRANSPOSE4
+        if (trans) {
+            typedef REAL v4 __attribute__((vector_size(4 * sizeof(REAL)), aligned(sizeof(REAL))));
+            for (; j0 + 4 <= w; j0 += 4) {  /* four rows of src at once: four columns of B */
+                const REAL* s = src + (long)(n0 + j0) * K;
+                int k = 0;
+                for (; k + 4 <= K; k += 4) {
+                    v4 r0 = *(const v4*)(s + k), r1 = *(const v4*)(s + K + k);
+                    v4 r2 = *(const v4*)(s + 2L * K + k), r3 = *(const v4*)(s + 3L * K + k);
+                    TRANSPOSE4(r0, r1, r2, r3);
+                    *(v4*)(panel + (long)k * NR + j0) = r0;
+                    *(v4*)(panel + (long)(k + 1) * NR + j0) = r1;
+                    *(v4*)(panel + (long)(k + 2) * NR + j0) = r2;
+                    *(v4*)(panel + (long)(k + 3) * NR + j0) = r3;
+                }
+                for (; k < K; k++)
+                    for (int j = 0; j < 4; j++) panel[(long)k * NR + j0 + j] = s[(long)j * K + k];
+            }
+        }
+#endif
         for (int k = 0; k < K; k++) {
             REAL* row = panel + (long)k * NR;
-            for (int j = 0; j < w; j++) row[j] = trans ? src[(long)(n0 + j) * K + k] : src[(long)k * N + n0 + j];
+            for (int j = j0; j < w; j++) row[j] = trans ? src[(long)(n0 + j) * K + k] : src[(long)k * N + n0 + j];
             for (int j = w; j < NR; j++) row[j] = 0;
         }
     }
