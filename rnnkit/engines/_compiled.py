@@ -79,10 +79,10 @@ def _declare(lib: ctypes.CDLL) -> None:
     for suffix in ("_f32", "_f64"):
         forward = getattr(lib, "rnn_forward_slices" + suffix)
         forward.restype = i
-        forward.argtypes = [i] * 9 + [p] * 26  # slices, threads, cell, save, T, B, H, R, I, pointers
+        forward.argtypes = [i] * 10 + [p] * 26  # slices, threads, pthreads, cell, save, T, B, H, R, I, pointers
         backward = getattr(lib, "rnn_backward_slices" + suffix)
         backward.restype = i
-        backward.argtypes = [i] * 7 + [p] * 24  # slices, threads, cell, T, B, H, R, pointers
+        backward.argtypes = [i] * 9 + [p] * 34  # slices, threads, wthreads, cell, T, B, H, R, I, pointers
     lib.rnnkit_kernels_version.restype = i
 
 

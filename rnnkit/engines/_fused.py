@@ -1,13 +1,13 @@
 """The fused engine: forward and backward of one layer and direction as one autograd Function,
 with backpropagation through time derived by hand (kernels/rnn_kernels_impl.h).
 
-Inside the time loop (in C): the recurrent product h_{t-1} @ W_hh^T over W_hh packed once per
-call, its layer norm, the gate math, and, when the batch runs in parallel slices or the work is
-small, each step's input projection x_t @ W_ih^T beside it. Otherwise the input side of every
-step's gates (W_ih x + b_ih, layer-normalised with layer_norm, then differentiated by autograd)
-is one matrix product before the loop. After the backward loop, the weight gradients are one
-matrix product each. A call that needs no gradient keeps nothing for a backward pass.
-"""
+In C, over weights packed once per call: the input projection x @ W_ih^T + b_ih (of all steps at
+once before the loop when the batch runs as one slice; each slice its own at every step when the
+batch runs in parallel slices); inside the time loop the recurrent product h_{t-1} @ W_hh^T, its
+layer norm and the gate math; and after the backward loop, while their sums run over few rows,
+the weight gradients. With layer_norm, the input side of the gates (LN(W_ih x) + b_ih) is
+computed by torch before the loop and differentiated by autograd. A call that needs no gradient
+keeps nothing for a backward pass."""
 
 from __future__ import annotations
 
@@ -33,6 +33,9 @@ PARALLEL_MIN_WORK = 4_000_000
 STEP_PARALLEL_MIN_WORK = 300_000
 """Multiply-adds of one step's recurrent product (B * G*H * R) from which a batch run as one
 slice shares each step's products among threads (about 3 us of work: starting them costs ~1)."""
+KERNEL_WEIGHT_GRADS_MAX_WORK = 50_000_000
+"""Multiply-adds of the weight gradients (T * B * G*H * (R + I)) up to which the backward kernel
+computes them (summing over few rows, its products beat the BLAS's); above, torch does."""
 
 
 def _slice_count(kernels: _compiled.Kernels, steps: int, batch: int, gates: int, hidden: int) -> int:
@@ -135,22 +138,21 @@ def _forward(
     """The forward kernel over xp: the gates' input side (T, B, G*H), or with w_ih the input x
     (T, B, I), projected here. save=False keeps nothing for a backward pass: the saved arrays
     then hold one step (and hs, cs two), which the kernel overwrites as it goes."""
-    x_in = x = w_ih_c = b_ih_c = None
+    x_in = x = w_ih_c = b_ih_c = pre = None
     steps, batch = xp.shape[:2]
     gates = w_hh.shape[0]
     hidden = gates // GATES[mode]
     slices = _slice_count(kernels, steps, batch, gates, hidden)
-    pre: Tensor | None = xp  # the gates' input side (T, B, G*H), when computed before the loop
-    if w_ih is not None:  # xp is the input x (T, B, I), to project: x W_ih^T + b_ih (T, B, G*H)
-        x_in = xp.reshape(-1, xp.shape[-1])  # (T*B, I)
-        if slices > 1 or steps * batch * gates * x_in.shape[1] < PARALLEL_MIN_WORK:
-            # each step's projection in the kernel, beside W_hh's: no (T, B, G*H) array at all
-            x, w_ih_c, pre = xp.contiguous(), w_ih.contiguous(), None
-            b_ih_c = None if b_ih is None else b_ih.contiguous()
-        else:  # one product for all steps, on all threads (the recurrence runs on one)
-            flat = x_in @ w_ih.t() if b_ih is None else torch.addmm(b_ih, x_in, w_ih.t())
-            pre = flat.view(steps, batch, gates)
-    pre = None if pre is None else pre.contiguous()
+    if w_ih is None:  # xp is the gates' input side (T, B, G*H), computed before the loop
+        pre = xp.contiguous()
+    else:  # xp is the input x (T, B, I), which the kernel projects: x W_ih^T + b_ih (T, B, G*H)
+        x = xp.contiguous()
+        x_in = x.view(-1, x.shape[-1])  # (T*B, I), contiguous: the backward kernel reads it
+        w_ih_c = w_ih.contiguous()
+        b_ih_c = None if b_ih is None else b_ih.contiguous()
+    inputs = 0 if x is None else x.shape[2]
+    # threads for the projection of all steps at once (one slice), which reads W_ih once
+    pthreads = torch.get_num_threads() if kernels.parallel and steps * batch * gates * inputs >= STEP_PARALLEL_MIN_WORK else 1
     size = w_hh.shape[1]  # R: proj_size with a projection, else hidden
     threads = _product_threads(kernels, slices, batch, gates, size)
     lstm = mode == "LSTM"
@@ -174,7 +176,7 @@ def _forward(
     keep_h_c = None if keep_h is None else keep_h.contiguous().view(torch.uint8)
     keep_c_c = None if keep_c is None else keep_c.contiguous().view(torch.uint8)
     status = getattr(kernels.lib, "rnn_forward_slices" + DTYPES[xp.dtype])(
-        slices, threads, CELL_IDS[mode], int(save), steps, batch, hidden, size, 0 if x is None else x.shape[2],
+        slices, threads, pthreads, CELL_IDS[mode], int(save), steps, batch, hidden, size, inputs,
         _ptr(pre), _ptr(x), _ptr(w_ih_c), _ptr(b_ih_c), _ptr(w_hh_c), _ptr(b_hh), _ptr(w_hr_c),
         _ptr(ln_hh), _ptr(ln_cw), _ptr(ln_cb),
         _ptr(lengths_c), _ptr(h_mask_c), _ptr(keep_h_c), _ptr(keep_c_c), _ptr(h0_c), _ptr(c0_c),
@@ -189,7 +191,7 @@ def _forward(
         return _Forward((out, *finals), (), slices, threads)
     finals = (hs[last].clone(),) if cs is None else (hs[last].clone(), cs[last].clone())
     saved = (w_hh_c, w_hr_c, ln_hh, ln_cw, hs, cs, acts, cand, hr, ghat, rstd_h, chat, rstd_c,
-             lengths_c, h_mask_c, keep_h_c, keep_c_c, x_in, w_ih)
+             lengths_c, h_mask_c, keep_h_c, keep_c_c, x_in, None if w_ih is None else w_ih.contiguous())
     return _Forward((out, *finals), saved, slices, threads)
 
 
@@ -216,7 +218,8 @@ class FusedLayer(torch.autograd.Function):
         run = _forward(*args, save=True)
         ctx.slices, ctx.threads = run.slices, run.threads
         ctx.save_for_backward(*run.saved)
-        ctx.kernels, ctx.mode, ctx.has_bias = args[0], args[1], args[8] is not None
+        ctx.kernels, ctx.mode, ctx.has_bias, ctx.has_bias_ih = args[0], args[1], args[8] is not None, args[4] is not None
+        ctx.weight_threads = torch.get_num_threads() if args[0].parallel else 1
         return run.outputs
 
     @staticmethod
@@ -247,42 +250,59 @@ class FusedLayer(torch.autograd.Function):
         dproj = hs.new_empty(steps, batch, size) if w_hr is not None else None
         slices = ctx.slices
         dln_c = hs.new_zeros(slices, 2, hidden) if ln_cw is not None else None  # each slice's sums
+        needs = ctx.needs_input_grad  # kernels, mode, xp, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, ln_hh, ...
+        rows = steps * batch
+        inputs = 0 if x_in is None else x_in.shape[1]
+        # The weight gradients in the kernel too, while it beats the BLAS at their shapes (few
+        # rows to sum over); else by torch after it.
+        in_kernel = rows * gates * (size + inputs) <= KERNEL_WEIGHT_GRADS_MAX_WORK
+        dx = dw_ih = db_ih = dw_hh = db_hh = dw_hr = dln_hh = None
+        if in_kernel:
+            if needs[2] and x_in is not None:
+                dx = hs.new_empty(steps, batch, inputs)
+            dw_ih = hs.new_empty(gates, inputs) if x_in is not None and needs[3] else None
+            db_ih = hs.new_empty(gates) if x_in is not None and needs[4] and ctx.has_bias_ih else None
+            dw_hh = hs.new_empty(gates, size) if needs[7] else None
+            db_hh = hs.new_empty(gates) if ctx.has_bias and needs[8] else None
+            dw_hr = hs.new_empty(size, hidden) if dproj is not None and needs[9] else None
+            dln_hh = hs.new_empty(gates) if ghat is not None and needs[10] else None
         status = getattr(kernels.lib, "rnn_backward_slices" + DTYPES[hs.dtype])(
-            slices, ctx.threads, CELL_IDS[mode], steps, batch, hidden, size,
+            slices, ctx.threads, ctx.weight_threads if in_kernel else 0, CELL_IDS[mode], steps, batch,
+            hidden, size, inputs,
             _ptr(w_hh), _ptr(w_hr), _ptr(ln_hh), _ptr(ln_cw), _ptr(lengths), _ptr(h_mask),
             _ptr(keep_h), _ptr(keep_c), _ptr(hs), _ptr(cs), _ptr(acts), _ptr(cand),
             _ptr(ghat), _ptr(rstd_h), _ptr(chat), _ptr(rstd_c), _ptr(d_out), _ptr(dh), _ptr(dc),
             _ptr(dgi), _ptr(dgh), _ptr(dgh_raw), _ptr(dproj), _ptr(dln_c),
+            _ptr(x_in), _ptr(w_ih), _ptr(hr), _ptr(dx), _ptr(dw_ih), _ptr(db_ih), _ptr(dw_hh),
+            _ptr(db_hh), _ptr(dw_hr), _ptr(dln_hh),
         )
         if status != 0:
             raise MemoryError("rnnkit fused engine: no memory for the backward kernel's scratch")
         dln_cw = dln_cb = None
         if dln_c is not None:
             dln_cw, dln_cb = dln_c.sum(0)  # (H,) each
-        # kernels, mode, xp, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, ln_hh, ln_cw, ln_cb, ...
-        needs = ctx.needs_input_grad
-        dg_post = (dgh if dgh is not None else dgi).view(steps * batch, gates)  # recurrent side, after LN
-        dg_rec = dgh_raw.view(steps * batch, gates) if dgh_raw is not None else dg_post  # before LN
-        dx = dw_ih = db_ih = None  # the input projection's, when the Function did it
-        dgi_flat = dgi.view(steps * batch, gates)
-        if x_in is not None:
-            if needs[2]:
-                dx = (dgi_flat @ w_ih).view(steps, batch, -1)  # (T, B, I)
-            if needs[3]:
-                dw_ih = dgi_flat.t() @ x_in  # (G*H, I)
-            if needs[4]:
-                db_ih = dgi_flat.sum(0)
-        elif needs[2]:
+        if x_in is None and needs[2]:  # the gates' input side came in: its gradient is dgi
             dx = dgi
-        dw_hh = None
-        if needs[7]:
-            h_in = hs[:steps] if h_mask is None else hs[:steps] * h_mask  # (T, B, R): what met W_hh
-            dw_hh = dg_rec.t() @ h_in.reshape(steps * batch, size)  # (G*H, R)
-        db_hh = dg_post.sum(0) if ctx.has_bias and needs[8] else None
-        dw_hr = None
-        if dproj is not None and needs[9]:  # (P, H) = dproj (T*B, P)^T @ hr (T*B, H)
-            dw_hr = dproj.view(steps * batch, size).t() @ hr.view(steps * batch, hidden)
-        dln_hh = (dg_post * ghat.view(steps * batch, gates)).sum(0) if ghat is not None and needs[10] else None
+        if not in_kernel:
+            dg_post = (dgh if dgh is not None else dgi).view(rows, gates)  # recurrent side, after LN
+            dg_rec = dgh_raw.view(rows, gates) if dgh_raw is not None else dg_post  # before LN
+            dgi_flat = dgi.view(rows, gates)
+            if x_in is not None:  # the input projection's, when the Function did it
+                if needs[2]:
+                    dx = (dgi_flat @ w_ih).view(steps, batch, -1)  # (T, B, I)
+                if needs[3]:
+                    dw_ih = dgi_flat.t() @ x_in  # (G*H, I)
+                if needs[4] and ctx.has_bias_ih:
+                    db_ih = dgi_flat.sum(0)
+            if needs[7]:
+                h_in = hs[:steps] if h_mask is None else hs[:steps] * h_mask  # (T, B, R): what met W_hh
+                dw_hh = dg_rec.t() @ h_in.reshape(rows, size)  # (G*H, R)
+            if ctx.has_bias and needs[8]:
+                db_hh = dg_post.sum(0)
+            if dproj is not None and needs[9]:  # (P, H) = dproj (T*B, P)^T @ hr (T*B, H)
+                dw_hr = dproj.view(rows, size).t() @ hr.view(rows, hidden)
+            if ghat is not None and needs[10]:
+                dln_hh = (dg_post * ghat.view(rows, gates)).sum(0)
         return (None, None, dx, dw_ih, db_ih, dh if needs[5] else None, dc if needs[6] else None,
                 dw_hh, db_hh, dw_hr, dln_hh, dln_cw if needs[11] else None, dln_cb if needs[12] else None,
                 None, None, None, None)

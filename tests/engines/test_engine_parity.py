@@ -333,7 +333,7 @@ def test_kernel_tanh_and_sigmoid_match_torch(dtype: torch.dtype, ulps: int) -> N
 def test_fused_parallel_threads(family: str, split: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """With the thresholds lowered, three threads run the batch as slices (unevenly sized), each
     projecting its own input at every step; or, the batch left whole, share each step's
-    products; with one thread, the input projection runs as one product before the loop.
+    products and the projection of all steps before the loop; or one thread runs all.
     Everything still equals the reference engine, options included."""
     from rnnkit.engines import _fused
 
@@ -349,9 +349,6 @@ def test_fused_parallel_threads(family: str, split: str, monkeypatch: pytest.Mon
     slices = 1 if split == "products" else threads
     assert _fused._slice_count(kernels, 5, 7, 8, 2) == slices
     assert _fused._product_threads(kernels, slices, 7, 8, 2) == (3 if split == "products" else 1)
-    projections = []
-    addmm = torch.addmm
-    monkeypatch.setattr(torch, "addmm", lambda *a, **k: projections.append(1) or addmm(*a, **k))
     for layer_norm in (False, True):
         options = (("num_layers", 2), ("bidirectional", True), ("batch_first", True), ("bias", True),
                    ("recurrent_dropout", 0.2), ("zoneout", 0.1), ("layer_norm", layer_norm),
@@ -359,7 +356,26 @@ def test_fused_parallel_threads(family: str, split: str, monkeypatch: pytest.Mon
         hidden = 40 if split == "products" else 5  # products: several column panels to share
         for grad in (True, False):
             check_case(Case(family, options, "lengths", False, True, 6, 7, 3, hidden, seed=11), torch.float64, grad=grad)
-    assert bool(projections) == (slices == 1)  # layer_norm=False: the fused engine projects x
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_fused_weight_gradients_by_torch(family: str, layer_norm: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above KERNEL_WEIGHT_GRADS_MAX_WORK the weight gradients are torch's products after the
+    backward kernel, not the kernel's: the same numbers, every option on."""
+    from rnnkit.engines import _fused
+
+    calls = []
+    original = _fused.FusedLayer.backward
+    monkeypatch.setattr(_fused, "KERNEL_WEIGHT_GRADS_MAX_WORK", -1)
+    monkeypatch.setattr(_fused.FusedLayer, "backward",
+                        staticmethod(lambda ctx, *grads: calls.append(1) or original(ctx, *grads)))
+    options = (("num_layers", 2), ("bidirectional", True), ("batch_first", False), ("bias", True),
+               ("recurrent_dropout", 0.2), ("zoneout", 0.1), ("layer_norm", layer_norm),
+               ("learn_initial_state", False)) + ((("proj_size", 3),) if family == "lstm" else ())
+    for inputs in ("batched", "lengths"):
+        check_case(Case(family, options, inputs, True, True, 5, 4, 3, 6, seed=5), torch.float64)
+    assert calls
 
 @pytest.mark.parametrize("loss", ["sum", "square"])
 def test_fused_refuses_double_backward(loss: str) -> None:

@@ -111,7 +111,7 @@ static int gates_of(int cell) { return cell == CELL_LSTM ? 4 : cell == CELL_GRU 
 /* Saved activations per unit: LSTM i, f, g, o; GRU r, z, n and W_hn h + b_hn; RNN h~. */
 static int saved_of(int cell) { return cell == CELL_LSTM || cell == CELL_GRU ? 4 : 1; }
 
-int rnnkit_kernels_version(void) { return 15; }
+int rnnkit_kernels_version(void) { return 17; }
 
 #define REAL float
 #define SFX(name) name##_f32

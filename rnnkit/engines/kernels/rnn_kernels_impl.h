@@ -16,10 +16,12 @@ enum { SFX(VL) = VEC_BYTES / sizeof(REAL), SFX(NR) = 2 * SFX(VL) };
 static long SFX(packed_size)(int N, int K) { return (long)(N + SFX(NR) - 1) / SFX(NR) * SFX(NR) * K; }
 
 /* P = B packed in panels: P[p][k][j] = B(k, p*NR + j), 0 past N, where
- * B(k, n) = src[n * K + k] when trans (src is B^T, N x K, as W_hh for h @ W_hh^T), else src[k * N + n].
+ * B(k, n) = src[n * K + k] when trans (src is B^T, N x K, as W_hh for h @ W_hh^T), else
+ * src[k * N + n] (times mask[(k % rows) * N + n] with a mask, rows (rows, N) repeating: the
+ * recurrent dropout mask of each step's h).
  * The transposed copy goes by 4 x 4 blocks, each turned in registers (TRANSPOSE4): element by
  * element it cost more than the products themselves at small T x B. */
-static void SFX(pack)(int trans, int N, int K, const REAL* src, REAL* P) {
+static void SFX(pack)(int trans, int N, int K, const REAL* src, const REAL* mask, int rows, REAL* P) {
     const int NR = SFX(NR);
     for (int n0 = 0; n0 < N; n0 += NR) {
         REAL* panel = P + (long)n0 * K;
@@ -47,17 +49,27 @@ static void SFX(pack)(int trans, int N, int K, const REAL* src, REAL* P) {
 #endif
         for (int k = 0; k < K; k++) {
             REAL* row = panel + (long)k * NR;
-            for (int j = j0; j < w; j++) row[j] = trans ? src[(long)(n0 + j) * K + k] : src[(long)k * N + n0 + j];
+            if (trans) {
+                for (int j = j0; j < w; j++) row[j] = src[(long)(n0 + j) * K + k];
+            } else if (mask != NULL) {
+                const REAL* m = mask + (long)(k % rows) * N + n0;
+                for (int j = 0; j < w; j++) row[j] = src[(long)k * N + n0 + j] * m[j];
+            } else {
+                memcpy(row, src + (long)k * N + n0, sizeof(REAL) * w);
+            }
             for (int j = w; j < NR; j++) row[j] = 0;
         }
     }
 }
 
-/* One register tile: C[0:mr, 0:w] (+)= A[0:mr, 0:kc] @ panel[0:kc, :]. mr is a constant at each
- * call site below, so that the compiler unrolls the row loops and keeps the 2*mr accumulators
- * in registers. w < NR (the last panel) goes through a buffer. */
-static inline __attribute__((always_inline)) void SFX(tile)(const int mr, int kc, const REAL* A, long lda,
-                                                            const REAL* panel, int add, int w, REAL* C, long ldc) {
+/* One register tile: C[0:mr, 0:w] (+)= A[0:mr, 0:kc] @ panel[0:kc, :], A(i, k) = A[i * sa + k * sk]
+ * (sk = 1: A row-major; sa = 1: A given transposed, as the rows of dg for dW = dg^T h). mr, and
+ * the stride that is 1, are constants at each call site below, so that the compiler unrolls the
+ * row loops and keeps the 2*mr accumulators in registers. w < NR (the last panel) goes through
+ * a buffer. */
+static inline __attribute__((always_inline)) void SFX(tile)(const int mr, int kc, const REAL* A, long sa,
+                                                            long sk, const REAL* panel, int add, int w,
+                                                            REAL* C, long ldc) {
     typedef SFX(vec) vec;
     const int VL = SFX(VL), NR = SFX(NR);
     vec c0[GEMM_MR], c1[GEMM_MR];
@@ -65,7 +77,7 @@ static inline __attribute__((always_inline)) void SFX(tile)(const int mr, int kc
     for (int k = 0; k < kc; k++) {
         const vec b0 = *(const vec*)(panel + (long)k * NR), b1 = *(const vec*)(panel + (long)k * NR + VL);
         for (int i = 0; i < mr; i++) {
-            const REAL a = A[i * lda + k];
+            const REAL a = A[i * sa + k * sk];
             c0[i] += a * b0;
             c1[i] += a * b1;
         }
@@ -86,10 +98,12 @@ static inline __attribute__((always_inline)) void SFX(tile)(const int mr, int kc
     }
 }
 
-/* The panels p0 .. p1-1 of C (M x N, rows ldc apart) = [C +] A (M x K, rows lda apart) @ B,
- * B packed by pack (P). */
-static void SFX(gemm_panels)(int p0, int p1, int M, int N, int K, const REAL* A, long lda,
-                             const REAL* P, int add, REAL* C, long ldc) {
+/* The panels p0 .. p1-1 of C (M x N, rows ldc apart) = [C +] A (M x K, A(i, k) = A[i*sa + k*sk])
+ * @ B, B packed by pack (P). Inlined into gemm_panels_n and gemm_panels_t, each with its unit
+ * stride a constant. */
+static inline __attribute__((always_inline)) void SFX(gemm_panels_any)(
+        int p0, int p1, int M, int N, int K, const REAL* A, long sa, long sk, const REAL* P, int add,
+        REAL* C, long ldc) {
     const int NR = SFX(NR), KC = 256;  /* K in chunks: a chunk of a panel stays in L1 across row tiles */
     for (int p = p0; p < p1; p++) {
         const int n0 = p * NR, w = N - n0 < NR ? N - n0 : NR;
@@ -99,23 +113,33 @@ static void SFX(gemm_panels)(int p0, int p1, int M, int N, int K, const REAL* A,
             const REAL* panel = P + (long)n0 * K + (long)k0 * NR;
             int m0 = 0;
             for (; m0 + GEMM_MR <= M; m0 += GEMM_MR)
-                SFX(tile)(GEMM_MR, kc, A + m0 * lda + k0, lda, panel, acc, w, C + m0 * ldc + n0, ldc);
-            const REAL* a = A + m0 * lda + k0;
+                SFX(tile)(GEMM_MR, kc, A + m0 * sa + k0 * sk, sa, sk, panel, acc, w, C + m0 * ldc + n0, ldc);
+            const REAL* a = A + m0 * sa + k0 * sk;
             REAL* c = C + m0 * ldc + n0;
             switch (M - m0) {  /* the last rows, each count with its own unrolled tile */
-                case 1: SFX(tile)(1, kc, a, lda, panel, acc, w, c, ldc); break;
-                case 2: SFX(tile)(2, kc, a, lda, panel, acc, w, c, ldc); break;
-                case 3: SFX(tile)(3, kc, a, lda, panel, acc, w, c, ldc); break;
-                case 4: SFX(tile)(4, kc, a, lda, panel, acc, w, c, ldc); break;
-                case 5: SFX(tile)(5, kc, a, lda, panel, acc, w, c, ldc); break;
+                case 1: SFX(tile)(1, kc, a, sa, sk, panel, acc, w, c, ldc); break;
+                case 2: SFX(tile)(2, kc, a, sa, sk, panel, acc, w, c, ldc); break;
+                case 3: SFX(tile)(3, kc, a, sa, sk, panel, acc, w, c, ldc); break;
+                case 4: SFX(tile)(4, kc, a, sa, sk, panel, acc, w, c, ldc); break;
+                case 5: SFX(tile)(5, kc, a, sa, sk, panel, acc, w, c, ldc); break;
 #if GEMM_MR > 6
-                case 6: SFX(tile)(6, kc, a, lda, panel, acc, w, c, ldc); break;
-                case 7: SFX(tile)(7, kc, a, lda, panel, acc, w, c, ldc); break;
+                case 6: SFX(tile)(6, kc, a, sa, sk, panel, acc, w, c, ldc); break;
+                case 7: SFX(tile)(7, kc, a, sa, sk, panel, acc, w, c, ldc); break;
 #endif
                 default: break;
             }
         }
     }
+}
+
+static void SFX(gemm_panels_n)(int p0, int p1, int M, int N, int K, const REAL* A, long lda,
+                               const REAL* P, int add, REAL* C, long ldc) {
+    SFX(gemm_panels_any)(p0, p1, M, N, K, A, lda, 1, P, add, C, ldc);
+}
+
+static void SFX(gemm_panels_t)(int p0, int p1, int M, int N, int K, const REAL* At, long ldat,
+                               const REAL* P, int add, REAL* C, long ldc) {
+    SFX(gemm_panels_any)(p0, p1, M, N, K, At, 1, ldat, P, add, C, ldc);
 }
 
 /* C (M x N, rows ldc apart) = [C +] A (M x K, rows lda apart) @ B, B packed by pack (P); on
@@ -125,13 +149,32 @@ static void SFX(gemm)(int threads, int M, int N, int K, const REAL* A, long lda,
     const int panels = (N + SFX(NR) - 1) / SFX(NR);
     if (threads > panels) threads = panels;
     if (threads <= 1) {
-        SFX(gemm_panels)(0, panels, M, N, K, A, lda, P, add, C, ldc);
+        SFX(gemm_panels_n)(0, panels, M, N, K, A, lda, P, add, C, ldc);
         return;
     }
 #pragma omp parallel for num_threads(threads) schedule(static, 1)
     for (int s = 0; s < threads; s++)
-        SFX(gemm_panels)((int)((long)s * panels / threads), (int)((long)(s + 1) * panels / threads),
-                         M, N, K, A, lda, P, add, C, ldc);
+        SFX(gemm_panels_n)((int)((long)s * panels / threads), (int)((long)(s + 1) * panels / threads),
+                           M, N, K, A, lda, P, add, C, ldc);
+}
+
+/* C (M x N, rows ldc apart) = At^T @ B, At (K x M) with rows ldat apart, B packed by pack (P):
+ * the weight gradients, dW = dg^T h, over all T*B rows at once. On `threads` threads, each its
+ * share of C's rows (M is the large side here: G*H). */
+static void SFX(gemm_t)(int threads, int M, int N, int K, const REAL* At, long ldat, const REAL* P,
+                        REAL* C, long ldc) {
+    const int panels = (N + SFX(NR) - 1) / SFX(NR), blocks = (M + GEMM_MR - 1) / GEMM_MR;
+    if (threads > blocks) threads = blocks;
+    if (threads <= 1) {
+        SFX(gemm_panels_t)(0, panels, M, N, K, At, ldat, P, 0, C, ldc);
+        return;
+    }
+#pragma omp parallel for num_threads(threads) schedule(static, 1)
+    for (int s = 0; s < threads; s++) {
+        const int m0 = (int)((long)s * blocks / threads) * GEMM_MR;
+        const int m1 = (int)((long)(s + 1) * blocks / threads) * GEMM_MR;
+        SFX(gemm_panels_t)(0, panels, (m1 < M ? m1 : M) - m0, N, K, At + m0, ldat, P, 0, C + (long)m0 * ldc, ldc);
+    }
 }
 
 static inline REAL SFX(sigmoid)(REAL v) { return (REAL)1 / ((REAL)1 + EXP(-v)); }
@@ -537,14 +580,14 @@ static REAL* SFX(pack_weights)(int trans, int GH, int H, int R, int I, const REA
     const long size_ih = wih == NULL ? 0 : SFX(packed_size)(GH, I);
     REAL* block = aligned_alloc(64, sizeof(REAL) * (size_t)((size_hh + size_hr + size_ih + 15) / 16 * 16));
     if (block == NULL) return NULL;
-    if (trans) SFX(pack)(1, GH, R, whh, block); else SFX(pack)(0, R, GH, whh, block);
+    if (trans) SFX(pack)(1, GH, R, whh, NULL, 1, block); else SFX(pack)(0, R, GH, whh, NULL, 1, block);
     *whr_p = *wih_p = NULL;
     if (whr != NULL) {
-        if (trans) SFX(pack)(1, R, H, whr, block + size_hh); else SFX(pack)(0, H, R, whr, block + size_hh);
+        if (trans) SFX(pack)(1, R, H, whr, NULL, 1, block + size_hh); else SFX(pack)(0, H, R, whr, NULL, 1, block + size_hh);
         *whr_p = block + size_hh;
     }
     if (wih != NULL) {
-        SFX(pack)(1, GH, I, wih, block + size_hh + size_hr);
+        SFX(pack)(1, GH, I, wih, NULL, 1, block + size_hh + size_hr);
         *wih_p = block + size_hh + size_hr;
     }
     return block;
@@ -555,24 +598,35 @@ static REAL* SFX(pack_weights)(int trans, int GH, int H, int R, int I, const REA
  * The region runs on the OpenMP runtime torch already uses. The weights are packed once, for all
  * slices. With one slice (n = 1), `threads` threads share each step's products instead.
  * dln_c: with ln_cw, (n, 2, H), each slice's sums of dln_cw and dln_cb. */
-int SFX(rnn_forward_slices)(int n, int threads, int cell, int save, int T, int B, int H, int R, int I,
-                            const REAL* xp, const REAL* x, const REAL* wih, const REAL* bih,
+int SFX(rnn_forward_slices)(int n, int threads, int pthreads, int cell, int save, int T, int B, int H, int R,
+                            int I, const REAL* xp, const REAL* x, const REAL* wih, const REAL* bih,
                             const REAL* whh, const REAL* bhh, const REAL* whr,
                             const REAL* ln_hh, const REAL* ln_cw, const REAL* ln_cb,
                             const int64_t* lengths, const REAL* hmask, const uint8_t* keep_h,
                             const uint8_t* keep_c, const REAL* h0, const REAL* c0, REAL* hs,
                             REAL* cs, REAL* out, REAL* acts, REAL* cand, REAL* hr, REAL* ghat,
                             REAL* rstd_h, REAL* chat, REAL* rstd_c) {
+    const int GH = gates_of(cell) * H;
     const REAL *whr_p, *wih_p;
-    REAL* whh_p = SFX(pack_weights)(1, gates_of(cell) * H, H, R, I, whh, whr, x != NULL ? wih : NULL,
-                                    &whr_p, &wih_p);
+    REAL* whh_p = SFX(pack_weights)(1, GH, H, R, I, whh, whr, x != NULL ? wih : NULL, &whr_p, &wih_p);
     if (whh_p == NULL) return -1;
     int status = 0;
     if (n <= 1) {  /* no parallel region at all: starting one costs more than small work */
-        status = SFX(rnn_forward)(cell, save, threads, whh_p, whr_p, wih_p, T, B, 0, B, H, R, I, xp, x, bih,
-                                  bhh, whr, ln_hh, ln_cw, ln_cb, lengths, hmask, keep_h, keep_c, h0,
-                                  c0, hs, cs, out, acts, cand, hr, ghat, rstd_h, chat, rstd_c);
-    } else {
+        REAL* pre = NULL;
+        if (x != NULL) {  /* every step's input side at once, xp (T*B, G*H) = b_ih + x @ W_ih^T, on
+                           * pthreads threads: W_ih is read once, not at every step */
+            pre = malloc(sizeof(REAL) * (size_t)T * B * GH);
+            if (pre == NULL) { free(whh_p); return -1; }
+            if (bih != NULL)
+                for (long r = 0; r < (long)T * B; r++) memcpy(pre + r * GH, bih, sizeof(REAL) * GH);
+            SFX(gemm)(pthreads, T * B, GH, I, x, I, wih_p, bih != NULL, pre, GH);
+            xp = pre;
+        }
+        status = SFX(rnn_forward)(cell, save, threads, whh_p, whr_p, NULL, T, B, 0, B, H, R, I, xp, NULL,
+                                  NULL, bhh, whr, ln_hh, ln_cw, ln_cb, lengths, hmask, keep_h, keep_c,
+                                  h0, c0, hs, cs, out, acts, cand, hr, ghat, rstd_h, chat, rstd_c);
+        free(pre);
+    } else {  /* each slice's rows are not contiguous across steps: each step projects its own */
 #pragma omp parallel for num_threads(n) schedule(static, 1) reduction(| : status)
         for (int s = 0; s < n; s++) {
             const int b0 = (int)((long)s * B / n), b1 = (int)((long)(s + 1) * B / n);
@@ -586,14 +640,93 @@ int SFX(rnn_forward_slices)(int n, int threads, int cell, int save, int T, int B
     return status;
 }
 
-int SFX(rnn_backward_slices)(int n, int threads, int cell, int T, int B, int H, int R,
+/* Column sums of rows (M x N, rows ld apart) into out (N), each times w's row (M x N) with w,
+ * added into double sums so that float32 keeps its precision over T*B rows. */
+static void SFX(column_sums)(int M, int N, const REAL* rows, long ld, const REAL* w, double* acc, REAL* out) {
+    memset(acc, 0, sizeof(double) * N);
+    for (int m = 0; m < M; m++) {
+        const REAL* r = rows + (long)m * ld;
+        if (w != NULL) {
+            const REAL* wr = w + (long)m * ld;
+#pragma omp simd
+            for (int j = 0; j < N; j++) acc[j] += (double)(r[j] * wr[j]);
+        } else {
+#pragma omp simd
+            for (int j = 0; j < N; j++) acc[j] += r[j];
+        }
+    }
+    for (int j = 0; j < N; j++) out[j] = (REAL)acc[j];
+}
+
+/* dW = At^T @ B for At (K x M, rows ldat apart) and B (K x N), B packed here (times its mask). */
+static int SFX(weight_grad)(int threads, int M, int N, int K, const REAL* At, long ldat, const REAL* B,
+                            const REAL* mask, int rows, REAL* dW) {
+    REAL* P = aligned_alloc(64, sizeof(REAL) * (size_t)((SFX(packed_size)(N, K) + 15) / 16 * 16));
+    if (P == NULL) return -1;
+    SFX(pack)(0, N, K, B, mask, rows, P);
+    SFX(gemm_t)(threads, M, N, K, At, ldat, P, dW, N);
+    free(P);
+    return 0;
+}
+
+/* The gradients of the weights (and of x, when the forward projected it), from the backward
+ * loop's dgi, dgh, dgh_raw and dproj over all TB = T*B rows; each output NULL when not wanted:
+ *   dwhh (G*H, R) = dg_rec^T (h_{t-1} * hmask)   dbhh (G*H) = column sums of dg_post
+ *   dwih (G*H, I) = dgi^T x                      dbih (G*H) = column sums of dgi
+ *   dx   (T, B, I) = dgi @ W_ih                  dln_hh (G*H) = column sums of dg_post * ghat
+ *   dwhr (P, H)   = dproj^T hr
+ * on `threads` threads. Returns 0, or -1 when its scratch memory cannot be had. */
+static int SFX(weight_grads)(int threads, int cell, int T, int B, int H, int R, int I,
+                             const REAL* hmask, const REAL* hs, const REAL* x, const REAL* wih,
+                             const REAL* hr, const REAL* ghat, const REAL* dgi, const REAL* dgh,
+                             const REAL* dgh_raw, const REAL* dproj, REAL* dx, REAL* dwih,
+                             REAL* dbih, REAL* dwhh, REAL* dbhh, REAL* dwhr, REAL* dln_hh) {
+    const int GH = gates_of(cell) * H, TB = T * B;
+    const REAL* dg_post = cell == CELL_GRU ? dgh : dgi;
+    const REAL* dg_rec = ghat != NULL ? dgh_raw : dg_post;
+    int status = 0;
+    if (dwhh != NULL) status |= SFX(weight_grad)(threads, GH, R, TB, dg_rec, GH, hs, hmask, B, dwhh);
+    if (dwih != NULL) status |= SFX(weight_grad)(threads, GH, I, TB, dgi, GH, x, NULL, 1, dwih);
+    if (dwhr != NULL) status |= SFX(weight_grad)(threads, R, H, TB, dproj, R, hr, NULL, 1, dwhr);
+    if (dx != NULL) {  /* (TB, I) = dgi (TB, G*H) @ W_ih (G*H, I), by rows on the threads */
+        REAL* P = aligned_alloc(64, sizeof(REAL) * (size_t)((SFX(packed_size)(I, GH) + 15) / 16 * 16));
+        if (P == NULL) return -1;
+        SFX(pack)(0, I, GH, wih, NULL, 1, P);
+        const int panels = (I + SFX(NR) - 1) / SFX(NR), blocks = (TB + GEMM_MR - 1) / GEMM_MR;
+        const int n = threads < blocks ? threads : blocks;
+#pragma omp parallel for num_threads(n) schedule(static, 1) if (n > 1)
+        for (int s = 0; s < n; s++) {
+            const int m0 = (int)((long)s * blocks / n) * GEMM_MR;
+            int m1 = (int)((long)(s + 1) * blocks / n) * GEMM_MR;
+            m1 = m1 < TB ? m1 : TB;
+            SFX(gemm_panels_n)(0, panels, m1 - m0, I, GH, dgi + (long)m0 * GH, GH, P, 0, dx + (long)m0 * I, I);
+        }
+        free(P);
+    }
+    if (dbih != NULL || dbhh != NULL || dln_hh != NULL) {
+        double* acc = malloc(sizeof(double) * GH);
+        if (acc == NULL) return -1;
+        if (dbih != NULL) SFX(column_sums)(TB, GH, dgi, GH, NULL, acc, dbih);
+        if (dbhh != NULL) SFX(column_sums)(TB, GH, dg_post, GH, NULL, acc, dbhh);
+        if (dln_hh != NULL) SFX(column_sums)(TB, GH, dg_post, GH, ghat, acc, dln_hh);
+        free(acc);
+    }
+    return status;
+}
+
+/* The backward loop (rnn_backward) over n slices of the batch, as rnn_forward_slices; then, with
+ * wthreads > 0, the weight gradients (weight_grads, on wthreads threads; its outputs x .. dln_hh
+ * may each be NULL). dln_c: with ln_cw, (n, 2, H), each slice's sums of dln_cw and dln_cb. */
+int SFX(rnn_backward_slices)(int n, int threads, int wthreads, int cell, int T, int B, int H, int R, int I,
                              const REAL* whh, const REAL* whr, const REAL* ln_hh,
                              const REAL* ln_cw, const int64_t* lengths,
                              const REAL* hmask, const uint8_t* keep_h, const uint8_t* keep_c,
                              const REAL* hs, const REAL* cs, const REAL* acts, const REAL* cand,
                              const REAL* ghat, const REAL* rstd_h, const REAL* chat,
                              const REAL* rstd_c, const REAL* d_out, REAL* dh, REAL* dc,
-                             REAL* dgi, REAL* dgh, REAL* dgh_raw, REAL* dproj, REAL* dln_c) {
+                             REAL* dgi, REAL* dgh, REAL* dgh_raw, REAL* dproj, REAL* dln_c,
+                             const REAL* x, const REAL* wih, const REAL* hr, REAL* dx, REAL* dwih,
+                             REAL* dbih, REAL* dwhh, REAL* dbhh, REAL* dwhr, REAL* dln_hh) {
     const REAL *whr_p, *wih_p;
     REAL* whh_p = SFX(pack_weights)(0, gates_of(cell) * H, H, R, 0, whh, whr, NULL, &whr_p, &wih_p);
     if (whh_p == NULL) return -1;
@@ -615,5 +748,8 @@ int SFX(rnn_backward_slices)(int n, int threads, int cell, int T, int B, int H, 
         }
     }
     free(whh_p);
+    if (status == 0 && wthreads > 0)
+        status = SFX(weight_grads)(wthreads, cell, T, B, H, R, I, hmask, hs, x, wih, hr, ghat, dgi, dgh,
+                                   dgh_raw, dproj, dx, dwih, dbih, dwhh, dbhh, dwhr, dln_hh);
     return status;
 }
