@@ -23,6 +23,8 @@ from rnnkit.cells._module import check_forget_bias
 from rnnkit.engines import ENGINE_NAMES, ENGINES, Engine, LayerConfig, Noise, Probe, reverse_padded, select_engine
 
 Lengths = Sequence[int] | Tensor
+NO_NOISE = Noise()
+"""No recurrent dropout or zoneout this call (at eval, or with neither set)."""
 
 
 @dataclass
@@ -144,10 +146,16 @@ class RecurrentLayer(nn.Module):
 
     def cell_weights(self, layer: int, direction: int = 0) -> CellWeights:
         """The parameters of one layer and direction, as the CellWeights a step function takes."""
-        names = self._cell_names[layer * self.num_directions + direction]
+        return self._weights_of(self._cell_names[layer * self.num_directions + direction])
+
+    def _weights_of(self, names: dict[str, str]) -> CellWeights:
         params = self._parameters  # a dict lookup, not nn.Module.__getattr__: this runs every call
         return CellWeights(**{field: params[name] if name in params else getattr(self, name)  # type: ignore[arg-type]
                               for field, name in names.items()})
+
+    def _all_cell_weights(self) -> list[CellWeights]:
+        """cell_weights of every layer and direction, indexed layer * D + direction."""
+        return [self._weights_of(names) for names in self._cell_names]
 
     @property
     def all_weights(self) -> list[list[nn.Parameter]]:
@@ -195,7 +203,8 @@ class RecurrentLayer(nn.Module):
         return select_engine(self.engine, self._config(), x, owner=type(self).__name__, grad=grad).name
 
     def _needs_grad(self, x: Tensor) -> bool:
-        """Whether a call on x will be differentiated (grad mode on, and x or the weights need it)."""
+        """Whether a call on x will be differentiated (grad mode on, and x or the weights need it);
+        _forward asks the same inline."""
         return torch.is_grad_enabled() and (x.requires_grad or self.cell_weights(0).weight_hh.requires_grad)
 
     def to_torch(self) -> nn.Module:
@@ -214,7 +223,8 @@ class RecurrentLayer(nn.Module):
         """Run the layer; returns the output as input was given and the final state parts,
         each (K*D, B, S), or (K*D, S) for an unbatched input."""
         owner = type(self).__name__
-        dtype = self.cell_weights(0).weight_ih.dtype
+        cells = self._all_cell_weights()  # once per call: index layer * D + direction
+        dtype = cells[0].weight_ih.dtype
         packed = input if isinstance(input, PackedSequence) else None
         if packed is not None:
             if lengths is not None:
@@ -254,10 +264,11 @@ class RecurrentLayer(nn.Module):
         run_lengths = None
         if cpu_lengths is not None and int(cpu_lengths.min()) < steps:
             run_lengths = cpu_lengths.to(x.device)
-        engine = select_engine(self.engine, self._config(), x, owner=owner, grad=self._needs_grad(x))
+        grad = torch.is_grad_enabled() and (x.requires_grad or cells[0].weight_hh.requires_grad)
+        engine = select_engine(self.engine, self._config(), x, owner=owner, grad=grad)
         if self._probes is not None:  # rnnkit.diagnostics is looking: the reference loop, with probes
             engine = ENGINES["reference"]
-        out, finals = self._run_stack(engine, x, state0, run_lengths)
+        out, finals = self._run_stack(engine, x, state0, run_lengths, cells)
 
         if len(finals) == 1:  # (1, B, S) without a copy
             state = tuple(part.unsqueeze(0) for part in finals[0])
@@ -271,10 +282,11 @@ class RecurrentLayer(nn.Module):
         return (out.transpose(0, 1) if self.batch_first else out), state
 
     def _run_stack(
-        self, engine: Engine, x: Tensor, state0: list[State], lengths: Tensor | None
+        self, engine: Engine, x: Tensor, state0: list[State], lengths: Tensor | None, cells: list[CellWeights]
     ) -> tuple[Tensor, list[State]]:
-        """Run every layer and direction. x (T, B, I); returns out (T, B, D*R) and the final
-        state of each cell, indexed layer * D + direction."""
+        """Run every layer and direction. x (T, B, I); cells: the weights of each, indexed
+        layer * D + direction (_all_cell_weights); returns out (T, B, D*R) and the final state
+        of each cell, indexed likewise."""
         finals: list[State] = []
         layer_input = x
         for layer in range(self.num_layers):
@@ -283,7 +295,7 @@ class RecurrentLayer(nn.Module):
                 index = layer * self.num_directions + direction
                 reverse = direction == 1  # read each sequence from its last valid step back
                 seen = reverse_padded(layer_input, lengths) if reverse else layer_input  # (T, B, I) in its order
-                args = (self.spec, seen, state0[index], self.cell_weights(layer, direction))
+                args = (self.spec, seen, state0[index], cells[index])
                 noise = self._sample_noise(x.shape[0], x.shape[1], x)
                 if self._probes is None:
                     out, final = engine.run(*args, lengths=lengths, noise=noise)
@@ -301,8 +313,8 @@ class RecurrentLayer(nn.Module):
 
     def _sample_noise(self, steps: int, batch: int, like: Tensor) -> Noise:
         """Masks of one layer and direction; none at eval (both regularisers are then the identity)."""
-        if not self.training:
-            return Noise()
+        if not self.training or (self.recurrent_dropout == 0 and self.zoneout == 0):
+            return NO_NOISE
         h_mask = None
         if self.recurrent_dropout > 0:
             keep = 1.0 - self.recurrent_dropout
