@@ -11,6 +11,8 @@ keeps nothing for a backward pass."""
 
 from __future__ import annotations
 
+import ctypes
+import math
 from typing import Any, NamedTuple
 
 import torch
@@ -23,7 +25,6 @@ from rnnkit.engines import _compiled
 from rnnkit.engines._base import LayerConfig, Noise
 
 CELL_IDS = {"RNN_TANH": 0, "RNN_RELU": 1, "LSTM": 2, "GRU": 3}
-SAVED = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 4}  # saved activations per unit
 GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
 DTYPES = {torch.float32: "_f32", torch.float64: "_f64"}
 PARALLEL_MIN_ROWS = 8
@@ -109,9 +110,17 @@ class FusedEngine:
 
 class _Forward(NamedTuple):
     outputs: tuple[Tensor, ...]  # out (T, B, R), h_T (B, R)[, c_T (B, H)]
-    saved: tuple[Tensor | None, ...]  # what FusedLayer.backward unpacks (save=True only)
+    work: Tensor  # the arrays the kernel keeps for the backward pass, laid out by the kernels
+    inputs: tuple[Tensor | None, ...]  # what the backward reads of the inputs: w_hh, w_hr, ln_hh,
+    # ln_cw, x (T*B, I) and w_ih, all contiguous
+    masks: tuple[Tensor | None, ...]  # lengths, h_mask, keep_h, keep_c as the kernels read them
     slices: int
     threads: int  # see _product_threads
+
+
+def _flags(w_hr: Tensor | None, ln_hh: Tensor | None, ln_cw: Tensor | None) -> int:
+    """The kernels' HAS_PROJ | HAS_LN_H | HAS_LN_C: which optional arrays a layer has."""
+    return (w_hr is not None) | (ln_hh is not None) << 1 | (ln_cw is not None) << 2
 
 
 def _forward(
@@ -136,8 +145,8 @@ def _forward(
     save: bool,
 ) -> _Forward:
     """The forward kernel over xp: the gates' input side (T, B, G*H), or with w_ih the input x
-    (T, B, I), projected here. save=False keeps nothing for a backward pass: the saved arrays
-    then hold one step (and hs, cs two), which the kernel overwrites as it goes."""
+    (T, B, I), projected in the kernel. save=False keeps nothing for a backward pass: the
+    workspace then holds one step, which the kernel overwrites as it goes."""
     x_in = x = w_ih_c = b_ih_c = pre = None
     steps, batch = xp.shape[:2]
     gates = w_hh.shape[0]
@@ -155,60 +164,48 @@ def _forward(
     pthreads = torch.get_num_threads() if kernels.parallel and steps * batch * gates * inputs >= STEP_PARALLEL_MIN_WORK else 1
     size = w_hh.shape[1]  # R: proj_size with a projection, else hidden
     threads = _product_threads(kernels, slices, batch, gates, size)
-    lstm = mode == "LSTM"
-    kept = steps if save else 1  # steps the saved arrays hold
-    hs = xp.new_empty(kept + 1, batch, size)
-    cs = xp.new_empty(kept + 1, batch, hidden) if lstm else None
+    cell = CELL_IDS[mode]
+    work = xp.new_empty(kernels.lib.rnnkit_forward_layout(cell, save, steps, batch, hidden, size,
+                                                          _flags(w_hr, ln_hh, ln_cw), None))
     out = xp.new_empty(steps, batch, size)
-    hr = xp.new_empty(kept, batch, hidden) if w_hr is not None else None
-    w_hr_c = None if w_hr is None else w_hr.contiguous()
-    acts = xp.new_empty(kept, batch, SAVED[mode] * hidden)
-    cand = xp.new_empty(kept, batch, hidden) if lstm else None
-    ghat = xp.new_empty(kept, batch, gates) if ln_hh is not None else None
-    rstd_h = xp.new_empty(kept, batch) if ln_hh is not None else None
-    chat = xp.new_empty(kept, batch, hidden) if ln_cw is not None else None
-    rstd_c = xp.new_empty(kept, batch) if ln_cw is not None else None
+    h_n = xp.new_empty(batch, size)
+    c_n = xp.new_empty(batch, hidden) if c0 is not None else None
     h0_c = h0.contiguous()
     c0_c = None if c0 is None else c0.contiguous()
     w_hh_c = w_hh.contiguous()
+    w_hr_c = None if w_hr is None else w_hr.contiguous()
     lengths_c = None if lengths is None else lengths.to(torch.int64).contiguous()
     h_mask_c = None if h_mask is None else h_mask.contiguous()
     keep_h_c = None if keep_h is None else keep_h.contiguous().view(torch.uint8)
     keep_c_c = None if keep_c is None else keep_c.contiguous().view(torch.uint8)
     status = getattr(kernels.lib, "rnn_forward_slices" + DTYPES[xp.dtype])(
-        slices, threads, pthreads, CELL_IDS[mode], int(save), steps, batch, hidden, size, inputs,
+        slices, threads, pthreads, cell, save, steps, batch, hidden, size, inputs,
         _ptr(pre), _ptr(x), _ptr(w_ih_c), _ptr(b_ih_c), _ptr(w_hh_c), _ptr(b_hh), _ptr(w_hr_c),
-        _ptr(ln_hh), _ptr(ln_cw), _ptr(ln_cb),
-        _ptr(lengths_c), _ptr(h_mask_c), _ptr(keep_h_c), _ptr(keep_c_c), _ptr(h0_c), _ptr(c0_c),
-        _ptr(hs), _ptr(cs), _ptr(out), _ptr(acts), _ptr(cand), _ptr(hr),
-        _ptr(ghat), _ptr(rstd_h), _ptr(chat), _ptr(rstd_c),
+        _ptr(ln_hh), _ptr(ln_cw), _ptr(ln_cb), _ptr(lengths_c), _ptr(h_mask_c), _ptr(keep_h_c),
+        _ptr(keep_c_c), _ptr(h0_c), _ptr(c0_c), _ptr(out), _ptr(h_n), _ptr(c_n), _ptr(work),
     )
     if status != 0:
         raise MemoryError("rnnkit fused engine: no memory for the forward kernel's scratch")
-    last = steps if save else steps % 2  # where h_T and c_T are
-    if not save:  # hs and cs are scratch here: h_T and c_T can be views of them
-        finals = (hs[last],) if cs is None else (hs[last], cs[last])
-        return _Forward((out, *finals), (), slices, threads)
-    finals = (hs[last].clone(),) if cs is None else (hs[last].clone(), cs[last].clone())
-    saved = (w_hh_c, w_hr_c, ln_hh, ln_cw, hs, cs, acts, cand, hr, ghat, rstd_h, chat, rstd_c,
-             lengths_c, h_mask_c, keep_h_c, keep_c_c, x_in, None if w_ih is None else w_ih.contiguous())
-    return _Forward((out, *finals), saved, slices, threads)
+    outputs = (out, h_n) if c_n is None else (out, h_n, c_n)
+    return _Forward(outputs, work, (w_hh_c, w_hr_c, ln_hh, ln_cw, x_in, w_ih_c),
+                    (lengths_c, h_mask_c, keep_h_c, keep_c_c), slices, threads)
 
 
 class FusedLayer(torch.autograd.Function):
-    """out, h_T[, c_T] = the time loop over xp (T, B, G*H), the input side of every step's gates,
-    from h_0[, c_0]; the backward pass written by hand.
+    """out, h_T[, c_T] = the time loop over xp, from h_0[, c_0]; the backward pass written by hand.
 
-    Saved for the backward pass (T steps, B batch, H hidden, G gates, S saved per unit, R the
-    size of h: proj_size P with an LSTM projection, else H):
+    xp is the input x (T, B, I) with w_ih (and b_ih), which the kernel projects, or else the
+    input side of every step's gates (T, B, G*H). Kept for the backward pass, in the workspace
+    that the kernels lay out (rnnkit_forward_layout; T steps, B batch, H hidden, G gates, S saved
+    per unit, R the size of h: proj_size P with an LSTM projection, else H):
         hs     (T+1, B, R)  h before and after every step: h_{t-1} enters dW_hh and the GRU's dz
         cs     (T+1, B, H)  LSTM cell states: c_{t-1} gives df
         acts   (T, B, S*H)  gate activations, so no sigmoid or tanh is recomputed
-        cand   (T, B, H)    LSTM: tanh of the candidate c~_t (or of its layer norm), for do and dc
+        cand   (T, B, H)    LSTM: tanh of the cell state (or of its layer norm), for do and dc
+        hr     (T, B, H)    projected LSTM: o * tanh(c~) before W_hr, for dW_hr
         ghat   (T, B, G*H), rstd_h (T, B): layer_norm, LN(W_hh h)'s normalised rows and 1/sigma
         chat   (T, B, H),   rstd_c (T, B): layer-normalised LSTM, LN(c~)'s likewise
-        hr     (T, B, H)    projected LSTM: o * tanh(c~) before W_hr, for dW_hr
-        and W_hh, W_hr, the layer-norm gains, the lengths and the masks as given.
+    and, saved as inputs, W_hh, W_hr, the layer-norm gains, x and W_ih; the lengths and masks.
     """
 
     @staticmethod
@@ -216,10 +213,12 @@ class FusedLayer(torch.autograd.Function):
         """args: _forward's (kernels, mode, xp, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, ln_hh,
         ln_cw, ln_cb, lengths, h_mask, keep_h, keep_c), in that order."""
         run = _forward(*args, save=True)
-        ctx.slices, ctx.threads = run.slices, run.threads
-        ctx.save_for_backward(*run.saved)
-        ctx.kernels, ctx.mode, ctx.has_bias, ctx.has_bias_ih = args[0], args[1], args[8] is not None, args[4] is not None
+        ctx.save_for_backward(*run.inputs)
+        ctx.work, ctx.masks, ctx.slices, ctx.threads = run.work, run.masks, run.slices, run.threads
+        ctx.kernels, ctx.mode = args[0], args[1]
         ctx.weight_threads = torch.get_num_threads() if args[0].parallel else 1
+        ctx.has_bias_ih, ctx.has_bias = args[4] is not None, args[8] is not None
+        ctx.shape = args[2].shape[:2]  # T, B
         return run.outputs
 
     @staticmethod
@@ -233,76 +232,105 @@ class FusedLayer(torch.autograd.Function):
                 "differentiable (create_graph=True); use engine='reference' or 'native' for "
                 "gradients of gradients"
             )
-        (w_hh, w_hr, ln_hh, ln_cw, hs, cs, acts, cand, hr, ghat, rstd_h, chat, rstd_c,
-         lengths, h_mask, keep_h, keep_c, x_in, w_ih) = ctx.saved_tensors
-        mode, kernels = ctx.mode, ctx.kernels
-        steps, batch, size = hs.shape[0] - 1, hs.shape[1], hs.shape[2]
-        gates = w_hh.shape[0]
+        w_hh, w_hr, ln_hh, ln_cw, x_in, w_ih = ctx.saved_tensors
+        lengths, h_mask, keep_h, keep_c = ctx.masks
+        mode, kernels, work = ctx.mode, ctx.kernels, ctx.work
+        steps, batch = ctx.shape
+        gates, size = w_hh.shape  # G*H, R
         hidden = gates // GATES[mode]
-        d_out = hs.new_zeros(steps, batch, size) if d_out is None else d_out.contiguous()
-        dh = hs.new_zeros(batch, size) if d_hn is None else d_hn.clone().contiguous()
-        dc = None
-        if mode == "LSTM":
-            dc = hs.new_zeros(batch, hidden) if d_cn is None else d_cn.clone().contiguous()
-        dgi = hs.new_empty(steps, batch, gates)
-        dgh = hs.new_empty(steps, batch, gates) if mode == "GRU" else None
-        dgh_raw = hs.new_empty(steps, batch, gates) if ln_hh is not None else None
-        dproj = hs.new_empty(steps, batch, size) if w_hr is not None else None
-        slices = ctx.slices
-        dln_c = hs.new_zeros(slices, 2, hidden) if ln_cw is not None else None  # each slice's sums
-        needs = ctx.needs_input_grad  # kernels, mode, xp, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, ln_hh, ...
         rows = steps * batch
         inputs = 0 if x_in is None else x_in.shape[1]
+        cell, flags, slices = CELL_IDS[mode], _flags(w_hr, ln_hh, ln_cw), ctx.slices
+        needs = ctx.needs_input_grad  # kernels, mode, xp, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, ln_hh, ...
+        d_out = work.new_zeros(steps, batch, size) if d_out is None else d_out.contiguous()
+        dh = work.new_zeros(batch, size) if d_hn is None else d_hn.clone(memory_format=torch.contiguous_format)
+        dc = None
+        if mode == "LSTM":
+            dc = work.new_zeros(batch, hidden) if d_cn is None else d_cn.clone(memory_format=torch.contiguous_format)
+        dwork = work.new_empty(kernels.lib.rnnkit_backward_layout(slices, cell, steps, batch, hidden, size, flags, None))
         # The weight gradients in the kernel too, while it beats the BLAS at their shapes (few
         # rows to sum over); else by torch after it.
         in_kernel = rows * gates * (size + inputs) <= KERNEL_WEIGHT_GRADS_MAX_WORK
         dx = dw_ih = db_ih = dw_hh = db_hh = dw_hr = dln_hh = None
         if in_kernel:
             if needs[2] and x_in is not None:
-                dx = hs.new_empty(steps, batch, inputs)
-            dw_ih = hs.new_empty(gates, inputs) if x_in is not None and needs[3] else None
-            db_ih = hs.new_empty(gates) if x_in is not None and needs[4] and ctx.has_bias_ih else None
-            dw_hh = hs.new_empty(gates, size) if needs[7] else None
-            db_hh = hs.new_empty(gates) if ctx.has_bias and needs[8] else None
-            dw_hr = hs.new_empty(size, hidden) if dproj is not None and needs[9] else None
-            dln_hh = hs.new_empty(gates) if ghat is not None and needs[10] else None
-        status = getattr(kernels.lib, "rnn_backward_slices" + DTYPES[hs.dtype])(
-            slices, ctx.threads, ctx.weight_threads if in_kernel else 0, CELL_IDS[mode], steps, batch,
-            hidden, size, inputs,
+                dx = work.new_empty(steps, batch, inputs)
+            dw_ih = work.new_empty(gates, inputs) if x_in is not None and needs[3] else None
+            db_ih = work.new_empty(gates) if x_in is not None and needs[4] and ctx.has_bias_ih else None
+            dw_hh = work.new_empty(gates, size) if needs[7] else None
+            db_hh = work.new_empty(gates) if ctx.has_bias and needs[8] else None
+            dw_hr = work.new_empty(size, hidden) if w_hr is not None and needs[9] else None
+            dln_hh = work.new_empty(gates) if ln_hh is not None and needs[10] else None
+        dln_cw = work.new_empty(hidden) if ln_cw is not None and needs[11] else None
+        dln_cb = work.new_empty(hidden) if ln_cw is not None and needs[12] else None
+        status = getattr(kernels.lib, "rnn_backward_slices" + DTYPES[work.dtype])(
+            slices, ctx.threads, ctx.weight_threads if in_kernel else 0, cell, steps, batch, hidden, size, inputs,
             _ptr(w_hh), _ptr(w_hr), _ptr(ln_hh), _ptr(ln_cw), _ptr(lengths), _ptr(h_mask),
-            _ptr(keep_h), _ptr(keep_c), _ptr(hs), _ptr(cs), _ptr(acts), _ptr(cand),
-            _ptr(ghat), _ptr(rstd_h), _ptr(chat), _ptr(rstd_c), _ptr(d_out), _ptr(dh), _ptr(dc),
-            _ptr(dgi), _ptr(dgh), _ptr(dgh_raw), _ptr(dproj), _ptr(dln_c),
-            _ptr(x_in), _ptr(w_ih), _ptr(hr), _ptr(dx), _ptr(dw_ih), _ptr(db_ih), _ptr(dw_hh),
-            _ptr(db_hh), _ptr(dw_hr), _ptr(dln_hh),
+            _ptr(keep_h), _ptr(keep_c), _ptr(work), _ptr(d_out), _ptr(dh), _ptr(dc), _ptr(dwork),
+            _ptr(x_in), _ptr(w_ih), _ptr(dx), _ptr(dw_ih), _ptr(db_ih), _ptr(dw_hh), _ptr(db_hh),
+            _ptr(dw_hr), _ptr(dln_hh), _ptr(dln_cw), _ptr(dln_cb),
         )
         if status != 0:
             raise MemoryError("rnnkit fused engine: no memory for the backward kernel's scratch")
-        dln_cw = dln_cb = None
-        if dln_c is not None:
-            dln_cw, dln_cb = dln_c.sum(0)  # (H,) each
+        dgi = dwork[: rows * gates].view(steps, batch, gates)  # dL/d(the gates' input side)
         if x_in is None and needs[2]:  # the gates' input side came in: its gradient is dgi
             dx = dgi
         if not in_kernel:
-            dg_post = (dgh if dgh is not None else dgi).view(rows, gates)  # recurrent side, after LN
-            dg_rec = dgh_raw.view(rows, gates) if dgh_raw is not None else dg_post  # before LN
-            dgi_flat = dgi.view(rows, gates)
-            if x_in is not None:  # the input projection's, when the Function did it
-                if needs[2]:
-                    dx = (dgi_flat @ w_ih).view(steps, batch, -1)  # (T, B, I)
-                if needs[3]:
-                    dw_ih = dgi_flat.t() @ x_in  # (G*H, I)
-                if needs[4] and ctx.has_bias_ih:
-                    db_ih = dgi_flat.sum(0)
-            if needs[7]:
-                h_in = hs[:steps] if h_mask is None else hs[:steps] * h_mask  # (T, B, R): what met W_hh
-                dw_hh = dg_rec.t() @ h_in.reshape(rows, size)  # (G*H, R)
-            if ctx.has_bias and needs[8]:
-                db_hh = dg_post.sum(0)
-            if dproj is not None and needs[9]:  # (P, H) = dproj (T*B, P)^T @ hr (T*B, H)
-                dw_hr = dproj.view(rows, size).t() @ hr.view(rows, hidden)
-            if ghat is not None and needs[10]:
-                dln_hh = (dg_post * ghat.view(rows, gates)).sum(0)
+            dx_in, dw_ih, db_ih, dw_hh, db_hh, dw_hr, dln_hh = _weight_grads_by_torch(ctx, work, dwork, needs)
+            if x_in is not None:
+                dx = dx_in
         return (None, None, dx, dw_ih, db_ih, dh if needs[5] else None, dc if needs[6] else None,
-                dw_hh, db_hh, dw_hr, dln_hh, dln_cw if needs[11] else None, dln_cb if needs[12] else None,
-                None, None, None, None)
+                dw_hh, db_hh, dw_hr, dln_hh, dln_cw, dln_cb, None, None, None, None)
+
+
+# Where the kernels lay out their workspaces (rnn_kernels.c: W_* and D_* in rnnkit_forward_layout
+# and rnnkit_backward_layout), for the arrays read here
+W_HS, W_HR, W_GHAT, W_PARTS = 0, 4, 5, 9
+D_GH, D_GH_RAW, D_PROJ, D_PARTS = 1, 2, 3, 5
+
+
+def _views(kernels: _compiled.Kernels, forward: bool, args: tuple[int, ...], data: Tensor,
+           shapes: dict[int, tuple[int, ...]]) -> dict[int, Tensor]:
+    """Views of the arrays of a workspace the kernels laid out (args: the layout function's),
+    each of the shape given by its index; absent arrays are left out."""
+    offsets = (ctypes.c_long * (W_PARTS if forward else D_PARTS))()
+    (kernels.lib.rnnkit_forward_layout if forward else kernels.lib.rnnkit_backward_layout)(*args, offsets)
+    return {i: data[offsets[i]: offsets[i] + math.prod(shape)].view(shape)
+            for i, shape in shapes.items() if offsets[i] >= 0}
+
+
+def _weight_grads_by_torch(ctx: Any, work: Tensor, dwork: Tensor, needs: tuple[bool, ...]) -> tuple[Tensor | None, ...]:
+    """dx (when the Function projected x), dW_ih, db_ih, dW_hh, db_hh, dW_hr and dln_hh as torch
+    products after the backward kernel, for sizes where they beat the kernel's own."""
+    w_hh, w_hr, ln_hh, ln_cw, x_in, w_ih = ctx.saved_tensors
+    h_mask = ctx.masks[1]
+    steps, batch = ctx.shape
+    gates, size = w_hh.shape
+    hidden, rows = gates // GATES[ctx.mode], steps * batch
+    layout = (CELL_IDS[ctx.mode], steps, batch, hidden, size, _flags(w_hr, ln_hh, ln_cw))
+    kept = _views(ctx.kernels, True, (layout[0], 1, *layout[1:]), work,
+                  {W_HS: (steps + 1, batch, size), W_HR: (rows, hidden), W_GHAT: (rows, gates)})
+    grads = _views(ctx.kernels, False, (ctx.slices, *layout), dwork,
+                   {D_GH: (rows, gates), D_GH_RAW: (rows, gates), D_PROJ: (rows, size)})
+    dgi = dwork[: rows * gates].view(rows, gates)
+    dg_post = grads.get(D_GH, dgi)  # the recurrent side's gradient after its layer norm (GRU: dgh)
+    dg_rec = grads.get(D_GH_RAW, dg_post)  # and before it
+    dx = dw_ih = db_ih = dw_hh = db_hh = dw_hr = dln_hh = None
+    if x_in is not None:  # the input projection's, when the Function did it
+        if needs[2]:
+            dx = (dgi @ w_ih).view(steps, batch, -1)  # (T, B, I)
+        if needs[3]:
+            dw_ih = dgi.t() @ x_in  # (G*H, I)
+        if needs[4] and ctx.has_bias_ih:
+            db_ih = dgi.sum(0)
+    if needs[7]:
+        hs = kept[W_HS][:steps]
+        h_in = hs if h_mask is None else hs * h_mask  # (T, B, R): what met W_hh
+        dw_hh = dg_rec.t() @ h_in.reshape(rows, size)  # (G*H, R)
+    if ctx.has_bias and needs[8]:
+        db_hh = dg_post.sum(0)
+    if w_hr is not None and needs[9]:  # (P, H) = dproj (T*B, P)^T @ hr (T*B, H)
+        dw_hr = grads[D_PROJ].t() @ kept[W_HR]
+    if ln_hh is not None and needs[10]:
+        dln_hh = (dg_post * kept[W_GHAT]).sum(0)
+    return dx, dw_ih, db_ih, dw_hh, db_hh, dw_hr, dln_hh

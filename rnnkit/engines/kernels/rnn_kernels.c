@@ -111,7 +111,52 @@ static int gates_of(int cell) { return cell == CELL_LSTM ? 4 : cell == CELL_GRU 
 /* Saved activations per unit: LSTM i, f, g, o; GRU r, z, n and W_hn h + b_hn; RNN h~. */
 static int saved_of(int cell) { return cell == CELL_LSTM || cell == CELL_GRU ? 4 : 1; }
 
-int rnnkit_kernels_version(void) { return 17; }
+/* The arrays of the forward pass's workspace (what it keeps for the backward pass; see
+ * rnn_forward) and of the backward pass's (see rnn_backward), in this order. */
+enum { W_HS, W_CS, W_ACTS, W_CAND, W_HR, W_GHAT, W_RSTD_H, W_CHAT, W_RSTD_C, W_PARTS };
+enum { D_GI, D_GH, D_GH_RAW, D_PROJ, D_LN_C, D_PARTS };
+/* flags of a layer: which optional arrays it has */
+enum { HAS_PROJ = 1, HAS_LN_H = 2, HAS_LN_C = 4 };
+
+/* Lays out parts (sizes in elements, 0 for an absent array) one after the other, each from a
+ * 64-byte line (in float32; 128 bytes in float64): offsets[i] is where part i starts, or -1.
+ * Returns the total. */
+static long lay_out(int count, const long* sizes, long* offsets) {
+    long total = 0;
+    for (int i = 0; i < count; i++) {
+        offsets[i] = sizes[i] > 0 ? total : -1;
+        total += (sizes[i] + 15) / 16 * 16;
+    }
+    return total;
+}
+
+/* The forward workspace: elements in all, and with offsets (W_PARTS longs) where each array
+ * starts. save = 0: the arrays hold one step (hs and cs two). */
+long rnnkit_forward_layout(int cell, int save, int T, int B, int H, int R, int flags, long* offsets) {
+    const long kept = save ? T : 1, lstm = cell == CELL_LSTM;
+    const long S = cell == CELL_LSTM || cell == CELL_GRU ? 4 : 1, G = lstm ? 4 : cell == CELL_GRU ? 3 : 1;
+    const long sizes[W_PARTS] = {
+        (kept + 1) * B * R, lstm * (kept + 1) * B * H, kept * B * S * H, lstm * kept * B * H,
+        (flags & HAS_PROJ) ? kept * B * H : 0, (flags & HAS_LN_H) ? kept * B * G * H : 0,
+        (flags & HAS_LN_H) ? kept * B : 0, (flags & HAS_LN_C) ? kept * B * H : 0,
+        (flags & HAS_LN_C) ? kept * B : 0,
+    };
+    long own[W_PARTS];
+    return lay_out(W_PARTS, sizes, offsets != NULL ? offsets : own);
+}
+
+/* The backward scratch for n slices: dgi first (offset 0), then dgh, dgh_raw, dproj and dln_c. */
+long rnnkit_backward_layout(int n, int cell, int T, int B, int H, int R, int flags, long* offsets) {
+    const long G = cell == CELL_LSTM ? 4 : cell == CELL_GRU ? 3 : 1, rows = (long)T * B;
+    const long sizes[D_PARTS] = {
+        rows * G * H, cell == CELL_GRU ? rows * G * H : 0, (flags & HAS_LN_H) ? rows * G * H : 0,
+        (flags & HAS_PROJ) ? rows * R : 0, (flags & HAS_LN_C) ? (long)n * 2 * H : 0,
+    };
+    long own[D_PARTS];
+    return lay_out(D_PARTS, sizes, offsets != NULL ? offsets : own);
+}
+
+int rnnkit_kernels_version(void) { return 18; }
 
 #define REAL float
 #define SFX(name) name##_f32

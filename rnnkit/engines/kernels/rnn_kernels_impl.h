@@ -603,9 +603,15 @@ int SFX(rnn_forward_slices)(int n, int threads, int pthreads, int cell, int save
                             const REAL* whh, const REAL* bhh, const REAL* whr,
                             const REAL* ln_hh, const REAL* ln_cw, const REAL* ln_cb,
                             const int64_t* lengths, const REAL* hmask, const uint8_t* keep_h,
-                            const uint8_t* keep_c, const REAL* h0, const REAL* c0, REAL* hs,
-                            REAL* cs, REAL* out, REAL* acts, REAL* cand, REAL* hr, REAL* ghat,
-                            REAL* rstd_h, REAL* chat, REAL* rstd_c) {
+                            const uint8_t* keep_c, const REAL* h0, const REAL* c0, REAL* out,
+                            REAL* hn, REAL* cn, REAL* work) {
+    long at[W_PARTS];
+    rnnkit_forward_layout(cell, save, T, B, H, R, (whr != NULL ? HAS_PROJ : 0) | (ln_hh != NULL ? HAS_LN_H : 0)
+                          | (ln_cw != NULL ? HAS_LN_C : 0), at);
+#define PART(i) (at[i] < 0 ? NULL : work + at[i])
+    REAL *hs = PART(W_HS), *cs = PART(W_CS), *acts = PART(W_ACTS), *cand = PART(W_CAND), *hr = PART(W_HR);
+    REAL *ghat = PART(W_GHAT), *rstd_h = PART(W_RSTD_H), *chat = PART(W_CHAT), *rstd_c = PART(W_RSTD_C);
+#undef PART
     const int GH = gates_of(cell) * H;
     const REAL *whr_p, *wih_p;
     REAL* whh_p = SFX(pack_weights)(1, GH, H, R, I, whh, whr, x != NULL ? wih : NULL, &whr_p, &wih_p);
@@ -637,6 +643,9 @@ int SFX(rnn_forward_slices)(int n, int threads, int pthreads, int cell, int save
         }
     }
     free(whh_p);
+    const long last = save ? T : T % 2;  /* where h_T and c_T are */
+    memcpy(hn, hs + last * B * R, sizeof(REAL) * B * R);
+    if (cn != NULL) memcpy(cn, cs + last * B * H, sizeof(REAL) * B * H);
     return status;
 }
 
@@ -721,12 +730,21 @@ int SFX(rnn_backward_slices)(int n, int threads, int wthreads, int cell, int T, 
                              const REAL* whh, const REAL* whr, const REAL* ln_hh,
                              const REAL* ln_cw, const int64_t* lengths,
                              const REAL* hmask, const uint8_t* keep_h, const uint8_t* keep_c,
-                             const REAL* hs, const REAL* cs, const REAL* acts, const REAL* cand,
-                             const REAL* ghat, const REAL* rstd_h, const REAL* chat,
-                             const REAL* rstd_c, const REAL* d_out, REAL* dh, REAL* dc,
-                             REAL* dgi, REAL* dgh, REAL* dgh_raw, REAL* dproj, REAL* dln_c,
-                             const REAL* x, const REAL* wih, const REAL* hr, REAL* dx, REAL* dwih,
-                             REAL* dbih, REAL* dwhh, REAL* dbhh, REAL* dwhr, REAL* dln_hh) {
+                             const REAL* work, const REAL* d_out, REAL* dh, REAL* dc, REAL* dwork,
+                             const REAL* x, const REAL* wih, REAL* dx, REAL* dwih, REAL* dbih,
+                             REAL* dwhh, REAL* dbhh, REAL* dwhr, REAL* dln_hh, REAL* dln_cw, REAL* dln_cb) {
+    const int flags = (whr != NULL ? HAS_PROJ : 0) | (ln_hh != NULL ? HAS_LN_H : 0) | (ln_cw != NULL ? HAS_LN_C : 0);
+    long at[W_PARTS], dat[D_PARTS];
+    rnnkit_forward_layout(cell, 1, T, B, H, R, flags, at);
+    rnnkit_backward_layout(n, cell, T, B, H, R, flags, dat);
+#define PART(i) (at[i] < 0 ? NULL : work + at[i])
+    const REAL *hs = PART(W_HS), *cs = PART(W_CS), *acts = PART(W_ACTS), *cand = PART(W_CAND), *hr = PART(W_HR);
+    const REAL *ghat = PART(W_GHAT), *rstd_h = PART(W_RSTD_H), *chat = PART(W_CHAT), *rstd_c = PART(W_RSTD_C);
+#undef PART
+#define PART(i) (dat[i] < 0 ? NULL : dwork + dat[i])
+    REAL *dgi = PART(D_GI), *dgh = PART(D_GH), *dgh_raw = PART(D_GH_RAW), *dproj = PART(D_PROJ), *dln_c = PART(D_LN_C);
+#undef PART
+    if (dln_c != NULL) memset(dln_c, 0, sizeof(REAL) * n * 2 * H);
     const REAL *whr_p, *wih_p;
     REAL* whh_p = SFX(pack_weights)(0, gates_of(cell) * H, H, R, 0, whh, whr, NULL, &whr_p, &wih_p);
     if (whh_p == NULL) return -1;
@@ -748,6 +766,14 @@ int SFX(rnn_backward_slices)(int n, int threads, int wthreads, int cell, int T, 
         }
     }
     free(whh_p);
+    if (dln_c != NULL && dln_cw != NULL && dln_cb != NULL) {  /* the slices' sums, added */
+        for (int j = 0; j < H; j++) { dln_cw[j] = 0; dln_cb[j] = 0; }
+        for (int s = 0; s < (n > 1 ? n : 1); s++)
+            for (int j = 0; j < H; j++) {
+                dln_cw[j] += dln_c[(long)s * 2 * H + j];
+                dln_cb[j] += dln_c[(long)s * 2 * H + H + j];
+            }
+    }
     if (status == 0 && wthreads > 0)
         status = SFX(weight_grads)(wthreads, cell, T, B, H, R, I, hmask, hs, x, wih, hr, ghat, dgi, dgh,
                                    dgh_raw, dproj, dx, dwih, dbih, dwhh, dbhh, dwhr, dln_hh);
