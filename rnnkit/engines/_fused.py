@@ -213,10 +213,11 @@ class FusedLayer(torch.autograd.Function):
         """args: _forward's (kernels, mode, xp, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, ln_hh,
         ln_cw, ln_cb, lengths, h_mask, keep_h, keep_c), in that order."""
         run = _forward(*args, save=True)
+        ctx.set_materialize_grads(False)  # unused outputs' gradients come as None, not zeros
         ctx.save_for_backward(*run.inputs)
         ctx.work, ctx.masks, ctx.slices, ctx.threads = run.work, run.masks, run.slices, run.threads
         ctx.kernels, ctx.mode = args[0], args[1]
-        ctx.weight_threads = torch.get_num_threads() if args[0].parallel else 1
+        ctx.threads_now = torch.get_num_threads()  # the backward pass may run on another thread
         ctx.has_bias_ih, ctx.has_bias = args[4] is not None, args[8] is not None
         ctx.shape = args[2].shape[:2]  # T, B
         return run.outputs
@@ -250,7 +251,9 @@ class FusedLayer(torch.autograd.Function):
         dwork = work.new_empty(kernels.lib.rnnkit_backward_layout(slices, cell, steps, batch, hidden, size, flags, None))
         # The weight gradients in the kernel too, while it beats the BLAS at their shapes (few
         # rows to sum over); else by torch after it.
-        in_kernel = rows * gates * (size + inputs) <= KERNEL_WEIGHT_GRADS_MAX_WORK
+        weight_work = rows * gates * (size + inputs)
+        in_kernel = weight_work <= KERNEL_WEIGHT_GRADS_MAX_WORK
+        weight_threads = ctx.threads_now if kernels.parallel and weight_work >= STEP_PARALLEL_MIN_WORK else 1
         dx = dw_ih = db_ih = dw_hh = db_hh = dw_hr = dln_hh = None
         if in_kernel:
             if needs[2] and x_in is not None:
@@ -264,7 +267,7 @@ class FusedLayer(torch.autograd.Function):
         dln_cw = work.new_empty(hidden) if ln_cw is not None and needs[11] else None
         dln_cb = work.new_empty(hidden) if ln_cw is not None and needs[12] else None
         status = getattr(kernels.lib, "rnn_backward_slices" + DTYPES[work.dtype])(
-            slices, ctx.threads, ctx.weight_threads if in_kernel else 0, cell, steps, batch, hidden, size, inputs,
+            slices, ctx.threads, weight_threads if in_kernel else 0, cell, steps, batch, hidden, size, inputs,
             _ptr(w_hh), _ptr(w_hr), _ptr(ln_hh), _ptr(ln_cw), _ptr(lengths), _ptr(h_mask),
             _ptr(keep_h), _ptr(keep_c), _ptr(work), _ptr(d_out), _ptr(dh), _ptr(dc), _ptr(dwork),
             _ptr(x_in), _ptr(w_ih), _ptr(dx), _ptr(dw_ih), _ptr(db_ih), _ptr(dw_hh), _ptr(db_hh),
@@ -272,9 +275,8 @@ class FusedLayer(torch.autograd.Function):
         )
         if status != 0:
             raise MemoryError("rnnkit fused engine: no memory for the backward kernel's scratch")
-        dgi = dwork[: rows * gates].view(steps, batch, gates)  # dL/d(the gates' input side)
         if x_in is None and needs[2]:  # the gates' input side came in: its gradient is dgi
-            dx = dgi
+            dx = dwork[: rows * gates].view(steps, batch, gates)
         if not in_kernel:
             dx_in, dw_ih, db_ih, dw_hh, db_hh, dw_hr, dln_hh = _weight_grads_by_torch(ctx, work, dwork, needs)
             if x_in is not None:

@@ -271,7 +271,7 @@ class RecurrentLayer(nn.Module):
         out, finals = self._run_stack(engine, x, state0, run_lengths, cells)
 
         if len(finals) == 1:  # (1, B, S) without a copy
-            state = tuple(part.unsqueeze(0) for part in finals[0])
+            state = tuple([part.unsqueeze(0) for part in finals[0]])
         else:
             state = tuple(torch.stack([f[part] for f in finals]) for part in range(self.spec.num_states))
         if packed is not None:
@@ -337,7 +337,7 @@ class RecurrentLayer(nn.Module):
             if self.learn_initial_state:
                 learned = [self.initial_h] + ([self.initial_c] if self.spec.num_states == 2 else [])
                 return [tuple(p[i].expand(batch, -1) for p in learned) for i in range(cells)]
-            zeros = tuple(x.new_zeros(batch, size) for size in self.state_sizes)
+            zeros = tuple([x.new_zeros(batch, size) for size in self.state_sizes])
             return [zeros] * cells
         names = ("h_0", "c_0")[: self.spec.num_states]
         if self.spec.num_states == 2:
