@@ -71,7 +71,7 @@ class Engine(Protocol):
         self,
         spec: CellSpec,
         x: Tensor,
-        state: State,
+        state: State | None,
         weights: CellWeights,
         *,
         lengths: Tensor | None,
@@ -81,7 +81,7 @@ class Engine(Protocol):
 
         Args:
             x: (T, B, I) time-major input.
-            state: initial state, parts (B, S).
+            state: initial state, parts (B, S); None for zeros (zero_state).
             lengths: (B,) int64 on x's device, 1 <= lengths <= T, or None for full length.
             noise: masks sampled by the layer.
 
@@ -93,6 +93,12 @@ class Engine(Protocol):
         within its length (reverse_padded) and reverses the output back.
         """
         ...
+
+
+def zero_state(spec: CellSpec, x: Tensor, weights: CellWeights) -> State:
+    """The all-zero initial state for x (T, B, I): h (B, R)[, c (B, H)]."""
+    size, hidden = weights.weight_hh.shape[1], weights.weight_hh.shape[0] // spec.gates
+    return (x.new_zeros(x.shape[1], size), x.new_zeros(x.shape[1], hidden))[: spec.num_states]
 
 
 def reverse_padded(x: Tensor, lengths: Tensor | None) -> Tensor:

@@ -79,7 +79,7 @@ class FusedEngine:
         self,
         spec: CellSpec,
         x: Tensor,
-        state: State,
+        state: State | None,
         weights: CellWeights,
         *,
         lengths: Tensor | None,
@@ -98,7 +98,8 @@ class FusedEngine:
             w_ih = b_ih = None
         keep = noise.keep or (None, None)
         lstm = spec.mode == "LSTM"
-        args = (kernels, spec.mode, xp, w_ih, b_ih, state[0], state[1] if lstm else None, w.weight_hh,
+        h0, c0 = (None, None) if state is None else (state[0], state[1] if lstm else None)  # None: zeros
+        args = (kernels, spec.mode, xp, w_ih, b_ih, h0, c0, w.weight_hh,
                 w.bias_hh, w.weight_hr, w.ln_weight_hh, w.ln_weight_c, w.ln_bias_c, lengths, noise.h_mask,
                 keep[0], keep[1] if lstm else None)
         if torch.is_grad_enabled() and any(isinstance(a, Tensor) and a.requires_grad for a in args):
@@ -129,7 +130,7 @@ def _forward(
     xp: Tensor,
     w_ih: Tensor | None,
     b_ih: Tensor | None,
-    h0: Tensor,
+    h0: Tensor | None,
     c0: Tensor | None,
     w_hh: Tensor,
     b_hh: Tensor | None,
@@ -169,8 +170,8 @@ def _forward(
                                                           _flags(w_hr, ln_hh, ln_cw), None))
     out = xp.new_empty(steps, batch, size)
     h_n = xp.new_empty(batch, size)
-    c_n = xp.new_empty(batch, hidden) if c0 is not None else None
-    h0_c = h0.contiguous()
+    c_n = xp.new_empty(batch, hidden) if mode == "LSTM" else None
+    h0_c = None if h0 is None else h0.contiguous()
     c0_c = None if c0 is None else c0.contiguous()
     w_hh_c = w_hh.contiguous()
     w_hr_c = None if w_hr is None else w_hr.contiguous()

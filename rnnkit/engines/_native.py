@@ -13,7 +13,7 @@ from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from rnnkit.cells import CellSpec, CellWeights, State
-from rnnkit.engines._base import LayerConfig, Noise
+from rnnkit.engines._base import LayerConfig, Noise, zero_state
 
 KERNELS: dict[str, Callable[..., Any]] = {"RNN_TANH": torch.rnn_tanh, "RNN_RELU": torch.rnn_relu, "LSTM": torch.lstm, "GRU": torch.gru}
 
@@ -33,7 +33,7 @@ class NativeEngine:
         self,
         spec: CellSpec,
         x: Tensor,
-        state: State,
+        state: State | None,
         weights: CellWeights,
         *,
         lengths: Tensor | None,
@@ -46,6 +46,8 @@ class NativeEngine:
         has_bias = weights.bias_ih is not None
         train = torch.is_grad_enabled()
         kernel = KERNELS[spec.mode]
+        if state is None:
+            state = zero_state(spec, x, weights)
         hx = [s.unsqueeze(0) for s in state]  # (1, B, S): one layer, one direction
         with warnings.catch_warnings():
             if x.is_cuda:  # cuDNN copies per-layer weights into one chunk, and says so each call

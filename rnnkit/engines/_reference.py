@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from rnnkit.cells import CellSpec, CellWeights, State
-from rnnkit.engines._base import LayerConfig, Noise, Probe
+from rnnkit.engines._base import LayerConfig, Noise, Probe, zero_state
 
 
 class ReferenceEngine:
@@ -23,7 +23,7 @@ class ReferenceEngine:
         self,
         spec: CellSpec,
         x: Tensor,
-        state: State,
+        state: State | None,
         weights: CellWeights,
         *,
         lengths: Tensor | None,
@@ -31,6 +31,8 @@ class ReferenceEngine:
         probe: Probe | None = None,
     ) -> tuple[Tensor, State]:
         steps = x.shape[0]
+        if state is None:
+            state = zero_state(spec, x, weights)
         valid = None
         if lengths is not None:
             valid = (torch.arange(steps, device=x.device).unsqueeze(1) < lengths).unsqueeze(2)  # (T, B, 1)

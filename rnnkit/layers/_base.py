@@ -282,7 +282,7 @@ class RecurrentLayer(nn.Module):
         return (out.transpose(0, 1) if self.batch_first else out), state
 
     def _run_stack(
-        self, engine: Engine, x: Tensor, state0: list[State], lengths: Tensor | None, cells: list[CellWeights]
+        self, engine: Engine, x: Tensor, state0: list[State | None], lengths: Tensor | None, cells: list[CellWeights]
     ) -> tuple[Tensor, list[State]]:
         """Run every layer and direction. x (T, B, I); cells: the weights of each, indexed
         layer * D + direction (_all_cell_weights); returns out (T, B, D*R) and the final state
@@ -329,16 +329,16 @@ class RecurrentLayer(nn.Module):
 
     def _initial_state(
         self, hx: Tensor | Sequence[Tensor] | None, batch: int, batched: bool, x: Tensor
-    ) -> list[State]:
-        """The initial state of each cell (layer * D + direction), parts (B, S)."""
+    ) -> list[State | None]:
+        """The initial state of each cell (layer * D + direction), parts (B, S); None for zeros
+        (the engines make them, or the fused kernels start from zero without them)."""
         owner = type(self).__name__
         cells = self.num_layers * self.num_directions
         if hx is None:
             if self.learn_initial_state:
                 learned = [self.initial_h] + ([self.initial_c] if self.spec.num_states == 2 else [])
                 return [tuple(p[i].expand(batch, -1) for p in learned) for i in range(cells)]
-            zeros = tuple([x.new_zeros(batch, size) for size in self.state_sizes])
-            return [zeros] * cells
+            return [None] * cells
         names = ("h_0", "c_0")[: self.spec.num_states]
         if self.spec.num_states == 2:
             if not isinstance(hx, (tuple, list)) or len(hx) != 2:
