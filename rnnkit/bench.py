@@ -1,8 +1,8 @@
 """Speed of rnnkit's engines against torch.nn, measured in one process.
 
 For each cell and size it times the forward pass (no grad) and the forward plus the backward of
-``y.sum()``, alternating between the implementations round by round so that a noisy machine
-slows all of them alike, and reports medians and the ratio torch.nn time / rnnkit time (above 1:
+``y.sum()``, alternating between the implementations round by round (in a shuffled order each
+round) so that a noisy machine slows all of them alike, and reports medians and the ratio torch.nn time / rnnkit time (above 1:
 rnnkit is faster). Achieved GFLOP/s are given beside the sgemm peak measured on the machine.
 
 Run it as ``rnnkit bench`` or ``python -m rnnkit.bench``.
@@ -11,6 +11,7 @@ Run it as ``rnnkit bench`` or ``python -m rnnkit.bench``.
 from __future__ import annotations
 
 import platform
+import random
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -123,9 +124,14 @@ def bench_one(
             fn()
             fn()
         samples: dict[str, list[float]] = {name: [] for name in fns}
+        order = list(fns.items())
+        shuffle = random.Random(0).shuffle
         start = time.perf_counter()
         for i in range(repeats):
-            for name, fn in fns.items():  # alternate: round i times every implementation once
+            # alternate: round i times every implementation once, in a fresh order each round, so
+            # that none always runs in the wake of the same other (its threads, its caches)
+            shuffle(order)
+            for name, fn in order:
                 for p in params:
                     p.grad = None
                 samples[name].append(_time(fn))

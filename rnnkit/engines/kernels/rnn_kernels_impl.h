@@ -54,8 +54,13 @@ static void SFX(pack)(int trans, int N, int K, const REAL* src, const REAL* mask
             } else if (mask != NULL) {
                 const REAL* m = mask + (long)(k % rows) * N + n0;
                 for (int j = 0; j < w; j++) row[j] = src[(long)k * N + n0 + j] * m[j];
+            } else if (w == NR) {  /* a whole panel row: two vectors, not a call to memcpy */
+                typedef SFX(vec) vec;
+                const REAL* from = src + (long)k * N + n0;
+                *(vec*)row = *(const vec*)from;
+                *(vec*)(row + SFX(VL)) = *(const vec*)(from + SFX(VL));
             } else {
-                memcpy(row, src + (long)k * N + n0, sizeof(REAL) * w);
+                for (int j = 0; j < w; j++) row[j] = src[(long)k * N + n0 + j];
             }
             for (int j = w; j < NR; j++) row[j] = 0;
         }
