@@ -67,20 +67,40 @@ static void SFX(pack)(int trans, int N, int K, const REAL* src, const REAL* mask
     }
 }
 
-/* One register tile: C[0:mr, 0:w] (+)= A[0:mr, 0:kc] @ panel[0:kc, :], A(i, k) = A[i * sa + k * sk]
+/* A matrix B for the products: packed (p: every panel, as pack lays it out), or read where it
+ * lies (d: B(k, n) = d[k * ld + n], rows ld apart) with only its last panel, when partial,
+ * packed (p: K x NR): reading a whole panel there would run past the matrix. A row-major B is
+ * read in place, its panels' rows are contiguous already; a transposed one is packed. */
+typedef struct { const REAL* p; const REAL* d; long ld; } SFX(bmat);
+
+static SFX(bmat) SFX(packed)(const REAL* P) { return (SFX(bmat)){P, NULL, 0}; }
+
+/* B (K x N, rows ld apart) read in place; its last panel packed into tail (K x NR), when partial. */
+static SFX(bmat) SFX(in_place)(int N, int K, const REAL* B, long ld, REAL* tail) {
+    const int NR = SFX(NR), n0 = N / NR * NR, w = N - n0;
+    if (w > 0)
+        for (int k = 0; k < K; k++) {
+            for (int j = 0; j < w; j++) tail[(long)k * NR + j] = B[(long)k * ld + n0 + j];
+            for (int j = w; j < NR; j++) tail[(long)k * NR + j] = 0;
+        }
+    return (SFX(bmat)){tail, B, ld};
+}
+
+/* One register tile: C[0:mr, 0:w] (+)= A[0:mr, 0:kc] @ panel[0:kc, :] (rows ldp apart),
+ * A(i, k) = A[i * sa + k * sk]
  * (sk = 1: A row-major; sa = 1: A given transposed, as the rows of dg for dW = dg^T h). mr, and
  * the stride that is 1, are constants at each call site below, so that the compiler unrolls the
  * row loops and keeps the 2*mr accumulators in registers. w < NR (the last panel) goes through
  * a buffer. */
 static inline __attribute__((always_inline)) void SFX(tile)(const int mr, int kc, const REAL* A, long sa,
-                                                            long sk, const REAL* panel, int add, int w,
+                                                            long sk, const REAL* panel, long ldp, int add, int w,
                                                             REAL* C, long ldc) {
     typedef SFX(vec) vec;
     const int VL = SFX(VL), NR = SFX(NR);
     vec c0[GEMM_MR], c1[GEMM_MR];
     for (int i = 0; i < mr; i++) { c0[i] = (vec){0}; c1[i] = (vec){0}; }
     for (int k = 0; k < kc; k++) {
-        const vec b0 = *(const vec*)(panel + (long)k * NR), b1 = *(const vec*)(panel + (long)k * NR + VL);
+        const vec b0 = *(const vec*)(panel + k * ldp), b1 = *(const vec*)(panel + k * ldp + VL);
         for (int i = 0; i < mr; i++) {
             const REAL a = A[i * sa + k * sk];
             c0[i] += a * b0;
@@ -104,10 +124,9 @@ static inline __attribute__((always_inline)) void SFX(tile)(const int mr, int kc
 }
 
 /* The panels p0 .. p1-1 of C (M x N, rows ldc apart) = [C +] A (M x K, A(i, k) = A[i*sa + k*sk])
- * @ B, B packed by pack (P). Inlined into gemm_panels_n and gemm_panels_t, each with its unit
- * stride a constant. */
+ * @ B (Bm). Inlined into gemm_panels_n and gemm_panels_t, each with its unit stride a constant. */
 static inline __attribute__((always_inline)) void SFX(gemm_panels_any)(
-        int p0, int p1, int M, int N, int K, const REAL* A, long sa, long sk, const REAL* P, int add,
+        int p0, int p1, int M, int N, int K, const REAL* A, long sa, long sk, SFX(bmat) Bm, int add,
         REAL* C, long ldc) {
     const int NR = SFX(NR), KC = 256;  /* K in chunks: a chunk of a panel stays in L1 across row tiles */
     for (int p = p0; p < p1; p++) {
@@ -115,21 +134,25 @@ static inline __attribute__((always_inline)) void SFX(gemm_panels_any)(
         for (int k0 = 0; k0 < K; k0 += KC) {
             const int kc = K - k0 < KC ? K - k0 : KC;
             const int acc = add || k0 > 0;
-            const REAL* panel = P + (long)n0 * K + (long)k0 * NR;
+            const REAL* panel;
+            long ldp = NR;
+            if (Bm.d == NULL) panel = Bm.p + (long)n0 * K + (long)k0 * NR;
+            else if (w == NR) { panel = Bm.d + (long)k0 * Bm.ld + n0; ldp = Bm.ld; }
+            else panel = Bm.p + (long)k0 * NR;
             int m0 = 0;
             for (; m0 + GEMM_MR <= M; m0 += GEMM_MR)
-                SFX(tile)(GEMM_MR, kc, A + m0 * sa + k0 * sk, sa, sk, panel, acc, w, C + m0 * ldc + n0, ldc);
+                SFX(tile)(GEMM_MR, kc, A + m0 * sa + k0 * sk, sa, sk, panel, ldp, acc, w, C + m0 * ldc + n0, ldc);
             const REAL* a = A + m0 * sa + k0 * sk;
             REAL* c = C + m0 * ldc + n0;
             switch (M - m0) {  /* the last rows, each count with its own unrolled tile */
-                case 1: SFX(tile)(1, kc, a, sa, sk, panel, acc, w, c, ldc); break;
-                case 2: SFX(tile)(2, kc, a, sa, sk, panel, acc, w, c, ldc); break;
-                case 3: SFX(tile)(3, kc, a, sa, sk, panel, acc, w, c, ldc); break;
-                case 4: SFX(tile)(4, kc, a, sa, sk, panel, acc, w, c, ldc); break;
-                case 5: SFX(tile)(5, kc, a, sa, sk, panel, acc, w, c, ldc); break;
+                case 1: SFX(tile)(1, kc, a, sa, sk, panel, ldp, acc, w, c, ldc); break;
+                case 2: SFX(tile)(2, kc, a, sa, sk, panel, ldp, acc, w, c, ldc); break;
+                case 3: SFX(tile)(3, kc, a, sa, sk, panel, ldp, acc, w, c, ldc); break;
+                case 4: SFX(tile)(4, kc, a, sa, sk, panel, ldp, acc, w, c, ldc); break;
+                case 5: SFX(tile)(5, kc, a, sa, sk, panel, ldp, acc, w, c, ldc); break;
 #if GEMM_MR > 6
-                case 6: SFX(tile)(6, kc, a, sa, sk, panel, acc, w, c, ldc); break;
-                case 7: SFX(tile)(7, kc, a, sa, sk, panel, acc, w, c, ldc); break;
+                case 6: SFX(tile)(6, kc, a, sa, sk, panel, ldp, acc, w, c, ldc); break;
+                case 7: SFX(tile)(7, kc, a, sa, sk, panel, ldp, acc, w, c, ldc); break;
 #endif
                 default: break;
             }
@@ -138,47 +161,47 @@ static inline __attribute__((always_inline)) void SFX(gemm_panels_any)(
 }
 
 static void SFX(gemm_panels_n)(int p0, int p1, int M, int N, int K, const REAL* A, long lda,
-                               const REAL* P, int add, REAL* C, long ldc) {
-    SFX(gemm_panels_any)(p0, p1, M, N, K, A, lda, 1, P, add, C, ldc);
+                               SFX(bmat) Bm, int add, REAL* C, long ldc) {
+    SFX(gemm_panels_any)(p0, p1, M, N, K, A, lda, 1, Bm, add, C, ldc);
 }
 
 static void SFX(gemm_panels_t)(int p0, int p1, int M, int N, int K, const REAL* At, long ldat,
-                               const REAL* P, int add, REAL* C, long ldc) {
-    SFX(gemm_panels_any)(p0, p1, M, N, K, At, 1, ldat, P, add, C, ldc);
+                               SFX(bmat) Bm, int add, REAL* C, long ldc) {
+    SFX(gemm_panels_any)(p0, p1, M, N, K, At, 1, ldat, Bm, add, C, ldc);
 }
 
-/* C (M x N, rows ldc apart) = [C +] A (M x K, rows lda apart) @ B, B packed by pack (P); on
+/* C (M x N, rows ldc apart) = [C +] A (M x K, rows lda apart) @ B (Bm); on
  * `threads` threads, each its share of the column panels (for a batch too small to slice). */
-static void SFX(gemm)(int threads, int M, int N, int K, const REAL* A, long lda, const REAL* P,
+static void SFX(gemm)(int threads, int M, int N, int K, const REAL* A, long lda, SFX(bmat) Bm,
                       int add, REAL* C, long ldc) {
     const int panels = (N + SFX(NR) - 1) / SFX(NR);
     if (threads > panels) threads = panels;
     if (threads <= 1) {
-        SFX(gemm_panels_n)(0, panels, M, N, K, A, lda, P, add, C, ldc);
+        SFX(gemm_panels_n)(0, panels, M, N, K, A, lda, Bm, add, C, ldc);
         return;
     }
 #pragma omp parallel for num_threads(threads) schedule(static, 1)
     for (int s = 0; s < threads; s++)
         SFX(gemm_panels_n)((int)((long)s * panels / threads), (int)((long)(s + 1) * panels / threads),
-                           M, N, K, A, lda, P, add, C, ldc);
+                           M, N, K, A, lda, Bm, add, C, ldc);
 }
 
-/* C (M x N, rows ldc apart) = At^T @ B, At (K x M) with rows ldat apart, B packed by pack (P):
+/* C (M x N, rows ldc apart) = At^T @ B (Bm), At (K x M) with rows ldat apart:
  * the weight gradients, dW = dg^T h, over all T*B rows at once. On `threads` threads, each its
  * share of C's rows (M is the large side here: G*H). */
-static void SFX(gemm_t)(int threads, int M, int N, int K, const REAL* At, long ldat, const REAL* P,
+static void SFX(gemm_t)(int threads, int M, int N, int K, const REAL* At, long ldat, SFX(bmat) Bm,
                         REAL* C, long ldc) {
     const int panels = (N + SFX(NR) - 1) / SFX(NR), blocks = (M + GEMM_MR - 1) / GEMM_MR;
     if (threads > blocks) threads = blocks;
     if (threads <= 1) {
-        SFX(gemm_panels_t)(0, panels, M, N, K, At, ldat, P, 0, C, ldc);
+        SFX(gemm_panels_t)(0, panels, M, N, K, At, ldat, Bm, 0, C, ldc);
         return;
     }
 #pragma omp parallel for num_threads(threads) schedule(static, 1)
     for (int s = 0; s < threads; s++) {
         const int m0 = (int)((long)s * blocks / threads) * GEMM_MR;
         const int m1 = (int)((long)(s + 1) * blocks / threads) * GEMM_MR;
-        SFX(gemm_panels_t)(0, panels, (m1 < M ? m1 : M) - m0, N, K, At + m0, ldat, P, 0, C + (long)m0 * ldc, ldc);
+        SFX(gemm_panels_t)(0, panels, (m1 < M ? m1 : M) - m0, N, K, At + m0, ldat, Bm, 0, C + (long)m0 * ldc, ldc);
     }
 }
 
@@ -252,8 +275,8 @@ static void SFX(layer_norm_backward)(int n, const REAL* dy, const REAL* gain, co
  * threads: how many threads run each per-step product (for one slice alone).
  * Returns 0, or -1 when its scratch memory cannot be had.
  */
-static int SFX(rnn_forward)(int cell, int save, int threads, const REAL* whh_p, const REAL* whr_p,
-                     const REAL* wih_p, int T, int BS, int b0, int B, int H, int R, int I, const REAL* xp,
+static int SFX(rnn_forward)(int cell, int save, int threads, SFX(bmat) whh_p, SFX(bmat) whr_p,
+                     SFX(bmat) wih_p, int T, int BS, int b0, int B, int H, int R, int I, const REAL* xp,
                      const REAL* x, const REAL* bih, const REAL* bhh, const REAL* whr,
                      const REAL* ln_hh, const REAL* ln_cw, const REAL* ln_cb,
                      const int64_t* lengths, const REAL* hmask, const uint8_t* keep_h,
@@ -435,7 +458,7 @@ static int SFX(rnn_forward)(int cell, int save, int threads, const REAL* whh_p, 
  * Like rnn_forward, it runs the B sequences b0 .. b0+B-1 of a batch of BS.
  * Returns 0, or -1 when its scratch memory cannot be had.
  */
-static int SFX(rnn_backward)(int cell, int threads, const REAL* whh_p, const REAL* whr_p, int T,
+static int SFX(rnn_backward)(int cell, int threads, SFX(bmat) whh_p, SFX(bmat) whr_p, int T,
                       int BS, int b0, int B, int H, int R, const REAL* whr, const REAL* ln_hh,
                       const REAL* ln_cw, const int64_t* lengths, const REAL* hmask,
                       const uint8_t* keep_h, const uint8_t* keep_c, const REAL* hs,
@@ -574,21 +597,20 @@ static int SFX(rnn_backward)(int cell, int threads, const REAL* whh_p, const REA
     return 0;
 }
 
-/* W_hh (G*H, R), W_hr (R, H) or NULL and W_ih (G*H, I) or NULL (forward only), packed for the
- * products of rnn_forward (trans 1: h @ W^T) or rnn_backward (trans 0: dg @ W) in one block,
- * which is returned (NULL when no memory); *whr_p and *wih_p point into it, or are NULL. */
-static REAL* SFX(pack_weights)(int trans, int GH, int H, int R, int I, const REAL* whh,
-                               const REAL* whr, const REAL* wih, const REAL** whr_p,
-                               const REAL** wih_p) {
-    const long size_hh = trans ? SFX(packed_size)(GH, R) : SFX(packed_size)(R, GH);
-    const long size_hr = whr == NULL ? 0 : trans ? SFX(packed_size)(R, H) : SFX(packed_size)(H, R);
+/* W_hh (G*H, R), W_hr (R, H) or NULL and W_ih (G*H, I) or NULL, transposed and packed for the
+ * products of rnn_forward (h @ W^T) in one block, which is returned (NULL when no memory);
+ * *whr_p and *wih_p point into it, or are NULL. */
+static REAL* SFX(pack_weights)(int GH, int H, int R, int I, const REAL* whh, const REAL* whr,
+                               const REAL* wih, const REAL** whr_p, const REAL** wih_p) {
+    const long size_hh = SFX(packed_size)(GH, R);
+    const long size_hr = whr == NULL ? 0 : SFX(packed_size)(R, H);
     const long size_ih = wih == NULL ? 0 : SFX(packed_size)(GH, I);
     REAL* block = aligned_alloc(64, sizeof(REAL) * (size_t)((size_hh + size_hr + size_ih + 15) / 16 * 16));
     if (block == NULL) return NULL;
-    if (trans) SFX(pack)(1, GH, R, whh, NULL, 1, block); else SFX(pack)(0, R, GH, whh, NULL, 1, block);
+    SFX(pack)(1, GH, R, whh, NULL, 1, block);
     *whr_p = *wih_p = NULL;
     if (whr != NULL) {
-        if (trans) SFX(pack)(1, R, H, whr, NULL, 1, block + size_hh); else SFX(pack)(0, H, R, whr, NULL, 1, block + size_hh);
+        SFX(pack)(1, R, H, whr, NULL, 1, block + size_hh);
         *whr_p = block + size_hh;
     }
     if (wih != NULL) {
@@ -618,22 +640,23 @@ int SFX(rnn_forward_slices)(int n, int threads, int pthreads, int cell, int save
     REAL *ghat = PART(W_GHAT), *rstd_h = PART(W_RSTD_H), *chat = PART(W_CHAT), *rstd_c = PART(W_RSTD_C);
 #undef PART
     const int GH = gates_of(cell) * H;
-    const REAL *whr_p, *wih_p;
-    REAL* whh_p = SFX(pack_weights)(1, GH, H, R, I, whh, whr, x != NULL ? wih : NULL, &whr_p, &wih_p);
-    if (whh_p == NULL) return -1;
+    const REAL *whr_packed, *wih_packed;
+    REAL* block = SFX(pack_weights)(GH, H, R, I, whh, whr, x != NULL ? wih : NULL, &whr_packed, &wih_packed);
+    if (block == NULL) return -1;
+    const SFX(bmat) whh_p = SFX(packed)(block), whr_p = SFX(packed)(whr_packed), wih_p = SFX(packed)(wih_packed);
     int status = 0;
     if (n <= 1) {  /* no parallel region at all: starting one costs more than small work */
         REAL* pre = NULL;
         if (x != NULL) {  /* every step's input side at once, xp (T*B, G*H) = b_ih + x @ W_ih^T, on
                            * pthreads threads: W_ih is read once, not at every step */
             pre = malloc(sizeof(REAL) * (size_t)T * B * GH);
-            if (pre == NULL) { free(whh_p); return -1; }
+            if (pre == NULL) { free(block); return -1; }
             if (bih != NULL)
                 for (long r = 0; r < (long)T * B; r++) memcpy(pre + r * GH, bih, sizeof(REAL) * GH);
             SFX(gemm)(pthreads, T * B, GH, I, x, I, wih_p, bih != NULL, pre, GH);
             xp = pre;
         }
-        status = SFX(rnn_forward)(cell, save, threads, whh_p, whr_p, NULL, T, B, 0, B, H, R, I, xp, NULL,
+        status = SFX(rnn_forward)(cell, save, threads, whh_p, whr_p, SFX(packed)(NULL), T, B, 0, B, H, R, I, xp, NULL,
                                   NULL, bhh, whr, ln_hh, ln_cw, ln_cb, lengths, hmask, keep_h, keep_c,
                                   h0, c0, hs, cs, out, acts, cand, hr, ghat, rstd_h, chat, rstd_c);
         free(pre);
@@ -647,7 +670,7 @@ int SFX(rnn_forward_slices)(int n, int threads, int pthreads, int cell, int save
                                        rstd_c);
         }
     }
-    free(whh_p);
+    free(block);
     const long last = save ? T : T % 2;  /* where h_T and c_T are */
     memcpy(hn, hs + last * B * R, sizeof(REAL) * B * R);
     if (cn != NULL) memcpy(cn, cs + last * B * H, sizeof(REAL) * B * H);
@@ -672,13 +695,14 @@ static void SFX(column_sums)(int M, int N, const REAL* rows, long ld, const REAL
     for (int j = 0; j < N; j++) out[j] = (REAL)acc[j];
 }
 
-/* dW = At^T @ B for At (K x M, rows ldat apart) and B (K x N), B packed here (times its mask). */
+/* dW = At^T @ B for At (K x M, rows ldat apart) and B (K x N): B read in place, or with a mask
+ * packed here times it. */
 static int SFX(weight_grad)(int threads, int M, int N, int K, const REAL* At, long ldat, const REAL* B,
                             const REAL* mask, int rows, REAL* dW) {
-    REAL* P = aligned_alloc(64, sizeof(REAL) * (size_t)((SFX(packed_size)(N, K) + 15) / 16 * 16));
+    REAL* P = aligned_alloc(64, sizeof(REAL) * (size_t)((SFX(packed_size)(mask != NULL ? N : 1, K) + 15) / 16 * 16));
     if (P == NULL) return -1;
-    SFX(pack)(0, N, K, B, mask, rows, P);
-    SFX(gemm_t)(threads, M, N, K, At, ldat, P, dW, N);
+    if (mask != NULL) SFX(pack)(0, N, K, B, mask, rows, P);
+    SFX(gemm_t)(threads, M, N, K, At, ldat, mask != NULL ? SFX(packed)(P) : SFX(in_place)(N, K, B, N, P), dW, N);
     free(P);
     return 0;
 }
@@ -703,9 +727,9 @@ static int SFX(weight_grads)(int threads, int cell, int T, int B, int H, int R, 
     if (dwih != NULL) status |= SFX(weight_grad)(threads, GH, I, TB, dgi, GH, x, NULL, 1, dwih);
     if (dwhr != NULL) status |= SFX(weight_grad)(threads, R, H, TB, dproj, R, hr, NULL, 1, dwhr);
     if (dx != NULL) {  /* (TB, I) = dgi (TB, G*H) @ W_ih (G*H, I), by rows on the threads */
-        REAL* P = aligned_alloc(64, sizeof(REAL) * (size_t)((SFX(packed_size)(I, GH) + 15) / 16 * 16));
+        REAL* P = aligned_alloc(64, sizeof(REAL) * (size_t)((SFX(packed_size)(1, GH) + 15) / 16 * 16));
         if (P == NULL) return -1;
-        SFX(pack)(0, I, GH, wih, NULL, 1, P);
+        const SFX(bmat) wih_b = SFX(in_place)(I, GH, wih, I, P);
         const int panels = (I + SFX(NR) - 1) / SFX(NR), blocks = (TB + GEMM_MR - 1) / GEMM_MR;
         const int n = threads < blocks ? threads : blocks;
 #pragma omp parallel for num_threads(n) schedule(static, 1) if (n > 1)
@@ -713,7 +737,7 @@ static int SFX(weight_grads)(int threads, int cell, int T, int B, int H, int R, 
             const int m0 = (int)((long)s * blocks / n) * GEMM_MR;
             int m1 = (int)((long)(s + 1) * blocks / n) * GEMM_MR;
             m1 = m1 < TB ? m1 : TB;
-            SFX(gemm_panels_n)(0, panels, m1 - m0, I, GH, dgi + (long)m0 * GH, GH, P, 0, dx + (long)m0 * I, I);
+            SFX(gemm_panels_n)(0, panels, m1 - m0, I, GH, dgi + (long)m0 * GH, GH, wih_b, 0, dx + (long)m0 * I, I);
         }
         free(P);
     }
@@ -750,9 +774,12 @@ int SFX(rnn_backward_slices)(int n, int threads, int wthreads, int cell, int T, 
     REAL *dgi = PART(D_GI), *dgh = PART(D_GH), *dgh_raw = PART(D_GH_RAW), *dproj = PART(D_PROJ), *dln_c = PART(D_LN_C);
 #undef PART
     if (dln_c != NULL) memset(dln_c, 0, sizeof(REAL) * n * 2 * H);
-    const REAL *whr_p, *wih_p;
-    REAL* whh_p = SFX(pack_weights)(0, gates_of(cell) * H, H, R, 0, whh, whr, NULL, &whr_p, &wih_p);
-    if (whh_p == NULL) return -1;
+    /* W_hh (G*H, R) and W_hr (R, H) read in place, their last panels packed into tails */
+    const int GH = gates_of(cell) * H;
+    REAL* tails = aligned_alloc(64, sizeof(REAL) * (size_t)((SFX(packed_size)(1, GH) + SFX(packed_size)(1, R) + 15) / 16 * 16));
+    if (tails == NULL) return -1;
+    const SFX(bmat) whh_p = SFX(in_place)(R, GH, whh, R, tails);
+    const SFX(bmat) whr_p = whr != NULL ? SFX(in_place)(H, R, whr, H, tails + SFX(packed_size)(1, GH)) : SFX(packed)(NULL);
     int status = 0;
     if (n <= 1) {
         status = SFX(rnn_backward)(cell, threads, whh_p, whr_p, T, B, 0, B, H, R, whr, ln_hh, ln_cw,
@@ -770,7 +797,7 @@ int SFX(rnn_backward_slices)(int n, int threads, int wthreads, int cell, int T, 
                                         dgh_raw, dproj, own, own != NULL ? own + H : NULL);
         }
     }
-    free(whh_p);
+    free(tails);
     if (dln_c != NULL && dln_cw != NULL && dln_cb != NULL) {  /* the slices' sums, added */
         for (int j = 0; j < H; j++) { dln_cw[j] = 0; dln_cb[j] = 0; }
         for (int s = 0; s < (n > 1 ? n : 1); s++)
