@@ -79,7 +79,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     for suffix in ("_f32", "_f64"):
         forward = getattr(lib, "rnn_forward_slices" + suffix)
         forward.restype = i
-        forward.argtypes = [i] * 10 + [p] * 20  # slices, threads, pthreads, cell, save, T, B, H, R, I, pointers
+        forward.argtypes = [i] * 11 + [p] * 20  # slices, threads, pthreads, chunk, cell, save, T, B, H, R, I, ...
         backward = getattr(lib, "rnn_backward_slices" + suffix)
         backward.restype = i
         backward.argtypes = [i] * 9 + [p] * 24  # slices, threads, wthreads, cell, T, B, H, R, I, pointers

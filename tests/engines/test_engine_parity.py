@@ -331,10 +331,11 @@ def test_kernel_tanh_and_sigmoid_match_torch(dtype: torch.dtype, ulps: int) -> N
 @pytest.mark.parametrize("family", list(FAMILIES))
 @pytest.mark.parametrize("split", ["slices", "products", "one thread"])
 def test_fused_parallel_threads(family: str, split: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """With the thresholds lowered, three threads run the batch as slices (unevenly sized), each
-    projecting its own input at every step; or, the batch left whole, share each step's
-    products and the projection of all steps before the loop; or one thread runs all.
-    Everything still equals the reference engine, options included."""
+    """With the thresholds lowered, three threads run the batch as slices (unevenly sized); or,
+    the batch left whole, share each step's products and the input projection; or one thread
+    runs all. Slices project their input at every step; a whole batch projects its input in
+    chunks of 2 steps, or all 6 at once. Everything still equals the reference engine, options
+    included."""
     from rnnkit.engines import _fused
 
     kernels = _compiled.load()
@@ -345,6 +346,8 @@ def test_fused_parallel_threads(family: str, split: str, monkeypatch: pytest.Mon
     monkeypatch.setattr(_fused, "PARALLEL_MIN_ROWS", 100 if split == "products" else 1)
     monkeypatch.setattr(_fused, "PARALLEL_MIN_WORK", 0)
     monkeypatch.setattr(_fused, "STEP_PARALLEL_MIN_WORK", 0)
+    chunk = {"slices": 1, "products": 2, "one thread": 6}[split]  # slices: not used
+    gates = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}[family]
     monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
     slices = 1 if split == "products" else threads
     assert _fused._slice_count(kernels, 5, 7, 8, 2) == slices
@@ -354,6 +357,8 @@ def test_fused_parallel_threads(family: str, split: str, monkeypatch: pytest.Mon
                    ("recurrent_dropout", 0.2), ("zoneout", 0.1), ("layer_norm", layer_norm),
                    ("learn_initial_state", True)) + ((("proj_size", 3),) if family == "lstm" else ())
         hidden = 40 if split == "products" else 5  # products: several column panels to share
+        # one step of the projection is batch * G*H numbers
+        monkeypatch.setattr(_fused, "PROJECTION_CHUNK", chunk * 7 * gates * hidden)
         for grad in (True, False):
             check_case(Case(family, options, "lengths", False, True, 6, 7, 3, hidden, seed=11), torch.float64, grad=grad)
 

@@ -128,33 +128,38 @@ static inline __attribute__((always_inline)) void SFX(tile)(const int mr, int kc
 static inline __attribute__((always_inline)) void SFX(gemm_panels_any)(
         int p0, int p1, int M, int N, int K, const REAL* A, long sa, long sk, SFX(bmat) Bm, int add,
         REAL* C, long ldc) {
-    const int NR = SFX(NR), KC = 256;  /* K in chunks: a chunk of a panel stays in L1 across row tiles */
-    for (int p = p0; p < p1; p++) {
-        const int n0 = p * NR, w = N - n0 < NR ? N - n0 : NR;
-        for (int k0 = 0; k0 < K; k0 += KC) {
-            const int kc = K - k0 < KC ? K - k0 : KC;
-            const int acc = add || k0 > 0;
-            const REAL* panel;
-            long ldp = NR;
-            if (Bm.d == NULL) panel = Bm.p + (long)n0 * K + (long)k0 * NR;
-            else if (w == NR) { panel = Bm.d + (long)k0 * Bm.ld + n0; ldp = Bm.ld; }
-            else panel = Bm.p + (long)k0 * NR;
-            int m0 = 0;
-            for (; m0 + GEMM_MR <= M; m0 += GEMM_MR)
-                SFX(tile)(GEMM_MR, kc, A + m0 * sa + k0 * sk, sa, sk, panel, ldp, acc, w, C + m0 * ldc + n0, ldc);
-            const REAL* a = A + m0 * sa + k0 * sk;
-            REAL* c = C + m0 * ldc + n0;
-            switch (M - m0) {  /* the last rows, each count with its own unrolled tile */
-                case 1: SFX(tile)(1, kc, a, sa, sk, panel, ldp, acc, w, c, ldc); break;
-                case 2: SFX(tile)(2, kc, a, sa, sk, panel, ldp, acc, w, c, ldc); break;
-                case 3: SFX(tile)(3, kc, a, sa, sk, panel, ldp, acc, w, c, ldc); break;
-                case 4: SFX(tile)(4, kc, a, sa, sk, panel, ldp, acc, w, c, ldc); break;
-                case 5: SFX(tile)(5, kc, a, sa, sk, panel, ldp, acc, w, c, ldc); break;
+    /* K in chunks: a chunk of a panel stays in L1 across row tiles; M in blocks: a block of A's
+     * rows stays in L2 across panels (one block for the per-step products' few rows) */
+    const int NR = SFX(NR), KC = 256, MC = 16 * GEMM_MR;
+    for (int mb = 0; mb < M; mb += MC) {
+        const int me = M - mb < MC ? M : mb + MC;  /* rows mb .. me-1 */
+        for (int p = p0; p < p1; p++) {
+            const int n0 = p * NR, w = N - n0 < NR ? N - n0 : NR;
+            for (int k0 = 0; k0 < K; k0 += KC) {
+                const int kc = K - k0 < KC ? K - k0 : KC;
+                const int acc = add || k0 > 0;
+                const REAL* panel;
+                long ldp = NR;
+                if (Bm.d == NULL) panel = Bm.p + (long)n0 * K + (long)k0 * NR;
+                else if (w == NR) { panel = Bm.d + (long)k0 * Bm.ld + n0; ldp = Bm.ld; }
+                else panel = Bm.p + (long)k0 * NR;
+                int m0 = mb;
+                for (; m0 + GEMM_MR <= me; m0 += GEMM_MR)
+                    SFX(tile)(GEMM_MR, kc, A + m0 * sa + k0 * sk, sa, sk, panel, ldp, acc, w, C + m0 * ldc + n0, ldc);
+                const REAL* a = A + m0 * sa + k0 * sk;
+                REAL* c = C + m0 * ldc + n0;
+                switch (me - m0) {  /* the last rows, each count with its own unrolled tile */
+                    case 1: SFX(tile)(1, kc, a, sa, sk, panel, ldp, acc, w, c, ldc); break;
+                    case 2: SFX(tile)(2, kc, a, sa, sk, panel, ldp, acc, w, c, ldc); break;
+                    case 3: SFX(tile)(3, kc, a, sa, sk, panel, ldp, acc, w, c, ldc); break;
+                    case 4: SFX(tile)(4, kc, a, sa, sk, panel, ldp, acc, w, c, ldc); break;
+                    case 5: SFX(tile)(5, kc, a, sa, sk, panel, ldp, acc, w, c, ldc); break;
 #if GEMM_MR > 6
-                case 6: SFX(tile)(6, kc, a, sa, sk, panel, ldp, acc, w, c, ldc); break;
-                case 7: SFX(tile)(7, kc, a, sa, sk, panel, ldp, acc, w, c, ldc); break;
+                    case 6: SFX(tile)(6, kc, a, sa, sk, panel, ldp, acc, w, c, ldc); break;
+                    case 7: SFX(tile)(7, kc, a, sa, sk, panel, ldp, acc, w, c, ldc); break;
 #endif
-                default: break;
+                    default: break;
+                }
             }
         }
     }
@@ -242,9 +247,9 @@ static void SFX(layer_norm_backward)(int n, const REAL* dy, const REAL* gain, co
     for (int j = 0; j < n; j++) dx[j] = rstd * (dy[j] * gain[j] - m1 - v_hat[j] * m2);
 }
 
-/* Forward over T steps.
- *   xp     (T, B, G*H)  the input side of every step's gates, W_ih x_t + b_ih (layer-normalised
- *                       with layer_norm), computed by the caller before the loop; or NULL, and
+/* Forward over the steps t0 .. t1-1 of T (state carried in hs and cs from step t0 - 1).
+ *   xp     (t1 - t0, B, G*H)  the input side of these steps' gates, W_ih x_t + b_ih (layer-
+ *                       normalised with layer_norm), computed by the caller; or NULL, and
  *   x      (T, B, I)    the input, whose projection xp_t = x_t @ W_ih^T + b_ih runs at each step
  *                       beside the recurrent one (wih_p: W_ih (G*H, I) packed; bih (G*H,) or NULL)
  *   whh    (G*H, R)     W_hh, R = P with a projection (LSTM), else H;  bhh (G*H,) or NULL
@@ -276,8 +281,8 @@ static void SFX(layer_norm_backward)(int n, const REAL* dy, const REAL* gain, co
  * Returns 0, or -1 when its scratch memory cannot be had.
  */
 static int SFX(rnn_forward)(int cell, int save, int threads, SFX(bmat) whh_p, SFX(bmat) whr_p,
-                     SFX(bmat) wih_p, int T, int BS, int b0, int B, int H, int R, int I, const REAL* xp,
-                     const REAL* x, const REAL* bih, const REAL* bhh, const REAL* whr,
+                     SFX(bmat) wih_p, int t0, int t1, int BS, int b0, int B, int H, int R, int I,
+                     const REAL* xp, const REAL* x, const REAL* bih, const REAL* bhh, const REAL* whr,
                      const REAL* ln_hh, const REAL* ln_cw, const REAL* ln_cb,
                      const int64_t* lengths, const REAL* hmask, const uint8_t* keep_h,
                      const uint8_t* keep_c, const REAL* h0, const REAL* c0, REAL* hs, REAL* cs,
@@ -297,14 +302,15 @@ static int SFX(rnn_forward)(int cell, int save, int threads, SFX(bmat) whh_p, SF
     REAL* work_x = work_p + BR;
     const long step_r = (long)BS * R, step_h = (long)BS * H;  /* one step of (T, BS, R|H) */
     const long off_r = (long)b0 * R, off_h = (long)b0 * H;     /* this slice's first row */
-    if (h0 != NULL) memcpy(hs + off_r, h0 + off_r, sizeof(REAL) * BR); else memset(hs + off_r, 0, sizeof(REAL) * BR);
-    if (cell == CELL_LSTM) {
+    if (t0 == 0 && h0 != NULL) memcpy(hs + off_r, h0 + off_r, sizeof(REAL) * BR);
+    else if (t0 == 0) memset(hs + off_r, 0, sizeof(REAL) * BR);
+    if (t0 == 0 && cell == CELL_LSTM) {
         if (c0 != NULL) memcpy(cs + off_h, c0 + off_h, sizeof(REAL) * BH); else memset(cs + off_h, 0, sizeof(REAL) * BH);
     }
     /* b_hh goes in before the product without layer norm, after it with */
     const int bias_first = bhh != NULL && ln_hh == NULL;
     const long keep_t = save ? 1 : 0;  /* steps kept in the saved arrays: all, or the current one */
-    for (int t = 0; t < T; t++) {
+    for (int t = t0; t < t1; t++) {
         const long slot = save ? t : (t & 1);             /* h_{t-1}'s place in hs and cs */
         const long next_slot = save ? t + 1 : ((t + 1) & 1);
         const REAL* hp = hs + slot * step_r + off_r;      /* h_{t-1} (B, R) */
@@ -341,7 +347,8 @@ static int SFX(rnn_forward)(int cell, int save, int threads, SFX(bmat) whh_p, SF
                 if (whr != NULL) memset(hr + row * H, 0, sizeof(REAL) * H);
                 continue;
             }
-            const REAL* xr = x != NULL ? work_x + (long)b * GH : xp + in_row * GH;  /* input side */
+            const REAL* xr = x != NULL ? work_x + (long)b * GH                /* input side */
+                                       : xp + ((long)(t - t0) * BS + b0 + b) * GH;
             REAL* g = work_g + (long)b * GH;
             if (ln_hh != NULL)
                 rstd_h[row] = SFX(layer_norm)(GH, g, ln_hh, bhh, ghat + row * GH);
@@ -625,7 +632,7 @@ static REAL* SFX(pack_weights)(int GH, int H, int R, int I, const REAL* whh, con
  * The region runs on the OpenMP runtime torch already uses. The weights are packed once, for all
  * slices. With one slice (n = 1), `threads` threads share each step's products instead.
  * dln_c: with ln_cw, (n, 2, H), each slice's sums of dln_cw and dln_cb. */
-int SFX(rnn_forward_slices)(int n, int threads, int pthreads, int cell, int save, int T, int B, int H, int R,
+int SFX(rnn_forward_slices)(int n, int threads, int pthreads, int chunk, int cell, int save, int T, int B, int H, int R,
                             int I, const REAL* xp, const REAL* x, const REAL* wih, const REAL* bih,
                             const REAL* whh, const REAL* bhh, const REAL* whr,
                             const REAL* ln_hh, const REAL* ln_cw, const REAL* ln_cb,
@@ -644,32 +651,43 @@ int SFX(rnn_forward_slices)(int n, int threads, int pthreads, int cell, int save
     REAL* block = SFX(pack_weights)(GH, H, R, I, whh, whr, x != NULL ? wih : NULL, &whr_packed, &wih_packed);
     if (block == NULL) return -1;
     const SFX(bmat) whh_p = SFX(packed)(block), whr_p = SFX(packed)(whr_packed), wih_p = SFX(packed)(wih_packed);
+    /* One slice: x's projection, xp = b_ih + x @ W_ih^T (T*B rows, G*H), in chunks of `chunk`
+     * steps: all rows of a chunk in one product (W_ih read once per chunk, on pthreads threads),
+     * then the time loop over the chunk. Slices: each projects its rows at every step, beside
+     * the recurrent product (measured faster than writing and reading back the chunk). */
+    const long per_step = (long)B * GH;
+    const REAL* x1 = n <= 1 ? x : NULL;  /* what is projected here */
+    if (x1 == NULL || chunk < 1 || chunk > T) chunk = T;
+    REAL* pre = NULL;
+    if (x1 != NULL) {
+        pre = malloc(sizeof(REAL) * (size_t)((chunk < T ? chunk : T) * per_step));
+        if (pre == NULL) { free(block); return -1; }
+    }
     int status = 0;
-    if (n <= 1) {  /* no parallel region at all: starting one costs more than small work */
-        REAL* pre = NULL;
-        if (x != NULL) {  /* every step's input side at once, xp (T*B, G*H) = b_ih + x @ W_ih^T, on
-                           * pthreads threads: W_ih is read once, not at every step */
-            pre = malloc(sizeof(REAL) * (size_t)T * B * GH);
-            if (pre == NULL) { free(block); return -1; }
+    for (int t0 = 0; t0 < T && status == 0; t0 += chunk) {
+        const int t1 = T - t0 < chunk ? T : t0 + chunk;
+        const REAL* xc = xp != NULL ? xp + (long)t0 * per_step : pre;  /* this chunk's input side */
+        if (x1 != NULL) {
             if (bih != NULL)
-                for (long r = 0; r < (long)T * B; r++) memcpy(pre + r * GH, bih, sizeof(REAL) * GH);
-            SFX(gemm)(pthreads, T * B, GH, I, x, I, wih_p, bih != NULL, pre, GH);
-            xp = pre;
+                for (long r = 0; r < (long)(t1 - t0) * B; r++) memcpy(pre + r * GH, bih, sizeof(REAL) * GH);
+            SFX(gemm)(pthreads, (t1 - t0) * B, GH, I, x + (long)t0 * B * I, I, wih_p, bih != NULL, pre, GH);
         }
-        status = SFX(rnn_forward)(cell, save, threads, whh_p, whr_p, SFX(packed)(NULL), T, B, 0, B, H, R, I, xp, NULL,
-                                  NULL, bhh, whr, ln_hh, ln_cw, ln_cb, lengths, hmask, keep_h, keep_c,
-                                  h0, c0, hs, cs, out, acts, cand, hr, ghat, rstd_h, chat, rstd_c);
-        free(pre);
-    } else {  /* each slice's rows are not contiguous across steps: each step projects its own */
+        if (n <= 1) {  /* no parallel region at all: starting one costs more than small work */
+            status = SFX(rnn_forward)(cell, save, threads, whh_p, whr_p, wih_p, t0, t1, B, 0, B, H, R, I, xc,
+                                      NULL, NULL, bhh, whr, ln_hh, ln_cw, ln_cb, lengths, hmask, keep_h,
+                                      keep_c, h0, c0, hs, cs, out, acts, cand, hr, ghat, rstd_h, chat, rstd_c);
+        } else {
 #pragma omp parallel for num_threads(n) schedule(static, 1) reduction(| : status)
-        for (int s = 0; s < n; s++) {
-            const int b0 = (int)((long)s * B / n), b1 = (int)((long)(s + 1) * B / n);
-            status |= SFX(rnn_forward)(cell, save, 1, whh_p, whr_p, wih_p, T, B, b0, b1 - b0, H, R, I, xp,
-                                       x, bih, bhh, whr, ln_hh, ln_cw, ln_cb, lengths, hmask, keep_h,
-                                       keep_c, h0, c0, hs, cs, out, acts, cand, hr, ghat, rstd_h, chat,
-                                       rstd_c);
+            for (int s = 0; s < n; s++) {
+                const int b0 = (int)((long)s * B / n), b1 = (int)((long)(s + 1) * B / n);
+                status |= SFX(rnn_forward)(cell, save, 1, whh_p, whr_p, wih_p, t0, t1, B, b0, b1 - b0, H, R, I,
+                                           x != NULL ? NULL : xc, x, bih, bhh, whr, ln_hh, ln_cw, ln_cb,
+                                           lengths, hmask, keep_h, keep_c, h0, c0, hs, cs, out, acts, cand,
+                                           hr, ghat, rstd_h, chat, rstd_c);
+            }
         }
     }
+    free(pre);
     free(block);
     const long last = save ? T : T % 2;  /* where h_T and c_T are */
     memcpy(hn, hs + last * B * R, sizeof(REAL) * B * R);
