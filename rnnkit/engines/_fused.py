@@ -33,10 +33,11 @@ PARALLEL_MIN_WORK = 4_000_000
 """Multiply-adds of the recurrent products (T * B * G*H * H) below which one thread runs all."""
 STEP_PARALLEL_MIN_WORK = 100_000
 """Multiply-adds of one step's recurrent product (B * G*H * R) from which a batch run as one
-slice shares each step's products among threads (about 1 us of work, as much as starting them
-costs; but each thread then streams only its share of W_hh, which stays in its core's cache:
-at B = 1, H = 256 this made an LSTM's forward 1.6x faster than at 300k on the 2-core machine).
-Also the least work of the input projection and the weight gradients that run on all threads."""
+slice shares each step's products among threads, when the whole loop has PARALLEL_MIN_WORK
+(about 1 us of work a step, as much as a step's synchronisation costs; but each thread then
+streams only its share of W_hh, which stays in its core's cache: at B = 1, H = 256 this made an
+LSTM's forward 1.6x faster than at 300k on the 2-core machine). Over few steps, waking the
+threads costs more than they save."""
 PROJECTION_CHUNK = 2**21
 """Numbers of the input projection x W_ih^T + b_ih the forward kernel holds at once, for a batch
 run as one slice: it projects the steps in chunks of about this size (each one product over all
@@ -58,12 +59,19 @@ def _slice_count(kernels: _compiled.Kernels, steps: int, batch: int, gates: int,
     return max(1, min(torch.get_num_threads(), batch // PARALLEL_MIN_ROWS))
 
 
-def _product_threads(kernels: _compiled.Kernels, slices: int, batch: int, gates: int, size: int) -> int:
+def _product_threads(kernels: _compiled.Kernels, slices: int, steps: int, batch: int, gates: int, size: int) -> int:
     """How many threads share each step's products: for a batch too small to slice, all of them
-    once a step's work pays for starting them; else one (each slice has its thread)."""
-    if slices > 1 or not kernels.parallel or batch * gates * size < STEP_PARALLEL_MIN_WORK:
+    once the steps' work pays for it; else one (each slice has its thread)."""
+    step = batch * gates * size
+    if slices > 1 or not kernels.parallel or step < STEP_PARALLEL_MIN_WORK or steps * step < PARALLEL_MIN_WORK:
         return 1
     return torch.get_num_threads()
+
+
+def _all_threads(kernels: _compiled.Kernels, work: int) -> int:
+    """Threads for a product of work multiply-adds done once a call (the input projection, the
+    weight gradients): all of them from PARALLEL_MIN_WORK, else one."""
+    return torch.get_num_threads() if kernels.parallel and work >= PARALLEL_MIN_WORK else 1
 
 
 def _ptr(t: Tensor | None) -> int | None:
@@ -170,9 +178,9 @@ def _forward(
         b_ih_c = None if b_ih is None else b_ih.contiguous()
     inputs = 0 if x is None else x.shape[2]
     # threads for the projection of all steps at once (one slice), which reads W_ih once
-    pthreads = torch.get_num_threads() if kernels.parallel and steps * batch * gates * inputs >= STEP_PARALLEL_MIN_WORK else 1
+    pthreads = _all_threads(kernels, steps * batch * gates * inputs)
     size = w_hh.shape[1]  # R: proj_size with a projection, else hidden
-    threads = _product_threads(kernels, slices, batch, gates, size)
+    threads = _product_threads(kernels, slices, steps, batch, gates, size)
     cell = CELL_IDS[mode]
     work = xp.new_empty(kernels.lib.rnnkit_forward_layout(cell, save, steps, batch, hidden, size,
                                                           _flags(w_hr, ln_hh, ln_cw), None))
@@ -227,7 +235,6 @@ class FusedLayer(torch.autograd.Function):
         ctx.save_for_backward(*run.inputs)
         ctx.work, ctx.masks, ctx.slices, ctx.threads = run.work, run.masks, run.slices, run.threads
         ctx.kernels, ctx.mode = args[0], args[1]
-        ctx.threads_now = torch.get_num_threads()  # the backward pass may run on another thread
         ctx.has_bias_ih, ctx.has_bias = args[4] is not None, args[8] is not None
         ctx.shape = args[2].shape[:2]  # T, B
         return run.outputs
@@ -263,7 +270,7 @@ class FusedLayer(torch.autograd.Function):
         # rows to sum over); else by torch after it.
         weight_work = rows * gates * (size + inputs)
         in_kernel = weight_work <= KERNEL_WEIGHT_GRADS_MAX_WORK
-        weight_threads = ctx.threads_now if kernels.parallel and weight_work >= STEP_PARALLEL_MIN_WORK else 1
+        weight_threads = _all_threads(kernels, weight_work)
         dx = dw_ih = db_ih = dw_hh = db_hh = dw_hr = dln_hh = None
         if in_kernel:
             if needs[2] and x_in is not None:

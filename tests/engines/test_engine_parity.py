@@ -351,7 +351,7 @@ def test_fused_parallel_threads(family: str, split: str, monkeypatch: pytest.Mon
     monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
     slices = 1 if split == "products" else threads
     assert _fused._slice_count(kernels, 5, 7, 8, 2) == slices
-    assert _fused._product_threads(kernels, slices, 7, 8, 2) == (3 if split == "products" else 1)
+    assert _fused._product_threads(kernels, slices, 5, 7, 8, 2) == (3 if split == "products" else 1)
     for layer_norm in (False, True):
         options = (("num_layers", 2), ("bidirectional", True), ("batch_first", True), ("bias", True),
                    ("recurrent_dropout", 0.2), ("zoneout", 0.1), ("layer_norm", layer_norm),

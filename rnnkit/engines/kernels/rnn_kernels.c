@@ -2,9 +2,11 @@
  * (backpropagation through time derived by hand), for the RNN (tanh, relu), LSTM and GRU cells.
  *
  * Built at first use by rnnkit/engines/_compiled.py with the system C compiler and loaded with
- * ctypes; no PyTorch headers. The per-step products (h_{t-1} @ W_hh^T and its mirror in the
- * backward pass) are the kernels' own register-tiled product over weights packed once per call,
- * written with the compiler's vector types so that it builds for any SIMD width.
+ * ctypes; no PyTorch headers. Every matrix product (each step's h_{t-1} @ W_hh^T and its
+ * mirror in the backward pass, the input projection, and for small T*B the weight gradients)
+ * is the kernels' own register-tiled product, written with the compiler's vector types so that
+ * it builds for any SIMD width: transposed weights are packed once per call, row-major
+ * operands read where they lie.
  * The gate math is written as elementwise loops that the compiler turns into SIMD code, with
  * exp and tanh inlined (below) so that they vectorise too. Built with OpenMP, the *_slices
  * functions run slices of the batch in parallel on the OpenMP runtime torch already loaded.

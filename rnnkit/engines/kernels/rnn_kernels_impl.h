@@ -4,11 +4,12 @@
  * S saved activations per unit (1 RNN, 4 LSTM and GRU). A "row" is one (t, b).
  */
 
-/* The per-step matrix products, C (M x N) = A (M x K) @ B (K x N), with B packed once per call
- * into panels of NR columns, two vectors (K x NR each, zero-padded past N), so that the inner
- * loop reads it contiguously; register tiles of GEMM_MR rows x NR columns. At the recurrent
- * products' shapes (few rows: the batch slice) this runs 1.1-1.7x faster than the BLAS sgemm
- * torch ships with (benchmarks/README.md), which repacks B at every call. */
+/* The matrix products, C (M x N) = A (M x K) @ B (K x N), B read in panels of NR columns, two
+ * vectors: a transposed B (W^T, for h @ W^T) packed once per call into K x NR panels (zero-
+ * padded past N) so that the inner loop reads it contiguously, a row-major B read in place;
+ * register tiles of GEMM_MR rows x NR columns. At the recurrent products' shapes (few rows: the
+ * batch slice) this runs 1.1-1.7x faster than the BLAS sgemm torch ships with
+ * (benchmarks/README.md), which repacks B at every call; at large shapes about as fast. */
 typedef REAL SFX(vec) __attribute__((vector_size(VEC_BYTES), aligned(sizeof(REAL))));
 enum { SFX(VL) = VEC_BYTES / sizeof(REAL), SFX(NR) = 2 * SFX(VL) };
 
