@@ -793,12 +793,15 @@ int SFX(rnn_backward_slices)(int n, int threads, int wthreads, int cell, int T, 
     REAL *dgi = PART(D_GI), *dgh = PART(D_GH), *dgh_raw = PART(D_GH_RAW), *dproj = PART(D_PROJ), *dln_c = PART(D_LN_C);
 #undef PART
     if (dln_c != NULL) memset(dln_c, 0, sizeof(REAL) * n * 2 * H);
-    /* W_hh (G*H, R) and W_hr (R, H) read in place, their last panels packed into tails */
+    /* W_hh (G*H, R) and W_hr (R, H) packed: read at every step, a packed panel is contiguous,
+     * where rows read in place lie R apart (with R a power of two, in few cache sets) */
     const int GH = gates_of(cell) * H;
-    REAL* tails = aligned_alloc(64, sizeof(REAL) * (size_t)((SFX(packed_size)(1, GH) + SFX(packed_size)(1, R) + 15) / 16 * 16));
+    const long size_hh = SFX(packed_size)(R, GH), size_hr = whr != NULL ? SFX(packed_size)(H, R) : 0;
+    REAL* tails = aligned_alloc(64, sizeof(REAL) * (size_t)((size_hh + size_hr + 15) / 16 * 16));
     if (tails == NULL) return -1;
-    const SFX(bmat) whh_p = SFX(in_place)(R, GH, whh, R, tails);
-    const SFX(bmat) whr_p = whr != NULL ? SFX(in_place)(H, R, whr, H, tails + SFX(packed_size)(1, GH)) : SFX(packed)(NULL);
+    SFX(pack)(0, R, GH, whh, NULL, 1, tails);
+    if (whr != NULL) SFX(pack)(0, H, R, whr, NULL, 1, tails + size_hh);
+    const SFX(bmat) whh_p = SFX(packed)(tails), whr_p = SFX(packed)(whr != NULL ? tails + size_hh : NULL);
     int status = 0;
     if (n <= 1) {
         status = SFX(rnn_backward)(cell, threads, whh_p, whr_p, T, B, 0, B, H, R, whr, ln_hh, ln_cw,
