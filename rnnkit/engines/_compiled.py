@@ -79,10 +79,10 @@ def _declare(lib: ctypes.CDLL) -> None:
     for suffix in ("_f32", "_f64"):
         forward = getattr(lib, "rnn_forward_slices" + suffix)
         forward.restype = i
-        forward.argtypes = [i] * 11 + [p] * 20  # slices, threads, pthreads, chunk, cell, save, T, B, H, R, I, ...
+        forward.argtypes = [i] * 11 + [p] * 21  # slices, threads, pthreads, chunk, cell, save, T, B, H, R, I, ...
         backward = getattr(lib, "rnn_backward_slices" + suffix)
         backward.restype = i
-        backward.argtypes = [i] * 9 + [p] * 24  # slices, threads, wthreads, cell, T, B, H, R, I, pointers
+        backward.argtypes = [i] * 9 + [p] * 26  # slices, threads, wthreads, cell, T, B, H, R, I, pointers
     for layout in (lib.rnnkit_forward_layout, lib.rnnkit_backward_layout):
         layout.restype = ctypes.c_long
         layout.argtypes = [i] * 7 + [p]  # (slices or cell, ...), where the offsets go or NULL

@@ -125,9 +125,53 @@ class FusedEngine:
         return results[0], tuple(results[1:])
 
 
+# Where the kernels lay out their workspaces (rnn_kernels.c: W_* and D_* in rnnkit_forward_layout
+# and rnnkit_backward_layout), for the arrays read here
+W_HS, W_HR, W_GHAT, W_PARTS = 0, 4, 5, 9
+D_GI, D_GH, D_GH_RAW, D_PROJ, D_PARTS = 0, 1, 2, 3, 5
+WORKSPACE_BLOCK_MAX = 2**24
+"""Bytes up to which a kernel's workspace is one allocation. Above, each array is its own: glibc
+serves allocations of up to 32 MB from memory it reuses, but maps fresh pages (faulted in and
+zeroed at every call) for larger ones."""
+
+
+class _Workspace:
+    """The arrays a kernel lays out (its layout function: rnnkit_forward_layout with W_PARTS
+    arrays, or rnnkit_backward_layout with D_PARTS), in one tensor (`block`, whose address the
+    kernel takes) or, when large, in one tensor each (`parts`, whose addresses it takes)."""
+
+    def __init__(self, like: Tensor, layout: Any, args: tuple[int, ...], count: int) -> None:
+        self.args, self.layout, self.count = args, layout, count
+        total = layout(*args, None)
+        self.block: Tensor | None = None
+        self.parts: list[Tensor | None] | None = None
+        self.pointers: Any = None  # parts' addresses, as the kernel takes them
+        if total * like.element_size() <= WORKSPACE_BLOCK_MAX:
+            self.block = like.new_empty(total)
+            return
+        offsets = self._offsets()
+        ends = sorted([o for o in offsets if o >= 0] + [total])
+        self.parts = [None if o < 0 else like.new_empty(ends[ends.index(o) + 1] - o) for o in offsets]
+        self.pointers = (ctypes.c_void_p * count)(*[_ptr(p) for p in self.parts])
+
+    def _offsets(self) -> list[int]:
+        offsets = (ctypes.c_long * self.count)()
+        self.layout(*self.args, offsets)
+        return list(offsets)
+
+    def view(self, index: int, shape: tuple[int, ...]) -> Tensor | None:
+        """Array index of the layout, as shape; None when the layout has none."""
+        if self.parts is not None:
+            part = self.parts[index]
+            return None if part is None else part[: math.prod(shape)].view(shape)
+        assert self.block is not None
+        offset = self._offsets()[index]
+        return None if offset < 0 else self.block[offset: offset + math.prod(shape)].view(shape)
+
+
 class _Forward(NamedTuple):
     outputs: tuple[Tensor, ...]  # out (T, B, R), h_T (B, R)[, c_T (B, H)]
-    work: Tensor  # the arrays the kernel keeps for the backward pass, laid out by the kernels
+    work: _Workspace  # the arrays the kernel keeps for the backward pass
     inputs: tuple[Tensor | None, ...]  # what the backward reads of the inputs: w_hh, w_hr, ln_hh,
     # ln_cw, x (T*B, I) and w_ih, all contiguous
     masks: tuple[Tensor | None, ...]  # lengths, h_mask, keep_h, keep_c as the kernels read them
@@ -182,8 +226,8 @@ def _forward(
     size = w_hh.shape[1]  # R: proj_size with a projection, else hidden
     threads = _product_threads(kernels, slices, steps, batch, gates, size)
     cell = CELL_IDS[mode]
-    work = xp.new_empty(kernels.lib.rnnkit_forward_layout(cell, save, steps, batch, hidden, size,
-                                                          _flags(w_hr, ln_hh, ln_cw), None))
+    work = _Workspace(xp, kernels.lib.rnnkit_forward_layout,
+                      (cell, save, steps, batch, hidden, size, _flags(w_hr, ln_hh, ln_cw)), W_PARTS)
     out = xp.new_empty(steps, batch, size)
     h_n = xp.new_empty(batch, size)
     c_n = xp.new_empty(batch, hidden) if mode == "LSTM" else None
@@ -200,7 +244,7 @@ def _forward(
         steps, batch, hidden, size, inputs,
         _ptr(pre), _ptr(x), _ptr(w_ih_c), _ptr(b_ih_c), _ptr(w_hh_c), _ptr(b_hh), _ptr(w_hr_c),
         _ptr(ln_hh), _ptr(ln_cw), _ptr(ln_cb), _ptr(lengths_c), _ptr(h_mask_c), _ptr(keep_h_c),
-        _ptr(keep_c_c), _ptr(h0_c), _ptr(c0_c), _ptr(out), _ptr(h_n), _ptr(c_n), _ptr(work),
+        _ptr(keep_c_c), _ptr(h0_c), _ptr(c0_c), _ptr(out), _ptr(h_n), _ptr(c_n), _ptr(work.block), work.pointers,
     )
     if status != 0:
         raise MemoryError("rnnkit fused engine: no memory for the forward kernel's scratch")
@@ -253,6 +297,7 @@ class FusedLayer(torch.autograd.Function):
         w_hh, w_hr, ln_hh, ln_cw, x_in, w_ih = ctx.saved_tensors
         lengths, h_mask, keep_h, keep_c = ctx.masks
         mode, kernels, work = ctx.mode, ctx.kernels, ctx.work
+        like = w_hh
         steps, batch = ctx.shape
         gates, size = w_hh.shape  # G*H, R
         hidden = gates // GATES[mode]
@@ -260,12 +305,12 @@ class FusedLayer(torch.autograd.Function):
         inputs = 0 if x_in is None else x_in.shape[1]
         cell, flags, slices = CELL_IDS[mode], _flags(w_hr, ln_hh, ln_cw), ctx.slices
         needs = ctx.needs_input_grad  # kernels, mode, xp, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, ln_hh, ...
-        d_out = work.new_zeros(steps, batch, size) if d_out is None else d_out.contiguous()
-        dh = work.new_zeros(batch, size) if d_hn is None else d_hn.clone(memory_format=torch.contiguous_format)
+        d_out = like.new_zeros(steps, batch, size) if d_out is None else d_out.contiguous()
+        dh = like.new_zeros(batch, size) if d_hn is None else d_hn.clone(memory_format=torch.contiguous_format)
         dc = None
         if mode == "LSTM":
-            dc = work.new_zeros(batch, hidden) if d_cn is None else d_cn.clone(memory_format=torch.contiguous_format)
-        dwork = work.new_empty(kernels.lib.rnnkit_backward_layout(slices, cell, steps, batch, hidden, size, flags, None))
+            dc = like.new_zeros(batch, hidden) if d_cn is None else d_cn.clone(memory_format=torch.contiguous_format)
+        dwork = _Workspace(like, kernels.lib.rnnkit_backward_layout, (slices, cell, steps, batch, hidden, size, flags), D_PARTS)
         # The weight gradients in the kernel too, while it beats the BLAS at their shapes (few
         # rows to sum over); else by torch after it.
         weight_work = rows * gates * (size + inputs)
@@ -274,26 +319,27 @@ class FusedLayer(torch.autograd.Function):
         dx = dw_ih = db_ih = dw_hh = db_hh = dw_hr = dln_hh = None
         if in_kernel:
             if needs[2] and x_in is not None:
-                dx = work.new_empty(steps, batch, inputs)
-            dw_ih = work.new_empty(gates, inputs) if x_in is not None and needs[3] else None
-            db_ih = work.new_empty(gates) if x_in is not None and needs[4] and ctx.has_bias_ih else None
-            dw_hh = work.new_empty(gates, size) if needs[7] else None
-            db_hh = work.new_empty(gates) if ctx.has_bias and needs[8] else None
-            dw_hr = work.new_empty(size, hidden) if w_hr is not None and needs[9] else None
-            dln_hh = work.new_empty(gates) if ln_hh is not None and needs[10] else None
-        dln_cw = work.new_empty(hidden) if ln_cw is not None and needs[11] else None
-        dln_cb = work.new_empty(hidden) if ln_cw is not None and needs[12] else None
-        status = getattr(kernels.lib, "rnn_backward_slices" + DTYPES[work.dtype])(
+                dx = like.new_empty(steps, batch, inputs)
+            dw_ih = like.new_empty(gates, inputs) if x_in is not None and needs[3] else None
+            db_ih = like.new_empty(gates) if x_in is not None and needs[4] and ctx.has_bias_ih else None
+            dw_hh = like.new_empty(gates, size) if needs[7] else None
+            db_hh = like.new_empty(gates) if ctx.has_bias and needs[8] else None
+            dw_hr = like.new_empty(size, hidden) if w_hr is not None and needs[9] else None
+            dln_hh = like.new_empty(gates) if ln_hh is not None and needs[10] else None
+        dln_cw = like.new_empty(hidden) if ln_cw is not None and needs[11] else None
+        dln_cb = like.new_empty(hidden) if ln_cw is not None and needs[12] else None
+        status = getattr(kernels.lib, "rnn_backward_slices" + DTYPES[like.dtype])(
             slices, ctx.threads, weight_threads if in_kernel else 0, cell, steps, batch, hidden, size, inputs,
             _ptr(w_hh), _ptr(w_hr), _ptr(ln_hh), _ptr(ln_cw), _ptr(lengths), _ptr(h_mask),
-            _ptr(keep_h), _ptr(keep_c), _ptr(work), _ptr(d_out), _ptr(dh), _ptr(dc), _ptr(dwork),
+            _ptr(keep_h), _ptr(keep_c), _ptr(work.block), work.pointers, _ptr(d_out), _ptr(dh), _ptr(dc),
+            _ptr(dwork.block), dwork.pointers,
             _ptr(x_in), _ptr(w_ih), _ptr(dx), _ptr(dw_ih), _ptr(db_ih), _ptr(dw_hh), _ptr(db_hh),
             _ptr(dw_hr), _ptr(dln_hh), _ptr(dln_cw), _ptr(dln_cb),
         )
         if status != 0:
             raise MemoryError("rnnkit fused engine: no memory for the backward kernel's scratch")
         if x_in is None and needs[2]:  # the gates' input side came in: its gradient is dgi
-            dx = dwork[: rows * gates].view(steps, batch, gates)
+            dx = dwork.view(D_GI, (steps, batch, gates))
         if not in_kernel:
             dx_in, dw_ih, db_ih, dw_hh, db_hh, dw_hr, dln_hh = _weight_grads_by_torch(ctx, work, dwork, needs)
             if x_in is not None:
@@ -302,23 +348,8 @@ class FusedLayer(torch.autograd.Function):
                 dw_hh, db_hh, dw_hr, dln_hh, dln_cw, dln_cb, None, None, None, None)
 
 
-# Where the kernels lay out their workspaces (rnn_kernels.c: W_* and D_* in rnnkit_forward_layout
-# and rnnkit_backward_layout), for the arrays read here
-W_HS, W_HR, W_GHAT, W_PARTS = 0, 4, 5, 9
-D_GH, D_GH_RAW, D_PROJ, D_PARTS = 1, 2, 3, 5
 
-
-def _views(kernels: _compiled.Kernels, forward: bool, args: tuple[int, ...], data: Tensor,
-           shapes: dict[int, tuple[int, ...]]) -> dict[int, Tensor]:
-    """Views of the arrays of a workspace the kernels laid out (args: the layout function's),
-    each of the shape given by its index; absent arrays are left out."""
-    offsets = (ctypes.c_long * (W_PARTS if forward else D_PARTS))()
-    (kernels.lib.rnnkit_forward_layout if forward else kernels.lib.rnnkit_backward_layout)(*args, offsets)
-    return {i: data[offsets[i]: offsets[i] + math.prod(shape)].view(shape)
-            for i, shape in shapes.items() if offsets[i] >= 0}
-
-
-def _weight_grads_by_torch(ctx: Any, work: Tensor, dwork: Tensor, needs: tuple[bool, ...]) -> tuple[Tensor | None, ...]:
+def _weight_grads_by_torch(ctx: Any, work: _Workspace, dwork: _Workspace, needs: tuple[bool, ...]) -> tuple[Tensor | None, ...]:
     """dx (when the Function projected x), dW_ih, db_ih, dW_hh, db_hh, dW_hr and dln_hh as torch
     products after the backward kernel, for sizes where they beat the kernel's own."""
     w_hh, w_hr, ln_hh, ln_cw, x_in, w_ih = ctx.saved_tensors
@@ -326,14 +357,11 @@ def _weight_grads_by_torch(ctx: Any, work: Tensor, dwork: Tensor, needs: tuple[b
     steps, batch = ctx.shape
     gates, size = w_hh.shape
     hidden, rows = gates // GATES[ctx.mode], steps * batch
-    layout = (CELL_IDS[ctx.mode], steps, batch, hidden, size, _flags(w_hr, ln_hh, ln_cw))
-    kept = _views(ctx.kernels, True, (layout[0], 1, *layout[1:]), work,
-                  {W_HS: (steps + 1, batch, size), W_HR: (rows, hidden), W_GHAT: (rows, gates)})
-    grads = _views(ctx.kernels, False, (ctx.slices, *layout), dwork,
-                   {D_GH: (rows, gates), D_GH_RAW: (rows, gates), D_PROJ: (rows, size)})
-    dgi = dwork[: rows * gates].view(rows, gates)
-    dg_post = grads.get(D_GH, dgi)  # the recurrent side's gradient after its layer norm (GRU: dgh)
-    dg_rec = grads.get(D_GH_RAW, dg_post)  # and before it
+    dgi = dwork.view(D_GI, (rows, gates))
+    assert dgi is not None
+    dgh, dgh_raw = dwork.view(D_GH, (rows, gates)), dwork.view(D_GH_RAW, (rows, gates))
+    dg_post = dgi if dgh is None else dgh  # the recurrent side's gradient after its layer norm (GRU: dgh)
+    dg_rec = dg_post if dgh_raw is None else dgh_raw  # and before it
     dx = dw_ih = db_ih = dw_hh = db_hh = dw_hr = dln_hh = None
     if x_in is not None:  # the input projection's, when the Function did it
         if needs[2]:
@@ -343,13 +371,19 @@ def _weight_grads_by_torch(ctx: Any, work: Tensor, dwork: Tensor, needs: tuple[b
         if needs[4] and ctx.has_bias_ih:
             db_ih = dgi.sum(0)
     if needs[7]:
-        hs = kept[W_HS][:steps]
+        hs = work.view(W_HS, (steps + 1, batch, size))
+        assert hs is not None
+        hs = hs[:steps]
         h_in = hs if h_mask is None else hs * h_mask  # (T, B, R): what met W_hh
         dw_hh = dg_rec.t() @ h_in.reshape(rows, size)  # (G*H, R)
     if ctx.has_bias and needs[8]:
         db_hh = dg_post.sum(0)
     if w_hr is not None and needs[9]:  # (P, H) = dproj (T*B, P)^T @ hr (T*B, H)
-        dw_hr = grads[D_PROJ].t() @ kept[W_HR]
+        dproj, hr = dwork.view(D_PROJ, (rows, size)), work.view(W_HR, (rows, hidden))
+        assert dproj is not None and hr is not None
+        dw_hr = dproj.t() @ hr
     if ln_hh is not None and needs[10]:
-        dln_hh = (dg_post * kept[W_GHAT]).sum(0)
+        ghat = work.view(W_GHAT, (rows, gates))
+        assert ghat is not None
+        dln_hh = (dg_post * ghat).sum(0)
     return dx, dw_ih, db_ih, dw_hh, db_hh, dw_hr, dln_hh

@@ -364,23 +364,29 @@ def test_fused_parallel_threads(family: str, split: str, monkeypatch: pytest.Mon
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
-@pytest.mark.parametrize("layer_norm", [False, True])
-def test_fused_weight_gradients_by_torch(family: str, layer_norm: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("grads, workspace", [("torch", "block"), ("kernel", "parts"), ("torch", "parts")])
+def test_fused_weight_gradients_and_workspaces(family: str, grads: str, workspace: str,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """Above KERNEL_WEIGHT_GRADS_MAX_WORK the weight gradients are torch's products after the
-    backward kernel, not the kernel's: the same numbers, every option on."""
+    backward kernel, not the kernel's; above WORKSPACE_BLOCK_MAX each array of the kernels'
+    workspaces is its own tensor. The same numbers either way, every option on."""
     from rnnkit.engines import _fused
 
-    calls = []
-    original = _fused.FusedLayer.backward
-    monkeypatch.setattr(_fused, "KERNEL_WEIGHT_GRADS_MAX_WORK", -1)
-    monkeypatch.setattr(_fused.FusedLayer, "backward",
-                        staticmethod(lambda ctx, *grads: calls.append(1) or original(ctx, *grads)))
-    options = (("num_layers", 2), ("bidirectional", True), ("batch_first", False), ("bias", True),
-               ("recurrent_dropout", 0.2), ("zoneout", 0.1), ("layer_norm", layer_norm),
-               ("learn_initial_state", False)) + ((("proj_size", 3),) if family == "lstm" else ())
-    for inputs in ("batched", "lengths"):
-        check_case(Case(family, options, inputs, True, True, 5, 4, 3, 6, seed=5), torch.float64)
-    assert calls
+    if grads == "torch":
+        monkeypatch.setattr(_fused, "KERNEL_WEIGHT_GRADS_MAX_WORK", -1)
+    if workspace == "parts":
+        monkeypatch.setattr(_fused, "WORKSPACE_BLOCK_MAX", 0)
+    seen = []
+    original = _fused._Workspace.__init__
+    monkeypatch.setattr(_fused._Workspace, "__init__",
+                        lambda self, *a: original(self, *a) or seen.append(self.parts is not None))
+    for layer_norm in (False, True):
+        options = (("num_layers", 2), ("bidirectional", True), ("batch_first", False), ("bias", True),
+                   ("recurrent_dropout", 0.2), ("zoneout", 0.1), ("layer_norm", layer_norm),
+                   ("learn_initial_state", False)) + ((("proj_size", 3),) if family == "lstm" else ())
+        for inputs in ("batched", "lengths"):
+            check_case(Case(family, options, inputs, True, True, 5, 4, 3, 6, seed=5), torch.float64)
+    assert seen and all(seen) == (workspace == "parts")
 
 @pytest.mark.parametrize("loss", ["sum", "square"])
 def test_fused_refuses_double_backward(loss: str) -> None:

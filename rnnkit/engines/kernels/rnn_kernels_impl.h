@@ -632,18 +632,20 @@ static REAL* SFX(pack_weights)(int GH, int H, int R, int I, const REAL* whh, con
  * whole time loop in one thread: sequences never meet, so no step waits for another thread.
  * The region runs on the OpenMP runtime torch already uses. The weights are packed once, for all
  * slices. With one slice (n = 1), `threads` threads share each step's products instead.
- * dln_c: with ln_cw, (n, 2, H), each slice's sums of dln_cw and dln_cb. */
+ * The arrays kept for the backward pass (hs, cs, acts, ...: rnnkit_forward_layout) lie in work
+ * at the layout's offsets, or, with parts, at parts[W_*] (each its own allocation). h_T and c_T
+ * are written to hn and cn. */
 int SFX(rnn_forward_slices)(int n, int threads, int pthreads, int chunk, int cell, int save, int T, int B, int H, int R,
                             int I, const REAL* xp, const REAL* x, const REAL* wih, const REAL* bih,
                             const REAL* whh, const REAL* bhh, const REAL* whr,
                             const REAL* ln_hh, const REAL* ln_cw, const REAL* ln_cb,
                             const int64_t* lengths, const REAL* hmask, const uint8_t* keep_h,
                             const uint8_t* keep_c, const REAL* h0, const REAL* c0, REAL* out,
-                            REAL* hn, REAL* cn, REAL* work) {
+                            REAL* hn, REAL* cn, REAL* work, REAL* const* parts) {
     long at[W_PARTS];
     rnnkit_forward_layout(cell, save, T, B, H, R, (whr != NULL ? HAS_PROJ : 0) | (ln_hh != NULL ? HAS_LN_H : 0)
                           | (ln_cw != NULL ? HAS_LN_C : 0), at);
-#define PART(i) (at[i] < 0 ? NULL : work + at[i])
+#define PART(i) (parts != NULL ? parts[i] : at[i] < 0 ? NULL : work + at[i])
     REAL *hs = PART(W_HS), *cs = PART(W_CS), *acts = PART(W_ACTS), *cand = PART(W_CAND), *hr = PART(W_HR);
     REAL *ghat = PART(W_GHAT), *rstd_h = PART(W_RSTD_H), *chat = PART(W_CHAT), *rstd_c = PART(W_RSTD_C);
 #undef PART
@@ -771,25 +773,27 @@ static int SFX(weight_grads)(int threads, int cell, int T, int B, int H, int R, 
     return status;
 }
 
-/* The backward loop (rnn_backward) over n slices of the batch, as rnn_forward_slices; then, with
+/* The backward loop (rnn_backward) over n slices of the batch, as rnn_forward_slices (work or
+ * parts: the forward's arrays; dwork or dparts: its own, rnnkit_backward_layout); then, with
  * wthreads > 0, the weight gradients (weight_grads, on wthreads threads; its outputs x .. dln_hh
  * may each be NULL). dln_c: with ln_cw, (n, 2, H), each slice's sums of dln_cw and dln_cb. */
 int SFX(rnn_backward_slices)(int n, int threads, int wthreads, int cell, int T, int B, int H, int R, int I,
                              const REAL* whh, const REAL* whr, const REAL* ln_hh,
                              const REAL* ln_cw, const int64_t* lengths,
                              const REAL* hmask, const uint8_t* keep_h, const uint8_t* keep_c,
-                             const REAL* work, const REAL* d_out, REAL* dh, REAL* dc, REAL* dwork,
+                             const REAL* work, const REAL* const* parts, const REAL* d_out, REAL* dh,
+                             REAL* dc, REAL* dwork, REAL* const* dparts,
                              const REAL* x, const REAL* wih, REAL* dx, REAL* dwih, REAL* dbih,
                              REAL* dwhh, REAL* dbhh, REAL* dwhr, REAL* dln_hh, REAL* dln_cw, REAL* dln_cb) {
     const int flags = (whr != NULL ? HAS_PROJ : 0) | (ln_hh != NULL ? HAS_LN_H : 0) | (ln_cw != NULL ? HAS_LN_C : 0);
     long at[W_PARTS], dat[D_PARTS];
     rnnkit_forward_layout(cell, 1, T, B, H, R, flags, at);
     rnnkit_backward_layout(n, cell, T, B, H, R, flags, dat);
-#define PART(i) (at[i] < 0 ? NULL : work + at[i])
+#define PART(i) (parts != NULL ? parts[i] : at[i] < 0 ? NULL : work + at[i])
     const REAL *hs = PART(W_HS), *cs = PART(W_CS), *acts = PART(W_ACTS), *cand = PART(W_CAND), *hr = PART(W_HR);
     const REAL *ghat = PART(W_GHAT), *rstd_h = PART(W_RSTD_H), *chat = PART(W_CHAT), *rstd_c = PART(W_RSTD_C);
 #undef PART
-#define PART(i) (dat[i] < 0 ? NULL : dwork + dat[i])
+#define PART(i) (dparts != NULL ? dparts[i] : dat[i] < 0 ? NULL : dwork + dat[i])
     REAL *dgi = PART(D_GI), *dgh = PART(D_GH), *dgh_raw = PART(D_GH_RAW), *dproj = PART(D_PROJ), *dln_c = PART(D_LN_C);
 #undef PART
     if (dln_c != NULL) memset(dln_c, 0, sizeof(REAL) * n * 2 * H);
