@@ -28,25 +28,30 @@ ENGINES: dict[str, Engine] = {"reference": ReferenceEngine(), "fused": FusedEngi
 ENGINE_NAMES = ("auto", *ENGINES)
 
 FUSED_LSTM_MAX_WIDTH = 1024
-"""Without gradients, engine='auto' runs an LSTM on CPU in the fused engine only while B * H is
-at most this: above it torch's oneDNN LSTM is a little faster (oneDNN's AVX-512 products outrun
-any other at these shapes). Measured on the 2-core development CPU against torch.nn, forward
-only, fused / native: 1.38x / 0.92x at B*H = 20, 1.06x / 0.97x at 1000, 0.86x / 0.96x at 8192,
-0.91x / 0.99x at 16384. With gradients the fused engine is as fast or faster at every width
-(1.22x / 0.92x at 20, 1.23x / 1.04x at 16384), so it runs every LSTM that is trained."""
+NATIVE_LSTM_MIN_HIDDEN = 512
+"""Without gradients, engine='auto' runs an LSTM on CPU in torch's oneDNN kernel when H is at
+least NATIVE_LSTM_MIN_HIDDEN and B * H is more than FUSED_LSTM_MAX_WIDTH: there both run their
+products near the machine's peak, and oneDNN is a few percent ahead. Measured on the 2-core
+development CPU against torch.nn, forward only, fused / native: 1.97x / 0.90x at
+(T, B, I, H) = (20, 1, 1, 20), 1.05x / 1.00x at (28, 64, 28, 128), 1.04x / 0.97x at
+(100, 64, 256, 256), 0.97x / 1.01x at (100, 32, 512, 512). With gradients the fused engine is
+faster at every size (1.46x / 0.96x at the first, 1.23x / 0.99x at the last), so it runs every
+LSTM that is trained."""
 
 
 def auto_order(config: LayerConfig, x: Tensor, *, grad: bool = True) -> tuple[str, ...]:
     """The engines engine='auto' tries for config on x (T, B, I), fastest first; grad: whether
     the call will be differentiated.
 
-    CPU: the fused engine, except for LSTMs wider than FUSED_LSTM_MAX_WIDTH run without
-    gradients, where torch's oneDNN kernel is faster. CUDA and other devices: torch's kernels
+    CPU: the fused engine, except for wide LSTMs (H >= NATIVE_LSTM_MIN_HIDDEN, B * H >
+    FUSED_LSTM_MAX_WIDTH) run without gradients, where torch's oneDNN kernel is a little faster. CUDA and other devices: torch's kernels
     (cuDNN), else the reference engine. The reference engine runs everything and comes last.
     """
     if x.device.type != "cpu":
         return ("native", "reference")
-    if not grad and config.spec.mode == "LSTM" and x.shape[1] * config.hidden_size > FUSED_LSTM_MAX_WIDTH:
+    hidden = config.hidden_size
+    if (not grad and config.spec.mode == "LSTM" and hidden >= NATIVE_LSTM_MIN_HIDDEN
+            and x.shape[1] * hidden > FUSED_LSTM_MAX_WIDTH):
         return ("native", "fused", "reference")
     return ("fused", "native", "reference")
 
@@ -71,6 +76,7 @@ def select_engine(name: str, config: LayerConfig, x: Tensor, *, owner: str, grad
 
 __all__ = [
     "FUSED_LSTM_MAX_WIDTH",
+    "NATIVE_LSTM_MIN_HIDDEN",
     "ENGINES",
     "ENGINE_NAMES",
     "Engine",

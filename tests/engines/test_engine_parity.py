@@ -262,8 +262,8 @@ def test_native_refuses_what_torch_lacks() -> None:
 
 
 def test_auto_picks_the_fastest_engine_that_runs_the_layer() -> None:
-    """CPU: fused, but torch's oneDNN for wide LSTMs run without gradients; what an engine lacks
-    falls through."""
+    """CPU: fused, but torch's oneDNN for wide LSTMs (H >= 512, B * H > 1024) run without
+    gradients; what an engine lacks falls through."""
     x = torch.randn(4, 2, 3)
     assert rnnkit.LSTM(3, 5).engine_for(x) == "fused"
     assert rnnkit.GRU(3, 600).engine_for(x) == "fused"
@@ -272,8 +272,9 @@ def test_auto_picks_the_fastest_engine_that_runs_the_layer() -> None:
         assert rnnkit.LSTM(3, 600).engine_for(x) == "native"  # B * H = 1200 > FUSED_LSTM_MAX_WIDTH
         assert rnnkit.LSTM(3, 500).engine_for(x) == "fused"  # B * H = 1000
         one = torch.randn(4, 1, 3)  # (T, B=1, I), or (B=4, T, I) with batch_first
-        assert rnnkit.LSTM(3, 300).engine_for(one) == "fused"  # B * H = 300
-        assert rnnkit.LSTM(3, 300, batch_first=True).engine_for(one) == "native"  # B * H = 1200
+        assert rnnkit.LSTM(3, 600).engine_for(one) == "fused"  # B * H = 600
+        assert rnnkit.LSTM(3, 600, batch_first=True).engine_for(one) == "native"  # B * H = 2400
+        assert rnnkit.LSTM(3, 300, batch_first=True).engine_for(one) == "fused"  # H = 300 < 512
         assert rnnkit.LSTM(3, 600, zoneout=0.1).engine_for(x) == "fused"  # native has no zoneout
         assert rnnkit.LSTM(3, 600, layer_norm=True).engine_for(x) == "fused"
         assert rnnkit.LSTM(3, 5, proj_size=2, layer_norm=True).engine_for(x) == "fused"
