@@ -348,7 +348,6 @@ class FusedLayer(torch.autograd.Function):
                 dw_hh, db_hh, dw_hr, dln_hh, dln_cw, dln_cb, None, None, None, None)
 
 
-
 def _weight_grads_by_torch(ctx: Any, work: _Workspace, dwork: _Workspace, needs: tuple[bool, ...]) -> tuple[Tensor | None, ...]:
     """dx (when the Function projected x), dW_ih, db_ih, dW_hh, db_hh, dW_hr and dln_hh as torch
     products after the backward kernel, for sizes where they beat the kernel's own."""

@@ -389,6 +389,34 @@ def test_fused_weight_gradients_and_workspaces(family: str, grads: str, workspac
             check_case(Case(family, options, inputs, True, True, 5, 4, 3, 6, seed=5), torch.float64)
     assert seen and all(seen) == (workspace == "parts")
 
+@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("frozen", [("weight_ih", "bias_ih", "ln_bias_c"), ("weight_hh", "ln_weight_c", "ln_weight_hh"),
+                                    ("bias_hh", "ln_weight_ih", "weight_hr")])
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_fused_gradients_with_some_parameters_frozen(family: str, frozen: tuple[str, ...], layer_norm: bool) -> None:
+    """Frozen parameters get no gradient, and the others the reference engine's: the kernels
+    compute each gradient only when asked, so each must stand without the others."""
+    name, extra = FAMILIES[family]
+    options = dict(extra, layer_norm=layer_norm, num_layers=2, bidirectional=True, **({"proj_size": 3} if family == "lstm" else {}))
+    torch.manual_seed(3)
+    ref = getattr(rnnkit, name)(4, 6, engine="reference", dtype=torch.float64, **options)
+    fused = getattr(rnnkit, name)(4, 6, engine="fused", dtype=torch.float64, **options)
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.uniform_(-0.5, 0.5)
+    fused.load_state_dict(ref.state_dict())
+    x = torch.randn(5, 3, 4, dtype=torch.float64)
+    grads = []
+    for layer in (ref, fused):
+        for pname, p in layer.named_parameters():
+            p.requires_grad_(not pname.startswith(frozen))
+        trained = [p for p in layer.parameters() if p.requires_grad]
+        grads.append(torch.autograd.grad(weighted_sum(outputs(layer(x))), trained))
+    assert len(grads[0]) == len(grads[1]) > 0
+    for g_fused, g_ref in zip(grads[1], grads[0]):
+        assert_close(g_fused, g_ref, "grad")
+
+
 @pytest.mark.parametrize("loss", ["sum", "square"])
 def test_fused_refuses_double_backward(loss: str) -> None:
     """Gradients of gradients through the hand-written backward pass are refused with a clear

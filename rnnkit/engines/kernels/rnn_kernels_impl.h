@@ -824,13 +824,14 @@ int SFX(rnn_backward_slices)(int n, int threads, int wthreads, int cell, int T, 
         }
     }
     free(tails);
-    if (dln_c != NULL && dln_cw != NULL && dln_cb != NULL) {  /* the slices' sums, added */
-        for (int j = 0; j < H; j++) { dln_cw[j] = 0; dln_cb[j] = 0; }
-        for (int s = 0; s < (n > 1 ? n : 1); s++)
-            for (int j = 0; j < H; j++) {
-                dln_cw[j] += dln_c[(long)s * 2 * H + j];
-                dln_cb[j] += dln_c[(long)s * 2 * H + H + j];
-            }
+    if (dln_c != NULL) {  /* the slices' sums, added, into whichever of the two is wanted */
+        for (int part = 0; part < 2; part++) {
+            REAL* sum = part == 0 ? dln_cw : dln_cb;
+            if (sum == NULL) continue;
+            for (int j = 0; j < H; j++) sum[j] = 0;
+            for (int s = 0; s < (n > 1 ? n : 1); s++)
+                for (int j = 0; j < H; j++) sum[j] += dln_c[(long)s * 2 * H + (long)part * H + j];
+        }
     }
     if (status == 0 && wthreads > 0)
         status = SFX(weight_grads)(wthreads, cell, T, B, H, R, I, hmask, hs, x, wih, hr, ghat, dgi, dgh,
