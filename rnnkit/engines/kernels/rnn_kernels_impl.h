@@ -716,14 +716,16 @@ static void SFX(column_sums)(int M, int N, const REAL* rows, long ld, const REAL
     for (int j = 0; j < N; j++) out[j] = (REAL)acc[j];
 }
 
-/* dW = At^T @ B for At (K x M, rows ldat apart) and B (K x N): B read in place, or with a mask
- * packed here times it. */
+/* dW = At^T @ B for At (K x M, rows ldat apart) and B (K x N): B read in place while short, else
+ * (and with a mask, times it) packed here: a panel's rows read in place lie N apart, in few
+ * cache sets when N is a power of two, and every block of rows of dW reads them again. */
 static int SFX(weight_grad)(int threads, int M, int N, int K, const REAL* At, long ldat, const REAL* B,
                             const REAL* mask, int rows, REAL* dW) {
-    REAL* P = aligned_alloc(64, sizeof(REAL) * (size_t)((SFX(packed_size)(mask != NULL ? N : 1, K) + 15) / 16 * 16));
+    const int pack = mask != NULL || K > 256;
+    REAL* P = aligned_alloc(64, sizeof(REAL) * (size_t)((SFX(packed_size)(pack ? N : 1, K) + 15) / 16 * 16));
     if (P == NULL) return -1;
-    if (mask != NULL) SFX(pack)(0, N, K, B, mask, rows, P);
-    SFX(gemm_t)(threads, M, N, K, At, ldat, mask != NULL ? SFX(packed)(P) : SFX(in_place)(N, K, B, N, P), dW, N);
+    if (pack) SFX(pack)(0, N, K, B, mask, rows, P);
+    SFX(gemm_t)(threads, M, N, K, At, ldat, pack ? SFX(packed)(P) : SFX(in_place)(N, K, B, N, P), dW, N);
     free(P);
     return 0;
 }
