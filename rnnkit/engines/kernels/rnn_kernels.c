@@ -5,8 +5,8 @@
  * ctypes; no PyTorch headers. Every matrix product (each step's h_{t-1} @ W_hh^T and its
  * mirror in the backward pass, the input projection, and for small T*B the weight gradients)
  * is the kernels' own register-tiled product, written with the compiler's vector types so that
- * it builds for any SIMD width: transposed weights are packed once per call, row-major
- * operands read where they lie.
+ * it builds for any SIMD width, over operands packed once per call into contiguous panels
+ * (or, for a row-major operand used once over few rows, read where it lies).
  * The gate math is written as elementwise loops that the compiler turns into SIMD code, with
  * exp and tanh inlined (below) so that they vectorise too. Built with OpenMP, the *_slices
  * functions run slices of the batch in parallel on the OpenMP runtime torch already loaded.

@@ -5,8 +5,8 @@
  */
 
 /* The matrix products, C (M x N) = A (M x K) @ B (K x N), B read in panels of NR columns, two
- * vectors: a transposed B (W^T, for h @ W^T) packed once per call into K x NR panels (zero-
- * padded past N) so that the inner loop reads it contiguously, a row-major B read in place;
+ * vectors: packed once per call into K x NR panels (zero-padded past N) so that the inner loop
+ * reads it contiguously, or, when row-major and used once over few rows, read in place;
  * register tiles of GEMM_MR rows x NR columns. At the recurrent products' shapes (few rows: the
  * batch slice) this runs 1.1-1.7x faster than the BLAS sgemm torch ships with
  * (benchmarks/README.md), which repacks B at every call; at large shapes about as fast. */
@@ -70,8 +70,10 @@ static void SFX(pack)(int trans, int N, int K, const REAL* src, const REAL* mask
 
 /* A matrix B for the products: packed (p: every panel, as pack lays it out), or read where it
  * lies (d: B(k, n) = d[k * ld + n], rows ld apart) with only its last panel, when partial,
- * packed (p: K x NR): reading a whole panel there would run past the matrix. A row-major B is
- * read in place, its panels' rows are contiguous already; a transposed one is packed. */
+ * packed (p: K x NR): reading a whole panel there would run past the matrix. In place suits a
+ * row-major B used once over few rows (the weight gradients while T*B is small, dx): its
+ * panels' rows are contiguous already. A B read at every step, or over many rows, is packed:
+ * rows read in place lie ld apart, and with ld a power of two they share few cache sets. */
 typedef struct { const REAL* p; const REAL* d; long ld; } SFX(bmat);
 
 static SFX(bmat) SFX(packed)(const REAL* P) { return (SFX(bmat)){P, NULL, 0}; }
