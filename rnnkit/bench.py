@@ -153,7 +153,7 @@ def run(
     cells: Sequence[str] = CELLS,
     sizes: Sequence[tuple[int, int, int, int]] = DEFAULT_SIZES,
     engines: Sequence[str] = ("fused", "reference"),
-    repeats: int = 21,
+    repeats: int = 101,
     budget_s: float = 4.0,
     seed: int = 0,
     progress: Callable[[Row], None] | None = None,

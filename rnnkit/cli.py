@@ -618,7 +618,7 @@ def _parse_sizes(value: str | None) -> list[tuple[int, int, int, int]] | None:
 @click.option("--sizes", default=None, metavar="T,B,I,H;...",
               help="Sizes to time, e.g. '20,1,1,20;100,64,256,256'. Default: the grid of benchmarks/README.md.")
 @click.option("--engines", default="fused,reference", show_default=True, help="rnnkit engines to time.")
-@click.option("--repeats", default=21, show_default=True, help="Rounds per row (each times every implementation once).")
+@click.option("--repeats", default=101, show_default=True, help="Rounds per row at most (each times every implementation once).")
 @click.option("--budget", default=4.0, show_default=True, help="Seconds per row at most (3 rounds at least).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Also write the table as JSON to this file.")
