@@ -32,11 +32,12 @@ NATIVE_LSTM_MIN_HIDDEN = 512
 """Without gradients, engine='auto' runs an LSTM on CPU in torch's oneDNN kernel when H is at
 least NATIVE_LSTM_MIN_HIDDEN and B * H is more than FUSED_LSTM_MAX_WIDTH: there both run their
 products near the machine's peak, and oneDNN is a few percent ahead. Measured on the 2-core
-development CPU against torch.nn, forward only, fused / native: 1.97x / 0.90x at
-(T, B, I, H) = (20, 1, 1, 20), 1.05x / 1.00x at (28, 64, 28, 128), 1.04x / 0.97x at
-(100, 64, 256, 256), 0.97x / 1.01x at (100, 32, 512, 512). With gradients the fused engine is
-faster at every size (1.46x / 0.96x at the first, 1.23x / 0.99x at the last), so it runs every
-LSTM that is trained."""
+development CPU, forward only, in three full runs of `rnnkit bench`: fused 67.8-71.3 ms against
+native 65.6-68.4 ms at (T, B, I, H) = (100, 32, 512, 512); fused 34.9-36.3 ms against native
+35.8-37.5 ms at (100, 64, 256, 256); the fused engine ahead at every smaller size (1.83x-1.97x
+torch.nn at (20, 1, 1, 20), native 0.90x-0.93x). With gradients the fused engine is faster at
+every size (1.23x torch.nn at (100, 32, 512, 512), native 0.98x-0.99x), so it runs every LSTM
+that is trained."""
 
 
 def auto_order(config: LayerConfig, x: Tensor, *, grad: bool = True) -> tuple[str, ...]:
