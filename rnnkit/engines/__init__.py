@@ -36,7 +36,7 @@ development CPU, forward only, in three full runs of `rnnkit bench`: fused 67.8-
 native 65.6-68.4 ms at (T, B, I, H) = (100, 32, 512, 512); fused 34.9-36.3 ms against native
 35.8-37.5 ms at (100, 64, 256, 256); the fused engine ahead at every smaller size (1.83x-1.97x
 torch.nn at (20, 1, 1, 20), native 0.90x-0.93x). With gradients the fused engine is faster at
-every size (1.23x torch.nn at (100, 32, 512, 512), native 0.98x-0.99x), so it runs every LSTM
+every size (1.19x-1.23x torch.nn at (100, 32, 512, 512), native 0.98x-0.99x), so it runs every LSTM
 that is trained."""
 
 
