@@ -2,8 +2,8 @@
 
 For each cell and size it times the forward pass (no grad) and the forward plus the backward of
 ``y.sum()``, alternating between the implementations round by round (in a shuffled order each
-round) so that a noisy machine slows all of them alike, and reports medians and the ratio torch.nn time / rnnkit time (above 1:
-rnnkit is faster). Achieved GFLOP/s are given beside the sgemm peak measured on the machine.
+round) so that a noisy machine slows all of them alike, and reports medians and the ratio
+torch.nn time / rnnkit time (above 1: rnnkit is faster). Achieved GFLOP/s are given beside the sgemm peak measured on the machine.
 
 Run it as ``rnnkit bench`` or ``python -m rnnkit.bench``.
 """

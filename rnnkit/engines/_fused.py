@@ -118,7 +118,7 @@ class FusedEngine:
         args = (kernels, spec.mode, xp, w_ih, b_ih, h0, c0, w.weight_hh,
                 w.bias_hh, w.weight_hr, w.ln_weight_hh, w.ln_weight_c, w.ln_bias_c, lengths, noise.h_mask,
                 keep[0], keep[1] if lstm else None)
-        if torch.is_grad_enabled() and (w.weight_hh.requires_grad or any(isinstance(a, Tensor) and a.requires_grad for a in args)):
+        if torch.is_grad_enabled() and any(isinstance(a, Tensor) and a.requires_grad for a in args):
             results = FusedLayer.apply(*args)
         else:  # nothing to differentiate: keep nothing for a backward pass
             results = _forward(*args, save=False).outputs

@@ -202,10 +202,11 @@ class RecurrentLayer(nn.Module):
         grad = self._needs_grad(data)
         return select_engine(self.engine, self._config(), x, owner=type(self).__name__, grad=grad).name
 
-    def _needs_grad(self, x: Tensor) -> bool:
+    def _needs_grad(self, x: Tensor, cells: list[CellWeights] | None = None) -> bool:
         """Whether a call on x will be differentiated (grad mode on, and x or the weights need it);
-        _forward asks the same inline."""
-        return torch.is_grad_enabled() and (x.requires_grad or self.cell_weights(0).weight_hh.requires_grad)
+        cells: the call's _all_cell_weights, when it has them."""
+        weight_hh = (cells[0] if cells is not None else self.cell_weights(0)).weight_hh
+        return torch.is_grad_enabled() and (x.requires_grad or weight_hh.requires_grad)
 
     def to_torch(self) -> nn.Module:
         """The equivalent torch.nn module with the same weights (see rnnkit.to_torch)."""
@@ -264,8 +265,7 @@ class RecurrentLayer(nn.Module):
         run_lengths = None
         if cpu_lengths is not None and int(cpu_lengths.min()) < steps:
             run_lengths = cpu_lengths.to(x.device)
-        grad = torch.is_grad_enabled() and (x.requires_grad or cells[0].weight_hh.requires_grad)
-        engine = select_engine(self.engine, self._config(), x, owner=owner, grad=grad)
+        engine = select_engine(self.engine, self._config(), x, owner=owner, grad=self._needs_grad(x, cells))
         if self._probes is not None:  # rnnkit.diagnostics is looking: the reference loop, with probes
             engine = ENGINES["reference"]
         out, finals = self._run_stack(engine, x, state0, run_lengths, cells)
