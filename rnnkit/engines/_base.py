@@ -11,7 +11,7 @@ produce the same numbers.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import torch
 from torch import Tensor
@@ -47,9 +47,9 @@ class Probe:
     states: list[State] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class LayerConfig:
-    """What an engine may need to decide whether it can run a layer."""
+class LayerConfig(NamedTuple):
+    """What an engine may need to decide whether it can run a layer. (A NamedTuple: a layer
+    makes one at every call, and a frozen dataclass takes several times as long to build.)"""
 
     spec: CellSpec
     hidden_size: int

@@ -12,6 +12,7 @@ keeps nothing for a backward pass."""
 from __future__ import annotations
 
 import ctypes
+import functools
 import math
 from typing import Any, NamedTuple
 
@@ -74,10 +75,11 @@ def _all_threads(kernels: _compiled.Kernels, work: int) -> int:
     return torch.get_num_threads() if kernels.parallel and work >= PARALLEL_MIN_WORK else 1
 
 
-def _ptr(t: Tensor | None) -> int | None:
-    """The address of t's data. The caller must hold t until the kernel returns: pass named
-    tensors, never a temporary made in the call's own arguments."""
-    return None if t is None else t.data_ptr()
+def _ptrs(*tensors: Tensor | None) -> list[int | None]:
+    """The address of each tensor's data (None for None), in one call for a kernel's many
+    arguments. The caller must hold the tensors until the kernel returns: pass named tensors,
+    never a temporary made in the call's own arguments."""
+    return [None if t is None else t.data_ptr() for t in tensors]
 
 
 class FusedEngine:
@@ -118,7 +120,7 @@ class FusedEngine:
         args = (kernels, spec.mode, xp, w_ih, b_ih, h0, c0, w.weight_hh,
                 w.bias_hh, w.weight_hr, w.ln_weight_hh, w.ln_weight_c, w.ln_bias_c, lengths, noise.h_mask,
                 keep[0], keep[1] if lstm else None)
-        if torch.is_grad_enabled() and any(isinstance(a, Tensor) and a.requires_grad for a in args):
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (xp, h0, c0, *weights)):
             results = FusedLayer.apply(*args)
         else:  # nothing to differentiate: keep nothing for a backward pass
             results = _forward(*args, save=False).outputs
@@ -140,24 +142,17 @@ class _Workspace:
     arrays, or rnnkit_backward_layout with D_PARTS), in one tensor (`block`, whose address the
     kernel takes) or, when large, in one tensor each (`parts`, whose addresses it takes)."""
 
-    def __init__(self, like: Tensor, layout: Any, args: tuple[int, ...], count: int) -> None:
-        self.args, self.layout, self.count = args, layout, count
-        total = layout(*args, None)
+    def __init__(self, like: Tensor, kernels: _compiled.Kernels, layout: str, args: tuple[int, ...], count: int) -> None:
+        total, self.offsets = _layout(kernels, layout, args, count)
         self.block: Tensor | None = None
         self.parts: list[Tensor | None] | None = None
         self.pointers: Any = None  # parts' addresses, as the kernel takes them
         if total * like.element_size() <= WORKSPACE_BLOCK_MAX:
             self.block = like.new_empty(total)
             return
-        offsets = self._offsets()
-        ends = sorted([o for o in offsets if o >= 0] + [total])
-        self.parts = [None if o < 0 else like.new_empty(ends[ends.index(o) + 1] - o) for o in offsets]
-        self.pointers = (ctypes.c_void_p * count)(*[_ptr(p) for p in self.parts])
-
-    def _offsets(self) -> list[int]:
-        offsets = (ctypes.c_long * self.count)()
-        self.layout(*self.args, offsets)
-        return list(offsets)
+        ends = sorted([o for o in self.offsets if o >= 0] + [total])
+        self.parts = [None if o < 0 else like.new_empty(ends[ends.index(o) + 1] - o) for o in self.offsets]
+        self.pointers = (ctypes.c_void_p * count)(*_ptrs(*self.parts))
 
     def view(self, index: int, shape: tuple[int, ...]) -> Tensor | None:
         """Array index of the layout, as shape; None when the layout has none."""
@@ -165,8 +160,17 @@ class _Workspace:
             part = self.parts[index]
             return None if part is None else part[: math.prod(shape)].view(shape)
         assert self.block is not None
-        offset = self._offsets()[index]
+        offset = self.offsets[index]
         return None if offset < 0 else self.block[offset: offset + math.prod(shape)].view(shape)
+
+
+@functools.lru_cache(maxsize=256)
+def _layout(kernels: _compiled.Kernels, layout: str, args: tuple[int, ...], count: int) -> tuple[int, tuple[int, ...]]:
+    """A layout function's total size and offsets (-1: array absent) for args: asked once per
+    shape, as a call into the kernels costs a few microseconds."""
+    offsets = (ctypes.c_long * count)()
+    total = getattr(kernels.lib, layout)(*args, offsets)
+    return total, tuple(offsets)
 
 
 class _Forward(NamedTuple):
@@ -226,7 +230,7 @@ def _forward(
     size = w_hh.shape[1]  # R: proj_size with a projection, else hidden
     threads = _product_threads(kernels, slices, steps, batch, gates, size)
     cell = CELL_IDS[mode]
-    work = _Workspace(xp, kernels.lib.rnnkit_forward_layout,
+    work = _Workspace(xp, kernels, "rnnkit_forward_layout",
                       (cell, save, steps, batch, hidden, size, _flags(w_hr, ln_hh, ln_cw)), W_PARTS)
     out = xp.new_empty(steps, batch, size)
     h_n = xp.new_empty(batch, size)
@@ -242,9 +246,8 @@ def _forward(
     status = getattr(kernels.lib, "rnn_forward_slices" + DTYPES[xp.dtype])(
         slices, threads, pthreads, min(steps, max(1, PROJECTION_CHUNK // (batch * gates))), cell, save,
         steps, batch, hidden, size, inputs,
-        _ptr(pre), _ptr(x), _ptr(w_ih_c), _ptr(b_ih_c), _ptr(w_hh_c), _ptr(b_hh), _ptr(w_hr_c),
-        _ptr(ln_hh), _ptr(ln_cw), _ptr(ln_cb), _ptr(lengths_c), _ptr(h_mask_c), _ptr(keep_h_c),
-        _ptr(keep_c_c), _ptr(h0_c), _ptr(c0_c), _ptr(out), _ptr(h_n), _ptr(c_n), _ptr(work.block), work.pointers,
+        *_ptrs(pre, x, w_ih_c, b_ih_c, w_hh_c, b_hh, w_hr_c, ln_hh, ln_cw, ln_cb, lengths_c, h_mask_c, keep_h_c,
+               keep_c_c, h0_c, c0_c, out, h_n, c_n, work.block), work.pointers,
     )
     if status != 0:
         raise MemoryError("rnnkit fused engine: no memory for the forward kernel's scratch")
@@ -310,7 +313,7 @@ class FusedLayer(torch.autograd.Function):
         dc = None
         if mode == "LSTM":
             dc = like.new_zeros(batch, hidden) if d_cn is None else d_cn.clone(memory_format=torch.contiguous_format)
-        dwork = _Workspace(like, kernels.lib.rnnkit_backward_layout, (slices, cell, steps, batch, hidden, size, flags), D_PARTS)
+        dwork = _Workspace(like, kernels, "rnnkit_backward_layout", (slices, cell, steps, batch, hidden, size, flags), D_PARTS)
         # The weight gradients in the kernel too, while it beats the BLAS at their shapes (few
         # rows to sum over); else by torch after it.
         weight_work = rows * gates * (size + inputs)
@@ -330,11 +333,9 @@ class FusedLayer(torch.autograd.Function):
         dln_cb = like.new_empty(hidden) if ln_cw is not None and needs[12] else None
         status = getattr(kernels.lib, "rnn_backward_slices" + DTYPES[like.dtype])(
             slices, ctx.threads, weight_threads if in_kernel else 0, cell, steps, batch, hidden, size, inputs,
-            _ptr(w_hh), _ptr(w_hr), _ptr(ln_hh), _ptr(ln_cw), _ptr(lengths), _ptr(h_mask),
-            _ptr(keep_h), _ptr(keep_c), _ptr(work.block), work.pointers, _ptr(d_out), _ptr(dh), _ptr(dc),
-            _ptr(dwork.block), dwork.pointers,
-            _ptr(x_in), _ptr(w_ih), _ptr(dx), _ptr(dw_ih), _ptr(db_ih), _ptr(dw_hh), _ptr(db_hh),
-            _ptr(dw_hr), _ptr(dln_hh), _ptr(dln_cw), _ptr(dln_cb),
+            *_ptrs(w_hh, w_hr, ln_hh, ln_cw, lengths, h_mask, keep_h, keep_c, work.block), work.pointers,
+            *_ptrs(d_out, dh, dc, dwork.block), dwork.pointers,
+            *_ptrs(x_in, w_ih, dx, dw_ih, db_ih, dw_hh, db_hh, dw_hr, dln_hh, dln_cw, dln_cb),
         )
         if status != 0:
             raise MemoryError("rnnkit fused engine: no memory for the backward kernel's scratch")

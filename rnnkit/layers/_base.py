@@ -100,6 +100,8 @@ class RecurrentLayer(nn.Module):
             )
 
         self._cell_names: list[dict[str, str]] = []  # per (layer, direction): field -> parameter
+        self._cell_fields: list[tuple[str | None, ...]] = []  # per (layer, direction): each
+        # CellWeights field's parameter name, in the fields' order; None where the cell has none
         for layer in range(self.num_layers):
             layer_input = self.input_size if layer == 0 else self.out_size * self.num_directions
             for direction in range(self.num_directions):
@@ -120,6 +122,7 @@ class RecurrentLayer(nn.Module):
                     )
                     names[field] = field + suffix
                 self._cell_names.append(names)
+                self._cell_fields.append(tuple(names.get(field) for field in CellWeights._fields))
         if self.learn_initial_state:
             cells = self.num_layers * self.num_directions
             self.initial_h = nn.Parameter(torch.zeros(cells, self.out_size, device=device, dtype=dtype))  # (K*D, R)
@@ -155,7 +158,9 @@ class RecurrentLayer(nn.Module):
 
     def _all_cell_weights(self) -> list[CellWeights]:
         """cell_weights of every layer and direction, indexed layer * D + direction."""
-        return [self._weights_of(names) for names in self._cell_names]
+        params = self._parameters  # as _weights_of, by position: this runs at every call
+        return [CellWeights(*[None if name is None else params[name] if name in params else getattr(self, name)  # type: ignore[arg-type]
+                              for name in fields]) for fields in self._cell_fields]
 
     @property
     def all_weights(self) -> list[list[nn.Parameter]]:
