@@ -123,23 +123,25 @@ static SFX(bmat) SFX(in_place)(int N, int K, const REAL* B, long ld, REAL* tail)
 
 /* One register tile: C[0:mr, 0:w] (+)= A[0:mr, 0:kc] @ panel[0:kc, :] (rows ldp apart),
  * A(i, k) = A[i * sa + k * sk]
- * (sk = 1: A row-major; sa = 1: A given transposed, as the rows of dg for dW = dg^T h). mr, and
- * the stride that is 1, are constants at each call site below, so that the compiler unrolls the
- * row loops and keeps the 2*mr accumulators in registers. w < NR (the last panel) goes through
- * a buffer. */
-static inline __attribute__((always_inline)) void SFX(tile)(const int mr, int kc, const REAL* A, long sa,
-                                                            long sk, const REAL* panel, long ldp, int add, int w,
-                                                            REAL* C, long ldc) {
+ * (sk = 1: A row-major; sa = 1: A given transposed, as the rows of dg for dW = dg^T h). mr, nv
+ * and the stride that is 1 are constants at each call site below, so that the compiler unrolls
+ * the row loops and keeps the nv*mr accumulators in registers. nv: the vectors of the panel
+ * computed, 2, or 1 for a last panel of at most one vector's columns (w <= VL), which would
+ * otherwise spend half its multiply-adds on zero padding. w < NR goes through a buffer. */
+static inline __attribute__((always_inline)) void SFX(tile)(const int mr, const int nv, int kc, const REAL* A,
+                                                            long sa, long sk, const REAL* panel, long ldp,
+                                                            int add, int w, REAL* C, long ldc) {
     typedef SFX(vec) vec;
     const int VL = SFX(VL), NR = SFX(NR);
     vec c0[GEMM_MR], c1[GEMM_MR];
     for (int i = 0; i < mr; i++) { c0[i] = (vec){0}; c1[i] = (vec){0}; }
     for (int k = 0; k < kc; k++) {
-        const vec b0 = *(const vec*)(panel + k * ldp), b1 = *(const vec*)(panel + k * ldp + VL);
+        const vec b0 = *(const vec*)(panel + k * ldp);
+        const vec b1 = nv == 2 ? *(const vec*)(panel + k * ldp + VL) : (vec){0};
         for (int i = 0; i < mr; i++) {
             const REAL a = A[i * sa + k * sk];
             c0[i] += a * b0;
-            c1[i] += a * b1;
+            if (nv == 2) c1[i] += a * b1;
         }
     }
     if (w == NR) {
@@ -155,6 +157,29 @@ static inline __attribute__((always_inline)) void SFX(tile)(const int mr, int kc
             REAL* c = C + i * ldc;
             for (int j = 0; j < w; j++) c[j] = add ? c[j] + buf[j] : buf[j];
         }
+    }
+}
+
+/* The row tiles of rows m0 .. me-1 against one panel (see tile), nv a constant at each call. */
+static inline __attribute__((always_inline)) void SFX(row_tiles)(const int nv, int m0, int me, int kc,
+                                                                 const REAL* A, long sa, long sk,
+                                                                 const REAL* panel, long ldp, int acc, int w,
+                                                                 REAL* C, long ldc) {
+    for (; m0 + GEMM_MR <= me; m0 += GEMM_MR)
+        SFX(tile)(GEMM_MR, nv, kc, A + m0 * sa, sa, sk, panel, ldp, acc, w, C + m0 * ldc, ldc);
+    const REAL* a = A + m0 * sa;
+    REAL* c = C + m0 * ldc;
+    switch (me - m0) {  /* the last rows, each count with its own unrolled tile */
+        case 1: SFX(tile)(1, nv, kc, a, sa, sk, panel, ldp, acc, w, c, ldc); break;
+        case 2: SFX(tile)(2, nv, kc, a, sa, sk, panel, ldp, acc, w, c, ldc); break;
+        case 3: SFX(tile)(3, nv, kc, a, sa, sk, panel, ldp, acc, w, c, ldc); break;
+        case 4: SFX(tile)(4, nv, kc, a, sa, sk, panel, ldp, acc, w, c, ldc); break;
+        case 5: SFX(tile)(5, nv, kc, a, sa, sk, panel, ldp, acc, w, c, ldc); break;
+#if GEMM_MR > 6
+        case 6: SFX(tile)(6, nv, kc, a, sa, sk, panel, ldp, acc, w, c, ldc); break;
+        case 7: SFX(tile)(7, nv, kc, a, sa, sk, panel, ldp, acc, w, c, ldc); break;
+#endif
+        default: break;
     }
 }
 
@@ -178,23 +203,10 @@ static inline __attribute__((always_inline)) void SFX(gemm_panels_any)(
                 if (Bm.d == NULL) panel = Bm.p + (long)n0 * K + (long)k0 * NR;
                 else if (w == NR) { panel = Bm.d + (long)k0 * Bm.ld + n0; ldp = Bm.ld; }
                 else panel = Bm.p + (long)k0 * NR;
-                int m0 = mb;
-                for (; m0 + GEMM_MR <= me; m0 += GEMM_MR)
-                    SFX(tile)(GEMM_MR, kc, A + m0 * sa + k0 * sk, sa, sk, panel, ldp, acc, w, C + m0 * ldc + n0, ldc);
-                const REAL* a = A + m0 * sa + k0 * sk;
-                REAL* c = C + m0 * ldc + n0;
-                switch (me - m0) {  /* the last rows, each count with its own unrolled tile */
-                    case 1: SFX(tile)(1, kc, a, sa, sk, panel, ldp, acc, w, c, ldc); break;
-                    case 2: SFX(tile)(2, kc, a, sa, sk, panel, ldp, acc, w, c, ldc); break;
-                    case 3: SFX(tile)(3, kc, a, sa, sk, panel, ldp, acc, w, c, ldc); break;
-                    case 4: SFX(tile)(4, kc, a, sa, sk, panel, ldp, acc, w, c, ldc); break;
-                    case 5: SFX(tile)(5, kc, a, sa, sk, panel, ldp, acc, w, c, ldc); break;
-#if GEMM_MR > 6
-                    case 6: SFX(tile)(6, kc, a, sa, sk, panel, ldp, acc, w, c, ldc); break;
-                    case 7: SFX(tile)(7, kc, a, sa, sk, panel, ldp, acc, w, c, ldc); break;
-#endif
-                    default: break;
-                }
+                if (w <= SFX(VL))
+                    SFX(row_tiles)(1, mb, me, kc, A + k0 * sk, sa, sk, panel, ldp, acc, w, C + n0, ldc);
+                else
+                    SFX(row_tiles)(2, mb, me, kc, A + k0 * sk, sa, sk, panel, ldp, acc, w, C + n0, ldc);
             }
         }
     }
