@@ -178,7 +178,7 @@ long rnnkit_backward_layout(int n, int cell, int T, int B, int H, int R, int fla
     return lay_out(D_PARTS, sizes, offsets != NULL ? offsets : own);
 }
 
-int rnnkit_kernels_version(void) { return 21; }
+int rnnkit_kernels_version(void) { return 22; }
 
 #define REAL float
 #define SFX(name) name##_f32

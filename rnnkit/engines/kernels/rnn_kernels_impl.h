@@ -294,6 +294,61 @@ static void SFX(layer_norm_backward)(int n, const REAL* dy, const REAL* gain, co
     for (int j = 0; j < n; j++) dx[j] = rstd * (dy[j] * gain[j] - m1 - v_hat[j] * m2);
 }
 
+/* Gate math of one row that has a zoneout mask (keep: 1 keeps the unit's previous value) or
+ * not (keep NULL). Each is always inlined and called apart for keep NULL and not NULL, so that
+ * both copies test nothing per element: a load of keep[j] under a test of keep is a conditional
+ * load, which AVX2 compilers do not vectorise (the whole loop then ran one element at a time). */
+
+/* GRU, forward: a = r, z (in), then n and W_hn h + b_hn; h_t into hn and out. */
+static inline __attribute__((always_inline)) void SFX(gru_cell)(int H, const REAL* xr, const REAL* g, const REAL* hp,
+                                                                const uint8_t* keep, REAL* a, REAL* hn, REAL* out) {
+#pragma omp simd
+    for (int j = 0; j < H; j++) {
+        const REAL r = a[j], z = a[H + j];
+        const REAL ghn = g[2 * H + j];          /* W_hn h + b_hn */
+        const REAL n = TANH(xr[2 * H + j] + r * ghn);
+        REAL h = (1 - z) * n + z * hp[j];       /* h~ = (1 - z) * n + z * h */
+        a[2 * H + j] = n; a[3 * H + j] = ghn;
+        if (keep != NULL) h = keep[j] ? hp[j] : h;
+        hn[j] = h; out[j] = h;
+    }
+}
+
+/* RNN (tanh, or relu), forward: a = h~; h_t into hn and out. */
+static inline __attribute__((always_inline)) void SFX(rnn_cell)(int H, int relu, const REAL* xr, const REAL* g,
+                                                                const REAL* hp, const uint8_t* keep, REAL* a,
+                                                                REAL* hn, REAL* out) {
+#pragma omp simd
+    for (int j = 0; j < H; j++) {
+        const REAL pre = xr[j] + g[j];
+        REAL h = relu ? (pre > 0 ? pre : 0) : TANH(pre);
+        a[j] = h;
+        if (keep != NULL) h = keep[j] ? hp[j] : h;
+        hn[j] = h; out[j] = h;
+    }
+}
+
+/* LSTM, backward through c~ = f c + i g: from dc (dL/dc_t in, dL/dc_{t-1} out) and d_c (dL/dc~
+ * from h~), the gate gradients of i, f, g into dg; a = i, f, g, o; cp = c_{t-1}. */
+static inline __attribute__((always_inline)) void SFX(lstm_cell_backward)(int H, const REAL* a, const REAL* cp,
+                                                                          const REAL* d_c, const uint8_t* keep,
+                                                                          REAL* dc, REAL* dg) {
+#pragma omp simd
+    for (int j = 0; j < H; j++) {
+        const REAL i = a[j], f = a[H + j], gg = a[2 * H + j];
+        const REAL dc_in = dc[j];
+        const REAL dc_cand = (keep != NULL && keep[j] ? 0 : dc_in) + d_c[j];
+        const REAL dc_keep = keep != NULL && keep[j] ? dc_in : 0;
+        const REAL d_i = dc_cand * gg;                    /* c~ = f c + i g */
+        const REAL d_f = dc_cand * cp[j];
+        const REAL d_g = dc_cand * i;
+        dc[j] = dc_cand * f + dc_keep;                    /* dL/dc_{t-1} */
+        dg[j] = d_i * i * (1 - i);                        /* through the sigmoids */
+        dg[H + j] = d_f * f * (1 - f);
+        dg[2 * H + j] = d_g * (1 - gg * gg);              /* and the tanh */
+    }
+}
+
 /* Forward over the steps t0 .. t1-1 of T (state carried in hs and cs from step t0 - 1).
  *   xp     (t1 - t0, B, G*H)  the input side of these steps' gates, W_ih x_t + b_ih (layer-
  *                       normalised with layer_norm), computed by the caller; or NULL, and
@@ -452,26 +507,12 @@ static int SFX(rnn_forward)(int cell, int save, int threads, SFX(bmat) whh_p, SF
             } else if (cell == CELL_GRU) {
 #pragma omp simd
                 for (int j = 0; j < 2 * H; j++) a[j] = SFX(sigmoid)(xr[j] + g[j]);  /* r, z */
-#pragma omp simd
-                for (int j = 0; j < H; j++) {
-                    const REAL r = a[j], z = a[H + j];
-                    const REAL ghn = g[2 * H + j];          /* W_hn h + b_hn */
-                    const REAL n = TANH(xr[2 * H + j] + r * ghn);
-                    REAL h = (1 - z) * n + z * hpb[j];      /* h~ = (1 - z) * n + z * h */
-                    a[2 * H + j] = n; a[3 * H + j] = ghn;
-                    if (kh != NULL) h = kh[j] ? hpb[j] : h;
-                    hnb[j] = h; ob[j] = h;
-                }
+                if (kh == NULL) SFX(gru_cell)(H, xr, g, hpb, NULL, a, hnb, ob);
+                else SFX(gru_cell)(H, xr, g, hpb, kh, a, hnb, ob);
             } else {
                 const int relu = cell == CELL_RNN_RELU;
-#pragma omp simd
-                for (int j = 0; j < H; j++) {
-                    const REAL pre = xr[j] + g[j];
-                    REAL h = relu ? (pre > 0 ? pre : 0) : TANH(pre);
-                    a[j] = h;
-                    if (kh != NULL) h = kh[j] ? hpb[j] : h;
-                    hnb[j] = h; ob[j] = h;
-                }
+                if (kh == NULL) SFX(rnn_cell)(H, relu, xr, g, hpb, NULL, a, hnb, ob);
+                else SFX(rnn_cell)(H, relu, xr, g, hpb, kh, a, hnb, ob);
             }
         }
         if (whr != NULL) {  /* h_t = W_hr h~ for the whole slice: work_p (B, R) = hr[t] @ W_hr^T */
@@ -594,20 +635,8 @@ static int SFX(rnn_backward)(int cell, int threads, SFX(bmat) whh_p, SFX(bmat) w
                     SFX(layer_norm_backward)(H, d_cout, ln_cw, ch, rstd_c[row], d_cln);
                     d_c = d_cln;
                 }
-#pragma omp simd
-                for (int j = 0; j < H; j++) {
-                    const REAL i = a[j], f = a[H + j], gg = a[2 * H + j];
-                    const REAL dc_in = dcb[j];
-                    const REAL dc_cand = (kc != NULL && kc[j] ? 0 : dc_in) + d_c[j];
-                    const REAL dc_keep = kc != NULL && kc[j] ? dc_in : 0;
-                    const REAL d_i = dc_cand * gg;                    /* c~ = f c + i g */
-                    const REAL d_f = dc_cand * cpb[j];
-                    const REAL d_g = dc_cand * i;
-                    dcb[j] = dc_cand * f + dc_keep;                   /* dL/dc_{t-1} */
-                    dgib[j] = d_i * i * (1 - i);                      /* through the sigmoids */
-                    dgib[H + j] = d_f * f * (1 - f);
-                    dgib[2 * H + j] = d_g * (1 - gg * gg);            /* and the tanh */
-                }
+                if (kc == NULL) SFX(lstm_cell_backward)(H, a, cpb, d_c, NULL, dcb, dgib);
+                else SFX(lstm_cell_backward)(H, a, cpb, d_c, kc, dcb, dgib);
             } else if (cell == CELL_GRU) {
                 const REAL* dcand = work + (long)b * R;
                 REAL* dghb = dgh + row * GH;
