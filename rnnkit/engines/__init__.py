@@ -31,13 +31,15 @@ FUSED_LSTM_MAX_WIDTH = 1024
 NATIVE_LSTM_MIN_HIDDEN = 512
 """Without gradients, engine='auto' runs an LSTM on CPU in torch's oneDNN kernel when H is at
 least NATIVE_LSTM_MIN_HIDDEN and B * H is more than FUSED_LSTM_MAX_WIDTH: there both run their
-products near the machine's peak, and oneDNN is a few percent ahead. Measured on the 2-core
-development CPU, forward only, in three full runs of `rnnkit bench`: fused 67.8-71.3 ms against
-native 65.6-68.4 ms at (T, B, I, H) = (100, 32, 512, 512); fused 34.9-36.3 ms against native
-35.8-37.5 ms at (100, 64, 256, 256); the fused engine ahead at every smaller size (1.83x-1.97x
-torch.nn at (20, 1, 1, 20), native 0.90x-0.93x). With gradients the fused engine is faster at
-every size (1.19x-1.23x torch.nn at (100, 32, 512, 512), native 0.98x-0.99x), so it runs every LSTM
-that is trained."""
+products near the machine's peak, and oneDNN is a few percent ahead. Measured on 2-core
+development CPUs, forward only, in full runs of `rnnkit bench`. With AVX-512 (three runs): fused
+67.8-71.3 ms against native 65.6-68.4 ms at (T, B, I, H) = (100, 32, 512, 512); fused 34.9-36.3 ms
+against native 35.8-37.5 ms at (100, 64, 256, 256). With AVX2 (two runs): fused 115.9 and 127.0 ms
+against native 110.0 and 126.7 ms at (100, 32, 512, 512); fused 57.2 and 59.6 ms against native
+52.3 and 61.1 ms at (100, 64, 256, 256), where a third, longer run had them level (68.8 against
+68.5 ms). The fused engine was ahead at every smaller size (1.82x-1.97x torch.nn at (20, 1, 1, 20),
+native 0.89x-0.93x). With gradients the fused engine is faster at every size (1.15x-1.97x
+torch.nn at (100, 32, 512, 512), native 0.96x-0.99x), so it runs every LSTM that is trained."""
 
 
 def auto_order(config: LayerConfig, x: Tensor, *, grad: bool = True) -> tuple[str, ...]:
