@@ -167,7 +167,7 @@ class _Workspace:
 @functools.lru_cache(maxsize=256)
 def _layout(kernels: _compiled.Kernels, layout: str, args: tuple[int, ...], count: int) -> tuple[int, tuple[int, ...]]:
     """A layout function's total size and offsets (-1: array absent) for args: asked once per
-    shape, as a call into the kernels costs a few microseconds."""
+    shape, not by a call into the kernels at every pass."""
     offsets = (ctypes.c_long * count)()
     total = getattr(kernels.lib, layout)(*args, offsets)
     return total, tuple(offsets)

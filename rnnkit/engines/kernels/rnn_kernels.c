@@ -96,7 +96,7 @@ enum { CELL_RNN_TANH = 0, CELL_RNN_RELU = 1, CELL_LSTM = 2, CELL_GRU = 3 };
 /* TRANSPOSE4(r0, r1, r2, r3): four vectors of 4 elements, the rows of a 4 x 4 block, become its
  * columns (an unpack stage, then a 64-bit one). TRANSPOSE8(r): r[0..7], vectors of 8 elements,
  * the rows of an 8 x 8 block, become its columns (unpack within 128-bit lanes, a 64-bit stage,
- * then the two halves exchanged): half the instructions per element of TRANSPOSE4's.
+ * then the two halves exchanged): 24 shuffles for 64 elements, where TRANSPOSE4 takes 8 for 16.
  * Where __builtin_shufflevector is missing (GCC before 12), pack transposes element by element. */
 #if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
 #define TRANSPOSE4(r0, r1, r2, r3) do {                                 \
