@@ -142,8 +142,11 @@ class _Workspace:
     arrays, or rnnkit_backward_layout with D_PARTS), in one tensor (`block`, whose address the
     kernel takes) or, when large, in one tensor each (`parts`, whose addresses it takes)."""
 
-    def __init__(self, like: Tensor, kernels: _compiled.Kernels, layout: str, args: tuple[int, ...], count: int) -> None:
-        total, self.offsets = _layout(kernels, layout, args, count)
+    __slots__ = ("offsets", "block", "parts", "pointers")
+
+    def __init__(self, like: Tensor, layout: tuple[int, tuple[int, ...]]) -> None:
+        """layout: the layout function's (total size, offsets), from the call's _Plan."""
+        total, self.offsets = layout
         self.block: Tensor | None = None
         self.parts: list[Tensor | None] | None = None
         self.pointers: Any = None  # parts' addresses, as the kernel takes them
@@ -152,7 +155,7 @@ class _Workspace:
             return
         ends = sorted([o for o in self.offsets if o >= 0] + [total])
         self.parts = [None if o < 0 else like.new_empty(ends[ends.index(o) + 1] - o) for o in self.offsets]
-        self.pointers = (ctypes.c_void_p * count)(*_ptrs(*self.parts))
+        self.pointers = (ctypes.c_void_p * len(self.offsets))(*_ptrs(*self.parts))
 
     def view(self, index: int, shape: tuple[int, ...]) -> Tensor | None:
         """Array index of the layout, as shape; None when the layout has none."""
@@ -164,13 +167,54 @@ class _Workspace:
         return None if offset < 0 else self.block[offset: offset + math.prod(shape)].view(shape)
 
 
-@functools.lru_cache(maxsize=256)
 def _layout(kernels: _compiled.Kernels, layout: str, args: tuple[int, ...], count: int) -> tuple[int, tuple[int, ...]]:
-    """A layout function's total size and offsets (-1: array absent) for args: asked once per
-    shape, not by a call into the kernels at every pass."""
+    """A layout function's total size and offsets (-1: array absent) for args."""
     offsets = (ctypes.c_long * count)()
     total = getattr(kernels.lib, layout)(*args, offsets)
     return total, tuple(offsets)
+
+
+class _Plan(NamedTuple):
+    """What the kernels' calls for one shape need beyond its tensors, worked out once per shape
+    (_plan) rather than at every call: at small sizes the Python around the kernels costs more
+    than the kernels."""
+
+    forward: Any  # rnn_forward_slices and rnn_backward_slices for the dtype, as ctypes functions
+    backward: Any
+    slices: int  # see _slice_count
+    threads: int  # see _product_threads
+    pthreads: int  # the input projection's threads
+    chunk: int  # steps projected at once (PROJECTION_CHUNK)
+    saved: tuple[int, tuple[int, ...]]  # the forward workspace's layout: all steps kept
+    unsaved: tuple[int, tuple[int, ...]]  # and for a call that keeps nothing (one step)
+    dlayout: tuple[int, tuple[int, ...]]  # the backward workspace's
+    weight_threads: int  # threads of the weight gradients in the backward kernel; 0: by torch
+
+
+@functools.lru_cache(maxsize=256)
+def _plan(kernels: _compiled.Kernels, mode: str, dtype: torch.dtype, steps: int, batch: int, inputs: int,
+          gates: int, size: int, flags: int, num_threads: int) -> _Plan:
+    """The plan of a call: inputs is I when the kernel projects x, else 0; gates G*H; size R;
+    flags _flags'; num_threads torch.get_num_threads(), which the threads' counts follow."""
+    hidden = gates // GATES[mode]
+    slices = _slice_count(kernels, steps, batch, gates, hidden)
+    cell = CELL_IDS[mode]
+    weight_work = steps * batch * gates * (size + inputs)
+    return _Plan(
+        forward=getattr(kernels.lib, "rnn_forward_slices" + DTYPES[dtype]),
+        backward=getattr(kernels.lib, "rnn_backward_slices" + DTYPES[dtype]),
+        slices=slices,
+        threads=_product_threads(kernels, slices, steps, batch, gates, size),
+        # for the projection of all steps at once (one slice), which reads W_ih once
+        pthreads=_all_threads(kernels, steps * batch * gates * inputs),
+        chunk=min(steps, max(1, PROJECTION_CHUNK // (batch * gates))),
+        saved=_layout(kernels, "rnnkit_forward_layout", (cell, 1, steps, batch, hidden, size, flags), W_PARTS),
+        unsaved=_layout(kernels, "rnnkit_forward_layout", (cell, 0, steps, batch, hidden, size, flags), W_PARTS),
+        dlayout=_layout(kernels, "rnnkit_backward_layout", (slices, cell, steps, batch, hidden, size, flags), D_PARTS),
+        # The weight gradients in the kernel too, while it beats the BLAS at their shapes (few
+        # rows to sum over); else by torch after it.
+        weight_threads=_all_threads(kernels, weight_work) if weight_work <= KERNEL_WEIGHT_GRADS_MAX_WORK else 0,
+    )
 
 
 class _Forward(NamedTuple):
@@ -179,8 +223,7 @@ class _Forward(NamedTuple):
     inputs: tuple[Tensor | None, ...]  # what the backward reads of the inputs: w_hh, w_hr, ln_hh,
     # ln_cw, x (T*B, I) and w_ih, all contiguous
     masks: tuple[Tensor | None, ...]  # lengths, h_mask, keep_h, keep_c as the kernels read them
-    slices: int
-    threads: int  # see _product_threads
+    plan: _Plan
 
 
 def _flags(w_hr: Tensor | None, ln_hh: Tensor | None, ln_cw: Tensor | None) -> int:
@@ -212,48 +255,42 @@ def _forward(
     """The forward kernel over xp: the gates' input side (T, B, G*H), or with w_ih the input x
     (T, B, I), projected in the kernel. save=False keeps nothing for a backward pass: the
     workspace then holds one step, which the kernel overwrites as it goes."""
-    x_in = x = w_ih_c = b_ih_c = pre = None
+    x = x_in = w_ih_c = b_ih_c = pre = None
     steps, batch = xp.shape[:2]
-    gates = w_hh.shape[0]
-    hidden = gates // GATES[mode]
-    slices = _slice_count(kernels, steps, batch, gates, hidden)
+    gates, size = w_hh.shape  # G*H, R: proj_size with a projection, else hidden
     if w_ih is None:  # xp is the gates' input side (T, B, G*H), computed before the loop
         pre = xp.contiguous()
+        inputs = 0
     else:  # xp is the input x (T, B, I), which the kernel projects: x W_ih^T + b_ih (T, B, G*H)
         x = xp.contiguous()
-        x_in = x.view(-1, x.shape[-1])  # (T*B, I), contiguous: the backward kernel reads it
+        inputs = x.shape[2]
+        x_in = x.view(-1, inputs)  # (T*B, I), contiguous: the backward kernel reads it
         w_ih_c = w_ih.contiguous()
         b_ih_c = None if b_ih is None else b_ih.contiguous()
-    inputs = 0 if x is None else x.shape[2]
-    # threads for the projection of all steps at once (one slice), which reads W_ih once
-    pthreads = _all_threads(kernels, steps * batch * gates * inputs)
-    size = w_hh.shape[1]  # R: proj_size with a projection, else hidden
-    threads = _product_threads(kernels, slices, steps, batch, gates, size)
-    cell = CELL_IDS[mode]
-    work = _Workspace(xp, kernels, "rnnkit_forward_layout",
-                      (cell, save, steps, batch, hidden, size, _flags(w_hr, ln_hh, ln_cw)), W_PARTS)
+    plan = _plan(kernels, mode, xp.dtype, steps, batch, inputs, gates, size, _flags(w_hr, ln_hh, ln_cw),
+                 torch.get_num_threads())
+    work = _Workspace(xp, plan.saved if save else plan.unsaved)
     out = xp.new_empty(steps, batch, size)
     h_n = xp.new_empty(batch, size)
-    c_n = xp.new_empty(batch, hidden) if mode == "LSTM" else None
+    c_n = xp.new_empty(batch, gates // 4) if mode == "LSTM" else None
     h0_c = None if h0 is None else h0.contiguous()
     c0_c = None if c0 is None else c0.contiguous()
     w_hh_c = w_hh.contiguous()
     w_hr_c = None if w_hr is None else w_hr.contiguous()
-    lengths_c = None if lengths is None else lengths.to(torch.int64).contiguous()
-    h_mask_c = None if h_mask is None else h_mask.contiguous()
-    keep_h_c = None if keep_h is None else keep_h.contiguous().view(torch.uint8)
-    keep_c_c = None if keep_c is None else keep_c.contiguous().view(torch.uint8)
-    status = getattr(kernels.lib, "rnn_forward_slices" + DTYPES[xp.dtype])(
-        slices, threads, pthreads, min(steps, max(1, PROJECTION_CHUNK // (batch * gates))), cell, save,
-        steps, batch, hidden, size, inputs,
-        *_ptrs(pre, x, w_ih_c, b_ih_c, w_hh_c, b_hh, w_hr_c, ln_hh, ln_cw, ln_cb, lengths_c, h_mask_c, keep_h_c,
-               keep_c_c, h0_c, c0_c, out, h_n, c_n, work.block), work.pointers,
+    masks = (None if lengths is None else lengths.to(torch.int64).contiguous(),
+             None if h_mask is None else h_mask.contiguous(),
+             None if keep_h is None else keep_h.contiguous().view(torch.uint8),
+             None if keep_c is None else keep_c.contiguous().view(torch.uint8))
+    status = plan.forward(
+        plan.slices, plan.threads, plan.pthreads, plan.chunk, CELL_IDS[mode], save,
+        steps, batch, gates // GATES[mode], size, inputs,
+        *_ptrs(pre, x, w_ih_c, b_ih_c, w_hh_c, b_hh, w_hr_c, ln_hh, ln_cw, ln_cb, *masks, h0_c, c0_c, out, h_n,
+               c_n, work.block), work.pointers,
     )
     if status != 0:
         raise MemoryError("rnnkit fused engine: no memory for the forward kernel's scratch")
-    outputs = (out, h_n) if c_n is None else (out, h_n, c_n)
-    return _Forward(outputs, work, (w_hh_c, w_hr_c, ln_hh, ln_cw, x_in, w_ih_c),
-                    (lengths_c, h_mask_c, keep_h_c, keep_c_c), slices, threads)
+    return _Forward((out, h_n) if c_n is None else (out, h_n, c_n), work,
+                    (w_hh_c, w_hr_c, ln_hh, ln_cw, x_in, w_ih_c), masks, plan)
 
 
 class FusedLayer(torch.autograd.Function):
@@ -280,8 +317,7 @@ class FusedLayer(torch.autograd.Function):
         run = _forward(*args, save=True)
         ctx.set_materialize_grads(False)  # unused outputs' gradients come as None, not zeros
         ctx.save_for_backward(*run.inputs)
-        ctx.work, ctx.masks, ctx.slices, ctx.threads = run.work, run.masks, run.slices, run.threads
-        ctx.kernels, ctx.mode = args[0], args[1]
+        ctx.work, ctx.masks, ctx.plan, ctx.mode = run.work, run.masks, run.plan, args[1]
         ctx.has_bias_ih, ctx.has_bias = args[4] is not None, args[8] is not None
         ctx.shape = args[2].shape[:2]  # T, B
         return run.outputs
@@ -298,27 +334,20 @@ class FusedLayer(torch.autograd.Function):
                 "gradients of gradients"
             )
         w_hh, w_hr, ln_hh, ln_cw, x_in, w_ih = ctx.saved_tensors
-        lengths, h_mask, keep_h, keep_c = ctx.masks
-        mode, kernels, work = ctx.mode, ctx.kernels, ctx.work
+        mode, plan, work = ctx.mode, ctx.plan, ctx.work
         like = w_hh
         steps, batch = ctx.shape
         gates, size = w_hh.shape  # G*H, R
         hidden = gates // GATES[mode]
-        rows = steps * batch
         inputs = 0 if x_in is None else x_in.shape[1]
-        cell, flags, slices = CELL_IDS[mode], _flags(w_hr, ln_hh, ln_cw), ctx.slices
         needs = ctx.needs_input_grad  # kernels, mode, xp, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, ln_hh, ...
         d_out = like.new_zeros(steps, batch, size) if d_out is None else d_out.contiguous()
         dh = like.new_zeros(batch, size) if d_hn is None else d_hn.clone(memory_format=torch.contiguous_format)
         dc = None
         if mode == "LSTM":
             dc = like.new_zeros(batch, hidden) if d_cn is None else d_cn.clone(memory_format=torch.contiguous_format)
-        dwork = _Workspace(like, kernels, "rnnkit_backward_layout", (slices, cell, steps, batch, hidden, size, flags), D_PARTS)
-        # The weight gradients in the kernel too, while it beats the BLAS at their shapes (few
-        # rows to sum over); else by torch after it.
-        weight_work = rows * gates * (size + inputs)
-        in_kernel = weight_work <= KERNEL_WEIGHT_GRADS_MAX_WORK
-        weight_threads = _all_threads(kernels, weight_work)
+        dwork = _Workspace(like, plan.dlayout)
+        in_kernel = plan.weight_threads > 0  # the weight gradients in the kernel, else by torch after it
         dx = dw_ih = db_ih = dw_hh = db_hh = dw_hr = dln_hh = None
         if in_kernel:
             if needs[2] and x_in is not None:
@@ -331,9 +360,9 @@ class FusedLayer(torch.autograd.Function):
             dln_hh = like.new_empty(gates) if ln_hh is not None and needs[10] else None
         dln_cw = like.new_empty(hidden) if ln_cw is not None and needs[11] else None
         dln_cb = like.new_empty(hidden) if ln_cw is not None and needs[12] else None
-        status = getattr(kernels.lib, "rnn_backward_slices" + DTYPES[like.dtype])(
-            slices, ctx.threads, weight_threads if in_kernel else 0, cell, steps, batch, hidden, size, inputs,
-            *_ptrs(w_hh, w_hr, ln_hh, ln_cw, lengths, h_mask, keep_h, keep_c, work.block), work.pointers,
+        status = plan.backward(
+            plan.slices, plan.threads, plan.weight_threads, CELL_IDS[mode], steps, batch, hidden, size, inputs,
+            *_ptrs(w_hh, w_hr, ln_hh, ln_cw, *ctx.masks, work.block), work.pointers,
             *_ptrs(d_out, dh, dc, dwork.block), dwork.pointers,
             *_ptrs(x_in, w_ih, dx, dw_ih, db_ih, dw_hh, db_hh, dw_hr, dln_hh, dln_cw, dln_cb),
         )

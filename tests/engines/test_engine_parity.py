@@ -364,6 +364,44 @@ def test_fused_parallel_threads(family: str, split: str, monkeypatch: pytest.Mon
             check_case(Case(family, options, "lengths", False, True, 6, 7, 3, hidden, seed=11), torch.float64, grad=grad)
 
 
+def test_fused_scratch_kept_between_calls_and_threads() -> None:
+    """The kernels keep their larger scratch blocks (the packed weights) between calls and hand
+    them to whichever call comes next, with whatever an earlier call left in them. Layers of
+    different sizes, run by four Python threads at once (ctypes lets go of the GIL, so their
+    kernels overlap) and again one after another, give exactly the numbers each gave alone."""
+    import threading
+
+    torch.manual_seed(3)
+    layers = [rnnkit.LSTM(16, 70, engine="fused"), rnnkit.GRU(8, 90, engine="fused"),
+              rnnkit.LSTM(16, 75, engine="fused", layer_norm=True)]  # packed weights of 70 KB to 400 KB, panels partly filled
+    inputs = [torch.randn(7, 3, layer.input_size) for layer in layers]
+
+    def run(index: int) -> list[Tensor]:
+        layer, x = layers[index], inputs[index]
+        out, state = layer(x)
+        grads = torch.autograd.grad(weighted_sum([out, *state]), list(layer.parameters()))
+        return [out.detach(), *[s.detach() for s in state], *grads]
+
+    expected = [run(i) for i in range(len(layers))]
+    failures: list[str] = []
+
+    def worker(first: int) -> None:
+        for call in range(12):
+            index = (first + call) % len(layers)
+            got = run(index)
+            if not all(torch.equal(a, b) for a, b in zip(got, expected[index])):
+                failures.append(f"layer {index}, call {call} of thread {first}")
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures, failures
+    worker(0)
+    assert not failures, failures
+
+
 @pytest.mark.parametrize("family", list(FAMILIES))
 @pytest.mark.parametrize("grads, workspace", [("torch", "block"), ("kernel", "parts"), ("torch", "parts")])
 def test_fused_weight_gradients_and_workspaces(family: str, grads: str, workspace: str,
