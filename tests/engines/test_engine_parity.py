@@ -364,16 +364,16 @@ def test_fused_parallel_threads(family: str, split: str, monkeypatch: pytest.Mon
             check_case(Case(family, options, "lengths", False, True, 6, 7, 3, hidden, seed=11), torch.float64, grad=grad)
 
 
-def test_fused_scratch_kept_between_calls_and_threads() -> None:
-    """The kernels keep their larger scratch blocks (the packed weights) between calls and hand
-    them to whichever call comes next, with whatever an earlier call left in them. Layers of
-    different sizes, run by four Python threads at once (ctypes lets go of the GIL, so their
-    kernels overlap) and again one after another, give exactly the numbers each gave alone."""
+def test_fused_kernels_on_several_threads_at_once() -> None:
+    """ctypes lets go of the GIL, so kernels called from several Python threads run at once and
+    must share nothing but their inputs. Layers of different sizes (packed weights of 70 KB to
+    400 KB, panels partly filled), run by four threads at once and again one after another,
+    give exactly the numbers each gave alone."""
     import threading
 
     torch.manual_seed(3)
     layers = [rnnkit.LSTM(16, 70, engine="fused"), rnnkit.GRU(8, 90, engine="fused"),
-              rnnkit.LSTM(16, 75, engine="fused", layer_norm=True)]  # packed weights of 70 KB to 400 KB, panels partly filled
+              rnnkit.LSTM(16, 75, engine="fused", layer_norm=True)]
     inputs = [torch.randn(7, 3, layer.input_size) for layer in layers]
 
     def run(index: int) -> list[Tensor]:

@@ -75,64 +75,6 @@ static inline double tanh_f64(double x) {
     return a < 0.625 ? small : (x < 0 ? -big : big);
 }
 
-/* Scratch memory (the packed weights, the projection's chunk), kept between calls. A large block
- * from malloc often comes as fresh pages from the system, faulted in and zeroed at first touch
- * (glibc maps large blocks, and returns the top of its heap once enough of it is free), at every
- * call: in an LSTM's training loop at (T, B, I, H) = (6, 5, 100, 200), 6% of the CPU samples
- * went to page faults in packing the weights; kept, the step took 2-3 page faults in all, where
- * it had taken 7-99 (its output gradients are torch's). Freed blocks of
- * SCRATCH_MIN to SCRATCH_MAX bytes wait in SCRATCH_SLOTS slots (at most 32 MB in all) for the
- * next call; the slots are taken and filled by atomic exchanges, with no lock (so a process that
- * forks while a kernel runs keeps working ones). Each block has its size in a header before it. */
-enum { SCRATCH_SLOTS = 4, SCRATCH_HEAD = 64 };
-#define SCRATCH_MIN ((size_t)64 << 10)
-#define SCRATCH_MAX ((size_t)8 << 20)
-static void* scratch_kept[SCRATCH_SLOTS];
-
-static size_t scratch_size(const void* block) { return *(const size_t*)((const char*)block - SCRATCH_HEAD); }
-
-/* At least `bytes` bytes, 64-byte aligned, or NULL when no memory; give back with scratch_free. */
-static void* scratch_alloc(size_t bytes) {
-    if (bytes >= SCRATCH_MIN && bytes <= SCRATCH_MAX) {
-        for (;;) {  /* the smallest kept block that is large enough, if any */
-            int best = -1;
-            void* found = NULL;
-            for (int i = 0; i < SCRATCH_SLOTS; i++) {
-                void* b = __atomic_load_n(&scratch_kept[i], __ATOMIC_ACQUIRE);
-                if (b != NULL && scratch_size(b) >= bytes && (found == NULL || scratch_size(b) < scratch_size(found))) {
-                    best = i;
-                    found = b;
-                }
-            }
-            if (found == NULL) break;
-            if (__atomic_compare_exchange_n(&scratch_kept[best], &found, NULL, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
-                return found;
-        }
-    }
-    const size_t size = (bytes + 63) / 64 * 64;
-    char* raw = aligned_alloc(64, SCRATCH_HEAD + size);
-    if (raw == NULL) return NULL;
-    *(size_t*)raw = size;
-    return raw + SCRATCH_HEAD;
-}
-
-/* Frees a block of scratch_alloc (NULL: nothing), or keeps it for the next call: in an empty
- * slot, or in place of a smaller kept block, which is freed. */
-static void scratch_free(void* block) {
-    if (block == NULL) return;
-    const size_t size = scratch_size(block);
-    if (size >= SCRATCH_MIN && size <= SCRATCH_MAX)
-        for (int i = 0; i < SCRATCH_SLOTS; i++) {
-            void* b = __atomic_load_n(&scratch_kept[i], __ATOMIC_ACQUIRE);
-            if ((b == NULL || scratch_size(b) < size)
-                && __atomic_compare_exchange_n(&scratch_kept[i], &b, block, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
-                if (b != NULL) free((char*)b - SCRATCH_HEAD);
-                return;
-            }
-        }
-    free((char*)block - SCRATCH_HEAD);
-}
-
 enum { CELL_RNN_TANH = 0, CELL_RNN_RELU = 1, CELL_LSTM = 2, CELL_GRU = 3 };
 
 /* As torch.nn.functional.layer_norm's default, and rnnkit.cells' LAYER_NORM_EPS. */
@@ -236,7 +178,7 @@ long rnnkit_backward_layout(int n, int cell, int T, int B, int H, int R, int fla
     return lay_out(D_PARTS, sizes, offsets != NULL ? offsets : own);
 }
 
-int rnnkit_kernels_version(void) { return 23; }
+int rnnkit_kernels_version(void) { return 22; }
 
 #define REAL float
 #define SFX(name) name##_f32

@@ -396,7 +396,7 @@ static int SFX(rnn_forward)(int cell, int save, int threads, SFX(bmat) whh_p, SF
     /* scratch: work_g (B, G*H) the recurrent pre-activations; work_h (B, H) the masked h, then
      * LN(c~) rows; work_c (B, H) c~; work_p (B, R) the projection; work_x (B, G*H) this step's
      * xp, from x */
-    REAL* scratch = scratch_alloc(sizeof(REAL) * ((long)B * GH * (x != NULL ? 2 : 1) + 2 * BH + BR));
+    REAL* scratch = malloc(sizeof(REAL) * ((long)B * GH * (x != NULL ? 2 : 1) + 2 * BH + BR));
     if (scratch == NULL) return -1;
     REAL* work_g = scratch;
     REAL* work_h = work_g + (long)B * GH;
@@ -534,7 +534,7 @@ static int SFX(rnn_forward)(int cell, int save, int threads, SFX(bmat) whh_p, SF
             }
         }
     }
-    scratch_free(scratch);
+    free(scratch);
     return 0;
 }
 
@@ -565,7 +565,7 @@ static int SFX(rnn_backward)(int cell, int threads, SFX(bmat) whh_p, SFX(bmat) w
     const int G = gates_of(cell), S = saved_of(cell), GH = G * H, SH = S * H;
     const long BR = (long)B * R, BH = (long)B * H;
     /* scratch: work (B, R) dg_t @ W_hh; d_raw (B, H) dL/d(o * tanh(c_out)); two (H,) rows */
-    REAL* work = scratch_alloc(sizeof(REAL) * (BR + BH + 2 * (long)H));
+    REAL* work = malloc(sizeof(REAL) * (BR + BH + 2 * (long)H));
     if (work == NULL) return -1;
     REAL* d_raw = work + BR;
     REAL* d_cout = d_raw + BH;  /* (H,) dL/d LN(c~) */
@@ -677,7 +677,7 @@ static int SFX(rnn_backward)(int cell, int threads, SFX(bmat) whh_p, SFX(bmat) w
             for (long k = 0; k < BR; k++) dh[k] += work[k];
         }
     }
-    scratch_free(work);
+    free(work);
     return 0;
 }
 
@@ -689,7 +689,7 @@ static REAL* SFX(pack_weights)(int threads, int GH, int H, int R, int I, const R
     const long size_hh = SFX(packed_size)(GH, R);
     const long size_hr = whr == NULL ? 0 : SFX(packed_size)(R, H);
     const long size_ih = wih == NULL ? 0 : SFX(packed_size)(GH, I);
-    REAL* block = scratch_alloc(sizeof(REAL) * (size_t)(size_hh + size_hr + size_ih));
+    REAL* block = aligned_alloc(64, sizeof(REAL) * (size_t)((size_hh + size_hr + size_ih + 15) / 16 * 16));
     if (block == NULL) return NULL;
     SFX(pack)(threads, 1, GH, R, whh, NULL, 1, block);
     *whr_p = *wih_p = NULL;
@@ -741,8 +741,8 @@ int SFX(rnn_forward_slices)(int n, int threads, int pthreads, int chunk, int cel
     if (x1 == NULL || chunk < 1 || chunk > T) chunk = T;
     REAL* pre = NULL;
     if (x1 != NULL) {
-        pre = scratch_alloc(sizeof(REAL) * (size_t)((chunk < T ? chunk : T) * per_step));
-        if (pre == NULL) { scratch_free(block); return -1; }
+        pre = malloc(sizeof(REAL) * (size_t)((chunk < T ? chunk : T) * per_step));
+        if (pre == NULL) { free(block); return -1; }
     }
     int status = 0;
     for (int t0 = 0; t0 < T && status == 0; t0 += chunk) {
@@ -768,8 +768,8 @@ int SFX(rnn_forward_slices)(int n, int threads, int pthreads, int chunk, int cel
             }
         }
     }
-    scratch_free(pre);
-    scratch_free(block);
+    free(pre);
+    free(block);
     const long last = save ? T : T % 2;  /* where h_T and c_T are */
     memcpy(hn, hs + last * B * R, sizeof(REAL) * B * R);
     if (cn != NULL) memcpy(cn, cs + last * B * H, sizeof(REAL) * B * H);
@@ -800,11 +800,11 @@ static void SFX(column_sums)(int M, int N, const REAL* rows, long ld, const REAL
 static int SFX(weight_grad)(int threads, int M, int N, int K, const REAL* At, long ldat, const REAL* B,
                             const REAL* mask, int rows, REAL* dW) {
     const int pack = mask != NULL || K > 256;
-    REAL* P = scratch_alloc(sizeof(REAL) * (size_t)SFX(packed_size)(pack ? N : 1, K));
+    REAL* P = aligned_alloc(64, sizeof(REAL) * (size_t)((SFX(packed_size)(pack ? N : 1, K) + 15) / 16 * 16));
     if (P == NULL) return -1;
     if (pack) SFX(pack)(threads, 0, N, K, B, mask, rows, P);
     SFX(gemm_t)(threads, M, N, K, At, ldat, pack ? SFX(packed)(P) : SFX(in_place)(N, K, B, N, P), dW, N);
-    scratch_free(P);
+    free(P);
     return 0;
 }
 
@@ -828,7 +828,7 @@ static int SFX(weight_grads)(int threads, int cell, int T, int B, int H, int R, 
     if (dwih != NULL) status |= SFX(weight_grad)(threads, GH, I, TB, dgi, GH, x, NULL, 1, dwih);
     if (dwhr != NULL) status |= SFX(weight_grad)(threads, R, H, TB, dproj, R, hr, NULL, 1, dwhr);
     if (dx != NULL) {  /* (TB, I) = dgi (TB, G*H) @ W_ih (G*H, I), by rows on the threads */
-        REAL* P = scratch_alloc(sizeof(REAL) * (size_t)SFX(packed_size)(1, GH));
+        REAL* P = aligned_alloc(64, sizeof(REAL) * (size_t)((SFX(packed_size)(1, GH) + 15) / 16 * 16));
         if (P == NULL) return -1;
         const SFX(bmat) wih_b = SFX(in_place)(I, GH, wih, I, P);
         const int panels = (I + SFX(NR) - 1) / SFX(NR), blocks = (TB + GEMM_MR - 1) / GEMM_MR;
@@ -840,15 +840,15 @@ static int SFX(weight_grads)(int threads, int cell, int T, int B, int H, int R, 
             m1 = m1 < TB ? m1 : TB;
             SFX(gemm_panels_n)(0, panels, m1 - m0, I, GH, dgi + (long)m0 * GH, GH, wih_b, 0, dx + (long)m0 * I, I);
         }
-        scratch_free(P);
+        free(P);
     }
     if (dbih != NULL || dbhh != NULL || dln_hh != NULL) {
-        double* acc = scratch_alloc(sizeof(double) * GH);
+        double* acc = malloc(sizeof(double) * GH);
         if (acc == NULL) return -1;
         if (dbih != NULL) SFX(column_sums)(TB, GH, dgi, GH, NULL, acc, dbih);
         if (dbhh != NULL) SFX(column_sums)(TB, GH, dg_post, GH, NULL, acc, dbhh);
         if (dln_hh != NULL) SFX(column_sums)(TB, GH, dg_post, GH, ghat, acc, dln_hh);
-        scratch_free(acc);
+        free(acc);
     }
     return status;
 }
@@ -881,7 +881,7 @@ int SFX(rnn_backward_slices)(int n, int threads, int wthreads, int cell, int T, 
      * where rows read in place lie R apart (with R a power of two, in few cache sets) */
     const int GH = gates_of(cell) * H;
     const long size_hh = SFX(packed_size)(R, GH), size_hr = whr != NULL ? SFX(packed_size)(H, R) : 0;
-    REAL* tails = scratch_alloc(sizeof(REAL) * (size_t)(size_hh + size_hr));
+    REAL* tails = aligned_alloc(64, sizeof(REAL) * (size_t)((size_hh + size_hr + 15) / 16 * 16));
     if (tails == NULL) return -1;
     const int pack_threads = n > 1 ? n : threads;  /* the threads about to run the loop */
     SFX(pack)(pack_threads, 0, R, GH, whh, NULL, 1, tails);
@@ -904,7 +904,7 @@ int SFX(rnn_backward_slices)(int n, int threads, int wthreads, int cell, int T, 
                                         dgh_raw, dproj, own, own != NULL ? own + H : NULL);
         }
     }
-    scratch_free(tails);
+    free(tails);
     if (dln_c != NULL) {  /* the slices' sums, added, into whichever of the two is wanted */
         for (int part = 0; part < 2; part++) {
             REAL* sum = part == 0 ? dln_cw : dln_cb;
