@@ -29,6 +29,17 @@ FAMILIES = {"rnn_tanh": ("RNN", {"nonlinearity": "tanh"}), "rnn_relu": ("RNN", {
             "lstm": ("LSTM", {}), "gru": ("GRU", {})}
 
 
+@pytest.fixture(autouse=True)
+def fresh_plans() -> Any:
+    """The fused engine works out each shape's plan once (_fused._plan, from its thresholds):
+    tests that change the thresholds need plans worked out anew, and leave none behind."""
+    from rnnkit.engines import _fused
+
+    _fused._plan.cache_clear()
+    yield
+    _fused._plan.cache_clear()
+
+
 @dataclass(frozen=True)
 class Case:
     family: str
@@ -415,10 +426,12 @@ def test_fused_weight_gradients_and_workspaces(family: str, grads: str, workspac
         monkeypatch.setattr(_fused, "KERNEL_WEIGHT_GRADS_MAX_WORK", -1)
     if workspace == "parts":
         monkeypatch.setattr(_fused, "WORKSPACE_BLOCK_MAX", 0)
-    seen = []
+    seen, by_torch = [], []
     original = _fused._Workspace.__init__
     monkeypatch.setattr(_fused._Workspace, "__init__",
                         lambda self, *a: original(self, *a) or seen.append(self.parts is not None))
+    grads_by_torch = _fused._weight_grads_by_torch
+    monkeypatch.setattr(_fused, "_weight_grads_by_torch", lambda *a: by_torch.append(1) or grads_by_torch(*a))
     for layer_norm in (False, True):
         options = (("num_layers", 2), ("bidirectional", True), ("batch_first", False), ("bias", True),
                    ("recurrent_dropout", 0.2), ("zoneout", 0.1), ("layer_norm", layer_norm),
@@ -426,6 +439,7 @@ def test_fused_weight_gradients_and_workspaces(family: str, grads: str, workspac
         for inputs in ("batched", "lengths"):
             check_case(Case(family, options, inputs, True, True, 5, 4, 3, 6, seed=5), torch.float64)
     assert seen and all(seen) == (workspace == "parts")
+    assert bool(by_torch) == (grads == "torch")
 
 @pytest.mark.parametrize("family", list(FAMILIES))
 @pytest.mark.parametrize("frozen", [("weight_ih", "bias_ih", "ln_bias_c"), ("weight_hh", "ln_weight_c", "ln_weight_hh"),
