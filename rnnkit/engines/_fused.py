@@ -195,7 +195,8 @@ class _Plan(NamedTuple):
 def _plan(kernels: _compiled.Kernels, mode: str, dtype: torch.dtype, steps: int, batch: int, inputs: int,
           gates: int, size: int, flags: int, num_threads: int) -> _Plan:
     """The plan of a call: inputs is I when the kernel projects x, else 0; gates G*H; size R;
-    flags _flags'; num_threads torch.get_num_threads(), which the threads' counts follow."""
+    flags the layer's _flags; num_threads torch.get_num_threads(), which the threads' counts
+    follow (a key, so that a change of it makes a new plan)."""
     hidden = gates // GATES[mode]
     slices = _slice_count(kernels, steps, batch, gates, hidden)
     cell = CELL_IDS[mode]
