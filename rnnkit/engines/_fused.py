@@ -39,6 +39,17 @@ slice shares each step's products among threads, when the whole loop has PARALLE
 streams only its share of W_hh, which stays in its core's cache: at B = 1, H = 256 this made an
 LSTM's forward 1.6x faster than at 300k on the 2-core machine). Over few steps, waking the
 threads costs more than they save."""
+SHARED_STEP_MIN_BYTES = 2**22
+SHARED_STEP_MAX_ROWS = 16
+"""The forward pass leaves a batch that it would run in slices whole, and shares each step's
+product among the threads instead, when W_hh takes at least SHARED_STEP_MIN_BYTES and the slices
+would have at most SHARED_STEP_MAX_ROWS rows each. Slices each stream all of W_hh at every step,
+so large weights over few rows are bound by the cache's bandwidth; shared, each thread streams its
+share. LSTM forward, T = 100, on the 2-core AVX2 machine (paired runs in one process, sliced /
+shared time): 1.27 at B = 32, I = H = 1024; 1.04 at B = 32 and 1.035 at B = 16, I = H = 512; but
+0.95 at B = 64, H = 512 (32 rows a slice) and 0.92 at B = 16 and 32, H = 256 (W_hh of 1 MB).
+The backward pass keeps its slices: training at B = 32, I = H = 512 took the same time with both
+passes shared, and was 1.04x faster with the forward pass alone shared."""
 PROJECTION_CHUNK = 2**21
 """Numbers of the input projection x W_ih^T + b_ih the forward kernel holds at once, for a batch
 run as one slice: it projects the steps in chunks of about this size (each one product over all
@@ -58,6 +69,14 @@ def _slice_count(kernels: _compiled.Kernels, steps: int, batch: int, gates: int,
     if not kernels.parallel or steps * batch * gates * hidden < PARALLEL_MIN_WORK:
         return 1
     return max(1, min(torch.get_num_threads(), batch // PARALLEL_MIN_ROWS))
+
+
+def _forward_slices(kernels: _compiled.Kernels, slices: int, batch: int, gates: int, size: int, itemsize: int) -> int:
+    """The forward pass's slices: the backward's (slices), or one for large weights over slices of
+    few rows (SHARED_STEP_MIN_BYTES); itemsize: the bytes of one number."""
+    if slices > 1 and batch // slices <= SHARED_STEP_MAX_ROWS and gates * size * itemsize >= SHARED_STEP_MIN_BYTES:
+        return 1
+    return slices
 
 
 def _product_threads(kernels: _compiled.Kernels, slices: int, steps: int, batch: int, gates: int, size: int) -> int:
@@ -181,8 +200,10 @@ class _Plan(NamedTuple):
 
     forward: Any  # rnn_forward_slices and rnn_backward_slices for the dtype, as ctypes functions
     backward: Any
-    slices: int  # see _slice_count
-    threads: int  # see _product_threads
+    slices: int  # the forward's: see _forward_slices
+    threads: int  # the forward's: see _product_threads
+    backward_slices: int  # see _slice_count
+    backward_threads: int
     pthreads: int  # the input projection's threads
     chunk: int  # steps projected at once (PROJECTION_CHUNK)
     saved: tuple[int, tuple[int, ...]]  # the forward workspace's layout: all steps kept
@@ -198,7 +219,8 @@ def _plan(kernels: _compiled.Kernels, mode: str, dtype: torch.dtype, steps: int,
     flags the layer's _flags; num_threads torch.get_num_threads(), which the threads' counts
     follow (a key, so that a change of it makes a new plan)."""
     hidden = gates // GATES[mode]
-    slices = _slice_count(kernels, steps, batch, gates, hidden)
+    backward_slices = _slice_count(kernels, steps, batch, gates, hidden)
+    slices = _forward_slices(kernels, backward_slices, batch, gates, size, dtype.itemsize)
     cell = CELL_IDS[mode]
     weight_work = steps * batch * gates * (size + inputs)
     return _Plan(
@@ -206,12 +228,15 @@ def _plan(kernels: _compiled.Kernels, mode: str, dtype: torch.dtype, steps: int,
         backward=getattr(kernels.lib, "rnn_backward_slices" + DTYPES[dtype]),
         slices=slices,
         threads=_product_threads(kernels, slices, steps, batch, gates, size),
+        backward_slices=backward_slices,
+        backward_threads=_product_threads(kernels, backward_slices, steps, batch, gates, size),
         # for the projection of all steps at once (one slice), which reads W_ih once
         pthreads=_all_threads(kernels, steps * batch * gates * inputs),
         chunk=min(steps, max(1, PROJECTION_CHUNK // (batch * gates))),
         saved=_layout(kernels, "rnnkit_forward_layout", (cell, 1, steps, batch, hidden, size, flags), W_PARTS),
         unsaved=_layout(kernels, "rnnkit_forward_layout", (cell, 0, steps, batch, hidden, size, flags), W_PARTS),
-        dlayout=_layout(kernels, "rnnkit_backward_layout", (slices, cell, steps, batch, hidden, size, flags), D_PARTS),
+        dlayout=_layout(kernels, "rnnkit_backward_layout", (backward_slices, cell, steps, batch, hidden, size, flags),
+                        D_PARTS),
         # The weight gradients in the kernel too, while it beats the BLAS at their shapes (few
         # rows to sum over); else by torch after it.
         weight_threads=_all_threads(kernels, weight_work) if weight_work <= KERNEL_WEIGHT_GRADS_MAX_WORK else 0,
@@ -362,7 +387,8 @@ class FusedLayer(torch.autograd.Function):
         dln_cw = like.new_empty(hidden) if ln_cw is not None and needs[11] else None
         dln_cb = like.new_empty(hidden) if ln_cw is not None and needs[12] else None
         status = plan.backward(
-            plan.slices, plan.threads, plan.weight_threads, CELL_IDS[mode], steps, batch, hidden, size, inputs,
+            plan.backward_slices, plan.backward_threads, plan.weight_threads, CELL_IDS[mode], steps, batch, hidden,
+            size, inputs,
             *_ptrs(w_hh, w_hr, ln_hh, ln_cw, *ctx.masks, work.block), work.pointers,
             *_ptrs(d_out, dh, dc, dwork.block), dwork.pointers,
             *_ptrs(x_in, w_ih, dx, dw_ih, db_ih, dw_hh, db_hh, dw_hr, dln_hh, dln_cw, dln_cb),

@@ -341,13 +341,14 @@ def test_kernel_tanh_and_sigmoid_match_torch(dtype: torch.dtype, ulps: int) -> N
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
-@pytest.mark.parametrize("split", ["slices", "products", "one thread"])
+@pytest.mark.parametrize("split", ["slices", "products", "shared forward", "one thread"])
 def test_fused_parallel_threads(family: str, split: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """With the thresholds lowered, three threads run the batch as slices (unevenly sized); or,
-    the batch left whole, share each step's products and the input projection; or one thread
-    runs all. Slices project their input at every step; a whole batch projects its input in
-    chunks of 2 steps, or all 6 at once. Everything still equals the reference engine, options
-    included."""
+    the batch left whole, share each step's products and the input projection; or share them in
+    the forward pass while the backward pass runs slices (as for large weights over few rows); or
+    one thread runs all. Slices project their input at every step; a whole batch projects its
+    input in chunks of 2 steps, or all 6 at once. Everything still equals the reference engine,
+    options included."""
     from rnnkit.engines import _fused
 
     kernels = _compiled.load()
@@ -358,17 +359,22 @@ def test_fused_parallel_threads(family: str, split: str, monkeypatch: pytest.Mon
     monkeypatch.setattr(_fused, "PARALLEL_MIN_ROWS", 100 if split == "products" else 1)
     monkeypatch.setattr(_fused, "PARALLEL_MIN_WORK", 0)
     monkeypatch.setattr(_fused, "STEP_PARALLEL_MIN_WORK", 0)
-    chunk = {"slices": 1, "products": 2, "one thread": 6}[split]  # slices: not used
+    monkeypatch.setattr(_fused, "SHARED_STEP_MIN_BYTES", 0 if split == "shared forward" else 2**62)
+    chunk = {"slices": 1, "products": 2, "shared forward": 2, "one thread": 6}[split]  # slices: not used
     gates = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}[family]
     monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
     slices = 1 if split == "products" else threads
+    forward_slices = 1 if split == "shared forward" else slices
     assert _fused._slice_count(kernels, 5, 7, 8, 2) == slices
+    assert _fused._forward_slices(kernels, slices, 7, 8, 2, 8) == forward_slices
+    shared = 1 if split in ("slices", "one thread") else 3
+    assert _fused._product_threads(kernels, forward_slices, 5, 7, 8, 2) == shared
     assert _fused._product_threads(kernels, slices, 5, 7, 8, 2) == (3 if split == "products" else 1)
     for layer_norm in (False, True):
         options = (("num_layers", 2), ("bidirectional", True), ("batch_first", True), ("bias", True),
                    ("recurrent_dropout", 0.2), ("zoneout", 0.1), ("layer_norm", layer_norm),
                    ("learn_initial_state", True)) + ((("proj_size", 3),) if family == "lstm" else ())
-        hidden = 40 if split == "products" else 5  # products: several column panels to share
+        hidden = 5 if split in ("slices", "one thread") else 40  # shared: several column panels
         # one step of the projection is batch * G*H numbers
         monkeypatch.setattr(_fused, "PROJECTION_CHUNK", chunk * 7 * gates * hidden)
         for grad in (True, False):
