@@ -30,8 +30,14 @@ GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
 DTYPES = {torch.float32: "_f32", torch.float64: "_f64"}
 PARALLEL_MIN_ROWS = 8
 """Each thread's slice of the batch has at least this many sequences."""
-PARALLEL_MIN_WORK = 4_000_000
-"""Multiply-adds of the recurrent products (T * B * G*H * H) below which one thread runs all."""
+PARALLEL_MIN_WORK = 1_000_000
+"""Multiply-adds of the recurrent products (T * B * G*H * H) below which one thread runs all (and
+of the input projection and the weight gradients, below which one thread runs each). Lowered
+from 4M, which dated from slices run by a pool of Python threads: with the kernels' own threads,
+training between 1M and 4M ran 1.07-1.18x faster in paired runs in one process on the 2-core
+AVX2 machine (LSTM (T, B, I, H) = (10, 5, 50, 100), (20, 2, 64, 128), (10, 16, 32, 64); GRU (6,
+5, 100, 200), (10, 4, 64, 128), (30, 16, 16, 40); RNN (20, 8, 64, 128), (20, 32, 32, 64); RNN
+(6, 5, 100, 200): 1.00 and 1.08). Lower, at 200k, smaller sizes gained nothing (0.97-1.02)."""
 STEP_PARALLEL_MIN_WORK = 100_000
 """Multiply-adds of one step's recurrent product (B * G*H * R) from which a batch run as one
 slice shares each step's products among threads, when the whole loop has PARALLEL_MIN_WORK
