@@ -37,7 +37,8 @@ from 4M, which dated from slices run by a pool of Python threads: with the kerne
 training between 1M and 4M ran 1.07-1.18x faster in paired runs in one process on the 2-core
 AVX2 machine (LSTM (T, B, I, H) = (10, 5, 50, 100), (20, 2, 64, 128), (10, 16, 32, 64); GRU (6,
 5, 100, 200), (10, 4, 64, 128), (30, 16, 16, 40); RNN (20, 8, 64, 128), (20, 32, 32, 64); RNN
-(6, 5, 100, 200): 1.00 and 1.08). Lower, at 200k, smaller sizes gained nothing (0.97-1.02)."""
+(6, 5, 100, 200): 1.00 and 1.08). Lower, at 500k or 200k, smaller sizes gained nothing
+(0.97-1.02)."""
 STEP_PARALLEL_MIN_WORK = 100_000
 """Multiply-adds of one step's recurrent product (B * G*H * R) from which a batch run as one
 slice shares each step's products among threads, when the whole loop has PARALLEL_MIN_WORK
@@ -77,7 +78,7 @@ def _slice_count(kernels: _compiled.Kernels, steps: int, batch: int, gates: int,
     return max(1, min(torch.get_num_threads(), batch // PARALLEL_MIN_ROWS))
 
 
-def _forward_slices(kernels: _compiled.Kernels, slices: int, batch: int, gates: int, size: int, itemsize: int) -> int:
+def _forward_slices(slices: int, batch: int, gates: int, size: int, itemsize: int) -> int:
     """The forward pass's slices: the backward's (slices), or one for large weights over slices of
     few rows (SHARED_STEP_MIN_BYTES); itemsize: the bytes of one number."""
     if slices > 1 and batch // slices <= SHARED_STEP_MAX_ROWS and gates * size * itemsize >= SHARED_STEP_MIN_BYTES:
@@ -209,7 +210,7 @@ class _Plan(NamedTuple):
     slices: int  # the forward's: see _forward_slices
     threads: int  # the forward's: see _product_threads
     backward_slices: int  # see _slice_count
-    backward_threads: int
+    backward_threads: int  # see _product_threads
     pthreads: int  # the input projection's threads
     chunk: int  # steps projected at once (PROJECTION_CHUNK)
     saved: tuple[int, tuple[int, ...]]  # the forward workspace's layout: all steps kept
@@ -226,7 +227,7 @@ def _plan(kernels: _compiled.Kernels, mode: str, dtype: torch.dtype, steps: int,
     follow (a key, so that a change of it makes a new plan)."""
     hidden = gates // GATES[mode]
     backward_slices = _slice_count(kernels, steps, batch, gates, hidden)
-    slices = _forward_slices(kernels, backward_slices, batch, gates, size, dtype.itemsize)
+    slices = _forward_slices(backward_slices, batch, gates, size, dtype.itemsize)
     cell = CELL_IDS[mode]
     weight_work = steps * batch * gates * (size + inputs)
     return _Plan(

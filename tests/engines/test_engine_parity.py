@@ -366,7 +366,7 @@ def test_fused_parallel_threads(family: str, split: str, monkeypatch: pytest.Mon
     slices = 1 if split == "products" else threads
     forward_slices = 1 if split == "shared forward" else slices
     assert _fused._slice_count(kernels, 5, 7, 8, 2) == slices
-    assert _fused._forward_slices(kernels, slices, 7, 8, 2, 8) == forward_slices
+    assert _fused._forward_slices(slices, 7, 8, 2, 8) == forward_slices
     shared = 1 if split in ("slices", "one thread") else 3
     assert _fused._product_threads(kernels, forward_slices, 5, 7, 8, 2) == shared
     assert _fused._product_threads(kernels, slices, 5, 7, 8, 2) == (3 if split == "products" else 1)
