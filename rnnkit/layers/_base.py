@@ -149,18 +149,17 @@ class RecurrentLayer(nn.Module):
 
     def cell_weights(self, layer: int, direction: int = 0) -> CellWeights:
         """The parameters of one layer and direction, as the CellWeights a step function takes."""
-        return self._weights_of(self._cell_names[layer * self.num_directions + direction])
+        return self._weights_of(self._cell_fields[layer * self.num_directions + direction])
 
-    def _weights_of(self, names: dict[str, str]) -> CellWeights:
+    def _weights_of(self, fields: tuple[str | None, ...]) -> CellWeights:
+        """One cell's CellWeights from its parameter names in the fields' order (_cell_fields)."""
         params = self._parameters  # a dict lookup, not nn.Module.__getattr__: this runs every call
-        return CellWeights(**{field: params[name] if name in params else getattr(self, name)  # type: ignore[arg-type]
-                              for field, name in names.items()})
+        return CellWeights(*[None if name is None else params[name] if name in params else getattr(self, name)  # type: ignore[arg-type]
+                             for name in fields])
 
     def _all_cell_weights(self) -> list[CellWeights]:
         """cell_weights of every layer and direction, indexed layer * D + direction."""
-        params = self._parameters  # as _weights_of, by position: this runs at every call
-        return [CellWeights(*[None if name is None else params[name] if name in params else getattr(self, name)  # type: ignore[arg-type]
-                              for name in fields]) for fields in self._cell_fields]
+        return [self._weights_of(fields) for fields in self._cell_fields]
 
     @property
     def all_weights(self) -> list[list[nn.Parameter]]:
