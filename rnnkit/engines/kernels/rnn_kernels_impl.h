@@ -350,6 +350,105 @@ static inline __attribute__((always_inline)) void SFX(lstm_cell_backward)(int H,
     }
 }
 
+/* One step of rnn_forward as the gate math of its rows sees it: every pointer at the slice's
+ * first row (hp h_{t-1}, hn h_t, cp c_{t-1}, cn c_t; xr the rows' input side, G*H apart; lengths
+ * from b0), in_row0 and row0 that row's index in the (T, BS, *) arrays and in the saved ones. */
+typedef struct {
+    int cell, t, H, R;
+    long in_row0, row0;
+    const REAL *hp, *cp, *xr, *bhh, *whr, *ln_hh, *ln_cw, *ln_cb;
+    const int64_t* lengths;
+    const uint8_t *keep_h, *keep_c;
+    REAL *hn, *cn, *out, *work_g, *work_h, *work_c, *acts, *cand, *hr, *ghat, *rstd_h, *chat, *rstd_c;
+} SFX(fstep);
+
+/* The gate math of rows lo .. hi-1 of one forward step (after its products): rows never meet, so
+ * threads that share a step's products share its rows too. */
+static inline __attribute__((always_inline)) void SFX(forward_rows)(const SFX(fstep)* s, int lo, int hi) {
+    const int cell = s->cell, H = s->H, R = s->R, GH = gates_of(cell) * H, SH = saved_of(cell) * H;
+    for (int b = lo; b < hi; b++) {
+        const long in_row = s->in_row0 + b;  /* index of (t, b) in (T, BS, *) arrays */
+        const long row = s->row0 + b;        /* and in the saved ones */
+        const REAL* hpb = s->hp + (long)b * R;
+        REAL* hnb = s->hn + (long)b * R;
+        REAL* ob = s->out + in_row * R;
+        const REAL* cpb = cell == CELL_LSTM ? s->cp + (long)b * H : NULL;
+        REAL* cnb = cell == CELL_LSTM ? s->cn + (long)b * H : NULL;
+        if (s->lengths != NULL && s->t >= s->lengths[b]) {  /* past the end: keep the state, output 0 */
+            memcpy(hnb, hpb, sizeof(REAL) * R);
+            if (cell == CELL_LSTM) memcpy(cnb, cpb, sizeof(REAL) * H);
+            memset(ob, 0, sizeof(REAL) * R);
+            if (s->ln_hh != NULL) memset(s->ghat + row * GH, 0, sizeof(REAL) * GH);  /* summed later */
+            if (s->whr != NULL) memset(s->hr + row * H, 0, sizeof(REAL) * H);
+            continue;
+        }
+        const REAL* xr = s->xr + (long)b * GH;  /* input side */
+        REAL* g = s->work_g + (long)b * GH;
+        if (s->ln_hh != NULL)
+            s->rstd_h[row] = SFX(layer_norm)(GH, g, s->ln_hh, s->bhh, s->ghat + row * GH);
+        REAL* a = s->acts + row * SH;
+        const uint8_t* kh = s->keep_h != NULL ? s->keep_h + in_row * R : NULL;
+        if (cell == CELL_LSTM) {
+            const uint8_t* kc = s->keep_c != NULL ? s->keep_c + in_row * H : NULL;
+            REAL* cc = s->work_c + (long)b * H;            /* c~ */
+            REAL* tc = s->cand + row * H;                  /* tanh(c~), or of LN(c~), kept */
+            /* i, f, g, o = sigmoid, sigmoid, tanh, sigmoid of (gi + gh); a loop per kind of
+             * gate: one in a loop keeps every value in a register, four spill */
+#pragma omp simd
+            for (int j = 0; j < 2 * H; j++) a[j] = SFX(sigmoid)(xr[j] + g[j]);  /* i, f */
+#pragma omp simd
+            for (int j = 2 * H; j < 3 * H; j++) a[j] = TANH(xr[j] + g[j]);      /* g */
+#pragma omp simd
+            for (int j = 3 * H; j < 4 * H; j++) a[j] = SFX(sigmoid)(xr[j] + g[j]);  /* o */
+            if (kc == NULL) {  /* loops without the zoneout test, which would cost a masked load */
+#pragma omp simd
+                for (int j = 0; j < H; j++) {
+                    cc[j] = a[H + j] * cpb[j] + a[j] * a[2 * H + j];  /* c~ = f * c + i * g */
+                    cnb[j] = cc[j];
+                }
+            } else {
+#pragma omp simd
+                for (int j = 0; j < H; j++) {
+                    cc[j] = a[H + j] * cpb[j] + a[j] * a[2 * H + j];
+                    cnb[j] = kc[j] ? cpb[j] : cc[j];                 /* zoneout keeps c */
+                }
+            }
+            REAL* c_out = cc;                           /* what enters the tanh of h~ */
+            if (s->ln_cw != NULL) {                        /* LN(c~) into work_h's row */
+                c_out = s->work_h + (long)b * H;
+                memcpy(c_out, cc, sizeof(REAL) * H);
+                s->rstd_c[row] = SFX(layer_norm)(H, c_out, s->ln_cw, s->ln_cb, s->chat + row * H);
+            }
+            if (s->whr != NULL) {                          /* h~ before W_hr, projected below */
+                REAL* hrb = s->hr + row * H;
+#pragma omp simd
+                for (int j = 0; j < H; j++) {
+                    tc[j] = TANH(c_out[j]);
+                    hrb[j] = a[3 * H + j] * tc[j];
+                }
+            } else {
+#pragma omp simd
+                for (int j = 0; j < H; j++) {
+                    tc[j] = TANH(c_out[j]);
+                    hnb[j] = a[3 * H + j] * tc[j];           /* h~ = o * tanh(c~) */
+                }
+                if (kh != NULL)                               /* zoneout keeps h */
+                    for (int j = 0; j < H; j++) hnb[j] = kh[j] ? hpb[j] : hnb[j];
+                memcpy(ob, hnb, sizeof(REAL) * H);
+            }
+        } else if (cell == CELL_GRU) {
+#pragma omp simd
+            for (int j = 0; j < 2 * H; j++) a[j] = SFX(sigmoid)(xr[j] + g[j]);  /* r, z */
+            if (kh == NULL) SFX(gru_cell)(H, xr, g, hpb, NULL, a, hnb, ob);
+            else SFX(gru_cell)(H, xr, g, hpb, kh, a, hnb, ob);
+        } else {
+            const int relu = cell == CELL_RNN_RELU;
+            if (kh == NULL) SFX(rnn_cell)(H, relu, xr, g, hpb, NULL, a, hnb, ob);
+            else SFX(rnn_cell)(H, relu, xr, g, hpb, kh, a, hnb, ob);
+        }
+    }
+}
+
 /* Forward over the steps t0 .. t1-1 of T (state carried in hs and cs from step t0 - 1).
  *   xp     (t1 - t0, B, G*H)  the input side of these steps' gates, W_ih x_t + b_ih (layer-
  *                       normalised with layer_norm), computed by the caller; or NULL, and
@@ -380,7 +479,8 @@ static inline __attribute__((always_inline)) void SFX(lstm_cell_backward)(int H,
  * save = 0 (inference, nothing kept for a backward pass): hs and cs are (2, BS, *), the state
  * before and after the step alternating, h_T in hs[T % 2]; acts, cand, hr, ghat, rstd_h, chat
  * and rstd_c hold one step (1, BS, *), overwritten at every step.
- * threads: how many threads run each per-step product (for one slice alone).
+ * threads: how many threads share each step's products and its rows' gate math (for one slice
+ * alone).
  * Returns 0, or -1 when its scratch memory cannot be had.
  */
 static int SFX(rnn_forward)(int cell, int save, int threads, SFX(bmat) whh_p, SFX(bmat) whr_p,
@@ -391,7 +491,7 @@ static int SFX(rnn_forward)(int cell, int save, int threads, SFX(bmat) whh_p, SF
                      const uint8_t* keep_c, const REAL* h0, const REAL* c0, REAL* hs, REAL* cs,
                      REAL* out, REAL* acts, REAL* cand, REAL* hr, REAL* ghat, REAL* rstd_h,
                      REAL* chat, REAL* rstd_c) {
-    const int G = gates_of(cell), S = saved_of(cell), GH = G * H, SH = S * H;
+    const int GH = gates_of(cell) * H;
     const long BR = (long)B * R, BH = (long)B * H;
     /* scratch: work_g (B, G*H) the recurrent pre-activations; work_h (B, H) the masked h, then
      * LN(c~) rows; work_c (B, H) c~; work_p (B, R) the projection; work_x (B, G*H) this step's
@@ -434,87 +534,20 @@ static int SFX(rnn_forward)(int cell, int save, int threads, SFX(bmat) whh_p, SF
             SFX(gemm)(threads, B, GH, I, x + ((long)t * BS + b0) * I, I, wih_p, bih != NULL, work_x, GH);
         }
 
-        for (int b = 0; b < B; b++) {
-            const long in_row = (long)t * BS + b0 + b;  /* index of (t, b) in (T, BS, *) arrays */
-            const long row = keep_t * t * BS + b0 + b;  /* and in the saved ones */
-            const REAL* hpb = hp + (long)b * R;
-            REAL* hnb = hn + (long)b * R;
-            REAL* ob = out + in_row * R;
-            const REAL* cpb = cell == CELL_LSTM ? cs + slot * step_h + off_h + (long)b * H : NULL;
-            REAL* cnb = cell == CELL_LSTM ? cs + next_slot * step_h + off_h + (long)b * H : NULL;
-            if (lengths != NULL && t >= lengths[b0 + b]) {  /* past the end: keep the state, output 0 */
-                memcpy(hnb, hpb, sizeof(REAL) * R);
-                if (cell == CELL_LSTM) memcpy(cnb, cpb, sizeof(REAL) * H);
-                memset(ob, 0, sizeof(REAL) * R);
-                if (ln_hh != NULL) memset(ghat + row * GH, 0, sizeof(REAL) * GH);  /* summed later */
-                if (whr != NULL) memset(hr + row * H, 0, sizeof(REAL) * H);
-                continue;
-            }
-            const REAL* xr = x != NULL ? work_x + (long)b * GH                /* input side */
-                                       : xp + ((long)(t - t0) * BS + b0 + b) * GH;
-            REAL* g = work_g + (long)b * GH;
-            if (ln_hh != NULL)
-                rstd_h[row] = SFX(layer_norm)(GH, g, ln_hh, bhh, ghat + row * GH);
-            REAL* a = acts + row * SH;
-            const uint8_t* kh = keep_h != NULL ? keep_h + in_row * R : NULL;
-            if (cell == CELL_LSTM) {
-                const uint8_t* kc = keep_c != NULL ? keep_c + in_row * H : NULL;
-                REAL* cc = work_c + (long)b * H;            /* c~ */
-                REAL* tc = cand + row * H;                  /* tanh(c~), or of LN(c~), kept */
-                /* i, f, g, o = sigmoid, sigmoid, tanh, sigmoid of (gi + gh); a loop per kind of
-                 * gate: one in a loop keeps every value in a register, four spill */
-#pragma omp simd
-                for (int j = 0; j < 2 * H; j++) a[j] = SFX(sigmoid)(xr[j] + g[j]);  /* i, f */
-#pragma omp simd
-                for (int j = 2 * H; j < 3 * H; j++) a[j] = TANH(xr[j] + g[j]);      /* g */
-#pragma omp simd
-                for (int j = 3 * H; j < 4 * H; j++) a[j] = SFX(sigmoid)(xr[j] + g[j]);  /* o */
-                if (kc == NULL) {  /* loops without the zoneout test, which would cost a masked load */
-#pragma omp simd
-                    for (int j = 0; j < H; j++) {
-                        cc[j] = a[H + j] * cpb[j] + a[j] * a[2 * H + j];  /* c~ = f * c + i * g */
-                        cnb[j] = cc[j];
-                    }
-                } else {
-#pragma omp simd
-                    for (int j = 0; j < H; j++) {
-                        cc[j] = a[H + j] * cpb[j] + a[j] * a[2 * H + j];
-                        cnb[j] = kc[j] ? cpb[j] : cc[j];                 /* zoneout keeps c */
-                    }
-                }
-                REAL* c_out = cc;                           /* what enters the tanh of h~ */
-                if (ln_cw != NULL) {                        /* LN(c~) into work_h's row */
-                    c_out = work_h + (long)b * H;
-                    memcpy(c_out, cc, sizeof(REAL) * H);
-                    rstd_c[row] = SFX(layer_norm)(H, c_out, ln_cw, ln_cb, chat + row * H);
-                }
-                if (whr != NULL) {                          /* h~ before W_hr, projected below */
-                    REAL* hrb = hr + row * H;
-#pragma omp simd
-                    for (int j = 0; j < H; j++) {
-                        tc[j] = TANH(c_out[j]);
-                        hrb[j] = a[3 * H + j] * tc[j];
-                    }
-                } else {
-#pragma omp simd
-                    for (int j = 0; j < H; j++) {
-                        tc[j] = TANH(c_out[j]);
-                        hnb[j] = a[3 * H + j] * tc[j];           /* h~ = o * tanh(c~) */
-                    }
-                    if (kh != NULL)                               /* zoneout keeps h */
-                        for (int j = 0; j < H; j++) hnb[j] = kh[j] ? hpb[j] : hnb[j];
-                    memcpy(ob, hnb, sizeof(REAL) * H);
-                }
-            } else if (cell == CELL_GRU) {
-#pragma omp simd
-                for (int j = 0; j < 2 * H; j++) a[j] = SFX(sigmoid)(xr[j] + g[j]);  /* r, z */
-                if (kh == NULL) SFX(gru_cell)(H, xr, g, hpb, NULL, a, hnb, ob);
-                else SFX(gru_cell)(H, xr, g, hpb, kh, a, hnb, ob);
-            } else {
-                const int relu = cell == CELL_RNN_RELU;
-                if (kh == NULL) SFX(rnn_cell)(H, relu, xr, g, hpb, NULL, a, hnb, ob);
-                else SFX(rnn_cell)(H, relu, xr, g, hpb, kh, a, hnb, ob);
-            }
+        const SFX(fstep) step = {
+            cell, t, H, R, (long)t * BS + b0, keep_t * t * BS + b0, hp,
+            cell == CELL_LSTM ? cs + slot * step_h + off_h : NULL,
+            x != NULL ? work_x : xp + ((long)(t - t0) * BS + b0) * GH, bhh, whr, ln_hh, ln_cw, ln_cb,
+            lengths != NULL ? lengths + b0 : NULL, keep_h, keep_c, hn,
+            cell == CELL_LSTM ? cs + next_slot * step_h + off_h : NULL, out, work_g, work_h, work_c,
+            acts, cand, hr, ghat, rstd_h, chat, rstd_c};
+        const int row_threads = threads < B ? threads : B;
+        if (row_threads > 1) {
+#pragma omp parallel for num_threads(row_threads) schedule(static, 1)
+            for (int s = 0; s < row_threads; s++)
+                SFX(forward_rows)(&step, (int)((long)s * B / row_threads), (int)((long)(s + 1) * B / row_threads));
+        } else {
+            SFX(forward_rows)(&step, 0, B);
         }
         if (whr != NULL) {  /* h_t = W_hr h~ for the whole slice: work_p (B, R) = hr[t] @ W_hr^T */
             SFX(gemm)(threads, B, R, H, hr + (keep_t * t * BS + b0) * H, H, whr_p, 0, work_p, R);
@@ -538,6 +571,89 @@ static int SFX(rnn_forward)(int cell, int save, int threads, SFX(bmat) whh_p, SF
     return 0;
 }
 
+/* One step of rnn_backward as the gate math of its rows sees it: every pointer at the slice's
+ * first row (hp h_{t-1}, cp c_{t-1}; dcand dL/dh~ of RNN and GRU; d_raw, d_cout and d_cln (B, H)
+ * scratch of LSTM; lengths from b0), row0 that row's index in the (T, BS, *) arrays. */
+typedef struct {
+    int cell, t, H, R;
+    long row0;
+    const REAL *hp, *cp, *acts, *cand, *chat, *rstd_c, *ghat, *rstd_h, *ln_cw, *ln_hh, *d_raw, *dcand;
+    const int64_t* lengths;
+    const uint8_t* keep_c;
+    REAL *dh, *dc, *dgi, *dgh, *dg_post, *dgh_raw, *d_cout, *d_cln, *dln_cw, *dln_cb;
+} SFX(bstep);
+
+/* The gate gradients of rows lo .. hi-1 of one backward step, before its product; rows never
+ * meet (but with ln_cw all add into dln_cw and dln_cb: then one thread runs them). */
+static inline __attribute__((always_inline)) void SFX(backward_rows)(const SFX(bstep)* s, int lo, int hi) {
+    const int cell = s->cell, H = s->H, R = s->R, GH = gates_of(cell) * H, SH = saved_of(cell) * H;
+    for (int b = lo; b < hi; b++) {
+        const long row = s->row0 + b;
+        if (s->lengths != NULL && s->t >= s->lengths[b]) continue;
+        REAL* dhb = s->dh + (long)b * R;
+        REAL* dgib = s->dgi + row * GH;
+        const REAL* hpb = s->hp + (long)b * R;
+        const REAL* a = s->acts + row * SH;
+        if (cell == CELL_LSTM) {
+            const uint8_t* kc = s->keep_c != NULL ? s->keep_c + row * H : NULL;
+            const REAL* cpb = s->cp + (long)b * H;  /* c_{t-1} */
+            const REAL* tcb = s->cand + row * H;   /* tanh(c_out) */
+            const REAL* ch = s->ln_cw != NULL ? s->chat + row * H : NULL;
+            const REAL* dr = s->d_raw + (long)b * H;  /* dL/d(o * tanh(c_out)) */
+            REAL* dcb = s->dc + (long)b * H;
+            REAL* d_cout = s->d_cout + (long)b * H;  /* dL/d LN(c~) */
+            REAL* d_cln = s->d_cln + (long)b * H;    /* dL/dc~ through LN */
+            /* o * tanh(c_out), c_out = c~ or LN(c~): dL/d c_out into d_cout */
+#pragma omp simd
+            for (int j = 0; j < H; j++) {
+                const REAL o = a[3 * H + j];
+                const REAL tc = tcb[j];
+                d_cout[j] = dr[j] * o * (1 - tc * tc);
+                dgib[3 * H + j] = dr[j] * tc * o * (1 - o);        /* through sigmoid(o) */
+            }
+            const REAL* d_c = d_cout;                              /* dL/dc~ from h~ */
+            if (ch != NULL) {
+#pragma omp simd
+                for (int j = 0; j < H; j++) {
+                    s->dln_cw[j] += d_cout[j] * ch[j];
+                    s->dln_cb[j] += d_cout[j];
+                }
+                SFX(layer_norm_backward)(H, d_cout, s->ln_cw, ch, s->rstd_c[row], d_cln);
+                d_c = d_cln;
+            }
+            if (kc == NULL) SFX(lstm_cell_backward)(H, a, cpb, d_c, NULL, dcb, dgib);
+            else SFX(lstm_cell_backward)(H, a, cpb, d_c, kc, dcb, dgib);
+        } else if (cell == CELL_GRU) {
+            const REAL* dcand = s->dcand + (long)b * R;
+            REAL* dghb = s->dgh + row * GH;
+#pragma omp simd
+            for (int j = 0; j < H; j++) {
+                const REAL r = a[j], z = a[H + j], n = a[2 * H + j], ghn = a[3 * H + j];
+                const REAL d_z = dcand[j] * (hpb[j] - n);         /* h~ = (1-z) n + z h */
+                const REAL d_n = dcand[j] * (1 - z);
+                const REAL d_npre = d_n * (1 - n * n);            /* n = tanh(i_n + r ghn) */
+                const REAL d_r = d_npre * ghn;
+                const REAL d_rpre = d_r * r * (1 - r);
+                const REAL d_zpre = d_z * z * (1 - z);
+                dgib[j] = d_rpre; dgib[H + j] = d_zpre; dgib[2 * H + j] = d_npre;
+                dghb[j] = d_rpre; dghb[H + j] = d_zpre; dghb[2 * H + j] = d_npre * r;
+                dhb[j] += dcand[j] * z;
+            }
+        } else {
+            const int relu = cell == CELL_RNN_RELU;
+            const REAL* dcand = s->dcand + (long)b * R;
+#pragma omp simd
+            for (int j = 0; j < H; j++) {
+                const REAL hc = a[j];                             /* h~ = act(pre) */
+                dgib[j] = relu ? (hc > 0 ? dcand[j] : 0) : dcand[j] * (1 - hc * hc);
+            }
+        }
+        if (s->ln_hh != NULL)  /* gh = ln_hh * LN(W_hh h) + b_hh: back through the LN */
+            SFX(layer_norm_backward)(GH, s->dg_post + row * GH, s->ln_hh, s->ghat + row * GH,
+                                     s->rstd_h[row], s->dgh_raw + row * GH);
+    }
+}
+
 /* Backward over t = T-1 .. 0, the mirror image of rnn_forward.
  * Takes the forward's inputs and saved arrays, and
  *   d_out (T, B, R)  dL/d out_t
@@ -551,7 +667,8 @@ static int SFX(rnn_forward)(int cell, int save, int threads, SFX(bmat) whh_p, SF
  *   dproj   (T, B, R)    with whr: dL/d(W_hr h~), for dW_hr = dproj^T hr (0 past a length)
  *   dln_cw, dln_cb (H,)  with ln_cw: the gradients of LN(c)'s gain and shift, accumulated
  *                        (give each slice its own, and sum them)
- * Like rnn_forward, it runs the B sequences b0 .. b0+B-1 of a batch of BS.
+ * Like rnn_forward, it runs the B sequences b0 .. b0+B-1 of a batch of BS, its products and
+ * rows' gate math on `threads` threads (its rows on one with ln_cw).
  * Returns 0, or -1 when its scratch memory cannot be had.
  */
 static int SFX(rnn_backward)(int cell, int threads, SFX(bmat) whh_p, SFX(bmat) whr_p, int T,
@@ -562,14 +679,15 @@ static int SFX(rnn_backward)(int cell, int threads, SFX(bmat) whh_p, SFX(bmat) w
                       const REAL* rstd_h, const REAL* chat, const REAL* rstd_c,
                       const REAL* d_out, REAL* dh, REAL* dc, REAL* dgi, REAL* dgh,
                       REAL* dgh_raw, REAL* dproj, REAL* dln_cw, REAL* dln_cb) {
-    const int G = gates_of(cell), S = saved_of(cell), GH = G * H, SH = S * H;
+    const int GH = gates_of(cell) * H;
     const long BR = (long)B * R, BH = (long)B * H;
-    /* scratch: work (B, R) dg_t @ W_hh; d_raw (B, H) dL/d(o * tanh(c_out)); two (H,) rows */
-    REAL* work = malloc(sizeof(REAL) * (BR + BH + 2 * (long)H));
+    /* scratch: work (B, R) dL/dh~ (RNN, GRU), then dg_t @ W_hh; d_raw (B, H) dL/d(o * tanh(c_out));
+     * d_cout (B, H) dL/d LN(c~); d_cln (B, H) dL/dc~ through LN */
+    REAL* work = malloc(sizeof(REAL) * (BR + 3 * BH));
     if (work == NULL) return -1;
     REAL* d_raw = work + BR;
-    REAL* d_cout = d_raw + BH;  /* (H,) dL/d LN(c~) */
-    REAL* d_cln = d_cout + H;   /* (H,) dL/dc~ through LN */
+    REAL* d_cout = d_raw + BH;
+    REAL* d_cln = d_cout + BH;
     REAL* dg_post = cell == CELL_GRU ? dgh : dgi;      /* recurrent side, after its LN */
     REAL* dg_rec = ln_hh != NULL ? dgh_raw : dg_post;  /* what flows back through W_hh */
     const long step_r = (long)BS * R, step_h = (long)BS * H;
@@ -604,68 +722,17 @@ static int SFX(rnn_backward)(int cell, int threads, SFX(bmat) whh_p, SFX(bmat) w
         }
         if (whr != NULL)  /* d_raw (B, H) = dproj[t] (B, R) @ W_hr (R, H) */
             SFX(gemm)(threads, B, H, R, dproj + ((long)t * BS + b0) * R, R, whr_p, 0, d_raw, H);
-        for (int b = 0; b < B; b++) {
-            const long row = (long)t * BS + b0 + b;
-            if (lengths != NULL && t >= lengths[b0 + b]) continue;
-            REAL* dhb = dh + (long)b * R;
-            REAL* dgib = dgi + row * GH;
-            const REAL* hpb = hp + (long)b * R;
-            const REAL* a = acts + row * SH;
-            if (cell == CELL_LSTM) {
-                const uint8_t* kc = keep_c != NULL ? keep_c + row * H : NULL;
-                const REAL* cpb = cs + t * step_h + off_h + (long)b * H;  /* c_{t-1} */
-                const REAL* tcb = cand + row * H;                         /* tanh(c_out) */
-                const REAL* ch = ln_cw != NULL ? chat + row * H : NULL;
-                const REAL* dr = d_raw + (long)b * H;  /* dL/d(o * tanh(c_out)) */
-                REAL* dcb = dc + (long)b * H;
-                /* o * tanh(c_out), c_out = c~ or LN(c~): dL/d c_out into d_cout */
-#pragma omp simd
-                for (int j = 0; j < H; j++) {
-                    const REAL o = a[3 * H + j];
-                    const REAL tc = tcb[j];
-                    d_cout[j] = dr[j] * o * (1 - tc * tc);
-                    dgib[3 * H + j] = dr[j] * tc * o * (1 - o);        /* through sigmoid(o) */
-                }
-                const REAL* d_c = d_cout;                              /* dL/dc~ from h~ */
-                if (ch != NULL) {
-#pragma omp simd
-                    for (int j = 0; j < H; j++) {
-                        dln_cw[j] += d_cout[j] * ch[j];
-                        dln_cb[j] += d_cout[j];
-                    }
-                    SFX(layer_norm_backward)(H, d_cout, ln_cw, ch, rstd_c[row], d_cln);
-                    d_c = d_cln;
-                }
-                if (kc == NULL) SFX(lstm_cell_backward)(H, a, cpb, d_c, NULL, dcb, dgib);
-                else SFX(lstm_cell_backward)(H, a, cpb, d_c, kc, dcb, dgib);
-            } else if (cell == CELL_GRU) {
-                const REAL* dcand = work + (long)b * R;
-                REAL* dghb = dgh + row * GH;
-#pragma omp simd
-                for (int j = 0; j < H; j++) {
-                    const REAL r = a[j], z = a[H + j], n = a[2 * H + j], ghn = a[3 * H + j];
-                    const REAL d_z = dcand[j] * (hpb[j] - n);         /* h~ = (1-z) n + z h */
-                    const REAL d_n = dcand[j] * (1 - z);
-                    const REAL d_npre = d_n * (1 - n * n);            /* n = tanh(i_n + r ghn) */
-                    const REAL d_r = d_npre * ghn;
-                    const REAL d_rpre = d_r * r * (1 - r);
-                    const REAL d_zpre = d_z * z * (1 - z);
-                    dgib[j] = d_rpre; dgib[H + j] = d_zpre; dgib[2 * H + j] = d_npre;
-                    dghb[j] = d_rpre; dghb[H + j] = d_zpre; dghb[2 * H + j] = d_npre * r;
-                    dhb[j] += dcand[j] * z;
-                }
-            } else {
-                const int relu = cell == CELL_RNN_RELU;
-                const REAL* dcand = work + (long)b * R;
-#pragma omp simd
-                for (int j = 0; j < H; j++) {
-                    const REAL hc = a[j];                             /* h~ = act(pre) */
-                    dgib[j] = relu ? (hc > 0 ? dcand[j] : 0) : dcand[j] * (1 - hc * hc);
-                }
-            }
-            if (ln_hh != NULL)  /* gh = ln_hh * LN(W_hh h) + b_hh: back through the LN */
-                SFX(layer_norm_backward)(GH, dg_post + row * GH, ln_hh, ghat + row * GH,
-                                         rstd_h[row], dgh_raw + row * GH);
+        const SFX(bstep) step = {
+            cell, t, H, R, (long)t * BS + b0, hp, cell == CELL_LSTM ? cs + t * step_h + off_h : NULL, acts,
+            cand, chat, rstd_c, ghat, rstd_h, ln_cw, ln_hh, d_raw, work, lengths != NULL ? lengths + b0 : NULL,
+            keep_c, dh, dc, dgi, dgh, dg_post, dgh_raw, d_cout, d_cln, dln_cw, dln_cb};
+        const int row_threads = ln_cw != NULL ? 1 : threads < B ? threads : B;
+        if (row_threads > 1) {
+#pragma omp parallel for num_threads(row_threads) schedule(static, 1)
+            for (int s = 0; s < row_threads; s++)
+                SFX(backward_rows)(&step, (int)((long)s * B / row_threads), (int)((long)(s + 1) * B / row_threads));
+        } else {
+            SFX(backward_rows)(&step, 0, B);
         }
         /* dL/dh_{t-1} += (dg_t @ W_hh) * mask: work (B, R) = dg_rec[t] (B, G*H) @ W_hh (G*H, R) */
         SFX(gemm)(threads, B, R, GH, dg_rec + ((long)t * BS + b0) * GH, GH, whh_p, 0, work, R);
