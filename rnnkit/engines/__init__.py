@@ -39,7 +39,12 @@ against native 110.0 and 126.7 ms at (100, 32, 512, 512); fused 57.2 and 59.6 ms
 52.3 and 61.1 ms at (100, 64, 256, 256), where a third, longer run had them level (68.8 against
 68.5 ms). The fused engine was ahead at every smaller size (1.82x-1.97x torch.nn at (20, 1, 1, 20),
 native 0.89x-0.93x). With gradients the fused engine is faster at every size (1.15x-1.97x
-torch.nn at (100, 32, 512, 512), native 0.96x-0.99x), so it runs every LSTM that is trained."""
+torch.nn at (100, 32, 512, 512), native 0.96x-0.99x), so it runs every LSTM that is trained.
+Since the fused kernels share a step's gate math among threads too, the two are level at (100,
+32, 512, 512) (AVX2, two full runs: fused 84.4 and 83.9 ms, native 84.9 and 84.7 ms), and the
+fused engine was ahead at H = 768 to 2048 with B = 2 to 32 in 14 of 15 single paired runs
+(1.05x-1.70x; 0.94x at (50, 16, 768, 768)), but behind at (100, 64, 1024, 1024) (0.86x). The rule
+stands until a quieter machine settles where the line lies."""
 
 
 def auto_order(config: LayerConfig, x: Tensor, *, grad: bool = True) -> tuple[str, ...]:
