@@ -572,8 +572,8 @@ static int SFX(rnn_forward)(int cell, int save, int threads, SFX(bmat) whh_p, SF
 }
 
 /* One step of rnn_backward as the gate math of its rows sees it: every pointer at the slice's
- * first row (hp h_{t-1}, cp c_{t-1}; dcand dL/dh~ of RNN and GRU; d_raw, d_cout and d_cln (B, H)
- * scratch of LSTM; lengths from b0), row0 that row's index in the (T, BS, *) arrays. */
+ * first row (hp h_{t-1}, cp c_{t-1}; dcand dL/dh~ of RNN and GRU; d_raw and d_cout (B, H) and
+ * d_cln (H,) scratch of LSTM; lengths from b0), row0 that row's index in the (T, BS, *) arrays. */
 typedef struct {
     int cell, t, H, R;
     long row0;
@@ -602,7 +602,7 @@ static inline __attribute__((always_inline)) void SFX(backward_rows)(const SFX(b
             const REAL* dr = s->d_raw + (long)b * H;  /* dL/d(o * tanh(c_out)) */
             REAL* dcb = s->dc + (long)b * H;
             REAL* d_cout = s->d_cout + (long)b * H;  /* dL/d LN(c~) */
-            REAL* d_cln = s->d_cln + (long)b * H;    /* dL/dc~ through LN */
+            REAL* d_cln = s->d_cln;                  /* dL/dc~ through LN: one row, one thread */
             /* o * tanh(c_out), c_out = c~ or LN(c~): dL/d c_out into d_cout */
 #pragma omp simd
             for (int j = 0; j < H; j++) {
@@ -682,8 +682,8 @@ static int SFX(rnn_backward)(int cell, int threads, SFX(bmat) whh_p, SFX(bmat) w
     const int GH = gates_of(cell) * H;
     const long BR = (long)B * R, BH = (long)B * H;
     /* scratch: work (B, R) dL/dh~ (RNN, GRU), then dg_t @ W_hh; d_raw (B, H) dL/d(o * tanh(c_out));
-     * d_cout (B, H) dL/d LN(c~); d_cln (B, H) dL/dc~ through LN */
-    REAL* work = malloc(sizeof(REAL) * (BR + 3 * BH));
+     * d_cout (B, H) dL/d LN(c~); d_cln (H,) dL/dc~ through LN (with ln_cw one thread runs the rows) */
+    REAL* work = malloc(sizeof(REAL) * (BR + 2 * BH + H));
     if (work == NULL) return -1;
     REAL* d_raw = work + BR;
     REAL* d_cout = d_raw + BH;
