@@ -5,7 +5,7 @@ Each family has a step function (``rnn_tanh_step``, ``rnn_relu_step``, ``lstm_st
 run, and a module with torch.nn's constructor and parameters (RNNCell, LSTMCell, GRUCell).
 """
 
-from rnnkit.cells._base import CellSpec, CellWeights, State, gate_preactivations
+from rnnkit.cells._base import CellSpec, CellWeights, State, gate_preactivations, input_side, recurrent_side
 from rnnkit.cells._gru import GRU_SPEC, GRUCell, gru_step
 from rnnkit.cells._lstm import LSTM_SPEC, LSTMCell, lstm_step
 from rnnkit.cells._rnn import RNN_RELU, RNN_TANH, RNNCell, rnn_relu_step, rnn_tanh_step
@@ -22,6 +22,8 @@ __all__ = [
     "RNNCell",
     "State",
     "gate_preactivations",
+    "input_side",
+    "recurrent_side",
     "gru_step",
     "lstm_step",
     "rnn_relu_step",

@@ -38,6 +38,8 @@ class CellWeights(NamedTuple):
 
 
 StepFn = Callable[[Tensor, State, CellWeights, "Tensor | None"], State]
+"""``step(x, state, weights, h_mask)``: x (B, I); or, for a spec's ``from_gates``, gi (B, G*H),
+the input side of the gates (input_side), computed for all steps before a loop."""
 
 
 @dataclass(frozen=True)
@@ -46,12 +48,15 @@ class CellSpec:
 
     ``step(x, state, weights, h_mask)`` maps x (B, I) and a state to the next state; h_mask
     (B, R) or None multiplies h_{t-1} where it enters W_hh (recurrent dropout).
+    ``from_gates(gi, state, weights, h_mask)`` is the same step from gi = input_side(x, weights)
+    (B, G*H): ``step(x, ...) == from_gates(input_side(x, weights), ...)``.
     """
 
     mode: str  # torch.nn's mode: 'RNN_TANH', 'RNN_RELU', 'LSTM', 'GRU'
     gates: int
     num_states: int
     step: StepFn
+    from_gates: StepFn
 
 
 def gate_preactivations(x: Tensor, h: Tensor, w: CellWeights) -> tuple[Tensor, Tensor]:
@@ -61,12 +66,24 @@ def gate_preactivations(x: Tensor, h: Tensor, w: CellWeights) -> tuple[Tensor, T
     G*H features before the bias, which then acts as the shift:
     ``gi = ln_weight_ih * LN(W_ih x) + b_ih`` and ``gh = ln_weight_hh * LN(W_hh h) + b_hh``.
     """
+    return input_side(x, w), recurrent_side(h, w)
+
+
+def input_side(x: Tensor, w: CellWeights) -> Tensor:
+    """``gi = W_ih x + b_ih``, or ``ln_weight_ih * LN(W_ih x) + b_ih``: x (*, I) -> (*, G*H).
+    It reads no state, so a loop may compute it for all steps at once, (T, B, I) -> (T, B, G*H)."""
     if w.ln_weight_ih is None:
-        return F.linear(x, w.weight_ih, w.bias_ih), F.linear(h, w.weight_hh, w.bias_hh)
+        return F.linear(x, w.weight_ih, w.bias_ih)
     width = (w.weight_ih.shape[0],)
-    gi = F.layer_norm(F.linear(x, w.weight_ih), width, w.ln_weight_ih, w.bias_ih, LAYER_NORM_EPS)
-    gh = F.layer_norm(F.linear(h, w.weight_hh), width, w.ln_weight_hh, w.bias_hh, LAYER_NORM_EPS)
-    return gi, gh
+    return F.layer_norm(F.linear(x, w.weight_ih), width, w.ln_weight_ih, w.bias_ih, LAYER_NORM_EPS)
+
+
+def recurrent_side(h: Tensor, w: CellWeights) -> Tensor:
+    """``gh = W_hh h + b_hh``, or ``ln_weight_hh * LN(W_hh h) + b_hh``: h (B, R) -> (B, G*H)."""
+    if w.ln_weight_hh is None:
+        return F.linear(h, w.weight_hh, w.bias_hh)
+    width = (w.weight_hh.shape[0],)
+    return F.layer_norm(F.linear(h, w.weight_hh), width, w.ln_weight_hh, w.bias_hh, LAYER_NORM_EPS)
 
 
 def parameter_shapes(

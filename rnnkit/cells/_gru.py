@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from rnnkit.cells._base import CellSpec, CellWeights, State, gate_preactivations
+from rnnkit.cells._base import CellSpec, CellWeights, State, input_side, recurrent_side
 from rnnkit.cells._module import RecurrentCell
 
 
@@ -20,8 +20,13 @@ def gru_step(x: Tensor, state: State, w: CellWeights, h_mask: Tensor | None = No
     n = tanh(i_n + r * h_n)                      # h_n = W_hn h + b_hn
     h' = (1 - z) * n + z * h
     """
+    return gru_from_gates(input_side(x, w), state, w, h_mask)
+
+
+def gru_from_gates(gi: Tensor, state: State, w: CellWeights, h_mask: Tensor | None = None) -> State:
+    """gru_step from gi = W_ih x + b_ih (B, 3H), the input side of the gates."""
     (h,) = state
-    gi, gh = gate_preactivations(x, h if h_mask is None else h * h_mask, w)
+    gh = recurrent_side(h if h_mask is None else h * h_mask, w)
     i_r, i_z, i_n = gi.chunk(3, -1)  # each (B, H)
     h_r, h_z, h_n = gh.chunk(3, -1)
     r = torch.sigmoid(i_r + h_r)
@@ -30,7 +35,7 @@ def gru_step(x: Tensor, state: State, w: CellWeights, h_mask: Tensor | None = No
     return ((1 - z) * n + z * h,)
 
 
-GRU_SPEC = CellSpec(mode="GRU", gates=3, num_states=1, step=gru_step)
+GRU_SPEC = CellSpec(mode="GRU", gates=3, num_states=1, step=gru_step, from_gates=gru_from_gates)
 
 
 class GRUCell(RecurrentCell):

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from rnnkit.cells._base import LAYER_NORM_EPS, CellSpec, CellWeights, State, gate_preactivations
+from rnnkit.cells._base import LAYER_NORM_EPS, CellSpec, CellWeights, State, input_side, recurrent_side
 from rnnkit.cells._module import RecurrentCell
 
 
@@ -19,8 +19,13 @@ def lstm_step(x: Tensor, state: State, w: CellWeights, h_mask: Tensor | None = N
     h' = sigmoid(o) * tanh(c')                   # tanh(LN(c')) with layer_norm
     h' = W_hr h'                                 # only with proj_size > 0: (B, H) -> (B, R)
     """
+    return lstm_from_gates(input_side(x, w), state, w, h_mask)
+
+
+def lstm_from_gates(gi: Tensor, state: State, w: CellWeights, h_mask: Tensor | None = None) -> State:
+    """lstm_step from gi = W_ih x + b_ih (B, 4H), the input side of the gates."""
     h, c = state
-    gi, gh = gate_preactivations(x, h if h_mask is None else h * h_mask, w)
+    gh = recurrent_side(h if h_mask is None else h * h_mask, w)
     i, f, g, o = (gi + gh).chunk(4, -1)  # each (B, H)
     c_next = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
     c_out = c_next
@@ -32,7 +37,7 @@ def lstm_step(x: Tensor, state: State, w: CellWeights, h_mask: Tensor | None = N
     return h_next, c_next
 
 
-LSTM_SPEC = CellSpec(mode="LSTM", gates=4, num_states=2, step=lstm_step)
+LSTM_SPEC = CellSpec(mode="LSTM", gates=4, num_states=2, step=lstm_step, from_gates=lstm_from_gates)
 
 
 class LSTMCell(RecurrentCell):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from rnnkit.cells._base import CellSpec, CellWeights, State, gate_preactivations
+from rnnkit.cells._base import CellSpec, CellWeights, State, input_side, recurrent_side
 from rnnkit.cells._module import RecurrentCell
 
 
@@ -15,8 +15,13 @@ def rnn_tanh_step(x: Tensor, state: State, w: CellWeights, h_mask: Tensor | None
     gi, gh = W_ih x + b_ih, W_hh h + b_hh
     h' = tanh(gi + gh)
     """
+    return rnn_tanh_from_gates(input_side(x, w), state, w, h_mask)
+
+
+def rnn_tanh_from_gates(gi: Tensor, state: State, w: CellWeights, h_mask: Tensor | None = None) -> State:
+    """rnn_tanh_step from gi = W_ih x + b_ih (B, H), the input side of the gates."""
     (h,) = state
-    gi, gh = gate_preactivations(x, h if h_mask is None else h * h_mask, w)
+    gh = recurrent_side(h if h_mask is None else h * h_mask, w)
     return (torch.tanh(gi + gh),)
 
 
@@ -26,13 +31,18 @@ def rnn_relu_step(x: Tensor, state: State, w: CellWeights, h_mask: Tensor | None
     gi, gh = W_ih x + b_ih, W_hh h + b_hh
     h' = relu(gi + gh)
     """
+    return rnn_relu_from_gates(input_side(x, w), state, w, h_mask)
+
+
+def rnn_relu_from_gates(gi: Tensor, state: State, w: CellWeights, h_mask: Tensor | None = None) -> State:
+    """rnn_relu_step from gi = W_ih x + b_ih (B, H), the input side of the gates."""
     (h,) = state
-    gi, gh = gate_preactivations(x, h if h_mask is None else h * h_mask, w)
+    gh = recurrent_side(h if h_mask is None else h * h_mask, w)
     return (torch.relu(gi + gh),)
 
 
-RNN_TANH = CellSpec(mode="RNN_TANH", gates=1, num_states=1, step=rnn_tanh_step)
-RNN_RELU = CellSpec(mode="RNN_RELU", gates=1, num_states=1, step=rnn_relu_step)
+RNN_TANH = CellSpec(mode="RNN_TANH", gates=1, num_states=1, step=rnn_tanh_step, from_gates=rnn_tanh_from_gates)
+RNN_RELU = CellSpec(mode="RNN_RELU", gates=1, num_states=1, step=rnn_relu_step, from_gates=rnn_relu_from_gates)
 RNN_SPECS = {"tanh": RNN_TANH, "relu": RNN_RELU}
 
 

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import logging
 
+import torch
 from torch import Tensor
 
 from rnnkit.engines._base import Engine, LayerConfig, Noise, Probe, reverse_padded
-from rnnkit.engines._fused import FusedEngine
+from rnnkit.engines._fused_op import FusedEngine
 from rnnkit.engines._native import NativeEngine
 from rnnkit.engines._reference import ReferenceEngine
 
@@ -71,7 +72,7 @@ def select_engine(name: str, config: LayerConfig, x: Tensor, *, owner: str, grad
         for candidate in auto_order(config, x, grad=grad):
             engine = ENGINES[candidate]
             if engine.unsupported(config, x) is None:
-                if log.isEnabledFor(logging.DEBUG):
+                if not torch.compiler.is_compiling() and log.isEnabledFor(logging.DEBUG):
                     log.debug("%s: engine='auto' runs %s on %s %s", owner, engine.name, x.device, x.dtype)
                 return engine
         raise RuntimeError(f"{owner}: no engine supports this configuration")  # reference runs all

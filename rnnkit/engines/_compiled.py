@@ -19,7 +19,6 @@ import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 
@@ -90,9 +89,28 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.rnnkit_kernels_version.restype = i
 
 
-@lru_cache(maxsize=1)
+_LOADED: Kernels | str | None = None
+"""What load() found, once: a plain global, which torch.compile reads without a graph break."""
+
+
 def load() -> Kernels | str:
-    """The kernels, built if needed; or, when they cannot be had, a sentence saying why."""
+    """The kernels, built if needed; or, when they cannot be had, a sentence saying why.
+
+    Layers call it when they are built, so that the build never happens inside a traced forward
+    (torch.compile, torch.export), which then only reads the result."""
+    global _LOADED
+    if _LOADED is None:
+        _LOADED = _load()
+    return _LOADED
+
+
+def unavailable() -> str | None:
+    """None when the kernels can run, else the reason they cannot."""
+    kernels = load()
+    return kernels if isinstance(kernels, str) else None
+
+
+def _load() -> Kernels | str:
     if os.environ.get("RNNKIT_NO_COMPILE", "") not in ("", "0"):
         return "the fused kernels are turned off (RNNKIT_NO_COMPILE is set)"
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")

@@ -1,5 +1,6 @@
-"""The fused engine: forward and backward of one layer and direction as one autograd Function,
-with backpropagation through time derived by hand (kernels/rnn_kernels_impl.h).
+"""The fused engine's kernels (kernels/rnn_kernels_impl.h) as Python calls: forward and
+backward of one layer and direction, with backpropagation through time derived by hand.
+rnnkit.engines._fused_op makes them PyTorch operators; this module only calls the kernels.
 
 In C, over weights packed once per call: the input projection x @ W_ih^T + b_ih (of all steps at
 once before the loop when the batch runs as one slice; each slice its own at every step when the
@@ -17,13 +18,9 @@ import math
 from typing import Any, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from rnnkit.cells import CellSpec, CellWeights, State
-from rnnkit.cells._base import LAYER_NORM_EPS
 from rnnkit.engines import _compiled
-from rnnkit.engines._base import LayerConfig, Noise
 
 CELL_IDS = {"RNN_TANH": 0, "RNN_RELU": 1, "LSTM": 2, "GRU": 3}
 GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
@@ -108,74 +105,34 @@ def _ptrs(*tensors: Tensor | None) -> list[int | None]:
     return [None if t is None else t.data_ptr() for t in tensors]
 
 
-class FusedEngine:
-    name = "fused"
-
-    def unsupported(self, config: LayerConfig, x: Tensor) -> str | None:
-        if x.device.type != "cpu":
-            return f"it runs on CPU, and the input is on {x.device.type}"
-        if x.dtype not in DTYPES:
-            return f"it runs float32 and float64, and the input is {x.dtype}"
-        kernels = _compiled.load()
-        return kernels if isinstance(kernels, str) else None
-
-    def run(
-        self,
-        spec: CellSpec,
-        x: Tensor,
-        state: State | None,
-        weights: CellWeights,
-        *,
-        lengths: Tensor | None,
-        noise: Noise,
-    ) -> tuple[Tensor, State]:
-        kernels = _compiled.load()
-        assert not isinstance(kernels, str), kernels
-        w = weights
-        w_ih: Tensor | None
-        b_ih: Tensor | None
-        if w.ln_weight_ih is None:  # the Function projects x itself: one autograd node fewer
-            xp, w_ih, b_ih = x, w.weight_ih, w.bias_ih
-        else:  # the input side of all steps' gates, layer-normalised: (T, B, I) -> (T, B, G*H)
-            xp = F.layer_norm(F.linear(x, w.weight_ih), (w.weight_ih.shape[0],), w.ln_weight_ih,
-                              w.bias_ih, LAYER_NORM_EPS)
-            w_ih = b_ih = None
-        keep = noise.keep or (None, None)
-        lstm = spec.mode == "LSTM"
-        h0, c0 = (None, None) if state is None else (state[0], state[1] if lstm else None)  # None: zeros
-        args = (kernels, spec.mode, xp, w_ih, b_ih, h0, c0, w.weight_hh,
-                w.bias_hh, w.weight_hr, w.ln_weight_hh, w.ln_weight_c, w.ln_bias_c, lengths, noise.h_mask,
-                keep[0], keep[1] if lstm else None)
-        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (xp, h0, c0, *weights)):
-            results = FusedLayer.apply(*args)
-        else:  # nothing to differentiate: keep nothing for a backward pass
-            results = _forward(*args, save=False).outputs
-        return results[0], tuple(results[1:])
-
-
 # Where the kernels lay out their workspaces (rnn_kernels.c: W_* and D_* in rnnkit_forward_layout
 # and rnnkit_backward_layout), for the arrays read here
 W_HS, W_HR, W_GHAT, W_PARTS = 0, 4, 5, 9
 D_GI, D_GH, D_GH_RAW, D_PROJ, D_PARTS = 0, 1, 2, 3, 5
 WORKSPACE_BLOCK_MAX = 2**24
-"""Bytes up to which a kernel's workspace is one allocation. Above, each array is its own: glibc
-serves allocations of up to 32 MB from memory it reuses, but maps fresh pages (faulted in and
-zeroed at every call) for larger ones."""
+"""Bytes up to which the backward kernel's workspace is one allocation. Above, each array is its
+own: glibc serves allocations of up to 32 MB from memory it reuses, but maps fresh pages (faulted
+in and zeroed at every call) for larger ones."""
 
 
 class _Workspace:
     """The arrays a kernel lays out (its layout function: rnnkit_forward_layout with W_PARTS
     arrays, or rnnkit_backward_layout with D_PARTS), in one tensor (`block`, whose address the
-    kernel takes) or, when large, in one tensor each (`parts`, whose addresses it takes)."""
+    kernel takes) or, when large, in one tensor each (`parts`, whose addresses it takes). The
+    forward pass's is always one block: it is an output of the operator rnnkit::fused_rnn, whose
+    outputs have a fixed structure."""
 
     __slots__ = ("offsets", "block", "parts", "pointers")
 
-    def __init__(self, like: Tensor, layout: tuple[int, tuple[int, ...]]) -> None:
-        """layout: the layout function's (total size, offsets), from the call's _Plan."""
+    def __init__(self, like: Tensor, layout: tuple[int, tuple[int, ...]], *, block: Tensor | None = None) -> None:
+        """layout: the layout function's (total size, offsets), from the call's _Plan; block: the
+        whole workspace, already made (the forward pass's, handed to the backward pass)."""
         total, self.offsets = layout
-        self.block: Tensor | None = None
+        self.block = block
         self.parts: list[Tensor | None] | None = None
         self.pointers: Any = None  # parts' addresses, as the kernel takes them
+        if block is not None:
+            return
         if total * like.element_size() <= WORKSPACE_BLOCK_MAX:
             self.block = like.new_empty(total)
             return
@@ -250,22 +207,28 @@ def _plan(kernels: _compiled.Kernels, mode: str, dtype: torch.dtype, steps: int,
     )
 
 
-class _Forward(NamedTuple):
-    outputs: tuple[Tensor, ...]  # out (T, B, R), h_T (B, R)[, c_T (B, H)]
-    work: _Workspace  # the arrays the kernel keeps for the backward pass
-    inputs: tuple[Tensor | None, ...]  # what the backward reads of the inputs: w_hh, w_hr, ln_hh,
-    # ln_cw, x (T*B, I) and w_ih, all contiguous
-    masks: tuple[Tensor | None, ...]  # lengths, h_mask, keep_h, keep_c as the kernels read them
-    plan: _Plan
-
-
 def _flags(w_hr: Tensor | None, ln_hh: Tensor | None, ln_cw: Tensor | None) -> int:
     """The kernels' HAS_PROJ | HAS_LN_H | HAS_LN_C: which optional arrays a layer has."""
     return (w_hr is not None) | (ln_hh is not None) << 1 | (ln_cw is not None) << 2
 
 
-def _forward(
-    kernels: _compiled.Kernels,
+
+
+def forward_layout_size(mode: str, save: bool, steps: Any, batch: Any, hidden: Any, size: Any, flags: int) -> Any:
+    """The forward workspace's size in elements, as rnnkit_forward_layout computes it, in plain
+    arithmetic that also runs on symbolic sizes (the operator's fake kernel, under
+    torch.compile and torch.export); tests hold the two equal."""
+    kept, lstm = (steps if save else 1), mode == "LSTM"
+    units = 4 if mode in ("LSTM", "GRU") else 1  # saved activations per unit
+    gates = GATES[mode] * hidden
+    sizes = [(kept + 1) * batch * size, (kept + 1) * batch * hidden if lstm else 0, kept * batch * units * hidden,
+             kept * batch * hidden if lstm else 0, kept * batch * hidden if flags & 1 else 0,
+             kept * batch * gates if flags & 2 else 0, kept * batch if flags & 2 else 0,
+             kept * batch * hidden if flags & 4 else 0, kept * batch if flags & 4 else 0]
+    return sum((n + 15) // 16 * 16 for n in sizes)
+
+
+def run_forward(
     mode: str,
     xp: Tensor,
     w_ih: Tensor | None,
@@ -282,13 +245,16 @@ def _forward(
     h_mask: Tensor | None,
     keep_h: Tensor | None,
     keep_c: Tensor | None,
-    *,
     save: bool,
-) -> _Forward:
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The forward kernel over xp: the gates' input side (T, B, G*H), or with w_ih the input x
-    (T, B, I), projected in the kernel. save=False keeps nothing for a backward pass: the
-    workspace then holds one step, which the kernel overwrites as it goes."""
-    x = x_in = w_ih_c = b_ih_c = pre = None
+    (T, B, I), projected in the kernel. Returns out (T, B, R), h_T (B, R), c_T (B, H) (LSTM; else
+    empty) and the workspace the backward pass reads (see rnnkit::fused_rnn); save=False keeps
+    nothing for a backward pass: the workspace then holds one step, which the kernel overwrites
+    as it goes, and an empty one is returned."""
+    kernels = _compiled.load()
+    assert not isinstance(kernels, str), kernels
+    x = w_ih_c = b_ih_c = pre = None
     steps, batch = xp.shape[:2]
     gates, size = w_hh.shape  # G*H, R: proj_size with a projection, else hidden
     if w_ih is None:  # xp is the gates' input side (T, B, G*H), computed before the loop
@@ -297,155 +263,175 @@ def _forward(
     else:  # xp is the input x (T, B, I), which the kernel projects: x W_ih^T + b_ih (T, B, G*H)
         x = xp.contiguous()
         inputs = x.shape[2]
-        x_in = x.view(-1, inputs)  # (T*B, I), contiguous: the backward kernel reads it
         w_ih_c = w_ih.contiguous()
         b_ih_c = None if b_ih is None else b_ih.contiguous()
+    lengths_c = None
+    if lengths is not None:  # the kernels index by them: never out of [1, T]
+        lengths_c = lengths.to(torch.int64).contiguous()
+        if lengths_c.shape != (batch,) or int(lengths_c.min()) < 1 or int(lengths_c.max()) > steps:
+            raise ValueError(f"rnnkit: expected {batch} lengths in [1, {steps}], got {lengths_c.tolist()}")
     plan = _plan(kernels, mode, xp.dtype, steps, batch, inputs, gates, size, _flags(w_hr, ln_hh, ln_cw),
                  torch.get_num_threads())
-    work = _Workspace(xp, plan.saved if save else plan.unsaved)
+    work = _Workspace(xp, plan.saved, block=xp.new_empty(plan.saved[0])) if save else _Workspace(xp, plan.unsaved)
     out = xp.new_empty(steps, batch, size)
     h_n = xp.new_empty(batch, size)
-    c_n = xp.new_empty(batch, gates // 4) if mode == "LSTM" else None
-    h0_c = None if h0 is None else h0.contiguous()
-    c0_c = None if c0 is None else c0.contiguous()
-    w_hh_c = w_hh.contiguous()
-    w_hr_c = None if w_hr is None else w_hr.contiguous()
-    masks = (None if lengths is None else lengths.to(torch.int64).contiguous(),
-             None if h_mask is None else h_mask.contiguous(),
-             None if keep_h is None else keep_h.contiguous().view(torch.uint8),
-             None if keep_c is None else keep_c.contiguous().view(torch.uint8))
+    c_n = xp.new_empty(batch, gates // 4) if mode == "LSTM" else xp.new_empty(0)
+    h0_c, c0_c, w_hh_c = _contiguous(h0, c0, w_hh)
+    masks = _masks(lengths_c, h_mask, keep_h, keep_c)
     status = plan.forward(
         plan.slices, plan.threads, plan.pthreads, plan.chunk, CELL_IDS[mode], save,
         steps, batch, gates // GATES[mode], size, inputs,
-        *_ptrs(pre, x, w_ih_c, b_ih_c, w_hh_c, b_hh, w_hr_c, ln_hh, ln_cw, ln_cb, *masks, h0_c, c0_c, out, h_n,
-               c_n, work.block), work.pointers,
+        *_ptrs(pre, x, w_ih_c, b_ih_c, w_hh_c, *_contiguous(b_hh, w_hr, ln_hh, ln_cw, ln_cb), *masks, h0_c, c0_c,
+               out, h_n, c_n if mode == "LSTM" else None, work.block), work.pointers,
     )
     if status != 0:
         raise MemoryError("rnnkit fused engine: no memory for the forward kernel's scratch")
-    return _Forward((out, h_n) if c_n is None else (out, h_n, c_n), work,
-                    (w_hh_c, w_hr_c, ln_hh, ln_cw, x_in, w_ih_c), masks, plan)
+    assert work.block is not None
+    return out, h_n, c_n, work.block if save else xp.new_empty(0)
 
 
-class FusedLayer(torch.autograd.Function):
-    """out, h_T[, c_T] = the time loop over xp, from h_0[, c_0]; the backward pass written by hand.
-
-    xp is the input x (T, B, I) with w_ih (and b_ih), which the kernel projects, or else the
-    input side of every step's gates (T, B, G*H). Kept for the backward pass, in the workspace
-    that the kernels lay out (rnnkit_forward_layout; T steps, B batch, H hidden, G gates, S saved
-    per unit, R the size of h: proj_size P with an LSTM projection, else H):
-        hs     (T+1, B, R)  h before and after every step: h_{t-1} enters dW_hh and the GRU's dz
-        cs     (T+1, B, H)  LSTM cell states: c_{t-1} gives df
-        acts   (T, B, S*H)  gate activations, so no sigmoid or tanh is recomputed
-        cand   (T, B, H)    LSTM: tanh of the cell state (or of its layer norm), for do and dc
-        hr     (T, B, H)    projected LSTM: o * tanh(c~) before W_hr, for dW_hr
-        ghat   (T, B, G*H), rstd_h (T, B): layer_norm, LN(W_hh h)'s normalised rows and 1/sigma
-        chat   (T, B, H),   rstd_c (T, B): layer-normalised LSTM, LN(c~)'s likewise
-    and, saved as inputs, W_hh, W_hr, the layer-norm gains, x and W_ih; the lengths and masks.
-    """
-
-    @staticmethod
-    def forward(ctx: Any, *args: Any) -> tuple[Tensor, ...]:  # type: ignore[override]
-        """args: _forward's (kernels, mode, xp, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, ln_hh,
-        ln_cw, ln_cb, lengths, h_mask, keep_h, keep_c), in that order."""
-        run = _forward(*args, save=True)
-        ctx.set_materialize_grads(False)  # unused outputs' gradients come as None, not zeros
-        ctx.save_for_backward(*run.inputs)
-        ctx.work, ctx.masks, ctx.plan, ctx.mode = run.work, run.masks, run.plan, args[1]
-        ctx.has_bias_ih, ctx.has_bias = args[4] is not None, args[8] is not None
-        ctx.shape = args[2].shape[:2]  # T, B
-        return run.outputs
-
-    @staticmethod
-    def backward(ctx: Any, d_out: Tensor | None, d_hn: Tensor | None, d_cn: Tensor | None = None) -> tuple[Tensor | None, ...]:
-        # Grad mode is on here only under create_graph=True. once_differentiable would not be
-        # enough: it lets a double backward through silently, and incomplete, when the incoming
-        # gradients do not require grad (y.sum()); so refuse every double backward instead.
-        if torch.is_grad_enabled():
-            raise RuntimeError(
-                "rnnkit: engine='fused' has a hand-written backward pass, which is not itself "
-                "differentiable (create_graph=True); use engine='reference' or 'native' for "
-                "gradients of gradients"
-            )
-        w_hh, w_hr, ln_hh, ln_cw, x_in, w_ih = ctx.saved_tensors
-        mode, plan, work = ctx.mode, ctx.plan, ctx.work
-        like = w_hh
-        steps, batch = ctx.shape
-        gates, size = w_hh.shape  # G*H, R
-        hidden = gates // GATES[mode]
-        inputs = 0 if x_in is None else x_in.shape[1]
-        needs = ctx.needs_input_grad  # kernels, mode, xp, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, ln_hh, ...
-        d_out = like.new_zeros(steps, batch, size) if d_out is None else d_out.contiguous()
-        dh = like.new_zeros(batch, size) if d_hn is None else d_hn.clone(memory_format=torch.contiguous_format)
-        dc = None
-        if mode == "LSTM":
-            dc = like.new_zeros(batch, hidden) if d_cn is None else d_cn.clone(memory_format=torch.contiguous_format)
-        dwork = _Workspace(like, plan.dlayout)
-        in_kernel = plan.weight_threads > 0  # the weight gradients in the kernel, else by torch after it
-        dx = dw_ih = db_ih = dw_hh = db_hh = dw_hr = dln_hh = None
-        if in_kernel:
-            if needs[2] and x_in is not None:
-                dx = like.new_empty(steps, batch, inputs)
-            dw_ih = like.new_empty(gates, inputs) if x_in is not None and needs[3] else None
-            db_ih = like.new_empty(gates) if x_in is not None and needs[4] and ctx.has_bias_ih else None
-            dw_hh = like.new_empty(gates, size) if needs[7] else None
-            db_hh = like.new_empty(gates) if ctx.has_bias and needs[8] else None
-            dw_hr = like.new_empty(size, hidden) if w_hr is not None and needs[9] else None
-            dln_hh = like.new_empty(gates) if ln_hh is not None and needs[10] else None
-        dln_cw = like.new_empty(hidden) if ln_cw is not None and needs[11] else None
-        dln_cb = like.new_empty(hidden) if ln_cw is not None and needs[12] else None
-        status = plan.backward(
-            plan.backward_slices, plan.backward_threads, plan.weight_threads, CELL_IDS[mode], steps, batch, hidden,
-            size, inputs,
-            *_ptrs(w_hh, w_hr, ln_hh, ln_cw, *ctx.masks, work.block), work.pointers,
-            *_ptrs(d_out, dh, dc, dwork.block), dwork.pointers,
-            *_ptrs(x_in, w_ih, dx, dw_ih, db_ih, dw_hh, db_hh, dw_hr, dln_hh, dln_cw, dln_cb),
-        )
-        if status != 0:
-            raise MemoryError("rnnkit fused engine: no memory for the backward kernel's scratch")
-        if x_in is None and needs[2]:  # the gates' input side came in: its gradient is dgi
-            dx = dwork.view(D_GI, (steps, batch, gates))
-        if not in_kernel:
-            dx_in, dw_ih, db_ih, dw_hh, db_hh, dw_hr, dln_hh = _weight_grads_by_torch(ctx, work, dwork, needs)
-            if x_in is not None:
-                dx = dx_in
-        return (None, None, dx, dw_ih, db_ih, dh if needs[5] else None, dc if needs[6] else None,
-                dw_hh, db_hh, dw_hr, dln_hh, dln_cw, dln_cb, None, None, None, None)
+def _contiguous(*tensors: Tensor | None) -> list[Tensor | None]:
+    """Each tensor as the kernels read it, row-major without gaps (None stays None). The caller
+    holds the results until the kernel returns (see _ptrs)."""
+    return [None if t is None else t.contiguous() for t in tensors]
 
 
-def _weight_grads_by_torch(ctx: Any, work: _Workspace, dwork: _Workspace, needs: tuple[bool, ...]) -> tuple[Tensor | None, ...]:
-    """dx (when the Function projected x), dW_ih, db_ih, dW_hh, db_hh, dW_hr and dln_hh as torch
-    products after the backward kernel, for sizes where they beat the kernel's own."""
-    w_hh, w_hr, ln_hh, ln_cw, x_in, w_ih = ctx.saved_tensors
-    h_mask = ctx.masks[1]
-    steps, batch = ctx.shape
+def _masks(lengths: Tensor | None, h_mask: Tensor | None, keep_h: Tensor | None,
+           keep_c: Tensor | None) -> tuple[Tensor | None, ...]:
+    """lengths, h_mask, keep_h and keep_c as the kernels read them: int64, contiguous, bytes."""
+    return (None if lengths is None else lengths.to(torch.int64).contiguous(),
+            None if h_mask is None else h_mask.contiguous(),
+            None if keep_h is None else keep_h.contiguous().view(torch.uint8),
+            None if keep_c is None else keep_c.contiguous().view(torch.uint8))
+
+
+class Needs(NamedTuple):
+    """Which gradients the backward pass computes, by rnnkit::fused_rnn's differentiable inputs."""
+
+    x: bool
+    w_ih: bool
+    b_ih: bool
+    h0: bool
+    c0: bool
+    w_hh: bool
+    b_hh: bool
+    w_hr: bool
+    ln_hh: bool
+    ln_cw: bool
+    ln_cb: bool
+
+
+def run_backward(
+    mode: str,
+    d_out: Tensor | None,
+    d_hn: Tensor | None,
+    d_cn: Tensor | None,
+    work_block: Tensor,
+    xp: Tensor,
+    w_ih: Tensor | None,
+    w_hh: Tensor,
+    w_hr: Tensor | None,
+    ln_hh: Tensor | None,
+    ln_cw: Tensor | None,
+    lengths: Tensor | None,
+    h_mask: Tensor | None,
+    keep_h: Tensor | None,
+    keep_c: Tensor | None,
+    has_bias_ih: bool,
+    has_bias: bool,
+    needs: Needs,
+) -> tuple[Tensor | None, ...]:
+    """The backward kernel: the gradients of run_forward's differentiable inputs (in Needs'
+    order; None where not needed), from those of its outputs (None: zeros) and its workspace."""
+    kernels = _compiled.load()
+    assert not isinstance(kernels, str), kernels
+    steps, batch = xp.shape[:2]
+    gates, size = w_hh.shape  # G*H, R
+    hidden = gates // GATES[mode]
+    x_in = None if w_ih is None else xp.contiguous().view(steps * batch, -1)  # (T*B, I)
+    w_hh = w_hh.contiguous()
+    w_ih, w_hr, ln_hh, ln_cw = _contiguous(w_ih, w_hr, ln_hh, ln_cw)
+    inputs = 0 if x_in is None else x_in.shape[1]
+    plan = _plan(kernels, mode, xp.dtype, steps, batch, inputs, gates, size, _flags(w_hr, ln_hh, ln_cw),
+                 torch.get_num_threads())
+    work = _Workspace(w_hh, plan.saved, block=work_block)
+    masks = _masks(lengths, h_mask, keep_h, keep_c)
+    like = w_hh
+    d_out = like.new_zeros(steps, batch, size) if d_out is None else d_out.contiguous()
+    dh = like.new_zeros(batch, size) if d_hn is None else d_hn.clone(memory_format=torch.contiguous_format)
+    dc = None
+    if mode == "LSTM":
+        dc = like.new_zeros(batch, hidden) if d_cn is None else d_cn.clone(memory_format=torch.contiguous_format)
+    dwork = _Workspace(like, plan.dlayout)
+    in_kernel = plan.weight_threads > 0  # the weight gradients in the kernel, else by torch after it
+    dx = dw_ih = db_ih = dw_hh = db_hh = dw_hr = dln_hh = None
+    if in_kernel:
+        if needs.x and x_in is not None:
+            dx = like.new_empty(steps, batch, inputs)
+        dw_ih = like.new_empty(gates, inputs) if x_in is not None and needs.w_ih else None
+        db_ih = like.new_empty(gates) if x_in is not None and needs.b_ih and has_bias_ih else None
+        dw_hh = like.new_empty(gates, size) if needs.w_hh else None
+        db_hh = like.new_empty(gates) if has_bias and needs.b_hh else None
+        dw_hr = like.new_empty(size, hidden) if w_hr is not None and needs.w_hr else None
+        dln_hh = like.new_empty(gates) if ln_hh is not None and needs.ln_hh else None
+    dln_cw = like.new_empty(hidden) if ln_cw is not None and needs.ln_cw else None
+    dln_cb = like.new_empty(hidden) if ln_cw is not None and needs.ln_cb else None
+    status = plan.backward(
+        plan.backward_slices, plan.backward_threads, plan.weight_threads, CELL_IDS[mode], steps, batch, hidden,
+        size, inputs,
+        *_ptrs(w_hh, w_hr, ln_hh, ln_cw, *masks, work.block), work.pointers,
+        *_ptrs(d_out, dh, dc, dwork.block), dwork.pointers,
+        *_ptrs(x_in, w_ih, dx, dw_ih, db_ih, dw_hh, db_hh, dw_hr, dln_hh, dln_cw, dln_cb),
+    )
+    if status != 0:
+        raise MemoryError("rnnkit fused engine: no memory for the backward kernel's scratch")
+    if x_in is None and needs.x:  # the gates' input side came in: its gradient is dgi
+        dx = dwork.view(D_GI, (steps, batch, gates))
+    if not in_kernel:
+        dx_in, dw_ih, db_ih, dw_hh, db_hh, dw_hr, dln_hh = _weight_grads_by_torch(
+            mode, (steps, batch), w_hh, w_hr, ln_hh, x_in, w_ih, masks[1], work, dwork, needs, has_bias_ih, has_bias)
+        if x_in is not None:
+            dx = dx_in
+    return (dx, dw_ih, db_ih, dh if needs.h0 else None, dc if needs.c0 else None,
+            dw_hh, db_hh, dw_hr, dln_hh, dln_cw, dln_cb)
+
+
+def _weight_grads_by_torch(
+    mode: str, shape: tuple[int, int], w_hh: Tensor, w_hr: Tensor | None, ln_hh: Tensor | None,
+    x_in: Tensor | None, w_ih: Tensor | None, h_mask: Tensor | None, work: _Workspace, dwork: _Workspace,
+    needs: Needs, has_bias_ih: bool, has_bias: bool,
+) -> tuple[Tensor | None, ...]:
+    """dx (when the kernel projected x), dW_ih, db_ih, dW_hh, db_hh, dW_hr and dln_hh as torch
+    products after the backward kernel, for sizes where they beat the kernel's own; shape: T, B."""
+    steps, batch = shape
     gates, size = w_hh.shape
-    hidden, rows = gates // GATES[ctx.mode], steps * batch
+    hidden, rows = gates // GATES[mode], steps * batch
     dgi = dwork.view(D_GI, (rows, gates))
     assert dgi is not None
     dgh, dgh_raw = dwork.view(D_GH, (rows, gates)), dwork.view(D_GH_RAW, (rows, gates))
     dg_post = dgi if dgh is None else dgh  # the recurrent side's gradient after its layer norm (GRU: dgh)
     dg_rec = dg_post if dgh_raw is None else dgh_raw  # and before it
     dx = dw_ih = db_ih = dw_hh = db_hh = dw_hr = dln_hh = None
-    if x_in is not None:  # the input projection's, when the Function did it
-        if needs[2]:
+    if x_in is not None and w_ih is not None:  # the input projection's, when the kernel did it
+        if needs.x:
             dx = (dgi @ w_ih).view(steps, batch, -1)  # (T, B, I)
-        if needs[3]:
+        if needs.w_ih:
             dw_ih = dgi.t() @ x_in  # (G*H, I)
-        if needs[4] and ctx.has_bias_ih:
+        if needs.b_ih and has_bias_ih:
             db_ih = dgi.sum(0)
-    if needs[7]:
+    if needs.w_hh:
         hs = work.view(W_HS, (steps + 1, batch, size))
         assert hs is not None
         hs = hs[:steps]
         h_in = hs if h_mask is None else hs * h_mask  # (T, B, R): what met W_hh
         dw_hh = dg_rec.t() @ h_in.reshape(rows, size)  # (G*H, R)
-    if ctx.has_bias and needs[8]:
+    if has_bias and needs.b_hh:
         db_hh = dg_post.sum(0)
-    if w_hr is not None and needs[9]:  # (P, H) = dproj (T*B, P)^T @ hr (T*B, H)
+    if w_hr is not None and needs.w_hr:  # (P, H) = dproj (T*B, P)^T @ hr (T*B, H)
         dproj, hr = dwork.view(D_PROJ, (rows, size)), work.view(W_HR, (rows, hidden))
         assert dproj is not None and hr is not None
         dw_hr = dproj.t() @ hr
-    if ln_hh is not None and needs[10]:
+    if ln_hh is not None and needs.ln_hh:
         ghat = work.view(W_GHAT, (rows, gates))
         assert ghat is not None
         dln_hh = (dg_post * ghat).sum(0)

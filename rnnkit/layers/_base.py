@@ -20,6 +20,7 @@ from rnnkit import _checks
 from rnnkit.cells import CellSpec, CellWeights, State
 from rnnkit.cells._base import INITS, init_cell_weights, parameter_shapes
 from rnnkit.cells._module import check_forget_bias
+from rnnkit.engines import _compiled
 from rnnkit.engines import ENGINE_NAMES, ENGINES, Engine, LayerConfig, Noise, Probe, reverse_padded, select_engine
 
 Lengths = Sequence[int] | Tensor
@@ -91,6 +92,8 @@ class RecurrentLayer(nn.Module):
         self.learn_initial_state = _checks.check_bool(owner, "learn_initial_state", learn_initial_state)
         self.init = _checks.check_choice(owner, "init", init, INITS)
         self.engine = _checks.check_choice(owner, "engine", engine, ENGINE_NAMES)
+        if self.engine in ("auto", "fused"):
+            _compiled.load()  # build the kernels now, never inside a traced forward (torch.compile)
         if self.dropout > 0 and self.num_layers == 1:
             warnings.warn(
                 f"{owner}: dropout={self.dropout} acts between stacked layers only, so it does "
@@ -267,11 +270,19 @@ class RecurrentLayer(nn.Module):
         state0 = self._initial_state(hx, batch, batched, x)
 
         run_lengths = None
-        if cpu_lengths is not None and int(cpu_lengths.min()) < steps:
-            run_lengths = cpu_lengths.to(x.device)
+        if cpu_lengths is not None and (torch.compiler.is_compiling() or int(cpu_lengths.min()) < steps):
+            run_lengths = cpu_lengths.to(x.device)  # (traced, the lengths' values are not known)
         engine = select_engine(self.engine, self._config(), x, owner=owner, grad=self._needs_grad(x, cells))
         if self._probes is not None:  # rnnkit.diagnostics is looking: the reference loop, with probes
             engine = ENGINES["reference"]
+        if torch.onnx.is_in_onnx_export():
+            if torch.jit.is_tracing():  # the TorchScript-based exporter would record one fixed run
+                raise RuntimeError(
+                    f"{owner}: torch.onnx.export(..., dynamo=False) cannot export rnnkit's layers; "
+                    "use torch.onnx.export(model, args, dynamo=True), which exports the recurrence "
+                    "as an ONNX Scan (or `rnnkit export RUN --format onnx`)"
+                )
+            engine = ENGINES["reference"]  # under export, one scan over time: an ONNX Scan
         out, finals = self._run_stack(engine, x, state0, run_lengths, cells)
 
         if len(finals) == 1:  # (1, B, S) without a copy
@@ -377,7 +388,8 @@ class RecurrentLayer(nn.Module):
 
 
 def check_lengths(owner: str, lengths: Lengths, *, batch: int, steps: int) -> Tensor:
-    """lengths as a CPU int64 tensor (B,), each in [1, T]."""
+    """lengths as a CPU int64 tensor (B,), each in [1, T] (a tensor's values unchecked while
+    torch.compile or torch.export traces the call)."""
     if isinstance(lengths, Tensor):
         if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
             raise TypeError(f"{owner}: expected lengths of an integer dtype, got {lengths.dtype}")
@@ -394,6 +406,8 @@ def check_lengths(owner: str, lengths: Lengths, *, batch: int, steps: int) -> Te
         values = torch.tensor(list(lengths), dtype=torch.int64)
     if values.numel() != batch:
         raise ValueError(f"{owner}: expected {batch} lengths (one per sequence), got {values.numel()}")
+    if isinstance(lengths, Tensor) and torch.compiler.is_compiling():
+        return values  # traced, the values are not known here; the fused kernels check them
     low, high = int(values.min()), int(values.max())
     if low < 1:
         raise ValueError(f"{owner}: expected every length >= 1, got {low}")

@@ -428,8 +428,9 @@ def test_fused_kernels_on_several_threads_at_once() -> None:
 def test_fused_weight_gradients_and_workspaces(family: str, grads: str, workspace: str,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """Above KERNEL_WEIGHT_GRADS_MAX_WORK the weight gradients are torch's products after the
-    backward kernel, not the kernel's; above WORKSPACE_BLOCK_MAX each array of the kernels'
-    workspaces is its own tensor. The same numbers either way, every option on."""
+    backward kernel, not the kernel's; above WORKSPACE_BLOCK_MAX each array of the backward
+    kernel's workspace is its own tensor (the forward kernel's, an output of rnnkit::fused_rnn,
+    is always one). The same numbers either way, every option on."""
     from rnnkit.engines import _fused
 
     if grads == "torch":
@@ -439,7 +440,8 @@ def test_fused_weight_gradients_and_workspaces(family: str, grads: str, workspac
     seen, by_torch = [], []
     original = _fused._Workspace.__init__
     monkeypatch.setattr(_fused._Workspace, "__init__",
-                        lambda self, *a: original(self, *a) or seen.append(self.parts is not None))
+                        lambda self, *a, **k: original(self, *a, **k) or (
+                            None if "block" in k else seen.append(self.parts is not None)))
     grads_by_torch = _fused._weight_grads_by_torch
     monkeypatch.setattr(_fused, "_weight_grads_by_torch", lambda *a: by_torch.append(1) or grads_by_torch(*a))
     for layer_norm in (False, True):
@@ -479,19 +481,36 @@ def test_fused_gradients_with_some_parameters_frozen(family: str, frozen: tuple[
         assert_close(g_fused, g_ref, "grad")
 
 
+@pytest.mark.parametrize("engine", ["fused", "native"])
+@pytest.mark.parametrize("family", list(FAMILIES))
 @pytest.mark.parametrize("loss", ["sum", "square"])
-def test_fused_refuses_double_backward(loss: str) -> None:
-    """Gradients of gradients through the hand-written backward pass are refused with a clear
-    error, also when the incoming gradient is constant (y.sum()), where an unguarded Function
-    would return an incomplete second derivative."""
-    x = torch.randn(5, 3, 4, dtype=torch.float64, requires_grad=True)
-    fused = rnnkit.GRU(4, 6, engine="fused", dtype=torch.float64)
-    reference = rnnkit.GRU(4, 6, engine="reference", dtype=torch.float64)
-    reference.load_state_dict(fused.state_dict())
-    y, _ = reference(x)
-    g, = torch.autograd.grad(y.sum() if loss == "sum" else (y**2).sum(), x, create_graph=True)
-    g.sum().backward()  # the reference engine's second derivative exists ...
-    assert reference.weight_hh_l0.grad is not None and reference.weight_hh_l0.grad.abs().sum() > 0
-    y, _ = fused(x)
-    with pytest.raises(RuntimeError, match=r"engine='fused' has a hand-written backward pass, which is not itself differentiable"):
-        torch.autograd.grad(y.sum() if loss == "sum" else (y**2).sum(), x, create_graph=True)
+def test_double_backward_equals_reference(engine: str, family: str, loss: str) -> None:
+    """Gradients of gradients (create_graph=True: a gradient penalty's) equal the reference
+    engine's, for the inputs and every parameter; the fused engine hands over to the reference
+    equations for them, also when the incoming gradient is constant (y.sum()), where a
+    hand-written backward pass without a graph would give an incomplete second derivative.
+    The fused engine runs its options too (training: recurrent dropout and zoneout masks)."""
+    name, extra = FAMILIES[family]
+    options: dict[str, Any] = dict(extra, num_layers=2, bidirectional=True)
+    if engine == "fused":
+        options.update(layer_norm=True, recurrent_dropout=0.3, zoneout=0.2, learn_initial_state=True,
+                       **({"proj_size": 3} if family == "lstm" else {}))
+    torch.manual_seed(4)
+    reference = getattr(rnnkit, name)(4, 6, engine="reference", dtype=torch.float64, **options)
+    layer = getattr(rnnkit, name)(4, 6, engine=engine, dtype=torch.float64, **options)
+    layer.load_state_dict(reference.state_dict())
+    x = torch.randn(5, 3, 4, dtype=torch.float64)
+    results = []
+    for module in (reference, layer):
+        torch.manual_seed(9)  # the same masks in both
+        xg = x.clone().requires_grad_()
+        inputs = [xg, *module.parameters()]
+        y = outputs(module(xg, lengths=[5, 2, 4]))
+        first = torch.autograd.grad(sum(t.sum() for t in y) if loss == "sum" else weighted_sum(y), inputs,
+                                    create_graph=True)
+        second = torch.autograd.grad(weighted_sum(list(first), seed=7), inputs)
+        results.append((first, second))
+    for kind, ours, theirs in (("first", results[1][0], results[0][0]), ("second", results[1][1], results[0][1])):
+        for index, (a, b) in enumerate(zip(ours, theirs)):
+            torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-9, msg=lambda m: f"{kind} derivative {index}: {m}")
+        assert any(t.abs().sum() > 0 for t in ours[1:]), kind

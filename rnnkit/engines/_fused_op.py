@@ -1,0 +1,246 @@
+"""The fused engine as PyTorch operators: ``rnnkit::fused_rnn`` (one layer and direction over
+the whole sequence) and ``rnnkit::fused_rnn_backward`` (its hand-derived backward pass).
+
+Registered with torch.library, so that torch.compile, torch.export, torch.jit.trace and the
+ONNX exporter see one opaque operator per layer and direction, never a call into the kernels
+that they cannot trace. Each operator has:
+- its CPU kernel (rnnkit.engines._fused, which calls the C kernels);
+- a fake kernel, which gives the outputs' shapes from the inputs' (also symbolic ones, for
+  dynamic T and B), for tracing;
+- a vmap rule (torch.func.vmap, jacrev, batched gradients): the operator once per slice;
+and rnnkit::fused_rnn has its autograd formula: rnnkit::fused_rnn_backward, or, when a graph of
+the gradient is asked for (create_graph=True: gradient penalties, Hessian-vector products), the
+reference equations recomputed from the saved inputs and differentiated by autograd, so that
+gradients of gradients are exact too. The hand-written backward pass is not itself
+differentiable; the recompute costs one reference forward and backward pass, on that call only.
+
+The operators run on CPU (float32, float64) only; on other devices layers use torch's kernels
+or the reference engine (rnnkit.engines.auto_order), and calling the operators there raises.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from rnnkit.cells import CellSpec, CellWeights, State, input_side
+from rnnkit.cells import GRU_SPEC, LSTM_SPEC, RNN_RELU, RNN_TANH
+from rnnkit.engines import _compiled
+from rnnkit.engines._base import LayerConfig, Noise
+from rnnkit.engines._fused import DTYPES, GATES, Needs, forward_layout_size, run_backward, run_forward
+from rnnkit.engines._reference import ReferenceEngine, time_loop
+
+SPECS = {spec.mode: spec for spec in (RNN_TANH, RNN_RELU, LSTM_SPEC, GRU_SPEC)}
+
+
+@torch.library.custom_op("rnnkit::fused_rnn", mutates_args=(), device_types="cpu")
+def fused_rnn(
+    x: Tensor,
+    w_ih: Tensor | None,
+    b_ih: Tensor | None,
+    h0: Tensor | None,
+    c0: Tensor | None,
+    w_hh: Tensor,
+    b_hh: Tensor | None,
+    w_hr: Tensor | None,
+    ln_hh: Tensor | None,
+    ln_cw: Tensor | None,
+    ln_cb: Tensor | None,
+    lengths: Tensor | None,
+    h_mask: Tensor | None,
+    keep_h: Tensor | None,
+    keep_c: Tensor | None,
+    mode: str,
+    save: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One layer and direction of the cell family mode ('RNN_TANH', 'RNN_RELU', 'LSTM', 'GRU').
+
+    x: the input (T, B, I) with w_ih (G*H, I) and b_ih (G*H,), projected in the kernel; or, with
+        w_ih None, the input side of every step's gates (T, B, G*H) (layer_norm computes it).
+    h0 (B, R), c0 (B, H): the initial state, None for zeros. w_hh (G*H, R), b_hh (G*H,), w_hr
+        (R, H), ln_hh (G*H,), ln_cw (H,), ln_cb (H,): the cell's other weights (CellWeights).
+    lengths (B,) int64 in [1, T]; h_mask (B, R); keep_h (T, B, R), keep_c (T, B, H) bool: see
+        rnnkit.engines.Noise.
+    save: keep what the backward pass reads (the workspace); False for a call not differentiated.
+
+    Returns out (T, B, R), h_T (B, R), c_T (B, H) (empty (0,) unless LSTM) and the workspace
+    (rnnkit_forward_layout's arrays in one tensor; empty (0,) unless save).
+    """
+    return run_forward(mode, x, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, ln_hh, ln_cw, ln_cb, lengths, h_mask,
+                       keep_h, keep_c, save)
+
+
+@fused_rnn.register_fake
+def _fused_rnn_fake(x: Tensor, w_ih: Tensor | None, b_ih: Tensor | None, h0: Tensor | None, c0: Tensor | None,
+                    w_hh: Tensor, b_hh: Tensor | None, w_hr: Tensor | None, ln_hh: Tensor | None,
+                    ln_cw: Tensor | None, ln_cb: Tensor | None, lengths: Tensor | None, h_mask: Tensor | None,
+                    keep_h: Tensor | None, keep_c: Tensor | None, mode: str, save: bool
+                    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    steps, batch = x.shape[0], x.shape[1]
+    gates, size = w_hh.shape
+    hidden = gates // GATES[mode]
+    flags = (w_hr is not None) | (ln_hh is not None) << 1 | (ln_cw is not None) << 2
+    work = forward_layout_size(mode, True, steps, batch, hidden, size, flags) if save else 0
+    return (x.new_empty(steps, batch, size), x.new_empty(batch, size),
+            x.new_empty(batch, hidden) if mode == "LSTM" else x.new_empty(0), x.new_empty(work))
+
+
+@torch.library.custom_op("rnnkit::fused_rnn_backward", mutates_args=(), device_types="cpu")
+def fused_rnn_backward(
+    d_out: Tensor | None,
+    d_hn: Tensor | None,
+    d_cn: Tensor | None,
+    work: Tensor,
+    x: Tensor,
+    w_ih: Tensor | None,
+    w_hh: Tensor,
+    w_hr: Tensor | None,
+    ln_hh: Tensor | None,
+    ln_cw: Tensor | None,
+    lengths: Tensor | None,
+    h_mask: Tensor | None,
+    keep_h: Tensor | None,
+    keep_c: Tensor | None,
+    mode: str,
+    has_bias_ih: bool,
+    has_bias: bool,
+    needs: list[bool],
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The gradients of rnnkit::fused_rnn's x, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, ln_hh, ln_cw
+    and ln_cb (each of its input's shape; empty (0,) where needs says no or the input is absent)
+    from those of out, h_T and c_T (None: zeros), its workspace and its inputs (the same ones)."""
+    grads = run_backward(mode, d_out, d_hn, d_cn, work, x, w_ih, w_hh, w_hr, ln_hh, ln_cw, lengths, h_mask,
+                         keep_h, keep_c, has_bias_ih, has_bias, Needs(*needs))
+    return tuple(x.new_empty(0) if g is None else g for g in grads)  # type: ignore[return-value]
+
+
+@fused_rnn_backward.register_fake
+def _fused_rnn_backward_fake(d_out: Tensor | None, d_hn: Tensor | None, d_cn: Tensor | None, work: Tensor,
+                             x: Tensor, w_ih: Tensor | None, w_hh: Tensor, w_hr: Tensor | None,
+                             ln_hh: Tensor | None, ln_cw: Tensor | None, lengths: Tensor | None,
+                             h_mask: Tensor | None, keep_h: Tensor | None, keep_c: Tensor | None, mode: str,
+                             has_bias_ih: bool, has_bias: bool, needs: list[bool]) -> tuple[Tensor, ...]:
+    batch = x.shape[1]
+    gates, size = w_hh.shape
+    hidden = gates // GATES[mode]
+    lstm = mode == "LSTM"
+    shapes = (x.shape, None if w_ih is None else w_ih.shape, (gates,) if w_ih is not None and has_bias_ih else None,
+              (batch, size), (batch, hidden) if lstm else None, w_hh.shape, (gates,) if has_bias else None,
+              None if w_hr is None else w_hr.shape, None if ln_hh is None else ln_hh.shape,
+              None if ln_cw is None else ln_cw.shape, None if ln_cw is None else ln_cw.shape)
+    return tuple(x.new_empty(shape if need and shape is not None else (0,)) for shape, need in zip(shapes, needs))
+
+
+def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
+    *tensors, mode, save = inputs
+    ctx.mode, ctx.saved_work = mode, save
+    ctx.save_for_backward(*tensors, output[3])
+    ctx.set_materialize_grads(False)  # unused outputs' gradients come as None, not zeros
+
+
+def _backward(ctx: Any, d_out: Tensor | None, d_hn: Tensor | None, d_cn: Tensor | None,
+              _d_work: Tensor | None) -> tuple[Tensor | None, ...]:
+    *inputs, work = ctx.saved_tensors
+    (x, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, ln_hh, ln_cw, ln_cb, lengths, h_mask, keep_h, keep_c) = inputs
+    needs = Needs(*ctx.needs_input_grad[:11])
+    if torch.is_grad_enabled():  # create_graph=True: a gradient that is differentiable itself
+        grads = _backward_by_reference(ctx.mode, inputs, (d_out, d_hn, d_cn), needs)
+    else:
+        if not ctx.saved_work:
+            raise RuntimeError("rnnkit::fused_rnn was called with save=False, so it kept nothing for a backward pass")
+        if not any(needs):
+            return (None,) * 17
+        computed = torch.ops.rnnkit.fused_rnn_backward(
+            d_out, d_hn, d_cn, work, x, w_ih, w_hh, w_hr, ln_hh, ln_cw, lengths, h_mask, keep_h, keep_c, ctx.mode,
+            b_ih is not None, b_hh is not None, list(needs))
+        grads = tuple(g if need and t is not None else None for g, need, t in zip(computed, needs, inputs))
+    return (*grads, None, None, None, None, None, None)  # lengths, masks, mode and save: no gradient
+
+
+def _backward_by_reference(mode: str, inputs: Sequence[Tensor | None], d_outputs: Sequence[Tensor | None],
+                           needs: Needs) -> tuple[Tensor | None, ...]:
+    """The gradients of the needed inputs, as a graph: the reference equations (the cells'
+    from_gates) run again from the saved inputs, and autograd differentiates them with
+    create_graph=True."""
+    (x, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, ln_hh, ln_cw, ln_cb, lengths, h_mask, keep_h, keep_c) = inputs
+    spec = SPECS[mode]
+    assert w_hh is not None and x is not None
+    # weight_ih is not read: from_gates starts from the input side gi
+    weights = CellWeights(w_hh if w_ih is None else w_ih, w_hh, b_ih, b_hh, w_hr, None, ln_hh, ln_cw, ln_cb)
+    gi = x if w_ih is None else torch.nn.functional.linear(x, w_ih, b_ih)  # (T, B, G*H)
+    batch, (gates, size) = x.shape[1], w_hh.shape
+    state: State = (x.new_zeros(batch, size) if h0 is None else h0,)
+    if mode == "LSTM":
+        state += (x.new_zeros(batch, gates // 4) if c0 is None else c0,)
+    keep = None if keep_h is None else (keep_h,) if keep_c is None else (keep_h, keep_c)
+    out, final = time_loop(lambda g, s: spec.from_gates(g, s, weights, h_mask), gi, state, lengths=lengths, keep=keep)
+    pairs = [(y, d) for y, d in zip((out, *final), d_outputs) if d is not None]
+    wanted = {i: t for i, (t, need) in enumerate(zip(inputs, needs)) if need and t is not None}
+    grads = torch.autograd.grad([y for y, _ in pairs], list(wanted.values()), [d for _, d in pairs],
+                                create_graph=True, allow_unused=True)
+    result: list[Tensor | None] = [None] * len(needs)
+    for (i, t), g in zip(wanted.items(), grads):
+        result[i] = g if g is not None else torch.zeros_like(t)
+    return tuple(result)
+
+
+fused_rnn.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _vmap_by_slices(op: Callable[..., tuple[Tensor, ...]]) -> Callable[..., Any]:
+    """A vmap rule that runs op once per slice of the mapped dimension and stacks the results
+    (torch.func.vmap, jacrev, autograd.grad(is_grads_batched=True))."""
+
+    def rule(info: Any, in_dims: tuple[int | None, ...], *args: Any) -> tuple[tuple[Tensor, ...], tuple[int, ...]]:
+        results = [op(*[a.select(d, i) if d is not None else a for a, d in zip(args, in_dims)])
+                   for i in range(info.batch_size)]
+        stacked = tuple(torch.stack(parts) for parts in zip(*results))
+        return stacked, (0,) * len(stacked)
+
+    return rule
+
+
+torch.library.register_vmap("rnnkit::fused_rnn", _vmap_by_slices(torch.ops.rnnkit.fused_rnn))
+torch.library.register_vmap("rnnkit::fused_rnn_backward", _vmap_by_slices(torch.ops.rnnkit.fused_rnn_backward))
+
+
+class FusedEngine:
+    name = "fused"
+
+    def unsupported(self, config: LayerConfig, x: Tensor) -> str | None:
+        if x.device.type != "cpu":
+            return f"it runs on CPU, and the input is on {x.device.type}"
+        if x.dtype not in DTYPES:
+            return f"it runs float32 and float64, and the input is {x.dtype}"
+        return _compiled.unavailable()
+
+    def run(
+        self,
+        spec: CellSpec,
+        x: Tensor,
+        state: State | None,
+        weights: CellWeights,
+        *,
+        lengths: Tensor | None,
+        noise: Noise,
+    ) -> tuple[Tensor, State]:
+        if x.shape[1] == 0:  # an empty batch: nothing for the kernels to do, as torch.nn
+            return ReferenceEngine().run(spec, x, state, weights, lengths=lengths, noise=noise)
+        w = weights
+        w_ih: Tensor | None
+        b_ih: Tensor | None
+        if w.ln_weight_ih is None:  # the kernel projects x itself
+            xp, w_ih, b_ih = x, w.weight_ih, w.bias_ih
+        else:  # the input side of all steps' gates, layer-normalised: (T, B, I) -> (T, B, G*H)
+            xp, w_ih, b_ih = input_side(x, w), None, None
+        lstm = spec.mode == "LSTM"
+        keep_h, keep_c = (None, None) if noise.keep is None else (noise.keep[0], noise.keep[1] if lstm else None)
+        h0, c0 = (None, None) if state is None else (state[0], state[1] if lstm else None)  # None: zeros
+        save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (xp, h0, c0, *weights))
+        out, h_n, c_n, _ = torch.ops.rnnkit.fused_rnn(
+            xp, w_ih, b_ih, h0, c0, w.weight_hh, w.bias_hh, w.weight_hr, w.ln_weight_hh, w.ln_weight_c, w.ln_bias_c,
+            lengths, noise.h_mask, keep_h, keep_c, spec.mode, save)
+        return out, ((h_n, c_n) if lstm else (h_n,))
