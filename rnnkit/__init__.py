@@ -15,10 +15,12 @@ Time-major tensors are (T, B, *); with ``batch_first=True`` inputs and outputs a
 while states stay (K*D, B, *). An unbatched input drops B: (T, I) for a layer, (I,) for a cell.
 """
 
+from rnnkit._checks import InputError, InputTypeError
 from rnnkit._convert import from_torch, to_torch
 from rnnkit.cells import GRUCell, LSTMCell, RNNCell
 from rnnkit.layers import GRU, LSTM, RNN
 
 __version__ = "0.1.0"
 
-__all__ = ["GRU", "LSTM", "RNN", "GRUCell", "LSTMCell", "RNNCell", "__version__", "from_torch", "to_torch"]
+__all__ = ["GRU", "LSTM", "RNN", "GRUCell", "InputError", "InputTypeError", "LSTMCell", "RNNCell", "__version__",
+           "from_torch", "to_torch"]

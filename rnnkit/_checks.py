@@ -13,6 +13,16 @@ import torch
 from torch import Tensor
 
 
+class InputError(ValueError, RuntimeError):
+    """A layer's or cell's input, state or lengths of the wrong shape or value. torch.nn raises
+    RuntimeError for most of these and ValueError for some; this is both, so that code written
+    to catch either of torch's catches rnnkit's."""
+
+
+class InputTypeError(TypeError, ValueError):
+    """An input of the wrong dtype: torch.nn raises ValueError, rnnkit TypeError; this is both."""
+
+
 def shape_str(shape: Sequence[int]) -> str:
     return "(" + ", ".join(str(int(s)) for s in shape) + (",)" if len(shape) == 1 else ")")
 
@@ -53,11 +63,11 @@ def check_float_tensor(owner: str, name: str, value: object, dtype: torch.dtype)
     if not isinstance(value, Tensor):
         raise TypeError(f"{owner}: expected {name} to be a Tensor, got {type(value).__name__}")
     if not value.is_floating_point():
-        raise TypeError(
+        raise InputTypeError(
             f"{owner}: expected {name} to be a floating-point tensor ({dtype}), got {value.dtype}"
         )
     if value.dtype != dtype:
-        raise TypeError(
+        raise InputTypeError(
             f"{owner}: expected {name} of dtype {dtype} (the dtype of the parameters), "
             f"got {value.dtype}"
         )
@@ -66,7 +76,7 @@ def check_float_tensor(owner: str, name: str, value: object, dtype: torch.dtype)
 
 def check_shape(owner: str, name: str, value: Tensor, expected: Sequence[int]) -> None:
     if tuple(value.shape) != tuple(expected):
-        raise ValueError(
+        raise InputError(
             f"{owner}: expected {name} of shape {shape_str(expected)}, "
             f"got {shape_str(value.shape)}"
         )
@@ -75,7 +85,7 @@ def check_shape(owner: str, name: str, value: Tensor, expected: Sequence[int]) -
 def check_features(owner: str, name: str, value: Tensor, size: int, arg: str) -> None:
     """The last dimension of value must be size (the constructor argument arg)."""
     if value.shape[-1] != size:
-        raise ValueError(
+        raise InputError(
             f"{owner}: expected {name} with {size} features in its last dimension ({arg}={size}), "
             f"got shape {shape_str(value.shape)}"
         )

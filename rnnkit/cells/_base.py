@@ -133,7 +133,7 @@ def init_cell_weights(
     Layer-norm gains start at 1 and the cell-norm shift at 0. ``forget_bias`` (LSTM) sets the
     forget-gate slice of bias_ih to that value and of bias_hh to 0 (Jozefowicz et al. 2015).
     """
-    bound = 1.0 / math.sqrt(hidden_size)
+    bound = 1.0 / math.sqrt(hidden_size) if hidden_size > 0 else 0.0  # a cell of 0 units has no weights
     for name, p in w._asdict().items():
         if p is None:
             continue
@@ -143,7 +143,7 @@ def init_cell_weights(
             p.zero_()
         else:
             p.uniform_(-bound, bound)
-    blocks = w.weight_hh.view(gates, hidden_size, -1)  # (G, H, R): one block per gate
+    blocks = w.weight_hh.view(gates, hidden_size, w.weight_hh.shape[1])  # (G, H, R): one block per gate
     if init == "orthogonal":
         for block in blocks:
             nn.init.orthogonal_(block)

@@ -35,8 +35,8 @@ class RecurrentCell(nn.Module):
         owner = type(self).__name__
         self.spec = spec
         self.input_size = _checks.check_int(owner, "input_size", input_size, minimum=1)
-        self.hidden_size = _checks.check_int(owner, "hidden_size", hidden_size, minimum=1)
-        self.bias = _checks.check_bool(owner, "bias", bias)
+        self.hidden_size = _checks.check_int(owner, "hidden_size", hidden_size, minimum=0)  # 0: as torch.nn
+        self.bias = bool(bias)  # torch.nn's cells take any truthy value
         self.layer_norm = _checks.check_bool(owner, "layer_norm", layer_norm)
         self.init = _checks.check_choice(owner, "init", init, INITS)
         self.forget_bias = check_forget_bias(owner, forget_bias, bias)
@@ -76,7 +76,7 @@ class RecurrentCell(nn.Module):
         owner = type(self).__name__
         x = _checks.check_float_tensor(owner, "input", input, self.weights().weight_ih.dtype)
         if x.dim() not in (1, 2):
-            raise ValueError(
+            raise _checks.InputError(
                 f"{owner}: expected input with 2 dimensions (B, I) or 1 (I,), got {x.dim()} "
                 f"of shape {_checks.shape_str(x.shape)}"
             )

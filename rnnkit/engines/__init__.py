@@ -53,11 +53,15 @@ def auto_order(config: LayerConfig, x: Tensor, *, grad: bool = True) -> tuple[st
     the call will be differentiated.
 
     CPU: the fused engine, except for wide LSTMs (H >= NATIVE_LSTM_MIN_HIDDEN, B * H >
-    FUSED_LSTM_MAX_WIDTH) run without gradients, where torch's oneDNN kernel is a little faster. CUDA and other devices: torch's kernels
-    (cuDNN), else the reference engine. The reference engine runs everything and comes last.
+    FUSED_LSTM_MAX_WIDTH) run without gradients, where torch's oneDNN kernel is a little faster;
+    under torch.export, never torch's kernels, which fix T in the exported graph on CPU. CUDA and
+    other devices: torch's kernels (cuDNN), else the reference engine. The reference engine runs
+    everything and comes last.
     """
     if x.device.type != "cpu":
         return ("native", "reference")
+    if torch.compiler.is_exporting():  # torch's CPU kernels unroll T into the graph when exported
+        return ("fused", "reference")
     hidden = config.hidden_size
     if (not grad and config.spec.mode == "LSTM" and hidden >= NATIVE_LSTM_MIN_HIDDEN
             and x.shape[1] * hidden > FUSED_LSTM_MAX_WIDTH):

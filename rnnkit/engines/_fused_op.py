@@ -207,6 +207,21 @@ torch.library.register_vmap("rnnkit::fused_rnn", _vmap_by_slices(torch.ops.rnnki
 torch.library.register_vmap("rnnkit::fused_rnn_backward", _vmap_by_slices(torch.ops.rnnkit.fused_rnn_backward))
 
 
+def differentiated_by_transform() -> bool:
+    """Whether a torch.func transform that differentiates (grad, vjp, jacrev, jvp, jacfwd) or
+    forward-mode AD (torch.autograd.forward_ad) is running: the fused operator's autograd formula
+    serves neither, so the layer hands such calls to the reference engine (the same function,
+    differentiated by autograd). vmap alone keeps the operator (its vmap rule)."""
+    if torch.autograd.forward_ad._current_level >= 0:
+        return True
+    if torch._C._functorch.peek_interpreter_stack() is None:
+        return False
+    from torch._C._functorch import TransformType
+    from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+
+    return any(i.key() != TransformType.Vmap for i in retrieve_all_functorch_interpreters())
+
+
 class FusedEngine:
     name = "fused"
 
@@ -239,7 +254,8 @@ class FusedEngine:
         lstm = spec.mode == "LSTM"
         keep_h, keep_c = (None, None) if noise.keep is None else (noise.keep[0], noise.keep[1] if lstm else None)
         h0, c0 = (None, None) if state is None else (state[0], state[1] if lstm else None)  # None: zeros
-        save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (xp, h0, c0, *weights))
+        save = (torch.is_grad_enabled() or torch.jit.is_tracing()) and any(
+            t is not None and t.requires_grad for t in (xp, h0, c0, *weights))  # traced: one graph for both
         out, h_n, c_n, _ = torch.ops.rnnkit.fused_rnn(
             xp, w_ih, b_ih, h0, c0, w.weight_hh, w.bias_hh, w.weight_hr, w.ln_weight_hh, w.ln_weight_c, w.ln_bias_c,
             lengths, noise.h_mask, keep_h, keep_c, spec.mode, save)

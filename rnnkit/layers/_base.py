@@ -7,6 +7,7 @@ is the cell's, and the time loop is run by an engine (rnnkit.engines).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import warnings
 from collections.abc import Sequence
@@ -21,6 +22,7 @@ from rnnkit.cells import CellSpec, CellWeights, State
 from rnnkit.cells._base import INITS, init_cell_weights, parameter_shapes
 from rnnkit.cells._module import check_forget_bias
 from rnnkit.engines import _compiled
+from rnnkit.engines._fused_op import differentiated_by_transform
 from rnnkit.engines import ENGINE_NAMES, ENGINES, Engine, LayerConfig, Noise, Probe, reverse_padded, select_engine
 
 Lengths = Sequence[int] | Tensor
@@ -76,7 +78,7 @@ class RecurrentLayer(nn.Module):
         self.num_layers = _checks.check_int(owner, "num_layers", num_layers, minimum=1)
         self.bias = _checks.check_bool(owner, "bias", bias)
         self.batch_first = _checks.check_bool(owner, "batch_first", batch_first)
-        self.dropout = _checks.check_probability(owner, "dropout", dropout, allow_one=False)
+        self.dropout = _checks.check_probability(owner, "dropout", dropout, allow_one=True)
         self.bidirectional = _checks.check_bool(owner, "bidirectional", bidirectional)
         self.proj_size = _checks.check_int(owner, "proj_size", proj_size, minimum=0)
         if self.proj_size >= self.hidden_size:
@@ -102,6 +104,10 @@ class RecurrentLayer(nn.Module):
                 stacklevel=3,
             )
 
+        # torch.nn.RNNBase's names of its weights, which third-party code reads (weight-drop
+        # wrappers, pruning helpers): per (layer, direction) w_ih, w_hh[, b_ih, b_hh][, w_hr]
+        self._all_weights: list[list[str]] = []
+        self._flat_weights_names: list[str] = []
         self._cell_names: list[dict[str, str]] = []  # per (layer, direction): field -> parameter
         self._cell_fields: list[tuple[str | None, ...]] = []  # per (layer, direction): each
         # CellWeights field's parameter name, in the fields' order; None where the cell has none
@@ -126,6 +132,10 @@ class RecurrentLayer(nn.Module):
                     names[field] = field + suffix
                 self._cell_names.append(names)
                 self._cell_fields.append(tuple(names.get(field) for field in CellWeights._fields))
+                torch_names = [names[f] for f in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")
+                               if f in names]
+                self._all_weights.append(torch_names)
+                self._flat_weights_names.extend(torch_names)
         if self.learn_initial_state:
             cells = self.num_layers * self.num_directions
             self.initial_h = nn.Parameter(torch.zeros(cells, self.out_size, device=device, dtype=dtype))  # (K*D, R)
@@ -188,6 +198,70 @@ class RecurrentLayer(nn.Module):
     def flatten_parameters(self) -> None:
         """Does nothing; kept so code written for torch.nn's layers runs unchanged."""
 
+    # -- torch.nn.RNNBase's interface, for code written against it ----------------------------
+    @property
+    def _flat_weights(self) -> list[Tensor | None]:
+        """The weights named by _flat_weights_names, as they are now (parameters, or the tensors
+        that pruning, weight_norm or a parametrization computes in their place)."""
+        return [getattr(self, name, None) for name in self._flat_weights_names]
+
+    def _init_flat_weights(self) -> None:
+        """Nothing to do: _flat_weights is read from the weights' names at each access."""
+
+    def _update_flat_weights(self) -> None:
+        """Nothing to do: see _init_flat_weights."""
+
+    def _weights_have_changed(self) -> bool:
+        return False
+
+    def check_input(self, input: Tensor, batch_sizes: Tensor | None) -> None:
+        """torch.nn.RNNBase.check_input: input (T, B, I) ((N, I) packed data with batch_sizes)."""
+        owner = type(self).__name__
+        _checks.check_float_tensor(owner, "input", input, self.cell_weights(0).weight_ih.dtype)
+        expected = 2 if batch_sizes is not None else 3
+        if input.dim() != expected:
+            raise _checks.InputError(f"{owner}: input must have {expected} dimensions, got {input.dim()}")
+        _checks.check_features(owner, "input", input, self.input_size, "input_size")
+
+    def get_expected_hidden_size(self, input: Tensor, batch_sizes: Tensor | None) -> tuple[int, int, int]:
+        """(K*D, B, R), the shape of h_0 for input (as torch.nn.RNNBase's)."""
+        if batch_sizes is not None:
+            batch = int(batch_sizes[0])
+        else:
+            batch = input.size(0) if self.batch_first else input.size(1)
+        return (self.num_layers * self.num_directions, batch, self.out_size)
+
+    def check_hidden_size(self, hx: Tensor, expected_hidden_size: tuple[int, ...],
+                          msg: str = "Expected hidden size {}, got {}") -> None:
+        if hx.size() != expected_hidden_size:
+            raise _checks.InputError(f"{type(self).__name__}: " + msg.format(expected_hidden_size, list(hx.size())))
+
+    def check_forward_args(self, input: Tensor, hidden: Tensor | tuple[Tensor, Tensor],
+                           batch_sizes: Tensor | None) -> None:
+        """torch.nn's check of input and h_0 (and c_0 for LSTM: (K*D, B, H))."""
+        self.check_input(input, batch_sizes)
+        expected = self.get_expected_hidden_size(input, batch_sizes)
+        if isinstance(hidden, tuple):
+            self.check_hidden_size(hidden[0], expected, "Expected hidden[0] size {}, got {}")
+            self.check_hidden_size(hidden[1], (*expected[:2], self.hidden_size), "Expected hidden[1] size {}, got {}")
+        else:
+            self.check_hidden_size(hidden, expected)
+
+    def permute_hidden(self, hx: Any, permutation: Tensor | None) -> Any:
+        """hx (a state tensor (K*D, B, S), or a tuple of them) with its batch in permutation's order."""
+        if permutation is None:
+            return hx
+        if isinstance(hx, tuple):
+            return tuple(h.index_select(1, permutation) for h in hx)
+        return hx.index_select(1, permutation)
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """torch.jit.script: refused with what to use instead."""
+        raise RuntimeError(
+            f"{type(self).__name__}: torch.jit.script cannot compile rnnkit's layers (TorchScript is in "
+            "maintenance upstream); use torch.jit.trace, torch.compile or torch.export.export"
+        )
+
     def _config(self) -> LayerConfig:
         return LayerConfig(
             spec=self.spec,
@@ -213,7 +287,8 @@ class RecurrentLayer(nn.Module):
         """Whether a call on x will be differentiated (grad mode on, and x or the weights need it);
         cells: the call's _all_cell_weights, when it has them."""
         weight_hh = (cells[0] if cells is not None else self.cell_weights(0)).weight_hh
-        return torch.is_grad_enabled() and (x.requires_grad or weight_hh.requires_grad)
+        grad_mode = torch.is_grad_enabled() or torch.jit.is_tracing()  # traced: one graph, with or without
+        return grad_mode and (x.requires_grad or weight_hh.requires_grad)
 
     def to_torch(self) -> nn.Module:
         """The equivalent torch.nn module with the same weights (see rnnkit.to_torch)."""
@@ -236,17 +311,17 @@ class RecurrentLayer(nn.Module):
         packed = input if isinstance(input, PackedSequence) else None
         if packed is not None:
             if lengths is not None:
-                raise ValueError(
+                raise _checks.InputError(
                     f"{owner}: lengths= cannot be given with a PackedSequence, which carries its own"
                 )
             _checks.check_float_tensor(owner, "input", packed.data, dtype)
-            x, cpu_lengths = pad_packed_sequence(packed)  # (T, B, I) in the batch's original order
+            x, cpu_lengths = unpack(packed)  # (T, B, I) in the batch's original order
             batched = True
         else:
             x = _checks.check_float_tensor(owner, "input", input, dtype)
             layout = "(B, T, I)" if self.batch_first else "(T, B, I)"
             if x.dim() not in (2, 3):
-                raise ValueError(
+                raise _checks.InputError(
                     f"{owner}: expected input with 3 dimensions {layout} or 2 (T, I) unbatched, "
                     f"got {x.dim()} of shape {_checks.shape_str(x.shape)}"
                 )
@@ -256,14 +331,14 @@ class RecurrentLayer(nn.Module):
             elif self.batch_first:
                 x = x.transpose(0, 1)  # (B, T, I) -> (T, B, I)
             if x.shape[0] == 0:
-                raise ValueError(
+                raise _checks.InputError(
                     f"{owner}: expected at least one time step, got input of shape "
                     f"{_checks.shape_str(x.shape)} (time-major)"
                 )
             cpu_lengths = None
             if lengths is not None:
                 if not batched:
-                    raise ValueError(f"{owner}: lengths= needs a batched (3-D) input, got a 2-D one")
+                    raise _checks.InputError(f"{owner}: lengths= needs a batched (3-D) input, got a 2-D one")
                 cpu_lengths = check_lengths(owner, lengths, batch=x.shape[1], steps=x.shape[0])
         _checks.check_features(owner, "input", x, self.input_size, "input_size")
         steps, batch = x.shape[:2]
@@ -275,6 +350,8 @@ class RecurrentLayer(nn.Module):
         engine = select_engine(self.engine, self._config(), x, owner=owner, grad=self._needs_grad(x, cells))
         if self._probes is not None:  # rnnkit.diagnostics is looking: the reference loop, with probes
             engine = ENGINES["reference"]
+        elif engine.name == "fused" and not torch.compiler.is_compiling() and differentiated_by_transform():
+            engine = ENGINES["reference"]  # torch.func's grad and jvp, forward-mode AD: autograd's loop
         if torch.onnx.is_in_onnx_export():
             if torch.jit.is_tracing():  # the TorchScript-based exporter would record one fixed run
                 raise RuntimeError(
@@ -371,20 +448,22 @@ class RecurrentLayer(nn.Module):
         return [tuple(part[i] for part in checked) for i in range(cells)]
 
     def extra_repr(self) -> str:
+        """torch.nn's repr (its options in its order), then rnnkit's options that are set."""
         s = f"{self.input_size}, {self.hidden_size}"
-        defaults: dict[str, object] = {
-            "num_layers": 1, "bias": True, "batch_first": False, "dropout": 0.0,
-            "bidirectional": False, "proj_size": 0, "layer_norm": False,
-            "recurrent_dropout": 0.0, "zoneout": 0.0, "forget_bias": None,
-            "learn_initial_state": False, "init": "default",
-        }
-        if getattr(self, "nonlinearity", "tanh") != "tanh":
-            s += f", nonlinearity={getattr(self, 'nonlinearity')!r}"
-        for name, default in defaults.items():
+        torch_defaults: dict[str, object] = {"proj_size": 0, "num_layers": 1, "bias": True, "batch_first": False,
+                                             "dropout": 0.0, "bidirectional": False}
+        rnnkit_defaults: dict[str, object] = {"layer_norm": False, "recurrent_dropout": 0.0, "zoneout": 0.0,
+                                              "forget_bias": None, "learn_initial_state": False, "init": "default",
+                                              "engine": "auto"}
+        for name, default in torch_defaults.items():
+            value = getattr(self, name)
+            if value != default:
+                s += f", {name}={value}"
+        for name, default in rnnkit_defaults.items():
             value = getattr(self, name)
             if value != default:
                 s += f", {name}={value!r}"
-        return s + f", engine={self.engine!r}"
+        return s
 
 
 def check_lengths(owner: str, lengths: Lengths, *, batch: int, steps: int) -> Tensor:
@@ -394,7 +473,7 @@ def check_lengths(owner: str, lengths: Lengths, *, batch: int, steps: int) -> Te
         if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
             raise TypeError(f"{owner}: expected lengths of an integer dtype, got {lengths.dtype}")
         if lengths.dim() != 1:
-            raise ValueError(
+            raise _checks.InputError(
                 f"{owner}: expected lengths to be 1-D (B,), got shape {_checks.shape_str(lengths.shape)}"
             )
         values = lengths.detach().to("cpu", torch.int64)
@@ -405,19 +484,52 @@ def check_lengths(owner: str, lengths: Lengths, *, batch: int, steps: int) -> Te
             raise TypeError(f"{owner}: expected lengths to be a list of ints or a 1-D tensor, got {lengths!r}")
         values = torch.tensor(list(lengths), dtype=torch.int64)
     if values.numel() != batch:
-        raise ValueError(f"{owner}: expected {batch} lengths (one per sequence), got {values.numel()}")
-    if isinstance(lengths, Tensor) and torch.compiler.is_compiling():
-        return values  # traced, the values are not known here; the fused kernels check them
-    low, high = int(values.min()), int(values.max())
+        raise _checks.InputError(f"{owner}: expected {batch} lengths (one per sequence), got {values.numel()}")
+    if isinstance(lengths, Tensor):
+        if torch.compiler.is_compiling():
+            return values  # traced, the values are not known here; the fused kernels check them
+        low, high = int(values.min()), int(values.max())
+    else:
+        low, high = min(lengths, default=1), max(lengths, default=1)
     if low < 1:
-        raise ValueError(f"{owner}: expected every length >= 1, got {low}")
+        raise _checks.InputError(f"{owner}: expected every length >= 1, got {low}")
     if high > steps:
-        raise ValueError(f"{owner}: expected every length <= {steps} (the input's time steps), got {high}")
+        raise _checks.InputError(f"{owner}: expected every length <= {steps} (the input's time steps), got {high}")
     return values
+
+
+def unpack(packed: PackedSequence) -> tuple[Tensor, Tensor]:
+    """pad_packed_sequence(packed): x (T, B, *) zero-padded, in the batch's original order, and
+    the lengths (B,) on CPU. Traced (torch.compile, torch.export), with tensor operations whose
+    shapes come from the tensors' shapes, not from the values in batch_sizes."""
+    if not torch.compiler.is_compiling():
+        return pad_packed_sequence(packed)
+    data, batch_sizes = packed.data, packed.batch_sizes  # (N, *), (T,)
+    batch = packed.sorted_indices.shape[0] if packed.sorted_indices is not None else int(batch_sizes[0])
+    sizes = batch_sizes.to(data.device)
+    starts = torch.cumsum(sizes, 0) - sizes  # (T,): where each step's rows begin in data
+    slot = torch.arange(batch, device=data.device)  # (B,) in sorted order
+    valid = slot < sizes.unsqueeze(1)  # (T, B)
+    index = (starts.unsqueeze(1) + slot).clamp(max=data.shape[0] - 1)  # (T, B)
+    x = data[index] * valid.view(*valid.shape, *([1] * (data.dim() - 1))).to(data.dtype)  # (T, B, *)
+    lengths = valid.sum(0)  # (B,)
+    if packed.unsorted_indices is not None:  # sorted -> original order
+        x = x.index_select(1, packed.unsorted_indices)
+        lengths = lengths.index_select(0, packed.unsorted_indices)
+    return x, lengths.cpu()
 
 
 def repack(out: Tensor, like: PackedSequence, lengths: Tensor) -> PackedSequence:
     """Pack out (T, B, R), in the batch's original order, exactly as the input like was packed."""
+    if torch.compiler.is_compiling():  # traced: as unpack, shapes from the tensors' shapes
+        if like.sorted_indices is not None:
+            out = out.index_select(1, like.sorted_indices)  # original -> sorted (descending) order
+        sizes = like.batch_sizes.to(out.device)
+        ends = torch.cumsum(sizes, 0)  # (T,)
+        row = torch.arange(like.data.shape[0], device=out.device)  # (N,): one per packed row
+        step = torch.searchsorted(ends, row, right=True)  # (N,): its time step
+        slot = row - (ends - sizes)[step]  # and its place in the (sorted) batch
+        return PackedSequence(out[step, slot], like.batch_sizes, like.sorted_indices, like.unsorted_indices)
     if like.sorted_indices is not None:
         out = out.index_select(1, like.sorted_indices)  # original -> sorted (descending) order
         lengths = lengths.index_select(0, like.sorted_indices.cpu())

@@ -18,7 +18,7 @@ _SHARED_DOC = """
         num_layers: K, stacked layers; layer k > 0 reads layer k-1's output.
         bias: use bias_ih and bias_hh.
         batch_first: input and output are (B, T, *) instead of (T, B, *); h_0 and h_n are not.
-        dropout: dropout probability on each layer's output except the last's, in [0, 1).
+        dropout: dropout probability on each layer's output except the last's, in [0, 1].
         bidirectional: add a layer that reads each sequence backwards; D = 2.
 
     rnnkit's own options, keyword-only and off by default:
@@ -45,6 +45,12 @@ _SHARED_DOC = """
             each sequence's final state is the one at its own last valid step, outputs past it
             are zero, and the reverse direction starts at each sequence's last valid step.
 """
+
+
+def _refuse_proj_size(proj_size: int | None) -> None:
+    """torch.nn.RNN and GRU take no proj_size, and say so with a ValueError."""
+    if proj_size is not None:
+        raise ValueError(f"proj_size argument is only supported for LSTM, not RNN or GRU (got proj_size={proj_size})")
 
 
 class RNN(RecurrentLayer):
@@ -82,7 +88,9 @@ class RNN(RecurrentLayer):
         learn_initial_state: bool = False,
         init: str = "default",
         engine: str = "auto",
+        proj_size: int | None = None,
     ) -> None:
+        _refuse_proj_size(proj_size)
         specs = {"tanh": RNN_TANH, "relu": RNN_RELU}
         if nonlinearity not in specs:
             raise ValueError(f"RNN: unknown nonlinearity {nonlinearity!r}: expected 'tanh' or 'relu'")
@@ -206,7 +214,9 @@ class GRU(RecurrentLayer):
         learn_initial_state: bool = False,
         init: str = "default",
         engine: str = "auto",
+        proj_size: int | None = None,
     ) -> None:
+        _refuse_proj_size(proj_size)
         super().__init__(
             GRU_SPEC, input_size, hidden_size, num_layers, bias, batch_first, dropout,
             bidirectional, 0, device=device, dtype=dtype, layer_norm=layer_norm,

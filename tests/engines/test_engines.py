@@ -24,5 +24,6 @@ def test_engine_choice_is_visible() -> None:
     layer = rnnkit.LSTM(3, 4)
     x = torch.randn(5, 2, 3)
     assert layer.engine_for(x) in ENGINES
-    assert "engine='auto'" in repr(layer)
+    assert repr(layer) == "LSTM(3, 4)"  # torch.nn's repr: 'auto' is the default
+    assert "engine='reference'" in repr(rnnkit.LSTM(3, 4, engine="reference"))
     assert rnnkit.GRU(3, 4, engine="reference").engine_for(x) == "reference"

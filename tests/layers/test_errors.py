@@ -16,8 +16,10 @@ import rnnkit
     [
         (lambda: rnnkit.LSTM(10, 20, proj_size=20), ValueError, r"LSTM: proj_size must be < hidden_size \(20\), got 20"),
         (lambda: rnnkit.LSTM(10, 20, proj_size=-1), ValueError, r"LSTM: proj_size must be >= 0, got -1"),
-        (lambda: rnnkit.GRU(10, 20, dropout=1.0), ValueError, r"GRU: dropout must be in \[0, 1\), got 1.0"),
-        (lambda: rnnkit.GRU(10, 20, dropout=-0.1), ValueError, r"GRU: dropout must be in \[0, 1\), got -0.1"),
+        (lambda: rnnkit.GRU(10, 20, dropout=1.5), ValueError, r"GRU: dropout must be in \[0, 1\], got 1.5"),
+        (lambda: rnnkit.GRU(10, 20, dropout=-0.1), ValueError, r"GRU: dropout must be in \[0, 1\], got -0.1"),
+        (lambda: rnnkit.GRU(10, 20, proj_size=5), ValueError, r"proj_size argument is only supported for LSTM, not RNN or GRU"),
+        (lambda: rnnkit.RNN(10, 20, proj_size=0), ValueError, r"proj_size argument is only supported for LSTM, not RNN or GRU"),
         (lambda: rnnkit.GRU(10, 20, dropout="0.5"), TypeError, r"GRU: dropout must be a float, got str '0.5'"),
         (lambda: rnnkit.RNN(10, 20, nonlinearity="sigmoid"), ValueError, r"RNN: unknown nonlinearity 'sigmoid': expected 'tanh' or 'relu'"),
         (lambda: rnnkit.RNNCell(10, 20, nonlinearity="gelu"), ValueError, r"RNNCell: unknown nonlinearity 'gelu'"),
@@ -36,6 +38,36 @@ import rnnkit
 def test_constructor_errors(make: Any, error: type[Exception], message: str) -> None:
     with pytest.raises(error, match=message):
         make()
+
+
+@pytest.mark.parametrize("make", [lambda m: m.GRU(10, 20, proj_size=5), lambda m: m.RNN(10, 20, proj_size=0),
+                                  lambda m: m.LSTM(10, 0), lambda m: m.LSTM(10, 20, dropout=1.5),
+                                  lambda m: m.LSTM(10, 20, bias=1), lambda m: m.LSTM(10.0, 20)])
+def test_constructor_errors_are_torchs_types(make: Any) -> None:
+    """A bad argument raises what torch.nn raises for it (or a subclass)."""
+    with pytest.raises(Exception) as theirs:
+        make(torch.nn)
+    with pytest.raises(type(theirs.value)):
+        make(rnnkit)
+
+
+def test_what_torch_accepts_rnnkit_accepts() -> None:
+    """dropout=1 between layers (every unit dropped), cells of hidden_size 0, and a cell's bias
+    given as any truthy value, as torch.nn."""
+    torch.manual_seed(0)
+    layer = rnnkit.GRU(3, 4, num_layers=2, dropout=1.0)
+    theirs = torch.nn.GRU(3, 4, num_layers=2, dropout=1.0)
+    theirs.load_state_dict(layer.state_dict())
+    x = torch.randn(5, 2, 3)
+    torch.testing.assert_close(layer(x)[0], theirs(x)[0])  # the top layer reads zeros in both
+    assert repr(layer) == repr(theirs) == "GRU(3, 4, num_layers=2, dropout=1.0)"
+    for name in ("RNNCell", "LSTMCell", "GRUCell"):
+        ours, torchs = getattr(rnnkit, name)(3, 0), getattr(torch.nn, name)(3, 0)
+        out, expected = ours(torch.randn(2, 3)), torchs(torch.randn(2, 3))
+        for a, b in zip(out if isinstance(out, tuple) else (out,), expected if isinstance(expected, tuple) else (expected,)):
+            assert a.shape == b.shape == (2, 0)
+        assert getattr(rnnkit, name)(3, 4, bias=1).bias_ih.shape == (getattr(rnnkit, name)(3, 4).bias_ih.shape)
+        assert not hasattr(getattr(rnnkit, name)(3, 4, bias=0), "bias_ih")
 
 
 def test_dropout_with_one_layer_warns() -> None:
@@ -96,6 +128,38 @@ X = torch.randn(5, 3, 10)
 def test_forward_errors(call: Any, error: type[Exception], message: str) -> None:
     with pytest.raises(error, match=message):
         call()
+
+
+T_LSTM = torch.nn.LSTM(10, 20, num_layers=2)
+T_GRU_BF = torch.nn.GRU(10, 20, batch_first=True)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda m: m[0](torch.randn(5, 3, 11)),
+        lambda m: m[0](torch.randn(5, 3, 10, 1)),
+        lambda m: m[1](torch.randn(10)),
+        lambda m: m[0](torch.zeros(0, 3, 10)),
+        lambda m: m[0](X.double()),
+        lambda m: m[0](X, (torch.zeros(2, 3, 21), torch.zeros(2, 3, 20))),
+        lambda m: m[0](X, (torch.zeros(2, 3, 20), torch.zeros(1, 3, 20))),
+        lambda m: m[0](X[:, 0], (torch.zeros(2, 1, 20), torch.zeros(2, 1, 20))),
+        lambda m: m[1](torch.randn(3, 5, 10), torch.zeros(2, 3, 20)),
+        lambda m: m[2](10, 20)(torch.randn(3, 11)),
+        lambda m: m[3](10, 20)(torch.randn(2, 3, 10)),
+        lambda m: m[3](10, 20)(torch.randn(3, 10), torch.randn(3, 21)),
+        lambda m: m[4](10, 20)(torch.randn(3, 10), torch.randn(4, 20)),
+    ],
+)
+def test_forward_errors_are_torchs_types(call: Any) -> None:
+    """A bad input raises an exception of the type torch.nn raises for it (rnnkit.InputError is
+    both ValueError and RuntimeError, rnnkit.InputTypeError both TypeError and ValueError), so
+    code that catches torch's exceptions catches rnnkit's."""
+    with pytest.raises(Exception) as theirs:
+        call((T_LSTM, T_GRU_BF, torch.nn.LSTMCell, torch.nn.GRUCell, torch.nn.RNNCell))
+    with pytest.raises(type(theirs.value)):
+        call((LSTM, GRU_BF, rnnkit.LSTMCell, rnnkit.GRUCell, rnnkit.RNNCell))
 
 
 def test_from_torch_and_to_torch_errors() -> None:

@@ -1,0 +1,362 @@
+"""rnnkit's layers inside the PyTorch toolchain: the fused kernels as operators (opcheck),
+torch.compile, torch.export, ONNX with onnxruntime, TorchScript, torch.func, batched and
+higher-order gradients, pruning and weight normalisation, and torch.nn.RNNBase's interface;
+each against eager rnnkit, the reference engine or torch.nn."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+
+import rnnkit
+from rnnkit.engines import _compiled
+from tests.helpers import weighted_sum
+
+needs_kernels = pytest.mark.skipif(isinstance(_compiled.load(), str), reason="fused kernels unavailable")
+
+CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
+    "lstm": ("LSTM", {}),
+    "gru-stacked-bidirectional": ("GRU", {"num_layers": 2, "bidirectional": True}),
+    "rnn-relu-batch-first": ("RNN", {"nonlinearity": "relu", "batch_first": True}),
+    "lstm-proj-layer-norm-bidirectional": ("LSTM", {"proj_size": 3, "layer_norm": True, "bidirectional": True}),
+    "gru-layer-norm-learned-state": ("GRU", {"layer_norm": True, "learn_initial_state": True}),
+    "lstm-noise": ("LSTM", {"num_layers": 2, "dropout": 0.3, "recurrent_dropout": 0.2, "zoneout": 0.1}),
+}
+"""Layer configurations every tool is tried on: stacked, bidirectional, each family, and every
+rnnkit option (the noise ones act in training only)."""
+
+
+def make(config: str, **extra: Any) -> nn.Module:
+    name, options = CONFIGS[config]
+    torch.manual_seed(0)
+    return getattr(rnnkit, name)(4, 6, **options, **extra)
+
+
+def inputs(layer: nn.Module, steps: int = 7, batch: int = 3) -> Tensor:
+    x = torch.randn(steps, batch, 4)
+    return x.transpose(0, 1).contiguous() if layer.batch_first else x
+
+
+def lengths_for(batch: int) -> Tensor:
+    return torch.tensor([7, 3, 5, 1, 6, 2][:batch])
+
+
+def flat(result: Any) -> list[Tensor]:
+    out, state = result
+    if isinstance(out, PackedSequence):
+        out = out.data
+    return [out, *(state if isinstance(state, tuple) else (state,))]
+
+
+def assert_all_close(actual: list[Tensor], expected: list[Tensor], tol: float = 1e-6) -> None:
+    assert len(actual) == len(expected)
+    for a, b in zip(actual, expected):
+        torch.testing.assert_close(a, b, atol=tol, rtol=tol)
+
+
+# -- the operators -----------------------------------------------------------------------------
+@needs_kernels
+@pytest.mark.parametrize("mode", ["LSTM", "GRU", "RNN_TANH"])
+@pytest.mark.parametrize("options", ["plain", "all"])
+def test_fused_operators_pass_opcheck(mode: str, options: str) -> None:
+    """torch.library.opcheck: the schema, the fake kernel's shapes against the real kernel's, the
+    autograd registration and AOT dispatch (what torch.compile relies on), for rnnkit::fused_rnn
+    called as the layers call it."""
+    torch.manual_seed(0)
+    steps, batch, inputs_, hidden = 5, 3, 4, 6
+    gates = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1}[mode] * hidden
+    lstm = mode == "LSTM"
+    full = options == "all"
+    size = 2 if lstm and full else hidden
+
+    def t(*shape: int, grad: bool = True) -> Tensor:
+        return (torch.randn(*shape, dtype=torch.float64) * 0.5).requires_grad_(grad)
+
+    args = (t(steps, batch, inputs_), t(gates, inputs_), t(gates), t(batch, size) if full else None,
+            t(batch, hidden) if full and lstm else None, t(gates, size), t(gates), t(size, hidden) if lstm and full else None,
+            None, None, None, torch.tensor([5, 2, 4]) if full else None,
+            torch.rand(batch, size, dtype=torch.float64) if full else None,
+            torch.rand(steps, batch, size) < 0.2 if full else None,
+            torch.rand(steps, batch, hidden) < 0.2 if full and lstm else None, mode, True)
+    torch.library.opcheck(torch.ops.rnnkit.fused_rnn.default, args)
+    torch.library.opcheck(torch.ops.rnnkit.fused_rnn.default, (*args[:-1], False))
+
+
+@needs_kernels
+def test_fused_operator_checks_lengths_and_device() -> None:
+    """The operator refuses lengths outside [1, T] itself (a traced layer passes them unchecked),
+    and declares CPU only: elsewhere there is no kernel to run."""
+    x = torch.randn(4, 2, 3)
+    w_ih, w_hh = torch.randn(5, 3), torch.randn(5, 5)
+    with pytest.raises(rnnkit.InputError, match=r"expected 2 lengths in \[1, 4\], got \[5, 1\]"):
+        torch.ops.rnnkit.fused_rnn(x, w_ih, None, None, None, w_hh, None, None, None, None, None,
+                                   torch.tensor([5, 1]), None, None, None, "RNN_TANH", False)
+    with pytest.raises(NotImplementedError):
+        torch.ops.rnnkit.fused_rnn(x.to("meta"), w_ih.to("meta"), None, None, None, w_hh.to("meta"), None, None,
+                                   None, None, None, None, None, None, None, "RNN_TANH", False)
+
+
+# -- torch.compile -------------------------------------------------------------------------------
+@pytest.mark.parametrize("config", list(CONFIGS))
+@pytest.mark.parametrize("call", ["plain", "lengths-list", "lengths-tensor", "packed", "packed-sorted", "unbatched"])
+def test_compile_fullgraph_equals_eager(config: str, call: str) -> None:
+    """torch.compile(fullgraph=True) traces every configuration without a graph break (or it
+    raises), forward and backward, in training (the masks drawn as eager draws them) and at eval,
+    and gives eager's outputs and gradients. (aot_eager: dynamo, fake tensors and AOTAutograd,
+    without the time of generating code; test_compile_inductor runs the whole compiler.)"""
+    torch._dynamo.reset()
+    layer = make(config)
+    x = inputs(layer, batch=4)
+    kwargs: dict[str, Any] = {}
+    if call == "lengths-list":
+        kwargs["lengths"] = [7, 3, 5, 1]
+    elif call == "lengths-tensor":
+        kwargs["lengths"] = lengths_for(4)
+    elif call.startswith("packed"):
+        if layer.batch_first:
+            pytest.skip("a PackedSequence has no layout")
+        sorted_ = call == "packed-sorted"
+        x = pack_padded_sequence(x, [7, 6, 3, 1] if sorted_ else [7, 3, 5, 1], enforce_sorted=sorted_)
+    elif call == "unbatched":
+        x = x[0] if layer.batch_first else x[:, 0]
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    params = list(layer.parameters())
+    for training in (True, False):
+        layer.train(training)
+        results = []
+        for run in (layer, compiled):
+            torch.manual_seed(5)  # the same dropout, recurrent dropout and zoneout masks
+            data = x.data if isinstance(x, PackedSequence) else x
+            leaf = data.detach().clone().requires_grad_()
+            arg = PackedSequence(leaf, *x[1:]) if isinstance(x, PackedSequence) else leaf
+            outs = flat(run(arg, **kwargs))
+            results.append(outs + list(torch.autograd.grad(weighted_sum(outs), [leaf, *params])))
+        assert_all_close(results[1], results[0])
+
+
+@needs_kernels
+def test_compile_inductor_equals_eager() -> None:
+    """The default backend (inductor, generated code around the opaque operator) too."""
+    torch._dynamo.reset()
+    layer = make("lstm-proj-layer-norm-bidirectional")
+    x = inputs(layer)
+    compiled = torch.compile(layer, fullgraph=True)
+    assert_all_close(flat(compiled(x, lengths=[7, 2, 5])), flat(layer(x, lengths=[7, 2, 5])), 1e-5)
+
+
+# -- torch.export and ONNX ---------------------------------------------------------------------
+class Tagger(nn.Module):
+    """A model as users export one: a recurrent layer and a linear head on its output."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.rnn = layer
+        self.head = nn.Linear(layer.out_size * layer.num_directions, 2)
+
+    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
+        out, _ = self.rnn(x, lengths=lengths)
+        return self.head(out)
+
+
+def dynamic(layer: nn.Module) -> tuple[dict[int, Any], dict[int, Any]]:
+    steps, batch = torch.export.Dim("T", min=2, max=4096), torch.export.Dim("B", min=2, max=4096)
+    return ({1: steps, 0: batch} if layer.batch_first else {0: steps, 1: batch}), {0: batch}
+
+
+@pytest.mark.parametrize("config", list(CONFIGS))
+def test_export_with_dynamic_length_and_batch(config: str) -> None:
+    """torch.export.export with dynamic T and B: the exported program gives eager's outputs at
+    other T and B, and holds the fused operator (one per layer and direction) rather than an
+    unrolled loop."""
+    model = Tagger(make(config)).eval()
+    x = inputs(model.rnn)
+    program = torch.export.export(model, (x, lengths_for(3)), dynamic_shapes=dynamic(model.rnn))
+    for steps, batch in ((11, 5), (2, 2), (7, 3)):
+        other = inputs(model.rnn, steps, batch)
+        lengths = lengths_for(batch).clamp(max=steps)
+        torch.testing.assert_close(program.module()(other, lengths), model(other, lengths), atol=1e-6, rtol=1e-6)
+    if _compiled.unavailable() is None:
+        ops = [n.target for n in program.graph.nodes if n.op == "call_function"]
+        calls = model.rnn.num_layers * model.rnn.num_directions
+        assert ops.count(torch.ops.rnnkit.fused_rnn.default) == calls
+
+
+ONNX_CONFIGS = ["lstm", "gru-stacked-bidirectional", "lstm-proj-layer-norm-bidirectional", "rnn-relu-batch-first"]
+
+
+@pytest.mark.parametrize("config", ONNX_CONFIGS)
+def test_onnx_export_runs_in_onnxruntime(config: str, tmp_path: Path) -> None:
+    """torch.onnx.export(dynamo=True) exports the recurrence as an ONNX Scan: onnxruntime runs
+    the model at other T and B with eager's numbers (1e-5), lengths, projection and layer
+    normalisation included."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    model = Tagger(make(config)).eval()
+    x = inputs(model.rnn)
+    with warnings.catch_warnings():  # the exporter's own notes on renamed dynamic axes
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(model, (x, lengths_for(3)), dynamic_shapes=dynamic(model.rnn), dynamo=True)
+    assert program is not None
+    path = tmp_path / "model.onnx"
+    program.save(str(path))
+    session = ort.InferenceSession(str(path))
+    for steps, batch in ((11, 5), (3, 2)):
+        other = inputs(model.rnn, steps, batch)
+        lengths = lengths_for(batch).clamp(max=steps)
+        feeds = {i.name: a.numpy() for i, a in zip(session.get_inputs(), (other, lengths))}
+        (got,) = session.run(None, feeds)
+        torch.testing.assert_close(torch.from_numpy(got), model(other, lengths).detach(), atol=1e-5, rtol=1e-5)
+    assert any(node.op_type == "Scan" for node in _all_nodes(program.model_proto.graph))
+
+
+def _all_nodes(graph: Any) -> list[Any]:
+    nodes = list(graph.node)
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.g is not None and len(attribute.g.node):
+                nodes += _all_nodes(attribute.g)
+    return nodes
+
+
+def test_legacy_onnx_exporter_is_refused(tmp_path: Path) -> None:
+    """The TorchScript-based exporter would record one run's numbers as constants: rnnkit's
+    layers refuse it and name the exporter to use."""
+    model = Tagger(rnnkit.LSTM(4, 6)).eval()
+    x = torch.randn(5, 2, 4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        with pytest.raises(Exception, match=r"torch.onnx.export\(model, args, dynamo=True\)"):
+            torch.onnx.export(model, (x, torch.tensor([5, 3])), str(tmp_path / "m.onnx"), dynamo=False)
+    assert not (tmp_path / "m.onnx").exists()
+
+
+# -- TorchScript -------------------------------------------------------------------------------
+@pytest.mark.parametrize("config", ["lstm", "gru-stacked-bidirectional", "lstm-proj-layer-norm-bidirectional"])
+def test_jit_trace_saves_and_runs_at_other_lengths(config: str, tmp_path: Path) -> None:
+    """torch.jit.trace passes its own check, saves, loads, and the loaded module gives eager's
+    outputs at another T (the fused operator is one node of the traced graph)."""
+    layer = make(config).eval()
+    x = inputs(layer)
+    traced = torch.jit.trace(layer, (x,))
+    traced.save(str(tmp_path / "layer.pt"))
+    loaded = torch.jit.load(str(tmp_path / "layer.pt"))
+    other = inputs(layer, 12, 2)
+    assert_all_close(flat(loaded(other)), flat(layer(other)))
+
+
+def test_jit_script_is_refused_with_what_to_use() -> None:
+    with pytest.raises(RuntimeError, match=r"LSTM: torch.jit.script cannot compile rnnkit's layers .* torch.jit.trace"):
+        torch.jit.script(nn.Sequential(rnnkit.LSTM(3, 4)))
+
+
+# -- torch.func and batched gradients ------------------------------------------------------------
+@pytest.mark.parametrize("engine", ["auto", "reference"])
+@pytest.mark.parametrize("family", ["LSTM", "GRU"])
+def test_torch_func_transforms_equal_the_reference_engine(engine: str, family: str) -> None:
+    """vmap, jacrev, jacfwd, grad over parameters (functional_call), autograd.grad with
+    is_grads_batched and jacobian(vectorize=True) give the reference engine's numbers."""
+    from torch.func import functional_call, grad, jacfwd, jacrev, vmap
+
+    torch.manual_seed(0)
+    options = {"bidirectional": True, "proj_size": 2} if family == "LSTM" else {"num_layers": 2}
+    layer = getattr(rnnkit, family)(3, 4, dtype=torch.float64, engine=engine, **options)
+    reference = getattr(rnnkit, family)(3, 4, dtype=torch.float64, engine="reference", **options)
+    reference.load_state_dict(layer.state_dict())
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    stack = torch.randn(3, 5, 2, 3, dtype=torch.float64)
+    cotangents = torch.randn(4, 5, 2, layer.out_size * layer.num_directions, dtype=torch.float64)
+
+    def results(m: nn.Module) -> list[Tensor]:
+        f = lambda x_: m(x_, lengths=[5, 3])[0]  # noqa: E731
+        params = dict(m.named_parameters())
+        xg = x.clone().requires_grad_()
+        batched, = torch.autograd.grad(f(xg), xg, cotangents, is_grads_batched=True)
+        per_param = grad(lambda p: functional_call(m, p, (x,))[0].pow(2).sum())(params)
+        return [vmap(f)(stack), jacrev(f)(x), jacfwd(f)(x), batched,
+                torch.autograd.functional.jacobian(f, x, vectorize=True), *per_param.values()]
+
+    assert_all_close(results(layer), results(reference), 1e-10)
+
+
+# -- torch.nn's contract ------------------------------------------------------------------------
+@pytest.mark.parametrize("engine", ["auto", "fused", "native", "reference"])
+@pytest.mark.parametrize("family", ["LSTM", "GRU", "RNN"])
+def test_empty_batch_as_torch(engine: str, family: str) -> None:
+    """A batch of 0 sequences gives torch.nn's empty outputs and states, and zero-size gradients."""
+    if engine == "fused" and _compiled.unavailable() is not None:
+        pytest.skip("fused kernels unavailable")
+    ours = getattr(rnnkit, family)(3, 4, num_layers=2, bidirectional=True, engine=engine)
+    theirs = getattr(nn, family)(3, 4, num_layers=2, bidirectional=True)
+    x = torch.randn(5, 0, 3, requires_grad=True)
+    got, expected = flat(ours(x)), flat(theirs(x))
+    assert [t.shape for t in got] == [t.shape for t in expected]
+    got[0].sum().backward()
+    assert x.grad is not None and x.grad.shape == x.shape
+
+
+@pytest.mark.parametrize("family", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("options", [{}, {"num_layers": 2, "bidirectional": True, "bias": False, "batch_first": True,
+                                          "dropout": 0.5}])
+def test_torch_internal_attributes_and_repr(family: str, options: dict[str, Any]) -> None:
+    """What third-party code reads of torch.nn.RNNBase: _flat_weights_names, _all_weights,
+    _flat_weights, all_weights, check_forward_args, permute_hidden; and repr, all as torch.nn's
+    when no rnnkit option is set."""
+    if family == "LSTM":
+        options = dict(options, proj_size=2)
+    ours, theirs = getattr(rnnkit, family)(3, 4, **options), getattr(nn, family)(3, 4, **options)
+    theirs.load_state_dict(ours.state_dict())
+    assert repr(ours) == repr(theirs)
+    assert ours._flat_weights_names == theirs._flat_weights_names
+    assert ours._all_weights == theirs._all_weights
+    assert all(torch.equal(a, b) for a, b in zip(ours._flat_weights, theirs._flat_weights))
+    assert [[p.shape for p in w] for w in ours.all_weights] == [[p.shape for p in w] for w in theirs.all_weights]
+    x = torch.randn(2, 5, 3) if ours.batch_first else torch.randn(5, 2, 3)
+    h = torch.zeros(ours.num_layers * ours.num_directions, 2, ours.out_size)
+    hidden: Any = (h, torch.zeros(h.shape[0], 2, 4)) if family == "LSTM" else h
+    ours.check_forward_args(x, hidden, None)
+    theirs.check_forward_args(x, hidden, None)
+    bad = torch.zeros(h.shape[0], 3, h.shape[2])
+    with pytest.raises(RuntimeError, match="Expected hidden"):
+        ours.check_forward_args(x, (bad, hidden[1]) if family == "LSTM" else bad, None)
+    order = torch.tensor([1, 0])
+    torch.testing.assert_close(ours.permute_hidden(h + torch.arange(2.0).view(1, 2, 1), order),
+                               theirs.permute_hidden(h + torch.arange(2.0).view(1, 2, 1), order))
+    assert "engine" not in repr(ours) and "engine='reference'" in repr(getattr(rnnkit, family)(3, 4, engine="reference"))
+
+
+@pytest.mark.parametrize("tool", ["prune", "weight_norm", "weight_norm_hook", "spectral_norm"])
+@pytest.mark.parametrize("engine", ["auto", "reference"])
+def test_prune_and_weight_norm_as_torch(tool: str, engine: str) -> None:
+    """torch.nn.utils.prune, weight_norm (the parametrization and the old hook form) and
+    spectral_norm on any weight: the layer computes with the treated weights, as torch.nn.LSTM
+    given the same treatment, and trains them (gradients reach the original parameters)."""
+    ours, theirs = rnnkit.LSTM(3, 5, num_layers=2, engine=engine), nn.LSTM(3, 5, num_layers=2)
+    theirs.load_state_dict(ours.state_dict())
+    for module in (ours, theirs):
+        for name in ("weight_hh_l0", "weight_ih_l1"):
+            torch.manual_seed(1)
+            if tool == "prune":
+                nn.utils.prune.random_unstructured(module, name, amount=0.5)
+            elif tool == "weight_norm":
+                nn.utils.parametrizations.weight_norm(module, name)
+            elif tool == "spectral_norm":
+                nn.utils.parametrizations.spectral_norm(module, name)
+            else:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", FutureWarning)
+                    nn.utils.weight_norm(module, name)
+    ours.eval(), theirs.eval()  # spectral_norm's power iteration runs in training only
+    x = torch.randn(4, 2, 3)
+    with warnings.catch_warnings():  # torch.nn.LSTM: its weights are no longer one contiguous chunk
+        warnings.simplefilter("ignore", UserWarning)
+        got, expected = flat(ours(x)), flat(theirs(x))
+    assert_all_close(got, expected)
+    trained = [p for p in ours.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(weighted_sum(got), trained)
+    assert all(g is not None for g in grads) and len(grads) == len(list(theirs.parameters()))
