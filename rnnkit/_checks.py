@@ -84,7 +84,7 @@ def check_shape(owner: str, name: str, value: Tensor, expected: Sequence[int]) -
 
 def check_features(owner: str, name: str, value: Tensor, size: int, arg: str) -> None:
     """The last dimension of value must be size (the constructor argument arg)."""
-    if value.shape[-1] != size:
+    if not torch.jit.is_tracing() and value.shape[-1] != size:  # (traced, sizes are not ints)
         raise InputError(
             f"{owner}: expected {name} with {size} features in its last dimension ({arg}={size}), "
             f"got shape {shape_str(value.shape)}"

@@ -5,6 +5,7 @@ For each cell and size it times the forward pass (no grad) and the forward plus 
 round) so that a noisy machine slows all of them alike, and reports medians and the ratio
 torch.nn time / rnnkit time (above 1: rnnkit is faster). Achieved GFLOP/s are given beside the sgemm peak measured on the machine.
 
+Besides the engines, ``compiled`` times the layer under torch.compile(fullgraph=True).
 Run it as ``rnnkit bench`` or ``python -m rnnkit.bench``.
 """
 
@@ -33,6 +34,10 @@ CELLS = ("lstm", "gru", "rnn", "lstm_ln")
 """lstm_ln is rnnkit's layer-normalised LSTM, timed against plain torch.nn.LSTM."""
 
 GATES = {"lstm": 4, "gru": 3, "rnn": 1, "lstm_ln": 4}
+
+COMPILED = "compiled"
+"""Not an engine: the layer on engine='auto' under torch.compile(fullgraph=True), timed beside
+the eager engines (its first calls, in the warm-up, compile it)."""
 
 
 @dataclass
@@ -81,10 +86,13 @@ def _modules(cell: str, size: tuple[int, int, int, int], engines: Sequence[str])
     reference = torch_type(inputs, hidden)
     modules: dict[str, nn.Module] = {"torch": reference}
     for engine in engines:
+        layer_engine = "auto" if engine == COMPILED else engine
         if cell == "lstm_ln":
-            module: nn.Module = rnnkit.LSTM(inputs, hidden, layer_norm=True, engine=engine)
+            module: nn.Module = rnnkit.LSTM(inputs, hidden, layer_norm=True, engine=layer_engine)
         else:
-            module = rnnkit.from_torch(reference, engine=engine)
+            module = rnnkit.from_torch(reference, engine=layer_engine)
+        if engine == COMPILED:
+            module = torch.compile(module, fullgraph=True)  # type: ignore[assignment]
         modules[engine] = module
     return modules
 

@@ -617,7 +617,8 @@ def _parse_sizes(value: str | None) -> list[tuple[int, int, int, int]] | None:
               help="Cells to time: lstm, gru, rnn, lstm_ln (layer-normalised LSTM vs torch.nn.LSTM).")
 @click.option("--sizes", default=None, metavar="T,B,I,H;...",
               help="Sizes to time, e.g. '20,1,1,20;100,64,256,256'. Default: the grid of benchmarks/README.md.")
-@click.option("--engines", default="fused,reference", show_default=True, help="rnnkit engines to time.")
+@click.option("--engines", default="fused,reference", show_default=True,
+              help="rnnkit engines to time, and 'compiled': the layer under torch.compile(fullgraph=True).")
 @click.option("--repeats", default=101, show_default=True, help="Rounds per row at most (each times every implementation once).")
 @click.option("--budget", default=4.0, show_default=True, help="Seconds per row at most (3 rounds at least).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True), default=None,
@@ -634,9 +635,10 @@ def bench(cells: str, sizes: str | None, engines: str, repeats: int, budget: flo
     if unknown or not cell_list:
         raise click.BadParameter(f"unknown cell {unknown}: choose from {', '.join(benchmark.CELLS)}", param_hint="--cells")
     engine_list = [e.strip() for e in engines.split(",") if e.strip()]
-    bad = [e for e in engine_list if e not in ENGINES]
+    bad = [e for e in engine_list if e not in ENGINES and e != benchmark.COMPILED]
     if bad:
-        raise click.BadParameter(f"unknown engine {bad}: choose from {', '.join(ENGINES)}", param_hint="--engines")
+        raise click.BadParameter(f"unknown engine {bad}: choose from {', '.join([*ENGINES, benchmark.COMPILED])}",
+                                 param_hint="--engines")
     size_list = _parse_sizes(sizes) or list(benchmark.DEFAULT_SIZES)
     click.echo(f"torch {__import__('torch').__version__}, {__import__('torch').get_num_threads()} threads; "
                "ratio = torch.nn ms / rnnkit ms (above 1: rnnkit is faster)")

@@ -270,7 +270,7 @@ def run_forward(
     if lengths is not None:  # the kernels index by them: never out of [1, T]
         lengths_c = lengths.to(torch.int64).contiguous()
         if lengths_c.shape != (batch,) or int(lengths_c.min()) < 1 or int(lengths_c.max()) > steps:
-            raise ValueError(f"rnnkit: expected {batch} lengths in [1, {steps}], got {lengths_c.tolist()}")
+            raise InputError(f"rnnkit: expected {batch} lengths in [1, {steps}], got {lengths_c.tolist()}")
     plan = _plan(kernels, mode, xp.dtype, steps, batch, inputs, gates, size, _flags(w_hr, ln_hh, ln_cw),
                  torch.get_num_threads())
     work = _Workspace(xp, plan.saved, block=xp.new_empty(plan.saved[0])) if save else _Workspace(xp, plan.unsaved)

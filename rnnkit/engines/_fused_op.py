@@ -242,7 +242,7 @@ class FusedEngine:
         lengths: Tensor | None,
         noise: Noise,
     ) -> tuple[Tensor, State]:
-        if x.shape[1] == 0:  # an empty batch: nothing for the kernels to do, as torch.nn
+        if not torch.jit.is_tracing() and x.shape[1] == 0:  # an empty batch: nothing to run, as torch.nn
             return ReferenceEngine().run(spec, x, state, weights, lengths=lengths, noise=noise)
         w = weights
         w_ih: Tensor | None

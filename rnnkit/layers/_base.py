@@ -306,6 +306,13 @@ class RecurrentLayer(nn.Module):
         """Run the layer; returns the output as input was given and the final state parts,
         each (K*D, B, S), or (K*D, S) for an unbatched input."""
         owner = type(self).__name__
+        if torch.onnx.is_in_onnx_export() and torch.jit.is_tracing():
+            # the TorchScript-based exporter would record one run's numbers as constants
+            raise RuntimeError(
+                f"{owner}: torch.onnx.export(..., dynamo=False) cannot export rnnkit's layers; "
+                "use torch.onnx.export(model, args, dynamo=True), which exports the recurrence "
+                "as an ONNX Scan (or `rnnkit export RUN --format onnx`)"
+            )
         cells = self._all_cell_weights()  # once per call: index layer * D + direction
         dtype = cells[0].weight_ih.dtype
         packed = input if isinstance(input, PackedSequence) else None
@@ -330,7 +337,7 @@ class RecurrentLayer(nn.Module):
                 x = x.unsqueeze(1)  # (T, I) -> (T, 1, I)
             elif self.batch_first:
                 x = x.transpose(0, 1)  # (B, T, I) -> (T, B, I)
-            if x.shape[0] == 0:
+            if not torch.jit.is_tracing() and x.shape[0] == 0:  # (traced, sizes are not ints)
                 raise _checks.InputError(
                     f"{owner}: expected at least one time step, got input of shape "
                     f"{_checks.shape_str(x.shape)} (time-major)"
@@ -353,12 +360,6 @@ class RecurrentLayer(nn.Module):
         elif engine.name == "fused" and not torch.compiler.is_compiling() and differentiated_by_transform():
             engine = ENGINES["reference"]  # torch.func's grad and jvp, forward-mode AD: autograd's loop
         if torch.onnx.is_in_onnx_export():
-            if torch.jit.is_tracing():  # the TorchScript-based exporter would record one fixed run
-                raise RuntimeError(
-                    f"{owner}: torch.onnx.export(..., dynamo=False) cannot export rnnkit's layers; "
-                    "use torch.onnx.export(model, args, dynamo=True), which exports the recurrence "
-                    "as an ONNX Scan (or `rnnkit export RUN --format onnx`)"
-                )
             engine = ENGINES["reference"]  # under export, one scan over time: an ONNX Scan
         out, finals = self._run_stack(engine, x, state0, run_lengths, cells)
 
@@ -505,7 +506,12 @@ def unpack(packed: PackedSequence) -> tuple[Tensor, Tensor]:
     if not torch.compiler.is_compiling():
         return pad_packed_sequence(packed)
     data, batch_sizes = packed.data, packed.batch_sizes  # (N, *), (T,)
-    batch = packed.sorted_indices.shape[0] if packed.sorted_indices is not None else int(batch_sizes[0])
+    if packed.sorted_indices is not None:
+        batch = packed.sorted_indices.shape[0]
+    else:  # the first step holds every sequence; a size known only at run time
+        batch = int(batch_sizes[0])
+        torch._check(batch >= 1)
+        torch._check(batch <= data.shape[0])
     sizes = batch_sizes.to(data.device)
     starts = torch.cumsum(sizes, 0) - sizes  # (T,): where each step's rows begin in data
     slot = torch.arange(batch, device=data.device)  # (B,) in sorted order

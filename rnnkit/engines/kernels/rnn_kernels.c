@@ -152,19 +152,39 @@ static long lay_out(int count, const long* sizes, long* offsets) {
     return total;
 }
 
-/* The forward workspace: elements in all, and with offsets (W_PARTS longs) where each array
- * starts. save = 0: the arrays hold one step (hs and cs two). */
-long rnnkit_forward_layout(int cell, int save, int T, int B, int H, int R, int flags, long* offsets) {
+/* The sizes (elements) of the forward workspace's arrays (W_PARTS longs). save = 0: the arrays
+ * hold one step (hs and cs two). */
+static void forward_sizes(int cell, int save, int T, int B, int H, int R, int flags, long* sizes) {
     const long kept = save ? T : 1, lstm = cell == CELL_LSTM;
     const long S = cell == CELL_LSTM || cell == CELL_GRU ? 4 : 1, G = lstm ? 4 : cell == CELL_GRU ? 3 : 1;
-    const long sizes[W_PARTS] = {
+    const long all[W_PARTS] = {
         (kept + 1) * B * R, lstm * (kept + 1) * B * H, kept * B * S * H, lstm * kept * B * H,
         (flags & HAS_PROJ) ? kept * B * H : 0, (flags & HAS_LN_H) ? kept * B * G * H : 0,
         (flags & HAS_LN_H) ? kept * B : 0, (flags & HAS_LN_C) ? kept * B * H : 0,
         (flags & HAS_LN_C) ? kept * B : 0,
     };
-    long own[W_PARTS];
+    memcpy(sizes, all, sizeof(all));
+}
+
+/* The forward workspace: elements in all, and with offsets (W_PARTS longs) where each array
+ * starts. save = 0: the arrays hold one step (hs and cs two). */
+long rnnkit_forward_layout(int cell, int save, int T, int B, int H, int R, int flags, long* offsets) {
+    long sizes[W_PARTS], own[W_PARTS];
+    forward_sizes(cell, save, T, B, H, R, flags, sizes);
     return lay_out(W_PARTS, sizes, offsets != NULL ? offsets : own);
+}
+
+/* The gaps that lay_out leaves after each array of a forward workspace of one block (bytes of
+ * one number: itemsize), set to zero: the block is an output of the PyTorch operator
+ * rnnkit::fused_rnn, so every element of it is a function of the inputs. */
+static void clear_forward_gaps(void* work, size_t itemsize, int cell, int save, int T, int B, int H, int R,
+                               int flags) {
+    long sizes[W_PARTS], at[W_PARTS];
+    forward_sizes(cell, save, T, B, H, R, flags, sizes);
+    lay_out(W_PARTS, sizes, at);
+    for (int i = 0; i < W_PARTS; i++)
+        if (at[i] >= 0)
+            memset((char*)work + (at[i] + sizes[i]) * itemsize, 0, ((sizes[i] + 15) / 16 * 16 - sizes[i]) * itemsize);
 }
 
 /* The backward scratch for n slices: dgi first (offset 0), then dgh, dgh_raw, dproj and dln_c. */
@@ -178,7 +198,7 @@ long rnnkit_backward_layout(int n, int cell, int T, int B, int H, int R, int fla
     return lay_out(D_PARTS, sizes, offsets != NULL ? offsets : own);
 }
 
-int rnnkit_kernels_version(void) { return 22; }
+int rnnkit_kernels_version(void) { return 23; }
 
 #define REAL float
 #define SFX(name) name##_f32

@@ -380,6 +380,14 @@ static inline __attribute__((always_inline)) void SFX(forward_rows)(const SFX(fs
             memset(ob, 0, sizeof(REAL) * R);
             if (s->ln_hh != NULL) memset(s->ghat + row * GH, 0, sizeof(REAL) * GH);  /* summed later */
             if (s->whr != NULL) memset(s->hr + row * H, 0, sizeof(REAL) * H);
+            /* never read, but kept: rnnkit::fused_rnn returns them, and all it returns is set */
+            memset(s->acts + row * SH, 0, sizeof(REAL) * SH);
+            if (cell == CELL_LSTM) memset(s->cand + row * H, 0, sizeof(REAL) * H);
+            if (s->ln_hh != NULL) s->rstd_h[row] = 0;
+            if (s->chat != NULL) {
+                memset(s->chat + row * H, 0, sizeof(REAL) * H);
+                s->rstd_c[row] = 0;
+            }
             continue;
         }
         const REAL* xr = s->xr + (long)b * GH;  /* input side */
@@ -788,6 +796,9 @@ int SFX(rnn_forward_slices)(int n, int threads, int pthreads, int chunk, int cel
     long at[W_PARTS];
     rnnkit_forward_layout(cell, save, T, B, H, R, (whr != NULL ? HAS_PROJ : 0) | (ln_hh != NULL ? HAS_LN_H : 0)
                           | (ln_cw != NULL ? HAS_LN_C : 0), at);
+    if (parts == NULL)
+        clear_forward_gaps(work, sizeof(REAL), cell, save, T, B, H, R, (whr != NULL ? HAS_PROJ : 0)
+                           | (ln_hh != NULL ? HAS_LN_H : 0) | (ln_cw != NULL ? HAS_LN_C : 0));
 #define PART(i) (parts != NULL ? parts[i] : at[i] < 0 ? NULL : work + at[i])
     REAL *hs = PART(W_HS), *cs = PART(W_CS), *acts = PART(W_ACTS), *cand = PART(W_CAND), *hr = PART(W_HR);
     REAL *ghat = PART(W_GHAT), *rstd_h = PART(W_RSTD_H), *chat = PART(W_CHAT), *rstd_c = PART(W_RSTD_C);
