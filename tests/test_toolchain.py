@@ -107,6 +107,34 @@ def test_fused_operator_checks_lengths_and_device() -> None:
         assert not torch._C._dispatch_has_kernel_for_dispatch_key(op.name(), "CUDA")
 
 
+@needs_kernels
+@pytest.mark.parametrize("tracing_mode", ["real", "fake", "symbolic"])
+def test_tracers_see_the_operators(tracing_mode: str) -> None:
+    """Eager calls skip the dispatcher (rnnkit.engines._fused_op.unwatched), but a tracer that
+    watches plain tensors (make_fx, in each of its modes) still records the operators, forward
+    and backward, never the numbers of one run: the traced graph computes other inputs right."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+    from torch.func import functional_call
+
+    layer = make("lstm-proj-layer-norm-bidirectional")
+
+    def step(x: Tensor, weights: Tensor, params: dict[str, Tensor]) -> list[Tensor]:
+        out = functional_call(layer, params, (x,), {"lengths": [7, 2, 5]})[0]
+        return [out, *torch.autograd.grad((out * weights).sum(), [x, *params.values()])]
+
+    def arguments() -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        x = inputs(layer).requires_grad_()
+        params = {k: torch.randn_like(v).requires_grad_() for k, v in layer.named_parameters()}
+        return x, torch.randn(7, 3, 6), params  # out: (T, B, D*R)
+
+    graph = make_fx(step, tracing_mode=tracing_mode)(*arguments())
+    targets = [n.target for n in graph.graph.nodes if n.op == "call_function"]
+    assert targets.count(torch.ops.rnnkit.fused_rnn.default) == 2
+    assert targets.count(torch.ops.rnnkit.fused_rnn_backward.default) == 2
+    other = arguments()
+    assert_all_close(graph(*other), step(*other), 1e-5)
+
+
 # -- torch.compile -------------------------------------------------------------------------------
 @pytest.mark.parametrize("config", list(CONFIGS))
 @pytest.mark.parametrize("call", ["plain", "lengths-list", "lengths-tensor", "packed", "packed-sorted", "unbatched"])

@@ -22,7 +22,7 @@ from rnnkit.cells import CellSpec, CellWeights, State
 from rnnkit.cells._base import INITS, init_cell_weights, parameter_shapes
 from rnnkit.cells._module import check_forget_bias
 from rnnkit.engines import _compiled
-from rnnkit.engines._fused_op import differentiated_by_transform
+from rnnkit.engines._fused_op import differentiated_by_transform, unwatched
 from rnnkit.engines import ENGINE_NAMES, ENGINES, Engine, LayerConfig, Noise, Probe, reverse_padded, select_engine
 
 Lengths = Sequence[int] | Tensor
@@ -306,7 +306,8 @@ class RecurrentLayer(nn.Module):
         """Run the layer; returns the output as input was given and the final state parts,
         each (K*D, B, S), or (K*D, S) for an unbatched input."""
         owner = type(self).__name__
-        if torch.onnx.is_in_onnx_export() and torch.jit.is_tracing():
+        traced = torch.jit.is_tracing() or torch.compiler.is_compiling()  # as every ONNX export is
+        if traced and torch.jit.is_tracing() and torch.onnx.is_in_onnx_export():
             # the TorchScript-based exporter would record one run's numbers as constants
             raise RuntimeError(
                 f"{owner}: torch.onnx.export(..., dynamo=False) cannot export rnnkit's layers; "
@@ -352,14 +353,19 @@ class RecurrentLayer(nn.Module):
         state0 = self._initial_state(hx, batch, batched, x)
 
         run_lengths = None
-        if cpu_lengths is not None and (torch.compiler.is_compiling() or int(cpu_lengths.min()) < steps):
-            run_lengths = cpu_lengths.to(x.device)  # (traced, the lengths' values are not known)
+        if cpu_lengths is not None:
+            if isinstance(lengths, Sequence):
+                shortest: int | None = min(lengths, default=steps)
+            else:  # traced, the values are not known: pass the lengths on
+                shortest = int(cpu_lengths.min()) if unwatched([cpu_lengths]) and cpu_lengths.numel() else None
+            if shortest is None or shortest < steps:
+                run_lengths = cpu_lengths.to(x.device)
         engine = select_engine(self.engine, self._config(), x, owner=owner, grad=self._needs_grad(x, cells))
         if self._probes is not None:  # rnnkit.diagnostics is looking: the reference loop, with probes
             engine = ENGINES["reference"]
         elif engine.name == "fused" and not torch.compiler.is_compiling() and differentiated_by_transform():
             engine = ENGINES["reference"]  # torch.func's grad and jvp, forward-mode AD: autograd's loop
-        if torch.onnx.is_in_onnx_export():
+        if traced and torch.onnx.is_in_onnx_export():
             engine = ENGINES["reference"]  # under export, one scan over time: an ONNX Scan
         out, finals = self._run_stack(engine, x, state0, run_lengths, cells)
 
