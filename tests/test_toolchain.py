@@ -251,6 +251,26 @@ def test_onnx_export_runs_in_onnxruntime(config: str, tmp_path: Path) -> None:
     assert any(node.op_type == "Scan" for node in _all_nodes(program.model_proto.graph))
 
 
+@needs_kernels
+def test_onnx_from_an_exported_program_with_the_operator(tmp_path: Path) -> None:
+    """A program exported first (torch.export, holding rnnkit::fused_rnn) converts to ONNX too:
+    the exporter lowers the operator through its decomposition, the reference equations in one
+    scan (ONNX Scan)."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    model = Tagger(make("lstm-proj-layer-norm-bidirectional")).eval()
+    x = inputs(model.rnn)
+    program = torch.export.export(model, (x, lengths_for(3)), dynamic_shapes=dynamic(model.rnn))
+    assert any(n.target == torch.ops.rnnkit.fused_rnn.default for n in program.graph.nodes)
+    onnx_program = torch.onnx.export(program, dynamo=True, verbose=False)
+    assert onnx_program is not None
+    onnx_program.save(str(tmp_path / "model.onnx"))
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"))
+    other, lengths = inputs(model.rnn, 9, 4), lengths_for(4)
+    (got,) = session.run(None, {i.name: a.numpy() for i, a in zip(session.get_inputs(), (other, lengths))})
+    torch.testing.assert_close(torch.from_numpy(got), model(other, lengths).detach(), atol=1e-5, rtol=1e-5)
+
+
 def _all_nodes(graph: Any) -> list[Any]:
     nodes = list(graph.node)
     for node in graph.node:

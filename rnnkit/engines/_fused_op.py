@@ -35,7 +35,7 @@ from rnnkit.cells import GRU_SPEC, LSTM_SPEC, RNN_RELU, RNN_TANH
 from rnnkit.engines import _compiled
 from rnnkit.engines._base import LayerConfig, Noise
 from rnnkit.engines._fused import DTYPES, GATES, Needs, forward_layout_size, run_backward, run_forward
-from rnnkit.engines._reference import ReferenceEngine, time_loop
+from rnnkit.engines._reference import ReferenceEngine, scan_loop, time_loop
 
 SPECS = {spec.mode: spec for spec in (RNN_TANH, RNN_RELU, LSTM_SPEC, GRU_SPEC)}
 
@@ -238,6 +238,32 @@ def _backward_by_reference(mode: str, inputs: Sequence[Tensor | None], d_outputs
 
 
 fused_rnn.register_autograd(_backward, setup_context=_setup_context)
+
+
+@torch._decomp.register_decomposition(torch.ops.rnnkit.fused_rnn.default)
+def _fused_rnn_decomposition(x: Tensor, w_ih: Tensor | None, b_ih: Tensor | None, h0: Tensor | None,
+                             c0: Tensor | None, w_hh: Tensor, b_hh: Tensor | None, w_hr: Tensor | None,
+                             ln_hh: Tensor | None, ln_cw: Tensor | None, ln_cb: Tensor | None, lengths: Tensor | None,
+                             h_mask: Tensor | None, keep_h: Tensor | None, keep_c: Tensor | None, mode: str,
+                             save: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """rnnkit::fused_rnn as the reference equations in one scan over time: what the ONNX exporter
+    lowers the operator to (an ONNX Scan), whichever way the program was captured. (Entries of
+    torch._decomp.decomposition_table are used by the ONNX exporter; torch.export's and
+    inductor's default tables leave the operator whole.) The workspace, read only by a backward
+    pass, which an exported inference graph has none of, comes back as zeros."""
+    spec = SPECS[mode]
+    weights = CellWeights(w_hh if w_ih is None else w_ih, w_hh, b_ih, b_hh, w_hr, None, ln_hh, ln_cw, ln_cb)
+    gi = x if w_ih is None else torch.nn.functional.linear(x, w_ih, b_ih)  # (T, B, G*H)
+    batch, (gates, size) = x.shape[1], w_hh.shape
+    hidden = gates // GATES[mode]
+    state: State = (x.new_zeros(batch, size) if h0 is None else h0,)
+    if mode == "LSTM":
+        state += (x.new_zeros(batch, hidden) if c0 is None else c0,)
+    keep = None if keep_h is None else (keep_h,) if keep_c is None else (keep_h, keep_c)
+    out, final = scan_loop(lambda g, s: spec.from_gates(g, s, weights, h_mask), gi, state, lengths=lengths, keep=keep)
+    flags = (w_hr is not None) | (ln_hh is not None) << 1 | (ln_cw is not None) << 2
+    work = x.new_zeros(forward_layout_size(mode, True, x.shape[0], batch, hidden, size, flags) if save else 0)
+    return out, final[0], final[1] if mode == "LSTM" else x.new_empty(0), work
 
 
 def _vmap_by_slices(op: Callable[..., tuple[Tensor, ...]]) -> Callable[..., Any]:
