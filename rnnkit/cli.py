@@ -483,11 +483,12 @@ def diagnose_command(run: str | None, cells: str, steps: int, hidden: int, layer
                      seed: int, out: str) -> None:
     """See gradients vanish or explode through time: fresh cells on random sequences, or a trained
     RUN (classify, forecast, lm, seq2seq, adding, copy) on its validation data."""
-    from rnnkit import diagnostics
+    from rnnkit import diagnostics, pipelines
 
     try:
         if run:
-            report = diagnostics.diagnose_run(run)
+            report = diagnostics.diagnose_run(pipelines.open_task(run))
+            report["setup"]["run"] = run
             title = f"{run}: validation batch"
         else:
             cell_list = [c.strip() for c in cells.split(",") if c.strip()]
@@ -501,6 +502,28 @@ def diagnose_command(run: str | None, cells: str, steps: int, hidden: int, layer
         v = r["verdict"]
         click.echo(f"{cell:<6} {v['verdict']:<10} first/last step gradient {v['ratio']:.2e}  ({v['reason']})")
     click.echo("wrote " + ", ".join(str(f) for f in files))
+
+
+@main.command("export")
+@click.argument("run", type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["onnx", "pt2"]), default="onnx", show_default=True,
+              help="onnx: for onnxruntime (needs rnnkit[onnx]); pt2: a torch.export program (torch.export.load).")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), required=True, help="The file to write.")
+def export_command(run: str, fmt: str, out_path: str) -> None:
+    """Export a trained RUN's model as one graph with dynamic batch and length, checked against the
+    model on the run's validation data before it is written."""
+    from rnnkit import pipelines
+    from rnnkit.export import export
+
+    try:
+        done = export(pipelines.open_task(run), fmt, out_path)
+    except ValueError as error:
+        raise click.ClickException(str(error)) from None
+    inputs = ", ".join(f"{name} {dims}" for name, dims in done.inputs)
+    click.echo(f"wrote {done.path} ({done.format}): inputs {inputs}")
+    runner = "onnxruntime" if done.format == "onnx" else "torch.export.load"
+    click.echo(f"checked in {runner} on {done.checked} validation examples and on {max(1, done.checked // 2)}: "
+               f"largest difference from the model {done.difference:.1e}")
 
 
 @main.command("forecast")

@@ -223,7 +223,8 @@ def test_export_with_dynamic_length_and_batch(config: str) -> None:
         assert ops.count(torch.ops.rnnkit.fused_rnn.default) == calls
 
 
-ONNX_CONFIGS = ["lstm", "gru-stacked-bidirectional", "lstm-proj-layer-norm-bidirectional", "rnn-relu-batch-first"]
+ONNX_CONFIGS = ["lstm", "gru-stacked-bidirectional", "lstm-proj-layer-norm-bidirectional", "rnn-relu-batch-first",
+                "gru-layer-norm-learned-state"]
 
 
 @pytest.mark.parametrize("config", ONNX_CONFIGS)
@@ -253,16 +254,18 @@ def test_onnx_export_runs_in_onnxruntime(config: str, tmp_path: Path) -> None:
 
 @needs_kernels
 def test_onnx_from_an_exported_program_with_the_operator(tmp_path: Path) -> None:
-    """A program exported first (torch.export, holding rnnkit::fused_rnn) converts to ONNX too:
-    the exporter lowers the operator through its decomposition, the reference equations in one
-    scan (ONNX Scan)."""
+    """A program exported first (torch.export, holding rnnkit::fused_rnn) converts to ONNX after
+    run_decompositions(rnnkit.engines.onnx_decompositions()): the operator becomes the reference
+    equations in one scan (ONNX Scan)."""
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     model = Tagger(make("lstm-proj-layer-norm-bidirectional")).eval()
     x = inputs(model.rnn)
     program = torch.export.export(model, (x, lengths_for(3)), dynamic_shapes=dynamic(model.rnn))
     assert any(n.target == torch.ops.rnnkit.fused_rnn.default for n in program.graph.nodes)
-    onnx_program = torch.onnx.export(program, dynamo=True, verbose=False)
+    from rnnkit.engines import onnx_decompositions
+
+    onnx_program = torch.onnx.export(program.run_decompositions(onnx_decompositions()), dynamo=True, verbose=False)
     assert onnx_program is not None
     onnx_program.save(str(tmp_path / "model.onnx"))
     session = ort.InferenceSession(str(tmp_path / "model.onnx"))

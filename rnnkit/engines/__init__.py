@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from rnnkit.engines._base import Engine, LayerConfig, Noise, Probe, reverse_padded
-from rnnkit.engines._fused_op import FusedEngine
+from rnnkit.engines._fused_op import FusedEngine, onnx_decompositions
 from rnnkit.engines._native import NativeEngine
 from rnnkit.engines._reference import ReferenceEngine
 
@@ -99,6 +99,7 @@ __all__ = [
     "Noise", "Probe",
     "ReferenceEngine",
     "auto_order",
+    "onnx_decompositions",
     "reverse_padded",
     "select_engine",
 ]

@@ -240,17 +240,16 @@ def _backward_by_reference(mode: str, inputs: Sequence[Tensor | None], d_outputs
 fused_rnn.register_autograd(_backward, setup_context=_setup_context)
 
 
-@torch._decomp.register_decomposition(torch.ops.rnnkit.fused_rnn.default)
-def _fused_rnn_decomposition(x: Tensor, w_ih: Tensor | None, b_ih: Tensor | None, h0: Tensor | None,
+def fused_rnn_decomposition(x: Tensor, w_ih: Tensor | None, b_ih: Tensor | None, h0: Tensor | None,
                              c0: Tensor | None, w_hh: Tensor, b_hh: Tensor | None, w_hr: Tensor | None,
                              ln_hh: Tensor | None, ln_cw: Tensor | None, ln_cb: Tensor | None, lengths: Tensor | None,
                              h_mask: Tensor | None, keep_h: Tensor | None, keep_c: Tensor | None, mode: str,
                              save: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """rnnkit::fused_rnn as the reference equations in one scan over time: what the ONNX exporter
-    lowers the operator to (an ONNX Scan), whichever way the program was captured. (Entries of
-    torch._decomp.decomposition_table are used by the ONNX exporter; torch.export's and
-    inductor's default tables leave the operator whole.) The workspace, read only by a backward
-    pass, which an exported inference graph has none of, comes back as zeros."""
+    """rnnkit::fused_rnn as the reference equations in one scan over time, which the ONNX exporter
+    writes as an ONNX Scan: for a program exported with torch.export first (which holds the
+    operator), ``program.run_decompositions(onnx_decompositions())`` before torch.onnx.export.
+    (Layers exported by torch.onnx.export directly run the same scan.) The workspace, read only by
+    a backward pass, which an exported inference graph has none of, comes back as zeros."""
     spec = SPECS[mode]
     weights = CellWeights(w_hh if w_ih is None else w_ih, w_hh, b_ih, b_hh, w_hr, None, ln_hh, ln_cw, ln_cb)
     gi = x if w_ih is None else torch.nn.functional.linear(x, w_ih, b_ih)  # (T, B, G*H)
@@ -264,6 +263,13 @@ def _fused_rnn_decomposition(x: Tensor, w_ih: Tensor | None, b_ih: Tensor | None
     flags = (w_hr is not None) | (ln_hh is not None) << 1 | (ln_cw is not None) << 2
     work = x.new_zeros(forward_layout_size(mode, True, x.shape[0], batch, hidden, size, flags) if save else 0)
     return out, final[0], final[1] if mode == "LSTM" else x.new_empty(0), work
+
+
+def onnx_decompositions() -> dict[Any, Callable[..., Any]]:
+    """{rnnkit::fused_rnn: its decomposition}, for ExportedProgram.run_decompositions before ONNX.
+    (Not in torch's global decomposition table: fake tensors with symbolic sizes would run it in
+    place of the operator's fake kernel, and torch.export would trace the loop.)"""
+    return {torch.ops.rnnkit.fused_rnn.default: fused_rnn_decomposition}
 
 
 def _vmap_by_slices(op: Callable[..., tuple[Tensor, ...]]) -> Callable[..., Any]:

@@ -109,5 +109,7 @@ def scan_loop(
         new = tuple(torch.where(valid, n, o) for n, o in zip(new, old))
         return list(new), torch.where(valid, new[0], 0.0)
 
-    final, out = scan(body, list(state), per_step)
+    # the carry keeps one layout from step to step: a state given as a broadcast view (a learned
+    # initial state expanded over the batch) starts as its own contiguous copy
+    final, out = scan(body, [part.contiguous() for part in state], per_step)
     return out, tuple(final)

@@ -355,7 +355,7 @@ class RecurrentLayer(nn.Module):
         run_lengths = None
         if cpu_lengths is not None:
             if isinstance(lengths, Sequence):
-                shortest: int | None = min(lengths, default=steps)
+                shortest: int | None = min(lengths) if len(lengths) else steps
             else:  # traced, the values are not known: pass the lengths on
                 shortest = int(cpu_lengths.min()) if unwatched([cpu_lengths]) and cpu_lengths.numel() else None
             if shortest is None or shortest < steps:
@@ -497,7 +497,7 @@ def check_lengths(owner: str, lengths: Lengths, *, batch: int, steps: int) -> Te
             return values  # traced, the values are not known here; the fused kernels check them
         low, high = int(values.min()), int(values.max())
     else:
-        low, high = min(lengths, default=1), max(lengths, default=1)
+        low, high = (min(lengths), max(lengths)) if len(lengths) else (1, 1)  # (no default=: torch.compile)
     if low < 1:
         raise _checks.InputError(f"{owner}: expected every length >= 1, got {low}")
     if high > steps:

@@ -1,1 +1,38 @@
-"""Pipelines: a task = data + model + loss + metrics, handed to the Trainer; one run folder each."""
+"""Pipelines: a task = data + model + loss + metrics, handed to the Trainer; one run folder each.
+
+Every pipeline also gives its runs' model and a batch of their data in one form
+(rnnkit.tasks.TaskBatch), which the tools that serve every task (diagnose, export) take.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rnnkit.runs import NotARunError
+from rnnkit.tasks import TaskBatch
+
+
+def open_task(run_path: str | Path, size: int = 64) -> TaskBatch:
+    """A finished run's model and up to size examples of its validation data, whatever its task."""
+    try:
+        task = json.loads((Path(run_path) / "config.json").read_text(encoding="utf-8")).get("task")
+    except (OSError, ValueError):
+        raise NotARunError(f"{run_path} is not an rnnkit run folder: no readable config.json") from None
+    if task in ("adding", "copy"):
+        from rnnkit.pipelines import memory as pipeline
+    elif task == "classify":
+        from rnnkit.pipelines import classify as pipeline  # type: ignore[no-redef]
+    elif task == "forecast":
+        from rnnkit.pipelines import forecast as pipeline  # type: ignore[no-redef]
+    elif task == "lm":
+        from rnnkit.pipelines import lm as pipeline  # type: ignore[no-redef]
+    elif task == "seq2seq":
+        from rnnkit.pipelines import seq2seq as pipeline  # type: ignore[no-redef]
+    else:
+        raise NotARunError(f"{run_path} is a {task!r} run: diagnose and export take classify, forecast, lm, "
+                           "seq2seq, adding and copy runs")
+    return pipeline.task_batch(run_path, size)
+
+
+__all__ = ["open_task"]

@@ -26,8 +26,9 @@ from rnnkit import _checks
 from rnnkit.data import SequenceData, TextData, Vocabulary, load_dataset, pad_batch, read_feature_table, read_texts
 from rnnkit.data._text import TOKENS
 from rnnkit.models import NToOne, NToOneConfig
-from rnnkit.pipelines._runs import check_new, open_run
+from rnnkit.pipelines._runs import check_new, open_run, pipeline_config
 from rnnkit.runs import NotARunError, finish_run, read_run
+from rnnkit.tasks import BATCH, TIME, TaskBatch
 from rnnkit.training import EpochRecord, Trainer, TrainConfig
 
 
@@ -231,3 +232,22 @@ def predict_texts(run_path: str | Path, texts: list[str]) -> tuple[np.ndarray, l
     with torch.no_grad():
         probs = torch.softmax(model(tokens, lengths), dim=-1).numpy()
     return probs, list(extras["label_names"]), [vocab.unknown(t) for t in texts]
+
+
+def task_batch(run_path: str | Path, size: int) -> TaskBatch:
+    """The run's model and up to size validation examples (rnnkit.tasks)."""
+    model, config, extras = load(run_path)
+    cfg = pipeline_config(run_path, "classify", ClassifyConfig)
+    labelled = load_data(cfg)
+    _, val, _ = split(labelled.y, cfg.val_fraction, cfg.test_fraction, cfg.train.seed)
+    val = val[:size]
+    target = torch.from_numpy(labelled.y[val])
+    if config["input"]["kind"] == "text":
+        vocab = Vocabulary.from_json(extras["vocabulary"])
+        tokens, lengths = pad_batch([vocab.encode(labelled.texts[i]) for i in val],  # type: ignore[union-attr]
+                                    max_length=extras["max_length"])
+        return TaskBatch("classify", model.eval(), (tokens, lengths),
+                         lambda m, b: F.cross_entropy(m(*b), target), ({0: BATCH, 1: TIME}, {0: BATCH}))
+    x = torch.from_numpy(labelled.x[val])  # type: ignore[union-attr]  # (B, T, F)
+    return TaskBatch("classify", model.eval(), (x,), lambda m, b: F.cross_entropy(m(*b), target),
+                     ({0: BATCH, 1: TIME},))

@@ -36,8 +36,9 @@ from torch.utils.data import Dataset
 from rnnkit import _checks
 from rnnkit.data import Vocabulary
 from rnnkit.models import LanguageModel, LanguageModelConfig, generate as generate_ids
-from rnnkit.pipelines._runs import check_new, open_run
+from rnnkit.pipelines._runs import check_new, open_run, pipeline_config
 from rnnkit.runs import NotARunError, finish_run, read_run
+from rnnkit.tasks import BATCH, TIME, TaskBatch
 from rnnkit.training import EpochRecord, Trainer, TrainConfig, world
 
 SHORT_TEXT = 2000
@@ -298,3 +299,14 @@ def generate(run_path: str | Path, prompt: str, length: int, *, greedy: bool = F
     ids = generate_ids(model, vocab.encode(prompt), length, context=config.get("context"), greedy=greedy,
                        temperature=temperature, top_k=top_k, generator=generator, exclude=(0, 1))
     return prompt + "".join(vocab.itos[i] for i in ids)
+
+
+def task_batch(run_path: str | Path, size: int) -> TaskBatch:
+    """The run's model and up to size validation windows of token ids (rnnkit.tasks): the model
+    takes tokens (B, K) and returns logits (B, K, V) and its final state."""
+    model, _, _ = load(run_path)
+    part = prepare(pipeline_config(run_path, "lm", LMConfig)).data["validation"]
+    items = [part[i] for i in range(min(size, getattr(part, "rows", size), len(part)))]  # streams: chunk 0
+    tokens, target = torch.stack([i[0] for i in items]), torch.stack([i[1] for i in items])  # (B, K) each
+    return TaskBatch("lm", model.eval(), (tokens,), lambda m, b: F.cross_entropy(m(*b)[0].transpose(1, 2), target),
+                     ({0: BATCH, 1: TIME},))

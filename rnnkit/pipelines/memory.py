@@ -20,8 +20,9 @@ from torch.utils.data import TensorDataset
 import rnnkit
 from rnnkit import _checks
 from rnnkit.data._memory import SYMBOLS, adding_baseline, adding_problem, copy_baseline, copy_memory
-from rnnkit.pipelines._runs import check_new, open_run
+from rnnkit.pipelines._runs import check_new, open_run, pipeline_config
 from rnnkit.runs import NotARunError, finish_run, read_run
+from rnnkit.tasks import BATCH, TIME, TaskBatch
 from rnnkit.training import EpochRecord, Trainer, TrainConfig
 
 TASKS = ("adding", "copy")
@@ -164,3 +165,14 @@ def load(run_path: str | Path) -> tuple[MemoryModel, dict[str, Any]]:
     model = MemoryModel(MemoryModelConfig(**run.config["model"]))
     model.load_state_dict(run.weights)
     return model.eval(), run.config
+
+
+def task_batch(run_path: str | Path, size: int) -> TaskBatch:
+    """The run's model and up to size validation sequences of its task (rnnkit.tasks)."""
+    model, config = load(run_path)
+    task = str(config["task"])
+    generated = make_data(pipeline_config(run_path, task, MemoryConfig))[1]
+    x, y = generated.tensors[0][:size], generated.tensors[1][:size]
+    loss: Callable[[nn.Module, tuple[Tensor, ...]], Tensor] = (
+        (lambda m, b: F.mse_loss(m(*b), y)) if task == "adding" else (lambda m, b: copy_loss(m(*b), y)))
+    return TaskBatch(task, model.eval(), (x,), loss, ({0: BATCH, 1: TIME},))

@@ -33,8 +33,9 @@ from rnnkit.data import Vocabulary, digit_rows, pad_batch, tokenize
 from rnnkit.data._pairs import PAIR_SETS, read_pairs
 from rnnkit.data._text import PAD, TOKENS, UNK
 from rnnkit.models._seq2seq import ATTENTIONS, BOS, EOS, Seq2Seq, Seq2SeqConfig
-from rnnkit.pipelines._runs import check_new, open_run
+from rnnkit.pipelines._runs import check_new, open_run, pipeline_config
 from rnnkit.runs import NotARunError, finish_run, read_run
+from rnnkit.tasks import BATCH, TIME, TaskBatch
 from rnnkit.training import EpochRecord, Trainer, TrainConfig
 
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -307,3 +308,19 @@ def caption(run_path: str | Path, features: np.ndarray, *, beam: int | None = No
     target_vocab = TargetVocabulary.from_json(extras["target_vocabulary"])
     ids = decode(model, list(features / np.float32(extras["input_divisor"])), True, extras["max_length"], beam=beam)
     return [target_vocab.join(i) for i in ids]
+
+
+def task_batch(run_path: str | Path, size: int) -> TaskBatch:
+    """The run's model and up to size validation pairs (rnnkit.tasks), teacher-forced: the model
+    takes source (B, S), lengths (B,) and the target's first tokens (B, U)."""
+    model, _, extras = load(run_path, "seq2seq")
+    sources, targets, (_, val_index, _) = load_split(pipeline_config(run_path, "seq2seq", Seq2SeqTaskConfig))
+    source_vocab = Vocabulary.from_json(extras["source_vocabulary"])
+    target_vocab = TargetVocabulary.from_json(extras["target_vocabulary"])
+    items = [(source_vocab.encode(sources[i]), target_vocab.encode(targets[i])) for i in val_index[:size]]
+    width = max(len(t) for _, t in items) + 1
+    source, lengths, target_in, target_out = make_collate(width, False)(items)
+    return TaskBatch("seq2seq", model.eval(), (source, lengths, target_in),
+                     lambda m, b: masked_loss(m(*b), target_out), ({0: BATCH, 1: TIME}, {0: BATCH}, {0: BATCH, 1: TIME}),
+                     not_exportable="a seq2seq model translates in a Python loop (greedy or beam search) around its "
+                                    "decoder, which exports as no single graph")

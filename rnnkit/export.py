@@ -1,0 +1,126 @@
+"""Export a trained model to one graph, for serving without rnnkit's Python: ONNX (run by
+onnxruntime) or a torch.export program (.pt2, which loads with torch and rnnkit installed).
+
+The batch and time dimensions stay dynamic. Before the file is put in place, the exported graph
+is run on the validation batch it was exported with, and on half of it, and compared with the
+model: an export that does not compute what the model computes is never written.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from rnnkit.tasks import BATCH, TaskBatch
+
+FORMATS = ("onnx", "pt2")
+TOLERANCE = 1e-4
+"""Largest difference allowed between the exported graph's outputs and the model's (float32)."""
+
+
+@dataclass(frozen=True)
+class Exported:
+    """What export wrote: the file, its inputs (name and dimensions) and the check's result."""
+
+    path: Path
+    format: str
+    inputs: list[tuple[str, str]]  # (name, "(batch, time)"-style dimensions)
+    checked: int  # examples the check ran on
+    difference: float  # largest absolute difference from the model, over every output
+
+
+def _flatten(outputs: Any) -> list[Tensor]:
+    if isinstance(outputs, Tensor):
+        return [outputs]
+    if isinstance(outputs, (tuple, list)):
+        return [t for o in outputs for t in _flatten(o)]
+    if outputs is None:
+        return []
+    raise TypeError(f"cannot compare an output of type {type(outputs).__name__}")
+
+
+def export(batch: TaskBatch, fmt: str, out: str | os.PathLike[str]) -> Exported:
+    """Export batch.model with batch.inputs as the example (dims in batch.axes dynamic) to out,
+    after checking the exported graph against the model; fmt 'onnx' or 'pt2'."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}: choose from {', '.join(FORMATS)}")
+    if batch.not_exportable is not None:
+        raise ValueError(f"{batch.task} runs do not export: {batch.not_exportable}")
+    target = Path(out)
+    if not target.parent.is_dir():
+        raise ValueError(f"cannot write {target}: {target.parent} is not a folder")
+    if not os.access(target.parent, os.W_OK):
+        raise ValueError(f"cannot write {target}: {target.parent} is not writable")
+    model = batch.model.eval()
+    dims = {BATCH: torch.export.Dim("batch", min=1), "time": torch.export.Dim("time", min=1)}
+    shapes = tuple({index: dims[axis] for index, axis in axes.items()} for axes in batch.axes)
+    half = tuple(t[: max(1, t.shape[0] // 2)] if 0 in axes and axes[0] == BATCH else t
+                 for t, axes in zip(batch.inputs, batch.axes))
+    with torch.no_grad():
+        expected = [_flatten(model(*inputs)) for inputs in (batch.inputs, half)]
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=target.suffix or f".{fmt}", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # as a file the user wrote, not mkstemp's private mode
+    try:
+        if fmt == "pt2":
+            program = torch.export.export(model, batch.inputs, dynamic_shapes=shapes)
+            torch.export.save(program, tmp)
+            loaded = torch.export.load(tmp).module()
+            with torch.no_grad():
+                got = [_flatten(loaded(*inputs)) for inputs in (batch.inputs, half)]
+            names = [str(n.name) for n in program.graph.nodes
+                     if n.op == "placeholder" and n.name in program.graph_signature.user_inputs]
+        else:
+            got, names = _onnx(model, batch, shapes, tmp, (batch.inputs, half))
+        difference = max(float((a.float() - torch.as_tensor(b).float()).abs().max()) if a.numel() else 0.0
+                         for run_expected, run_got in zip(expected, got) for a, b in zip(run_expected, run_got))
+        if difference > TOLERANCE:
+            raise RuntimeError(f"the exported graph differs from the model by {difference:.2e} (more than "
+                               f"{TOLERANCE:g}) on the validation batch: nothing written")
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    described = [(name, "(" + ", ".join(axes.get(i, str(size)) for i, size in enumerate(t.shape)) + ")")
+                 for name, t, axes in zip(names, batch.inputs, batch.axes)]
+    return Exported(target, fmt, described, int(batch.inputs[0].shape[0]), difference)
+
+
+def _onnx(model: torch.nn.Module, batch: TaskBatch, shapes: tuple[dict[int, Any], ...], path: Path,
+          runs: tuple[tuple[Tensor, ...], ...]) -> tuple[list[list[Any]], list[str]]:
+    """Export to ONNX at path; the outputs of onnxruntime on each of runs, and the input names."""
+    try:
+        import onnxruntime
+        import onnxscript  # noqa: F401  (the exporter's)
+    except ImportError:
+        raise ValueError("ONNX export needs onnx, onnxscript and onnxruntime: pip install 'rnnkit[onnx]'") from None
+    registry_log = logging.getLogger("torch.onnx._internal.exporter._registration")  # "torchvision is not installed"
+    level = registry_log.level
+    registry_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():  # the exporter's notes on torch's internals, not on this model
+            warnings.filterwarnings("ignore", message="# The axis name", category=UserWarning)
+            warnings.filterwarnings("ignore", message="The .grad attribute of a Tensor that is not a leaf",
+                                    category=UserWarning)
+            warnings.filterwarnings("ignore", message=".*LeafSpec", category=FutureWarning)
+            program = torch.onnx.export(model, batch.inputs, dynamic_shapes=shapes, dynamo=True, verbose=False)
+    finally:
+        registry_log.setLevel(level)
+    assert program is not None
+    program.save(str(path))
+    session = onnxruntime.InferenceSession(str(path))
+    names = [i.name for i in session.get_inputs()]
+    results = [[torch.from_numpy(o) for o in session.run(None, {n: t.numpy() for n, t in zip(names, inputs)})]
+               for inputs in runs]
+    return results, names

@@ -1,0 +1,98 @@
+"""rnnkit export: a trained run's model as one graph (ONNX, torch.export), checked against the
+model before it is written, for every task whose model is one graph."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from rnnkit import pipelines
+from rnnkit.cli import main
+from rnnkit.export import export
+
+
+def train(tmp_path: Path, *args: str) -> Path:
+    out = tmp_path / args[1]
+    result = CliRunner().invoke(main, ["train", *args[:1], *args[2:], "--epochs", "1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    tmp = tmp_path_factory.mktemp("runs")
+    (tmp / "t.txt").write_text("abcabcabd " * 30, encoding="utf-8")
+    (tmp / "texts.csv").write_text("text,label\n" + "".join(f"{w} {w},{w[0]}\n" for w in ["ab", "ba", "abc", "bca"] * 8),
+                                   encoding="utf-8")
+    return {
+        "digits": train(tmp, "classify", "digits", "--dataset", "digits", "--hidden", "8"),
+        "texts": train(tmp, "classify", "texts", "--data", str(tmp / "texts.csv"), "--text-col", "text",
+                       "--label-col", "label", "--hidden", "8"),
+        "forecast": train(tmp, "forecast", "fc", "--window", "12", "--hidden", "8"),
+        "lm": train(tmp, "lm", "lm", "--text", str(tmp / "t.txt"), "--context", "6", "--hidden", "8", "--layers", "1"),
+        "adding": train(tmp, "adding", "add", "--steps", "10", "--hidden", "8", "--train-size", "100"),
+    }
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "pt2"])
+@pytest.mark.parametrize("run", ["digits", "texts", "forecast", "lm", "adding"])
+def test_export_runs_at_other_sizes(runs: dict[str, Path], run: str, fmt: str, tmp_path: Path) -> None:
+    """The CLI writes the file and says what it checked; the file, loaded on its own, gives the
+    model's outputs on a batch of another size (and, for ONNX, in onnxruntime)."""
+    out = tmp_path / f"model.{fmt}"
+    result = CliRunner().invoke(main, ["export", str(runs[run]), "--format", fmt, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert f"wrote {out} ({fmt}): inputs " in result.output and "validation examples" in result.output
+    difference = float(result.output.rsplit("largest difference from the model ", 1)[1].split()[0])
+    assert difference <= 1e-4
+    batch = pipelines.open_task(runs[run], size=3)  # another batch size than the export's 64
+    with torch.no_grad():
+        expected = batch.model(*batch.inputs)
+    expected = expected[0] if isinstance(expected, tuple) else expected
+    if fmt == "pt2":
+        got = torch.export.load(out).module()(*batch.inputs)
+        got = got[0] if isinstance(got, tuple) else got
+    else:
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(out))
+        names = [i.name for i in session.get_inputs()]
+        got = torch.from_numpy(session.run(None, {n: t.numpy() for n, t in zip(names, batch.inputs)})[0])
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_export_refuses_what_it_cannot_write_and_leaves_nothing(runs: dict[str, Path], tmp_path: Path) -> None:
+    pairs = "".join(f"{a}{b}\t{b}{a}\n" for a in "abcd" for b in "efgh")
+    (tmp_path / "p.tsv").write_text(pairs, encoding="utf-8")
+    s2s = train(tmp_path, "seq2seq", "s2s", "--data", str(tmp_path / "p.tsv"), "--hidden", "4")
+    runner = CliRunner()
+    result = runner.invoke(main, ["export", str(s2s), "--out", str(tmp_path / "s.onnx")])
+    assert result.exit_code == 1 and "seq2seq runs do not export: a seq2seq model translates in a Python loop" in result.output
+    result = runner.invoke(main, ["export", str(runs["digits"]), "--out", str(tmp_path / "no" / "m.onnx")])
+    assert result.exit_code == 1 and "is not a folder" in result.output
+    result = runner.invoke(main, ["export", str(tmp_path), "--out", str(tmp_path / "m.onnx")])
+    assert result.exit_code == 1 and "not an rnnkit run folder" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.tsv", "s2s"]
+
+
+def test_export_never_writes_a_graph_that_differs(runs: dict[str, Path], tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check compares before writing: a graph that does not compute what the model computes
+    (here torch.export is handed the model plus one) is refused, and nothing is left behind."""
+    real_export = torch.export.export
+    monkeypatch.setattr(torch.export, "export", lambda m, *a, **k: real_export(_Shifted(m), *a, **k))
+    with pytest.raises(RuntimeError, match=r"the exported graph differs from the model by .* nothing written"):
+        export(pipelines.open_task(runs["forecast"]), "pt2", tmp_path / "m.pt2")
+    assert list(tmp_path.iterdir()) == []
+
+
+class _Shifted(torch.nn.Module):
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # a forecast model's one input
+        return self.model(x) + 1.0
