@@ -428,3 +428,18 @@ def test_prune_and_weight_norm_as_torch(tool: str, engine: str) -> None:
     trained = [p for p in ours.parameters() if p.requires_grad]
     grads = torch.autograd.grad(weighted_sum(got), trained)
     assert all(g is not None for g in grads) and len(grads) == len(list(theirs.parameters()))
+
+
+def test_copy_pickle_and_save_as_torch() -> None:
+    """deepcopy, pickle and torch.save/torch.load of a whole layer give a layer that computes the same."""
+    import copy
+    import io
+    import pickle
+
+    layer = make("lstm-proj-layer-norm-bidirectional").eval()
+    x = inputs(layer)
+    buffer = io.BytesIO()
+    torch.save(layer, buffer)
+    buffer.seek(0)
+    for other in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer)), torch.load(buffer, weights_only=False)):
+        assert_all_close(flat(other(x)), flat(layer(x)), 0.0)
