@@ -210,14 +210,14 @@ _PLAIN = {torch.nn.Parameter, str, bool}
 """Besides tensors with storage: a parameter is a module's own, never a wrapper."""
 
 
-def _backward_by_reference(mode: str, inputs: Sequence[Tensor | None], d_outputs: Sequence[Tensor | None],
-                           needs: Needs) -> tuple[Tensor | None, ...]:
-    """The gradients of the needed inputs, as a graph: the reference equations (the cells'
-    from_gates) run again from the saved inputs, and autograd differentiates them with
-    create_graph=True."""
+def reference_equations(inputs: Sequence[Tensor | None], mode: str, loop: Callable[..., tuple[Tensor, State]]
+                        ) -> tuple[Tensor, State]:
+    """rnnkit::fused_rnn's function (inputs: its 15 tensor arguments), computed by the reference
+    equations (the cells' from_gates) in loop: time_loop (a Python loop autograd differentiates)
+    or scan_loop (one scan, for export). Returns out (T, B, R) and the final state."""
     (x, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, ln_hh, ln_cw, ln_cb, lengths, h_mask, keep_h, keep_c) = inputs
-    spec = SPECS[mode]
     assert w_hh is not None and x is not None
+    spec = SPECS[mode]
     # weight_ih is not read: from_gates starts from the input side gi
     weights = CellWeights(w_hh if w_ih is None else w_ih, w_hh, b_ih, b_hh, w_hr, None, ln_hh, ln_cw, ln_cb)
     gi = x if w_ih is None else torch.nn.functional.linear(x, w_ih, b_ih)  # (T, B, G*H)
@@ -226,7 +226,15 @@ def _backward_by_reference(mode: str, inputs: Sequence[Tensor | None], d_outputs
     if mode == "LSTM":
         state += (x.new_zeros(batch, gates // 4) if c0 is None else c0,)
     keep = None if keep_h is None else (keep_h,) if keep_c is None else (keep_h, keep_c)
-    out, final = time_loop(lambda g, s: spec.from_gates(g, s, weights, h_mask), gi, state, lengths=lengths, keep=keep)
+    return loop(lambda g, s: spec.from_gates(g, s, weights, h_mask), gi, state, lengths=lengths, keep=keep)
+
+
+def _backward_by_reference(mode: str, inputs: Sequence[Tensor | None], d_outputs: Sequence[Tensor | None],
+                           needs: Needs) -> tuple[Tensor | None, ...]:
+    """The gradients of the needed inputs, as a graph: the reference equations (the cells'
+    from_gates) run again from the saved inputs, and autograd differentiates them with
+    create_graph=True."""
+    out, final = reference_equations(inputs, mode, time_loop)
     pairs = [(y, d) for y, d in zip((out, *final), d_outputs) if d is not None]
     wanted = {i: t for i, (t, need) in enumerate(zip(inputs, needs)) if need and t is not None}
     grads = torch.autograd.grad([y for y, _ in pairs], list(wanted.values()), [d for _, d in pairs],
@@ -250,16 +258,10 @@ def fused_rnn_decomposition(x: Tensor, w_ih: Tensor | None, b_ih: Tensor | None,
     operator), ``program.run_decompositions(onnx_decompositions())`` before torch.onnx.export.
     (Layers exported by torch.onnx.export directly run the same scan.) The workspace, read only by
     a backward pass, which an exported inference graph has none of, comes back as zeros."""
-    spec = SPECS[mode]
-    weights = CellWeights(w_hh if w_ih is None else w_ih, w_hh, b_ih, b_hh, w_hr, None, ln_hh, ln_cw, ln_cb)
-    gi = x if w_ih is None else torch.nn.functional.linear(x, w_ih, b_ih)  # (T, B, G*H)
+    out, final = reference_equations((x, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, ln_hh, ln_cw, ln_cb, lengths, h_mask,
+                                      keep_h, keep_c), mode, scan_loop)
     batch, (gates, size) = x.shape[1], w_hh.shape
     hidden = gates // GATES[mode]
-    state: State = (x.new_zeros(batch, size) if h0 is None else h0,)
-    if mode == "LSTM":
-        state += (x.new_zeros(batch, hidden) if c0 is None else c0,)
-    keep = None if keep_h is None else (keep_h,) if keep_c is None else (keep_h, keep_c)
-    out, final = scan_loop(lambda g, s: spec.from_gates(g, s, weights, h_mask), gi, state, lengths=lengths, keep=keep)
     flags = (w_hr is not None) | (ln_hh is not None) << 1 | (ln_cw is not None) << 2
     work = x.new_zeros(forward_layout_size(mode, True, x.shape[0], batch, hidden, size, flags) if save else 0)
     return out, final[0], final[1] if mode == "LSTM" else x.new_empty(0), work
