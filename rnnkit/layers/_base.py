@@ -360,6 +360,9 @@ class RecurrentLayer(nn.Module):
                 shortest = int(cpu_lengths.min()) if unwatched([cpu_lengths]) and cpu_lengths.numel() else None
             if shortest is None or shortest < steps:
                 run_lengths = cpu_lengths.to(x.device)
+                if packed is None:  # whatever lies in the padding (NaN, inf) never reaches a gradient
+                    padding = torch.arange(steps, device=x.device).unsqueeze(1) >= run_lengths  # (T, B)
+                    x = x.masked_fill(padding.unsqueeze(2), 0.0)
         engine = select_engine(self.engine, self._config(), x, owner=owner, grad=self._needs_grad(x, cells))
         if self._probes is not None:  # rnnkit.diagnostics is looking: the reference loop, with probes
             engine = ENGINES["reference"]

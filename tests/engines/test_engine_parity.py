@@ -514,3 +514,35 @@ def test_double_backward_equals_reference(engine: str, family: str, loss: str) -
         for index, (a, b) in enumerate(zip(ours, theirs)):
             torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-9, msg=lambda m: f"{kind} derivative {index}: {m}")
         assert any(t.abs().sum() > 0 for t in ours[1:]), kind
+
+
+@pytest.mark.parametrize("engine", ["fused", "native", "reference"])
+@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("garbage", [float("nan"), float("inf")])
+def test_padding_never_reaches_a_gradient(engine: str, family: str, garbage: float) -> None:
+    """NaN or inf in the padding of a batch given with lengths=: every engine gives the outputs,
+    states and gradients (of the input and every parameter) that the same batch padded with
+    zeros gives, all finite, and the padding's own gradient is zero; options on where the
+    engine runs them, in training (masks) and both directions."""
+    name, extra = FAMILIES[family]
+    options: dict[str, Any] = dict(extra, num_layers=2, bidirectional=True)
+    if engine != "native":
+        options.update(layer_norm=True, recurrent_dropout=0.2, zoneout=0.1,
+                       **({"proj_size": 3} if family == "lstm" else {}))
+    torch.manual_seed(0)
+    layer = getattr(rnnkit, name)(4, 5, engine=engine, dtype=torch.float64, **options)
+    clean = torch.randn(6, 3, 4, dtype=torch.float64)
+    clean[4:, 2] = 0.0  # lengths 6, 6, 4
+    dirty = clean.clone()
+    dirty[4:, 2] = garbage
+    results = []
+    for x in (clean, dirty):
+        torch.manual_seed(1)  # the same masks
+        leaf = x.clone().requires_grad_()
+        outs = outputs(layer(leaf, lengths=[6, 6, 4]))
+        grads = torch.autograd.grad(weighted_sum(outs), [leaf, *layer.parameters()])
+        results.append(outs + list(grads))
+    for got, expected in zip(results[1], results[0]):
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(got, expected, atol=0, rtol=0)
+    assert results[1][len(results[1]) - len(list(layer.parameters())) - 1][4:, 2].abs().sum() == 0
