@@ -91,6 +91,11 @@ def read_feature_table(path: str | Path, label_col: str, steps: int) -> Sequence
         row, col = bad[0]
         raise ValueError(f"{path}: line {row + 2}, column {columns[col]!r} is {table[columns[col]].iloc[row]!r}, "
                          "not a number")
+    infinite = np.argwhere(np.isinf(values.to_numpy(np.float64)))
+    if len(infinite):
+        row, col = infinite[0]
+        raise ValueError(f"{path}: line {row + 2}, column {columns[col]!r} is {str(table[columns[col]].iloc[row])!r}, "
+                         "not a finite number")
     labels = table[label_col].str.strip()
     names = sorted(set(labels))
     if len(names) < 2:

@@ -116,6 +116,11 @@ def read_series_csv(path: str | Path, *, target: str, time_col: str | None = Non
         bad = numeric.isna() & df[c].notna()
         if bad.any():
             raise ValueError(f"column {c!r} of {file} is not numeric: row {int(np.argmax(bad.to_numpy())) + 2} has {df[c][bad].iloc[0]!r}")
+        infinite = np.isinf(numeric.to_numpy(dtype=np.float64))
+        if infinite.any():  # a number, but none a model can learn from or be scored on
+            at = int(np.argmax(infinite))
+            raise ValueError(f"column {c!r} of {file} is not finite: row {at + 2} has {str(df[c].iloc[at])!r}; "
+                             "remove the row or leave the value empty (missing values are interpolated)")
         df[c] = numeric
     times = df[time_col].astype(str).tolist() if time_col else [str(i) for i in range(len(df))]
     return _clean(df[columns].to_numpy(), columns, times, season, "from the file")

@@ -66,12 +66,12 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig: {name} must be an int >= 1, got {value!r}")
         if self.patience is not None and (not isinstance(self.patience, int) or self.patience < 1):
             raise ValueError(f"TrainConfig: patience must be an int >= 1 or None, got {self.patience!r}")
-        if not self.lr > 0:
-            raise ValueError(f"TrainConfig: lr must be > 0, got {self.lr!r}")
-        if self.clip_norm is not None and not self.clip_norm > 0:
-            raise ValueError(f"TrainConfig: clip_norm must be > 0 or None, got {self.clip_norm!r}")
-        if self.max_minutes is not None and not self.max_minutes > 0:
-            raise ValueError(f"TrainConfig: max_minutes must be > 0 or None, got {self.max_minutes!r}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"TrainConfig: lr must be a finite number > 0, got {self.lr!r}")
+        if self.clip_norm is not None and not (math.isfinite(self.clip_norm) and self.clip_norm > 0):
+            raise ValueError(f"TrainConfig: clip_norm must be a finite number > 0 or None, got {self.clip_norm!r}")
+        if self.max_minutes is not None and not (math.isfinite(self.max_minutes) and self.max_minutes > 0):
+            raise ValueError(f"TrainConfig: max_minutes must be a finite number > 0 or None, got {self.max_minutes!r}")
         if not 0 < self.lr_factor < 1:
             raise ValueError(f"TrainConfig: lr_factor must be in (0, 1), got {self.lr_factor!r}")
         return self
@@ -322,6 +322,15 @@ class Trainer:
                     bar.close()
                 break
             val_loss, metric, _, _ = self.evaluate(val)
+            if not (math.isfinite(val_loss) and math.isfinite(metric)):  # checked like the training loss
+                what, bad = ("validation loss", val_loss) if not math.isfinite(val_loss) else ("validation metric", metric)
+                self.stop_reason = (f"the {what} became {bad} after epoch {epoch}; the weights of the best epoch "
+                                    "so far are kept")
+                log.warning("Trainer: %s", self.stop_reason)
+                self.failed = True
+                if bar is not None:
+                    bar.close()
+                break
             scheduler.step(self.sign * metric)
             record = EpochRecord(epoch, self._mean_over_processes(losses), val_loss, metric,
                                  optimiser.param_groups[0]["lr"], sum(norms) / len(norms),

@@ -156,3 +156,25 @@ def test_cli_diagnose_forecast_and_lm_runs(tmp_path) -> None:  # type: ignore[no
     assert runner.invoke(main, cfg).exit_code == 0
     result = runner.invoke(main, ["diagnose", str(tmp_path / "cap"), "--out", str(tmp_path / "d4")])
     assert result.exit_code == 1 and "is a 'caption' run" in result.output and not (tmp_path / "d4").exists()
+
+
+def test_a_non_finite_validation_loss_stops_the_run(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The validation loss is checked as the training loss is: an inf there (a huge value in the
+    validation part of a series) stops the run with the reason, keeping the best epoch's weights."""
+    x, y = adding_problem(64, 10, seed=0)
+    y_val = y[48:].clone()
+    y_val[0] = 1e30  # finite, but its squared error is not in float32
+    torch.manual_seed(0)
+    trainer = Trainer(Last(1.0), forward=lambda m, b: (m(b[0]), b[1]), loss_fn=F.mse_loss,
+                      metric_fn=lambda o, t: float(F.mse_loss(o, t)), higher_is_better=False,
+                      config=TrainConfig(epochs=3, batch_size=16, patience=None), checkpoint=tmp_path / "c.pt")
+    history = trainer.fit(TensorDataset(x[:48], y[:48]), TensorDataset(x[48:], y_val))
+    assert trainer.failed and history == []
+    assert trainer.stop_reason == "the validation loss became inf after epoch 1; the weights of the best epoch so far are kept"
+
+
+@pytest.mark.parametrize("setting, value", [("lr", float("inf")), ("lr", float("nan")), ("clip_norm", float("inf")),
+                                            ("max_minutes", float("nan"))])
+def test_non_finite_settings_are_refused(setting: str, value: float) -> None:
+    with pytest.raises(ValueError, match=f"TrainConfig: {setting} must be a finite number > 0"):
+        TrainConfig(**{setting: value}).check()

@@ -101,6 +101,9 @@ def test_feature_csv(tmp_path) -> None:  # type: ignore[no-untyped-def]
     (tmp_path / "g.csv").write_text("a,b,kind\n1,2,x\n3,oops,y\n")
     with pytest.raises(ValueError, match="line 3, column 'b' is 'oops', not a number"):
         read_feature_table(tmp_path / "g.csv", "kind", steps=1)
+    (tmp_path / "h.csv").write_text("a,b,kind\n1,2,x\n3,4,y\n-inf,5,x\n")
+    with pytest.raises(ValueError, match="line 4, column 'a' is '-inf', not a finite number"):
+        read_feature_table(tmp_path / "h.csv", "kind", steps=1)
     metrics = classify.train(classify.ClassifyConfig(data=str(tmp_path / "f.csv"), label_col="kind", steps=3,
                                                      hidden_size=8, train=TrainConfig(epochs=2)), tmp_path / "run")
     assert metrics["sizes"]["train"] + metrics["sizes"]["validation"] + metrics["sizes"]["test"] == 90

@@ -40,6 +40,8 @@ def test_missing_values_are_interpolated_never_zeros(tmp_path: Path) -> None:
     (None, {"target": "y"}, "no such file"),
     ("t,y\n1,2\n", {"target": "z"}, "has no column 'z'; it has t, y"),
     ("t,y\n1,2\n2,abc\n", {"target": "y"}, "column 'y' of .* is not numeric: row 3 has 'abc'"),
+    ("t,y\n1,2\n2,3\n3,inf\n", {"target": "y"}, "column 'y' of .* is not finite: row 4 has 'inf'"),
+    ("t,y,x\n1,2,-inf\n2,3,1\n", {"target": "y", "features": ("x",)}, "column 'x' of .* is not finite: row 2"),
 ])
 def test_bad_csv(tmp_path: Path, content: str | None, kwargs: dict, message: str) -> None:  # type: ignore[type-arg]
     path = tmp_path / "s.csv"
