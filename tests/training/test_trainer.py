@@ -75,8 +75,8 @@ def test_early_stopping_and_reduce_on_plateau() -> None:
 
 @pytest.mark.parametrize("field, value, message", [
     ("epochs", 0, "epochs must be an int >= 1, got 0"),
-    ("lr", -1.0, "lr must be > 0, got -1.0"),
-    ("clip_norm", 0.0, "clip_norm must be > 0 or None, got 0.0"),
+    ("lr", -1.0, "lr must be a finite number > 0, got -1.0"),
+    ("clip_norm", 0.0, "clip_norm must be a finite number > 0 or None, got 0.0"),
     ("lr_factor", 1.5, r"lr_factor must be in \(0, 1\), got 1.5"),
     ("patience", 0, "patience must be an int >= 1 or None, got 0"),
 ])
