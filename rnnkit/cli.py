@@ -106,11 +106,28 @@ def _worker() -> bool:
 
 
 def _train(run: Callable[[], Any]) -> Any:
-    """Run a pipeline's step; its errors become one-line messages."""
+    """Run a pipeline's step; its errors become one-line messages. A run that diverged before its
+    first epoch ended (nothing saved) exits with DIVERGED."""
+    from rnnkit.pipelines._runs import DIVERGED, Diverged
+
     try:
         return run()
+    except Diverged as error:
+        click.echo(f"Error: {error}", err=True)
+        raise click.exceptions.Exit(DIVERGED) from None
     except (ValueError, FileExistsError, FileNotFoundError, ImportError) as error:
         raise click.ClickException(str(error)) from None
+
+
+def _run_folder_line(folder: str, metrics: dict[str, Any]) -> None:
+    """The last lines of `rnnkit train`: the run folder; and for a run that diverged after some
+    epochs (the best epoch's weights saved), a line that says so, and the exit status DIVERGED."""
+    from rnnkit.pipelines._runs import DIVERGED
+
+    click.echo(f"run folder: {folder}")
+    if str(metrics.get("stopped", "")).startswith("diverged"):
+        click.echo(f"stopped: {metrics['stopped']}")
+        raise click.exceptions.Exit(DIVERGED)
 
 
 def _run_training(ctx: click.Context, task: str, config_cls: type, build: Callable[[], Any],
@@ -180,7 +197,7 @@ def train_classify(ctx: click.Context, dataset: str, data: str | None, text_col:
     click.echo(f"test accuracy {t['accuracy']:.4f}, macro-F1 {t['macro_f1']:.4f}  "
                f"(majority baseline: accuracy {b['accuracy']:.4f}, macro-F1 {b['macro_f1']:.4f}); "
                f"best epoch {metrics['best_epoch']}, {metrics['train_seconds']:.1f} s")
-    click.echo(f"run folder: {folder}")
+    _run_folder_line(folder, metrics)
 
 
 @train.command("forecast")
@@ -223,7 +240,7 @@ def train_forecast(ctx: click.Context, dataset: str, data: str | None, target: s
                f"{metrics['best_epoch']}, {metrics['train_seconds']:.1f} s")
     for name_, b in metrics["baseline"].items():
         click.echo(f"  baseline {name_}: RMSE {b['rmse']:.3f}, MAE {b['mae']:.3f}")
-    click.echo(f"run folder: {folder}")
+    _run_folder_line(folder, metrics)
 
 
 @train.command("lm")
@@ -264,7 +281,7 @@ def train_lm(ctx: click.Context, text: str | None, corpus: str, context: int | N
     click.echo(f"test {t['bpc']:.3f} bits per character on {t['characters']} characters of {metrics['test_on']} "
                f"(unigram baseline {b['bpc']:.3f}); best epoch {metrics['best_epoch']}, stopped "
                f"{metrics['stopped']}, {metrics['train_seconds']:.1f} s")
-    click.echo(f"run folder: {folder}")
+    _run_folder_line(folder, metrics)
 
 
 @main.command("generate")
@@ -325,7 +342,7 @@ def _train_generator(ctx: click.Context, task: str, build: Callable[[Any], Any])
                f"{metrics['train_seconds']:.1f} s")
     for example in metrics["examples"][:3]:
         click.echo(f"  {example['source']!r} -> {example['output']!r} (target {example['target']!r})")
-    click.echo(f"run folder: {folder}")
+    _run_folder_line(folder, metrics)
 
 
 @train.command("seq2seq")
@@ -455,7 +472,7 @@ def _memory_command(task: str) -> Callable[..., None]:
             click.echo(f"test cross-entropy {t['cross_entropy']:.4f}, recall accuracy {t['recall_accuracy']:.4f} "
                        f"(baseline {b['name']}: {b['cross_entropy']:.4f}, {b['recall_accuracy']:.4f}); "
                        f"{metrics['training_steps']} steps, {metrics['train_seconds']:.1f} s")
-        click.echo(f"run folder: {folder}")
+        _run_folder_line(folder, metrics)
 
     command.__doc__ = ("The adding problem (N -> 1): sum the two marked numbers of T steps." if task == "adding" else
                        "Copy memory (N -> N): recall 10 symbols after T blank steps.")

@@ -3,6 +3,7 @@ resumed, by the main process only), and rebuild a pipeline config from a run's c
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, TypeVar
@@ -57,3 +58,25 @@ def pipeline_config(run: str | Path, task: str, cls: type[C], **changes: Any) ->
         if isinstance(value, list):
             values[key] = tuple(value)
     return cls(**values, train=train)  # type: ignore[call-arg]
+
+
+class Diverged(RuntimeError):
+    """Training diverged (a loss or gradient became NaN or infinite) before any epoch ended, so
+    the run has nothing to keep: the CLI exits with DIVERGED."""
+
+
+DIVERGED = 3
+"""The exit status of `rnnkit train` when the run diverged (1: an error, 2: a usage error)."""
+
+
+def check_diverged(trainer: Any, out: str | Path | None) -> None:
+    """After trainer.fit: a run that diverged before its first epoch ended leaves no folder (its
+    RUN.partial is removed) and raises Diverged; one that diverged later is finished as usual,
+    with "stopped": "diverged: ..." in its metrics."""
+    if not trainer.failed or trainer.history:
+        return
+    if out is not None and trainer.is_main:
+        shutil.rmtree(partial_path(out), ignore_errors=True)
+    reason = str(trainer.stop_reason).split(";")[0]
+    raise Diverged(f"training diverged before its first epoch ended: {reason}; nothing was saved "
+                   "(try a smaller --lr, or --clip-norm)")

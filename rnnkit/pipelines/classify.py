@@ -26,7 +26,7 @@ from rnnkit import _checks
 from rnnkit.data import SequenceData, TextData, Vocabulary, load_dataset, pad_batch, read_feature_table, read_texts
 from rnnkit.data._text import TOKENS
 from rnnkit.models import NToOne, NToOneConfig
-from rnnkit.pipelines._runs import check_new, open_run, pipeline_config
+from rnnkit.pipelines._runs import check_diverged, check_new, open_run, pipeline_config
 from rnnkit.runs import NotARunError, finish_run, read_run
 from rnnkit.tasks import BATCH, TIME, TaskBatch
 from rnnkit.training import EpochRecord, Trainer, TrainConfig
@@ -163,6 +163,7 @@ def train(cfg: ClassifyConfig, out: str | Path, *, on_epoch: Callable[[EpochReco
                       tensorboard=checkpoint.parent / "tensorboard" if tensorboard else None,
                       diagnose_every=diagnose_every, on_diagnosis=on_diagnosis)
     history = trainer.fit(subsets[0], subsets[1], resume=resume)
+    check_diverged(trainer, out)
     _, _, logits, target = trainer.evaluate(subsets[2])
     predicted = logits.argmax(-1).numpy()
     majority = int(np.bincount(data.y[tr]).argmax())

@@ -23,7 +23,7 @@ from torch.utils.data import TensorDataset
 
 from rnnkit.data import Series, load_series, read_series_csv
 from rnnkit.models import NToOne, NToOneConfig
-from rnnkit.pipelines._runs import check_new, open_run, pipeline_config
+from rnnkit.pipelines._runs import check_diverged, check_new, open_run, pipeline_config
 from rnnkit.runs import NotARunError, finish_run, read_run
 from rnnkit.tasks import BATCH, TIME, TaskBatch
 from rnnkit.training import EpochRecord, Trainer, TrainConfig
@@ -161,6 +161,7 @@ def train(cfg: ForecastConfig, out: str | Path, *, on_epoch: Callable[[EpochReco
 
     data = prepared.data
     history = trainer.fit(data["train"], data["validation"], resume=resume)
+    check_diverged(trainer, out)
     _, _, pred, _ = trainer.evaluate(data["test"])
     x_test, _, origins = parts["test"]
     if cfg.predict == "change":

@@ -36,7 +36,7 @@ from torch.utils.data import Dataset
 from rnnkit import _checks
 from rnnkit.data import Vocabulary
 from rnnkit.models import LanguageModel, LanguageModelConfig, generate as generate_ids
-from rnnkit.pipelines._runs import check_new, open_run, pipeline_config
+from rnnkit.pipelines._runs import check_diverged, check_new, open_run, pipeline_config
 from rnnkit.runs import NotARunError, finish_run, read_run
 from rnnkit.tasks import BATCH, TIME, TaskBatch
 from rnnkit.training import EpochRecord, Trainer, TrainConfig, world
@@ -245,6 +245,7 @@ def train(cfg: LMConfig, out: str | Path, *, on_epoch: Callable[[EpochRecord], N
                       diagnose_every=diagnose_every, on_diagnosis=on_diagnosis,
                       shuffle=cfg.context is not None)
     history = trainer.fit(data["train"], data["validation"], resume=resume)
+    check_diverged(trainer, out)
     _, test_bpc, _, _ = trainer.evaluate(data["test"])
     lo, hi = parts["train"]
     metrics = {

@@ -20,7 +20,7 @@ from torch.utils.data import TensorDataset
 import rnnkit
 from rnnkit import _checks
 from rnnkit.data._memory import SYMBOLS, adding_baseline, adding_problem, copy_baseline, copy_memory
-from rnnkit.pipelines._runs import check_new, open_run, pipeline_config
+from rnnkit.pipelines._runs import check_diverged, check_new, open_run, pipeline_config
 from rnnkit.runs import NotARunError, finish_run, read_run
 from rnnkit.tasks import BATCH, TIME, TaskBatch
 from rnnkit.training import EpochRecord, Trainer, TrainConfig
@@ -131,6 +131,7 @@ def train(cfg: MemoryConfig, out: str | Path | None, *, on_epoch: Callable[[Epoc
                       progress=progress, tensorboard=checkpoint.parent / "tensorboard" if tensorboard and checkpoint else None,
                       diagnose_every=diagnose_every, on_diagnosis=on_diagnosis)
     history = trainer.fit(data[0], data[1], resume=resume)
+    check_diverged(trainer, out)
     loss, _, outputs, targets = trainer.evaluate(data[2])
     if adding:
         test = {"mse": loss}

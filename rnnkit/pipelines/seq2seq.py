@@ -33,7 +33,7 @@ from rnnkit.data import Vocabulary, digit_rows, pad_batch, tokenize
 from rnnkit.data._pairs import PAIR_SETS, read_pairs
 from rnnkit.data._text import PAD, TOKENS, UNK
 from rnnkit.models._seq2seq import ATTENTIONS, BOS, EOS, Seq2Seq, Seq2SeqConfig
-from rnnkit.pipelines._runs import check_new, open_run, pipeline_config
+from rnnkit.pipelines._runs import check_diverged, check_new, open_run, pipeline_config
 from rnnkit.runs import NotARunError, finish_run, read_run
 from rnnkit.tasks import BATCH, TIME, TaskBatch
 from rnnkit.training import EpochRecord, Trainer, TrainConfig
@@ -213,6 +213,7 @@ def train(cfg: Seq2SeqTaskConfig, out: str | Path, *, on_epoch: Callable[[EpochR
                       tensorboard=checkpoint.parent / "tensorboard" if tensorboard else None,
                       diagnose_every=diagnose_every, on_diagnosis=on_diagnosis)
     history = trainer.fit(subsets[0], subsets[1], resume=resume)
+    check_diverged(trainer, out)
     model.to("cpu").eval()
     decoded = decode(model, [source_items[i] for i in te], vector_source, max_length)
     split_tokens = lambda s: tokenize(s, cfg.tokens)  # noqa: E731

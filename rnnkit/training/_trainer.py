@@ -425,7 +425,8 @@ class Trainer:
             "train_seconds": round(self.train_seconds, 2),
             "device": str(self.device),
             "processes": self.world_size,
-            "stopped": self.stop_reason or f"after --epochs {self.config.epochs}",
+            "stopped": (f"diverged: {self.stop_reason}" if self.failed
+                        else self.stop_reason or f"after --epochs {self.config.epochs}"),
             "gradient_flow": self.diagnoses,
         }
 

@@ -178,3 +178,31 @@ def test_a_non_finite_validation_loss_stops_the_run(tmp_path) -> None:  # type: 
 def test_non_finite_settings_are_refused(setting: str, value: float) -> None:
     with pytest.raises(ValueError, match=f"TrainConfig: {setting} must be a finite number > 0"):
         TrainConfig(**{setting: value}).check()
+
+
+def test_a_diverged_run_exits_3(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Diverged before its first epoch ended: exit 3, the reason, and no folder (nor RUN.partial).
+    Diverged later: the run is finished with the best epoch's weights, metrics.json says
+    "stopped": "diverged: ...", the last line says so, and the exit status is 3 too."""
+    runner = CliRunner()
+    args = ["train", "forecast", "--window", "12", "--hidden", "8", "--epochs", "2"]
+    result = runner.invoke(main, [*args, "--lr", "1e30", "--out", str(tmp_path / "a")])
+    assert result.exit_code == 3, result.output
+    assert "training diverged before its first epoch ended: the loss became" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+    from rnnkit.training import Trainer
+
+    fit = Trainer.fit
+
+    def fit_then_diverge(self, *a, **k):  # type: ignore[no-untyped-def]
+        history = fit(self, *a, **k)
+        self.failed, self.stop_reason = True, "the loss became nan at step 9 (epoch 3, batch 1)"
+        return history
+
+    monkeypatch.setattr(Trainer, "fit", fit_then_diverge)
+    result = runner.invoke(main, [*args, "--out", str(tmp_path / "b")])
+    assert result.exit_code == 3, result.output
+    assert result.output.splitlines()[-1] == "stopped: diverged: the loss became nan at step 9 (epoch 3, batch 1)"
+    metrics = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert metrics["stopped"] == "diverged: the loss became nan at step 9 (epoch 3, batch 1)"
