@@ -5,7 +5,8 @@ extras.json (label names and other task data), metrics.json ("test" and "baselin
 history.csv (one row per epoch), plots/*.png and checkpoint.pt (the training state, for --resume).
 
 While training, a run lives in RUN.partial beside its final place: config.json and the checkpoint
-of the last finished epoch. When training ends the remaining files are written there and the
+of the last finished epoch. One process owns it meanwhile: it holds a lock on .RUN.lock (lock_run),
+and another process that would train into the same folder is refused with the owner's PID. When training ends the remaining files are written there and the
 folder is renamed to RUN, so a process that dies never leaves a half-written run folder, only a
 RUN.partial that ``--resume RUN`` continues.
 """
@@ -25,11 +26,71 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: runs are not locked
+    fcntl = None  # type: ignore[assignment]
+
 FILES = ("config.json", "model.safetensors", "extras.json", "metrics.json", "history.csv")
 
 
 class NotARunError(ValueError):
     """The folder is not a complete rnnkit run folder."""
+
+
+class RunInUseError(FileExistsError):
+    """Another process is training into the same run folder."""
+
+
+_HELD: dict[Path, int] = {}
+"""The runs this process owns (lock_run): resolved path -> the lock file's descriptor."""
+
+
+def lock_path(path: str | os.PathLike[str]) -> Path:
+    """The lock file of the run at path: .RUN.lock beside it."""
+    target = Path(path)
+    return target.with_name(f".{target.name}.lock")
+
+
+def lock_run(path: str | os.PathLike[str]) -> None:
+    """Make this process the only one that trains into the run at path, until release_run(path)
+    or its end (the OS drops the lock of a process that dies): an exclusive lock on lock_path,
+    which holds the owner's PID. RunInUseError names the process that holds it."""
+    key = Path(path).resolve()
+    if key in _HELD or fcntl is None:  # held already; or no POSIX locks (Windows): none taken
+        return
+    lock = lock_path(path)
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                raise RunInUseError(f"run folder {path} is in use by process {owner} (it holds {lock}): wait for "
+                                    "it to end, or choose another --out") from None
+            if lock.exists() and os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                break
+            os.close(fd)  # the owner before removed the file as this process opened it: again
+    except (PermissionError, NotADirectoryError) as error:
+        raise ValueError(f"cannot write the run folder {path}: {error.strerror} ({error.filename})") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    _HELD[key] = fd
+
+
+def release_run(path: str | os.PathLike[str]) -> None:
+    """Give up the run at path (lock_run); its lock file goes."""
+    fd = _HELD.pop(Path(path).resolve(), None)
+    if fd is None:
+        return
+    try:
+        os.unlink(lock_path(path))
+    except FileNotFoundError:
+        pass
+    os.close(fd)
 
 
 @dataclass
@@ -110,6 +171,7 @@ def finish_run(
         shutil.rmtree(old)
     else:
         os.replace(work, target)
+    release_run(path)
     return target
 
 

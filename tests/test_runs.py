@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -46,3 +48,37 @@ def test_not_a_run(tmp_path) -> None:  # type: ignore[no-untyped-def]
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(NotARunError, match="is not an rnnkit run folder: it has no model.safetensors, extras.json"):
         read_run(tmp_path)
+
+
+def test_one_process_owns_a_run(tmp_path: Path) -> None:
+    """While another process (a real one) holds a run, training into it is refused with that
+    process's PID and touches nothing; once the holder is gone (killed: the OS drops its lock), the
+    run trains, and its lock file goes when it is finished."""
+    import subprocess
+    import sys
+
+    from click.testing import CliRunner
+
+    from rnnkit.cli import main
+    from rnnkit.runs import lock_path, partial_path
+
+    out = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from rnnkit.runs import lock_run; lock_run(sys.argv[1]); "
+                               "print('held', flush=True); time.sleep(120)", str(out)],
+        stdout=subprocess.PIPE, text=True)
+    args = ["train", "forecast", "--window", "12", "--hidden", "8", "--epochs", "1", "--out", str(out)]
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 1, result.output
+        assert f"run folder {out} is in use by process {holder.pid}" in result.output
+        assert not out.exists() and not partial_path(out).exists()
+    finally:
+        holder.kill()
+        holder.wait()
+        if holder.stdout is not None:
+            holder.stdout.close()
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert (out / "metrics.json").is_file() and not lock_path(out).exists()

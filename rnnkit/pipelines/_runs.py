@@ -8,7 +8,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
-from rnnkit.runs import CHECKPOINT, NotARunError, partial_path, resume_run, start_run
+from rnnkit.runs import CHECKPOINT, NotARunError, lock_run, partial_path, release_run, resume_run, start_run
 from rnnkit.training import TrainConfig, require_tensorboard, world
 
 C = TypeVar("C")
@@ -24,6 +24,7 @@ def open_run(out: str | Path, task: str, cfg: Any, *, resume: bool, tensorboard:
         require_tensorboard()
     rank, _ = world()
     if rank == 0:
+        lock_run(out)  # before RUN.partial is looked at: one process owns the run
         work = resume_run(out)[0] if resume else start_run(out, config={"task": task, "pipeline": asdict(cfg)})
     else:
         work = partial_path(out)
@@ -77,6 +78,7 @@ def check_diverged(trainer: Any, out: str | Path | None) -> None:
         return
     if out is not None and trainer.is_main:
         shutil.rmtree(partial_path(out), ignore_errors=True)
+        release_run(out)
     reason = str(trainer.stop_reason).split(";")[0]
     raise Diverged(f"training diverged before its first epoch ended: {reason}; nothing was saved "
                    "(try a smaller --lr, or --clip-norm)")
