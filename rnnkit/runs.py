@@ -13,6 +13,7 @@ RUN.partial that ``--resume RUN`` continues.
 
 from __future__ import annotations
 
+import atexit
 import csv
 import json
 import os
@@ -74,11 +75,18 @@ def lock_run(path: str | os.PathLike[str]) -> None:
             if lock.exists() and os.stat(lock).st_ino == os.fstat(fd).st_ino:
                 break
             os.close(fd)  # the owner before removed the file as this process opened it: again
-    except (PermissionError, NotADirectoryError) as error:
+    except (PermissionError, NotADirectoryError, FileNotFoundError) as error:
         raise ValueError(f"cannot write the run folder {path}: {error.strerror} ({error.filename})") from None
     os.ftruncate(fd, 0)
     os.write(fd, str(os.getpid()).encode())
+    if not _HELD:
+        atexit.register(_release_all)  # a process that ends on an error leaves no lock file behind
     _HELD[key] = fd
+
+
+def _release_all() -> None:
+    for key in list(_HELD):
+        release_run(key)
 
 
 def release_run(path: str | os.PathLike[str]) -> None:
