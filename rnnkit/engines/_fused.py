@@ -181,7 +181,7 @@ class _Plan(NamedTuple):
 def _plan(kernels: _compiled.Kernels, mode: str, dtype: torch.dtype, steps: int, batch: int, inputs: int,
           gates: int, size: int, flags: int, num_threads: int) -> _Plan:
     """The plan of a call: inputs is I when the kernel projects x, else 0; gates G*H; size R;
-    flags the layer's _flags; num_threads torch.get_num_threads(), which the threads' counts
+    flags the layer's flags (flags_of); num_threads torch.get_num_threads(), which the threads' counts
     follow (a key, so that a change of it makes a new plan)."""
     hidden = gates // GATES[mode]
     backward_slices = _slice_count(kernels, steps, batch, gates, hidden)
@@ -208,17 +208,15 @@ def _plan(kernels: _compiled.Kernels, mode: str, dtype: torch.dtype, steps: int,
     )
 
 
-def _flags(w_hr: Tensor | None, ln_hh: Tensor | None, ln_cw: Tensor | None) -> int:
+def flags_of(w_hr: Tensor | None, ln_hh: Tensor | None, ln_cw: Tensor | None) -> int:
     """The kernels' HAS_PROJ | HAS_LN_H | HAS_LN_C: which optional arrays a layer has."""
     return (w_hr is not None) | (ln_hh is not None) << 1 | (ln_cw is not None) << 2
-
-
 
 
 def forward_layout_size(mode: str, save: bool, steps: Any, batch: Any, hidden: Any, size: Any, flags: int) -> Any:
     """The forward workspace's size in elements, as rnnkit_forward_layout computes it, in plain
     arithmetic that also runs on symbolic sizes (the operator's fake kernel, under
-    torch.compile and torch.export); tests hold the two equal."""
+    torch.compile and torch.export); opcheck in tests/test_toolchain.py holds the two equal."""
     kept, lstm = (steps if save else 1), mode == "LSTM"
     units = 4 if mode in ("LSTM", "GRU") else 1  # saved activations per unit
     gates = GATES[mode] * hidden
@@ -271,7 +269,7 @@ def run_forward(
         lengths_c = lengths.to(torch.int64).contiguous()
         if lengths_c.shape != (batch,) or int(lengths_c.min()) < 1 or int(lengths_c.max()) > steps:
             raise InputError(f"rnnkit: expected {batch} lengths in [1, {steps}], got {lengths_c.tolist()}")
-    plan = _plan(kernels, mode, xp.dtype, steps, batch, inputs, gates, size, _flags(w_hr, ln_hh, ln_cw),
+    plan = _plan(kernels, mode, xp.dtype, steps, batch, inputs, gates, size, flags_of(w_hr, ln_hh, ln_cw),
                  torch.get_num_threads())
     work = _Workspace(xp, plan.saved, block=xp.new_empty(plan.saved[0])) if save else _Workspace(xp, plan.unsaved)
     out = xp.new_empty(steps, batch, size)
@@ -353,7 +351,7 @@ def run_backward(
     w_hh = w_hh.contiguous()
     w_ih, w_hr, ln_hh, ln_cw = _contiguous(w_ih, w_hr, ln_hh, ln_cw)
     inputs = 0 if x_in is None else x_in.shape[1]
-    plan = _plan(kernels, mode, xp.dtype, steps, batch, inputs, gates, size, _flags(w_hr, ln_hh, ln_cw),
+    plan = _plan(kernels, mode, xp.dtype, steps, batch, inputs, gates, size, flags_of(w_hr, ln_hh, ln_cw),
                  torch.get_num_threads())
     work = _Workspace(w_hh, plan.saved, block=work_block)
     masks = _masks(lengths, h_mask, keep_h, keep_c)

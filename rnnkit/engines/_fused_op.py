@@ -34,7 +34,7 @@ from rnnkit.cells import CellSpec, CellWeights, State, input_side
 from rnnkit.cells import GRU_SPEC, LSTM_SPEC, RNN_RELU, RNN_TANH
 from rnnkit.engines import _compiled
 from rnnkit.engines._base import LayerConfig, Noise
-from rnnkit.engines._fused import DTYPES, GATES, Needs, forward_layout_size, run_backward, run_forward
+from rnnkit.engines._fused import DTYPES, GATES, Needs, flags_of, forward_layout_size, run_backward, run_forward
 from rnnkit.engines._reference import ReferenceEngine, scan_loop, time_loop
 
 SPECS = {spec.mode: spec for spec in (RNN_TANH, RNN_RELU, LSTM_SPEC, GRU_SPEC)}
@@ -86,10 +86,19 @@ def _fused_rnn_fake(x: Tensor, w_ih: Tensor | None, b_ih: Tensor | None, h0: Ten
     steps, batch = x.shape[0], x.shape[1]
     gates, size = w_hh.shape
     hidden = gates // GATES[mode]
-    flags = (w_hr is not None) | (ln_hh is not None) << 1 | (ln_cw is not None) << 2
-    work = forward_layout_size(mode, True, steps, batch, hidden, size, flags) if save else 0
     return (x.new_empty(steps, batch, size), x.new_empty(batch, size),
-            x.new_empty(batch, hidden) if mode == "LSTM" else x.new_empty(0), x.new_empty(work))
+            x.new_empty(batch, hidden) if mode == "LSTM" else x.new_empty(0),
+            x.new_empty(_workspace_size(mode, save, x, w_hh, w_hr, ln_hh, ln_cw)))
+
+
+def _workspace_size(mode: str, save: bool, x: Tensor, w_hh: Tensor, w_hr: Tensor | None, ln_hh: Tensor | None,
+                    ln_cw: Tensor | None) -> Any:
+    """The elements of the workspace rnnkit::fused_rnn returns: all steps' arrays, or none."""
+    if not save:
+        return 0
+    gates, size = w_hh.shape
+    return forward_layout_size(mode, True, x.shape[0], x.shape[1], gates // GATES[mode], size,
+                               flags_of(w_hr, ln_hh, ln_cw))
 
 
 @torch.library.custom_op("rnnkit::fused_rnn_backward", mutates_args=(), device_types="cpu")
@@ -190,8 +199,9 @@ def unwatched(tensors: Sequence[Any]) -> bool:
     """Whether nothing but eager autograd sees a call on tensors: no torch.compile, torch.export
     or jit.trace tracing it, no torch.func transform, no dispatch or torch-function mode (make_fx,
     FakeTensorMode, FlopCounterMode, ...), and plain tensors only (no subclass such as a fake,
-    functional or distributed tensor, no wrapper without storage such as a batched one). Then the kernels may be called directly; otherwise the
-    call goes through the operators, which every such tool sees."""
+    functional or distributed tensor, no wrapper without storage such as a batched one). Then
+    the kernels may be called directly; otherwise the call goes through the operators, which
+    every such tool sees."""
     if (torch.compiler.is_compiling() or torch.jit.is_tracing() or torch._C._len_torch_dispatch_stack()
             or torch._C._is_torch_function_mode_enabled() or torch._C._functorch.peek_interpreter_stack() is not None):
         return False
@@ -260,10 +270,7 @@ def fused_rnn_decomposition(x: Tensor, w_ih: Tensor | None, b_ih: Tensor | None,
     a backward pass, which an exported inference graph has none of, comes back as zeros."""
     out, final = reference_equations((x, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, ln_hh, ln_cw, ln_cb, lengths, h_mask,
                                       keep_h, keep_c), mode, scan_loop)
-    batch, (gates, size) = x.shape[1], w_hh.shape
-    hidden = gates // GATES[mode]
-    flags = (w_hr is not None) | (ln_hh is not None) << 1 | (ln_cw is not None) << 2
-    work = x.new_zeros(forward_layout_size(mode, True, x.shape[0], batch, hidden, size, flags) if save else 0)
+    work = x.new_zeros(_workspace_size(mode, save, x, w_hh, w_hr, ln_hh, ln_cw))
     return out, final[0], final[1] if mode == "LSTM" else x.new_empty(0), work
 
 

@@ -21,9 +21,8 @@ from rnnkit import _checks
 from rnnkit.cells import CellSpec, CellWeights, State
 from rnnkit.cells._base import INITS, init_cell_weights, parameter_shapes
 from rnnkit.cells._module import check_forget_bias
-from rnnkit.engines import _compiled
+from rnnkit.engines import ENGINE_NAMES, ENGINES, Engine, LayerConfig, Noise, Probe, _compiled, reverse_padded, select_engine
 from rnnkit.engines._fused_op import differentiated_by_transform, unwatched
-from rnnkit.engines import ENGINE_NAMES, ENGINES, Engine, LayerConfig, Noise, Probe, reverse_padded, select_engine
 
 Lengths = Sequence[int] | Tensor
 NO_NOISE = Noise()
@@ -306,8 +305,7 @@ class RecurrentLayer(nn.Module):
         """Run the layer; returns the output as input was given and the final state parts,
         each (K*D, B, S), or (K*D, S) for an unbatched input."""
         owner = type(self).__name__
-        traced = torch.jit.is_tracing() or torch.compiler.is_compiling()  # as every ONNX export is
-        if traced and torch.jit.is_tracing() and torch.onnx.is_in_onnx_export():
+        if torch.jit.is_tracing() and torch.onnx.is_in_onnx_export():
             # the TorchScript-based exporter would record one run's numbers as constants
             raise RuntimeError(
                 f"{owner}: torch.onnx.export(..., dynamo=False) cannot export rnnkit's layers; "
@@ -356,7 +354,7 @@ class RecurrentLayer(nn.Module):
         if cpu_lengths is not None:
             if isinstance(lengths, Sequence):
                 shortest: int | None = min(lengths) if len(lengths) else steps
-            else:  # traced, the values are not known: pass the lengths on
+            else:  # a tensor (given, or the packed batch's): its values are not known while traced
                 shortest = int(cpu_lengths.min()) if unwatched([cpu_lengths]) and cpu_lengths.numel() else None
             if shortest is None or shortest < steps:
                 run_lengths = cpu_lengths.to(x.device)
@@ -368,7 +366,7 @@ class RecurrentLayer(nn.Module):
             engine = ENGINES["reference"]
         elif engine.name == "fused" and not torch.compiler.is_compiling() and differentiated_by_transform():
             engine = ENGINES["reference"]  # torch.func's grad and jvp, forward-mode AD: autograd's loop
-        if traced and torch.onnx.is_in_onnx_export():
+        if torch.compiler.is_compiling() and torch.onnx.is_in_onnx_export():  # (checked cheapest first)
             engine = ENGINES["reference"]  # under export, one scan over time: an ONNX Scan
         out, finals = self._run_stack(engine, x, state0, run_lengths, cells)
 

@@ -47,10 +47,11 @@ _SHARED_DOC = """
 """
 
 
-def _refuse_proj_size(proj_size: int | None) -> None:
+def _refuse_proj_size(owner: str, proj_size: int | None) -> None:
     """torch.nn.RNN and GRU take no proj_size, and say so with a ValueError."""
     if proj_size is not None:
-        raise ValueError(f"proj_size argument is only supported for LSTM, not RNN or GRU (got proj_size={proj_size})")
+        raise ValueError(f"{owner}: proj_size argument is only supported for LSTM, not RNN or GRU "
+                         f"(got proj_size={proj_size})")
 
 
 class RNN(RecurrentLayer):
@@ -90,7 +91,7 @@ class RNN(RecurrentLayer):
         engine: str = "auto",
         proj_size: int | None = None,
     ) -> None:
-        _refuse_proj_size(proj_size)
+        _refuse_proj_size("RNN", proj_size)
         specs = {"tanh": RNN_TANH, "relu": RNN_RELU}
         if nonlinearity not in specs:
             raise ValueError(f"RNN: unknown nonlinearity {nonlinearity!r}: expected 'tanh' or 'relu'")
@@ -216,7 +217,7 @@ class GRU(RecurrentLayer):
         engine: str = "auto",
         proj_size: int | None = None,
     ) -> None:
-        _refuse_proj_size(proj_size)
+        _refuse_proj_size("GRU", proj_size)
         super().__init__(
             GRU_SPEC, input_size, hidden_size, num_layers, bias, batch_first, dropout,
             bidirectional, 0, device=device, dtype=dtype, layer_norm=layer_norm,
