@@ -9,12 +9,40 @@ from typing import TYPE_CHECKING, Any
 import click
 
 import rnnkit
+from rnnkit.data._files import check_writable, read_lines, read_numbers
 
 if TYPE_CHECKING:
     from rnnkit.training import EpochRecord
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+KNOWN_FAILURES = (ValueError, OSError, ImportError)
+"""What a command may fail with for a reason outside rnnkit (bad input, a damaged run folder, a
+file that cannot be written, an optional package missing): one line "Error: ..." and exit status 1.
+Any other exception is a bug, and its traceback is shown."""
+
+
+def _one_line(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.strerror and error.filename:
+        return f"{error.filename}: {error.strerror}"
+    return str(error)
+
+
+class _Commands(click.Group):
+    """The rnnkit command group: every command's known failures end here, as one line."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from rnnkit.pipelines._runs import DIVERGED, Diverged
+
+        try:
+            return super().invoke(ctx)
+        except Diverged as error:
+            click.echo(f"Error: {error}", err=True)
+            raise click.exceptions.Exit(DIVERGED) from None
+        except KNOWN_FAILURES as error:
+            raise click.ClickException(_one_line(error)) from None
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(rnnkit.__version__, prog_name="rnnkit")
 def main() -> None:
     """rnnkit: recurrent neural networks on PyTorch."""
@@ -105,20 +133,6 @@ def _worker() -> bool:
     return world()[0] != 0
 
 
-def _train(run: Callable[[], Any]) -> Any:
-    """Run a pipeline's step; its errors become one-line messages. A run that diverged before its
-    first epoch ended (nothing saved) exits with DIVERGED."""
-    from rnnkit.pipelines._runs import DIVERGED, Diverged
-
-    try:
-        return run()
-    except Diverged as error:
-        click.echo(f"Error: {error}", err=True)
-        raise click.exceptions.Exit(DIVERGED) from None
-    except (ValueError, FileExistsError, FileNotFoundError, ImportError) as error:
-        raise click.ClickException(str(error)) from None
-
-
 def _run_folder_line(folder: str, metrics: dict[str, Any]) -> None:
     """The last lines of `rnnkit train`: the run folder; and for a run that diverged after some
     epochs (the best epoch's weights saved), a line that says so, and the exit status DIVERGED."""
@@ -142,12 +156,11 @@ def _run_training(ctx: click.Context, task: str, config_cls: type, build: Callab
     _check_resume(ctx, resume)
     given = ctx.get_parameter_source("epochs") == click.core.ParameterSource.COMMANDLINE
     epochs = p["epochs"] if given else None  # resumed without --epochs: the run's own number
-    cfg = _train(lambda: pipeline_config(resume, task, config_cls, epochs=epochs) if resume else build())
+    cfg = pipeline_config(resume, task, config_cls, epochs=epochs) if resume else build()
     folder = _run_folder(p["out"], resume, task, name_of(cfg))
     show, progress = _epoch_printer(metric, every)
-    metrics = _train(lambda: train_fn(cfg, folder, on_epoch=show, resume=resume is not None, progress=progress,
-                                      tensorboard=p["tensorboard"], diagnose_every=p["diagnose_every"],
-                                      on_diagnosis=_show_diagnosis))
+    metrics = train_fn(cfg, folder, on_epoch=show, resume=resume is not None, progress=progress,
+                       tensorboard=p["tensorboard"], diagnose_every=p["diagnose_every"], on_diagnosis=_show_diagnosis)
     return None if _worker() else (metrics, folder)
 
 
@@ -297,10 +310,7 @@ def generate_command(run: str, prompt: str, length: int, greedy: bool, temperatu
     """Continue a prompt with a trained lm run."""
     from rnnkit.pipelines import lm
 
-    try:
-        click.echo(lm.generate(run, prompt, length, greedy=greedy, temperature=temperature, top_k=top_k, seed=seed))
-    except ValueError as error:
-        raise click.ClickException(str(error)) from None
+    click.echo(lm.generate(run, prompt, length, greedy=greedy, temperature=temperature, top_k=top_k, seed=seed))
 
 
 def _seq2seq_options(f: Callable[..., None]) -> Callable[..., None]:
@@ -397,16 +407,7 @@ def translate_command(run: str, texts: tuple[str, ...], input_path: str | None, 
 
     if bool(texts) == bool(input_path):
         raise click.UsageError("give the sources as arguments, or --input FILE (not both)")
-    try:
-        items = list(texts)
-        if input_path:
-            with open(input_path, encoding="utf-8") as f:
-                items = [line.rstrip("\n") for line in f if line.strip()]
-        outputs, unknown = seq2seq.translate(run, items, beam=beam)
-    except (OSError, UnicodeDecodeError) as error:
-        raise click.ClickException(f"cannot read {input_path}: {error}") from None
-    except ValueError as error:
-        raise click.ClickException(str(error)) from None
+    outputs, unknown = seq2seq.translate(run, read_lines(input_path) if input_path else list(texts), beam=beam)
     for output, missing in zip(outputs, unknown):
         note = f"  [not in the vocabulary, read as <unk>: {' '.join(missing)}]" if missing else ""
         click.echo(output + note)
@@ -419,19 +420,10 @@ def translate_command(run: str, texts: tuple[str, ...], input_path: str | None, 
 @click.option("--beam", type=int, default=None, help="Beam search with this many hypotheses (default: greedy).")
 def caption_command(run: str, input_path: str, beam: int | None) -> None:
     """Spell a sequence for each row of features with a trained caption run."""
-    import numpy as np
-
     from rnnkit.pipelines import seq2seq
 
-    try:
-        rows = np.loadtxt(input_path, delimiter=",", ndmin=2, dtype=np.float32)
-    except (OSError, ValueError) as error:
-        raise click.ClickException(f"cannot read {input_path}: {error}") from None
-    try:
-        for output in seq2seq.caption(run, rows, beam=beam):
-            click.echo(output)
-    except ValueError as error:
-        raise click.ClickException(str(error)) from None
+    for output in seq2seq.caption(run, read_numbers(input_path), beam=beam):
+        click.echo(output)
 
 
 def _memory_command(task: str) -> Callable[..., None]:
@@ -502,19 +494,16 @@ def diagnose_command(run: str | None, cells: str, steps: int, hidden: int, layer
     RUN (classify, forecast, lm, seq2seq, adding, copy) on its validation data."""
     from rnnkit import diagnostics, pipelines
 
-    try:
-        if run:
-            report = diagnostics.diagnose_run(pipelines.open_task(run))
-            report["setup"]["run"] = run
-            title = f"{run}: validation batch"
-        else:
-            cell_list = [c.strip() for c in cells.split(",") if c.strip()]
-            report = diagnostics.diagnose_cells(cell_list, steps=steps, hidden=hidden, layers=layers, init=init,
-                                                nonlinearity=nonlinearity, seed=seed)
-            title = f"fresh cells, T={steps}, H={hidden}, init {init}"
-        files = diagnostics.write_report(report, out, title=title)
-    except ValueError as error:
-        raise click.ClickException(str(error)) from None
+    if run:
+        report = diagnostics.diagnose_run(pipelines.open_task(run))
+        report["setup"]["run"] = run
+        title = f"{run}: validation batch"
+    else:
+        cell_list = [c.strip() for c in cells.split(",") if c.strip()]
+        report = diagnostics.diagnose_cells(cell_list, steps=steps, hidden=hidden, layers=layers, init=init,
+                                            nonlinearity=nonlinearity, seed=seed)
+        title = f"fresh cells, T={steps}, H={hidden}, init {init}"
+    files = diagnostics.write_report(report, out, title=title)
     for cell, r in report["cells"].items():
         v = r["verdict"]
         click.echo(f"{cell:<6} {v['verdict']:<10} first/last step gradient {v['ratio']:.2e}  ({v['reason']})")
@@ -532,10 +521,7 @@ def export_command(run: str, fmt: str, out_path: str) -> None:
     from rnnkit import pipelines
     from rnnkit.export import export
 
-    try:
-        done = export(pipelines.open_task(run), fmt, out_path)
-    except ValueError as error:
-        raise click.ClickException(str(error)) from None
+    done = export(pipelines.open_task(run), fmt, out_path)
     inputs = ", ".join(f"{name} {dims}" for name, dims in done.inputs)
     click.echo(f"wrote {done.path} ({done.format}): inputs {inputs}")
     runner = "onnxruntime" if done.format == "onnx" else "torch.export.load"
@@ -552,10 +538,8 @@ def forecast_command(run: str, steps: int, data: str | None, out_path: str) -> N
     """Continue a series with a trained forecast run; writes a CSV."""
     from rnnkit.pipelines import forecast as fc
 
-    try:
-        values = fc.forecast(run, steps, data=data)
-    except ValueError as error:
-        raise click.ClickException(str(error)) from None
+    check_writable(out_path)  # before the work, not after it
+    values = fc.forecast(run, steps, data=data)
     tmp = Path(out_path).with_name(Path(out_path).name + ".partial")
     tmp.write_text("step,forecast\n" + "".join(f"{i + 1},{v:.6g}\n" for i, v in enumerate(values)), encoding="utf-8")
     tmp.replace(out_path)
@@ -575,33 +559,18 @@ def predict(run: str, texts: tuple[str, ...], input_path: str | None, as_json: b
     """Label new data with a trained classify run: `rnnkit predict RUN "some text"` or --input FILE."""
     import json
 
-    import numpy as np
-
     from rnnkit.pipelines import classify
 
-    try:
-        _, config, _ = classify.load(run)  # the run first: a folder that is not one is the first thing to say
-    except ValueError as error:
-        raise click.ClickException(str(error)) from None
+    _, config, _ = classify.load(run)  # the run first: a folder that is not one is the first thing to say
     if bool(texts) == bool(input_path):
         raise click.UsageError("give the texts to classify as arguments, or --input FILE (not both)")
     unknown: list[list[str]] = []
-    try:
-        if config["input"]["kind"] == "text":
-            items = list(texts)
-            if input_path:
-                with open(input_path, encoding="utf-8") as f:
-                    items = [line.rstrip("\n") for line in f if line.strip()]
-            probs, labels, unknown = classify.predict_texts(run, items)
-        else:
-            if texts:
-                raise ValueError(f"{run} classifies rows of numbers, not texts: use --input FILE.csv")
-            rows = np.loadtxt(str(input_path), delimiter=",", ndmin=2, dtype=np.float32)
-            probs, labels = classify.predict(run, rows)
-    except (OSError, UnicodeDecodeError) as error:
-        raise click.ClickException(f"cannot read {input_path}: {error}") from None
-    except ValueError as error:
-        raise click.ClickException(str(error)) from None
+    if config["input"]["kind"] == "text":
+        probs, labels, unknown = classify.predict_texts(run, read_lines(input_path) if input_path else list(texts))
+    else:
+        if texts:
+            raise click.UsageError(f"{run} classifies rows of numbers, not texts: use --input FILE.csv")
+        probs, labels = classify.predict(run, read_numbers(str(input_path)))
     for i, row in enumerate(probs):
         best = int(row.argmax())
         if as_json:

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from rnnkit.data._files import check_writable
 from rnnkit.tasks import BATCH, TaskBatch
 
 FORMATS = ("onnx", "pt2")
@@ -55,10 +56,7 @@ def export(batch: TaskBatch, fmt: str, out: str | os.PathLike[str]) -> Exported:
     if batch.not_exportable is not None:
         raise ValueError(f"{batch.task} runs do not export: {batch.not_exportable}")
     target = Path(out)
-    if not target.parent.is_dir():
-        raise ValueError(f"cannot write {target}: {target.parent} is not a folder")
-    if not os.access(target.parent, os.W_OK):
-        raise ValueError(f"cannot write {target}: {target.parent} is not writable")
+    check_writable(target)
     model = batch.model.eval()
     dims = {BATCH: torch.export.Dim("batch", min=1), "time": torch.export.Dim("time", min=1)}
     shapes = tuple({index: dims[axis] for index, axis in axes.items()} for axes in batch.axes)

@@ -63,6 +63,11 @@ def lock_run(path: str | os.PathLike[str]) -> None:
     lock = lock_path(path)
     try:
         lock.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # a parent is a file, or not writable
+        reason = (f"{error.filename} is a file" if isinstance(error, FileExistsError)
+                  else f"{error.strerror} ({error.filename})")
+        raise ValueError(f"cannot create the run folder {path}: {reason}") from None
+    try:
         while True:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
             try:
@@ -75,7 +80,7 @@ def lock_run(path: str | os.PathLike[str]) -> None:
             if lock.exists() and os.stat(lock).st_ino == os.fstat(fd).st_ino:
                 break
             os.close(fd)  # the owner before removed the file as this process opened it: again
-    except (PermissionError, NotADirectoryError, FileNotFoundError) as error:
+    except (PermissionError, NotADirectoryError, FileNotFoundError, IsADirectoryError) as error:
         raise ValueError(f"cannot write the run folder {path}: {error.strerror} ({error.filename})") from None
     os.ftruncate(fd, 0)
     os.write(fd, str(os.getpid()).encode())
@@ -85,7 +90,12 @@ def lock_run(path: str | os.PathLike[str]) -> None:
 
 
 def _release_all() -> None:
+    """At exit: give up the runs still held. One that ended on an error before its first epoch
+    ended leaves nothing: its RUN.partial holds only config.json, no checkpoint to resume."""
     for key in list(_HELD):
+        work = partial_path(key)
+        if work.is_dir() and not (work / CHECKPOINT).exists():
+            shutil.rmtree(work, ignore_errors=True)
         release_run(key)
 
 
@@ -155,7 +165,7 @@ def resume_run(path: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
     if not (work / "config.json").is_file() or not (work / CHECKPOINT).is_file():
         raise NotARunError(f"{work} has no config.json or no {CHECKPOINT}: it died before its first epoch ended; "
                            "delete it and train again")
-    return work, json.loads((work / "config.json").read_text(encoding="utf-8"))
+    return work, read_json(work / "config.json")
 
 
 def finish_run(
@@ -216,6 +226,41 @@ def read_run(path: str | os.PathLike[str]) -> Run:
     missing = [name for name in FILES if not (folder / name).is_file()]
     if missing:
         raise NotARunError(f"{folder} is not an rnnkit run folder: it has no {', '.join(missing)}")
-    read = lambda name: json.loads((folder / name).read_text(encoding="utf-8"))  # noqa: E731
-    return Run(folder, read("config.json"), load_file(str(folder / "model.safetensors")),
-               read("extras.json"), read("metrics.json"))
+    return Run(folder, read_json(folder / "config.json"), _read_weights(folder / "model.safetensors"),
+               read_json(folder / "extras.json"), read_json(folder / "metrics.json"))
+
+
+_DAMAGED = "the run folder is damaged: train it again, or restore the file from a copy"
+
+
+def read_json(file: Path) -> dict[str, Any]:
+    """A run's JSON file; NotARunError names the file if it cannot be read or is not a JSON object."""
+    try:
+        content = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise NotARunError(f"{file.parent} is not an rnnkit run folder: it has no {file.name}") from None
+    except (OSError, ValueError) as error:
+        raise NotARunError(f"cannot read {file} ({error}): {_DAMAGED}") from None
+    if not isinstance(content, dict):
+        raise NotARunError(f"{file} does not hold a JSON object: {_DAMAGED}")
+    return content
+
+
+def _read_weights(file: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+
+    try:
+        return load_file(str(file))
+    except (SafetensorError, OSError) as error:
+        raise NotARunError(f"cannot read {file} ({error}): {_DAMAGED}") from None
+
+
+def load_weights(model: torch.nn.Module, run: Run) -> None:
+    """Put the run's weights into model (built from the run's config.json); NotARunError if they do
+    not fit it, as when model.safetensors was copied from another run."""
+    try:
+        model.load_state_dict(run.weights)
+    except RuntimeError as error:
+        detail = str(error).splitlines()[1].strip() if len(str(error).splitlines()) > 1 else str(error)
+        raise NotARunError(f"{run.path / 'model.safetensors'} does not fit the model that {run.path / 'config.json'} "
+                           f"describes ({detail}): were the files copied from another run?") from None

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rnnkit.data._files import read_table
 from rnnkit.data._text import TextData, surnames
 
 
@@ -73,12 +74,7 @@ def read_feature_table(path: str | Path, label_col: str, steps: int) -> Sequence
     import pandas as pd
 
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"no such file: {path}")
-    try:
-        table = pd.read_csv(path, sep=None, engine="python", dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise ValueError(f"cannot read {path} as CSV: {error}") from None
+    table = read_table(path)
     if label_col not in table.columns:
         raise ValueError(f"{path} has no column {label_col!r}; its columns are {', '.join(map(repr, table.columns))}")
     columns = [c for c in table.columns if c != label_col]
@@ -97,6 +93,9 @@ def read_feature_table(path: str | Path, label_col: str, steps: int) -> Sequence
         raise ValueError(f"{path}: line {row + 2}, column {columns[col]!r} is {str(table[columns[col]].iloc[row])!r}, "
                          "not a finite number")
     labels = table[label_col].str.strip()
+    empty = np.flatnonzero(labels == "")
+    if len(empty):
+        raise ValueError(f"{path}: line {empty[0] + 2} has no {label_col!r}")
     names = sorted(set(labels))
     if len(names) < 2:
         raise ValueError(f"{path} has {len(names)} label(s): a classifier needs at least 2")

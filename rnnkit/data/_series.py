@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rnnkit.data._files import read_table
+
 
 @dataclass(frozen=True)
 class Series:
@@ -101,9 +103,7 @@ def read_series_csv(path: str | Path, *, target: str, time_col: str | None = Non
     import pandas as pd
 
     file = Path(path)
-    if not file.is_file():
-        raise ValueError(f"no such file: {file}")
-    df = pd.read_csv(file)
+    df = read_table(file, numeric=True)
     wanted = [target, *features] + ([time_col] if time_col else [])
     missing = [c for c in wanted if c not in df.columns]
     if missing:

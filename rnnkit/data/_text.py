@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from rnnkit.data._files import read_table
+
 PAD, UNK = "<pad>", "<unk>"
 TOKENS = ("char", "word")
 _WORD = re.compile(r"\w+|[^\w\s]")
@@ -104,16 +106,8 @@ def read_text_table(path: str | Path, text_col: str, label_col: str) -> TextData
     """Texts and labels from a CSV or TSV file with a header row (.tsv/.tab: tab-separated;
     otherwise the separator is sniffed). A row with an empty text or label is an error that
     names its line."""
-    import pandas as pd
-
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"no such file: {path}")
-    sep = "\t" if path.suffix.lower() in (".tsv", ".tab") else None
-    try:
-        table = pd.read_csv(path, sep=sep, engine="python", dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        raise ValueError(f"cannot read {path} as CSV/TSV: {error}") from None
+    table = read_table(path)
     missing = [c for c in (text_col, label_col) if c not in table.columns]
     if missing:
         raise ValueError(f"{path} has no column {', '.join(map(repr, missing))}; its columns are "

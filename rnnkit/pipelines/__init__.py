@@ -6,19 +6,15 @@ Every pipeline also gives its runs' model and a batch of their data in one form
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from rnnkit.runs import NotARunError
+from rnnkit.runs import NotARunError, read_json
 from rnnkit.tasks import TaskBatch
 
 
 def open_task(run_path: str | Path, size: int = 64) -> TaskBatch:
     """A finished run's model and up to size examples of its validation data, whatever its task."""
-    try:
-        task = json.loads((Path(run_path) / "config.json").read_text(encoding="utf-8")).get("task")
-    except (OSError, ValueError):
-        raise NotARunError(f"{run_path} is not an rnnkit run folder: no readable config.json") from None
+    task = read_json(Path(run_path) / "config.json").get("task")
     if task in ("adding", "copy"):
         from rnnkit.pipelines import memory as pipeline
     elif task == "classify":

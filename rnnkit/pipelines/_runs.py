@@ -8,7 +8,8 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
-from rnnkit.runs import CHECKPOINT, NotARunError, lock_run, partial_path, release_run, resume_run, start_run
+from rnnkit.runs import (CHECKPOINT, NotARunError, lock_run, partial_path, read_json, release_run, resume_run,
+                         start_run)
 from rnnkit.training import TrainConfig, require_tensorboard, world
 
 C = TypeVar("C")
@@ -41,12 +42,9 @@ def pipeline_config(run: str | Path, task: str, cls: type[C], **changes: Any) ->
     """The pipeline config a run at run (finished or RUN.partial) was started with, with changes
     (e.g. more epochs) applied to its TrainConfig."""
     folder = partial_path(run) if partial_path(run).is_dir() else Path(run)
-    try:
-        import json
-
-        saved = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        raise NotARunError(f"nothing to resume at {run}: no readable config.json in {folder}") from None
+    if not (folder / "config.json").is_file():
+        raise NotARunError(f"nothing to resume at {run}: no config.json in {folder}")
+    saved = read_json(folder / "config.json")
     if saved.get("task") != task or "pipeline" not in saved:
         raise NotARunError(f"{folder} is a {saved.get('task')!r} run, not a {task} run")
     values = dict(saved["pipeline"])

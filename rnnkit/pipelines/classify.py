@@ -27,7 +27,7 @@ from rnnkit.data import SequenceData, TextData, Vocabulary, load_dataset, pad_ba
 from rnnkit.data._text import TOKENS
 from rnnkit.models import NToOne, NToOneConfig
 from rnnkit.pipelines._runs import check_diverged, check_new, open_run, pipeline_config
-from rnnkit.runs import NotARunError, finish_run, read_run
+from rnnkit.runs import NotARunError, finish_run, load_weights, read_run
 from rnnkit.tasks import BATCH, TIME, TaskBatch
 from rnnkit.training import EpochRecord, Trainer, TrainConfig
 
@@ -197,7 +197,7 @@ def load(run_path: str | Path) -> tuple[NToOne, dict[str, Any], dict[str, Any]]:
     if run.config.get("task") != "classify":
         raise NotARunError(f"{run.path} is a {run.config.get('task')!r} run, not a classify run")
     model = NToOne(NToOneConfig(**run.config["model"]))
-    model.load_state_dict(run.weights)
+    load_weights(model, run)
     return model.eval(), run.config, run.extras
 
 

@@ -24,7 +24,7 @@ from torch.utils.data import TensorDataset
 from rnnkit.data import Series, load_series, read_series_csv
 from rnnkit.models import NToOne, NToOneConfig
 from rnnkit.pipelines._runs import check_diverged, check_new, open_run, pipeline_config
-from rnnkit.runs import NotARunError, finish_run, read_run
+from rnnkit.runs import NotARunError, finish_run, load_weights, read_run
 from rnnkit.tasks import BATCH, TIME, TaskBatch
 from rnnkit.training import EpochRecord, Trainer, TrainConfig
 
@@ -221,7 +221,7 @@ def forecast(run_path: str | Path, steps: int, *, data: str | None = None) -> np
     else:
         tail = np.asarray(run.extras["tail"], dtype=np.float64)
     model = NToOne(NToOneConfig(**cfg["model"]))
-    model.load_state_dict(run.weights)
+    load_weights(model, run)
     model.eval()
     mean, std = run.extras["mean"][0], run.extras["std"][0]
     history = list((tail[:, 0] - mean) / std)
@@ -242,7 +242,7 @@ def task_batch(run_path: str | Path, size: int) -> TaskBatch:
     """The run's model and up to size validation windows (rnnkit.tasks): x (B, window, F)."""
     run = read_run(run_path)
     model = NToOne(NToOneConfig(**run.config["model"]))
-    model.load_state_dict(run.weights)
+    load_weights(model, run)
     windows = prepare(pipeline_config(run_path, "forecast", ForecastConfig)).data["validation"]
     x, y = windows.tensors[0][:size], windows.tensors[1][:size]
     return TaskBatch("forecast", model.eval(), (x,), lambda m, b: F.mse_loss(m(*b), y), ({0: BATCH, 1: TIME},))

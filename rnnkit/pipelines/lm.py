@@ -37,7 +37,7 @@ from rnnkit import _checks
 from rnnkit.data import Vocabulary
 from rnnkit.models import LanguageModel, LanguageModelConfig, generate as generate_ids
 from rnnkit.pipelines._runs import check_diverged, check_new, open_run, pipeline_config
-from rnnkit.runs import NotARunError, finish_run, read_run
+from rnnkit.runs import NotARunError, finish_run, load_weights, read_run
 from rnnkit.tasks import BATCH, TIME, TaskBatch
 from rnnkit.training import EpochRecord, Trainer, TrainConfig, world
 
@@ -275,7 +275,7 @@ def load(run_path: str | Path) -> tuple[LanguageModel, dict[str, Any], Vocabular
     if run.config.get("task") != "lm":
         raise NotARunError(f"{run.path} is a {run.config.get('task')!r} run, not an lm run")
     model = LanguageModel(LanguageModelConfig(**run.config["model"]))
-    model.load_state_dict(run.weights)
+    load_weights(model, run)
     return model.eval(), run.config, Vocabulary.from_json(run.extras["vocabulary"])
 
 

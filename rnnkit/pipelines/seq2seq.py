@@ -34,7 +34,7 @@ from rnnkit.data._pairs import PAIR_SETS, read_pairs
 from rnnkit.data._text import PAD, TOKENS, UNK
 from rnnkit.models._seq2seq import ATTENTIONS, BOS, EOS, Seq2Seq, Seq2SeqConfig
 from rnnkit.pipelines._runs import check_diverged, check_new, open_run, pipeline_config
-from rnnkit.runs import NotARunError, finish_run, read_run
+from rnnkit.runs import NotARunError, finish_run, load_weights, read_run
 from rnnkit.tasks import BATCH, TIME, TaskBatch
 from rnnkit.training import EpochRecord, Trainer, TrainConfig
 
@@ -276,7 +276,7 @@ def load(run_path: str | Path, task: str) -> tuple[Seq2Seq, dict[str, Any], dict
     if run.config.get("task") != task:
         raise NotARunError(f"{run.path} is a {run.config.get('task')!r} run, not a {task} run")
     model = Seq2Seq(Seq2SeqConfig(**run.config["model"]))
-    model.load_state_dict(run.weights)
+    load_weights(model, run)
     return model.eval(), run.config, run.extras
 
 

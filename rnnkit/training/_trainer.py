@@ -41,6 +41,9 @@ ForwardFn = Callable[[nn.Module, Batch], tuple[Tensor, Tensor]]
 """forward(model, batch) -> (output, target): what the loss and the metric compare."""
 MetricFn = Callable[[Tensor, Tensor], float]
 """metric(outputs, targets) over a whole split -> a number."""
+MAX_LR = 10.0
+"""The largest learning rate TrainConfig accepts: Adam's step is about lr per weight, so above it
+every step throws the weights far out (and near 3e38 the step overflows float32)."""
 
 
 @dataclass
@@ -68,6 +71,9 @@ class TrainConfig:
             raise ValueError(f"TrainConfig: patience must be an int >= 1 or None, got {self.patience!r}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"TrainConfig: lr must be a finite number > 0, got {self.lr!r}")
+        if self.lr > MAX_LR:  # Adam moves each weight by up to about lr a step
+            raise ValueError(f"TrainConfig: lr must be at most {MAX_LR:g} (Adam moves each weight by about lr a step; "
+                             f"usual values are 1e-4 to 1e-2), got {self.lr!r}")
         if self.clip_norm is not None and not (math.isfinite(self.clip_norm) and self.clip_norm > 0):
             raise ValueError(f"TrainConfig: clip_norm must be a finite number > 0 or None, got {self.clip_norm!r}")
         if self.max_minutes is not None and not (math.isfinite(self.max_minutes) and self.max_minutes > 0):

@@ -184,8 +184,11 @@ def test_a_diverged_run_exits_3(tmp_path, monkeypatch) -> None:  # type: ignore[
     """Diverged before its first epoch ended: exit 3, the reason, and no folder (nor RUN.partial).
     Diverged later: the run is finished with the best epoch's weights, metrics.json says
     "stopped": "diverged: ...", the last line says so, and the exit status is 3 too."""
+    from rnnkit.training import _trainer
+
     runner = CliRunner()
     args = ["train", "forecast", "--window", "12", "--hidden", "8", "--epochs", "2"]
+    monkeypatch.setattr(_trainer, "MAX_LR", 1e31)  # a learning rate that makes the loss overflow at once
     result = runner.invoke(main, [*args, "--lr", "1e30", "--out", str(tmp_path / "a")])
     assert result.exit_code == 3, result.output
     assert "training diverged before its first epoch ended: the loss became" in result.output
