@@ -362,11 +362,14 @@ def _train_generator(ctx: click.Context, task: str, build: Callable[[Any], Any])
 @click.option("--tokens", type=click.Choice(["char", "word"]), default="char", show_default=True)
 @click.option("--bidirectional/--unidirectional", default=True, show_default=True, help="The encoder.")
 @click.option("--attention", type=click.Choice(["none", "bahdanau", "luong"]), default="bahdanau", show_default=True)
+@click.option("--max-tokens", type=click.IntRange(min=1), default=400, show_default=True,
+              help="Pairs whose source or target has more tokens are left out, with a warning (one very long pair "
+                   "makes every batch it falls in as long).")
 @_seq2seq_options
 @_training_options
 @click.pass_context
 def train_seq2seq(ctx: click.Context, dataset: str, data: str | None, tokens: str, bidirectional: bool, attention: str,
-                  cell: str, embed: int, hidden: int, layers: int, dropout: float, teacher_forcing: float,
+                  max_tokens: int, cell: str, embed: int, hidden: int, layers: int, dropout: float, teacher_forcing: float,
                   max_length: int | None, epochs: int, batch_size: int, lr: float, seed: int, out: str | None,
                   resume: str | None, tensorboard: bool, diagnose_every: int | None) -> None:
     """N -> M: encoder-decoder with attention (bundled: addition, dates; or --data PAIRS.tsv)."""
@@ -375,7 +378,7 @@ def train_seq2seq(ctx: click.Context, dataset: str, data: str | None, tokens: st
     _train_generator(ctx, "seq2seq", lambda train_cfg: seq2seq.Seq2SeqTaskConfig(
         task="seq2seq", dataset=dataset, data=data, tokens=tokens, cell=cell, embed_dim=embed, hidden_size=hidden,
         num_layers=layers, bidirectional=bidirectional, attention=attention, dropout=dropout,
-        teacher_forcing=teacher_forcing, max_length=max_length, train=train_cfg))
+        teacher_forcing=teacher_forcing, max_length=max_length, max_tokens=max_tokens, train=train_cfg))
 
 
 @train.command("caption")

@@ -16,6 +16,7 @@ the source, or the most frequent training target, whichever scores higher.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -60,6 +61,7 @@ class Seq2SeqTaskConfig:
     dropout: float = 0.0
     teacher_forcing: float = 1.0
     max_length: int | None = None  # of an output; None: the longest training target + 5
+    max_tokens: int | None = 400  # pairs whose source or target has more tokens are left out; None: no limit
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     train: TrainConfig = field(default_factory=_seq2seq_training)
@@ -72,6 +74,8 @@ class Seq2SeqTaskConfig:
             raise ValueError(f"--teacher-forcing must be in [0, 1], got {self.teacher_forcing}")
         if self.max_length is not None:
             _checks.check_int("seq2seq", "max_length", self.max_length, minimum=1)
+        if self.max_tokens is not None:
+            _checks.check_int("seq2seq", "max_tokens", self.max_tokens, minimum=1)
         if self.task == "caption" and self.dataset != "digits":
             raise ValueError(f"unknown caption dataset {self.dataset!r}: choose digits")
         if self.task == "seq2seq" and self.data is None and self.dataset not in PAIR_SETS:
@@ -158,6 +162,19 @@ def _load_task_data(cfg: Seq2SeqTaskConfig) -> tuple[list[Any], list[str], list[
         digits = digit_rows()
         return list(digits.x.reshape(len(digits.x), -1)), [DIGIT_NAMES[d] for d in digits.y], list(digits.y)
     pairs = read_pairs(cfg.data) if cfg.data else PAIR_SETS[cfg.dataset][1](seed=0)  # type: ignore[operator]
+    if cfg.max_tokens is not None:  # one very long pair makes every batch it falls in as long (time and memory)
+        sizes = [max(len(tokenize(s, cfg.tokens)), len(tokenize(t, cfg.tokens))) for s, t in pairs]
+        long = [i for i, n in enumerate(sizes) if n > cfg.max_tokens]
+        if long:
+            kept = [p for p, n in zip(pairs, sizes) if n <= cfg.max_tokens]
+            if len(kept) < 10:
+                raise ValueError(f"{cfg.source}: only {len(kept)} pair(s) have at most --max-tokens {cfg.max_tokens} "
+                                 "tokens in source and target: raise --max-tokens")
+            logging.getLogger("rnnkit").warning(
+                "warning: %d of %d pairs of %s have more than --max-tokens %d tokens in the source or the target and are "
+                "left out (the longest, pair %d, has %d); raise --max-tokens to keep them", len(long), len(pairs),
+                cfg.source, cfg.max_tokens, long[int(np.argmax([sizes[i] for i in long]))] + 1, max(sizes))
+            pairs = kept
     return [s for s, _ in pairs], [t for _, t in pairs], None
 
 

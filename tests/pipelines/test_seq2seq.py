@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -156,3 +157,23 @@ def test_cli_bad_pairs_one_line_nothing_written(tmp_path, content: str, message:
                                        str(tmp_path / "run")])
     assert result.exit_code == 1 and message in result.output and result.output.count("\n") == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.tsv"]
+
+
+def test_a_very_long_pair_is_left_out_with_a_warning(tmp_path, caplog) -> None:  # type: ignore[no-untyped-def]
+    """One 100,000-character source among short pairs would make every batch it falls in that long:
+    it is left out of training and testing, with a warning that names it and --max-tokens."""
+    rng = random.Random(0)
+    words = sorted({"".join(rng.choice("abcdef") for _ in range(rng.randint(2, 4))) for _ in range(200)})
+    lines = [f"{w}\t{w[::-1]}\n" for w in words]
+    lines.insert(7, "ab" * 50_000 + "\tx\n")
+    (tmp_path / "p.tsv").write_text("".join(lines), encoding="utf-8")
+    cfg = seq2seq.Seq2SeqTaskConfig(data=str(tmp_path / "p.tsv"), hidden_size=8, train=TrainConfig(epochs=1, seed=0))
+    with caplog.at_level("WARNING", logger="rnnkit"):
+        sources, targets, _ = seq2seq.load_split(cfg)
+    assert len(sources) == len(words) and max(map(len, sources)) <= 4
+    assert (f"1 of {len(words) + 1} pairs of p.tsv have more than --max-tokens 400 tokens in the source or the target "
+            "and are left out (the longest, pair 8, has 100000)") in caplog.text
+    sources, _, _ = seq2seq.load_split(replace(cfg, max_tokens=None))
+    assert len(sources) == len(words) + 1
+    with pytest.raises(ValueError, match="only 0 pair"):
+        seq2seq.load_split(replace(cfg, max_tokens=1))
