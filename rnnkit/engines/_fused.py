@@ -22,6 +22,7 @@ from torch import Tensor
 
 from rnnkit._checks import InputError
 from rnnkit.engines import _compiled
+from rnnkit.engines._load import threads_now
 
 CELL_IDS = {"RNN_TANH": 0, "RNN_RELU": 1, "LSTM": 2, "GRU": 3}
 GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
@@ -65,7 +66,7 @@ KERNEL_WEIGHT_GRADS_MAX_WORK = 50_000_000
 computes them (summing over few rows, its products beat the BLAS's); above, torch does."""
 
 
-def _slice_count(kernels: _compiled.Kernels, steps: int, batch: int, gates: int, hidden: int) -> int:
+def _slice_count(kernels: _compiled.Kernels, steps: int, batch: int, gates: int, hidden: int, threads: int) -> int:
     """How many slices of the batch the kernels run in parallel (one thread each).
 
     Sequences of a batch never meet, so each slice runs its whole time loop alone: no
@@ -73,7 +74,7 @@ def _slice_count(kernels: _compiled.Kernels, steps: int, batch: int, gates: int,
     """
     if not kernels.parallel or steps * batch * gates * hidden < PARALLEL_MIN_WORK:
         return 1
-    return max(1, min(torch.get_num_threads(), batch // PARALLEL_MIN_ROWS))
+    return max(1, min(threads, batch // PARALLEL_MIN_ROWS))
 
 
 def _forward_slices(slices: int, batch: int, gates: int, size: int, itemsize: int) -> int:
@@ -84,19 +85,20 @@ def _forward_slices(slices: int, batch: int, gates: int, size: int, itemsize: in
     return slices
 
 
-def _product_threads(kernels: _compiled.Kernels, slices: int, steps: int, batch: int, gates: int, size: int) -> int:
+def _product_threads(kernels: _compiled.Kernels, slices: int, steps: int, batch: int, gates: int, size: int,
+                     threads: int) -> int:
     """How many threads share each step's products: for a batch too small to slice, all of them
     once the steps' work pays for it; else one (each slice has its thread)."""
     step = batch * gates * size
     if slices > 1 or not kernels.parallel or step < STEP_PARALLEL_MIN_WORK or steps * step < PARALLEL_MIN_WORK:
         return 1
-    return torch.get_num_threads()
+    return threads
 
 
-def _all_threads(kernels: _compiled.Kernels, work: int) -> int:
+def _all_threads(kernels: _compiled.Kernels, work: int, threads: int) -> int:
     """Threads for a product of work multiply-adds done once a call (the input projection, the
     weight gradients): all of them from PARALLEL_MIN_WORK, else one."""
-    return torch.get_num_threads() if kernels.parallel and work >= PARALLEL_MIN_WORK else 1
+    return threads if kernels.parallel and work >= PARALLEL_MIN_WORK else 1
 
 
 def _ptrs(*tensors: Tensor | None) -> list[int | None]:
@@ -181,10 +183,10 @@ class _Plan(NamedTuple):
 def _plan(kernels: _compiled.Kernels, mode: str, dtype: torch.dtype, steps: int, batch: int, inputs: int,
           gates: int, size: int, flags: int, num_threads: int) -> _Plan:
     """The plan of a call: inputs is I when the kernel projects x, else 0; gates G*H; size R;
-    flags the layer's flags (flags_of); num_threads torch.get_num_threads(), which the threads' counts
-    follow (a key, so that a change of it makes a new plan)."""
+    flags the layer's flags (flags_of); num_threads the most threads to use (_load.threads_now),
+    which the threads' counts follow (a key, so that a change of it makes a new plan)."""
     hidden = gates // GATES[mode]
-    backward_slices = _slice_count(kernels, steps, batch, gates, hidden)
+    backward_slices = _slice_count(kernels, steps, batch, gates, hidden, num_threads)
     slices = _forward_slices(backward_slices, batch, gates, size, dtype.itemsize)
     cell = CELL_IDS[mode]
     weight_work = steps * batch * gates * (size + inputs)
@@ -192,11 +194,11 @@ def _plan(kernels: _compiled.Kernels, mode: str, dtype: torch.dtype, steps: int,
         forward=getattr(kernels.lib, "rnn_forward_slices" + DTYPES[dtype]),
         backward=getattr(kernels.lib, "rnn_backward_slices" + DTYPES[dtype]),
         slices=slices,
-        threads=_product_threads(kernels, slices, steps, batch, gates, size),
+        threads=_product_threads(kernels, slices, steps, batch, gates, size, num_threads),
         backward_slices=backward_slices,
-        backward_threads=_product_threads(kernels, backward_slices, steps, batch, gates, size),
+        backward_threads=_product_threads(kernels, backward_slices, steps, batch, gates, size, num_threads),
         # for the projection of all steps at once (one slice), which reads W_ih once
-        pthreads=_all_threads(kernels, steps * batch * gates * inputs),
+        pthreads=_all_threads(kernels, steps * batch * gates * inputs, num_threads),
         chunk=min(steps, max(1, PROJECTION_CHUNK // (batch * gates))),
         saved=_layout(kernels, "rnnkit_forward_layout", (cell, 1, steps, batch, hidden, size, flags), W_PARTS),
         unsaved=_layout(kernels, "rnnkit_forward_layout", (cell, 0, steps, batch, hidden, size, flags), W_PARTS),
@@ -204,7 +206,8 @@ def _plan(kernels: _compiled.Kernels, mode: str, dtype: torch.dtype, steps: int,
                         D_PARTS),
         # The weight gradients in the kernel too, while it beats the BLAS at their shapes (few
         # rows to sum over); else by torch after it.
-        weight_threads=_all_threads(kernels, weight_work) if weight_work <= KERNEL_WEIGHT_GRADS_MAX_WORK else 0,
+        weight_threads=_all_threads(kernels, weight_work, num_threads) if weight_work <= KERNEL_WEIGHT_GRADS_MAX_WORK
+        else 0,
     )
 
 
@@ -270,7 +273,7 @@ def run_forward(
         if lengths_c.shape != (batch,) or int(lengths_c.min()) < 1 or int(lengths_c.max()) > steps:
             raise InputError(f"rnnkit: expected {batch} lengths in [1, {steps}], got {lengths_c.tolist()}")
     plan = _plan(kernels, mode, xp.dtype, steps, batch, inputs, gates, size, flags_of(w_hr, ln_hh, ln_cw),
-                 torch.get_num_threads())
+                 threads_now(torch.get_num_threads()))
     work = _Workspace(xp, plan.saved, block=xp.new_empty(plan.saved[0])) if save else _Workspace(xp, plan.unsaved)
     out = xp.new_empty(steps, batch, size)
     h_n = xp.new_empty(batch, size)
@@ -352,7 +355,7 @@ def run_backward(
     w_ih, w_hr, ln_hh, ln_cw = _contiguous(w_ih, w_hr, ln_hh, ln_cw)
     inputs = 0 if x_in is None else x_in.shape[1]
     plan = _plan(kernels, mode, xp.dtype, steps, batch, inputs, gates, size, flags_of(w_hr, ln_hh, ln_cw),
-                 torch.get_num_threads())
+                 threads_now(torch.get_num_threads()))
     work = _Workspace(w_hh, plan.saved, block=work_block)
     masks = _masks(lengths, h_mask, keep_h, keep_c)
     like = w_hh

@@ -349,7 +349,7 @@ def test_fused_parallel_threads(family: str, split: str, monkeypatch: pytest.Mon
     one thread runs all. Slices project their input at every step; a whole batch projects its
     input in chunks of 2 steps, or all 6 at once. Everything still equals the reference engine,
     options included."""
-    from rnnkit.engines import _fused
+    from rnnkit.engines import _fused, _load
 
     kernels = _compiled.load()
     assert not isinstance(kernels, str)
@@ -363,13 +363,15 @@ def test_fused_parallel_threads(family: str, split: str, monkeypatch: pytest.Mon
     chunk = {"slices": 1, "products": 2, "shared forward": 2, "one thread": 6}[split]  # slices: not used
     gates = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}[family]
     monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    monkeypatch.setattr(_load, "_ENABLED", False)  # the threads asked for, whatever the machine's load
+    _fused._plan.cache_clear()  # plans made under other thresholds
     slices = 1 if split == "products" else threads
     forward_slices = 1 if split == "shared forward" else slices
-    assert _fused._slice_count(kernels, 5, 7, 8, 2) == slices
+    assert _fused._slice_count(kernels, 5, 7, 8, 2, threads) == slices
     assert _fused._forward_slices(slices, 7, 8, 2, 8) == forward_slices
     shared = 1 if split in ("slices", "one thread") else 3
-    assert _fused._product_threads(kernels, forward_slices, 5, 7, 8, 2) == shared
-    assert _fused._product_threads(kernels, slices, 5, 7, 8, 2) == (3 if split == "products" else 1)
+    assert _fused._product_threads(kernels, forward_slices, 5, 7, 8, 2, threads) == shared
+    assert _fused._product_threads(kernels, slices, 5, 7, 8, 2, threads) == (3 if split == "products" else 1)
     for layer_norm in (False, True):
         options = (("num_layers", 2), ("bidirectional", True), ("batch_first", True), ("bias", True),
                    ("recurrent_dropout", 0.2), ("zoneout", 0.1), ("layer_norm", layer_norm),
@@ -379,6 +381,7 @@ def test_fused_parallel_threads(family: str, split: str, monkeypatch: pytest.Mon
         monkeypatch.setattr(_fused, "PROJECTION_CHUNK", chunk * 7 * gates * hidden)
         for grad in (True, False):
             check_case(Case(family, options, "lengths", False, True, 6, 7, 3, hidden, seed=11), torch.float64, grad=grad)
+    _fused._plan.cache_clear()  # no later test may run on these plans
 
 
 def test_fused_kernels_on_several_threads_at_once() -> None:

@@ -187,18 +187,20 @@ static void clear_forward_gaps(void* work, size_t itemsize, int cell, int save, 
             memset((char*)work + (at[i] + sizes[i]) * itemsize, 0, ((sizes[i] + 15) / 16 * 16 - sizes[i]) * itemsize);
 }
 
-/* The backward scratch for n slices: dgi first (offset 0), then dgh, dgh_raw, dproj and dln_c. */
+/* The backward scratch for n slices: dgi first (offset 0), then dgh, dgh_raw, dproj and dln_c
+ * (each row's own sums for LN(c)'s gain and shift, whatever n: so that their total, summed over
+ * the rows in order, does not depend on how the batch was sliced). */
 long rnnkit_backward_layout(int n, int cell, int T, int B, int H, int R, int flags, long* offsets) {
     const long G = cell == CELL_LSTM ? 4 : cell == CELL_GRU ? 3 : 1, rows = (long)T * B;
     const long sizes[D_PARTS] = {
         rows * G * H, cell == CELL_GRU ? rows * G * H : 0, (flags & HAS_LN_H) ? rows * G * H : 0,
-        (flags & HAS_PROJ) ? rows * R : 0, (flags & HAS_LN_C) ? (long)n * 2 * H : 0,
+        (flags & HAS_PROJ) ? rows * R : 0, (flags & HAS_LN_C) ? (long)B * 2 * H : 0,
     };
     long own[D_PARTS];
     return lay_out(D_PARTS, sizes, offsets != NULL ? offsets : own);
 }
 
-int rnnkit_kernels_version(void) { return 23; }
+int rnnkit_kernels_version(void) { return 24; }
 
 #define REAL float
 #define SFX(name) name##_f32

@@ -592,7 +592,8 @@ typedef struct {
 } SFX(bstep);
 
 /* The gate gradients of rows lo .. hi-1 of one backward step, before its product; rows never
- * meet (but with ln_cw all add into dln_cw and dln_cb: then one thread runs them). */
+ * meet (each adds into its own row of dln_cw and dln_cb, rows 2H apart; but with ln_cw they share
+ * the scratch d_cln: then one thread runs them). */
 static inline __attribute__((always_inline)) void SFX(backward_rows)(const SFX(bstep)* s, int lo, int hi) {
     const int cell = s->cell, H = s->H, R = s->R, GH = gates_of(cell) * H, SH = saved_of(cell) * H;
     for (int b = lo; b < hi; b++) {
@@ -623,8 +624,8 @@ static inline __attribute__((always_inline)) void SFX(backward_rows)(const SFX(b
             if (ch != NULL) {
 #pragma omp simd
                 for (int j = 0; j < H; j++) {
-                    s->dln_cw[j] += d_cout[j] * ch[j];
-                    s->dln_cb[j] += d_cout[j];
+                    s->dln_cw[(long)b * 2 * H + j] += d_cout[j] * ch[j];
+                    s->dln_cb[(long)b * 2 * H + j] += d_cout[j];
                 }
                 SFX(layer_norm_backward)(H, d_cout, s->ln_cw, ch, s->rstd_c[row], d_cln);
                 d_c = d_cln;
@@ -673,8 +674,8 @@ static inline __attribute__((always_inline)) void SFX(backward_rows)(const SFX(b
  *                        differs from dgi in the n gate; for RNN and LSTM it is dgi (not written)
  *   dgh_raw (T, B, G*H)  with ln_hh: dL/d(W_hh h), the recurrent side before its layer norm
  *   dproj   (T, B, R)    with whr: dL/d(W_hr h~), for dW_hr = dproj^T hr (0 past a length)
- *   dln_cw, dln_cb (H,)  with ln_cw: the gradients of LN(c)'s gain and shift, accumulated
- *                        (give each slice its own, and sum them)
+ *   dln_cw, dln_cb (B, H) with ln_cw: the gradients of LN(c)'s gain and shift, accumulated
+ *                        row by row, rows 2H apart (the caller sums the rows)
  * Like rnn_forward, it runs the B sequences b0 .. b0+B-1 of a batch of BS, its products and
  * rows' gate math on `threads` threads (its rows on one with ln_cw).
  * Returns 0, or -1 when its scratch memory cannot be had.
@@ -934,7 +935,8 @@ static int SFX(weight_grads)(int threads, int cell, int T, int B, int H, int R, 
 /* The backward loop (rnn_backward) over n slices of the batch, as rnn_forward_slices (work or
  * parts: the forward's arrays; dwork or dparts: its own, rnnkit_backward_layout); then, with
  * wthreads > 0, the weight gradients (weight_grads, on wthreads threads; its outputs x .. dln_hh
- * may each be NULL). dln_c: with ln_cw, (n, 2, H), each slice's sums of dln_cw and dln_cb. */
+ * may each be NULL). dln_c: with ln_cw, (B, 2, H), each row's sums of dln_cw and dln_cb, added
+ * up in the order of the rows: the same bits on any number of slices and threads. */
 int SFX(rnn_backward_slices)(int n, int threads, int wthreads, int cell, int T, int B, int H, int R, int I,
                              const REAL* whh, const REAL* whr, const REAL* ln_hh,
                              const REAL* ln_cw, const int64_t* lengths,
@@ -954,7 +956,7 @@ int SFX(rnn_backward_slices)(int n, int threads, int wthreads, int cell, int T, 
 #define PART(i) (dparts != NULL ? dparts[i] : dat[i] < 0 ? NULL : dwork + dat[i])
     REAL *dgi = PART(D_GI), *dgh = PART(D_GH), *dgh_raw = PART(D_GH_RAW), *dproj = PART(D_PROJ), *dln_c = PART(D_LN_C);
 #undef PART
-    if (dln_c != NULL) memset(dln_c, 0, sizeof(REAL) * n * 2 * H);
+    if (dln_c != NULL) memset(dln_c, 0, sizeof(REAL) * B * 2 * H);
     /* W_hh (G*H, R) and W_hr (R, H) packed: read at every step, a packed panel is contiguous,
      * where rows read in place lie R apart (with R a power of two, in few cache sets) */
     const int GH = gates_of(cell) * H;
@@ -975,7 +977,7 @@ int SFX(rnn_backward_slices)(int n, int threads, int wthreads, int cell, int T, 
 #pragma omp parallel for num_threads(n) schedule(static, 1) reduction(| : status)
         for (int s = 0; s < n; s++) {
             const int b0 = (int)((long)s * B / n), b1 = (int)((long)(s + 1) * B / n);
-            REAL* own = dln_c != NULL ? dln_c + (long)s * 2 * H : NULL;  /* (2, H) */
+            REAL* own = dln_c != NULL ? dln_c + (long)b0 * 2 * H : NULL;  /* the slice's rows (b1 - b0, 2, H) */
             status |= SFX(rnn_backward)(cell, 1, whh_p, whr_p, T, B, b0, b1 - b0, H, R, whr, ln_hh,
                                         ln_cw, lengths, hmask, keep_h, keep_c, hs, cs, acts,
                                         cand, ghat, rstd_h, chat, rstd_c, d_out, dh, dc, dgi, dgh,
@@ -983,13 +985,13 @@ int SFX(rnn_backward_slices)(int n, int threads, int wthreads, int cell, int T, 
         }
     }
     free(tails);
-    if (dln_c != NULL) {  /* the slices' sums, added, into whichever of the two is wanted */
+    if (dln_c != NULL) {  /* the rows' sums, added in their order, into whichever of the two is wanted */
         for (int part = 0; part < 2; part++) {
             REAL* sum = part == 0 ? dln_cw : dln_cb;
             if (sum == NULL) continue;
             for (int j = 0; j < H; j++) sum[j] = 0;
-            for (int s = 0; s < (n > 1 ? n : 1); s++)
-                for (int j = 0; j < H; j++) sum[j] += dln_c[(long)s * 2 * H + (long)part * H + j];
+            for (long b = 0; b < B; b++)
+                for (int j = 0; j < H; j++) sum[j] += dln_c[b * 2 * H + (long)part * H + j];
         }
     }
     if (status == 0 && wthreads > 0)
