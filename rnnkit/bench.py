@@ -11,11 +11,14 @@ Run it as ``rnnkit bench`` or ``python -m rnnkit.bench``.
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import random
 import statistics
+import subprocess
+import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -57,6 +60,22 @@ class Report:
     machine: str
     torch_version: str
     threads: int
+    background_load: int = 0  # busy processes run beside the timing (background_load)
+
+
+@contextlib.contextmanager
+def background_load(processes: int) -> Iterator[None]:
+    """While the block runs, `processes` other processes each keep one core busy (a Python loop):
+    a synthetic load, to see how the implementations share a busy machine. They are killed after."""
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(processes)]
+    try:
+        if busy:
+            time.sleep(1.0)  # running before the first timing, and seen by the fused engine's threads
+        yield
+    finally:
+        for process in busy:
+            process.kill()
+            process.wait()
 
 
 def sgemm_peak(n: int = 2048, repeats: int = 5) -> float:
@@ -165,20 +184,23 @@ def run(
     budget_s: float = 4.0,
     seed: int = 0,
     progress: Callable[[Row], None] | None = None,
+    load: int = 0,
 ) -> Report:
     """Benchmark every cell at every size. ``budget_s`` caps the time spent per row (at least 3
-    rounds run). ``progress`` is called with each row as it is done."""
+    rounds run). ``progress`` is called with each row as it is done. ``load``: busy processes
+    run beside it all (background_load); the sgemm peak is measured before they start."""
     torch.manual_seed(seed)
     rows: list[Row] = []
     peak = sgemm_peak()
-    for cell in cells:
-        for size in sizes:
-            for row in bench_one(cell, size, engines, repeats=repeats, budget_s=budget_s):
-                rows.append(row)
-                if progress is not None:
-                    progress(row)
+    with background_load(load):
+        for cell in cells:
+            for size in sizes:
+                for row in bench_one(cell, size, engines, repeats=repeats, budget_s=budget_s):
+                    rows.append(row)
+                    if progress is not None:
+                        progress(row)
     return Report(rows, peak, f"{platform.machine()} {platform.processor() or platform.system()}",
-                  torch.__version__, torch.get_num_threads())
+                  torch.__version__, torch.get_num_threads(), load)
 
 
 def format_row(row: Row, engines: Sequence[str]) -> str:

@@ -633,9 +633,12 @@ def _parse_sizes(value: str | None) -> list[tuple[int, int, int, int]] | None:
               help="rnnkit engines to time, and 'compiled': the layer under torch.compile(fullgraph=True).")
 @click.option("--repeats", default=101, show_default=True, help="Rounds per row at most (each times every implementation once).")
 @click.option("--budget", default=4.0, show_default=True, help="Seconds per row at most (3 rounds at least).")
+@click.option("--load", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Run this many busy processes beside the timing: a synthetic background load.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Also write the table as JSON to this file.")
-def bench(cells: str, sizes: str | None, engines: str, repeats: int, budget: float, json_path: str | None) -> None:
+def bench(cells: str, sizes: str | None, engines: str, repeats: int, budget: float, load: int,
+          json_path: str | None) -> None:
     """Time rnnkit's engines against torch.nn (forward, and forward + backward)."""
     import json
 
@@ -652,11 +655,12 @@ def bench(cells: str, sizes: str | None, engines: str, repeats: int, budget: flo
         raise click.BadParameter(f"unknown engine {bad}: choose from {', '.join([*ENGINES, benchmark.COMPILED])}",
                                  param_hint="--engines")
     size_list = _parse_sizes(sizes) or list(benchmark.DEFAULT_SIZES)
-    click.echo(f"torch {__import__('torch').__version__}, {__import__('torch').get_num_threads()} threads; "
+    beside = f", beside {load} busy processes" if load else ""
+    click.echo(f"torch {__import__('torch').__version__}, {__import__('torch').get_num_threads()} threads{beside}; "
                "ratio = torch.nn ms / rnnkit ms (above 1: rnnkit is faster)")
     click.echo(benchmark.header(engine_list))
-    report = benchmark.run(cells=cell_list, sizes=size_list, engines=engine_list, repeats=repeats,
-                           budget_s=budget, progress=lambda row: click.echo(benchmark.format_row(row, engine_list)))
+    report = benchmark.run(cells=cell_list, sizes=size_list, engines=engine_list, repeats=repeats, budget_s=budget,
+                           progress=lambda row: click.echo(benchmark.format_row(row, engine_list)), load=load)
     click.echo(f"sgemm peak on this machine: {report.sgemm_gflops:.0f} GFLOP/s (float32, 2048^3)")
     if json_path:
         with open(json_path, "w", encoding="utf-8") as f:

@@ -22,7 +22,6 @@ from torch import Tensor
 
 from rnnkit._checks import InputError
 from rnnkit.engines import _compiled
-from rnnkit.engines._load import threads_now
 
 CELL_IDS = {"RNN_TANH": 0, "RNN_RELU": 1, "LSTM": 2, "GRU": 3}
 GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
@@ -183,8 +182,9 @@ class _Plan(NamedTuple):
 def _plan(kernels: _compiled.Kernels, mode: str, dtype: torch.dtype, steps: int, batch: int, inputs: int,
           gates: int, size: int, flags: int, num_threads: int) -> _Plan:
     """The plan of a call: inputs is I when the kernel projects x, else 0; gates G*H; size R;
-    flags the layer's flags (flags_of); num_threads the most threads to use (_load.threads_now),
-    which the threads' counts follow (a key, so that a change of it makes a new plan)."""
+    flags the layer's flags (flags_of); num_threads torch.get_num_threads(), which the threads' counts
+    follow (a key, so that a change of it makes a new plan). The plan changes no number: the
+    kernels give the same bits on any thread count (tests/engines/test_threads.py)."""
     hidden = gates // GATES[mode]
     backward_slices = _slice_count(kernels, steps, batch, gates, hidden, num_threads)
     slices = _forward_slices(backward_slices, batch, gates, size, dtype.itemsize)
@@ -273,7 +273,7 @@ def run_forward(
         if lengths_c.shape != (batch,) or int(lengths_c.min()) < 1 or int(lengths_c.max()) > steps:
             raise InputError(f"rnnkit: expected {batch} lengths in [1, {steps}], got {lengths_c.tolist()}")
     plan = _plan(kernels, mode, xp.dtype, steps, batch, inputs, gates, size, flags_of(w_hr, ln_hh, ln_cw),
-                 threads_now(torch.get_num_threads()))
+                 torch.get_num_threads())
     work = _Workspace(xp, plan.saved, block=xp.new_empty(plan.saved[0])) if save else _Workspace(xp, plan.unsaved)
     out = xp.new_empty(steps, batch, size)
     h_n = xp.new_empty(batch, size)
@@ -355,7 +355,7 @@ def run_backward(
     w_ih, w_hr, ln_hh, ln_cw = _contiguous(w_ih, w_hr, ln_hh, ln_cw)
     inputs = 0 if x_in is None else x_in.shape[1]
     plan = _plan(kernels, mode, xp.dtype, steps, batch, inputs, gates, size, flags_of(w_hr, ln_hh, ln_cw),
-                 threads_now(torch.get_num_threads()))
+                 torch.get_num_threads())
     work = _Workspace(w_hh, plan.saved, block=work_block)
     masks = _masks(lengths, h_mask, keep_h, keep_c)
     like = w_hh

@@ -349,7 +349,7 @@ def test_fused_parallel_threads(family: str, split: str, monkeypatch: pytest.Mon
     one thread runs all. Slices project their input at every step; a whole batch projects its
     input in chunks of 2 steps, or all 6 at once. Everything still equals the reference engine,
     options included."""
-    from rnnkit.engines import _fused, _load
+    from rnnkit.engines import _fused
 
     kernels = _compiled.load()
     assert not isinstance(kernels, str)
@@ -363,7 +363,6 @@ def test_fused_parallel_threads(family: str, split: str, monkeypatch: pytest.Mon
     chunk = {"slices": 1, "products": 2, "shared forward": 2, "one thread": 6}[split]  # slices: not used
     gates = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}[family]
     monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
-    monkeypatch.setattr(_load, "_ENABLED", False)  # the threads asked for, whatever the machine's load
     _fused._plan.cache_clear()  # plans made under other thresholds
     slices = 1 if split == "products" else threads
     forward_slices = 1 if split == "shared forward" else slices
