@@ -47,18 +47,22 @@ def read_table(path: str | Path, *, sep: str | None = None, numeric: bool = Fals
     return table if numeric else table.fillna("")
 
 
-def read_lines(path: str | Path) -> list[str]:
-    """The non-blank lines of a UTF-8 text file, one example each (newline stripped)."""
+def read_text(path: str | Path) -> str:
+    """The content of a UTF-8 text file."""
     file = Path(path)
     try:
-        text = file.read_text(encoding="utf-8")
+        return file.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ValueError(f"no such file: {file}") from None
     except UnicodeDecodeError as error:
         raise ValueError(f"{file} is not UTF-8 text ({error.reason} at byte {error.start}): save it as UTF-8") from None
     except OSError as error:
         raise ValueError(f"cannot read {file}: {error.strerror}") from None
-    return [line.rstrip("\r") for line in text.split("\n") if line.strip()]
+
+
+def read_lines(path: str | Path) -> list[str]:
+    """The non-blank lines of a UTF-8 text file, one example each (newline stripped)."""
+    return [line.rstrip("\r") for line in read_text(path).split("\n") if line.strip()]
 
 
 def read_numbers(path: str | Path) -> np.ndarray:

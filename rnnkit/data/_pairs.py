@@ -7,6 +7,8 @@ import datetime as dt
 import random
 from pathlib import Path
 
+from rnnkit.data._files import read_text
+
 MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
           "November", "December")
 DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
@@ -15,12 +17,7 @@ DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sun
 def read_pairs(path: str | Path) -> list[tuple[str, str]]:
     """(source, target) per line of a UTF-8 file; each line must hold a tab; blank lines are skipped."""
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise ValueError(f"no such file: {path}") from None
-    except UnicodeDecodeError as error:
-        raise ValueError(f"{path} is not UTF-8 text: {error}") from None
+    lines = read_text(path).splitlines()
     pairs = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():

@@ -35,6 +35,7 @@ from torch.utils.data import Dataset
 
 from rnnkit import _checks
 from rnnkit.data import Vocabulary
+from rnnkit.data._files import read_text as read_text_file
 from rnnkit.models import LanguageModel, LanguageModelConfig, generate as generate_ids
 from rnnkit.pipelines._runs import check_diverged, check_new, open_run, pipeline_config
 from rnnkit.runs import NotARunError, finish_run, load_weights, read_run
@@ -92,12 +93,7 @@ def read_text(cfg: LMConfig) -> str:
     if cfg.text is None:
         return bundled_text(cfg.corpus)
     path = Path(cfg.text)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ValueError(f"no such file: {path}") from None
-    except UnicodeDecodeError as error:
-        raise ValueError(f"{path} is not UTF-8 text: {error}") from None
+    text = read_text_file(path)
     if len(text) < 2 or len(set(text)) < 2:
         raise ValueError(f"{path} has {len(text)} character(s) of {len(set(text))} kind(s): a language model "
                          "needs a text of at least 2 different characters")
