@@ -177,15 +177,19 @@ def _run_training(ctx: click.Context, task: str, config_cls: type, build: Callab
 @click.option("--max-vocab", default=20000, show_default=True, help="Texts: vocabulary size at most (training split only).")
 @click.option("--max-length", default=400, show_default=True, help="Texts: tokens kept from the start of each.")
 @click.option("--embed", default=64, show_default=True, help="Texts: embedding width.")
-@click.option("--cell", type=click.Choice(["rnn", "lstm", "gru"]), default="gru", show_default=True)
+@click.option("--cell", type=click.Choice(["rnn", "lstm", "gru"]), default="gru", show_default=True,
+              help="The recurrent cell: rnn (a tanh RNN), lstm or gru.")
 @click.option("--hidden", default=128, show_default=True, help="Hidden units per direction.")
 @click.option("--layers", default=1, show_default=True, help="Stacked layers.")
-@click.option("--bidirectional/--unidirectional", default=True, show_default=True)
-@click.option("--pooling", type=click.Choice(["last", "mean", "max", "attention"]), default="mean", show_default=True)
-@click.option("--dropout", default=0.0, show_default=True)
+@click.option("--bidirectional/--unidirectional", default=True, show_default=True,
+              help="Read each sequence both ways (two RNNs per layer, their outputs joined).")
+@click.option("--pooling", type=click.Choice(["last", "mean", "max", "attention"]), default="mean", show_default=True,
+              help="How the outputs of all steps become one vector: the last step's, their mean or maximum, or "
+                   "a weighted sum with learned attention.")
+@click.option("--dropout", default=0.0, show_default=True, help="Dropout in training: between stacked layers and before the output layer.")
 @click.option("--epochs", default=40, show_default=True, help="At most this many (early stopping).")
-@click.option("--batch-size", default=64, show_default=True)
-@click.option("--lr", default=3e-3, show_default=True)
+@click.option("--batch-size", default=64, show_default=True, help="Examples per training batch.")
+@click.option("--lr", default=3e-3, show_default=True, help="Adam's learning rate (at most 10).")
 @_training_options
 @click.pass_context
 def train_classify(ctx: click.Context, dataset: str, data: str | None, text_col: str | None, label_col: str | None,
@@ -224,11 +228,12 @@ def train_classify(ctx: click.Context, dataset: str, data: str | None, text_col:
 @click.option("--season", type=int, default=None, help="Season length for the seasonal naive baseline (default: the series').")
 @click.option("--predict", type=click.Choice(["change", "level"]), default="change", show_default=True,
               help="Learn each value as a change from the last input value (robust to trends), or as is.")
-@click.option("--cell", type=click.Choice(["rnn", "lstm", "gru"]), default="lstm", show_default=True)
-@click.option("--hidden", default=32, show_default=True)
-@click.option("--layers", default=1, show_default=True)
+@click.option("--cell", type=click.Choice(["rnn", "lstm", "gru"]), default="lstm", show_default=True,
+              help="The recurrent cell: rnn (a tanh RNN), lstm or gru.")
+@click.option("--hidden", default=32, show_default=True, help="Hidden units.")
+@click.option("--layers", default=1, show_default=True, help="Stacked layers.")
 @click.option("--epochs", default=150, show_default=True, help="At most this many (early stopping).")
-@click.option("--lr", default=3e-3, show_default=True)
+@click.option("--lr", default=3e-3, show_default=True, help="Adam's learning rate (at most 10).")
 @_training_options
 @click.pass_context
 def train_forecast(ctx: click.Context, dataset: str, data: str | None, target: str | None, time_col: str | None,
@@ -263,15 +268,17 @@ def train_forecast(ctx: click.Context, dataset: str, data: str | None, target: s
 @click.option("--context", type=int, default=None,
               help="Train on windows of K characters (generation then reads the last K); default: truncated BPTT.")
 @click.option("--bptt", default=100, show_default=True, help="Truncated BPTT: steps per chunk; the state is carried across chunks.")
-@click.option("--cell", type=click.Choice(["rnn", "lstm", "gru"]), default="lstm", show_default=True)
-@click.option("--embed", default=64, show_default=True)
-@click.option("--hidden", default=256, show_default=True)
-@click.option("--layers", default=2, show_default=True)
-@click.option("--dropout", default=0.1, show_default=True)
+@click.option("--cell", type=click.Choice(["rnn", "lstm", "gru"]), default="lstm", show_default=True,
+              help="The recurrent cell: rnn (a tanh RNN), lstm or gru.")
+@click.option("--embed", default=64, show_default=True, help="Embedding width of the characters.")
+@click.option("--hidden", default=256, show_default=True, help="Hidden units per layer.")
+@click.option("--layers", default=2, show_default=True, help="Stacked layers.")
+@click.option("--dropout", default=0.1, show_default=True,
+              help="Dropout in training: on the embeddings, between layers and before the output layer.")
 @click.option("--epochs", default=200, show_default=True, help="At most this many (early stopping, time budget).")
 @click.option("--minutes", default=10.0, show_default=True, help="Time budget: no epoch starts that would end past it.")
 @click.option("--batch-size", default=32, show_default=True, help="Windows per batch, or parallel streams in truncated BPTT.")
-@click.option("--lr", default=3e-3, show_default=True)
+@click.option("--lr", default=3e-3, show_default=True, help="Adam's learning rate (at most 10).")
 @_training_options
 @click.pass_context
 def train_lm(ctx: click.Context, text: str | None, corpus: str, context: int | None, bptt: int, cell: str, embed: int,
@@ -316,17 +323,19 @@ def generate_command(run: str, prompt: str, length: int, greedy: bool, temperatu
 def _seq2seq_options(f: Callable[..., None]) -> Callable[..., None]:
     """Model and training options of `rnnkit train seq2seq` and `rnnkit train caption`."""
     options = [
-        click.option("--cell", type=click.Choice(["rnn", "lstm", "gru"]), default="gru", show_default=True),
-        click.option("--embed", default=64, show_default=True),
-        click.option("--hidden", default=128, show_default=True),
-        click.option("--layers", default=1, show_default=True),
-        click.option("--dropout", default=0.0, show_default=True),
+        click.option("--cell", type=click.Choice(["rnn", "lstm", "gru"]), default="gru", show_default=True,
+                     help="The recurrent cell: rnn (a tanh RNN), lstm or gru."),
+        click.option("--embed", default=64, show_default=True, help="Embedding width of the tokens."),
+        click.option("--hidden", default=128, show_default=True, help="Hidden units of the decoder and the encoder."),
+        click.option("--layers", default=1, show_default=True, help="Stacked layers of the encoder and the decoder."),
+        click.option("--dropout", default=0.0, show_default=True,
+                     help="Dropout in training: on the embeddings, between layers and before the output layer."),
         click.option("--teacher-forcing", default=1.0, show_default=True,
                      help="Chance of feeding the true previous token (else the model's own guess) in training."),
         click.option("--max-length", type=int, default=None, help="Longest output (default: longest training target + 5)."),
         click.option("--epochs", default=60, show_default=True, help="At most this many (early stopping)."),
-        click.option("--batch-size", default=64, show_default=True),
-        click.option("--lr", default=3e-3, show_default=True),
+        click.option("--batch-size", default=64, show_default=True, help="Examples per training batch."),
+        click.option("--lr", default=3e-3, show_default=True, help="Adam's learning rate (at most 10)."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -359,9 +368,12 @@ def _train_generator(ctx: click.Context, task: str, build: Callable[[Any], Any])
 @click.option("--dataset", type=click.Choice(["addition", "dates"]), default="addition", show_default=True,
               help="A bundled generated task (`rnnkit datasets`).")
 @click.option("--data", type=click.Path(dir_okay=False), default=None, help="Your own pairs: a file of source TAB target lines.")
-@click.option("--tokens", type=click.Choice(["char", "word"]), default="char", show_default=True)
+@click.option("--tokens", type=click.Choice(["char", "word"]), default="char", show_default=True,
+              help="Read sources and targets character by character, or word by word (then BLEU is reported too).")
 @click.option("--bidirectional/--unidirectional", default=True, show_default=True, help="The encoder.")
-@click.option("--attention", type=click.Choice(["none", "bahdanau", "luong"]), default="bahdanau", show_default=True)
+@click.option("--attention", type=click.Choice(["none", "bahdanau", "luong"]), default="bahdanau", show_default=True,
+              help="How the decoder looks at the encoder's outputs: not at all (the final state only), additive "
+                   "(Bahdanau) or multiplicative (Luong).")
 @click.option("--max-tokens", type=click.IntRange(min=1), default=400, show_default=True,
               help="Pairs whose source or target has more tokens are left out, with a warning (one very long pair "
                    "makes every batch it falls in as long).")
@@ -435,13 +447,13 @@ def _memory_command(task: str) -> Callable[..., None]:
     @click.option("--steps", default=100, show_default=True, help="T: how far apart what must be remembered lies.")
     @click.option("--cell", type=click.Choice(["rnn", "lstm", "gru", "irnn"]), default="lstm", show_default=True,
                   help="irnn: a relu RNN with W_hh = I (Le et al. 2015).")
-    @click.option("--hidden", default=128, show_default=True)
+    @click.option("--hidden", default=128, show_default=True, help="Hidden units.")
     @click.option("--init", type=click.Choice(["default", "orthogonal", "identity"]), default="default", show_default=True,
                   help="W_hh's initialisation.")
     @click.option("--train-size", default=10000, show_default=True, help="Generated training sequences.")
-    @click.option("--epochs", default=10, show_default=True)
-    @click.option("--batch-size", default=50, show_default=True)
-    @click.option("--lr", default=1e-3, show_default=True)
+    @click.option("--epochs", default=10, show_default=True, help="Passes over the generated training set.")
+    @click.option("--batch-size", default=50, show_default=True, help="Examples per training batch.")
+    @click.option("--lr", default=1e-3, show_default=True, help="Adam's learning rate (at most 10).")
     @click.option("--clip", type=float, default=1.0, show_default=True, help="Gradient clipping by norm; 0: off.")
     @_training_options
     @click.pass_context
@@ -482,13 +494,13 @@ train.command("copy")(_memory_command("copy"))
 @click.argument("run", required=False, type=click.Path())
 @click.option("--cells", default="rnn,lstm,gru", show_default=True, help="Fresh cells to compare: rnn, lstm, gru, irnn.")
 @click.option("--steps", default=100, show_default=True, help="T, steps of the random sequences.")
-@click.option("--hidden", default=64, show_default=True)
-@click.option("--layers", default=1, show_default=True)
+@click.option("--hidden", default=64, show_default=True, help="Hidden units of the fresh cells.")
+@click.option("--layers", default=1, show_default=True, help="Stacked layers of the fresh cells.")
 @click.option("--init", type=click.Choice(["default", "orthogonal", "identity"]), default="default", show_default=True,
               help="W_hh's initialisation (identity with --nonlinearity relu: the IRNN).")
 @click.option("--nonlinearity", type=click.Choice(["tanh", "relu"]), default="tanh", show_default=True,
               help="The vanilla RNN's.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, help="Fixes the fresh cells' weights and the random sequences.")
 @click.option("--out", type=click.Path(file_okay=False), default="diagnostics", show_default=True,
               help="Folder for gradient_flow.png, hidden_stats.png and diagnostics.json.")
 def diagnose_command(run: str | None, cells: str, steps: int, hidden: int, layers: int, init: str, nonlinearity: str,
@@ -536,7 +548,8 @@ def export_command(run: str, fmt: str, out_path: str) -> None:
 @click.argument("run", type=click.Path())
 @click.option("--steps", type=int, required=True, help="How many steps past the end of the series.")
 @click.option("--data", type=click.Path(dir_okay=False), default=None, help="Continue this CSV instead of the run's series.")
-@click.option("--out", "out_path", type=click.Path(dir_okay=False), default="forecast.csv", show_default=True)
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), default="forecast.csv", show_default=True,
+              help="The CSV to write: one row (step, forecast) per step.")
 def forecast_command(run: str, steps: int, data: str | None, out_path: str) -> None:
     """Continue a series with a trained forecast run; writes a CSV."""
     from rnnkit.pipelines import forecast as fc

@@ -58,3 +58,15 @@ def test_bench_rejects_bad_options(args: list[str], message: str) -> None:
     result = CliRunner().invoke(main, ["bench", *args])
     assert result.exit_code == 2
     assert message in result.output
+
+
+def test_every_option_has_a_help_line() -> None:
+    import click
+
+    def options(command: click.Command, path: str) -> list[str]:
+        if isinstance(command, click.Group):
+            return [o for name, sub in command.commands.items() for o in options(sub, f"{path} {name}")]
+        return [f"{path} {p.opts[0]}" for p in command.params
+                if isinstance(p, click.Option) and not p.help and "--help" not in p.opts]
+
+    assert options(main, "rnnkit") == []
