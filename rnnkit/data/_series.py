@@ -36,7 +36,9 @@ class SeriesInfo:
     licence: str
     frequency: str
     season: int | None
-    load: Callable[[], Series]
+    load: Callable[[], Series]  # every column, the target first
+    features: tuple[str, ...] = ()  # the columns given to the model beside the target by default
+    note: str = ""  # said beside the results of a run on it
 
 
 def _clean(values: np.ndarray, columns: list[str], times: list[str], season: int | None, frequency: str) -> Series:
@@ -87,13 +89,49 @@ SERIES: dict[str, SeriesInfo] = {
     "tbilrate": SeriesInfo("tbilrate", "US 3-month treasury-bill rate, quarterly 1959-2009",
                            "statsmodels.datasets.macrodata (Federal Reserve Bank of St. Louis, FRED)",
                            "public domain, as statsmodels states", "quarterly", 4, _tbilrate),
+    "sine": SeriesInfo("sine", "the tutorials' sine wave: sin(2 pi t / 50) plus noise (std 0.1), 2,000 steps, seeded",
+                       "made by rnnkit (rnnkit.data._tutorials.sine)", "generated", "steps", 50, lambda: _tutorial("sine")),
+    "yields": SeriesInfo("yields", "Moody's seasoned AAA corporate bond yield (percent), monthly 1919-2018; BAA "
+                         "beside it (--features BAA): the offline stand-in for the tutorials' GS10",
+                         "arch.data.default (Federal Reserve Bank of St. Louis, FRED: AAA, BAA)",
+                         "public domain data (FRED); shipped with arch (NCSA)", "monthly", 12,
+                         lambda: _tutorial("yields")),
+    "stocks": SeriesInfo("stocks", "the S&P 500 index's daily close, 1999-2018; open, high, low and volume beside it "
+                         "(--features Open,High,Low,Volume)", "arch.data.sp500 (Yahoo Finance)",
+                         "shipped with arch (NCSA); prices as published by Yahoo Finance", "daily", None,
+                         lambda: _tutorial("stocks"),
+                         note="daily prices are close to a random walk: the naive forecast (tomorrow = today) is "
+                              "hard to beat, and a model that matches it has learned that"),
+    "weather": SeriesInfo("weather", "Seattle's daily maximum temperature (C), 2012-2015, with the minimum "
+                          "temperature, precipitation and wind as features", "vega_datasets.data.seattle_weather "
+                          "(NOAA, as shipped with the vega datasets)", "BSD-3-Clause (vega_datasets); NOAA data, "
+                          "public domain", "daily", 365, lambda: _tutorial("weather"),
+                          features=("temp_min", "precipitation", "wind")),
 }
 
 
-def load_series(name: str) -> Series:
+def _tutorial(name: str) -> Series:
+    from rnnkit.data import _tutorials
+
+    return {"sine": _tutorials.sine, "yields": _tutorials.yields, "stocks": _tutorials.stocks,
+            "weather": _tutorials.weather}[name]()
+
+
+def load_series(name: str, features: Sequence[str] | None = None) -> Series:
+    """The bundled series name: its target, then the feature columns (None: the series' own
+    default, SeriesInfo.features; () the target alone)."""
     if name not in SERIES:
         raise ValueError(f"unknown series {name!r}: choose from {', '.join(SERIES)} (see `rnnkit datasets`)")
-    return SERIES[name].load()
+    info = SERIES[name]
+    full = info.load()
+    wanted = list(info.features if features is None else features)
+    missing = [c for c in wanted if c not in full.columns[1:]]
+    if missing:
+        raise ValueError(f"series {name} has no column {', '.join(map(repr, missing))}: its feature columns are "
+                         f"{', '.join(full.columns[1:]) or 'none'}")
+    index = [0, *(full.columns.index(c) for c in wanted)]
+    return Series(full.values[:, index], [full.columns[i] for i in index], full.times, full.season, full.frequency,
+                  full.interpolated)
 
 
 def read_series_csv(path: str | Path, *, target: str, time_col: str | None = None,

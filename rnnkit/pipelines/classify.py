@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset
 
 from rnnkit import _checks
-from rnnkit.data import SequenceData, TextData, Vocabulary, load_dataset, pad_batch, read_feature_table, read_texts
+from rnnkit.data import (DATASETS, SequenceData, TextData, Vocabulary, load_dataset, pad_batch, read_feature_table,
+                         read_texts)
 from rnnkit.data._text import TOKENS
 from rnnkit.models import NToOne, NToOneConfig
 from rnnkit.pipelines._runs import check_diverged, check_new, open_run, pipeline_config
@@ -39,7 +40,7 @@ class ClassifyConfig:
     text_col: str | None = None
     label_col: str | None = None
     steps: int = 1  # feature CSV: the numeric columns form this many steps
-    tokens: str = "char"  # texts: char or word
+    tokens: str | None = None  # texts: char or word; None: the data set's own (word for intents), else char
     max_vocab: int = 20000  # texts: the most frequent tokens of the training split, at most
     max_length: int = 400  # texts: tokens kept from the start of each text
     embed_dim: int = 64
@@ -54,7 +55,8 @@ class ClassifyConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def check(self) -> ClassifyConfig:
-        _checks.check_choice("classify", "tokens", self.tokens, TOKENS)
+        if self.tokens is not None:
+            _checks.check_choice("classify", "tokens", self.tokens, TOKENS)
         for name in ("steps", "max_vocab", "max_length", "embed_dim"):
             _checks.check_int("classify", name, getattr(self, name), minimum=1)
         for name in ("val_fraction", "test_fraction"):
@@ -66,6 +68,14 @@ class ClassifyConfig:
     @property
     def source(self) -> str:
         return Path(self.data).name if self.data else self.dataset
+
+    @property
+    def token_kind(self) -> str:
+        """How texts are read: tokens, or the bundled data set's own way, or characters."""
+        if self.tokens is not None:
+            return self.tokens
+        info = DATASETS.get(self.dataset) if self.data is None else None
+        return (info.tokens if info is not None else None) or "char"
 
 
 def accuracy(logits: torch.Tensor, target: torch.Tensor) -> float:
@@ -138,7 +148,7 @@ def train(cfg: ClassifyConfig, out: str | Path, *, on_epoch: Callable[[EpochReco
     extras: dict[str, Any] = {"label_names": data.label_names}
     collate = None
     if isinstance(data, TextData):
-        vocab = Vocabulary.build([data.texts[i] for i in tr], cfg.tokens, max_size=cfg.max_vocab)
+        vocab = Vocabulary.build([data.texts[i] for i in tr], cfg.token_kind, max_size=cfg.max_vocab)
         ids = [vocab.encode(t)[: cfg.max_length] for t in data.texts]
         subsets: list[Dataset[Any]] = [TokenDataset([ids[i] for i in part], data.y[part]) for part in (tr, va, te)]
         model_cfg = NToOneConfig(input_size=cfg.embed_dim, outputs=len(data.label_names), vocab_size=len(vocab),
@@ -147,7 +157,7 @@ def train(cfg: ClassifyConfig, out: str | Path, *, on_epoch: Callable[[EpochReco
         forward = lambda m, b: (m(b[0], b[1]), b[2])  # noqa: E731
         extras["vocabulary"] = vocab.to_json()
         extras["max_length"] = cfg.max_length
-        input_info: dict[str, Any] = {"kind": "text", "tokens": cfg.tokens}
+        input_info: dict[str, Any] = {"kind": "text", "tokens": cfg.token_kind}
     else:
         x, y = torch.from_numpy(data.x), torch.from_numpy(data.y)
         subsets = [TensorDataset(x[part], y[part]) for part in (tr, va, te)]

@@ -39,7 +39,7 @@ class ForecastConfig:
     data: str | None = None  # the user's CSV
     target: str | None = None
     time_col: str | None = None
-    features: tuple[str, ...] = ()
+    features: tuple[str, ...] | None = None  # input columns beside the target; None: a bundled series' own
     window: int = 20
     horizon: int = 1
     season: int | None = None  # None: the bundled series' own season, else no seasonal baseline
@@ -58,10 +58,11 @@ def get_series(cfg: ForecastConfig) -> Series:
     if cfg.data is not None:
         if not cfg.target:
             raise ValueError("--data needs --target, the column to forecast")
-        return read_series_csv(cfg.data, target=cfg.target, time_col=cfg.time_col, features=cfg.features, season=cfg.season)
+        return read_series_csv(cfg.data, target=cfg.target, time_col=cfg.time_col, features=cfg.features or (),
+                               season=cfg.season)
     if cfg.dataset is None:
         raise ValueError("give a bundled series (--dataset) or a CSV file (--data)")
-    return load_series(cfg.dataset)
+    return load_series(cfg.dataset, None if cfg.features is None else cfg.features)
 
 
 def windows(z: np.ndarray, window: int, horizon: int, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
