@@ -510,7 +510,8 @@ train.command("copy")(_memory_command("copy"))
               help="The vanilla RNN's.")
 @click.option("--seed", default=0, show_default=True, help="Fixes the fresh cells' weights and the random sequences.")
 @click.option("--out", type=click.Path(file_okay=False), default="diagnostics", show_default=True,
-              help="Folder for gradient_flow.png, hidden_stats.png and diagnostics.json.")
+              help="Folder for gradient_flow.png, hidden_stats.png, diagnostics.json and, for a RUN, hidden_state.png "
+                   "(one example's hidden state over time).")
 def diagnose_command(run: str | None, cells: str, steps: int, hidden: int, layers: int, init: str, nonlinearity: str,
                      seed: int, out: str) -> None:
     """See gradients vanish or explode through time: fresh cells on random sequences, or a trained

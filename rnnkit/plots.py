@@ -80,6 +80,30 @@ def gradient_flow(lines: Mapping[str, Sequence[float]], title: str) -> bytes:
     return _png(fig)
 
 
+def hidden_state(h: np.ndarray, title: str, labels: Sequence[str] | None = None, lines: int = 6) -> bytes:
+    """One example's hidden state h (T, R) over its steps, as the tutorials draw it: a heatmap of
+    units x steps (the tokens read on the time axis, for text), and the lines of the units that
+    move most."""
+    steps, units = h.shape
+    fig = _figure(max(6.4, min(16.0, 2.5 + 0.18 * steps)), 6.4)
+    heat, line = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 2]})
+    bound = float(np.abs(h).max()) or 1.0
+    image = heat.imshow(h.T, aspect="auto", cmap="coolwarm", vmin=-bound, vmax=bound, interpolation="nearest")
+    fig.colorbar(image, ax=heat, label="h")
+    heat.set(ylabel="unit", title=title)
+    moving = np.argsort(-h.std(axis=0))[: min(lines, units)]
+    for unit in sorted(moving):
+        line.plot(np.arange(steps), h[:, unit], label=f"unit {unit}")
+    line.set(xlabel="step t" if labels is None else "step t (the token read)", ylabel="h_t")
+    line.legend(fontsize="small", ncol=min(3, len(moving)), loc="upper left")
+    if labels is not None and len(labels) == steps:
+        every = max(1, steps // 60)
+        line.set_xticks(np.arange(0, steps, every))
+        line.set_xticklabels([repr(labels[i])[1:-1] or "' '" for i in range(0, steps, every)], rotation=90,
+                             fontsize="small")
+    return _png(fig)
+
+
 def hidden_stats(stats: Mapping[str, Mapping[str, Sequence[float]]], title: str) -> bytes:
     """Per name: the hidden-state norm and the saturated fractions per step."""
     fig = _figure(11, 3.6)

@@ -27,6 +27,8 @@ class TaskBatch:
     loss: the task's loss of a model on inputs (a scalar), its targets held inside.
     axes: for each input, its dimensions that vary: {0: BATCH, 1: TIME} for tokens (B, T).
     not_exportable: None, or why the model does not export as one graph (a Python decoding loop).
+    step_labels: for text, the tokens the first example reads, one per step (the hidden-state
+    plot writes them on its time axis); None for numbers.
     """
 
     task: str
@@ -35,3 +37,4 @@ class TaskBatch:
     loss: Callable[[nn.Module, tuple[Tensor, ...]], Tensor]
     axes: tuple[dict[int, str], ...]
     not_exportable: str | None = None
+    step_labels: tuple[str, ...] | None = None

@@ -1,6 +1,7 @@
 """Diagnostics: see vanishing and exploding gradients through time, and measure memory.
 
-gradient_flow, verdict, jacobian_norms, spectral_radii, hidden_stats: see rnnkit.diagnostics._flow;
+gradient_flow, verdict, jacobian_norms, spectral_radii, hidden_stats, hidden_trace: see
+rnnkit.diagnostics._flow;
 diagnose_cells, diagnose_run, write_report: what `rnnkit diagnose` does. The long-range memory
 tasks (adding problem, copy memory) are rnnkit.pipelines.memory.
 """
@@ -14,6 +15,7 @@ from rnnkit.diagnostics._flow import (
     Verdict,
     gradient_flow,
     hidden_stats,
+    hidden_trace,
     jacobian_norms,
     probing,
     spectral_radii,
@@ -23,4 +25,4 @@ from rnnkit.diagnostics._report import diagnose_cells, diagnose_run, write_repor
 
 __all__ = ["EXPLODING", "SATURATED", "VANISHING", "GradientFlow", "HiddenStats", "Verdict", "diagnose_cells",
            "diagnose_run", "gradient_flow",
-           "hidden_stats", "jacobian_norms", "probing", "spectral_radii", "verdict", "write_report"]
+           "hidden_stats", "hidden_trace", "jacobian_norms", "probing", "spectral_radii", "verdict", "write_report"]

@@ -196,6 +196,25 @@ def hidden_stats(model: nn.Module, batch: Any, run: Callable[[nn.Module, Any], A
     return HiddenStats(stats)
 
 
+@torch.no_grad()
+def hidden_trace(model: nn.Module, batch: Any, run: Callable[[nn.Module, Any], Any] | None = None,
+                 example: int = 0) -> dict[str, np.ndarray]:
+    """The hidden state of one example of batch at every step, as the tutorials draw it: per
+    layer and direction (keys as hidden_stats), h_t for t in time order, (T_b, R), up to the
+    example's own length. run as in hidden_stats."""
+    if run is None:
+        run = lambda m, b: m(*b) if isinstance(b, (tuple, list)) else m(b)  # noqa: E731
+    with probing(model) as seen:
+        run(model, batch)
+    trace: dict[str, np.ndarray] = {}
+    for name, (_, probes) in seen.items():
+        for p in probes:
+            h = _in_time_order(torch.stack([s[0] for s in p.probe.states]).detach(), p)  # (T, B, R)
+            steps = int(p.lengths[example]) if p.lengths is not None else h.shape[0]
+            trace.setdefault(_key(name, p), h[:steps, example].double().numpy())
+    return trace
+
+
 def _frac(mask: Tensor) -> Tensor:
     return mask.double().flatten(1).mean(dim=1)  # (T,)
 

@@ -1,5 +1,6 @@
 """`rnnkit diagnose`: freshly initialised cells on random sequences, or a trained run on its
-validation data; the numbers, the verdicts and two plots."""
+validation data; the numbers, the verdicts and the plots (for a run, also the hidden state of one
+example over time)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 import rnnkit
-from rnnkit.diagnostics._flow import gradient_flow, hidden_stats, spectral_radii, verdict
+from rnnkit.diagnostics._flow import gradient_flow, hidden_stats, hidden_trace, spectral_radii, verdict
 from rnnkit.tasks import TaskBatch
 
 REPORT_CELLS = ("rnn", "lstm", "gru", "irnn")
@@ -60,7 +62,8 @@ def diagnose_cells(cells: Sequence[str], *, steps: int, hidden: int, layers: int
 
 
 def write_report(report: dict[str, Any], out: str | os.PathLike[str], *, title: str) -> list[Path]:
-    """DIR/diagnostics.json, DIR/gradient_flow.png, DIR/hidden_stats.png (each written whole)."""
+    """DIR/diagnostics.json, DIR/gradient_flow.png, DIR/hidden_stats.png and, for a run,
+    DIR/hidden_state.png (each written whole)."""
     from rnnkit import plots
 
     folder = Path(out)
@@ -75,6 +78,10 @@ def write_report(report: dict[str, Any], out: str | os.PathLike[str], *, title: 
     files = {"diagnostics.json": json.dumps(report, indent=1).encode(),
              "gradient_flow.png": plots.gradient_flow(lines, title),
              "hidden_stats.png": plots.hidden_stats(stats, title)}
+    trace = report.get("hidden_state")
+    if trace is not None:  # one example's h_t, for a run
+        files["hidden_state.png"] = plots.hidden_state(np.asarray(trace["h"]), f"{title}: {trace['layer']}, first "
+                                                       "example", trace.get("tokens"))
     written = []
     for name, content in files.items():
         tmp = folder / (name + ".tmp")
@@ -91,8 +98,12 @@ def diagnose_run(batch: TaskBatch) -> dict[str, Any]:
     run_model: Callable[[nn.Module, Any], Any] = lambda m, b: m(*b)  # noqa: E731
     flow = gradient_flow(model, batch.inputs, batch.loss)
     stats = hidden_stats(model, batch.inputs, run_model)
+    trace = hidden_trace(model, batch.inputs, run_model)
+    top = sorted(k for k in trace if not k.endswith("_reverse"))[-1]  # the last layer's forward direction
     radii = {name: spectral_radii(m) for name, m in model.named_modules() if isinstance(m, rnnkit.layers._base.RecurrentLayer)}
     return {"setup": {"task": batch.task, "batch": f"{batch.inputs[0].shape[0]} validation examples",
                       "norm": "Frobenius norm of dL/dh_t over the batch and the hidden units"},
             "cells": {"model": {"verdict": verdict(flow).to_json(), "gradient_flow": flow.to_json(),
-                                "hidden_stats": stats.to_json(), "spectral_radius": radii}}}
+                                "hidden_stats": stats.to_json(), "spectral_radius": radii}},
+            "hidden_state": {"layer": top, "h": trace[top].tolist(),
+                             "tokens": None if batch.step_labels is None else list(batch.step_labels)}}

@@ -257,8 +257,10 @@ def task_batch(run_path: str | Path, size: int) -> TaskBatch:
         vocab = Vocabulary.from_json(extras["vocabulary"])
         tokens, lengths = pad_batch([vocab.encode(labelled.texts[i]) for i in val],  # type: ignore[union-attr]
                                     max_length=extras["max_length"])
+        first = tuple(vocab.itos[int(i)] for i in tokens[0, : int(lengths[0])])
         return TaskBatch("classify", model.eval(), (tokens, lengths),
-                         lambda m, b: F.cross_entropy(m(*b), target), ({0: BATCH, 1: TIME}, {0: BATCH}))
+                         lambda m, b: F.cross_entropy(m(*b), target), ({0: BATCH, 1: TIME}, {0: BATCH}),
+                         step_labels=first)
     x = torch.from_numpy(labelled.x[val])  # type: ignore[union-attr]  # (B, T, F)
     return TaskBatch("classify", model.eval(), (x,), lambda m, b: F.cross_entropy(m(*b), target),
                      ({0: BATCH, 1: TIME},))

@@ -301,9 +301,9 @@ def generate(run_path: str | Path, prompt: str, length: int, *, greedy: bool = F
 def task_batch(run_path: str | Path, size: int) -> TaskBatch:
     """The run's model and up to size validation windows of token ids (rnnkit.tasks): the model
     takes tokens (B, K) and returns logits (B, K, V) and its final state."""
-    model, _, _ = load(run_path)
+    model, _, vocab = load(run_path)
     part = prepare(pipeline_config(run_path, "lm", LMConfig)).data["validation"]
     items = [part[i] for i in range(min(size, getattr(part, "rows", size), len(part)))]  # streams: chunk 0
     tokens, target = torch.stack([i[0] for i in items]), torch.stack([i[1] for i in items])  # (B, K) each
     return TaskBatch("lm", model.eval(), (tokens,), lambda m, b: F.cross_entropy(m(*b)[0].transpose(1, 2), target),
-                     ({0: BATCH, 1: TIME},))
+                     ({0: BATCH, 1: TIME},), step_labels=tuple(vocab.itos[int(i)] for i in tokens[0]))

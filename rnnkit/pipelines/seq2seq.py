@@ -341,4 +341,5 @@ def task_batch(run_path: str | Path, size: int) -> TaskBatch:
     return TaskBatch("seq2seq", model.eval(), (source, lengths, target_in),
                      lambda m, b: masked_loss(m(*b), target_out), ({0: BATCH, 1: TIME}, {0: BATCH}, {0: BATCH, 1: TIME}),
                      not_exportable="a seq2seq model translates in a Python loop (greedy or beam search) around its "
-                                    "decoder, which exports as no single graph")
+                                    "decoder, which exports as no single graph",
+                     step_labels=tuple(source_vocab.itos[int(i)] for i in source[0, : int(lengths[0])]))

@@ -109,3 +109,18 @@ def test_hidden_stats() -> None:
     rnn = rnn_with(torch.eye(4, dtype=torch.float64) * 50)  # tanh driven hard: saturates after a step
     stats = hidden_stats(rnn, torch.rand(5, 2, 1, dtype=torch.float64), lambda m, b: m(b)).stats["RNN.l0"]
     assert stats["saturated"][-1] == 1.0 and "gates_saturated" not in stats
+
+
+def test_hidden_trace_is_the_layers_output_of_one_example() -> None:
+    """hidden_trace gives one example's h_t in time order up to its length: the layer's own
+    output for that example, both directions, layer by layer."""
+    from rnnkit.diagnostics import hidden_trace
+
+    torch.manual_seed(0)
+    model = rnnkit.GRU(3, 5, num_layers=2, bidirectional=True)
+    x, lengths = torch.randn(6, 3, 3), torch.tensor([6, 4, 2])
+    out, _ = model(x, lengths=lengths)  # (T, B, 2H)
+    trace = hidden_trace(model, (x,), lambda m, b: m(b[0], lengths=lengths), example=1)
+    assert sorted(trace) == ["GRU.l0", "GRU.l0_reverse", "GRU.l1", "GRU.l1_reverse"]
+    torch.testing.assert_close(torch.from_numpy(trace["GRU.l1"]), out[:4, 1, :5].double())
+    torch.testing.assert_close(torch.from_numpy(trace["GRU.l1_reverse"]), out[:4, 1, 5:].double())

@@ -143,6 +143,10 @@ def test_cli_diagnose_forecast_and_lm_runs(tmp_path) -> None:  # type: ignore[no
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "d2" / "diagnostics.json").read_text())
     assert len(report["cells"]["model"]["gradient_flow"]["norms"]["rnn.l0"]) == 6
+    trace = report["hidden_state"]  # the first window's h_t, with the characters it read
+    assert trace["layer"] == "rnn.l0" and len(trace["h"]) == 6 and len(trace["h"][0]) == 8
+    assert len(trace["tokens"]) == 6 and "".join(trace["tokens"]) in "abcabcabd " * 3
+    assert (tmp_path / "d2" / "hidden_state.png").stat().st_size > 0
     pairs = "".join(f"{a}{b}\t{b}{a}\n" for a in "abcd" for b in "efgh")
     (tmp_path / "p.tsv").write_text(pairs, encoding="utf-8")
     assert runner.invoke(main, ["train", "seq2seq", "--data", str(tmp_path / "p.tsv"), "--hidden", "4", "--epochs", "1",
@@ -152,6 +156,7 @@ def test_cli_diagnose_forecast_and_lm_runs(tmp_path) -> None:  # type: ignore[no
     report = json.loads((tmp_path / "d3" / "diagnostics.json").read_text())
     assert set(report["cells"]["model"]["gradient_flow"]["norms"]) == {"encoder.l0", "encoder.l0_reverse"}
     assert len(report["cells"]["model"]["gradient_flow"]["norms"]["encoder.l0"]) == 2  # two source characters
+    assert report["hidden_state"]["layer"] == "encoder.l0" and len(report["hidden_state"]["tokens"]) == 2
     cfg = ["train", "caption", "--hidden", "4", "--epochs", "1", "--out", str(tmp_path / "cap")]
     assert runner.invoke(main, cfg).exit_code == 0
     result = runner.invoke(main, ["diagnose", str(tmp_path / "cap"), "--out", str(tmp_path / "d4")])

@@ -83,5 +83,5 @@ def test_weather_forecast_with_features(tmp_path: Path) -> None:
                                        "--out", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
     config = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert config["pipeline"]["features"] == ["temp_min", "precipitation", "wind"]
+    assert config["columns"] == ["temp_max", "temp_min", "precipitation", "wind"]  # the target, then its features
     assert "baseline seasonal naive (season 365)" in result.output
