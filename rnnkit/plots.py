@@ -20,27 +20,40 @@ def _png(fig) -> bytes:  # type: ignore[no-untyped-def]
     return buffer.getvalue()
 
 
-def history(rows: Sequence[Mapping[str, float]], metric_name: str) -> bytes:
-    """Training and validation loss, and the validation metric, per epoch."""
+def history(rows: Sequence[Mapping[str, float]], metric_name: str, baseline: tuple[str, float] | None = None) -> bytes:
+    """Training and validation loss, and the validation metric, per epoch; baseline: (its name, its
+    score on the metric), drawn as a dashed line beside it."""
     fig = _figure(8, 3.5)
     loss, metric = fig.subplots(1, 2)
     epochs = [r["epoch"] for r in rows]
-    loss.plot(epochs, [r["train_loss"] for r in rows], label="train")
-    loss.plot(epochs, [r["val_loss"] for r in rows], label="validation")
+    marker = "o" if len(rows) < 15 else None  # one epoch is a point, not an empty line
+    loss.plot(epochs, [r["train_loss"] for r in rows], label="train", marker=marker)
+    loss.plot(epochs, [r["val_loss"] for r in rows], label="validation", marker=marker)
     loss.set(xlabel="epoch", ylabel="loss", title="loss")
     loss.legend()
-    metric.plot(epochs, [r["val_metric"] for r in rows], color="tab:green")
+    metric.plot(epochs, [r["val_metric"] for r in rows], color="tab:green", marker=marker)
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (loss, metric):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+    if baseline is not None:
+        metric.axhline(baseline[1], color="gray", linestyle="--", linewidth=1, label=f"baseline: {baseline[0]}")
+        metric.legend(fontsize="small")
     metric.set(xlabel="epoch", ylabel=metric_name, title=f"validation {metric_name}")
     return _png(fig)
 
 
 def confusion_matrix(counts: np.ndarray, labels: Sequence[str]) -> bytes:
     """counts (C, C): rows the true class, columns the predicted one."""
-    fig = _figure(1.2 + 0.45 * len(labels), 1 + 0.45 * len(labels))
+    longest = max((len(str(label)) for label in labels), default=1)
+    side = 1.2 + 0.45 * len(labels)
+    fig = _figure(side + 0.07 * longest, side + 0.07 * longest)
     ax = fig.subplots()
     ax.imshow(counts, cmap="Blues")
-    ax.set(xticks=range(len(labels)), yticks=range(len(labels)), xticklabels=labels, yticklabels=labels,
-           xlabel="predicted", ylabel="true", title="test confusion matrix")
+    ax.set(xticks=range(len(labels)), yticks=range(len(labels)), xlabel="predicted", ylabel="true",
+           title="test confusion matrix")
+    ax.set_xticklabels(labels, rotation=45 if longest > 2 else 0, ha="right" if longest > 2 else "center")
+    ax.set_yticklabels(labels)
     top = counts.max() if counts.size else 0
     for i in range(counts.shape[0]):
         for j in range(counts.shape[1]):
@@ -50,18 +63,19 @@ def confusion_matrix(counts: np.ndarray, labels: Sequence[str]) -> bytes:
 
 
 def forecast(times: Sequence[str], actual: np.ndarray, predicted: np.ndarray,
-             baselines: Mapping[str, np.ndarray], title: str) -> bytes:
-    """The test split's actual values against the model's and the baselines' forecasts."""
+             baselines: Mapping[str, np.ndarray], title: str, target: str = "value") -> bytes:
+    """The test split's actual values of target against the model's and the baselines' forecasts."""
     fig = _figure(9, 4)
     ax = fig.subplots()
     steps = np.arange(len(actual))
     ax.plot(steps, actual, color="black", label="actual")
     ax.plot(steps, predicted, color="tab:blue", label="rnnkit")
-    for name, values in baselines.items():
-        ax.plot(steps, values, linestyle="--", linewidth=1, label=name)
+    colours = ["tab:orange", "tab:green", "tab:purple", "tab:brown"]  # never rnnkit's blue
+    for (name, values), colour in zip(baselines.items(), colours):
+        ax.plot(steps, values, linestyle="--", linewidth=1, color=colour, label=name)
     ticks = steps[:: max(1, len(steps) // 8)]
     ax.set_xticks(ticks, [times[i] for i in ticks], rotation=30)
-    ax.set(title=title, ylabel="value")
+    ax.set(title=title, ylabel=target)
     ax.legend()
     return _png(fig)
 
@@ -108,14 +122,21 @@ def hidden_stats(stats: Mapping[str, Mapping[str, Sequence[float]]], title: str)
     """Per name: the hidden-state norm and the saturated fractions per step."""
     fig = _figure(11, 3.6)
     norm, saturated, gates = fig.subplots(1, 3)
-    for name, s in stats.items():
-        norm.plot(s["h_norm"], label=name)
-        saturated.plot(s["saturated"], label=name)
-        if "gates_saturated" in s:
-            gates.plot(s["gates_saturated"], label=name)
+    styles = ["-", "--", ":", "-."]  # lines that lie on each other (all zero) stay told apart
+    for index, (name, s) in enumerate(stats.items()):
+        colour, style = f"C{index % 10}", styles[index % len(styles)]
+        norm.plot(s["h_norm"], label=name, color=colour)
+        if "saturated" in s:  # only cells with a tanh (not a relu RNN, such as the IRNN)
+            saturated.plot(s["saturated"], label=name, color=colour, linestyle=style, linewidth=1.5 + 0.5 * index)
+        if "gates_saturated" in s:  # only cells with gates
+            gates.plot(s["gates_saturated"], label=name, color=colour, linestyle=style, linewidth=1.5 + 0.5 * index)
     norm.set(xlabel="step t", ylabel="mean ||h_t||", title="hidden-state norm")
     saturated.set(xlabel="step t", ylabel="fraction", title="|tanh| > 0.99", ylim=(-0.02, 1.02))
     gates.set(xlabel="step t", ylabel="fraction", title="sigmoid gates < 0.01 or > 0.99", ylim=(-0.02, 1.02))
-    norm.legend()
+    for ax, what in ((norm, None), (saturated, "no cell with a tanh"), (gates, "no cell with gates")):
+        if ax.lines:
+            ax.legend(fontsize="small")
+        else:
+            ax.text(0.5, 0.5, what, ha="center", va="center", transform=ax.transAxes, color="gray")
     fig.suptitle(title, y=1.04)
     return _png(fig)

@@ -129,8 +129,10 @@ def verdict(flow: GradientFlow, *, vanishing: float = VANISHING, exploding: floa
         return Verdict("exploding", r, e, l, high, f"{high}: the gradient at the first step is {r:.1e} times the last's "
                        f"(above {exploding:g}): clip gradients or shrink W_hh")
     r, e, l = ratios[low]
-    return Verdict("healthy", r, e, l, low, f"earliest/latest gradient norm between {ratios[low][0]:.2g} and "
-                   f"{ratios[high][0]:.2g}, within [{vanishing:g}, {exploding:g}]")
+    span = (f"{ratios[low][0]:.2g}" if f"{ratios[low][0]:.2g}" == f"{ratios[high][0]:.2g}"
+            else f"between {ratios[low][0]:.2g} and {ratios[high][0]:.2g}")
+    return Verdict("healthy", r, e, l, low, f"earliest/latest gradient norm {span}, within [{vanishing:g}, "
+                   f"{exploding:g}]")
 
 
 def jacobian_norms(layer: RecurrentLayer, x: Tensor, hx: Any = None) -> np.ndarray:
@@ -170,8 +172,8 @@ def spectral_radii(layer: RecurrentLayer) -> dict[str, list[float]]:
 @dataclass
 class HiddenStats:
     """Per layer and direction, per step t (time order), averaged over the batch:
-    h_norm: ||h_t||; saturated: the fraction of tanh units with |tanh| > 0.99 (RNN: h itself,
-    relu: none; LSTM: tanh(c_t); GRU: the candidate n_t); gates_saturated: the fraction of
+    h_norm: ||h_t||; saturated: the fraction of tanh units with |tanh| > 0.99 (RNN: h itself;
+    LSTM: tanh(c_t); GRU: the candidate n_t; a relu RNN has no entry); gates_saturated: the fraction of
     sigmoid gate units below 0.01 or above 0.99 (LSTM i, f, o; GRU r, z; RNN: none); c_norm:
     ||c_t|| (LSTM)."""
 
@@ -244,6 +246,7 @@ def _describe(layer: RecurrentLayer, p: LayerProbe) -> dict[str, list[float]]:
         out["saturated"] = _frac(n.abs() > SATURATED)
         out["gates_saturated"] = _frac((gates < 1 - SATURATED) | (gates > SATURATED))
     else:
-        out["saturated"] = _frac(h.abs() > SATURATED) if mode == "RNN_TANH" else torch.zeros(h.shape[0])
+        if mode == "RNN_TANH":  # a relu RNN has no tanh to saturate: no such entry
+            out["saturated"] = _frac(h.abs() > SATURATED)
     # back to time order (a reverse direction's steps flipped as a whole, padding included)
     return {k: [float(x) for x in (v.flip(0) if p.direction else v)] for k, v in out.items()}

@@ -195,7 +195,8 @@ def train(cfg: ClassifyConfig, out: str | Path, *, on_epoch: Callable[[EpochReco
     rows = [r.as_dict() for r in history]
     counts = confusion_matrix(target.numpy(), predicted, labels=range(len(data.label_names)))
     figures = {"confusion_matrix.png": plots.confusion_matrix(counts, data.label_names),
-               "history.png": plots.history(rows, "accuracy")}
+               "history.png": plots.history(rows, "accuracy", baseline=(
+                   "majority class", metrics["baseline"]["accuracy"]))}
     finish_run(out, config=config, weights=model.state_dict(), extras=extras, metrics=metrics, history=rows,
                plots=figures)
     return metrics

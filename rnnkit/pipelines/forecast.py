@@ -195,7 +195,7 @@ def train(cfg: ForecastConfig, out: str | Path, *, on_epoch: Callable[[EpochReco
     figures = {  # the first step of each test forecast, against the actual value and the baselines
         "forecast.png": plots.forecast([series.times[t] for t in origins], actual[:, 0], predicted[:, 0],
                                        {k: v[:, 0] for k, v in base_forecasts.items()},
-                                       f"{metrics['series']}: test split, one step ahead"),
+                                       f"{metrics['series']}: test split, one step ahead", target=series.columns[0]),
         "history.png": plots.history(rows, "RMSE (scaled)"),
     }
     finish_run(out, config=config, weights=model.state_dict(), extras=extras, metrics=metrics, history=rows,

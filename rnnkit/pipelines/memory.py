@@ -135,7 +135,7 @@ def train(cfg: MemoryConfig, out: str | Path | None, *, on_epoch: Callable[[Epoc
     loss, _, outputs, targets = trainer.evaluate(data[2])
     if adding:
         test = {"mse": loss}
-        baseline = {"name": "always predict 1", "mse": adding_baseline()}
+        baseline: dict[str, Any] = {"name": "always predict 1", "mse": adding_baseline()}
     else:
         test = {"cross_entropy": loss, "recall_accuracy": copy_accuracy(outputs, targets)}
         baseline = {"name": "memoryless: blanks, then a uniform guess of the 8 symbols",
@@ -155,7 +155,8 @@ def train(cfg: MemoryConfig, out: str | Path | None, *, on_epoch: Callable[[Epoc
     rows = [r.as_dict() for r in history]
     config = {"task": cfg.task, "pipeline": asdict(cfg), "model": asdict(model_cfg)}
     finish_run(out, config=config, weights=model.state_dict(), extras={}, metrics=metrics, history=rows,
-               plots={"history.png": plots.history(rows, "MSE" if adding else "cross-entropy")})
+               plots={"history.png": plots.history(rows, "MSE" if adding else "cross-entropy", baseline=(
+                   str(baseline["name"]), float(baseline["mse" if adding else "cross_entropy"])))})
     return metrics
 
 

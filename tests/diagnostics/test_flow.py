@@ -124,3 +124,14 @@ def test_hidden_trace_is_the_layers_output_of_one_example() -> None:
     assert sorted(trace) == ["GRU.l0", "GRU.l0_reverse", "GRU.l1", "GRU.l1_reverse"]
     torch.testing.assert_close(torch.from_numpy(trace["GRU.l1"]), out[:4, 1, :5].double())
     torch.testing.assert_close(torch.from_numpy(trace["GRU.l1_reverse"]), out[:4, 1, 5:].double())
+
+
+def test_a_relu_rnn_has_no_tanh_saturation_and_a_flat_verdict_names_one_number() -> None:
+    """The IRNN (a relu RNN, W_hh = I) has no tanh to saturate: no such entry (the plot leaves it
+    out of the tanh panel). Its verdict, with one layer, names its one ratio, not a range."""
+    irnn = rnnkit.RNN(1, 4, nonlinearity="relu", init="identity")
+    x = torch.rand(6, 2, 1)
+    assert set(hidden_stats(irnn, x).stats["RNN.l0"]) == {"h_norm"}
+    v = verdict(gradient_flow(irnn, x, lambda m, b: m(b)[0][-1].sum()))
+    assert v.verdict == "healthy" and "between" not in v.reason
+    assert v.reason.startswith(f"earliest/latest gradient norm {v.ratio:.2g}, within")
