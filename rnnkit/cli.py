@@ -456,8 +456,9 @@ def _memory_command(task: str) -> Callable[..., None]:
     @click.option("--cell", type=click.Choice(["rnn", "lstm", "gru", "irnn"]), default="lstm", show_default=True,
                   help="irnn: a relu RNN with W_hh = I (Le et al. 2015).")
     @click.option("--hidden", default=128, show_default=True, help="Hidden units.")
-    @click.option("--init", type=click.Choice(["default", "orthogonal", "identity"]), default="default", show_default=True,
-                  help="W_hh's initialisation.")
+    @click.option("--init", type=click.Choice(["default", "orthogonal", "identity", "chrono"]), default="default",
+                  show_default=True, help="W_hh's initialisation; chrono (lstm, gru): the gates' biases for "
+                                          "dependencies as long as the sequences (Tallec & Ollivier 2018).")
     @click.option("--train-size", default=10000, show_default=True, help="Generated training sequences.")
     @click.option("--epochs", default=10, show_default=True, help="Passes over the generated training set.")
     @click.option("--batch-size", default=50, show_default=True, help="Examples per training batch.")

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 LAYER_NORM_EPS = 1e-5
-INITS = ("default", "orthogonal", "identity")
+INITS = ("default", "orthogonal", "identity", "chrono")
 
 State = tuple[Tensor, ...]
 """A cell's state: ``(h,)`` for RNN and GRU, ``(h, c)`` for LSTM; each (B, R) or (B, H)."""
@@ -124,12 +124,18 @@ def init_cell_weights(
     gates: int,
     init: str = "default",
     forget_bias: float | None = None,
+    chrono_max: float | None = None,
 ) -> None:
     """Initialise one cell's parameters in place.
 
     default: every weight and bias ~ U(-1/sqrt(H), 1/sqrt(H)), as torch.nn.
     orthogonal: W_hh's G blocks of shape (H, R) each (semi-)orthogonal (Saxe et al. 2014).
     identity: W_hh's blocks the identity and the biases zero (the IRNN of Le et al. 2015).
+    chrono: the weights as default, and the gates' biases set for dependencies of up to
+    chrono_max steps (Tallec & Ollivier 2018, "Can recurrent neural networks warp time?"): b ~
+    log(U(1, chrono_max - 1)) per unit; LSTM (gates i, f, g, o): forget bias b, input bias -b;
+    GRU (gates r, z, n, with h' = (1 - z) n + z h): update bias b, so that z starts near
+    1 - 1/U and the state keeps its value for about U steps. The matching slices of bias_hh are 0.
     Layer-norm gains start at 1 and the cell-norm shift at 0. ``forget_bias`` (LSTM) sets the
     forget-gate slice of bias_ih to that value and of bias_hh to 0 (Jozefowicz et al. 2015).
     """
@@ -153,6 +159,15 @@ def init_cell_weights(
         for b in (w.bias_ih, w.bias_hh):
             if b is not None:
                 b.zero_()
+    elif init == "chrono" and w.bias_ih is not None and w.bias_hh is not None:
+        if chrono_max is None or gates not in (3, 4):
+            raise ValueError("init='chrono' needs chrono_max and the gates of an LSTM or a GRU")
+        b = torch.empty_like(w.bias_ih[:hidden_size]).uniform_(1.0, chrono_max - 1.0).log_()  # (H,)
+        w.bias_ih[hidden_size : 2 * hidden_size] = b  # LSTM: f; GRU: z
+        w.bias_hh[hidden_size : 2 * hidden_size] = 0.0
+        if gates == 4:  # LSTM: the input gate opens as the forget gate closes
+            w.bias_ih[:hidden_size] = -b
+            w.bias_hh[:hidden_size] = 0.0
     if forget_bias is not None and w.bias_ih is not None and w.bias_hh is not None:
         w.bias_ih[hidden_size : 2 * hidden_size] = forget_bias  # gates i, f, g, o: f is 2nd
         w.bias_hh[hidden_size : 2 * hidden_size] = 0.0

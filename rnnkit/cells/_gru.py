@@ -49,7 +49,9 @@ class GRUCell(RecurrentCell):
         hidden_size: H, features of h.
         bias: use bias_ih and bias_hh.
         layer_norm: normalise W_ih x and W_hh h (Ba et al. 2016), gains ln_weight_ih/hh (3H,).
-        init: 'default' (torch.nn's), 'orthogonal' or 'identity' for weight_hh.
+        init: 'default' (torch.nn's), 'orthogonal' or 'identity' for weight_hh; or 'chrono':
+            the gates' biases for dependencies of up to chrono_max steps (Tallec & Ollivier 2018).
+        chrono_max: T_max of init='chrono', the longest dependency expected, in steps.
 
     Call ``cell(x, hx=None)``: x (B, I) or (I,) unbatched; hx (B, H) or (H,), zeros if None.
     Returns h' (B, H) or (H,).
@@ -65,6 +67,7 @@ class GRUCell(RecurrentCell):
         *,
         layer_norm: bool = False,
         init: str = "default",
+        chrono_max: float | None = None,
     ) -> None:
         super().__init__(
             GRU_SPEC,
@@ -75,6 +78,7 @@ class GRUCell(RecurrentCell):
             dtype=dtype,
             layer_norm=layer_norm,
             init=init,
+            chrono_max=chrono_max,
         )
 
     def forward(self, input: Tensor, hx: Tensor | None = None) -> Tensor:

@@ -52,7 +52,9 @@ class LSTMCell(RecurrentCell):
         bias: use bias_ih and bias_hh.
         layer_norm: layer-normalised LSTM (Ba et al. 2016): LN on W_ih x, W_hh h (gains
             ln_weight_ih/hh (4H,)) and on c before its tanh (ln_weight_c, ln_bias_c (H,)).
-        init: 'default' (torch.nn's), 'orthogonal' or 'identity' for weight_hh.
+        init: 'default' (torch.nn's), 'orthogonal' or 'identity' for weight_hh; or 'chrono':
+            the gates' biases for dependencies of up to chrono_max steps (Tallec & Ollivier 2018).
+        chrono_max: T_max of init='chrono', the longest dependency expected, in steps.
         forget_bias: initial value of the forget gate's bias (None: torch.nn's init).
 
     Call ``cell(x, hx=None)``: x (B, I) or (I,) unbatched; hx a pair (h, c) of (B, H) or (H,),
@@ -69,6 +71,7 @@ class LSTMCell(RecurrentCell):
         *,
         layer_norm: bool = False,
         init: str = "default",
+        chrono_max: float | None = None,
         forget_bias: float | None = None,
     ) -> None:
         super().__init__(
@@ -80,6 +83,7 @@ class LSTMCell(RecurrentCell):
             dtype=dtype,
             layer_norm=layer_norm,
             init=init,
+            chrono_max=chrono_max,
             forget_bias=forget_bias,
         )
 

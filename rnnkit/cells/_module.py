@@ -30,6 +30,7 @@ class RecurrentCell(nn.Module):
         layer_norm: bool,
         init: str,
         forget_bias: float | None = None,
+        chrono_max: float | None = None,
     ) -> None:
         super().__init__()
         owner = type(self).__name__
@@ -40,6 +41,7 @@ class RecurrentCell(nn.Module):
         self.layer_norm = _checks.check_bool(owner, "layer_norm", layer_norm)
         self.init = _checks.check_choice(owner, "init", init, INITS)
         self.forget_bias = check_forget_bias(owner, forget_bias, bias)
+        self.chrono_max = check_chrono(owner, self.init, chrono_max, spec.gates, self.bias)
         shapes = parameter_shapes(
             gates=spec.gates,
             input_size=self.input_size,
@@ -63,6 +65,7 @@ class RecurrentCell(nn.Module):
             gates=self.spec.gates,
             init=self.init,
             forget_bias=self.forget_bias,
+            chrono_max=self.chrono_max,
         )
 
     def to_torch(self) -> nn.Module:
@@ -110,9 +113,29 @@ class RecurrentCell(nn.Module):
             s += ", layer_norm=True"
         if self.init != "default":
             s += f", init={self.init!r}"
+        if self.chrono_max is not None:
+            s += f", chrono_max={self.chrono_max}"
         if self.forget_bias is not None:
             s += f", forget_bias={self.forget_bias}"
         return s
+
+
+def check_chrono(owner: str, init: str, chrono_max: object, gates: int, bias: bool) -> float | None:
+    """chrono_max goes with init='chrono' (and it with chrono_max): a number above 2, for a cell
+    with gates (LSTM, GRU) and biases."""
+    if init != "chrono":
+        if chrono_max is not None:
+            raise ValueError(f"{owner}: chrono_max={chrono_max!r} is for init='chrono', got init={init!r}")
+        return None
+    if gates == 1:
+        raise ValueError(f"{owner}: init='chrono' sets the gates' biases, and a vanilla RNN has no gates: "
+                         "use an LSTM or a GRU")
+    if not bias:
+        raise ValueError(f"{owner}: init='chrono' sets the gates' biases: it needs bias=True, got bias=False")
+    if isinstance(chrono_max, bool) or not isinstance(chrono_max, (int, float)) or not chrono_max > 2:
+        raise ValueError(f"{owner}: init='chrono' needs chrono_max, the longest dependency in steps (a number "
+                         f"above 2, e.g. the sequence length), got {chrono_max!r}")
+    return float(chrono_max)
 
 
 def check_forget_bias(owner: str, forget_bias: object, bias: bool) -> float | None:

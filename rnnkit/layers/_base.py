@@ -20,7 +20,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from rnnkit import _checks
 from rnnkit.cells import CellSpec, CellWeights, State
 from rnnkit.cells._base import INITS, init_cell_weights, parameter_shapes
-from rnnkit.cells._module import check_forget_bias
+from rnnkit.cells._module import check_chrono, check_forget_bias
 from rnnkit.engines import ENGINE_NAMES, ENGINES, Engine, LayerConfig, Noise, Probe, _compiled, reverse_padded, select_engine
 from rnnkit.engines._fused_op import differentiated_by_transform, unwatched
 
@@ -67,6 +67,7 @@ class RecurrentLayer(nn.Module):
         learn_initial_state: bool,
         init: str,
         engine: str,
+        chrono_max: float | None = None,
     ) -> None:
         super().__init__()
         owner = type(self).__name__
@@ -92,6 +93,7 @@ class RecurrentLayer(nn.Module):
         self.forget_bias = check_forget_bias(owner, forget_bias, self.bias)
         self.learn_initial_state = _checks.check_bool(owner, "learn_initial_state", learn_initial_state)
         self.init = _checks.check_choice(owner, "init", init, INITS)
+        self.chrono_max = check_chrono(owner, self.init, chrono_max, spec.gates, self.bias)
         self.engine = _checks.check_choice(owner, "engine", engine, ENGINE_NAMES)
         if self.engine in ("auto", "fused"):
             _compiled.load()  # build the kernels now, never inside a traced forward (torch.compile)
@@ -188,6 +190,7 @@ class RecurrentLayer(nn.Module):
                     gates=self.spec.gates,
                     init=self.init,
                     forget_bias=self.forget_bias,
+                    chrono_max=self.chrono_max,
                 )
         with torch.no_grad():
             for name in ("initial_h", "initial_c"):
@@ -462,6 +465,7 @@ class RecurrentLayer(nn.Module):
                                              "dropout": 0.0, "bidirectional": False}
         rnnkit_defaults: dict[str, object] = {"layer_norm": False, "recurrent_dropout": 0.0, "zoneout": 0.0,
                                               "forget_bias": None, "learn_initial_state": False, "init": "default",
+                                              "chrono_max": None,
                                               "engine": "auto"}
         for name, default in torch_defaults.items():
             value = getattr(self, name)

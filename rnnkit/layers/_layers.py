@@ -34,7 +34,12 @@ _SHARED_DOC = """
             (K*D, H), used when hx is None.
         init: 'default' (torch.nn's uniform), 'orthogonal' (each gate block of weight_hh
             orthogonal, Saxe et al. 2014) or 'identity' (weight_hh blocks the identity and biases
-            zero: with nonlinearity='relu' the IRNN of Le et al. 2015).
+            zero: with nonlinearity='relu' the IRNN of Le et al. 2015); LSTM and GRU also
+            'chrono' (Tallec & Ollivier 2018): the gates' biases log(U(1, chrono_max - 1)), the
+            forget (LSTM) or update (GRU) gate open for dependencies of up to chrono_max steps,
+            the LSTM's input gate its negative.
+        chrono_max: LSTM and GRU with init='chrono': T_max, the longest dependency expected in
+            steps (e.g. the sequence length).
         engine: 'auto' (the fastest engine for the configuration and device) or 'reference'
             (the cell's step in a Python loop); see rnnkit.engines.
         device, dtype: of the parameters.
@@ -156,12 +161,13 @@ class LSTM(RecurrentLayer):
         learn_initial_state: bool = False,
         init: str = "default",
         engine: str = "auto",
+        chrono_max: float | None = None,
     ) -> None:
         super().__init__(
             LSTM_SPEC, input_size, hidden_size, num_layers, bias, batch_first, dropout,
             bidirectional, proj_size, device=device, dtype=dtype, layer_norm=layer_norm,
             recurrent_dropout=recurrent_dropout, zoneout=zoneout, forget_bias=forget_bias,
-            learn_initial_state=learn_initial_state, init=init, engine=engine,
+            learn_initial_state=learn_initial_state, init=init, engine=engine, chrono_max=chrono_max,
         )
 
     def forward(
@@ -216,13 +222,14 @@ class GRU(RecurrentLayer):
         init: str = "default",
         engine: str = "auto",
         proj_size: int | None = None,
+        chrono_max: float | None = None,
     ) -> None:
         _refuse_proj_size("GRU", proj_size)
         super().__init__(
             GRU_SPEC, input_size, hidden_size, num_layers, bias, batch_first, dropout,
             bidirectional, 0, device=device, dtype=dtype, layer_norm=layer_norm,
             recurrent_dropout=recurrent_dropout, zoneout=zoneout, forget_bias=None,
-            learn_initial_state=learn_initial_state, init=init, engine=engine,
+            learn_initial_state=learn_initial_state, init=init, engine=engine, chrono_max=chrono_max,
         )
 
     def forward(

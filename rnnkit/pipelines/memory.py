@@ -19,7 +19,7 @@ from torch.utils.data import TensorDataset
 
 import rnnkit
 from rnnkit import _checks
-from rnnkit.data._memory import SYMBOLS, adding_baseline, adding_problem, copy_baseline, copy_memory
+from rnnkit.data._memory import RECALL, SYMBOLS, adding_baseline, adding_problem, copy_baseline, copy_memory
 from rnnkit.pipelines._runs import check_diverged, check_new, open_run, pipeline_config
 from rnnkit.runs import NotARunError, finish_run, load_weights, read_run
 from rnnkit.tasks import BATCH, TIME, TaskBatch
@@ -27,6 +27,7 @@ from rnnkit.training import EpochRecord, Trainer, TrainConfig
 
 TASKS = ("adding", "copy")
 MEMORY_CELLS = ("rnn", "lstm", "gru", "irnn")
+MEMORY_INITS = ("default", "orthogonal", "identity", "chrono")
 
 
 def _memory_training() -> TrainConfig:
@@ -38,12 +39,13 @@ class MemoryModelConfig:
     task: str
     cell: str = "lstm"
     hidden_size: int = 128
-    init: str = "default"  # default, orthogonal or identity for W_hh (irnn: identity)
+    init: str = "default"  # default, orthogonal or identity for W_hh (irnn: identity); lstm, gru: chrono
+    chrono_max: float | None = None  # init="chrono": the sequences' length
 
     def check(self) -> MemoryModelConfig:
         _checks.check_choice("memory", "task", self.task, TASKS)
         _checks.check_choice("memory", "cell", self.cell, MEMORY_CELLS)
-        _checks.check_choice("memory", "init", self.init, ("default", "orthogonal", "identity"))
+        _checks.check_choice("memory", "init", self.init, MEMORY_INITS)
         _checks.check_int("memory", "hidden_size", self.hidden_size, minimum=1)
         return self
 
@@ -61,7 +63,7 @@ class MemoryModel(nn.Module):
                                              batch_first=True, init="identity" if c.cell == "irnn" else c.init)
         else:
             cls = rnnkit.LSTM if c.cell == "lstm" else rnnkit.GRU
-            self.rnn = cls(inputs, c.hidden_size, batch_first=True, init=c.init)
+            self.rnn = cls(inputs, c.hidden_size, batch_first=True, init=c.init, chrono_max=c.chrono_max)
         self.head = nn.Linear(c.hidden_size, 1 if c.task == "adding" else SYMBOLS + 1)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -117,7 +119,9 @@ def train(cfg: MemoryConfig, out: str | Path | None, *, on_epoch: Callable[[Epoc
     """Train and write the run folder at out (None: write nothing); returns metrics.json's content.
     keep: if given, receives the trained model under "model" and the test set under "test"."""
     cfg.check()
-    model_cfg = MemoryModelConfig(task=cfg.task, cell=cfg.cell, hidden_size=cfg.hidden_size, init=cfg.init).check()
+    length = cfg.steps if cfg.task == "adding" else cfg.steps + 2 * RECALL  # the sequences' length (copy: T + 20)
+    model_cfg = MemoryModelConfig(task=cfg.task, cell=cfg.cell, hidden_size=cfg.hidden_size, init=cfg.init,
+                                  chrono_max=length if cfg.init == "chrono" else None).check()
     if out is not None and not resume:
         check_new(out)
     data = make_data(cfg)

@@ -29,7 +29,7 @@ import rnnkit
         (lambda: rnnkit.LSTM(10, 20, bidirectional=1), TypeError, r"LSTM: bidirectional must be a bool, got int 1"),
         (lambda: rnnkit.LSTM(10, 20, recurrent_dropout=1.0), ValueError, r"LSTM: recurrent_dropout must be in \[0, 1\), got 1.0"),
         (lambda: rnnkit.LSTM(10, 20, zoneout=1.5), ValueError, r"LSTM: zoneout must be in \[0, 1\], got 1.5"),
-        (lambda: rnnkit.LSTM(10, 20, init="xavier"), ValueError, r"LSTM: init must be one of 'default', 'orthogonal', 'identity', got 'xavier'"),
+        (lambda: rnnkit.LSTM(10, 20, init="xavier"), ValueError, r"LSTM: init must be one of 'default', 'orthogonal', 'identity', 'chrono', got 'xavier'"),
         (lambda: rnnkit.LSTM(10, 20, engine="fast"), ValueError, r"LSTM: engine must be one of 'auto', 'reference', 'fused', 'native', got 'fast'"),
         (lambda: rnnkit.LSTM(10, 20, bias=False, forget_bias=1.0), ValueError, r"LSTM: forget_bias=1.0 needs bias=True"),
         (lambda: rnnkit.LSTMCell(10, 20, forget_bias="1"), TypeError, r"LSTMCell: forget_bias must be a float or None, got '1'"),

@@ -198,3 +198,52 @@ def test_lengths_equal_running_each_sequence_alone() -> None:
         assert torch.equal(out[b, n:], torch.zeros_like(out[b, n:]))
         assert_close(h_n[:, b], h_b[:, 0], f"h_n of sequence {b}")
         assert_close(c_n[:, b], c_b[:, 0], f"c_n of sequence {b}")
+
+
+@pytest.mark.parametrize("cls", [rnnkit.LSTM, rnnkit.GRU, rnnkit.LSTMCell, rnnkit.GRUCell])
+def test_chrono_init_follows_the_paper(cls: type) -> None:
+    """Tallec & Ollivier 2018: the forget (LSTM) or update (GRU, torch's h' = (1 - z) n + z h)
+    gate's bias b = log(u), u ~ U(1, T_max - 1), per unit; the LSTM's input gate -b; the hidden
+    side's slices 0; the first cell's other numbers as the default init draws them under the
+    same seed."""
+    H, t_max = 2000, 50
+    lstm = cls in (rnnkit.LSTM, rnnkit.LSTMCell)
+    layer = cls is rnnkit.LSTM or cls is rnnkit.GRU
+    options = {"num_layers": 2, "bidirectional": True} if layer else {}
+    torch.manual_seed(0)
+    chrono = cls(3, H, init="chrono", chrono_max=t_max, **options)
+    torch.manual_seed(0)
+    default = cls(3, H, **options)
+    suffixes = [f"_l{k}{d}" for k in range(2) for d in ("", "_reverse")] if layer else [""]
+    for suffix in suffixes:
+        b_ih, b_hh = getattr(chrono, "bias_ih" + suffix).detach(), getattr(chrono, "bias_hh" + suffix).detach()
+        u = b_ih[H : 2 * H].exp()  # the forget / update gate's
+        assert 1 - 1e-6 <= float(u.min()) and float(u.max()) <= (t_max - 1) * (1 + 1e-6)  # float32's exp(log(u))
+        assert abs(float(u.mean()) - t_max / 2) < 1.0  # the mean of U(1, 49), 25; its std over 2000 units is 0.3
+        assert abs(float((u < t_max / 2).double().mean()) - 0.5) < 0.05  # half below the middle: uniform
+        assert torch.equal(b_hh[H : 2 * H], torch.zeros(H))
+        if lstm:
+            assert torch.equal(b_ih[:H], -b_ih[H : 2 * H]) and torch.equal(b_hh[:H], torch.zeros(H))
+        if suffix == suffixes[0]:  # the first cell's draws precede the first chrono draw
+            kept = slice(2 * H, None) if lstm else slice(0, H)  # g, o (LSTM); r (GRU): untouched
+            assert torch.equal(b_ih[kept], getattr(default, "bias_ih" + suffix)[kept])
+            for name in ("weight_ih", "weight_hh"):
+                assert torch.equal(getattr(chrono, name + suffix), getattr(default, name + suffix))
+    before = chrono.state_dict()["bias_ih" + suffixes[0]].clone()
+    chrono.reset_parameters()  # draws again, by the same rule
+    after = getattr(chrono, "bias_ih" + suffixes[0]).detach()[H : 2 * H].exp()
+    assert not torch.equal(before, getattr(chrono, "bias_ih" + suffixes[0])) and 1 - 1e-6 <= float(after.min())
+    assert f"init='chrono', chrono_max={float(t_max)}" in repr(chrono)
+
+
+def test_chrono_init_refusals() -> None:
+    with pytest.raises(ValueError, match="a vanilla RNN has no gates"):
+        rnnkit.RNN(3, 4, init="chrono")
+    with pytest.raises(ValueError, match="needs chrono_max"):
+        rnnkit.LSTM(3, 4, init="chrono")
+    with pytest.raises(ValueError, match="needs chrono_max.*got 2"):
+        rnnkit.GRUCell(3, 4, init="chrono", chrono_max=2)
+    with pytest.raises(ValueError, match="chrono_max=5 is for init='chrono'"):
+        rnnkit.GRU(3, 4, chrono_max=5)
+    with pytest.raises(ValueError, match="needs bias=True"):
+        rnnkit.LSTM(3, 4, bias=False, init="chrono", chrono_max=10)
