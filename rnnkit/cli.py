@@ -456,13 +456,16 @@ def _memory_command(task: str) -> Callable[..., None]:
     @click.option("--cell", type=click.Choice(["rnn", "lstm", "gru", "irnn"]), default="lstm", show_default=True,
                   help="irnn: a relu RNN with W_hh = I (Le et al. 2015).")
     @click.option("--hidden", default=128, show_default=True, help="Hidden units.")
-    @click.option("--init", type=click.Choice(["default", "orthogonal", "identity", "chrono"]), default="default",
-                  show_default=True, help="W_hh's initialisation; chrono (lstm, gru): the gates' biases for "
-                                          "dependencies as long as the sequences (Tallec & Ollivier 2018).")
+    @click.option("--init", type=click.Choice(["auto", "default", "orthogonal", "identity", "chrono"]), default="auto",
+                  show_default=True, help="The initialisation: chrono (lstm, gru) sets the gates' biases for "
+                                          "dependencies as long as the sequences (Tallec & Ollivier 2018); default, "
+                                          "orthogonal, identity: W_hh's; auto: chrono for lstm and gru, else default.")
     @click.option("--train-size", default=10000, show_default=True, help="Generated training sequences.")
-    @click.option("--epochs", default=10, show_default=True, help="Passes over the generated training set.")
+    @click.option("--epochs", default=30 if task == "adding" else 120, show_default=True,
+                  help="Passes over the generated training set.")
     @click.option("--batch-size", default=50, show_default=True, help="Examples per training batch.")
-    @click.option("--lr", default=1e-3, show_default=True, help="Adam's learning rate (at most 10).")
+    @click.option("--lr", default=1e-3 if task == "adding" else 3e-3, show_default=True,
+                  help="Adam's learning rate (at most 10).")
     @click.option("--clip", type=float, default=1.0, show_default=True, help="Gradient clipping by norm; 0: off.")
     @_training_options
     @click.pass_context

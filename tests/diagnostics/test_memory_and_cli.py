@@ -214,3 +214,22 @@ def test_a_diverged_run_exits_3(tmp_path, monkeypatch) -> None:  # type: ignore[
     assert result.output.splitlines()[-1] == "stopped: diverged: the loss became nan at step 9 (epoch 3, batch 1)"
     metrics = json.loads((tmp_path / "b" / "metrics.json").read_text())
     assert metrics["stopped"] == "diverged: the loss became nan at step 9 (epoch 3, batch 1)"
+
+
+def test_memory_runs_take_chrono_for_gated_cells_by_default(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """--init auto (the default): chrono with T_max the sequences' length for lstm and gru,
+    torch.nn's for rnn, identity for irnn; an explicit --init holds."""
+    from rnnkit.pipelines.memory import resolved_init
+
+    assert [resolved_init(c, "auto") for c in ("lstm", "gru", "rnn")] == ["chrono", "chrono", "default"]
+    assert resolved_init("lstm", "orthogonal") == "orthogonal"
+    runner = CliRunner()
+    for task, cell, extra, init, t_max in (("copy", "lstm", [], "chrono", 30), ("adding", "gru", [], "chrono", 10),
+                                          ("adding", "rnn", [], "default", None),
+                                          ("adding", "lstm", ["--init", "default"], "default", None)):
+        out = tmp_path / f"{task}-{cell}-{init}"
+        result = runner.invoke(main, ["train", task, "--steps", "10", "--cell", cell, "--hidden", "8", "--train-size",
+                                      "100", "--epochs", "1", *extra, "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        model = json.loads((out / "config.json").read_text())["model"]
+        assert (model["init"], model["chrono_max"]) == (init, t_max)
