@@ -70,7 +70,7 @@ def background_load(processes: int) -> Iterator[None]:
     busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(processes)]
     try:
         if busy:
-            time.sleep(1.0)  # running before the first timing, and seen by the fused engine's threads
+            time.sleep(1.0)  # the busy processes running before the first timing
         yield
     finally:
         for process in busy:

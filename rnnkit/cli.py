@@ -247,9 +247,10 @@ def train_forecast(ctx: click.Context, dataset: str, data: str | None, target: s
     from rnnkit.pipelines import forecast as fc
     from rnnkit.training import TrainConfig
 
+    columns = None if features is None else tuple(f for f in features.split(",") if f and f != "none")
     done = _run_training(ctx, "forecast", fc.ForecastConfig, lambda: fc.ForecastConfig(
         dataset=None if data else dataset, data=data, target=target, time_col=time_col,
-        features=None if features is None else tuple(f for f in features.split(",") if f and f != "none"), window=window, horizon=horizon, season=season,
+        features=columns, window=window, horizon=horizon, season=season,
         predict=predict, cell=cell, hidden_size=hidden, num_layers=layers,
         train=TrainConfig(epochs=epochs, batch_size=32, lr=lr, patience=30, lr_patience=8, seed=seed)),
         fc.train, lambda c: Path(c.data).stem if c.data else str(c.dataset), "RMSE (scaled)", every=10)

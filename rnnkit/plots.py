@@ -113,8 +113,8 @@ def hidden_state(h: np.ndarray, title: str, labels: Sequence[str] | None = None,
     if labels is not None and len(labels) == steps:
         every = max(1, steps // 60)
         line.set_xticks(np.arange(0, steps, every))
-        line.set_xticklabels([repr(labels[i])[1:-1] or "' '" for i in range(0, steps, every)], rotation=90,
-                             fontsize="small")
+        shown = ["\u2423" if labels[i] == " " else repr(labels[i])[1:-1] for i in range(0, steps, every)]
+        line.set_xticklabels(shown, rotation=90, fontsize="small")  # a space as an open box, a newline as its escape
     return _png(fig)
 
 

@@ -261,6 +261,7 @@ def load_weights(model: torch.nn.Module, run: Run) -> None:
     try:
         model.load_state_dict(run.weights)
     except RuntimeError as error:
-        detail = str(error).splitlines()[1].strip() if len(str(error).splitlines()) > 1 else str(error)
+        lines = str(error).splitlines()  # torch: a heading, then one line per mismatch
+        detail = lines[1].strip() if len(lines) > 1 else str(error)
         raise NotARunError(f"{run.path / 'model.safetensors'} does not fit the model that {run.path / 'config.json'} "
                            f"describes ({detail}): were the files copied from another run?") from None

@@ -86,6 +86,9 @@ CASES = {
     "a row that is not numbers": (lambda r, t: ["predict", str(r / "cls"), "--input",
                                                 _write(t, "p.csv", b"1," * 64 + b"\n" + b"1,x\n")],
                                   "p.csv, row 2, column 2: 'x' is not a finite number"),
+    "inf in the first row, not a header": (lambda r, t: ["predict", str(r / "cls"), "--input",
+                                                         _write(t, "q.csv", b"inf," + b"1," * 62 + b"1\n")],
+                                           "q.csv, row 1, column 1: 'inf' is not a finite number"),
 }
 
 

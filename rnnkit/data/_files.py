@@ -36,8 +36,7 @@ def read_table(path: str | Path, *, sep: str | None = None, numeric: bool = Fals
         else:
             table = pd.read_csv(file, sep=sep, engine="python", dtype=str, keep_default_na=False, encoding="utf-8")
     except UnicodeDecodeError as error:
-        raise ValueError(f"{file} is not UTF-8 text ({error.reason} at byte {error.start}): save it as UTF-8 "
-                         "(e.g. `iconv -f latin1 -t utf-8`)") from None
+        raise _not_utf8(file, error) from None
     except pd.errors.EmptyDataError:
         raise ValueError(f"{file} is empty: expected a header row, then one row per example") from None
     except (pd.errors.ParserError, csv.Error) as error:
@@ -45,6 +44,11 @@ def read_table(path: str | Path, *, sep: str | None = None, numeric: bool = Fals
     if table.empty:
         raise ValueError(f"{file} has a header row ({', '.join(map(str, table.columns))}) but no rows of data")
     return table if numeric else table.fillna("")
+
+
+def _not_utf8(file: Path, error: UnicodeDecodeError) -> ValueError:
+    return ValueError(f"{file} is not UTF-8 text ({error.reason} at byte {error.start}): save it as UTF-8 "
+                      "(e.g. `iconv -f latin1 -t utf-8`)")
 
 
 def read_text(path: str | Path) -> str:
@@ -55,7 +59,7 @@ def read_text(path: str | Path) -> str:
     except FileNotFoundError:
         raise ValueError(f"no such file: {file}") from None
     except UnicodeDecodeError as error:
-        raise ValueError(f"{file} is not UTF-8 text ({error.reason} at byte {error.start}): save it as UTF-8") from None
+        raise _not_utf8(file, error) from None
     except OSError as error:
         raise ValueError(f"cannot read {file}: {error.strerror}") from None
 
@@ -71,16 +75,14 @@ def read_numbers(path: str | Path) -> np.ndarray:
     error naming its line and column."""
     import csv
 
-    rows = [next(csv.reader([line])) for line in read_lines(path)]
-
-    def is_number(cell: str) -> bool:
+    def number(cell: str) -> float | None:
         try:
-            float(cell)
+            return float(cell)
         except ValueError:
-            return False
-        return True
+            return None
 
-    start = 1 if rows and not all(is_number(c) for c in rows[0]) else 0
+    rows = [next(csv.reader([line])) for line in read_lines(path)]
+    start = 1 if rows and any(number(c) is None for c in rows[0]) else 0  # a header: not all numbers
     if len(rows) <= start:
         raise ValueError(f"{path} has no rows of numbers")
     width = len(rows[start])
@@ -89,9 +91,10 @@ def read_numbers(path: str | Path) -> np.ndarray:
         if len(row) != width:
             raise ValueError(f"{path}, row {start + i + 1}: {len(row)} values where row {start + 1} has {width}")
         for j, cell in enumerate(row):
-            if not is_number(cell) or not math.isfinite(float(cell)):
+            value = number(cell)
+            if value is None or not math.isfinite(value):
                 raise ValueError(f"{path}, row {start + i + 1}, column {j + 1}: {cell!r} is not a finite number")
-            values[i, j] = float(cell)
+            values[i, j] = value
     return values
 
 

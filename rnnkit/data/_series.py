@@ -111,10 +111,10 @@ SERIES: dict[str, SeriesInfo] = {
 
 
 def _tutorial(name: str) -> Series:
-    from rnnkit.data import _tutorials
+    from rnnkit.data import _tutorials  # it imports this module: imported when first loaded
 
-    return {"sine": _tutorials.sine, "yields": _tutorials.yields, "stocks": _tutorials.stocks,
-            "weather": _tutorials.weather}[name]()
+    loader: Callable[[], Series] = getattr(_tutorials, name)
+    return loader()
 
 
 def load_series(name: str, features: Sequence[str] | None = None) -> Series:

@@ -5,11 +5,15 @@ yields and stock prices (arch), and Seattle's weather (vega_datasets)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from rnnkit.data._series import Series, _clean
 from rnnkit.data._text import TextData, _labelled
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def mnist_rows() -> tuple[np.ndarray, np.ndarray]:
@@ -53,10 +57,8 @@ def sine(n: int = 2000, period: int = 50, noise: float = 0.1, seed: int = 0) -> 
     return _clean(values[:, None], ["sine"], [str(i) for i in t], period, "steps")
 
 
-def _dated(frame: object, columns: list[str], season: int | None, frequency: str) -> Series:
-    import pandas as pd
-
-    assert isinstance(frame, pd.DataFrame)
+def _dated(frame: pd.DataFrame, columns: list[str], season: int | None, frequency: str) -> Series:
+    """The columns of a frame indexed by date, the first the target."""
     times = [str(t.date()) if hasattr(t, "date") else str(t) for t in frame.index]
     return _clean(frame[columns].to_numpy(np.float64), columns, times, season, frequency)
 

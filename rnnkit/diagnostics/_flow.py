@@ -183,16 +183,23 @@ class HiddenStats:
         return self.stats
 
 
-@torch.no_grad()
-def hidden_stats(model: nn.Module, batch: Any, run: Callable[[nn.Module, Any], Any] | None = None) -> HiddenStats:
-    """Run model on batch and describe every rnnkit layer's states, per step. run(model, batch)
-    calls the model; by default model(batch), or model(*batch) for a tuple or list."""
+def _probed(model: nn.Module, batch: Any, run: Callable[[nn.Module, Any], Any] | None,
+            ) -> dict[str, tuple[RecurrentLayer, list[LayerProbe]]]:
+    """Run model on batch (run(model, batch); by default model(batch), or model(*batch) for a
+    tuple or list) and return what probing saw."""
     if run is None:
         run = lambda m, b: m(*b) if isinstance(b, (tuple, list)) else m(b)  # noqa: E731
     with probing(model) as seen:
         run(model, batch)
+    return seen
+
+
+@torch.no_grad()
+def hidden_stats(model: nn.Module, batch: Any, run: Callable[[nn.Module, Any], Any] | None = None) -> HiddenStats:
+    """Run model on batch and describe every rnnkit layer's states, per step. run(model, batch)
+    calls the model; by default model(batch), or model(*batch) for a tuple or list."""
     stats: dict[str, dict[str, list[float]]] = {}
-    for name, (layer, probes) in seen.items():
+    for name, (layer, probes) in _probed(model, batch, run).items():
         for p in probes:
             stats[_key(name, p)] = _describe(layer, p)
     return HiddenStats(stats)
@@ -203,13 +210,9 @@ def hidden_trace(model: nn.Module, batch: Any, run: Callable[[nn.Module, Any], A
                  example: int = 0) -> dict[str, np.ndarray]:
     """The hidden state of one example of batch at every step, as the tutorials draw it: per
     layer and direction (keys as hidden_stats), h_t for t in time order, (T_b, R), up to the
-    example's own length. run as in hidden_stats."""
-    if run is None:
-        run = lambda m, b: m(*b) if isinstance(b, (tuple, list)) else m(b)  # noqa: E731
-    with probing(model) as seen:
-        run(model, batch)
+    example's own length. run as in hidden_stats. A layer called more than once: its first call."""
     trace: dict[str, np.ndarray] = {}
-    for name, (_, probes) in seen.items():
+    for name, (_, probes) in _probed(model, batch, run).items():
         for p in probes:
             h = _in_time_order(torch.stack([s[0] for s in p.probe.states]).detach(), p)  # (T, B, R)
             steps = int(p.lengths[example]) if p.lengths is not None else h.shape[0]

@@ -174,7 +174,7 @@ def train(cfg: MemoryConfig, out: str | Path | None, *, on_epoch: Callable[[Epoc
     config = {"task": cfg.task, "pipeline": asdict(cfg), "model": asdict(model_cfg)}
     finish_run(out, config=config, weights=model.state_dict(), extras={}, metrics=metrics, history=rows,
                plots={"history.png": plots.history(rows, "MSE" if adding else "cross-entropy", baseline=(
-                   str(baseline["name"]), float(baseline["mse" if adding else "cross_entropy"])))})
+                   baseline["name"], baseline["mse" if adding else "cross_entropy"]))})
     return metrics
 
 

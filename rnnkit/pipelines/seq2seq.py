@@ -173,7 +173,7 @@ def _load_task_data(cfg: Seq2SeqTaskConfig) -> tuple[list[Any], list[str], list[
             logging.getLogger("rnnkit").warning(
                 "warning: %d of %d pairs of %s have more than --max-tokens %d tokens in the source or the target and are "
                 "left out (the longest, pair %d, has %d); raise --max-tokens to keep them", len(long), len(pairs),
-                cfg.source, cfg.max_tokens, long[int(np.argmax([sizes[i] for i in long]))] + 1, max(sizes))
+                cfg.source, cfg.max_tokens, max(long, key=sizes.__getitem__) + 1, max(sizes))
             pairs = kept
     return [s for s, _ in pairs], [t for _, t in pairs], None
 
