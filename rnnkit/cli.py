@@ -466,7 +466,7 @@ def _memory_command(task: str) -> Callable[..., None]:
                   help="Passes over the generated training set.")
     @click.option("--batch-size", default=50, show_default=True, help="Examples per training batch.")
     @click.option("--lr", default=1e-3 if task == "adding" else 3e-3, show_default=True,
-                  help="Adam's learning rate (at most 10).")
+                  help="Adam's learning rate (at most 10)" + (", decayed to 0 over the epochs along a cosine." if task == "copy" else "."))
     @click.option("--clip", type=float, default=1.0, show_default=True, help="Gradient clipping by norm; 0: off.")
     @_training_options
     @click.pass_context
@@ -479,7 +479,7 @@ def _memory_command(task: str) -> Callable[..., None]:
         done = _run_training(ctx, task, memory.MemoryConfig, lambda: memory.MemoryConfig(
             task=task, steps=steps, cell=cell, hidden_size=hidden, init=init, train_size=train_size,
             train=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, patience=None, lr_patience=1000,
-                              clip_norm=clip or None, seed=seed)),
+                              schedule=memory.SCHEDULE[task], clip_norm=clip or None, seed=seed)),
             memory.train, lambda c: f"{c.cell}-{c.steps}", "MSE" if task == "adding" else "cross-entropy")
         if done is None:
             return
@@ -509,8 +509,9 @@ train.command("copy")(_memory_command("copy"))
 @click.option("--steps", default=100, show_default=True, help="T, steps of the random sequences.")
 @click.option("--hidden", default=64, show_default=True, help="Hidden units of the fresh cells.")
 @click.option("--layers", default=1, show_default=True, help="Stacked layers of the fresh cells.")
-@click.option("--init", type=click.Choice(["default", "orthogonal", "identity"]), default="default", show_default=True,
-              help="W_hh's initialisation (identity with --nonlinearity relu: the IRNN).")
+@click.option("--init", type=click.Choice(["default", "orthogonal", "identity", "chrono"]), default="default",
+              show_default=True, help="W_hh's initialisation (identity with --nonlinearity relu: the IRNN); chrono "
+                                      "(lstm, gru): the gates set for dependencies of --steps steps.")
 @click.option("--nonlinearity", type=click.Choice(["tanh", "relu"]), default="tanh", show_default=True,
               help="The vanilla RNN's.")
 @click.option("--seed", default=0, show_default=True, help="Fixes the fresh cells' weights and the random sequences.")

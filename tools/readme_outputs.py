@@ -1,15 +1,21 @@
-"""Regenerate the command-line output blocks of README.md from the current code.
+"""Regenerate the output blocks of README.md and the docs pages from the current code.
 
-Every fenced block of README.md whose first line starts with "$ " is a terminal session: its
+Every fenced block of a page whose first line starts with "$ " is a terminal session: its
 "$ " lines (a line ending in "<<'EOF'" takes the lines up to EOF with it) are run with bash, one
 after another, in one working folder shared by all blocks (so that `rnnkit predict runs/digits`
 finds the run trained by an earlier block), and the block is rewritten as the commands and what
-they printed. The lines `rnnkit train` prints per epoch are shown as one "...".
+they printed. The lines `rnnkit train` prints per epoch are shown as one "...". Every ```python
+block followed by a line "prints" and a plain block gets that block rewritten as what the Python
+block prints; a page's Python blocks run in order in one namespace, in the same working folder.
 
     python tools/readme_outputs.py                    # every block (about 30 minutes on 2 cores)
     python tools/readme_outputs.py --only digits      # the blocks whose commands mention "digits"
     python tools/readme_outputs.py --only "--dataset digits" --only export   # export needs runs/digits
     python tools/readme_outputs.py --list             # the blocks, and whether --only picks them
+    python tools/readme_outputs.py --page docs/tutorials/memory.md   # a docs page instead (repeat it for more)
+
+A tutorial's translation (docs/zh/NAME.md for docs/tutorials/NAME.md) holds the same code blocks
+in the same order: rewriting the English page copies its blocks into the translation.
 
 A command that fails stops the script and README.md is left as it was. Run it from the
 repository's root, one run at a time (the timings in the outputs are the machine's).
@@ -18,6 +24,9 @@ repository's root, one run at a time (the timings in the outputs are the machine
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
+import os
 import re
 import subprocess
 import sys
@@ -45,6 +54,48 @@ def blocks(text: str) -> list[tuple[int, int]]:
     return found
 
 
+def fenced(text: str) -> list[str]:
+    """Every fenced block of a page, fences included, in order; a ```python block followed by
+    "prints" and its output block counts as one."""
+    lines, spans, start = text.split("\n"), [], -1
+    for i, line in enumerate(lines):
+        if line.startswith(FENCE):
+            if start < 0:
+                start = i
+            else:
+                spans.append((start, i))
+                start = -1
+    found, k = [], 0
+    while k < len(spans):
+        first, last = spans[k]
+        if lines[first] == FENCE + "python" and k + 1 < len(spans) and \
+                "\n".join(lines[last + 1:spans[k + 1][0]]).strip() == "prints":
+            k += 1
+            last = spans[k][1]
+        found.append("\n".join(lines[first:last + 1]))
+        k += 1
+    return found
+
+
+def translation(page: Path) -> Path | None:
+    """docs/zh/NAME.md for docs/tutorials/NAME.md, if it exists: a translation holds the same
+    blocks (code and outputs) in the same order."""
+    other = page.parent.parent / "zh" / page.name
+    return other if page.parent.name == "tutorials" and other.is_file() else None
+
+
+def sync_translation(page: Path, other: Path) -> None:
+    """Give the translation other the blocks of page, in order."""
+    source, target = fenced(page.read_text(encoding="utf-8")), other.read_text(encoding="utf-8")
+    old = fenced(target)
+    if len(old) != len(source):
+        sys.exit(f"{other} has {len(old)} code blocks where {page} has {len(source)}: bring them in line by hand")
+    for before, after in zip(old, source):
+        target = target.replace(before, after, 1)
+    other.write_text(target, encoding="utf-8")
+    print(f"copied the blocks of {page} to {other}")
+
+
 def commands(content: list[str]) -> list[str]:
     """The commands of a block: its "$ " lines, each with its here-document."""
     found, i = [], 0
@@ -63,6 +114,28 @@ def commands(content: list[str]) -> list[str]:
     return found
 
 
+PRINTS = re.compile(r"```python\n(.*?)```\n\nprints\n\n```\n(.*?)```", re.S)
+PYTHON = re.compile(r"```python\n(.*?)```", re.S)
+
+
+def python_outputs(text: str, folder: Path) -> str:
+    """text with the output block after each "prints" rewritten as what its Python block prints
+    today (the page's Python blocks run in order in one namespace, in folder)."""
+    namespace: dict[str, object] = {}
+    printed: dict[str, str] = {}
+    here = os.getcwd()
+    os.chdir(folder)
+    try:
+        for i, code in enumerate(PYTHON.findall(text)):
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out):
+                exec(compile(code, f"python block {i}", "exec"), namespace)
+            printed.setdefault(code, out.getvalue())
+    finally:
+        os.chdir(here)
+    return PRINTS.sub(lambda m: f"```python\n{m[1]}```\n\nprints\n\n```\n{printed[m[1]]}```", text)
+
+
 def run(command: str, folder: Path) -> str:
     """What command prints, with the per-epoch lines of `rnnkit train` folded into "..."."""
     done = subprocess.run(["bash", "-c", command], cwd=folder, capture_output=True, text=True)
@@ -78,25 +151,16 @@ def run(command: str, folder: Path) -> str:
     return "\n".join(shown)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--readme", default="README.md")
-    parser.add_argument("--only", action="append", default=[],
-                        help="Blocks whose commands contain this text (repeat it for more; a block that reads a run "
-                             "needs the block that trains it: --only digits --only export).")
-    parser.add_argument("--list", action="store_true", help="List the blocks and exit.")
-    args = parser.parse_args()
-    path = Path(args.readme)
+def rewrite(path: Path, only: list[str], listing: bool, folder: Path) -> None:
+    """Rewrite the terminal blocks of one page that only picks (all if empty), then its Python outputs."""
     text = path.read_text(encoding="utf-8")
     lines = text.split("\n")
     found = blocks(text)
-    chosen = [b for b in found if not args.only or any(o in "\n".join(lines[b[0]:b[1]]) for o in args.only)]
-    if args.list:
+    chosen = [b for b in found if not only or any(o in "\n".join(lines[b[0]:b[1]]) for o in only)]
+    if listing:
         for first, last in found:
             print(("* " if (first, last) in chosen else "  ") + lines[first])
         return
-    folder = Path(tempfile.mkdtemp(prefix="rnnkit-readme-"))
-    print(f"working folder: {folder}")
     new: dict[int, list[str]] = {}
     for first, last in chosen:
         rendered = []
@@ -117,8 +181,31 @@ def main() -> None:
             continue
         out.append(lines[i])
         i += 1
-    path.write_text("\n".join(out), encoding="utf-8")
-    print(f"rewrote {len(new)} block(s) of {path}")
+    text = "\n".join(out)
+    if PRINTS.search(text) and not only:
+        text = python_outputs(text, folder)
+    path.write_text(text, encoding="utf-8")
+    print(f"rewrote {len(new)} terminal block(s) of {path}")
+    other = translation(path)
+    if other is not None:
+        sync_translation(path, other)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--page", action="append", default=[],
+                        help="A markdown page to rewrite (repeat it for more; default README.md).")
+    parser.add_argument("--only", action="append", default=[],
+                        help="Blocks whose commands contain this text (repeat it for more; a block that reads a run "
+                             "needs the block that trains it: --only digits --only export). Python outputs are "
+                             "rewritten only without --only.")
+    parser.add_argument("--list", action="store_true", help="List the blocks and exit.")
+    args = parser.parse_args()
+    folder = Path(tempfile.mkdtemp(prefix="rnnkit-readme-"))
+    if not args.list:
+        print(f"working folder: {folder}")
+    for page in args.page or ["README.md"]:
+        rewrite(Path(page), args.only, args.list, folder)
 
 
 if __name__ == "__main__":

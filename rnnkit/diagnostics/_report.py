@@ -21,12 +21,18 @@ from rnnkit.tasks import TaskBatch
 REPORT_CELLS = ("rnn", "lstm", "gru", "irnn")
 
 
-def fresh_layer(cell: str, *, input_size: int, hidden: int, layers: int, init: str, nonlinearity: str) -> nn.Module:
-    """irnn: a relu RNN with W_hh = I and zero biases (Le et al. 2015), whatever init says."""
+def fresh_layer(cell: str, *, input_size: int, hidden: int, layers: int, init: str, nonlinearity: str,
+                steps: int | None = None) -> nn.Module:
+    """irnn: a relu RNN with W_hh = I and zero biases (Le et al. 2015), whatever init says.
+    init="chrono" (lstm and gru only): the gates set for dependencies of up to `steps` steps."""
     if cell in ("rnn", "irnn"):
+        if init == "chrono" and cell == "rnn":
+            raise ValueError("init chrono sets the gates of lstm and gru: the vanilla rnn has none "
+                             "(choose --cells lstm,gru, or another --init)")
         return rnnkit.RNN(input_size, hidden, layers, nonlinearity="relu" if cell == "irnn" else nonlinearity,
                           init="identity" if cell == "irnn" else init)
-    return {"lstm": rnnkit.LSTM, "gru": rnnkit.GRU}[cell](input_size, hidden, layers, init=init)
+    return {"lstm": rnnkit.LSTM, "gru": rnnkit.GRU}[cell](input_size, hidden, layers, init=init,
+                                                          chrono_max=steps if init == "chrono" else None)
 
 
 def diagnose_cells(cells: Sequence[str], *, steps: int, hidden: int, layers: int = 1, init: str = "default",
@@ -53,7 +59,7 @@ def diagnose_cells(cells: Sequence[str], *, steps: int, hidden: int, layers: int
     for cell in cells:
         torch.manual_seed(seed)
         layer = fresh_layer(cell, input_size=input_size, hidden=hidden, layers=layers, init=init,
-                            nonlinearity=nonlinearity)
+                            nonlinearity=nonlinearity, steps=steps)
         flow = gradient_flow(layer, x, lambda m, b: (m(b)[0][-1] @ readout).sum())
         stats = hidden_stats(layer, x, lambda m, b: m(b))
         report["cells"][cell] = {"verdict": verdict(flow).to_json(), "gradient_flow": flow.to_json(),

@@ -42,6 +42,7 @@ ForwardFn = Callable[[nn.Module, Batch], tuple[Tensor, Tensor]]
 MetricFn = Callable[[Tensor, Tensor], float]
 """metric(outputs, targets) over a whole split -> a number."""
 MAX_LR = 10.0
+SCHEDULES = ("plateau", "cosine")
 """The largest learning rate TrainConfig accepts: Adam's step is about lr per weight, so above it
 every step throws the weights far out (and near 3e38 the step overflows float32)."""
 
@@ -58,6 +59,7 @@ class TrainConfig:
     patience: int | None = 10  # early stopping: epochs without a better validation metric
     lr_patience: int = 4  # reduce on plateau: epochs without improvement before lr *= lr_factor
     lr_factor: float = 0.5
+    schedule: str = "plateau"  # "plateau": the above; "cosine": lr * (1 + cos(pi * e / epochs)) / 2 in epoch e + 1
     seed: int = 0
     device: str = "auto"  # "auto": cuda if available, else cpu
     max_minutes: float | None = None  # a time budget: no epoch starts that would end past it
@@ -78,6 +80,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig: clip_norm must be a finite number > 0 or None, got {self.clip_norm!r}")
         if self.max_minutes is not None and not (math.isfinite(self.max_minutes) and self.max_minutes > 0):
             raise ValueError(f"TrainConfig: max_minutes must be a finite number > 0 or None, got {self.max_minutes!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"TrainConfig: schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if not 0 < self.lr_factor < 1:
             raise ValueError(f"TrainConfig: lr_factor must be in (0, 1), got {self.lr_factor!r}")
         return self
@@ -249,9 +253,14 @@ class Trainer:
         generator = torch.Generator().manual_seed(cfg.seed)
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimiser = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimiser, mode="max", factor=cfg.lr_factor, patience=cfg.lr_patience
-        )
+        scheduler: Any
+        if cfg.schedule == "cosine":  # stepped once an epoch; on resume with more epochs it follows the new count
+            scheduler = torch.optim.lr_scheduler.LambdaLR(
+                optimiser, lambda e: 0.5 * (1.0 + math.cos(math.pi * min(e, cfg.epochs) / cfg.epochs)))
+        else:
+            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimiser, mode="max", factor=cfg.lr_factor, patience=cfg.lr_patience
+            )
         best_state = copy.deepcopy(self.model.state_dict())
         model = self._join_process_group()
         first = 1
@@ -337,9 +346,9 @@ class Trainer:
                 if bar is not None:
                     bar.close()
                 break
-            scheduler.step(self.sign * metric)
-            record = EpochRecord(epoch, self._mean_over_processes(losses), val_loss, metric,
-                                 optimiser.param_groups[0]["lr"], sum(norms) / len(norms),
+            lr = optimiser.param_groups[0]["lr"]  # the rate this epoch trained at
+            scheduler.step() if cfg.schedule == "cosine" else scheduler.step(self.sign * metric)
+            record = EpochRecord(epoch, self._mean_over_processes(losses), val_loss, metric, lr, sum(norms) / len(norms),
                                  clipped / len(norms), time.perf_counter() - start)
             if bar is not None:
                 bar.set_postfix(train_loss=f"{record.train_loss:.4f}", val_loss=f"{val_loss:.4f}",

@@ -119,6 +119,8 @@ def test_cli_diagnose_fresh_cells_and_a_run(tmp_path) -> None:  # type: ignore[n
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["baseline"]["cross_entropy"] == pytest.approx(10 * math.log(8) / 30)
+    rates = [float(line.split(",")[4]) for line in (tmp_path / "run" / "history.csv").read_text().split()[1:]]
+    assert rates == pytest.approx([3e-3, 1.5e-3])  # copy runs decay the rate along a cosine over the epochs
     result = runner.invoke(main, ["diagnose", str(tmp_path / "run"), "--out", str(tmp_path / "d2")])
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "d2" / "diagnostics.json").read_text())
@@ -233,3 +235,23 @@ def test_memory_runs_take_chrono_for_gated_cells_by_default(tmp_path) -> None:  
         assert result.exit_code == 0, result.output
         model = json.loads((out / "config.json").read_text())["model"]
         assert (model["init"], model["chrono_max"]) == (init, t_max)
+
+
+def test_cli_diagnose_chrono(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """--init chrono sets the gates for --steps steps: at T = 200 the fresh LSTM's first-step
+    gradient underflows with torch.nn's initialisation and not with chrono's, and the GRU's is
+    healthy; the vanilla RNN has no gate to set and is refused."""
+    runner = CliRunner()
+    reports = {}
+    for init in ("default", "chrono"):
+        result = runner.invoke(main, ["diagnose", "--cells", "lstm,gru", "--steps", "200", "--hidden", "32",
+                                      "--init", init, "--out", str(tmp_path / init)])
+        assert result.exit_code == 0, result.output
+        reports[init] = json.loads((tmp_path / init / "diagnostics.json").read_text())["cells"]
+    assert reports["default"]["lstm"]["verdict"]["ratio"] < 1e-30
+    assert reports["chrono"]["lstm"]["verdict"]["ratio"] > 1e-6
+    assert reports["default"]["gru"]["verdict"]["verdict"] == "vanishing"
+    assert reports["chrono"]["gru"]["verdict"]["verdict"] == "healthy"
+    result = runner.invoke(main, ["diagnose", "--cells", "rnn", "--init", "chrono", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 1 and "the vanilla rnn has none" in result.output
+    assert not (tmp_path / "r").exists()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -79,6 +81,7 @@ def test_early_stopping_and_reduce_on_plateau() -> None:
     ("clip_norm", 0.0, "clip_norm must be a finite number > 0 or None, got 0.0"),
     ("lr_factor", 1.5, r"lr_factor must be in \(0, 1\), got 1.5"),
     ("patience", 0, "patience must be an int >= 1 or None, got 0"),
+    ("schedule", "step", "schedule must be one of plateau, cosine, got 'step'"),
 ])
 def test_bad_config(field: str, value: object, message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -102,10 +105,11 @@ def make(config: TrainConfig, checkpoint, **kwargs) -> Trainer:  # type: ignore[
                    config=config, checkpoint=checkpoint, **kwargs)
 
 
-def test_resume_continues_exactly(tmp_path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("schedule", ["plateau", "cosine"])
+def test_resume_continues_exactly(tmp_path, schedule: str) -> None:  # type: ignore[no-untyped-def]
     """A run stopped after epoch 3 and resumed ends with the history and weights of a run that
     never stopped."""
-    config = TrainConfig(epochs=6, batch_size=16, seed=5, patience=None)
+    config = TrainConfig(epochs=6, batch_size=16, seed=5, patience=None, schedule=schedule)
     whole = make(config, tmp_path / "whole.pt")
     whole.fit(*data())
 
@@ -125,10 +129,20 @@ def test_resume_continues_exactly(tmp_path) -> None:  # type: ignore[no-untyped-
     for name, value in whole.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[name]), name
     # a finished run given more epochs goes on from its last epoch
-    more = make(TrainConfig(epochs=8, batch_size=16, seed=5, patience=None), tmp_path / "whole.pt")
+    more = make(TrainConfig(epochs=8, batch_size=16, seed=5, patience=None, schedule=schedule), tmp_path / "whole.pt")
     more.fit(*data(), resume=True)
     assert [r.epoch for r in more.history] == list(range(1, 9))
     assert strip(more.history[:6]) == strip(whole.history)
+
+
+def test_cosine_schedule() -> None:
+    """Epoch e (from 1) trains at lr * (1 + cos(pi * (e - 1) / epochs)) / 2: the full rate first,
+    then down along a cosine towards 0; the validation metric plays no part."""
+    _, history = fit(TrainConfig(epochs=6, batch_size=16, lr=1e-2, patience=None, schedule="cosine"))
+    expected = [1e-2 * (1 + math.cos(math.pi * e / 6)) / 2 for e in range(6)]
+    assert [r.lr for r in history] == pytest.approx(expected, rel=1e-12)
+    _, plateau = fit(TrainConfig(epochs=6, batch_size=16, lr=1e-2, patience=None))
+    assert plateau[0].lr == 1e-2 and history[-1].lr < 1e-3
 
 
 def test_resume_without_a_checkpoint(tmp_path) -> None:  # type: ignore[no-untyped-def]

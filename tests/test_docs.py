@@ -1,0 +1,95 @@
+"""The documentation: every tutorial's Python examples run and print what the page shows, every
+command shown in the docs and the README is one the command line accepts, and each translation
+carries its English page's code and outputs."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+
+from rnnkit.cli import main
+from tools.readme_outputs import PRINTS, PYTHON, blocks, commands, fenced, translation
+
+ROOT = Path(__file__).resolve().parents[1]
+TUTORIALS = sorted((ROOT / "docs" / "tutorials").glob("*.md"))
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+
+
+def test_every_tutorial_is_translated() -> None:
+    assert len(TUTORIALS) >= 8
+    for page in TUTORIALS:
+        assert translation(page) is not None, f"docs/zh/{page.name} is missing"
+
+
+@pytest.mark.parametrize("page", TUTORIALS, ids=lambda p: p.stem)
+def test_tutorial_examples_print_what_the_page_shows(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    text = page.read_text(encoding="utf-8")
+    shown = dict(PRINTS.findall(text))
+    monkeypatch.chdir(tmp_path)  # examples may write files (plots, a run folder)
+    namespace: dict[str, Any] = {}
+    for i, code in enumerate(PYTHON.findall(text)):
+        capsys.readouterr()
+        exec(compile(code, f"{page.name} block {i}", "exec"), namespace)
+        if code in shown:
+            assert capsys.readouterr().out == shown[code], f"{page.name} block {i} prints something else today"
+
+
+@pytest.mark.parametrize("page", TUTORIALS, ids=lambda p: p.stem)
+def test_translation_has_the_same_code_and_outputs(page: Path) -> None:
+    other = translation(page)
+    assert other is not None
+    assert fenced(other.read_text(encoding="utf-8")) == fenced(page.read_text(encoding="utf-8"))
+
+
+def shown_commands() -> list[tuple[str, str]]:
+    """(page, command) for every rnnkit command of a terminal block ("$ " lines) or a bash block."""
+    found = []
+    for page in PAGES:
+        text = page.read_text(encoding="utf-8")
+        lines = text.split("\n")
+        for first, last in blocks(text):
+            found += [(page.name, c) for c in commands(lines[first:last])]
+        for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+            found += [(page.name, line) for line in block.split("\n")]
+    picked = []
+    for page, command in found:
+        lexer = shlex.shlex(command.split("\n")[0], posix=True, punctuation_chars=True)
+        lexer.whitespace_split = True  # words as a shell splits them; "&&" and ";" apart; "#" starts a comment
+        words, part = list(lexer), []
+        for word in [*words, ";"]:
+            if word not in ("&&", ";", "|", "||"):
+                part.append(word)
+                continue
+            if part[:1] == ["rnnkit"] or part[:3] == ["python", "-m", "rnnkit"]:
+                picked.append((page, shlex.join(part)))
+            part = []
+    return picked
+
+
+COMMANDS = shown_commands()
+
+
+def test_the_docs_show_commands() -> None:
+    assert len(COMMANDS) > 40
+    assert {"README.md", "memory.md", "n-to-1.md"} <= {page for page, _ in COMMANDS}
+
+
+@pytest.mark.parametrize("page,command", COMMANDS, ids=[f"{p}:{c[:60]}" for p, c in COMMANDS])
+def test_shown_command_is_accepted(page: str, command: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The command line parses the command and converts every value (names, choices, numbers);
+    nothing runs."""
+    ran: list[str] = []
+    monkeypatch.setattr(click.Command, "invoke", lambda self, ctx: ran.append(ctx.command_path))
+    words = shlex.split(command)
+    args = words[3:] if words[0] == "python" else words[1:]
+    try:
+        main.main(args, prog_name="rnnkit", standalone_mode=False)
+    except click.ClickException as error:
+        pytest.fail(f"{page}: `{command}`: {error.format_message()}")
+    assert ran and ran[-1].startswith("rnnkit"), f"{page}: `{command}` reached no command"
