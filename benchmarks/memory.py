@@ -1,13 +1,26 @@
-"""Long-range memory within a fixed budget: the adding problem and copy memory for T in 50, 100,
-200 and each of the vanilla RNN, LSTM, GRU and IRNN, with and without gradient clipping.
+"""Long-range memory, the textbook remedies measured: the adding problem and copy memory for cells
+x remedies x T, each run within one budget of training steps.
 
-    python benchmarks/memory.py [--steps 50,100,200] [--budget 600] [--hidden 64] [--out benchmarks/memory]
+    python benchmarks/memory.py [--tasks adding,copy] [--adding-steps 100,200,500,1000] [--copy-steps 100,200,500]
+                                [--cells rnn,irnn,lstm,gru,ln-lstm] [--remedies none,clip,orthogonal,forget-bias,chrono]
+                                [--budget 1500] [--hidden 64] [--out benchmarks/memory]
 
-Every run trains `--budget` Adam steps (lr 1e-3, batches of 50, fresh generated data, seed 0),
-then reports the test metric (adding: MSE, baseline 0.167; copy: cross-entropy per step,
-baseline 10 log 8 / (T + 20), and the share of recalled symbols that are right, baseline 1/8).
-Writes OUT/results.json, OUT/README.md (the table) and OUT/gradient_flow-TASK-T.png: the
-gradient flow of each trained model on test data, one line per cell (clipped runs).
+Cells: rnn (tanh), irnn (relu, W_hh = I, zero biases: Le et al. 2015), lstm, gru, ln-lstm (the
+layer-normalised LSTM). Remedies, each a change from torch.nn's initialisation without clipping:
+none; clip (gradient clipping by norm 1, kept by every remedy after it); orthogonal (W_hh's gate
+blocks orthogonal, Saxe et al. 2014); forget-bias (the LSTM's forget-gate bias 1, Jozefowicz et
+al. 2015); chrono (the gates' biases for dependencies as long as the sequences, Tallec & Ollivier
+2018; LSTM and GRU). A remedy that does not apply to a cell is skipped (the irnn has its own
+init; forget-bias is the LSTM's; chrono sets gates).
+
+Every run trains `--budget` Adam steps (lr 1e-3, batches of 50 fresh generated sequences, seed
+0) and reports the test metric beside the memoryless baseline (adding: MSE, baseline 0.167;
+copy: recall accuracy of the 10 symbols, baseline 1/8, and the cross-entropy per step), and the
+gradient-flow verdict (rnnkit.diagnostics.verdict, for the loss at the end of the sequences) of
+the model on test data before and after training. Results accumulate in OUT/results.json (a run
+already there is not repeated; --again reruns it), and OUT/README.md is rewritten from all of
+them with the plots OUT/score-TASK.png (the test score against T, per cell and remedy) and
+OUT/gradient_flow-TASK-T.png (before and after training, the clipped runs).
 """
 
 from __future__ import annotations
@@ -16,7 +29,9 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any
 
+import torch
 import torch.nn.functional as F
 
 from rnnkit import plots
@@ -24,106 +39,205 @@ from rnnkit.diagnostics import gradient_flow, verdict
 from rnnkit.pipelines import memory
 from rnnkit.training import TrainConfig
 
-CELLS = ("rnn", "lstm", "gru", "irnn")
+CELLS = ("rnn", "irnn", "lstm", "gru", "ln-lstm")
+REMEDIES = ("none", "clip", "orthogonal", "forget-bias", "chrono")
+BATCH = 50
 
 
-def run_one(task: str, steps: int, cell: str, clip: float | None, budget: int, hidden: int) -> dict:
-    batch = 50
-    cfg = memory.MemoryConfig(task=task, steps=steps, cell=cell, hidden_size=hidden, train_size=batch * budget,
-                              val_size=200, test_size=1000,
-                              train=TrainConfig(epochs=1, batch_size=batch, lr=1e-3, patience=None, clip_norm=clip,
-                                                lr_patience=1000, seed=0))
-    keep: dict = {}
+def applies(cell: str, remedy: str) -> bool:
+    if cell == "irnn":
+        return remedy in ("none", "clip")
+    if remedy == "forget-bias":
+        return cell in ("lstm", "ln-lstm")
+    if remedy == "chrono":
+        return cell != "rnn"
+    return True
+
+
+def config(task: str, steps: int, cell: str, remedy: str, budget: int, hidden: int) -> memory.MemoryConfig:
+    return memory.MemoryConfig(
+        task=task, steps=steps, cell="lstm" if cell == "ln-lstm" else cell, hidden_size=hidden,
+        init={"orthogonal": "orthogonal", "chrono": "chrono"}.get(remedy, "default"),
+        layer_norm=cell == "ln-lstm", forget_bias=1.0 if remedy == "forget-bias" else None,
+        train_size=BATCH * budget, val_size=200, test_size=1000,
+        train=TrainConfig(epochs=1, batch_size=BATCH, lr=1e-3, patience=None, lr_patience=1000,
+                          clip_norm=None if remedy == "none" else 1.0, seed=0))
+
+
+def flow_of(model: Any, task: str, test: Any) -> Any:
+    x, y = test.tensors[0][:200], test.tensors[1][:200]
+    loss = (lambda m, b: F.mse_loss(m(b[0]), b[1])) if task == "adding" else (
+        lambda m, b: memory.copy_loss(m(b[0]), b[1]))
+    return gradient_flow(model, (x, y), loss)
+
+
+def run_one(task: str, steps: int, cell: str, remedy: str, budget: int, hidden: int) -> dict[str, Any]:
+    cfg = config(task, steps, cell, remedy, budget, hidden)
+    keep: dict[str, Any] = {}
     metrics = memory.train(cfg, None, keep=keep)
     model, test = keep["model"].eval(), keep["test"]
-    x, y = test.tensors[0][:200], test.tensors[1][:200]
-    loss = (lambda m, b: F.mse_loss(m(b[0]), b[1])) if task == "adding" else (lambda m, b: memory.copy_loss(m(b[0]), b[1]))
-    flow = gradient_flow(model, (x, y), loss)
-    return {"task": task, "steps": steps, "cell": cell, "clip": clip, "test": metrics["test"],
-            "baseline": metrics["baseline"], "training_steps": metrics["training_steps"],
-            "stopped": metrics["stopped"], "seconds": metrics["train_seconds"],
-            "verdict": verdict(flow).verdict, "flow": flow.norms["rnn.l0"].tolist()}
+    torch.manual_seed(cfg.train.seed)  # memory.train draws its model's weights right after this seed
+    fresh = memory.MemoryModel(model.config).eval()
+    before, after = verdict(flow_of(fresh, task, test)), verdict(flow_of(model, task, test))
+    return {"task": task, "steps": steps, "cell": cell, "remedy": remedy, "budget": budget, "hidden": hidden,
+            "test": metrics["test"], "baseline": metrics["baseline"], "stopped": metrics["stopped"],
+            "seconds": metrics["train_seconds"], "verdict_before": before.verdict, "verdict_after": after.verdict,
+            "ratio_before": before.ratio, "ratio_after": after.ratio,
+            "flow_before": flow_of(fresh, task, test).norms["rnn.l0"].tolist(),
+            "flow_after": flow_of(model, task, test).norms["rnn.l0"].tolist()}
 
 
-def table(results: list[dict], budget: int, hidden: int) -> str:
-    lines = [f"Budget: {budget} Adam steps of 50 sequences (lr 1e-3, seed 0), {hidden} hidden units, one layer. "
-             "Clip: gradient clipping by norm 1.0. Verdict: `rnnkit.diagnostics.verdict` on the trained model's "
-             "gradient flow over test data (earliest/latest step norm below 1e-3: vanishing).", ""]
+def score(r: dict[str, Any]) -> float:
+    return r["test"]["mse"] if r["task"] == "adding" else r["test"]["recall_accuracy"]
+
+
+def solved(r: dict[str, Any]) -> bool:
+    """adding: MSE below a tenth of the baseline's; copy: recall above 0.9."""
+    return score(r) < 0.1 * r["baseline"]["mse"] if r["task"] == "adding" else score(r) > 0.9
+
+
+def shown(r: dict[str, Any] | None) -> str:
+    if r is None:
+        return ""
+    text = f"{score(r):.4f}" if r["task"] == "adding" else f"{score(r):.3f}"
+    if "became" in r["stopped"]:
+        text += " (NaN stop)"
+    return f"**{text}**" if solved(r) else text
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    lines: list[str] = []
     for task in ("adding", "copy"):
-        metric = "test MSE (baseline 0.167)" if task == "adding" else "test cross-entropy / recall accuracy (baseline: 10 log 8 / (T+20) / 0.125)"
-        lines += [f"### {task}: {metric}", "", "| T | cell | clip | no clip | verdict (clip) | verdict (no clip) |",
-                  "|---|---|---|---|---|---|"]
-        for steps in sorted({r["steps"] for r in results}):
-            if task == "copy":
-                base = next(r for r in results if r["task"] == task and r["steps"] == steps)["baseline"]
-                lines.append(f"| {steps} | baseline | {base['cross_entropy']:.4f} / {base['recall_accuracy']:.3f} | | | |")
-            for cell in CELLS:
-                row = {r["clip"] is not None: r for r in results if (r["task"], r["steps"], r["cell"]) == (task, steps, cell)}
-                if not row:
+        rows = [r for r in results if r["task"] == task]
+        if not rows:
+            continue
+        ts = sorted({r["steps"] for r in rows})
+        what = ("test MSE (baseline: always predict 1, 0.167; bold: below 0.0167)" if task == "adding" else
+                "test recall accuracy of the 10 symbols (baseline: a uniform guess, 0.125; bold: above 0.9)")
+        lines += [f"### {task}: {what}", "", "| cell | remedy | " + " | ".join(f"T = {t}" for t in ts) +
+                  " | gradient flow before -> after training (T = " + str(ts[0]) + ") |",
+                  "|---|---|" + "---|" * len(ts) + "---|"]
+        for cell in CELLS:
+            for remedy in REMEDIES:
+                found = {r["steps"]: r for r in rows if (r["cell"], r["remedy"]) == (cell, remedy)}
+                if not found:
                     continue
-
-                def show(r: dict | None) -> str:
-                    if r is None:
-                        return "-"
-                    t = r["test"]
-                    text = f"{t['mse']:.4f}" if task == "adding" else f"{t['cross_entropy']:.4f} / {t['recall_accuracy']:.3f}"
-                    return text + (" (NaN stop)" if "became" in r["stopped"] else "")
-
-                clipped, free = row.get(True), row.get(False)
-                lines.append(f"| {steps} | {cell} | {show(clipped)} | {show(free)} | "
-                             f"{clipped['verdict'] if clipped else '-'} | {free['verdict'] if free else '-'} |")
+                first = found.get(ts[0])
+                flow = (f"{first['verdict_before']} ({first['ratio_before']:.0e}) -> {first['verdict_after']} "
+                        f"({first['ratio_after']:.0e})" if first else "")
+                lines.append(f"| {cell} | {remedy} | " + " | ".join(shown(found.get(t)) for t in ts) + f" | {flow} |")
         lines.append("")
     return "\n".join(lines)
 
 
+def score_plot(results: list[dict[str, Any]], task: str) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    rows = [r for r in results if r["task"] == task]
+    styles = dict(zip(REMEDIES, ["dotted", "dashdot", "dashed", (0, (1, 1)), "solid"]))
+    colours = dict(zip(CELLS, ["tab:gray", "tab:purple", "tab:blue", "tab:green", "tab:orange"]))
+    for cell in CELLS:
+        for remedy in REMEDIES:
+            pts = sorted((r["steps"], score(r)) for r in rows if (r["cell"], r["remedy"]) == (cell, remedy))
+            if pts:
+                ax.plot(*zip(*pts), marker="o", linestyle=styles[remedy], color=colours[cell], label=f"{cell}, {remedy}")
+    base = rows[0]["baseline"]["mse" if task == "adding" else "recall_accuracy"]
+    ax.axhline(base, color="black", linewidth=1, label="memoryless baseline")
+    ax.set_xscale("log")
+    if task == "adding":
+        ax.set_yscale("log")
+    ax.set(xlabel="T (steps)", ylabel="test MSE" if task == "adding" else "test recall accuracy",
+           title=f"{task}: the test score of every run against T")
+    ax.legend(fontsize=7, ncol=2, loc="best")
+    fig.tight_layout()
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write(out: Path, saved: dict[str, Any]) -> None:
+    results = saved["results"]
+    budgets = sorted({(r["budget"], r["hidden"]) for r in results})
+    seconds = sum(r["seconds"] for r in results)
+    text = ("# Long-range memory: the textbook remedies, measured\n\n"
+            "Made by `python benchmarks/memory.py` (the commands below) on the project's shared 2-core CPU; "
+            f"{len(results)} runs, {seconds / 60:.0f} minutes of training in all. Every run is seeded and trains one "
+            "budget of Adam steps (lr 1e-3, batches of 50 freshly generated sequences), "
+            + ", ".join(f"{b} steps with {h} hidden units" for b, h in budgets) + "; the scores repeat on a CPU.\n\n"
+            "Remedies (each keeps the clipping of `clip`): `none`, torch.nn's initialisation without clipping; "
+            "`clip`, gradient clipping by norm 1; `orthogonal`, W_hh's gate blocks orthogonal; `forget-bias`, the "
+            "LSTM's forget-gate bias 1; `chrono`, the gates set for dependencies as long as the sequences. "
+            "The last column is `rnnkit.diagnostics.verdict` on the model's gradient flow over test data, before "
+            "and after training, with the ratio of the first step's gradient norm to the last's.\n\n"
+            "Commands:\n\n" + "\n".join(f"    {c}" for c in saved["commands"]) + "\n\n" + table(results) +
+            "\nPlots: `score-adding.png`, `score-copy.png` (every run's test score against T), "
+            "`gradient_flow-TASK-T.png` (the gradient flow of the clipped runs before and after training).\n")
+    (out / "README.md").write_text(text)
+    for task in ("adding", "copy"):
+        if any(r["task"] == task for r in results):
+            (out / f"score-{task}.png").write_bytes(score_plot(results, task))
+        for t in sorted({r["steps"] for r in results if r["task"] == task}):
+            lines = {}
+            for r in results:
+                if (r["task"], r["steps"]) == (task, t) and r["remedy"] in ("clip", "chrono"):
+                    lines[f"{r['cell']} {r['remedy']}, before"] = r["flow_before"]
+                    lines[f"{r['cell']} {r['remedy']}, after"] = r["flow_after"]
+            if lines:
+                (out / f"gradient_flow-{task}-{t}.png").write_bytes(
+                    plots.gradient_flow(lines, f"{task}, T={t}: fresh and trained, on test data"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", default="50,100,200")
-    parser.add_argument("--cells", default=",".join(CELLS))
     parser.add_argument("--tasks", default="adding,copy")
-    parser.add_argument("--budget", type=int, default=1500)
+    parser.add_argument("--adding-steps", default="100,200,500,1000")
+    parser.add_argument("--copy-steps", default="100,200,500")
+    parser.add_argument("--cells", default=",".join(CELLS))
+    parser.add_argument("--remedies", default=",".join(REMEDIES))
+    parser.add_argument("--budget", type=int, default=1500, help="Adam steps per run.")
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--out", default="benchmarks/memory")
-    parser.add_argument("--table-only", action="store_true", help="Rewrite OUT/README.md from OUT/results.json.")
+    parser.add_argument("--again", action="store_true", help="Rerun runs that results.json already holds.")
+    parser.add_argument("--table-only", action="store_true", help="Rewrite README.md and the plots from results.json.")
     args = parser.parse_args()
     out = Path(args.out)
-    if args.table_only:
-        saved = json.loads((out / "results.json").read_text())
-        (out / "README.md").write_text(readme(table(saved["results"], saved["budget"], saved["hidden"]), saved))
-        return
     out.mkdir(parents=True, exist_ok=True)
-    results = []
-    start = time.perf_counter()
-    for task in args.tasks.split(","):
-        for steps in (int(s) for s in args.steps.split(",")):
-            for cell in args.cells.split(","):
-                for clip in (1.0, None):
-                    r = run_one(task, steps, cell, clip, args.budget, args.hidden)
-                    results.append(r)
-                    t = r["test"]
-                    shown = ", ".join(f"{k} {v:.4f}" for k, v in t.items())
-                    print(f"{task:<6} T={steps:<4} {cell:<5} clip={clip!s:<5} {shown}  {r['verdict']}  "
-                          f"{r['seconds']:.1f} s", flush=True)
-            lines = {r["cell"]: r["flow"] for r in results if (r["task"], r["steps"]) == (task, steps) and r["clip"]}
-            (out / f"gradient_flow-{task}-{steps}.png").write_bytes(
-                plots.gradient_flow(lines, f"{task}, T={steps}: trained {args.budget} steps, test data"))
-    saved = {"budget": args.budget, "hidden": args.hidden, "seconds": round(time.perf_counter() - start),
-             "command": "python benchmarks/memory.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in
-                                                                  vars(args).items() if k != "table_only"),
-             "results": results}
-    (out / "results.json").write_text(json.dumps(saved, indent=1))
-    text = table(results, args.budget, args.hidden)
-    (out / "README.md").write_text(readme(text, saved))
-    print(text)
-
-
-def readme(text: str, saved: dict) -> str:
-    return ("# Long-range memory: adding problem and copy memory\n\n"
-            f"Made by `{saved.get('command', 'python benchmarks/memory.py')}` on the project's 2-core CPU "
-            + (f"({saved['seconds']} s in all)" if "seconds" in saved else "(about half an hour, sharing the machine)")
-            + ". The numbers are what it printed; every run is seeded, so the metrics repeat on a CPU. The plots "
-            "`gradient_flow-TASK-T.png` show the gradient flow of each trained (clipped) model on test data.\n\n"
-            + text + "\n")
+    path = out / "results.json"
+    saved = json.loads(path.read_text()) if path.exists() else {}
+    if "commands" not in saved:  # a results.json of the older table is replaced
+        saved = {"commands": [], "results": []}
+    if not args.table_only:
+        command = "python benchmarks/memory.py " + " ".join(
+            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("again", "table_only", "out"))
+        if command not in saved["commands"]:
+            saved["commands"].append(command)
+        for task in args.tasks.split(","):
+            for steps in (int(s) for s in getattr(args, f"{task}_steps").split(",")):
+                for cell in args.cells.split(","):
+                    for remedy in args.remedies.split(","):
+                        if not applies(cell, remedy):
+                            continue
+                        key = (task, steps, cell, remedy, args.budget, args.hidden)
+                        old = [r for r in saved["results"] if (r["task"], r["steps"], r["cell"], r["remedy"],
+                                                               r["budget"], r["hidden"]) == key]
+                        if old and not args.again:
+                            continue
+                        start = time.perf_counter()
+                        r = run_one(task, steps, cell, remedy, args.budget, args.hidden)
+                        saved["results"] = [x for x in saved["results"] if x not in old] + [r]
+                        path.write_text(json.dumps(saved, indent=1))  # each run kept as soon as it ends
+                        print(f"{task:<6} T={steps:<4} {cell:<7} {remedy:<11} {shown(r):>10}  "
+                              f"{r['verdict_before']} -> {r['verdict_after']}  {time.perf_counter() - start:.0f} s",
+                              flush=True)
+    write(out, saved)
+    print(table(saved["results"]))
 
 
 if __name__ == "__main__":

@@ -60,12 +60,16 @@ class MemoryModelConfig:
     hidden_size: int = 128
     init: str = "default"  # default, orthogonal or identity for W_hh (irnn: identity); lstm, gru: chrono
     chrono_max: float | None = None  # init="chrono": the sequences' length
+    layer_norm: bool = False  # the layer-normalised cell (rnnkit's layer_norm=True)
+    forget_bias: float | None = None  # lstm: the forget gate's initial bias (Jozefowicz et al. 2015)
 
     def check(self) -> MemoryModelConfig:
         _checks.check_choice("memory", "task", self.task, TASKS)
         _checks.check_choice("memory", "cell", self.cell, MEMORY_CELLS)
         _checks.check_choice("memory", "init", self.init, MEMORY_INITS)
         _checks.check_int("memory", "hidden_size", self.hidden_size, minimum=1)
+        if self.forget_bias is not None and self.cell != "lstm":
+            raise ValueError(f"memory: forget_bias sets the LSTM's forget gate; the {self.cell} cell has none")
         return self
 
 
@@ -79,10 +83,14 @@ class MemoryModel(nn.Module):
         inputs = 2 if c.task == "adding" else SYMBOLS + 2
         if c.cell in ("rnn", "irnn"):
             self.rnn: nn.Module = rnnkit.RNN(inputs, c.hidden_size, nonlinearity="relu" if c.cell == "irnn" else "tanh",
-                                             batch_first=True, init="identity" if c.cell == "irnn" else c.init)
+                                             batch_first=True, init="identity" if c.cell == "irnn" else c.init,
+                                             layer_norm=c.layer_norm)
+        elif c.cell == "lstm":
+            self.rnn = rnnkit.LSTM(inputs, c.hidden_size, batch_first=True, init=c.init, chrono_max=c.chrono_max,
+                                   layer_norm=c.layer_norm, forget_bias=c.forget_bias)
         else:
-            cls = rnnkit.LSTM if c.cell == "lstm" else rnnkit.GRU
-            self.rnn = cls(inputs, c.hidden_size, batch_first=True, init=c.init, chrono_max=c.chrono_max)
+            self.rnn = rnnkit.GRU(inputs, c.hidden_size, batch_first=True, init=c.init, chrono_max=c.chrono_max,
+                                  layer_norm=c.layer_norm)
         self.head = nn.Linear(c.hidden_size, 1 if c.task == "adding" else SYMBOLS + 1)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -108,6 +116,8 @@ class MemoryConfig:
     cell: str = "lstm"
     hidden_size: int = 128
     init: str = "default"
+    layer_norm: bool = False
+    forget_bias: float | None = None  # lstm only
     train_size: int = 10000
     val_size: int = 1000
     test_size: int = 1000
@@ -142,7 +152,8 @@ def train(cfg: MemoryConfig, out: str | Path | None, *, on_epoch: Callable[[Epoc
     length = cfg.steps if cfg.task == "adding" else cfg.steps + 2 * RECALL  # the sequences' length (copy: T + 20)
     init = resolved_init(cfg.cell, cfg.init)
     model_cfg = MemoryModelConfig(task=cfg.task, cell=cfg.cell, hidden_size=cfg.hidden_size, init=init,
-                                  chrono_max=length if init == "chrono" else None).check()
+                                  chrono_max=length if init == "chrono" else None, layer_norm=cfg.layer_norm,
+                                  forget_bias=cfg.forget_bias).check()
     if out is not None and not resume:
         check_new(out)
     data = make_data(cfg)

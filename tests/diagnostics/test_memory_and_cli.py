@@ -255,3 +255,38 @@ def test_cli_diagnose_chrono(tmp_path) -> None:  # type: ignore[no-untyped-def]
     result = runner.invoke(main, ["diagnose", "--cells", "rnn", "--init", "chrono", "--out", str(tmp_path / "r")])
     assert result.exit_code == 1 and "the vanilla rnn has none" in result.output
     assert not (tmp_path / "r").exists()
+
+
+def test_memory_model_layer_norm_and_forget_bias() -> None:
+    from rnnkit.pipelines.memory import MemoryModel, MemoryModelConfig
+
+    model = MemoryModel(MemoryModelConfig(task="adding", cell="lstm", hidden_size=8, layer_norm=True, forget_bias=1.0))
+    assert model.rnn.layer_norm and torch.equal(model.rnn.bias_ih_l0.detach()[8:16], torch.ones(8))
+    with pytest.raises(ValueError, match="the gru cell has none"):
+        MemoryModelConfig(task="adding", cell="gru", forget_bias=1.0).check()
+
+
+def test_the_memory_ablation_script_runs(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """benchmarks/memory.py on a tiny grid: one row per cell and remedy that applies, the
+    gradient flow of the same weights before and after training, a table and the plots."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "memory.py"
+    spec = importlib.util.spec_from_file_location("memory_ablation", path)
+    ablation = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(ablation)  # type: ignore[union-attr]
+    assert [r for c in ablation.CELLS for r in ablation.REMEDIES if ablation.applies(c, r)].count("forget-bias") == 2
+    monkeypatch.setattr(sys, "argv", ["memory.py", "--tasks", "adding", "--adding-steps", "12", "--cells", "irnn,ln-lstm",
+                                      "--budget", "4", "--hidden", "8", "--out", str(tmp_path)])
+    ablation.main()
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert sorted((r["cell"], r["remedy"]) for r in saved["results"]) == [
+        ("irnn", "clip"), ("irnn", "none"), ("ln-lstm", "chrono"), ("ln-lstm", "clip"), ("ln-lstm", "forget-bias"),
+        ("ln-lstm", "none"), ("ln-lstm", "orthogonal")]
+    for r in saved["results"]:
+        assert len(r["flow_before"]) == len(r["flow_after"]) == 12 and r["flow_before"] != r["flow_after"]
+    text = (tmp_path / "README.md").read_text()
+    assert "| ln-lstm | forget-bias |" in text and "T = 12" in text
+    assert (tmp_path / "score-adding.png").stat().st_size > 0 and (tmp_path / "gradient_flow-adding-12.png").exists()
