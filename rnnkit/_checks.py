@@ -20,7 +20,8 @@ class InputError(ValueError, RuntimeError):
 
 
 class InputTypeError(TypeError, ValueError):
-    """An input of the wrong dtype: torch.nn raises ValueError, rnnkit TypeError; this is both."""
+    """An input of the wrong dtype, or a probability that is not a number: torch.nn raises
+    ValueError, rnnkit TypeError; this is both."""
 
 
 def shape_str(shape: Sequence[int]) -> str:
@@ -42,8 +43,8 @@ def check_bool(owner: str, name: str, value: object) -> bool:
 
 
 def check_probability(owner: str, name: str, value: object, *, allow_one: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{owner}: {name} must be a float, got {type(value).__name__} {value!r}")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):  # torch.nn: ValueError
+        raise InputTypeError(f"{owner}: {name} must be a float, got {type(value).__name__} {value!r}")
     value = float(value)
     top_ok = value <= 1 if allow_one else value < 1
     if not (0 <= value and top_ok):
