@@ -461,17 +461,22 @@ def _memory_command(task: str) -> Callable[..., None]:
                   show_default=True, help="The initialisation: chrono (lstm, gru) sets the gates' biases for "
                                           "dependencies as long as the sequences (Tallec & Ollivier 2018); default, "
                                           "orthogonal, identity: W_hh's; auto: chrono for lstm and gru, else default.")
-    @click.option("--train-size", default=10000, show_default=True, help="Generated training sequences.")
-    @click.option("--epochs", default=30 if task == "adding" else 120, show_default=True,
+    @click.option("--train-size", default=10000 if task == "adding" else 60000, show_default=True,
+                  help="Generated training sequences.")
+    @click.option("--epochs", default=30 if task == "adding" else 20, show_default=True,
                   help="Passes over the generated training set.")
     @click.option("--batch-size", default=50, show_default=True, help="Examples per training batch.")
     @click.option("--lr", default=1e-3 if task == "adding" else 3e-3, show_default=True,
-                  help="Adam's learning rate (at most 10)" + (", decayed to 0 over the epochs along a cosine." if task == "copy" else "."))
+                  help="Adam's learning rate (at most 10).")
+    @click.option("--schedule", type=click.Choice(["constant", "cosine", "anneal"]),
+                  default="constant" if task == "adding" else "anneal", show_default=True,
+                  help="The learning rate: constant; cosine: down to 0 along a cosine over the epochs; anneal: "
+                       "constant for the first 80% of the epochs, then down along a cosine.")
     @click.option("--clip", type=float, default=1.0, show_default=True, help="Gradient clipping by norm; 0: off.")
     @_training_options
     @click.pass_context
     def command(ctx: click.Context, steps: int, cell: str, hidden: int, init: str, train_size: int, epochs: int,
-                batch_size: int, lr: float, clip: float, seed: int, out: str | None, resume: str | None,
+                batch_size: int, lr: float, schedule: str, clip: float, seed: int, out: str | None, resume: str | None,
                 tensorboard: bool, diagnose_every: int | None) -> None:
         from rnnkit.pipelines import memory
         from rnnkit.training import TrainConfig
@@ -479,7 +484,8 @@ def _memory_command(task: str) -> Callable[..., None]:
         done = _run_training(ctx, task, memory.MemoryConfig, lambda: memory.MemoryConfig(
             task=task, steps=steps, cell=cell, hidden_size=hidden, init=init, train_size=train_size,
             train=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, patience=None, lr_patience=1000,
-                              schedule=memory.SCHEDULE[task], clip_norm=clip or None, seed=seed)),
+                              schedule="plateau" if schedule == "constant" else schedule, clip_norm=clip or None,
+                              seed=seed)),
             memory.train, lambda c: f"{c.cell}-{c.steps}", "MSE" if task == "adding" else "cross-entropy")
         if done is None:
             return

@@ -35,13 +35,6 @@ sequences; with it an LSTM learns copy memory at T = 100, which it does not with
 initialisation in the same budget (recall 0.89 against 0.16 after 12,000 steps)."""
 
 
-SCHEDULE = {"adding": "plateau", "copy": "cosine"}
-"""The learning-rate schedule of each task's runs from the command line. Copy memory at a constant
-rate ends on a noisy plateau (an LSTM at T = 100: recall 0.97 after 120 epochs at 3e-3, the
-validation loss moving between 0.008 and 0.014); a cosine decay to 0 settles it. The adding
-runs keep a constant rate (reduce on plateau with a patience longer than any run)."""
-
-
 def resolved_init(cell: str, init: str) -> str:
     """The init a run's model is built with: see RUN_INITS."""
     if init != "auto":

@@ -42,7 +42,7 @@ ForwardFn = Callable[[nn.Module, Batch], tuple[Tensor, Tensor]]
 MetricFn = Callable[[Tensor, Tensor], float]
 """metric(outputs, targets) over a whole split -> a number."""
 MAX_LR = 10.0
-SCHEDULES = ("plateau", "cosine")
+SCHEDULES = ("plateau", "cosine", "anneal")
 """The largest learning rate TrainConfig accepts: Adam's step is about lr per weight, so above it
 every step throws the weights far out (and near 3e38 the step overflows float32)."""
 
@@ -59,7 +59,7 @@ class TrainConfig:
     patience: int | None = 10  # early stopping: epochs without a better validation metric
     lr_patience: int = 4  # reduce on plateau: epochs without improvement before lr *= lr_factor
     lr_factor: float = 0.5
-    schedule: str = "plateau"  # "plateau": the above; "cosine": lr * (1 + cos(pi * e / epochs)) / 2 in epoch e + 1
+    schedule: str = "plateau"  # "plateau": the above; "cosine", "anneal": see schedule_factor
     seed: int = 0
     device: str = "auto"  # "auto": cuda if available, else cpu
     max_minutes: float | None = None  # a time budget: no epoch starts that would end past it
@@ -85,6 +85,21 @@ class TrainConfig:
         if not 0 < self.lr_factor < 1:
             raise ValueError(f"TrainConfig: lr_factor must be in (0, 1), got {self.lr_factor!r}")
         return self
+
+
+def schedule_factor(schedule: str, epoch: int, epochs: int) -> float:
+    """The learning rate of epoch `epoch` (from 0) of `epochs`, as a fraction of TrainConfig.lr.
+    cosine: (1 + cos(pi * epoch / epochs)) / 2, from the full rate down towards 0.
+    anneal: the full rate for the first 80% of the epochs (from epoch s = ceil(0.8 * epochs) on),
+    then down along a cosine, (1 + cos(pi * (epoch - s + 1) / (epochs - s + 1))) / 2: the stable
+    phase learns, the last epochs settle the noise of a large rate."""
+    epoch = min(epoch, epochs)
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
+    start = math.ceil(0.8 * epochs)
+    if epoch < start:
+        return 1.0
+    return 0.5 * (1.0 + math.cos(math.pi * (epoch - start + 1) / (epochs - start + 1)))
 
 
 @dataclass
@@ -254,9 +269,8 @@ class Trainer:
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimiser = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         scheduler: Any
-        if cfg.schedule == "cosine":  # stepped once an epoch; on resume with more epochs it follows the new count
-            scheduler = torch.optim.lr_scheduler.LambdaLR(
-                optimiser, lambda e: 0.5 * (1.0 + math.cos(math.pi * min(e, cfg.epochs) / cfg.epochs)))
+        if cfg.schedule != "plateau":  # stepped once an epoch; on resume with more epochs it follows the new count
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda e: schedule_factor(cfg.schedule, e, cfg.epochs))
         else:
             scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
                 optimiser, mode="max", factor=cfg.lr_factor, patience=cfg.lr_patience
@@ -347,7 +361,7 @@ class Trainer:
                     bar.close()
                 break
             lr = optimiser.param_groups[0]["lr"]  # the rate this epoch trained at
-            scheduler.step() if cfg.schedule == "cosine" else scheduler.step(self.sign * metric)
+            scheduler.step() if cfg.schedule != "plateau" else scheduler.step(self.sign * metric)
             record = EpochRecord(epoch, self._mean_over_processes(losses), val_loss, metric, lr, sum(norms) / len(norms),
                                  clipped / len(norms), time.perf_counter() - start)
             if bar is not None:

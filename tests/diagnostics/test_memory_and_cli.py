@@ -115,12 +115,12 @@ def test_cli_diagnose_fresh_cells_and_a_run(tmp_path) -> None:  # type: ignore[n
         assert imread(tmp_path / "d" / name).ndim == 3
     assert "irnn   healthy" in result.output
     result = runner.invoke(main, ["train", "copy", "--steps", "10", "--cell", "gru", "--hidden", "16", "--train-size",
-                                  "200", "--epochs", "2", "--out", str(tmp_path / "run")])
+                                  "200", "--epochs", "2", "--schedule", "cosine", "--out", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["baseline"]["cross_entropy"] == pytest.approx(10 * math.log(8) / 30)
     rates = [float(line.split(",")[4]) for line in (tmp_path / "run" / "history.csv").read_text().split()[1:]]
-    assert rates == pytest.approx([3e-3, 1.5e-3])  # copy runs decay the rate along a cosine over the epochs
+    assert rates == pytest.approx([3e-3, 1.5e-3])  # --schedule cosine: down to 0 along a cosine
     result = runner.invoke(main, ["diagnose", str(tmp_path / "run"), "--out", str(tmp_path / "d2")])
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "d2" / "diagnostics.json").read_text())

@@ -145,6 +145,13 @@ def test_cosine_schedule() -> None:
     assert plateau[0].lr == 1e-2 and history[-1].lr < 1e-3
 
 
+def test_anneal_schedule() -> None:
+    """anneal: the full rate for the first 80% of the epochs, then down along a cosine, never 0."""
+    _, history = fit(TrainConfig(epochs=10, batch_size=16, lr=1e-2, patience=None, schedule="anneal"))
+    assert [r.lr for r in history[:8]] == [1e-2] * 8
+    assert [r.lr for r in history[8:]] == pytest.approx([1e-2 * (1 + math.cos(math.pi * k / 3)) / 2 for k in (1, 2)])
+
+
 def test_resume_without_a_checkpoint(tmp_path) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(FileNotFoundError, match="cannot resume: no checkpoint at"):
         make(TrainConfig(epochs=1), tmp_path / "none.pt").fit(*data(), resume=True)
