@@ -81,7 +81,7 @@ def test_early_stopping_and_reduce_on_plateau() -> None:
     ("clip_norm", 0.0, "clip_norm must be a finite number > 0 or None, got 0.0"),
     ("lr_factor", 1.5, r"lr_factor must be in \(0, 1\), got 1.5"),
     ("patience", 0, "patience must be an int >= 1 or None, got 0"),
-    ("schedule", "step", "schedule must be one of plateau, cosine, got 'step'"),
+    ("schedule", "step", "schedule must be one of plateau, cosine, anneal, got 'step'"),
 ])
 def test_bad_config(field: str, value: object, message: str) -> None:
     with pytest.raises(ValueError, match=message):
