@@ -311,7 +311,7 @@ class Trainer:
             if cfg.max_minutes is not None and self.history:
                 spent, last = time.perf_counter() - began, self.history[-1].seconds
                 if spent + last > 60 * cfg.max_minutes:
-                    self.stop_reason = f"time budget of {cfg.max_minutes:g} minutes"
+                    self.stop_reason = f"time budget of {cfg.max_minutes:g} minute{'' if cfg.max_minutes == 1 else 's'}"
                     log.info("stop before epoch %d: another epoch would pass the %s", epoch, self.stop_reason)
                     break
             start = time.perf_counter()
