@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from rnnkit import plots
 from rnnkit.diagnostics import gradient_flow, verdict
 from rnnkit.pipelines import memory
+from rnnkit.pipelines._runs import Diverged
 from rnnkit.training import TrainConfig
 
 CELLS = ("rnn", "irnn", "lstm", "gru", "ln-lstm")
@@ -76,13 +77,16 @@ def flow_of(model: Any, task: str, test: Any) -> Any:
 def run_one(task: str, steps: int, cell: str, remedy: str, budget: int, hidden: int) -> dict[str, Any]:
     cfg = config(task, steps, cell, remedy, budget, hidden)
     keep: dict[str, Any] = {}
-    metrics = memory.train(cfg, None, keep=keep)
+    row = {"task": task, "steps": steps, "cell": cell, "remedy": remedy, "budget": budget, "hidden": hidden}
+    try:
+        metrics = memory.train(cfg, None, keep=keep)
+    except Diverged as error:  # within its only epoch: no weights to score
+        return {**row, "diverged": str(error), "test": None, "seconds": 0.0}
     model, test = keep["model"].eval(), keep["test"]
     torch.manual_seed(cfg.train.seed)  # memory.train draws its model's weights right after this seed
     fresh = memory.MemoryModel(model.config).eval()
     before, after = verdict(flow_of(fresh, task, test)), verdict(flow_of(model, task, test))
-    return {"task": task, "steps": steps, "cell": cell, "remedy": remedy, "budget": budget, "hidden": hidden,
-            "test": metrics["test"], "baseline": metrics["baseline"], "stopped": metrics["stopped"],
+    return {**row, "test": metrics["test"], "baseline": metrics["baseline"], "stopped": metrics["stopped"],
             "seconds": metrics["train_seconds"], "verdict_before": before.verdict, "verdict_after": after.verdict,
             "ratio_before": before.ratio, "ratio_after": after.ratio,
             "flow_before": flow_of(fresh, task, test).norms["rnn.l0"].tolist(),
@@ -95,12 +99,16 @@ def score(r: dict[str, Any]) -> float:
 
 def solved(r: dict[str, Any]) -> bool:
     """adding: MSE below a tenth of the baseline's; copy: recall above 0.9."""
+    if r.get("diverged"):
+        return False
     return score(r) < 0.1 * r["baseline"]["mse"] if r["task"] == "adding" else score(r) > 0.9
 
 
 def shown(r: dict[str, Any] | None) -> str:
     if r is None:
         return ""
+    if r.get("diverged"):
+        return "diverged"
     text = f"{score(r):.4f}" if r["task"] == "adding" else f"{score(r):.3f}"
     if "became" in r["stopped"]:
         text += " (NaN stop)"
@@ -125,6 +133,7 @@ def table(results: list[dict[str, Any]]) -> str:
                 if not found:
                     continue
                 first = found.get(ts[0])
+                first = None if first is None or first.get("diverged") else first
                 flow = (f"{first['verdict_before']} ({first['ratio_before']:.0e}) -> {first['verdict_after']} "
                         f"({first['ratio_after']:.0e})" if first else "")
                 lines.append(f"| {cell} | {remedy} | " + " | ".join(shown(found.get(t)) for t in ts) + f" | {flow} |")
@@ -138,23 +147,27 @@ def score_plot(results: list[dict[str, Any]], task: str) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    fig, ax = plt.subplots(figsize=(10, 4.8))
     rows = [r for r in results if r["task"] == task]
     styles = dict(zip(REMEDIES, ["dotted", "dashdot", "dashed", (0, (1, 1)), "solid"]))
     colours = dict(zip(CELLS, ["tab:gray", "tab:purple", "tab:blue", "tab:green", "tab:orange"]))
     for cell in CELLS:
         for remedy in REMEDIES:
-            pts = sorted((r["steps"], score(r)) for r in rows if (r["cell"], r["remedy"]) == (cell, remedy))
+            pts = sorted((r["steps"], score(r)) for r in rows
+                         if (r["cell"], r["remedy"]) == (cell, remedy) and not r.get("diverged"))
             if pts:
                 ax.plot(*zip(*pts), marker="o", linestyle=styles[remedy], color=colours[cell], label=f"{cell}, {remedy}")
-    base = rows[0]["baseline"]["mse" if task == "adding" else "recall_accuracy"]
+    base = next(r for r in rows if not r.get("diverged"))["baseline"]["mse" if task == "adding" else "recall_accuracy"]
     ax.axhline(base, color="black", linewidth=1, label="memoryless baseline")
     ax.set_xscale("log")
+    steps = sorted({r["steps"] for r in rows})
+    ax.set_xticks(steps, [str(t) for t in steps])
+    ax.minorticks_off()
     if task == "adding":
         ax.set_yscale("log")
     ax.set(xlabel="T (steps)", ylabel="test MSE" if task == "adding" else "test recall accuracy",
            title=f"{task}: the test score of every run against T")
-    ax.legend(fontsize=7, ncol=2, loc="best")
+    ax.legend(fontsize=7, ncol=2, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     import io
 
@@ -167,7 +180,7 @@ def score_plot(results: list[dict[str, Any]], task: str) -> bytes:
 def write(out: Path, saved: dict[str, Any]) -> None:
     results = saved["results"]
     budgets = sorted({(r["budget"], r["hidden"]) for r in results})
-    seconds = sum(r["seconds"] for r in results)
+    seconds = sum(r["seconds"] for r in results)  # a diverged run counts 0
     text = ("# Long-range memory: the textbook remedies, measured\n\n"
             "Made by `python benchmarks/memory.py` (the commands below) on the project's shared 2-core CPU; "
             f"{len(results)} runs, {seconds / 60:.0f} minutes of training in all. Every run is seeded and trains one "
@@ -190,7 +203,7 @@ def write(out: Path, saved: dict[str, Any]) -> None:
         for t in sorted({r["steps"] for r in results if r["task"] == task}):
             lines = {}
             for r in results:
-                if (r["task"], r["steps"]) == (task, t) and r["remedy"] in ("clip", "chrono"):
+                if (r["task"], r["steps"]) == (task, t) and r["remedy"] in ("clip", "chrono") and not r.get("diverged"):
                     lines[f"{r['cell']} {r['remedy']}, before"] = r["flow_before"]
                     lines[f"{r['cell']} {r['remedy']}, after"] = r["flow_after"]
             if lines:
@@ -237,9 +250,9 @@ def main() -> None:
                         r = run_one(task, steps, cell, remedy, args.budget, args.hidden)
                         saved["results"] = [x for x in saved["results"] if x not in old] + [r]
                         path.write_text(json.dumps(saved, indent=1))  # each run kept as soon as it ends
-                        print(f"{task:<6} T={steps:<4} {cell:<7} {remedy:<11} {shown(r):>10}  "
-                              f"{r['verdict_before']} -> {r['verdict_after']}  {time.perf_counter() - start:.0f} s",
-                              flush=True)
+                        flow = "" if r.get("diverged") else f"{r['verdict_before']} -> {r['verdict_after']}"
+                        print(f"{task:<6} T={steps:<4} {cell:<7} {remedy:<11} {shown(r):>10}  {flow}  "
+                              f"{time.perf_counter() - start:.0f} s", flush=True)
     write(out, saved)
     print(table(saved["results"]))
 
