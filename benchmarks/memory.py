@@ -193,6 +193,7 @@ def write(out: Path, saved: dict[str, Any]) -> None:
             "and after training, with the ratio of the first step's gradient norm to the last's (copy: of the loss "
             "of the 10 recalled symbols, whose gradient must reach the first steps, where the symbols were read)."
             "\n\n"
+            "An empty cell was not run; `diverged`: the loss became infinite within the budget.\n\n"
             "Commands:\n\n" + "\n".join(f"    {c}" for c in saved["commands"]) + "\n\n" + table(results) +
             "\nPlots: `score-adding.png`, `score-copy.png` (every run's test score against T), "
             "`gradient_flow-TASK-T.png` (the gradient flow of the clipped runs before and after training).\n")
