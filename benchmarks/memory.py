@@ -85,12 +85,12 @@ def run_one(task: str, steps: int, cell: str, remedy: str, budget: int, hidden: 
     model, test = keep["model"].eval(), keep["test"]
     torch.manual_seed(cfg.train.seed)  # memory.train draws its model's weights right after this seed
     fresh = memory.MemoryModel(model.config).eval()
-    before, after = verdict(flow_of(fresh, task, test)), verdict(flow_of(model, task, test))
+    flow_before, flow_after = flow_of(fresh, task, test), flow_of(model, task, test)
+    before, after = verdict(flow_before), verdict(flow_after)
     return {**row, "test": metrics["test"], "baseline": metrics["baseline"], "stopped": metrics["stopped"],
             "seconds": metrics["train_seconds"], "verdict_before": before.verdict, "verdict_after": after.verdict,
             "ratio_before": before.ratio, "ratio_after": after.ratio,
-            "flow_before": flow_of(fresh, task, test).norms["rnn.l0"].tolist(),
-            "flow_after": flow_of(model, task, test).norms["rnn.l0"].tolist()}
+            "flow_before": flow_before.norms["rnn.l0"].tolist(), "flow_after": flow_after.norms["rnn.l0"].tolist()}
 
 
 def score(r: dict[str, Any]) -> float:
