@@ -1,7 +1,8 @@
 """Speed of rnnkit's engines against torch.nn, measured in one process.
 
-For each cell and size it times the forward pass (no grad) and the forward plus the backward of
-``y.sum()``, alternating between the implementations round by round (in a shuffled order each
+For each cell and size it times the forward pass (no grad), the forward plus the backward of
+``y.sum()`` to the weights, and (``+dx``) the same with the input's gradient too, as in a model
+where a layer below (an embedding, another layer) is trained; alternating between the implementations round by round (in a shuffled order each
 round) so that a noisy machine slows all of them alike, and reports medians and the ratio
 torch.nn time / rnnkit time (above 1: rnnkit is faster). Achieved GFLOP/s are given beside the sgemm peak measured on the machine.
 
@@ -47,7 +48,7 @@ the eager engines (its first calls, in the warm-up, compile it)."""
 class Row:
     cell: str
     size: tuple[int, int, int, int]
-    mode: str  # "forward" or "forward+backward"
+    mode: str  # "forward", "forward+backward" (weight gradients) or "forward+backward+dx" (and the input's)
     ms: dict[str, float]  # median milliseconds by implementation ("torch", "fused", ...)
     ratio: dict[str, float] = field(default_factory=dict)  # torch ms / rnnkit engine ms
     gflops: dict[str, float] = field(default_factory=dict)
@@ -87,10 +88,14 @@ def sgemm_peak(n: int = 2048, repeats: int = 5) -> float:
 
 
 def flops(cell: str, size: tuple[int, int, int, int], mode: str) -> float:
-    """Multiply-adds of the matrix products, x2: forward 2 T B G H (I + H); backward twice that."""
+    """Multiply-adds of the matrix products, x2: forward 2 T B G H (I + H); the backward to the
+    weights and the state twice that, less the input's product 2 T B G H I unless dx is asked."""
     steps, batch, inputs, hidden = size
     forward = 2.0 * steps * batch * GATES[cell] * hidden * (inputs + hidden)
-    return forward if mode == "forward" else 3 * forward
+    if mode == "forward":
+        return forward
+    dx = 2.0 * steps * batch * GATES[cell] * hidden * inputs
+    return 3 * forward - (0.0 if mode.endswith("+dx") else dx)
 
 
 def _time(fn: Callable[[], object]) -> float:
@@ -123,11 +128,14 @@ def _runnable(module: nn.Module, x: torch.Tensor) -> bool:
 
 
 def bench_one(
-    cell: str, size: tuple[int, int, int, int], engines: Sequence[str], *, repeats: int, budget_s: float
+    cell: str, size: tuple[int, int, int, int], engines: Sequence[str], *, repeats: int, budget_s: float,
+    input_grad: bool = True,
 ) -> list[Row]:
-    """Time one cell at one size; returns a forward row and a forward+backward row."""
+    """Time one cell at one size; returns a forward row, a forward+backward row (weight gradients)
+    and, with input_grad, a forward+backward+dx row (the input's gradient too)."""
     steps, batch, inputs, _ = size
     x = torch.randn(steps, batch, inputs)
+    x_grad = x.clone().requires_grad_()
     modules = {k: m for k, m in _modules(cell, size, engines).items() if _runnable(m, x)}
     params = [p for m in modules.values() for p in m.parameters()]
 
@@ -137,15 +145,19 @@ def bench_one(
                 return m(x)
         return run
 
-    def train_step(m: nn.Module) -> Callable[[], object]:
+    def train_step(m: nn.Module, inp: torch.Tensor = x) -> Callable[[], object]:
         def run() -> object:
-            out, _ = m(x)
+            out, _ = m(inp)
             out.sum().backward()
             return None
         return run
 
+    passes: list[tuple[str, Callable[[nn.Module], Callable[[], object]]]] = [
+        ("forward", forward), ("forward+backward", train_step)]
+    if input_grad:
+        passes.append(("forward+backward+dx", lambda m: train_step(m, x_grad)))
     rows = []
-    for mode, make in (("forward", forward), ("forward+backward", train_step)):
+    for mode, make in passes:
         fns = {name: make(m) for name, m in modules.items()}
         for fn in fns.values():  # warm up: first calls build kernels and caches
             fn()
@@ -161,6 +173,7 @@ def bench_one(
             for name, fn in order:
                 for p in params:
                     p.grad = None
+                x_grad.grad = None
                 samples[name].append(_time(fn))
             if i >= 2 and time.perf_counter() - start > budget_s:
                 break
@@ -185,6 +198,7 @@ def run(
     seed: int = 0,
     progress: Callable[[Row], None] | None = None,
     load: int = 0,
+    input_grad: bool = True,
 ) -> Report:
     """Benchmark every cell at every size. ``budget_s`` caps the time spent per row (at least 3
     rounds run). ``progress`` is called with each row as it is done. ``load``: busy processes
@@ -195,7 +209,7 @@ def run(
     with background_load(load):
         for cell in cells:
             for size in sizes:
-                for row in bench_one(cell, size, engines, repeats=repeats, budget_s=budget_s):
+                for row in bench_one(cell, size, engines, repeats=repeats, budget_s=budget_s, input_grad=input_grad):
                     rows.append(row)
                     if progress is not None:
                         progress(row)
@@ -205,7 +219,7 @@ def run(
 
 def format_row(row: Row, engines: Sequence[str]) -> str:
     t, b, i, h = row.size
-    cells = [f"{row.cell:<8}", f"{t:>4} {b:>3} {i:>4} {h:>4}", f"{row.mode:<16}", f"{row.ms['torch']:>9.3f}"]
+    cells = [f"{row.cell:<8}", f"{t:>4} {b:>3} {i:>4} {h:>4}", f"{row.mode:<19}", f"{row.ms['torch']:>9.3f}"]
     for engine in engines:
         if engine in row.ms:
             cells.append(f"{row.ms[engine]:>9.3f} {row.ratio[engine]:>6.2f}x")
@@ -217,7 +231,7 @@ def format_row(row: Row, engines: Sequence[str]) -> str:
 
 
 def header(engines: Sequence[str]) -> str:
-    cols = [f"{'cell':<8}", f"{'T':>4} {'B':>3} {'I':>4} {'H':>4}", f"{'pass':<16}", f"{'torch ms':>9}"]
+    cols = [f"{'cell':<8}", f"{'T':>4} {'B':>3} {'I':>4} {'H':>4}", f"{'pass':<19}", f"{'torch ms':>9}"]
     cols += [f"{e + ' ms':>9} {'ratio':>7}" for e in engines]
     cols.append(f"{'GF/s torch':>7} {engines[0] if engines else 'torch'}")
     return "  ".join(cols)

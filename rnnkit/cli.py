@@ -329,8 +329,12 @@ def generate_command(run: str, prompt: str, length: int, greedy: bool, temperatu
     click.echo(lm.generate(run, prompt, length, greedy=greedy, temperature=temperature, top_k=top_k, seed=seed))
 
 
-def _seq2seq_options(f: Callable[..., None]) -> Callable[..., None]:
+def _seq2seq_options(*, epochs: int, schedule: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
     """Model and training options of `rnnkit train seq2seq` and `rnnkit train caption`."""
+    return lambda f: _add_seq2seq_options(f, epochs, schedule)
+
+
+def _add_seq2seq_options(f: Callable[..., None], epochs: int, schedule: str) -> Callable[..., None]:
     options = [
         click.option("--cell", type=click.Choice(["rnn", "lstm", "gru"]), default="gru", show_default=True,
                      help="The recurrent cell: rnn (a tanh RNN), lstm or gru."),
@@ -342,9 +346,16 @@ def _seq2seq_options(f: Callable[..., None]) -> Callable[..., None]:
         click.option("--teacher-forcing", default=1.0, show_default=True,
                      help="Chance of feeding the true previous token (else the model's own guess) in training."),
         click.option("--max-length", type=int, default=None, help="Longest output (default: longest training target + 5)."),
-        click.option("--epochs", default=60, show_default=True, help="At most this many (early stopping)."),
+        click.option("--epochs", default=epochs, show_default=True,
+                     help="At most this many (a perfect validation exact match, or 6 epochs without a better one "
+                          "under --schedule plateau, ends the run sooner)."),
         click.option("--batch-size", default=64, show_default=True, help="Examples per training batch."),
         click.option("--lr", default=3e-3, show_default=True, help="Adam's learning rate (at most 10)."),
+        click.option("--schedule", type=click.Choice(["plateau", "cosine", "anneal"]), default=schedule,
+                     show_default=True,
+                     help="The learning rate: plateau: halved after 2 epochs without a better validation exact match, "
+                          "and 6 such epochs stop the run; cosine: down to 0 along a cosine over the epochs; anneal: "
+                          "constant for the first 80% of the epochs, then down along a cosine."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -357,7 +368,8 @@ def _train_generator(ctx: click.Context, task: str, build: Callable[[Any], Any])
 
     p = ctx.params
     done = _run_training(ctx, task, seq2seq.Seq2SeqTaskConfig, lambda: build(TrainConfig(
-        epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"], patience=6, lr_patience=2, seed=p["seed"])),
+        epochs=p["epochs"], batch_size=p["batch_size"], lr=p["lr"], schedule=p["schedule"],
+        patience=6 if p["schedule"] == "plateau" else None, lr_patience=2, seed=p["seed"])),
         seq2seq.train, lambda c: Path(c.source).stem, "exact match")
     if done is None:
         return
@@ -380,37 +392,43 @@ def _train_generator(ctx: click.Context, task: str, build: Callable[[Any], Any])
 @click.option("--tokens", type=click.Choice(["char", "word"]), default="char", show_default=True,
               help="Read sources and targets character by character, or word by word (then BLEU is reported too).")
 @click.option("--bidirectional/--unidirectional", default=True, show_default=True, help="The encoder.")
-@click.option("--attention", type=click.Choice(["none", "bahdanau", "luong"]), default="bahdanau", show_default=True,
+@click.option("--attention", type=click.Choice(["none", "bahdanau", "luong"]), default="luong", show_default=True,
               help="How the decoder looks at the encoder's outputs: not at all (the final state only), additive "
-                   "(Bahdanau) or multiplicative (Luong).")
+                   "(Bahdanau: from the previous state, into the next step's input) or multiplicative (Luong: from "
+                   "the new state, into the output).")
+@click.option("--input-feeding/--no-input-feeding", default=False, show_default=True,
+              help="Luong attention: feed each step's attentional output into the next step's input. Without it "
+                   "(the default), training runs the decoder over all steps at once instead of a step loop.")
 @click.option("--max-tokens", type=click.IntRange(min=1), default=400, show_default=True,
               help="Pairs whose source or target has more tokens are left out, with a warning (one very long pair "
                    "makes every batch it falls in as long).")
-@_seq2seq_options
+@_seq2seq_options(epochs=15, schedule="anneal")
 @_training_options
 @click.pass_context
 def train_seq2seq(ctx: click.Context, dataset: str, data: str | None, tokens: str, bidirectional: bool, attention: str,
-                  max_tokens: int, cell: str, embed: int, hidden: int, layers: int, dropout: float, teacher_forcing: float,
-                  max_length: int | None, epochs: int, batch_size: int, lr: float, seed: int, out: str | None,
-                  resume: str | None, tensorboard: bool, diagnose_every: int | None) -> None:
+                  input_feeding: bool, max_tokens: int, cell: str, embed: int, hidden: int, layers: int, dropout: float, teacher_forcing: float,
+                  max_length: int | None, epochs: int, batch_size: int, lr: float, schedule: str, seed: int,
+                  out: str | None, resume: str | None, tensorboard: bool, diagnose_every: int | None) -> None:
     """N -> M: encoder-decoder with attention (bundled: addition, dates; or --data PAIRS.tsv)."""
     from rnnkit.pipelines import seq2seq
 
     _train_generator(ctx, "seq2seq", lambda train_cfg: seq2seq.Seq2SeqTaskConfig(
         task="seq2seq", dataset=dataset, data=data, tokens=tokens, cell=cell, embed_dim=embed, hidden_size=hidden,
-        num_layers=layers, bidirectional=bidirectional, attention=attention, dropout=dropout,
-        teacher_forcing=teacher_forcing, max_length=max_length, max_tokens=max_tokens, train=train_cfg))
+        num_layers=layers, bidirectional=bidirectional, attention=attention, input_feeding=input_feeding,
+        dropout=dropout, teacher_forcing=teacher_forcing, max_length=max_length, max_tokens=max_tokens,
+        train=train_cfg))
 
 
 @train.command("caption")
 @click.option("--dataset", type=click.Choice(["digits"]), default="digits", show_default=True,
               help="digits: an 8x8 image -> the English name of its digit, spelled.")
-@_seq2seq_options
+@_seq2seq_options(epochs=60, schedule="plateau")
 @_training_options
 @click.pass_context
 def train_caption(ctx: click.Context, dataset: str, cell: str, embed: int, hidden: int, layers: int, dropout: float,
-                  teacher_forcing: float, max_length: int | None, epochs: int, batch_size: int, lr: float, seed: int,
-                  out: str | None, resume: str | None, tensorboard: bool, diagnose_every: int | None) -> None:
+                  teacher_forcing: float, max_length: int | None, epochs: int, batch_size: int, lr: float,
+                  schedule: str, seed: int, out: str | None, resume: str | None, tensorboard: bool,
+                  diagnose_every: int | None) -> None:
     """1 -> N: one feature vector sets the decoder's initial state, which spells a sequence."""
     from rnnkit.pipelines import seq2seq
 
@@ -671,9 +689,12 @@ def _parse_sizes(value: str | None) -> list[tuple[int, int, int, int]] | None:
 @click.option("--budget", default=4.0, show_default=True, help="Seconds per row at most (3 rounds at least).")
 @click.option("--load", type=click.IntRange(min=0), default=0, show_default=True,
               help="Run this many busy processes beside the timing: a synthetic background load.")
+@click.option("--input-grad/--no-input-grad", default=True, show_default=True,
+              help="Also time forward+backward with the input's gradient (forward+backward+dx), as when a "
+                   "layer below is trained.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Also write the table as JSON to this file.")
-def bench(cells: str, sizes: str | None, engines: str, repeats: int, budget: float, load: int,
+def bench(cells: str, sizes: str | None, engines: str, repeats: int, budget: float, load: int, input_grad: bool,
           json_path: str | None) -> None:
     """Time rnnkit's engines against torch.nn (forward, and forward + backward)."""
     import json
@@ -696,7 +717,8 @@ def bench(cells: str, sizes: str | None, engines: str, repeats: int, budget: flo
                "ratio = torch.nn ms / rnnkit ms (above 1: rnnkit is faster)")
     click.echo(benchmark.header(engine_list))
     report = benchmark.run(cells=cell_list, sizes=size_list, engines=engine_list, repeats=repeats, budget_s=budget,
-                           progress=lambda row: click.echo(benchmark.format_row(row, engine_list)), load=load)
+                           progress=lambda row: click.echo(benchmark.format_row(row, engine_list)), load=load,
+                           input_grad=input_grad)
     click.echo(f"sgemm peak on this machine: {report.sgemm_gflops:.0f} GFLOP/s (float32, 2048^3)")
     if json_path:
         with open(json_path, "w", encoding="utf-8") as f:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
+import torch
 
 from click.testing import CliRunner
 
@@ -37,12 +38,47 @@ def test_bench_writes_a_table_and_json(tmp_path) -> None:  # type: ignore[no-unt
     assert "ratio = torch.nn ms / rnnkit ms" in result.output
     report = json.loads(out.read_text())
     rows = {(r["cell"], r["mode"]): r for r in report["rows"]}
-    assert set(rows) == {(c, m) for c in ("gru", "lstm_ln") for m in ("forward", "forward+backward")}
+    passes = ("forward", "forward+backward", "forward+backward+dx")
+    assert set(rows) == {(c, m) for c in ("gru", "lstm_ln") for m in passes}
     for row in rows.values():
         assert row["size"] == [3, 2, 2, 4]
         assert set(row["ms"]) == {"torch", "fused", "reference"}
         assert abs(row["ratio"]["fused"] - row["ms"]["torch"] / row["ms"]["fused"]) < 1e-9
     assert report["sgemm_gflops"] > 0
+    result = CliRunner().invoke(main, ["bench", "--cells", "gru", "--sizes", "3,2,2,4", "--engines", "fused",
+                                       "--repeats", "3", "--budget", "0.1", "--no-input-grad", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert [r["mode"] for r in json.loads(out.read_text())["rows"]] == ["forward", "forward+backward"]
+
+
+def test_bench_counts_the_input_gradient_product() -> None:
+    from rnnkit import bench
+
+    t, b, i, h = 5, 3, 7, 11
+    forward = 2 * t * b * 4 * h * (i + h)
+    assert bench.flops("lstm", (t, b, i, h), "forward") == forward
+    assert bench.flops("lstm", (t, b, i, h), "forward+backward") == 3 * forward - 2 * t * b * 4 * h * i
+    assert bench.flops("lstm", (t, b, i, h), "forward+backward+dx") == 3 * forward
+
+
+def test_bench_dx_pass_differentiates_the_input(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The +dx row's backward reaches the input, the plain row's does not."""
+    from rnnkit import bench
+
+    seen: list[bool] = []
+    real = bench._time
+
+    def spy(fn):  # type: ignore[no-untyped-def]
+        cells = fn.__closure__ or ()
+        inputs = [c.cell_contents for c in cells if isinstance(c.cell_contents, torch.Tensor)]
+        elapsed = real(fn)
+        seen.extend(x.grad is not None for x in inputs if x.requires_grad)
+        return elapsed
+
+    monkeypatch.setattr(bench, "_time", spy)
+    rows = bench.bench_one("gru", (3, 2, 2, 4), ["fused"], repeats=3, budget_s=0.1)
+    assert [r.mode for r in rows] == ["forward", "forward+backward", "forward+backward+dx"]
+    assert seen and all(seen)
 
 
 @pytest.mark.parametrize(

@@ -10,10 +10,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 import rnnkit
 from rnnkit import _checks
+from rnnkit.cells._module import RecurrentCell
+from rnnkit.engines import LayerConfig, Noise, select_engine
 from rnnkit.models._n_to_one import CELLS
 
 BOS, EOS = 2, 3
@@ -33,6 +36,7 @@ class Seq2SeqConfig:
     bidirectional: bool = True  # the encoder's
     attention: str = "bahdanau"
     dropout: float = 0.0
+    input_feeding: bool = True  # luong: a_{t-1} joins the next step's input (runs saved before it had it)
 
     def check(self) -> Seq2SeqConfig:
         _checks.check_choice("seq2seq", "cell", self.cell, tuple(CELLS))
@@ -47,7 +51,14 @@ class Seq2SeqConfig:
             raise ValueError(f"seq2seq: one input vector leaves nothing to attend over: attention must be 'none', "
                              f"got {self.attention!r}")
         _checks.check_probability("seq2seq", "dropout", self.dropout, allow_one=False)
+        _checks.check_bool("seq2seq", "input_feeding", self.input_feeding)
         return self
+
+    @property
+    def feeds(self) -> bool:
+        """Whether each decoder step takes the previous step's attentional output (luong with
+        input feeding)."""
+        return self.attention == "luong" and self.input_feeding
 
 
 State = list[Any]  # per decoder layer: h (B, H), or (h, c) for an LSTM
@@ -68,7 +79,10 @@ class Seq2Seq(nn.Module):
       bahdanau: score_j = v . tanh(W s_{t-1} + U h_j); the context c_t joins the input:
                 s_t = cell([emb(y_{t-1}); c_t], s_{t-1}); logits = Linear([s_t; c_t]);
       luong:    s_t = cell([emb(y_{t-1}); a_{t-1}], s_{t-1}) (input feeding); score_j = s_t . W h_j;
-                a_t = tanh(W_c [c_t; s_t]); logits = Linear(a_t).
+                a_t = tanh(W_c [c_t; s_t]); logits = Linear(a_t). With input_feeding=False,
+                s_t = cell(emb(y_{t-1}), s_{t-1}): the attention reads the decoder's states and
+                feeds nothing back, so under teacher forcing the decoder runs over all steps at
+                once (one rnnkit layer call per decoder layer) and attends to all steps at once.
     """
 
     def __init__(self, config: Seq2SeqConfig) -> None:
@@ -88,7 +102,7 @@ class Seq2Seq(nn.Module):
         states = 2 if c.cell == "lstm" else 1  # LSTM: bridge h and c
         self.bridge = nn.ModuleList(nn.Linear(bridge_in, h) for _ in range(states * c.num_layers))
         self.target_embed = nn.Embedding(c.target_vocab, c.embed_dim, padding_idx=0)
-        feed = {"none": 0, "bahdanau": memory, "luong": h}[c.attention]
+        feed = {"none": 0, "bahdanau": memory, "luong": h if c.input_feeding else 0}[c.attention]
         self.cells = nn.ModuleList(STEP_CELLS[c.cell](c.embed_dim + feed if k == 0 else h, h) for k in range(c.num_layers))
         if c.attention == "bahdanau":
             self.att_query = nn.Linear(h, h, bias=False)
@@ -139,14 +153,14 @@ class Seq2Seq(nn.Module):
     def step(self, token: Tensor, state: State, feed: Tensor | None, memory: Tensor | None, keys: Tensor | None,
              mask: Tensor | None) -> tuple[Tensor, State, Tensor | None]:
         """token (B,) -> logits (B, V), the new state, and what the next step's input takes along
-        (bahdanau: nothing, its context is recomputed; luong: a_t)."""
+        (bahdanau: nothing, its context is recomputed; luong: a_t with input feeding, else nothing)."""
         attention = self.config.attention
         x = self.drop(self.target_embed(token))  # (B, E)
         if attention == "bahdanau":
             top = state[-1][0] if isinstance(state[-1], tuple) else state[-1]
             context = self._attend(top, memory, keys, mask)  # type: ignore[arg-type]  # from s_{t-1}
             x = torch.cat([x, context], dim=-1)
-        elif attention == "luong":
+        elif self.config.feeds:
             x = torch.cat([x, feed], dim=-1)  # type: ignore[list-item]  # input feeding: a_{t-1}
         new_state = []
         for k, cell in enumerate(self.cells):
@@ -159,7 +173,7 @@ class Seq2Seq(nn.Module):
         elif attention == "luong":
             context = self._attend(x, memory, keys, mask)  # type: ignore[arg-type]  # from s_t
             out = torch.tanh(self.att_combine(torch.cat([context, x], dim=-1)))  # a_t
-            next_feed = out
+            next_feed = out if self.config.feeds else None
         else:
             out, next_feed = x, None
         return self.head(self.drop(out)), new_state, next_feed
@@ -169,7 +183,7 @@ class Seq2Seq(nn.Module):
         state, memory, mask = self.encode(source, lengths)
         keys = self.att_keys(memory) if self.config.attention != "none" else None  # type: ignore[arg-type]
         batch = source.shape[0]
-        feed = torch.zeros(batch, self.config.hidden_size, device=source.device) if self.config.attention == "luong" else None
+        feed = self.head.weight.new_zeros(batch, self.config.hidden_size) if self.config.feeds else None
         return state, feed, memory, keys, mask
 
     def forward(self, source: Tensor, lengths: Tensor | None, target_in: Tensor, *,
@@ -177,6 +191,8 @@ class Seq2Seq(nn.Module):
         """-> logits (B, L, V). With teacher_forcing < 1, each step's input is, with that
         probability per example, the true previous token, else the model's own best guess."""
         state, feed, memory, keys, mask = self.start(source, lengths)
+        if teacher_forcing >= 1.0:
+            return self._forced(target_in, state, feed, memory, keys, mask)
         token = target_in[:, 0]
         logits = []
         for t in range(target_in.shape[1]):
@@ -188,6 +204,59 @@ class Seq2Seq(nn.Module):
                     own = torch.rand(token.shape, generator=generator, device=token.device) >= teacher_forcing
                     token = torch.where(own, out.argmax(-1), token)
         return torch.stack(logits, dim=1)
+
+    def _forced(self, target_in: Tensor, state: State, feed: Tensor | None, memory: Tensor | None,
+                keys: Tensor | None, mask: Tensor | None) -> Tensor:
+        """forward under full teacher forcing: the same equations as step, with what reads no
+        state taken out of the time loop. target_in (B, L) -> logits (B, L, V).
+
+        The embedding, the input side of the first cell's gates from it (W_ih[:, :E] e_t + b_ih)
+        and the head run once over all L steps; only the recurrence and the attention step in
+        Python. Without attention the decoder is one stack of rnnkit layers over the whole target
+        (the fused engine on CPU). The cells' own checks are left out: their inputs are made here."""
+        c = self.config
+        cells: list[RecurrentCell] = list(self.cells)  # type: ignore[arg-type]
+        weights = [cell.weights() for cell in cells]
+        spec = cells[0].spec
+        emb = self.drop(self.target_embed(target_in))  # (B, L, E)
+        states = [s if isinstance(s, tuple) else (s,) for s in state]
+        if c.attention == "none" or (c.attention == "luong" and not c.feeds):
+            x = emb.transpose(0, 1)  # (L, B, E)
+            for k, w in enumerate(weights):
+                layer_in = x if k == 0 else self.drop(x)
+                layer = LayerConfig(spec, c.hidden_size, False, 0.0, 0.0)
+                engine = select_engine("auto", layer, layer_in, owner="Seq2Seq", grad=torch.is_grad_enabled())
+                x, _ = engine.run(spec, layer_in, states[k], w, lengths=None, noise=Noise())  # (L, B, H)
+            top = x.transpose(0, 1)  # (B, L, H): s_t of every step
+            if c.attention == "luong":  # every step's attention at once: scores (B, L, S)
+                scores = torch.bmm(top, keys.transpose(1, 2))  # type: ignore[union-attr]
+                weights_ = torch.softmax(scores.masked_fill(~mask[:, None], float("-inf")), dim=-1)  # type: ignore[index]
+                context = torch.bmm(weights_, memory)  # type: ignore[arg-type]  # (B, L, M)
+                top = torch.tanh(self.att_combine(torch.cat([context, top], dim=-1)))  # a_t (B, L, H)
+            return self.head(self.drop(top))
+        w0 = weights[0]
+        embed = c.embed_dim
+        gi_emb = F.linear(emb, w0.weight_ih[:, :embed], w0.bias_ih)  # (B, L, G*H): no state in it
+        w_feed = w0.weight_ih[:, embed:]  # the context's (bahdanau) or a_{t-1}'s (luong) columns
+        outs = []
+        for t in range(target_in.shape[1]):
+            if c.attention == "bahdanau":
+                context = self._attend(states[-1][0], memory, keys, mask)  # type: ignore[arg-type]  # from s_{t-1}
+                gi = gi_emb[:, t] + F.linear(context, w_feed)
+            else:
+                gi = gi_emb[:, t] + F.linear(feed, w_feed)  # type: ignore[arg-type]  # input feeding: a_{t-1}
+            new_states = [spec.from_gates(gi, states[0], w0, None)]
+            for k in range(1, len(cells)):
+                new_states.append(spec.step(self.drop(new_states[-1][0]), states[k], weights[k], None))
+            states = new_states
+            x = states[-1][0]  # (B, H)
+            if c.attention == "bahdanau":
+                outs.append(torch.cat([x, context], dim=-1))
+            else:
+                context = self._attend(x, memory, keys, mask)  # type: ignore[arg-type]  # from s_t
+                feed = torch.tanh(self.att_combine(torch.cat([context, x], dim=-1)))  # a_t
+                outs.append(feed)
+        return self.head(self.drop(torch.stack(outs, dim=1)))  # (B, L, V)
 
     # --- search -------------------------------------------------------------------------------
     @torch.no_grad()

@@ -190,8 +190,10 @@ class Trainer:
         shuffle: bool = True,
         diagnose_every: int | None = None,
         on_diagnosis: Callable[[dict[str, Any]], None] | None = None,
+        best_possible: float | None = None,
     ) -> None:
         self.config = config.check()
+        self.best_possible = best_possible  # a validation metric that no epoch can beat (exact match 1.0): stop there
         self.rank, self.world_size = world()
         self.device = pick_device(config.device)
         self.model = model.to(self.device)
@@ -381,6 +383,10 @@ class Trainer:
             if self.sign * metric > self.best_metric:
                 self.best_metric, self.best_epoch = self.sign * metric, epoch
                 best_state = copy.deepcopy(self.model.state_dict())
+                if self.best_possible is not None and self.sign * metric >= self.sign * self.best_possible:
+                    log.info("stop after epoch %d: the validation metric reached %g", epoch, metric)
+                    self.stopped_early = True
+                    self.stop_reason = f"the validation metric reached its best possible value, {self.best_possible:g}"
             elif cfg.patience is not None and epoch - self.best_epoch >= cfg.patience:
                 log.info("early stop after epoch %d (best %d)", epoch, self.best_epoch)
                 self.stopped_early = True

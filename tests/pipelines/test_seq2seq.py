@@ -23,6 +23,7 @@ CONFIGS = [
     dict(cell="gru", attention="bahdanau", bidirectional=True, num_layers=1),
     dict(cell="lstm", attention="luong", bidirectional=False, num_layers=2),
     dict(cell="rnn", attention="none", bidirectional=True, num_layers=2),
+    dict(cell="gru", attention="luong", input_feeding=False, bidirectional=True, num_layers=1),
 ]
 
 
@@ -43,6 +44,42 @@ def test_teacher_forcing_on_the_greedy_output_reproduces_it(kwargs) -> None:  # 
         assert best[: len(out)] == out
         if len(out) < 6:
             assert best[len(out)] == EOS
+
+
+def stepwise(m: Seq2Seq, source: torch.Tensor, lengths: torch.Tensor, target_in: torch.Tensor) -> torch.Tensor:
+    """Teacher forcing one Seq2Seq.step at a time, as greedy and beam search decode."""
+    state, feed, memory, keys, mask = m.start(source, lengths)
+    logits = []
+    for t in range(target_in.shape[1]):
+        out, state, feed = m.step(target_in[:, t], state, feed, memory, keys, mask)
+        logits.append(out)
+    return torch.stack(logits, dim=1)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("attention", ["none", "bahdanau", "luong", "luong without input feeding"])
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_teacher_forced_forward_equals_the_step_loop(cell: str, attention: str, num_layers: int) -> None:
+    """forward under teacher forcing takes the embedding, the head and (without attention, or
+    Luong's without input feeding) the whole recurrence and attention out of the Python step
+    loop: same logits and gradients as stepping."""
+    torch.manual_seed(0)
+    m = Seq2Seq(Seq2SeqConfig(target_vocab=9, source_vocab=11, embed_dim=5, hidden_size=6, cell=cell,
+                              attention=attention.split()[0], input_feeding="without" not in attention,
+                              num_layers=num_layers)).double().train()
+    source, lengths = pad_batch([[2, 3, 4, 5], [6, 7], [8, 9, 10]])
+    target_in = torch.tensor([[BOS, 4, 5, 6, 0], [BOS, 7, 0, 0, 0], [BOS, 8, 8, 4, 5]])
+    results = []
+    for run in (m, lambda *a: stepwise(m, *a)):
+        m.zero_grad()
+        logits = run(source, lengths, target_in)
+        (logits * torch.linspace(-1, 1, logits.numel(), dtype=logits.dtype).view_as(logits)).sum().backward()
+        results.append((logits.detach(), {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}))
+    (fast, fast_grads), (slow, slow_grads) = results
+    torch.testing.assert_close(fast, slow, rtol=1e-12, atol=1e-12)
+    assert fast_grads.keys() == slow_grads.keys()
+    for name in slow_grads:
+        torch.testing.assert_close(fast_grads[name], slow_grads[name], rtol=1e-10, atol=1e-12, msg=name)
 
 
 @pytest.mark.parametrize("kwargs", CONFIGS)
@@ -115,7 +152,7 @@ def test_seq2seq_run_on_user_pairs(tmp_path) -> None:  # type: ignore[no-untyped
     (tmp_path / "rev.tsv").write_text("".join(f"{w}\t{w[::-1]}\n" for w in sorted(words)), encoding="utf-8")
     runner = CliRunner()
     out = tmp_path / "run"
-    result = runner.invoke(main, ["train", "seq2seq", "--data", str(tmp_path / "rev.tsv"), "--hidden", "32",
+    result = runner.invoke(main, ["train", "seq2seq", "--data", str(tmp_path / "rev.tsv"), "--hidden", "32", "--attention", "bahdanau",
                                   "--epochs", "25", "--lr", "0.01", "--out", str(out)])
     assert result.exit_code == 0, result.output
     import json

@@ -75,6 +75,23 @@ def test_early_stopping_and_reduce_on_plateau() -> None:
     assert history[-1].lr < history[0].lr
 
 
+def test_a_run_stops_when_the_metric_reaches_its_best_possible_value() -> None:
+    """best_possible: the first epoch whose validation metric reaches it ends the run, keeping
+    its weights; short of it the run goes on."""
+    config = TrainConfig(epochs=25, batch_size=16, lr=1e-2, patience=None)
+    _, full = fit(config)
+    target = max(r.val_metric for r in full)
+    first = 1 + [r.val_metric >= target for r in full].index(True)
+    assert first < len(full)  # else the test could not tell
+    torch.manual_seed(config.seed)
+    trainer = Trainer(Tiny(), forward=lambda m, b: (m(b[0]), b[1]), loss_fn=F.cross_entropy, metric_fn=accuracy,
+                      config=config, best_possible=target)
+    history = trainer.fit(*data())
+    assert len(history) == first and trainer.best_epoch == first
+    assert trainer.stop_reason == f"the validation metric reached its best possible value, {target:g}"
+    assert [r.val_metric for r in history] == [r.val_metric for r in full[:first]]
+
+
 @pytest.mark.parametrize("field, value, message", [
     ("epochs", 0, "epochs must be an int >= 1, got 0"),
     ("lr", -1.0, "lr must be a finite number > 0, got -1.0"),
