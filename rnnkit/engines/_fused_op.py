@@ -195,6 +195,153 @@ class _EagerFusedRNN(torch.autograd.Function):
         return _backward(ctx, *grads)
 
 
+STACK_CELL_ARGS = 7
+"""Tensors per cell (layer * D + direction) in _EagerFusedStack's inputs: h0, c0, w_ih, b_ih,
+w_hh, b_hh, w_hr (None where absent)."""
+
+
+def _cell_inputs(x: Tensor, lengths: Tensor | None, cell: Sequence[Tensor | None]) -> tuple[Tensor | None, ...]:
+    """rnnkit::fused_rnn's 15 tensor arguments for one cell of a stack (no layer norm, no noise)."""
+    h0, c0, w_ih, b_ih, w_hh, b_hh, w_hr = cell
+    return (x, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, None, None, None, lengths, None, None, None)
+
+
+def _stack(mode: str, layers: int, directions: int, x: Tensor, lengths: Tensor | None,
+           flat: Sequence[Tensor | None], run: Callable[..., tuple[Tensor, ...]]
+           ) -> tuple[Tensor, list[Tensor], list[Tensor], list[Tensor]]:
+    """Every layer and direction of a stack, each cell's call run(its 15 inputs) -> (out, h_n,
+    c_n, ...): the output (T, B, D*R), each cell's h_n and c_n, each call's extra outputs (the
+    workspace) and the input each cell read (reversed within each length for direction 1)."""
+    from rnnkit.engines._base import reverse_padded
+
+    finals: list[Tensor] = []
+    extras: list[Tensor] = []
+    seens: list[Tensor] = []
+    layer_input = x
+    for layer in range(layers):
+        outs = []
+        for direction in range(directions):
+            index = layer * directions + direction
+            seen = reverse_padded(layer_input, lengths) if direction == 1 else layer_input
+            cell = flat[STACK_CELL_ARGS * index : STACK_CELL_ARGS * (index + 1)]
+            out, h_n, c_n, *rest = run(*_cell_inputs(seen, lengths, cell))
+            outs.append(reverse_padded(out, lengths) if direction == 1 else out)
+            finals += [h_n, c_n]
+            extras += rest
+            seens.append(seen)
+        layer_input = outs[0] if directions == 1 else torch.cat(outs, dim=2)
+    return layer_input, finals, extras, seens
+
+
+class _EagerFusedStack(torch.autograd.Function):
+    """A whole stack (every layer and direction) in one autograd Function, in plain eager mode
+    (unwatched), without layer norm, noise or dropout between layers: the fused kernels of each
+    cell in turn, one autograd node instead of one per cell with the reversals and
+    concatenations between them. At small sizes autograd's cost per node is most of the time.
+
+    apply(mode, layers, directions, x (T, B, I), lengths, *flat) -> (out (T, B, D*R), h_n, c_n
+    of each cell); flat holds STACK_CELL_ARGS tensors per cell. The backward pass runs the
+    backward kernels from the top layer down, each direction's input gradient summed into the
+    layer below's output gradient. A graph of the gradient (create_graph=True) is made as for
+    one cell: the reference equations run again and autograd differentiates them."""
+
+    @staticmethod
+    def forward(ctx: Any, mode: str, layers: int, directions: int, x: Tensor, lengths: Tensor | None,
+                *flat: Tensor | None) -> tuple[Tensor, ...]:  # type: ignore[override]
+        out, finals, works, seens = _stack(mode, layers, directions, x, lengths, flat,
+                                           lambda *a: run_forward(mode, *a, True))  # type: ignore[call-arg]
+        ctx.mode, ctx.layers, ctx.directions = mode, layers, directions
+        ctx.save_for_backward(x, lengths, *flat, *works, *seens[1:])
+        ctx.set_materialize_grads(False)
+        if mode != "LSTM":
+            ctx.mark_non_differentiable(*finals[1::2])  # c_n: empty
+        return (out, *finals)
+
+    @staticmethod
+    def backward(ctx: Any, d_out: Tensor | None, *d_finals: Tensor | None) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        from rnnkit.engines._base import reverse_padded
+
+        mode, layers, directions = ctx.mode, ctx.layers, ctx.directions
+        cells = layers * directions
+        saved = ctx.saved_tensors
+        x, lengths = saved[0], saved[1]
+        flat = saved[2 : 2 + STACK_CELL_ARGS * cells]
+        works = saved[2 + STACK_CELL_ARGS * cells : 2 + STACK_CELL_ARGS * cells + cells]
+        seens = (x, *saved[2 + STACK_CELL_ARGS * cells + cells :])
+        needs_flat = ctx.needs_input_grad[5:]
+        if torch.is_grad_enabled() or not unwatched([d_out, *d_finals]):
+            # create_graph=True (the gradient as a graph), or batched gradients (is_grads_batched)
+            return _stack_backward_by_reference(ctx, x, lengths, flat, d_out, d_finals)
+        grads: list[Tensor | None] = [None] * len(flat)
+        # a layer needs its input's gradient when x or any weight or state below it needs one
+        below = [ctx.needs_input_grad[3] or any(needs_flat[: STACK_CELL_ARGS * directions * layer])
+                 for layer in range(layers)]
+        size = flat[4].shape[1]  # R, from w_hh (G*H, R)
+        d_layer = d_out
+        for layer in reversed(range(layers)):
+            d_in = None
+            for direction in range(directions):
+                index = layer * directions + direction
+                first = STACK_CELL_ARGS * index
+                h0, c0, w_ih, b_ih, w_hh, b_hh, w_hr = flat[first : first + STACK_CELL_ARGS]
+                nh0, nc0, nw_ih, nb_ih, nw_hh, nb_hh, nw_hr = needs_flat[first : first + STACK_CELL_ARGS]
+                d_part = None
+                if d_layer is not None:
+                    d_part = d_layer if directions == 1 else d_layer[:, :, direction * size : (direction + 1) * size]
+                    if direction == 1:
+                        d_part = reverse_padded(d_part, lengths)
+                needs = Needs(below[layer], nw_ih, nb_ih, nh0, nc0, nw_hh, nb_hh, nw_hr, False, False, False)
+                d_hn, d_cn = d_finals[2 * index], d_finals[2 * index + 1]
+                if d_part is None and d_hn is None and d_cn is None or not any(needs):
+                    continue
+                dx, dw_ih, db_ih, dh0, dc0, dw_hh, db_hh, dw_hr, *_ = run_backward(
+                    mode, d_part, d_hn, d_cn, works[index], seens[index], w_ih, w_hh, w_hr, None, None, lengths,
+                    None, None, None, b_ih is not None, b_hh is not None, needs)
+                grads[first : first + STACK_CELL_ARGS] = [dh0, dc0, dw_ih, db_ih, dw_hh, db_hh, dw_hr]
+                if dx is not None:
+                    if direction == 1:
+                        dx = reverse_padded(dx, lengths)
+                    d_in = dx if d_in is None else d_in + dx
+            d_layer = d_in
+        return (None, None, None, d_layer if ctx.needs_input_grad[3] else None, None, *grads)
+
+
+def _stack_backward_by_reference(ctx: Any, x: Tensor, lengths: Tensor | None, flat: Sequence[Tensor | None],
+                                 d_out: Tensor | None, d_finals: Sequence[Tensor | None]) -> tuple[Tensor | None, ...]:
+    """_EagerFusedStack's gradients by autograd: the reference equations of the whole stack run
+    again from the saved inputs, and autograd differentiates them; as a graph when grad mode is
+    on (create_graph=True). Batched output gradients (is_grads_batched) take this way too."""
+    graph = torch.is_grad_enabled()
+
+    def cell(*inputs: Tensor | None) -> tuple[Tensor, ...]:
+        out, final = reference_equations(inputs, ctx.mode, time_loop)
+        return out, final[0], final[1] if len(final) > 1 else out.new_empty(0)
+
+    with torch.enable_grad():
+        if not graph:  # differentiate fresh leaves: nothing of the recomputation outlives the call
+            x = x.detach().requires_grad_(ctx.needs_input_grad[3])
+            flat = [None if t is None else t.detach().requires_grad_(need)
+                    for t, need in zip(flat, ctx.needs_input_grad[5:])]
+        out, finals, _, _ = _stack(ctx.mode, ctx.layers, ctx.directions, x, lengths, flat, cell)
+    pairs = [(y, d) for y, d in zip((out, *finals), (d_out, *d_finals)) if d is not None]
+    inputs = (x, *flat)
+    needs = (ctx.needs_input_grad[3], *ctx.needs_input_grad[5:])
+    wanted = {i: t for i, (t, need) in enumerate(zip(inputs, needs)) if need and t is not None}
+    grads = torch.autograd.grad([y for y, _ in pairs], list(wanted.values()), [d for _, d in pairs],
+                                create_graph=graph, allow_unused=True)
+    result: list[Tensor | None] = [None] * len(inputs)
+    for (i, t), g in zip(wanted.items(), grads):
+        result[i] = g if g is not None else torch.zeros_like(t)
+    return (None, None, None, result[0], None, *result[1:])
+
+
+def run_stack(mode: str, layers: int, directions: int, x: Tensor, lengths: Tensor | None,
+              flat: Sequence[Tensor | None]) -> tuple[Tensor, list[Tensor]]:
+    """A stack through _EagerFusedStack: out (T, B, D*R) and each cell's (h_n, c_n) flattened."""
+    out, *finals = _EagerFusedStack.apply(mode, layers, directions, x, lengths, *flat)
+    return out, finals
+
+
 def unwatched(tensors: Sequence[Any]) -> bool:
     """Whether nothing but eager autograd sees a call on tensors: no torch.compile, torch.export
     or jit.trace tracing it, no torch.func transform, no dispatch or torch-function mode (make_fx,

@@ -22,7 +22,7 @@ from rnnkit.cells import CellSpec, CellWeights, State
 from rnnkit.cells._base import INITS, init_cell_weights, parameter_shapes
 from rnnkit.cells._module import check_chrono, check_forget_bias
 from rnnkit.engines import ENGINE_NAMES, ENGINES, Engine, LayerConfig, Noise, Probe, _compiled, reverse_padded, select_engine
-from rnnkit.engines._fused_op import differentiated_by_transform, unwatched
+from rnnkit.engines._fused_op import differentiated_by_transform, run_stack, unwatched
 
 Lengths = Sequence[int] | Tensor
 NO_NOISE = Noise()
@@ -390,6 +390,19 @@ class RecurrentLayer(nn.Module):
         """Run every layer and direction. x (T, B, I); cells: the weights of each, indexed
         layer * D + direction (_all_cell_weights); returns out (T, B, D*R) and the final state
         of each cell, indexed likewise."""
+        if (engine.name == "fused" and self._probes is None and not self.layer_norm
+                and self.num_layers * self.num_directions > 1 and not torch.jit.is_tracing() and x.shape[1] > 0
+                and (not self.training or (self.recurrent_dropout == 0 and self.zoneout == 0
+                                           and (self.dropout == 0 or self.num_layers == 1)))
+                and torch.is_grad_enabled()):
+            flat = [t for state, w in zip(state0, cells)
+                    for t in ((None, None) if state is None else (state[0], state[1] if len(state) > 1 else None))
+                    + (w.weight_ih, w.bias_ih, w.weight_hh, w.bias_hh, w.weight_hr)]
+            if any(t is not None and t.requires_grad for t in (x, *flat)) and unwatched([x, lengths, *flat]):
+                # one autograd node for the whole stack (the kernels of each cell in turn)
+                out, parts = run_stack(self.spec.mode, self.num_layers, self.num_directions, x, lengths, flat)
+                lstm = self.spec.num_states == 2
+                return out, [(parts[2 * i], parts[2 * i + 1]) if lstm else (parts[2 * i],) for i in range(len(cells))]
         finals: list[State] = []
         layer_input = x
         for layer in range(self.num_layers):

@@ -9,6 +9,15 @@ Training: cross-entropy over the target tokens (padding masked out) with teacher
 (``teacher_forcing`` < 1 feeds the model its own guesses that often). The validation metric is
 the exact match under teacher forcing, which equals the greedy decoder's exact match: if every
 step's best token is right given the right prefix, greedy decoding writes the target.
+A validation exact match of 1 ends the run (no later epoch can do better).
+
+Defaults (`rnnkit train seq2seq`), measured on the addition task on 2 CPU cores: Luong
+attention without input feeding, so that teacher-forced training runs the decoder as one fused
+layer call over all target steps and attends for all steps in one product (Bahdanau attention
+and input feeding feed each step's attention into the next step's input: a Python loop of steps,
+about twice the time per batch); 15 epochs, the full rate (3e-3) for 12 and then down along a
+cosine: with the rate held, the validation exact match rose to about 0.96 by epoch 9 and stayed
+there until the rate fell (0.985, 0.9956, 0.9976 in the last three epochs).
 Test: greedy (or beam) decoding; exact match, token accuracy (the share of target tokens, <eos>
 included, right at their position), corpus BLEU (sacrebleu) for word tokens. Baseline: copying
 the source, or the most frequent training target, whichever scores higher.
@@ -44,7 +53,7 @@ DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "e
 
 def _seq2seq_training() -> TrainConfig:
     """`rnnkit train seq2seq`'s: 15 epochs, the full rate for 12, then down along a cosine (on the
-    addition task the exact match rose until the rate fell; see the pipeline's notes)."""
+    addition task the exact match rose until the rate fell: see the module's docstring)."""
     return TrainConfig(epochs=15, batch_size=64, lr=3e-3, schedule="anneal", patience=None, lr_patience=2)
 
 
