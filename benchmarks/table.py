@@ -1,12 +1,28 @@
-"""Turn the JSON written by `rnnkit bench --json FILE` into the markdown table of README.md.
+"""Turn the JSON written by `rnnkit bench --json FILE` into the markdown tables of README.md.
 
-    python benchmarks/table.py benchmarks/cpu-2core.json
+    python benchmarks/table.py benchmarks/cpu-2core.json          # every row
+    python benchmarks/table.py --dx benchmarks/cpu-2core-dx.json  # training with and without dx
 """
 
 from __future__ import annotations
 
 import json
 import sys
+
+
+def dx_table(report: dict) -> None:  # type: ignore[type-arg]
+    """Per cell and size: the fused engine's training step without and with the input's gradient."""
+    rows = {(r["cell"], tuple(r["size"]), r["mode"]): r for r in report["rows"]}
+    print("| cell | T, B, I, H | torch.nn ms | fused ms | torch / fused | torch.nn ms, dx | fused ms, dx "
+          "| torch / fused, dx | fused GFLOP/s, dx |")
+    print("|" + "---|" * 9)
+    for (cell, size, mode), r in rows.items():
+        dx = rows.get((cell, size, "forward+backward+dx"))
+        if mode != "forward+backward" or dx is None or "fused" not in r["ms"]:
+            continue
+        print(f"| {cell} | {', '.join(map(str, size))} | {r['ms']['torch']:.3f} | {r['ms']['fused']:.3f} | "
+              f"{r['ratio']['fused']:.2f}x | {dx['ms']['torch']:.3f} | {dx['ms']['fused']:.3f} | "
+              f"**{dx['ratio']['fused']:.2f}x** | {dx['gflops']['fused']:.1f} |")
 
 
 def main(path: str) -> None:
@@ -34,4 +50,8 @@ def main(path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    if sys.argv[1] == "--dx":
+        with open(sys.argv[2], encoding="utf-8") as f:
+            dx_table(json.load(f))
+    else:
+        main(sys.argv[1])

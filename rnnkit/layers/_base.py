@@ -26,6 +26,9 @@ from rnnkit.engines._fused_op import differentiated_by_transform, run_stack, unw
 
 Lengths = Sequence[int] | Tensor
 NO_NOISE = Noise()
+FUSED_STACK = True
+"""Whether a stacked or bidirectional layer on the fused engine trains as one autograd Function
+(_EagerFusedStack) where it can; False: one per layer and direction (for paired benchmarks)."""
 """No recurrent dropout or zoneout this call (at eval, or with neither set)."""
 
 
@@ -390,7 +393,7 @@ class RecurrentLayer(nn.Module):
         """Run every layer and direction. x (T, B, I); cells: the weights of each, indexed
         layer * D + direction (_all_cell_weights); returns out (T, B, D*R) and the final state
         of each cell, indexed likewise."""
-        if (engine.name == "fused" and self._probes is None and not self.layer_norm
+        if (FUSED_STACK and engine.name == "fused" and self._probes is None and not self.layer_norm
                 and self.num_layers * self.num_directions > 1 and not torch.jit.is_tracing() and x.shape[1] > 0
                 and (not self.training or (self.recurrent_dropout == 0 and self.zoneout == 0
                                            and (self.dropout == 0 or self.num_layers == 1)))
