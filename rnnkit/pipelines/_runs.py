@@ -48,6 +48,8 @@ def pipeline_config(run: str | Path, task: str, cls: type[C], **changes: Any) ->
     if saved.get("task") != task or "pipeline" not in saved:
         raise NotARunError(f"{folder} is a {saved.get('task')!r} run, not a {task} run")
     values = dict(saved["pipeline"])
+    for key, value in getattr(cls, "BEFORE_FIELD", {}).items():  # settings newer than the run: as it ran
+        values.setdefault(key, value)
     train = TrainConfig(**{**values.pop("train"), **{k: v for k, v in changes.items() if v is not None}})
     known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(values) - known)

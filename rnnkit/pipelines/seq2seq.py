@@ -30,7 +30,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -77,6 +77,8 @@ class Seq2SeqTaskConfig:
     val_fraction: float = 0.1
     test_fraction: float = 0.1
     train: TrainConfig = field(default_factory=_seq2seq_training)
+
+    BEFORE_FIELD: ClassVar[dict[str, Any]] = {"input_feeding": True}  # how runs saved before the setting ran
 
     def check(self) -> Seq2SeqTaskConfig:
         _checks.check_choice("seq2seq", "task", self.task, ("seq2seq", "caption"))

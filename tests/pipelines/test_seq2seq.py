@@ -214,3 +214,20 @@ def test_a_very_long_pair_is_left_out_with_a_warning(tmp_path, caplog) -> None: 
     assert len(sources) == len(words) + 1
     with pytest.raises(ValueError, match="only 0 pair"):
         seq2seq.load_split(replace(cfg, max_tokens=1))
+
+
+def test_a_run_saved_before_input_feeding_was_a_setting_resumes_as_it_ran(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Luong attention fed its output into the next step before input_feeding existed (its
+    default is now off): a saved config without the setting resumes with it on."""
+    import json
+    from dataclasses import asdict
+
+    from rnnkit.pipelines._runs import pipeline_config
+
+    old = asdict(seq2seq.Seq2SeqTaskConfig(attention="luong"))
+    del old["input_feeding"]
+    (tmp_path / "config.json").write_text(json.dumps({"task": "seq2seq", "pipeline": old}))
+    assert pipeline_config(tmp_path, "seq2seq", seq2seq.Seq2SeqTaskConfig).input_feeding is True
+    new = asdict(seq2seq.Seq2SeqTaskConfig(attention="luong"))
+    (tmp_path / "config.json").write_text(json.dumps({"task": "seq2seq", "pipeline": new}))
+    assert pipeline_config(tmp_path, "seq2seq", seq2seq.Seq2SeqTaskConfig).input_feeding is False
