@@ -323,15 +323,8 @@ def _stack_backward_by_reference(ctx: Any, x: Tensor, lengths: Tensor | None, fl
             flat = [None if t is None else t.detach().requires_grad_(need)
                     for t, need in zip(flat, ctx.needs_input_grad[5:])]
         out, finals, _, _ = _stack(ctx.mode, ctx.layers, ctx.directions, x, lengths, flat, cell)
-    pairs = [(y, d) for y, d in zip((out, *finals), (d_out, *d_finals)) if d is not None]
-    inputs = (x, *flat)
     needs = (ctx.needs_input_grad[3], *ctx.needs_input_grad[5:])
-    wanted = {i: t for i, (t, need) in enumerate(zip(inputs, needs)) if need and t is not None}
-    grads = torch.autograd.grad([y for y, _ in pairs], list(wanted.values()), [d for _, d in pairs],
-                                create_graph=graph, allow_unused=True)
-    result: list[Tensor | None] = [None] * len(inputs)
-    for (i, t), g in zip(wanted.items(), grads):
-        result[i] = g if g is not None else torch.zeros_like(t)
+    result = _autograd_grads((out, *finals), (d_out, *d_finals), (x, *flat), needs, create_graph=graph)
     return (None, None, None, result[0], None, *result[1:])
 
 
@@ -392,11 +385,19 @@ def _backward_by_reference(mode: str, inputs: Sequence[Tensor | None], d_outputs
     from_gates) run again from the saved inputs, and autograd differentiates them with
     create_graph=True."""
     out, final = reference_equations(inputs, mode, time_loop)
-    pairs = [(y, d) for y, d in zip((out, *final), d_outputs) if d is not None]
+    return _autograd_grads((out, *final), d_outputs, inputs, needs, create_graph=True)
+
+
+def _autograd_grads(outputs: Sequence[Tensor], d_outputs: Sequence[Tensor | None], inputs: Sequence[Tensor | None],
+                    needs: Sequence[bool], *, create_graph: bool) -> tuple[Tensor | None, ...]:
+    """The gradients of the inputs that needs names (one entry per need: None where not needed;
+    zeros for a needed input the outputs do not depend on) from those of the outputs (None:
+    zero), by autograd."""
+    pairs = [(y, d) for y, d in zip(outputs, d_outputs) if d is not None]
     wanted = {i: t for i, (t, need) in enumerate(zip(inputs, needs)) if need and t is not None}
     grads = torch.autograd.grad([y for y, _ in pairs], list(wanted.values()), [d for _, d in pairs],
-                                create_graph=True, allow_unused=True)
-    result: list[Tensor | None] = [None] * len(needs)
+                                create_graph=create_graph, allow_unused=True)
+    result: list[Tensor | None] = [None] * len(needs)  # (inputs may run on past the needs)
     for (i, t), g in zip(wanted.items(), grads):
         result[i] = g if g is not None else torch.zeros_like(t)
     return tuple(result)
