@@ -1,0 +1,47 @@
+"""Paired in one process: a stacked or bidirectional layer's training step as one autograd
+Function (the whole stack) against one Function per layer and direction, and torch.nn.
+
+    python benchmarks/stack.py
+
+rnnkit.layers._base.FUSED_STACK switches the whole-stack Function; each round times the three
+in a shuffled order; medians.
+"""
+import random, statistics, sys, time
+import torch, rnnkit
+import rnnkit.layers._base as base
+
+def bench(family, size, layers, bidirectional, dx, rounds=300):
+    t, b, i, h = size
+    torch.manual_seed(0)
+    ref = getattr(torch.nn, family)(i, h, num_layers=layers, bidirectional=bidirectional)
+    m = rnnkit.from_torch(ref)
+    x = torch.randn(t, b, i, requires_grad=dx)
+    def step(mod):
+        out, _ = mod(x); out.sum().backward()
+    def stack_on(): base.FUSED_STACK = True; step(m)
+    def stack_off(): base.FUSED_STACK = False; step(m)
+    fns = {"torch": lambda: step(ref), "per cell": stack_off, "stack": stack_on}
+    for f in fns.values():
+        for _ in range(5): f()
+    samples = {k: [] for k in fns}
+    order = list(fns)
+    shuffle = random.Random(0).shuffle
+    start = time.perf_counter()
+    for r in range(rounds):
+        shuffle(order)
+        for k in order:
+            for p in (*ref.parameters(), *m.parameters()): p.grad = None
+            x.grad = None
+            s = time.perf_counter(); fns[k](); samples[k].append(time.perf_counter() - s)
+        if r > 10 and time.perf_counter() - start > 8: break
+    base.FUSED_STACK = True
+    ms = {k: statistics.median(v) * 1e3 for k, v in samples.items()}
+    print(f"{family} {size} layers={layers} bidir={bidirectional} dx={dx}: torch {ms['torch']:.3f} ms, per cell {ms['per cell']:.3f} "
+          f"({ms['torch']/ms['per cell']:.2f}x), stack {ms['stack']:.3f} ({ms['torch']/ms['stack']:.2f}x); stack/per-cell time {ms['stack']/ms['per cell']:.3f}", flush=True)
+
+for family in ("LSTM", "GRU"):
+    bench(family, (20, 1, 1, 20), 2, True, False)
+    bench(family, (20, 1, 1, 20), 2, True, True)
+bench("LSTM", (20, 1, 1, 20), 2, False, False)
+bench("LSTM", (50, 32, 128, 256), 2, True, True, rounds=40)
+bench("LSTM", (100, 32, 64, 256), 2, False, True, rounds=40)
