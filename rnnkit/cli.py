@@ -406,8 +406,8 @@ def _train_generator(ctx: click.Context, task: str, build: Callable[[Any], Any])
 @_training_options
 @click.pass_context
 def train_seq2seq(ctx: click.Context, dataset: str, data: str | None, tokens: str, bidirectional: bool, attention: str,
-                  input_feeding: bool, max_tokens: int, cell: str, embed: int, hidden: int, layers: int, dropout: float, teacher_forcing: float,
-                  max_length: int | None, epochs: int, batch_size: int, lr: float, schedule: str, seed: int,
+                  input_feeding: bool, max_tokens: int, cell: str, embed: int, hidden: int, layers: int, dropout: float,
+                  teacher_forcing: float, max_length: int | None, epochs: int, batch_size: int, lr: float, schedule: str, seed: int,
                   out: str | None, resume: str | None, tensorboard: bool, diagnose_every: int | None) -> None:
     """N -> M: encoder-decoder with attention (bundled: addition, dates; or --data PAIRS.tsv)."""
     from rnnkit.pipelines import seq2seq

@@ -33,7 +33,7 @@ from torch import Tensor
 from rnnkit.cells import CellSpec, CellWeights, State, input_side
 from rnnkit.cells import GRU_SPEC, LSTM_SPEC, RNN_RELU, RNN_TANH
 from rnnkit.engines import _compiled
-from rnnkit.engines._base import LayerConfig, Noise
+from rnnkit.engines._base import LayerConfig, Noise, reverse_padded
 from rnnkit.engines._fused import DTYPES, GATES, Needs, flags_of, forward_layout_size, run_backward, run_forward
 from rnnkit.engines._reference import ReferenceEngine, scan_loop, time_loop
 
@@ -212,7 +212,6 @@ def _stack(mode: str, layers: int, directions: int, x: Tensor, lengths: Tensor |
     """Every layer and direction of a stack, each cell's call run(its 15 inputs) -> (out, h_n,
     c_n, ...): the output (T, B, D*R), each cell's h_n and c_n, each call's extra outputs (the
     workspace) and the input each cell read (reversed within each length for direction 1)."""
-    from rnnkit.engines._base import reverse_padded
 
     finals: list[Tensor] = []
     extras: list[Tensor] = []
@@ -259,7 +258,6 @@ class _EagerFusedStack(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, d_out: Tensor | None, *d_finals: Tensor | None) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        from rnnkit.engines._base import reverse_padded
 
         mode, layers, directions = ctx.mode, ctx.layers, ctx.directions
         cells = layers * directions

@@ -26,10 +26,10 @@ from rnnkit.engines._fused_op import differentiated_by_transform, run_stack, unw
 
 Lengths = Sequence[int] | Tensor
 NO_NOISE = Noise()
+"""No recurrent dropout or zoneout this call (at eval, or with neither set)."""
 FUSED_STACK = True
 """Whether a stacked or bidirectional layer on the fused engine trains as one autograd Function
 (_EagerFusedStack) where it can; False: one per layer and direction (for paired benchmarks)."""
-"""No recurrent dropout or zoneout this call (at eval, or with neither set)."""
 
 
 @dataclass

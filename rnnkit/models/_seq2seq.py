@@ -220,11 +220,11 @@ class Seq2Seq(nn.Module):
         spec = cells[0].spec
         emb = self.drop(self.target_embed(target_in))  # (B, L, E)
         states = [s if isinstance(s, tuple) else (s,) for s in state]
-        if c.attention == "none" or (c.attention == "luong" and not c.feeds):
+        if c.attention != "bahdanau" and not c.feeds:  # nothing of the attention enters a step
             x = emb.transpose(0, 1)  # (L, B, E)
+            layer = LayerConfig(spec, c.hidden_size, False, 0.0, 0.0)
             for k, w in enumerate(weights):
                 layer_in = x if k == 0 else self.drop(x)
-                layer = LayerConfig(spec, c.hidden_size, False, 0.0, 0.0)
                 engine = select_engine("auto", layer, layer_in, owner="Seq2Seq", grad=torch.is_grad_enabled())
                 x, _ = engine.run(spec, layer_in, states[k], w, lengths=None, noise=Noise())  # (L, B, H)
             top = x.transpose(0, 1)  # (B, L, H): s_t of every step
