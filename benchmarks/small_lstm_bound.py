@@ -3,58 +3,105 @@ that does no work with the same inputs and outputs, one training step each at (T
 (20, 1, 1, 20), paired (3000 shuffled rounds, medians); then the layer against its fused
 Function called directly, and each forward alone.
 
-    python benchmarks/small_lstm_bound.py
+    python benchmarks/small_lstm_bound.py                              # 1 layer
+    python benchmarks/small_lstm_bound.py --layers 2 --bidirectional   # the whole-stack Function
+
+With more than one cell (layers x directions) the Function is _EagerFusedStack (run_stack), the
+empty Function takes and returns what it does (x, every cell's weights; out and every cell's
+h_n, c_n), and "kernels alone" times the forward and backward kernels of every cell called one
+after the other on the same tensors, with no autograd.
 """
-import random, statistics, time
-import torch, rnnkit
+import argparse
+import random
+import statistics
+import time
+
+import torch
+
+import rnnkit
+from rnnkit.engines._fused import Needs, run_backward, run_forward
+from rnnkit.engines._fused_op import _EagerFusedRNN, run_stack
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--layers", type=int, default=1)
+parser.add_argument("--bidirectional", action="store_true")
+parser.add_argument("--rounds", type=int, default=3000)
+args = parser.parse_args()
 torch.manual_seed(0)
 T, B, I, H = 20, 1, 1, 20
-ref = torch.nn.LSTM(I, H)
+D = 2 if args.bidirectional else 1
+CELLS = args.layers * D
+ref = torch.nn.LSTM(I, H, num_layers=args.layers, bidirectional=args.bidirectional)
 m = rnnkit.from_torch(ref)
 x = torch.randn(T, B, I)
 params = list(m.parameters())
+
 
 class Empty(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, *ws):
         ctx.save_for_backward(x, *ws)
-        return x.new_empty(T, B, H), x.new_empty(B, H), x.new_empty(B, H)
+        return (x.new_empty(T, B, D * H), *[x.new_empty(B, H) for _ in range(2 * CELLS)])
+
     @staticmethod
     def backward(ctx, *grads):
         saved = ctx.saved_tensors
         return (None, *[torch.empty_like(w) for w in saved[1:]])
 
+
+def rounds(fns, extra=()):
+    for f in fns.values():
+        for _ in range(200):
+            f()
+    samples = {k: [] for k in fns}
+    order = list(fns)
+    for _ in range(args.rounds):
+        random.shuffle(order)
+        for k in order:
+            for p in (*params, *extra):
+                p.grad = None
+            s = time.perf_counter()
+            fns[k]()
+            samples[k].append(time.perf_counter() - s)
+    for k, v in samples.items():
+        print(f"{k}: {statistics.median(v) * 1e6:.1f} us")
+
+
 def step_torch(): out, _ = ref(x); out.sum().backward()
 def step_rnnkit(): out, _ = m(x); out.sum().backward()
-def step_empty(): out, h, c = Empty.apply(x, *params); out.sum().backward()
-fns = {"torch.nn": step_torch, "rnnkit": step_rnnkit, "empty Function": step_empty}
-for f in fns.values():
-    for _ in range(200): f()
-samples = {k: [] for k in fns}
-order = list(fns)
-for r in range(3000):
-    random.shuffle(order)
-    for k in order:
-        for p in (*params, *ref.parameters()): p.grad = None
-        s = time.perf_counter(); fns[k](); samples[k].append(time.perf_counter() - s)
-for k, v in samples.items():
-    print(f"{k}: {statistics.median(v) * 1e6:.1f} us")
+def step_empty(): out, *_ = Empty.apply(x, *params); out.sum().backward()
 
-from rnnkit.engines._fused_op import _EagerFusedRNN
-w = m.cell_weights(0)
-fargs = (x, w.weight_ih, w.bias_ih, None, None, w.weight_hh, w.bias_hh, None, None, None, None, None, None, None, None, "LSTM", True)
-def step_function(): out, h, c, _ = _EagerFusedRNN.apply(*fargs); out.sum().backward()
-def step_forward_only(): m(x)
-def step_function_forward_only(): _EagerFusedRNN.apply(*fargs)
-fns = {"rnnkit": step_rnnkit, "Function direct": step_function, "empty Function": step_empty,
-       "layer forward only": step_forward_only, "Function forward only": step_function_forward_only}
-samples = {k: [] for k in fns}
-order = list(fns)
-for r in range(3000):
-    random.shuffle(order)
-    for k in order:
-        for p in params: p.grad = None
-        s = time.perf_counter(); fns[k](); samples[k].append(time.perf_counter() - s)
+
+print(f"LSTM (T, B, I, H) = ({T}, {B}, {I}, {H}), {args.layers} layer(s), {D} direction(s); "
+      f"{torch.get_num_threads()} threads")
+rounds({"torch.nn": step_torch, "rnnkit": step_rnnkit, "empty Function": step_empty}, ref.parameters())
+
+cells = [m.cell_weights(layer, direction) for layer in range(args.layers) for direction in range(D)]
+if CELLS == 1:
+    w = cells[0]
+    fargs = (x, w.weight_ih, w.bias_ih, None, None, w.weight_hh, w.bias_hh, None, None, None, None, None, None, None,
+             None, "LSTM", True)
+    def step_function(): out, h, c, _ = _EagerFusedRNN.apply(*fargs); out.sum().backward()
+    def function_forward(): _EagerFusedRNN.apply(*fargs)
+else:
+    flat = [t for w in cells for t in (None, None, w.weight_ih, w.bias_ih, w.weight_hh, w.bias_hh, None)]
+    def step_function(): out, _ = run_stack("LSTM", args.layers, D, x, None, flat); out.sum().backward()
+    def function_forward(): run_stack("LSTM", args.layers, D, x, None, flat)
+
+
+def kernels_alone():
+    """Every cell's forward and backward kernel on detached tensors of the right shapes."""
+    with torch.no_grad():
+        for i, w in enumerate(cells):
+            inp = x if i < D else torch.empty(T, B, D * H)
+            wi, wh = w.weight_ih.detach(), w.weight_hh.detach()
+            out, h, c, work = run_forward("LSTM", inp, wi, w.bias_ih.detach(), None, None, wh, w.bias_hh.detach(),
+                                          None, None, None, None, None, None, None, None, True)
+            run_backward("LSTM", torch.ones_like(out), None, None, work, inp, wi, wh, None, None, None, None, None,
+                         None, None, True, True, Needs(i >= D, True, True, False, False, True, True, False,
+                                                       False, False, False))
+
+
 print("---")
-for k, v in samples.items():
-    print(f"{k}: {statistics.median(v) * 1e6:.1f} us")
+rounds({"rnnkit": step_rnnkit, "Function direct": step_function, "empty Function": step_empty,
+        "kernels alone": kernels_alone, "layer forward only": lambda: m(x), "Function forward only": function_forward})

@@ -15,6 +15,10 @@ Time-major tensors are (T, B, *); with ``batch_first=True`` inputs and outputs a
 while states stay (K*D, B, *). An unbatched input drops B: (T, I) for a layer, (I,) for a cell.
 """
 
+from rnnkit import _busy
+
+_busy.prepare_launch()  # the command line on a busy machine: before torch starts its threads
+
 from rnnkit._checks import InputError, InputTypeError
 from rnnkit._convert import from_torch, to_torch
 from rnnkit.cells import GRUCell, LSTMCell, RNNCell

@@ -34,6 +34,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from rnnkit import _busy
+
 log = logging.getLogger("rnnkit")
 
 Batch = Sequence[Tensor]
@@ -306,6 +308,9 @@ class Trainer:
         sampler: DistributedSampler[Any] | None = (DistributedSampler(train, num_replicas=self.world_size, rank=self.rank,
                                                                       shuffle=self.shuffle, seed=cfg.seed)
                    if self.world_size > 1 else None)
+        said = _busy.advice(torch.get_num_threads()) if self.device.type == "cpu" else None
+        if said:
+            log.warning("Trainer: %s", said)
         began = time.perf_counter() - sum(r.seconds for r in self.history)  # a resumed run counts its past
         for epoch in range(first, cfg.epochs + 1):
             if self.stopped_early:

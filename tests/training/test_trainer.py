@@ -197,3 +197,27 @@ def test_an_early_stopped_run_stays_stopped_when_resumed(tmp_path) -> None:  # t
     again.fit(*data(), resume=True)
     assert len(again.history) == len(first.history) and again.stop_reason == first.stop_reason
     assert again.diagnoses == first.diagnoses and len(first.diagnoses) > 0
+
+
+
+@pytest.mark.parametrize("case", ["idle", "busy now", "busy at launch"])
+def test_a_busy_machine_is_named_when_training_starts(case: str, monkeypatch: pytest.MonkeyPatch,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """Training on CPU with several threads says once that the machine is busy, with what to set
+    (rnnkit._busy.advice), or that the launch set OMP_WAIT_POLICY=PASSIVE; nothing when idle."""
+    from rnnkit import _busy
+
+    monkeypatch.setattr(_busy, "machine_busy", lambda: case == "busy now")
+    monkeypatch.setattr(_busy, "cpu_pressure", lambda: 42.0)
+    monkeypatch.setattr(_busy, "PASSIVE_AT_LAUNCH", case == "busy at launch")
+    monkeypatch.setattr(_busy, "LAUNCH_SEEN", (3, 2))
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    with caplog.at_level("WARNING", logger="rnnkit"):
+        fit(TrainConfig(epochs=2, batch_size=16))
+    said = [r.getMessage() for r in caplog.records if "OMP_WAIT_POLICY" in r.getMessage()]
+    assert len(said) == (0 if case == "idle" else 1), said
+    if case == "busy now":
+        assert "CPU pressure 42%" in said[0] and "OMP_WAIT_POLICY=PASSIVE or OMP_NUM_THREADS=1" in said[0]
+    if case == "busy at launch":
+        assert "3 other tasks were running on 2 cores at launch" in said[0]
