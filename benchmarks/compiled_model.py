@@ -16,9 +16,6 @@ Rounds alternate eager and compiled in a fresh order; medians in microseconds.
 from __future__ import annotations
 
 import argparse
-import random
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
@@ -26,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import rnnkit
+from rnnkit.bench import paired_medians
 
 SHAPES = ((20, 1), (12, 64), (50, 32))
 """(T, B) of the batches: a tutorial's one sequence, a batch of names, a batch of sentences."""
@@ -71,18 +69,7 @@ def timings(cell: str, shape: tuple[int, int], hidden: int, budget_s: float) -> 
     for fn in fns.values():  # the first calls compile
         for _ in range(3):
             fn()
-    samples: dict[str, list[float]] = {name: [] for name in fns}
-    order = list(fns.items())
-    shuffle = random.Random(0).shuffle
-    start, rounds = time.perf_counter(), 0
-    while rounds < 20 or time.perf_counter() - start < budget_s:
-        shuffle(order)
-        for name, fn in order:
-            begin = time.perf_counter()
-            fn()
-            samples[name].append(time.perf_counter() - begin)
-        rounds += 1
-    return {name: 1e6 * statistics.median(s) for name, s in samples.items()}
+    return {name: 1e6 * t for name, t in paired_medians(fns, rounds=20, budget_s=budget_s).items()}
 
 
 def main() -> None:

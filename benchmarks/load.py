@@ -25,15 +25,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
 
 import rnnkit
-from rnnkit.bench import background_load
+from rnnkit.bench import background_load, paired_medians
 from rnnkit import _busy
 
 SIZES = (("gru", (8, 64, 8, 128)), ("lstm", (20, 1, 1, 20)), ("lstm", (100, 32, 64, 128)),
@@ -67,24 +64,13 @@ def steps(cell: str, size: tuple[int, int, int, int]) -> dict[str, Callable[[], 
 
 def measure(budget_s: float) -> dict[tuple[str, tuple[int, int, int, int]], dict[str, float]]:
     """Median ms of a training step per size and implementation, rounds in a fresh order."""
-    shuffle = random.Random(0).shuffle
     result = {}
     for cell, size in SIZES:
         fns = steps(cell, size)
         for fn in fns.values():
             fn()
             fn()
-        samples: dict[str, list[float]] = {name: [] for name in fns}
-        order = list(fns.items())
-        start, rounds = time.perf_counter(), 0
-        while rounds < 5 or time.perf_counter() - start < budget_s:
-            shuffle(order)
-            for name, fn in order:
-                begin = time.perf_counter()
-                fn()
-                samples[name].append(time.perf_counter() - begin)
-            rounds += 1
-        result[(cell, size)] = {name: 1e3 * statistics.median(s) for name, s in samples.items()}
+        result[(cell, size)] = {name: 1e3 * t for name, t in paired_medians(fns, rounds=5, budget_s=budget_s).items()}
     return result
 
 

@@ -104,6 +104,23 @@ def _time(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
+def paired_medians(fns: dict[str, Callable[[], object]], *, rounds: int, budget_s: float,
+                   seed: int = 0) -> dict[str, float]:
+    """Median seconds of each function, timed round by round, each round every function once in a
+    fresh order (so that none always runs in the wake of the same other), for at least `rounds`
+    rounds and until budget_s seconds have passed."""
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    order = list(fns.items())
+    shuffle = random.Random(seed).shuffle
+    start, done = time.perf_counter(), 0
+    while done < rounds or time.perf_counter() - start < budget_s:
+        shuffle(order)
+        for name, fn in order:
+            samples[name].append(_time(fn))
+        done += 1
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
 def _modules(cell: str, size: tuple[int, int, int, int], engines: Sequence[str]) -> dict[str, nn.Module]:
     _, _, inputs, hidden = size
     torch_type = {"lstm": nn.LSTM, "lstm_ln": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[cell]
