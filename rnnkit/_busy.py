@@ -115,7 +115,11 @@ def prepare_launch(argv: Sequence[str] | None = None, orig_argv: Sequence[str] |
     threads = _threads(environ)
     if threads <= 1:
         return False
-    others, available = running_elsewhere(), cores()
+    available = cores()
+    first = running_elsewhere(samples=1)  # an idle machine costs the launch one reading
+    if first is None or first + threads <= available:
+        return False
+    others = running_elsewhere()
     if others is None or others + threads <= available:
         return False
     environ["OMP_WAIT_POLICY"] = "PASSIVE"
