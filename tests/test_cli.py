@@ -106,3 +106,17 @@ def test_every_option_has_a_help_line() -> None:
                 if isinstance(p, click.Option) and not p.help and "--help" not in p.opts]
 
     assert options(main, "rnnkit") == []
+
+
+def test_paired_medians_times_every_function_once_a_round_in_fresh_orders() -> None:
+    """rnnkit.bench.paired_medians: each function once per round, as many rounds as asked when
+    the budget is spent, the order shuffled between rounds, and the median of each one's times."""
+    from rnnkit.bench import paired_medians
+
+    calls: list[str] = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in "abcd"}
+    medians = paired_medians(fns, rounds=40, budget_s=0.0)
+    assert sorted(medians) == list("abcd") and all(t >= 0 for t in medians.values())
+    rounds = [tuple(calls[i : i + 4]) for i in range(0, len(calls), 4)]
+    assert len(rounds) == 40 and all(sorted(r) == list("abcd") for r in rounds)
+    assert len(set(rounds)) > 1  # not one fixed order
