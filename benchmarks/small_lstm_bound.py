@@ -12,13 +12,11 @@ h_n, c_n), and "kernels alone" times the forward and backward kernels of every c
 after the other on the same tensors, with no autograd.
 """
 import argparse
-import random
-import statistics
-import time
 
 import torch
 
 import rnnkit
+from rnnkit.bench import paired_medians
 from rnnkit.engines._fused import Needs, run_backward, run_forward
 from rnnkit.engines._fused_op import _EagerFusedRNN, run_stack
 
@@ -53,18 +51,13 @@ def rounds(fns, extra=()):
     for f in fns.values():
         for _ in range(200):
             f()
-    samples = {k: [] for k in fns}
-    order = list(fns)
-    for _ in range(args.rounds):
-        random.shuffle(order)
-        for k in order:
-            for p in (*params, *extra):
-                p.grad = None
-            s = time.perf_counter()
-            fns[k]()
-            samples[k].append(time.perf_counter() - s)
-    for k, v in samples.items():
-        print(f"{k}: {statistics.median(v) * 1e6:.1f} us")
+
+    def clear():
+        for p in (*params, *extra):
+            p.grad = None
+
+    for k, t in paired_medians(fns, rounds=args.rounds, budget_s=0, before=clear, seed=None).items():
+        print(f"{k}: {t * 1e6:.1f} us")
 
 
 def step_torch(): out, _ = ref(x); out.sum().backward()
@@ -74,7 +67,7 @@ def step_empty(): out, *_ = Empty.apply(x, *params); out.sum().backward()
 
 print(f"LSTM (T, B, I, H) = ({T}, {B}, {I}, {H}), {args.layers} layer(s), {D} direction(s); "
       f"{torch.get_num_threads()} threads")
-rounds({"torch.nn": step_torch, "rnnkit": step_rnnkit, "empty Function": step_empty}, ref.parameters())
+rounds({"torch.nn": step_torch, "rnnkit": step_rnnkit, "empty Function": step_empty}, tuple(ref.parameters()))
 
 cells = [m.cell_weights(layer, direction) for layer in range(args.layers) for direction in range(D)]
 if CELLS == 1:

@@ -6,8 +6,8 @@ Function (the whole stack) against one Function per layer and direction, and tor
 rnnkit.layers._base.FUSED_STACK switches the whole-stack Function; each round times the three
 in a shuffled order; medians.
 """
-import random, statistics, sys, time
 import torch, rnnkit
+from rnnkit.bench import paired_medians
 import rnnkit.layers._base as base
 
 def bench(family, size, layers, bidirectional, dx, rounds=300):
@@ -23,19 +23,12 @@ def bench(family, size, layers, bidirectional, dx, rounds=300):
     fns = {"torch": lambda: step(ref), "per cell": stack_off, "stack": stack_on}
     for f in fns.values():
         for _ in range(5): f()
-    samples = {k: [] for k in fns}
-    order = list(fns)
-    shuffle = random.Random(0).shuffle
-    start = time.perf_counter()
-    for r in range(rounds):
-        shuffle(order)
-        for k in order:
-            for p in (*ref.parameters(), *m.parameters()): p.grad = None
-            x.grad = None
-            s = time.perf_counter(); fns[k](); samples[k].append(time.perf_counter() - s)
-        if r > 10 and time.perf_counter() - start > 8: break
+    def clear():
+        for p in (*ref.parameters(), *m.parameters()): p.grad = None
+        x.grad = None
+    medians = paired_medians(fns, rounds=min(rounds, 12), max_rounds=rounds, budget_s=8, before=clear)
     base.FUSED_STACK = True
-    ms = {k: statistics.median(v) * 1e3 for k, v in samples.items()}
+    ms = {k: v * 1e3 for k, v in medians.items()}
     print(f"{family} {size} layers={layers} bidir={bidirectional} dx={dx}: torch {ms['torch']:.3f} ms, per cell {ms['per cell']:.3f} "
           f"({ms['torch']/ms['per cell']:.2f}x), stack {ms['stack']:.3f} ({ms['torch']/ms['stack']:.2f}x); stack/per-cell time {ms['stack']/ms['per cell']:.3f}", flush=True)
 

@@ -35,10 +35,9 @@ PRESSURE_EVERY_S = 1.0
 """cpu_pressure reads the file at most this often and keeps the last reading in between."""
 _pressure_read = [-math.inf, 0.0]  # when it was last read (time.monotonic), and what it read
 
-PASSIVE_AT_LAUNCH = False
-"""Whether prepare_launch set OMP_WAIT_POLICY=PASSIVE for this process."""
 LAUNCH_SEEN: tuple[int, int] | None = None
-"""(other runnable tasks, cores) that prepare_launch saw, when it set the policy."""
+"""(other runnable tasks, cores) that prepare_launch saw when it set OMP_WAIT_POLICY=PASSIVE for
+this process; None when it did not."""
 
 
 def cpu_pressure() -> float:
@@ -104,7 +103,7 @@ def prepare_launch(argv: Sequence[str] | None = None, orig_argv: Sequence[str] |
     set OMP_WAIT_POLICY=PASSIVE. Returns whether it did. Nothing happens when this is not the
     command line, torch is already loaded (its threading is set up), the user set a wait
     policy, RNNKIT_ADAPTIVE_THREADS=0, or the process runs one thread."""
-    global PASSIVE_AT_LAUNCH, LAUNCH_SEEN
+    global LAUNCH_SEEN
     argv = sys.argv if argv is None else argv
     orig_argv = getattr(sys, "orig_argv", argv) if orig_argv is None else orig_argv
     environ = os.environ if environ is None else environ
@@ -123,7 +122,7 @@ def prepare_launch(argv: Sequence[str] | None = None, orig_argv: Sequence[str] |
     if others is None or others + threads <= available:
         return False
     environ["OMP_WAIT_POLICY"] = "PASSIVE"
-    PASSIVE_AT_LAUNCH, LAUNCH_SEEN = True, (others, available)
+    LAUNCH_SEEN = (others, available)
     return True
 
 
@@ -139,7 +138,7 @@ def advice(threads: int) -> str | None:
     """What a training run on CPU with `threads` threads should say about the machine: that the
     launch set OMP_WAIT_POLICY=PASSIVE, or that the machine is busy now and what to set; None
     when there is nothing to say."""
-    if PASSIVE_AT_LAUNCH and LAUNCH_SEEN is not None:
+    if LAUNCH_SEEN is not None:
         others, available = LAUNCH_SEEN
         return (f"{others} other tasks were running on {available} cores at launch: waiting threads sleep instead of "
                 "spinning (OMP_WAIT_POLICY=PASSIVE, which changes no number; set OMP_WAIT_POLICY yourself to choose)")

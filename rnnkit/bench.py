@@ -105,17 +105,21 @@ def _time(fn: Callable[[], object]) -> float:
 
 
 def paired_medians(fns: dict[str, Callable[[], object]], *, rounds: int, budget_s: float,
-                   seed: int = 0) -> dict[str, float]:
+                   max_rounds: int | None = None, before: Callable[[], object] | None = None,
+                   seed: int | None = 0) -> dict[str, float]:
     """Median seconds of each function, timed round by round, each round every function once in a
-    fresh order (so that none always runs in the wake of the same other), for at least `rounds`
-    rounds and until budget_s seconds have passed."""
+    fresh order (so that none always runs in the wake of the same other: its threads, its caches),
+    for at least `rounds` rounds and until budget_s seconds have passed, at most max_rounds.
+    before (untimed) runs ahead of every call: clearing gradients, say."""
     samples: dict[str, list[float]] = {name: [] for name in fns}
     order = list(fns.items())
     shuffle = random.Random(seed).shuffle
     start, done = time.perf_counter(), 0
-    while done < rounds or time.perf_counter() - start < budget_s:
+    while (max_rounds is None or done < max_rounds) and (done < rounds or time.perf_counter() - start < budget_s):
         shuffle(order)
         for name, fn in order:
+            if before is not None:
+                before()
             samples[name].append(_time(fn))
         done += 1
     return {name: statistics.median(s) for name, s in samples.items()}
@@ -169,6 +173,11 @@ def bench_one(
             return None
         return run
 
+    def clear_grads() -> None:
+        for p in params:
+            p.grad = None
+        x_grad.grad = None
+
     passes: list[tuple[str, Callable[[nn.Module], Callable[[], object]]]] = [
         ("forward", forward), ("forward+backward", train_step)]
     if input_grad:
@@ -179,22 +188,8 @@ def bench_one(
         for fn in fns.values():  # warm up: first calls build kernels and caches
             fn()
             fn()
-        samples: dict[str, list[float]] = {name: [] for name in fns}
-        order = list(fns.items())
-        shuffle = random.Random(0).shuffle
-        start = time.perf_counter()
-        for i in range(repeats):
-            # alternate: round i times every implementation once, in a fresh order each round, so
-            # that none always runs in the wake of the same other (its threads, its caches)
-            shuffle(order)
-            for name, fn in order:
-                for p in params:
-                    p.grad = None
-                x_grad.grad = None
-                samples[name].append(_time(fn))
-            if i >= 2 and time.perf_counter() - start > budget_s:
-                break
-        ms = {name: 1e3 * statistics.median(s) for name, s in samples.items()}
+        medians = paired_medians(fns, rounds=3, max_rounds=repeats, budget_s=budget_s, before=clear_grads)
+        ms = {name: 1e3 * t for name, t in medians.items()}
         row = Row(cell, size, mode, ms)
         work = flops(cell, size, mode)
         for name, value in ms.items():

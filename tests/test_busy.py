@@ -33,7 +33,6 @@ def _stat(tmp_path: Path, running: int, monkeypatch: pytest.MonkeyPatch) -> None
     stat.write_text(f"cpu  1 2 3 4\nctxt 99\nprocs_running {running}\nprocs_blocked 0\n")
     monkeypatch.setattr(_busy, "STAT_FILE", str(stat))
     monkeypatch.setattr(_busy, "cores", lambda: 2)
-    monkeypatch.setattr(_busy, "PASSIVE_AT_LAUNCH", False)
     monkeypatch.setattr(_busy, "LAUNCH_SEEN", None)
 
 
@@ -52,7 +51,7 @@ def test_the_launch_sets_a_passive_wait_on_a_busy_machine(running: int, env: dic
     _stat(tmp_path, running, monkeypatch)
     environ = dict(env)
     done = _busy.prepare_launch(["rnnkit", "train"], ["rnnkit", "train"], environ, torch_loaded=False)
-    assert done is expected and _busy.PASSIVE_AT_LAUNCH is expected
+    assert done is expected and (_busy.LAUNCH_SEEN is not None) is expected
     assert environ.get("OMP_WAIT_POLICY") == ("PASSIVE" if expected else env.get("OMP_WAIT_POLICY"))
     if expected:
         assert _busy.LAUNCH_SEEN == (running - 1, 2)
@@ -67,7 +66,7 @@ def test_the_launch_changes_nothing_outside_the_command_line_or_after_torch(tmp_
     assert not _busy.prepare_launch(["rnnkit"], ["rnnkit"], environ, torch_loaded=True)  # its threads are set up
     monkeypatch.setattr(_busy, "STAT_FILE", str(tmp_path / "missing"))  # not Linux
     assert not _busy.prepare_launch(["rnnkit"], ["rnnkit"], environ, torch_loaded=False)
-    assert environ == {} and not _busy.PASSIVE_AT_LAUNCH
+    assert environ == {} and _busy.LAUNCH_SEEN is None
 
 
 def test_cpu_pressure_is_read_as_linux_writes_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -75,7 +74,7 @@ def test_cpu_pressure_is_read_as_linux_writes_it(tmp_path: Path, monkeypatch: py
     psi.write_text("some avg10=63.20 avg60=40.00 avg300=12.00 total=123\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n")
     monkeypatch.setattr(_busy, "PRESSURE_FILE", str(psi))
     monkeypatch.setattr(_busy, "_pressure_read", [-float("inf"), 0.0])
-    monkeypatch.setattr(_busy, "PASSIVE_AT_LAUNCH", False)
+    monkeypatch.setattr(_busy, "LAUNCH_SEEN", None)
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     assert _busy.cpu_pressure() == 63.2 and _busy.machine_busy()
     assert "CPU pressure 63%" in (_busy.advice(2) or "") and _busy.advice(1) is None

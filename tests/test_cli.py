@@ -110,7 +110,8 @@ def test_every_option_has_a_help_line() -> None:
 
 def test_paired_medians_times_every_function_once_a_round_in_fresh_orders() -> None:
     """rnnkit.bench.paired_medians: each function once per round, as many rounds as asked when
-    the budget is spent, the order shuffled between rounds, and the median of each one's times."""
+    the budget is spent and no more than max_rounds, the order shuffled between rounds, before
+    ahead of every call, and the median of each one's times."""
     from rnnkit.bench import paired_medians
 
     calls: list[str] = []
@@ -120,3 +121,8 @@ def test_paired_medians_times_every_function_once_a_round_in_fresh_orders() -> N
     rounds = [tuple(calls[i : i + 4]) for i in range(0, len(calls), 4)]
     assert len(rounds) == 40 and all(sorted(r) == list("abcd") for r in rounds)
     assert len(set(rounds)) > 1  # not one fixed order
+    calls.clear()
+    cleared: list[int] = []
+    paired_medians(fns, rounds=2, max_rounds=5, budget_s=60.0, before=lambda: cleared.append(len(calls)))
+    assert len(calls) == 20  # the budget would allow more: max_rounds stops it
+    assert cleared == list(range(20))  # before runs ahead of every call

@@ -394,7 +394,8 @@ class RecurrentLayer(nn.Module):
         layer * D + direction (_all_cell_weights); returns out (T, B, D*R) and the final state
         of each cell, indexed likewise."""
         if (FUSED_STACK and engine.name == "fused" and self._probes is None and not self.layer_norm
-                and self.num_layers * self.num_directions > 1 and not torch.jit.is_tracing() and x.shape[1] > 0
+                and self.num_layers * self.num_directions > 1
+                and not torch.jit.is_tracing() and x.shape[1] > 0  # (before the size: a traced size is a tensor)
                 and (not self.training or (self.recurrent_dropout == 0 and self.zoneout == 0
                                            and (self.dropout == 0 or self.num_layers == 1)))
                 and torch.is_grad_enabled()):

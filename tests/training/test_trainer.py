@@ -209,8 +209,7 @@ def test_a_busy_machine_is_named_when_training_starts(case: str, monkeypatch: py
 
     monkeypatch.setattr(_busy, "machine_busy", lambda: case == "busy now")
     monkeypatch.setattr(_busy, "cpu_pressure", lambda: 42.0)
-    monkeypatch.setattr(_busy, "PASSIVE_AT_LAUNCH", case == "busy at launch")
-    monkeypatch.setattr(_busy, "LAUNCH_SEEN", (3, 2))
+    monkeypatch.setattr(_busy, "LAUNCH_SEEN", (3, 2) if case == "busy at launch" else None)
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     with caplog.at_level("WARNING", logger="rnnkit"):
