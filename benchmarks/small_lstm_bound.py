@@ -1,15 +1,16 @@
 """What bounds a small LSTM's training step: torch.nn.LSTM, rnnkit.LSTM, and an autograd Function
 that does no work with the same inputs and outputs, one training step each at (T, B, I, H) =
 (20, 1, 1, 20), paired (3000 shuffled rounds, medians); then the layer against its fused
-Function called directly, and each forward alone.
+Function called directly, the kernels alone, and each forward alone.
 
     python benchmarks/small_lstm_bound.py                              # 1 layer
-    python benchmarks/small_lstm_bound.py --layers 2 --bidirectional   # the whole-stack Function
+    python benchmarks/small_lstm_bound.py --layers 2 --bidirectional   # a stack
 
-With more than one cell (layers x directions) the Function is _EagerFusedStack (run_stack), the
-empty Function takes and returns what it does (x, every cell's weights; out and every cell's
-h_n, c_n), and "kernels alone" times the forward and backward kernels of every cell called one
-after the other on the same tensors, with no autograd.
+The Function is the layer's: the whole-stack Function (run_stack), one kernel call a pass for
+all cells at this size. The empty Function takes and returns what it does (x, every cell's
+weights; out and every cell's h_n, c_n), and "kernels alone" times the stack's forward and
+backward kernel calls (run_stack_forward, run_stack_backward) on the same tensors, with no
+autograd.
 """
 import argparse
 
@@ -17,8 +18,9 @@ import torch
 
 import rnnkit
 from rnnkit.bench import paired_medians
-from rnnkit.engines._fused import Needs, run_backward, run_forward
-from rnnkit.engines._fused_op import _EagerFusedRNN, run_stack
+from rnnkit.engines import _compiled
+from rnnkit.engines._fused import run_stack_backward, run_stack_forward, stack_plan
+from rnnkit.engines._fused_op import run_stack
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--layers", type=int, default=1)
@@ -70,29 +72,21 @@ print(f"LSTM (T, B, I, H) = ({T}, {B}, {I}, {H}), {args.layers} layer(s), {D} di
 rounds({"torch.nn": step_torch, "rnnkit": step_rnnkit, "empty Function": step_empty}, tuple(ref.parameters()))
 
 cells = [m.cell_weights(layer, direction) for layer in range(args.layers) for direction in range(D)]
-if CELLS == 1:
-    w = cells[0]
-    fargs = (x, w.weight_ih, w.bias_ih, None, None, w.weight_hh, w.bias_hh, None, None, None, None, None, None, None,
-             None, "LSTM", True)
-    def step_function(): out, h, c, _ = _EagerFusedRNN.apply(*fargs); out.sum().backward()
-    def function_forward(): _EagerFusedRNN.apply(*fargs)
-else:
-    flat = [t for w in cells for t in (None, None, w.weight_ih, w.bias_ih, w.weight_hh, w.bias_hh, None)]
-    def step_function(): out, _ = run_stack("LSTM", args.layers, D, x, None, flat); out.sum().backward()
-    def function_forward(): run_stack("LSTM", args.layers, D, x, None, flat)
+flat = [t for w in cells for t in (None, None, w.weight_ih, w.bias_ih, w.weight_hh, w.bias_hh, None)]
+def step_function(): out, _ = run_stack("LSTM", args.layers, D, x, None, flat); out.sum().backward()
+def function_forward(): run_stack("LSTM", args.layers, D, x, None, flat)
+
+
+plan = stack_plan(_compiled.load(), "LSTM", x.dtype, args.layers, D, T, B, I, 4 * H, H, 0, torch.get_num_threads())
+detached = [None if t is None else t.detach() for t in flat]
+needs_flat = [t is not None for t in flat]
 
 
 def kernels_alone():
-    """Every cell's forward and backward kernel on detached tensors of the right shapes."""
-    with torch.no_grad():
-        for i, w in enumerate(cells):
-            inp = x if i < D else torch.empty(T, B, D * H)
-            wi, wh = w.weight_ih.detach(), w.weight_hh.detach()
-            out, h, c, work = run_forward("LSTM", inp, wi, w.bias_ih.detach(), None, None, wh, w.bias_hh.detach(),
-                                          None, None, None, None, None, None, None, None, True)
-            run_backward("LSTM", torch.ones_like(out), None, None, work, inp, wi, wh, None, None, None, None, None,
-                         None, None, True, True, Needs(i >= D, True, True, False, False, True, True, False,
-                                                       False, False, False))
+    """The stack's forward and backward kernel calls, with no autograd."""
+    out, h_n, c_n, *saved = run_stack_forward(plan, "LSTM", args.layers, D, x, None, detached)
+    run_stack_backward(plan, "LSTM", args.layers, D, x, None, detached, saved, torch.ones_like(out), None, None,
+                       False, needs_flat)
 
 
 print("---")

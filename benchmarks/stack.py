@@ -1,7 +1,8 @@
-"""Paired in one process: a stacked or bidirectional layer's training step as one autograd
-Function (the whole stack) against one Function per layer and direction, and torch.nn.
+"""Paired in one process: a layer's training step as one autograd Function for all its layers and
+directions (the whole stack: one kernel call a pass where the stack's plan allows, at small and
+medium sizes) against one Function per layer and direction, and torch.nn.
 
-    python benchmarks/stack.py
+    python benchmarks/stack.py > benchmarks/stack.txt
 
 rnnkit.layers._base.FUSED_STACK switches the whole-stack Function; each round times the three
 in a shuffled order; medians.
@@ -36,5 +37,8 @@ for family in ("LSTM", "GRU"):
     bench(family, (20, 1, 1, 20), 2, True, False)
     bench(family, (20, 1, 1, 20), 2, True, True)
 bench("LSTM", (20, 1, 1, 20), 2, False, False)
+bench("LSTM", (20, 1, 1, 20), 1, False, False)
+bench("LSTM", (6, 5, 100, 200), 2, True, True)
+bench("LSTM", (100, 64, 256, 256), 1, False, True, rounds=40)
 bench("LSTM", (50, 32, 128, 256), 2, True, True, rounds=40)
 bench("LSTM", (100, 32, 64, 256), 2, False, True, rounds=40)

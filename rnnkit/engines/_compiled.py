@@ -83,6 +83,15 @@ def _declare(lib: ctypes.CDLL) -> None:
         backward = getattr(lib, "rnn_backward_slices" + suffix)
         backward.restype = i
         backward.argtypes = [i] * 9 + [p] * 26  # slices, threads, wthreads, cell, T, B, H, R, I, pointers
+        stack_forward = getattr(lib, "rnn_stack_forward" + suffix)
+        stack_forward.restype = i
+        stack_forward.argtypes = [p] * 12  # plan, x, lengths, weights, inner, out, revs, hn, cn, works, at, scratch
+        stack_backward = getattr(lib, "rnn_stack_backward" + suffix)
+        stack_backward.restype = i
+        stack_backward.argtypes = [p] * 13 + [i, p]  # plan, ..., dx, below, scratch
+        scratch = getattr(lib, "rnn_stack_backward_scratch" + suffix)
+        scratch.restype = ctypes.c_long
+        scratch.argtypes = [p]
     for layout in (lib.rnnkit_forward_layout, lib.rnnkit_backward_layout):
         layout.restype = ctypes.c_long
         layout.argtypes = [i] * 7 + [p]  # (slices or cell, ...), where the offsets go or NULL

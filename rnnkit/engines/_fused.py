@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import math
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -438,3 +439,104 @@ def _weight_grads_by_torch(
         assert ghat is not None
         dln_hh = (dg_post * ghat).sum(0)
     return dx, dw_ih, db_ih, dw_hh, db_hh, dw_hr, dln_hh
+
+
+class _StackPlan(NamedTuple):
+    """What the kernels' calls for a whole stack (rnn_stack_forward, rnn_stack_backward) need
+    beyond its tensors, for one shape: each cell's _Plan as the kernels take it."""
+
+    forward: Any  # rnn_stack_forward and rnn_stack_backward for the dtype, as ctypes functions
+    backward: Any
+    ints: Any  # the plan's ints (ctypes): STACK_HEAD, then STACK_CELL_INTS per cell
+    work_at: Any  # where each cell's forward workspace starts in the stack's (ctypes longs)
+    works: int  # the forward workspaces' elements, all cells
+    scratch: int  # the backward pass's scratch (rnn_stack_backward_scratch)
+
+
+@functools.lru_cache(maxsize=128)
+def stack_plan(kernels: _compiled.Kernels, mode: str, dtype: torch.dtype, layers: int, directions: int, steps: int,
+               batch: int, inputs: int, gates: int, size: int, flags: int, num_threads: int) -> _StackPlan | None:
+    """The plan of a whole stack's calls (inputs: I of the first layer; gates G*H; size R; flags
+    HAS_PROJ or 0), or None where the stack's kernels do not serve it: a cell whose weight
+    gradients torch computes after the kernel (large sizes, where the call's glue is nothing
+    beside the products anyway), or more layers than a bit mask holds."""
+    if layers > 30:
+        return None
+    ints = [CELL_IDS[mode], layers, directions, steps, batch, gates // GATES[mode], size, inputs, flags]
+    at, total = [], 0
+    for layer in range(layers):
+        plan = _plan(kernels, mode, dtype, steps, batch, inputs if layer == 0 else directions * size, gates, size,
+                     flags, num_threads)
+        if plan.weight_threads == 0:
+            return None
+        for _ in range(directions):
+            ints += [plan.slices, plan.threads, plan.pthreads, plan.chunk, plan.backward_slices,
+                     plan.backward_threads, plan.weight_threads]
+            at.append(total)
+            total += plan.saved[0]  # (a multiple of 16: each cell's workspace starts on a 64-byte line)
+    plan_ints = (ctypes.c_int * len(ints))(*ints)
+    suffix = DTYPES[dtype]
+    return _StackPlan(
+        forward=getattr(kernels.lib, "rnn_stack_forward" + suffix),
+        backward=getattr(kernels.lib, "rnn_stack_backward" + suffix),
+        ints=plan_ints,
+        work_at=(ctypes.c_long * len(at))(*at),
+        works=total,
+        scratch=getattr(kernels.lib, "rnn_stack_backward_scratch" + suffix)(plan_ints),
+    )
+
+
+STACK_CELL_ARGS = 7
+"""Tensors per cell (layer * D + direction) of a stack's flat inputs: h0, c0, w_ih, b_ih, w_hh,
+b_hh, w_hr (None where absent)."""
+
+
+def run_stack_forward(plan: _StackPlan, mode: str, layers: int, directions: int, x: Tensor, lengths: Tensor | None,
+                      flat: Sequence[Tensor | None]
+                      ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None, Tensor]:
+    """Every layer and direction of a stack in one kernel call (rnn_stack_forward): x (T, B, I),
+    lengths (B,) int64 in [1, T] or None, flat: STACK_CELL_ARGS tensors per cell. Returns out
+    (T, B, D*R), h_n (L*D, B, R), c_n (L*D, B, H) (LSTM; else empty), and what the backward pass
+    reads: inner (L-1, T, B, D*R) or None, revs or None, and the workspaces."""
+    steps, batch, inputs = x.shape
+    gates, size = flat[4].shape  # type: ignore[union-attr]
+    cells, wide, rows = layers * directions, directions * size, steps * batch
+    held = _contiguous(*flat)
+    weights = (ctypes.c_void_p * len(held))(*_ptrs(*held))
+    inner = x.new_empty(layers - 1, steps, batch, wide) if layers > 1 else None
+    out = x.new_empty(steps, batch, wide)
+    revs = x.new_empty(rows * inputs + (layers - 1) * rows * wide) if directions == 2 else None
+    h_n = x.new_empty(cells, batch, size)
+    lstm = mode == "LSTM"
+    c_n = x.new_empty(cells, batch, gates // 4) if lstm else x.new_empty(0)
+    works = x.new_empty(plan.works)
+    scratch = x.new_empty(steps, batch, size) if directions == 2 else None
+    status = plan.forward(plan.ints, *_ptrs(x, lengths), weights,
+                          *_ptrs(inner, out, revs, h_n, c_n if lstm else None, works), plan.work_at, *_ptrs(scratch))
+    if status != 0:
+        raise MemoryError("rnnkit fused engine: no memory for the forward kernel's scratch")
+    return out, h_n, c_n, inner, revs, works
+
+
+def run_stack_backward(plan: _StackPlan, mode: str, layers: int, directions: int, x: Tensor, lengths: Tensor | None,
+                       flat: Sequence[Tensor | None], saved: Sequence[Tensor | None], d_out: Tensor | None,
+                       d_hn: Tensor | None, d_cn: Tensor | None, needs_x: bool, needs_flat: Sequence[bool]
+                       ) -> tuple[Tensor | None, list[Tensor | None]]:
+    """The backward pass of run_stack_forward in one kernel call (rnn_stack_backward), from the
+    gradients of out, h_n and c_n (None: zeros); saved: its inner, revs and workspaces. Returns
+    the input's gradient (None unless needs_x) and flat's (None where needs_flat says no)."""
+    held = _contiguous(*flat)
+    weights = (ctypes.c_void_p * len(held))(*_ptrs(*held))
+    grads = [None if t is None or not need else torch.empty_like(t, memory_format=torch.contiguous_format)
+             for t, need in zip(held, needs_flat)]
+    pointers = (ctypes.c_void_p * len(grads))(*_ptrs(*grads))
+    dx = x.new_empty(x.shape) if needs_x else None
+    per_layer = STACK_CELL_ARGS * directions
+    below = sum(1 << layer for layer in range(layers) if needs_x or any(needs_flat[: per_layer * layer]))
+    d_out, d_hn, d_cn = _contiguous(d_out, d_hn, d_cn if mode == "LSTM" else None)
+    scratch = x.new_empty(plan.scratch)
+    status = plan.backward(plan.ints, *_ptrs(x, lengths), weights, *_ptrs(*saved), plan.work_at,
+                           *_ptrs(d_out, d_hn, d_cn), pointers, *_ptrs(dx), below, *_ptrs(scratch))
+    if status != 0:
+        raise MemoryError("rnnkit fused engine: no memory for the backward kernel's scratch")
+    return dx, grads

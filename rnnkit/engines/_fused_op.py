@@ -34,7 +34,8 @@ from rnnkit.cells import CellSpec, CellWeights, State, input_side
 from rnnkit.cells import GRU_SPEC, LSTM_SPEC, RNN_RELU, RNN_TANH
 from rnnkit.engines import _compiled
 from rnnkit.engines._base import LayerConfig, Noise, reverse_padded
-from rnnkit.engines._fused import DTYPES, GATES, Needs, flags_of, forward_layout_size, run_backward, run_forward
+from rnnkit.engines._fused import (DTYPES, GATES, STACK_CELL_ARGS, Needs, flags_of, forward_layout_size, run_backward,
+                                   run_forward, run_stack_backward, run_stack_forward, stack_plan)
 from rnnkit.engines._reference import ReferenceEngine, scan_loop, time_loop
 
 SPECS = {spec.mode: spec for spec in (RNN_TANH, RNN_RELU, LSTM_SPEC, GRU_SPEC)}
@@ -195,11 +196,6 @@ class _EagerFusedRNN(torch.autograd.Function):
         return _backward(ctx, *grads)
 
 
-STACK_CELL_ARGS = 7
-"""Tensors per cell (layer * D + direction) in _EagerFusedStack's inputs: h0, c0, w_ih, b_ih,
-w_hh, b_hh, w_hr (None where absent)."""
-
-
 def _cell_inputs(x: Tensor, lengths: Tensor | None, cell: Sequence[Tensor | None]) -> tuple[Tensor | None, ...]:
     """rnnkit::fused_rnn's 15 tensor arguments for one cell of a stack (no layer norm, no noise)."""
     h0, c0, w_ih, b_ih, w_hh, b_hh, w_hr = cell
@@ -267,9 +263,11 @@ class _EagerFusedStack(torch.autograd.Function):
         works = saved[2 + STACK_CELL_ARGS * cells : 2 + STACK_CELL_ARGS * cells + cells]
         seens = (x, *saved[2 + STACK_CELL_ARGS * cells + cells :])
         needs_flat = ctx.needs_input_grad[5:]
+        ctx.needs_x, ctx.needs_flat = ctx.needs_input_grad[3], needs_flat
         if torch.is_grad_enabled() or not unwatched([d_out, *d_finals]):
             # create_graph=True (the gradient as a graph), or batched gradients (is_grads_batched)
-            return _stack_backward_by_reference(ctx, x, lengths, flat, d_out, d_finals)
+            d_x, by_reference = _stack_backward_by_reference(ctx, x, lengths, flat, d_out, d_finals)
+            return (None, None, None, d_x, None, *by_reference)
         grads: list[Tensor | None] = [None] * len(flat)
         # a layer needs its input's gradient when x or any weight or state below it needs one
         below = [ctx.needs_input_grad[3] or any(needs_flat[: STACK_CELL_ARGS * directions * layer])
@@ -305,10 +303,13 @@ class _EagerFusedStack(torch.autograd.Function):
 
 
 def _stack_backward_by_reference(ctx: Any, x: Tensor, lengths: Tensor | None, flat: Sequence[Tensor | None],
-                                 d_out: Tensor | None, d_finals: Sequence[Tensor | None]) -> tuple[Tensor | None, ...]:
-    """_EagerFusedStack's gradients by autograd: the reference equations of the whole stack run
-    again from the saved inputs, and autograd differentiates them; as a graph when grad mode is
-    on (create_graph=True). Batched output gradients (is_grads_batched) take this way too."""
+                                 d_out: Tensor | None, d_finals: Sequence[Tensor | None]
+                                 ) -> tuple[Tensor | None, Sequence[Tensor | None]]:
+    """A stack Function's gradients by autograd (the input's, and flat's): the reference
+    equations of the whole stack run again from the saved inputs, and autograd differentiates
+    them; as a graph when grad mode is on (create_graph=True). Batched output gradients
+    (is_grads_batched) take this way too. d_finals: each cell's h_n and c_n gradients; ctx:
+    mode, layers, directions, and needs_x and needs_flat (which gradients are wanted)."""
     graph = torch.is_grad_enabled()
 
     def cell(*inputs: Tensor | None) -> tuple[Tensor, ...]:
@@ -317,20 +318,74 @@ def _stack_backward_by_reference(ctx: Any, x: Tensor, lengths: Tensor | None, fl
 
     with torch.enable_grad():
         if not graph:  # differentiate fresh leaves: nothing of the recomputation outlives the call
-            x = x.detach().requires_grad_(ctx.needs_input_grad[3])
-            flat = [None if t is None else t.detach().requires_grad_(need)
-                    for t, need in zip(flat, ctx.needs_input_grad[5:])]
+            x = x.detach().requires_grad_(ctx.needs_x)
+            flat = [None if t is None else t.detach().requires_grad_(need) for t, need in zip(flat, ctx.needs_flat)]
         out, finals, _, _ = _stack(ctx.mode, ctx.layers, ctx.directions, x, lengths, flat, cell)
-    needs = (ctx.needs_input_grad[3], *ctx.needs_input_grad[5:])
+    needs = (ctx.needs_x, *ctx.needs_flat)
     result = _autograd_grads((out, *finals), (d_out, *d_finals), (x, *flat), needs, create_graph=graph)
-    return (None, None, None, result[0], None, *result[1:])
+    return result[0], result[1:]
+
+
+class _EagerFusedStackKernels(torch.autograd.Function):
+    """A whole stack as _EagerFusedStack, with each pass one call of the kernels for all cells
+    (rnn_stack_forward, rnn_stack_backward: the reversals and concatenations in C too), where
+    the stack's plan allows (stack_plan: the weight gradients in the kernels, as at small and
+    medium sizes, where the glue around the kernels costs most).
+
+    apply(mode, layers, directions, x (T, B, I), lengths (B,) int64 or None, plan, *flat) ->
+    (out (T, B, D*R), h_n (L*D, B, R), c_n (L*D, B, H); c_n empty unless LSTM)."""
+
+    @staticmethod
+    def forward(ctx: Any, mode: str, layers: int, directions: int, x: Tensor, lengths: Tensor | None, plan: Any,
+                *flat: Tensor | None) -> tuple[Tensor, ...]:  # type: ignore[override]
+        x = x.contiguous()
+        out, h_n, c_n, *saved = run_stack_forward(plan, mode, layers, directions, x, lengths, flat)
+        ctx.mode, ctx.layers, ctx.directions, ctx.plan = mode, layers, directions, plan
+        ctx.save_for_backward(x, lengths, *flat, *saved)
+        ctx.set_materialize_grads(False)
+        if mode != "LSTM":
+            ctx.mark_non_differentiable(c_n)
+        return out, h_n, c_n
+
+    @staticmethod
+    def backward(ctx: Any, d_out: Tensor | None, d_hn: Tensor | None,  # type: ignore[override]
+                 d_cn: Tensor | None) -> tuple[Tensor | None, ...]:
+        x, lengths, *rest = ctx.saved_tensors
+        cells = ctx.layers * ctx.directions
+        flat, saved = rest[: STACK_CELL_ARGS * cells], rest[STACK_CELL_ARGS * cells :]
+        ctx.needs_x, ctx.needs_flat = ctx.needs_input_grad[3], ctx.needs_input_grad[6:]
+        if torch.is_grad_enabled() or not unwatched([d_out, d_hn, d_cn]):
+            # create_graph=True (the gradient as a graph), or batched gradients (is_grads_batched)
+            lstm = ctx.mode == "LSTM"
+            d_finals = [d for k in range(cells)
+                        for d in (None if d_hn is None else d_hn[k], None if d_cn is None or not lstm else d_cn[k])]
+            dx, grads = _stack_backward_by_reference(ctx, x, lengths, flat, d_out, d_finals)
+        else:
+            dx, grads = run_stack_backward(ctx.plan, ctx.mode, ctx.layers, ctx.directions, x, lengths, flat, saved,
+                                           d_out, d_hn, d_cn, ctx.needs_x, ctx.needs_flat)
+        return (None, None, None, dx, None, None, *grads)
 
 
 def run_stack(mode: str, layers: int, directions: int, x: Tensor, lengths: Tensor | None,
-              flat: Sequence[Tensor | None]) -> tuple[Tensor, list[Tensor]]:
-    """A stack through _EagerFusedStack: out (T, B, D*R) and each cell's (h_n, c_n) flattened."""
+              flat: Sequence[Tensor | None]) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """A stack in one autograd Function: _EagerFusedStackKernels where its plan allows, else
+    _EagerFusedStack. x (T, B, I), lengths (B,) in [1, T] or None, flat: STACK_CELL_ARGS tensors
+    per cell. Returns out (T, B, D*R) and the final state's parts, (L*D, B, S) each."""
+    kernels = _compiled.load()
+    assert not isinstance(kernels, str), kernels
+    w_hh, w_hr = flat[4], flat[6]
+    assert w_hh is not None
+    gates, size = w_hh.shape
+    steps, batch, inputs = x.shape
+    plan = stack_plan(kernels, mode, x.dtype, layers, directions, steps, batch, inputs, gates, size,
+                      flags_of(w_hr, None, None), torch.get_num_threads())
+    if plan is not None:
+        run_lengths = None if lengths is None else lengths.to(torch.int64).contiguous()
+        out, h_n, c_n = _EagerFusedStackKernels.apply(mode, layers, directions, x, run_lengths, plan, *flat)
+        return out, (h_n, c_n) if mode == "LSTM" else (h_n,)
     out, *finals = _EagerFusedStack.apply(mode, layers, directions, x, lengths, *flat)
-    return out, finals
+    h_n = torch.stack(finals[0::2])
+    return out, (h_n, torch.stack(finals[1::2])) if mode == "LSTM" else (h_n,)
 
 
 def unwatched(tensors: Sequence[Any]) -> bool:

@@ -28,8 +28,9 @@ Lengths = Sequence[int] | Tensor
 NO_NOISE = Noise()
 """No recurrent dropout or zoneout this call (at eval, or with neither set)."""
 FUSED_STACK = True
-"""Whether a stacked or bidirectional layer on the fused engine trains as one autograd Function
-(_EagerFusedStack) where it can; False: one per layer and direction (for paired benchmarks)."""
+"""Whether a layer on the fused engine trains as one autograd Function for all its layers and
+directions (run_stack: one kernel call a pass at small and medium sizes) where it can; False:
+one per layer and direction (for paired benchmarks)."""
 
 
 @dataclass
@@ -374,12 +375,7 @@ class RecurrentLayer(nn.Module):
             engine = ENGINES["reference"]  # torch.func's grad and jvp, forward-mode AD: autograd's loop
         if torch.compiler.is_compiling() and torch.onnx.is_in_onnx_export():  # (checked cheapest first)
             engine = ENGINES["reference"]  # under export, one scan over time: an ONNX Scan
-        out, finals = self._run_stack(engine, x, state0, run_lengths, cells)
-
-        if len(finals) == 1:  # (1, B, S) without a copy
-            state = tuple([part.unsqueeze(0) for part in finals[0]])
-        else:
-            state = tuple(torch.stack([f[part] for f in finals]) for part in range(self.spec.num_states))
+        out, state = self._run_stack(engine, x, state0, run_lengths, cells)
         if packed is not None:
             assert cpu_lengths is not None
             return repack(out, packed, cpu_lengths), state
@@ -389,12 +385,11 @@ class RecurrentLayer(nn.Module):
 
     def _run_stack(
         self, engine: Engine, x: Tensor, state0: list[State | None], lengths: Tensor | None, cells: list[CellWeights]
-    ) -> tuple[Tensor, list[State]]:
+    ) -> tuple[Tensor, State]:
         """Run every layer and direction. x (T, B, I); cells: the weights of each, indexed
-        layer * D + direction (_all_cell_weights); returns out (T, B, D*R) and the final state
-        of each cell, indexed likewise."""
+        layer * D + direction (_all_cell_weights); returns out (T, B, D*R) and the final state,
+        each part (K*D, B, S) with the cells indexed likewise."""
         if (FUSED_STACK and engine.name == "fused" and self._probes is None and not self.layer_norm
-                and self.num_layers * self.num_directions > 1
                 and not torch.jit.is_tracing() and x.shape[1] > 0  # (before the size: a traced size is a tensor)
                 and (not self.training or (self.recurrent_dropout == 0 and self.zoneout == 0
                                            and (self.dropout == 0 or self.num_layers == 1)))
@@ -403,10 +398,8 @@ class RecurrentLayer(nn.Module):
                     for t in ((None, None) if state is None else (state[0], state[1] if len(state) > 1 else None))
                     + (w.weight_ih, w.bias_ih, w.weight_hh, w.bias_hh, w.weight_hr)]
             if any(t is not None and t.requires_grad for t in (x, *flat)) and unwatched([x, lengths, *flat]):
-                # one autograd node for the whole stack (the kernels of each cell in turn)
-                out, parts = run_stack(self.spec.mode, self.num_layers, self.num_directions, x, lengths, flat)
-                lstm = self.spec.num_states == 2
-                return out, [(parts[2 * i], parts[2 * i + 1]) if lstm else (parts[2 * i],) for i in range(len(cells))]
+                # one autograd node for the whole stack (and one kernel call a pass, where its plan allows)
+                return run_stack(self.spec.mode, self.num_layers, self.num_directions, x, lengths, flat)
         finals: list[State] = []
         layer_input = x
         for layer in range(self.num_layers):
@@ -429,7 +422,9 @@ class RecurrentLayer(nn.Module):
             layer_input = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)  # (T, B, D*R)
             if self.training and self.dropout > 0 and layer < self.num_layers - 1:
                 layer_input = F.dropout(layer_input, self.dropout, training=True)
-        return layer_input, finals
+        if len(finals) == 1:  # (1, B, S) without a copy
+            return layer_input, tuple([part.unsqueeze(0) for part in finals[0]])
+        return layer_input, tuple(torch.stack([f[part] for f in finals]) for part in range(self.spec.num_states))
 
     def _sample_noise(self, steps: int, batch: int, like: Tensor) -> Noise:
         """Masks of one layer and direction; none at eval (both regularisers are then the identity)."""

@@ -1,6 +1,8 @@
-"""A whole stack in one autograd Function (_EagerFusedStack): taken by stacked or bidirectional
-layers on the fused engine in plain eager training, with the reference engine's numbers and
-gradients (of the input, the initial state and every weight), as a graph too."""
+"""A whole stack in one autograd Function: taken by stacked or bidirectional layers on the fused
+engine in plain eager training, with the reference engine's numbers and gradients (of the input,
+the initial state and every weight), as a graph too. Both forms of it: one kernel call a pass for
+all cells (_EagerFusedStackKernels, where the stack's plan allows), and the cells' kernels called
+in turn from Python (_EagerFusedStack, where it does not: large sizes)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,8 @@ import pytest
 import torch
 
 import rnnkit
-from rnnkit.engines._fused_op import _EagerFusedStack
+from rnnkit.engines import _fused_op
+from rnnkit.layers import _base
 
 CONFIGS = [
     ("LSTM", dict(num_layers=2, bidirectional=True)),
@@ -16,6 +19,7 @@ CONFIGS = [
     ("GRU", dict(num_layers=2, bidirectional=True, batch_first=True)),
     ("RNN", dict(num_layers=1, bidirectional=True, nonlinearity="relu")),
     ("GRU", dict(num_layers=2, bias=False)),
+    ("LSTM", dict(num_layers=1)),
 ]
 
 
@@ -27,18 +31,28 @@ def pair(family: str, options: dict) -> tuple[torch.nn.Module, torch.nn.Module]:
     return fused, reference
 
 
-def uses_the_stack(out: torch.Tensor) -> bool:
+def stack_function(out: torch.Tensor) -> str | None:
+    """The name of the stack Function that made out, if one did."""
     node = out.grad_fn
     while node is not None and "EagerFusedStack" not in type(node).__name__:
         node = node.next_functions[0][0] if node.next_functions else None  # (batch_first: a transpose)
-    return node is not None
+    return None if node is None else type(node).__name__.removesuffix("Backward")
+
+
+@pytest.fixture(params=["kernels", "cells"])
+def stack_form(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Which Function runs the stack: "kernels" (one call a pass) as at these sizes, or "cells"
+    (each cell's kernels from Python), as where the stack's plan does not serve."""
+    if request.param == "cells":
+        monkeypatch.setattr(_fused_op, "stack_plan", lambda *args: None)
+    return "_EagerFusedStackKernels" if request.param == "kernels" else "_EagerFusedStack"
 
 
 @pytest.mark.parametrize("family, options", CONFIGS)
 @pytest.mark.parametrize("with_lengths", [False, True])
 @pytest.mark.parametrize("with_hx", [False, True])
 def test_the_stack_equals_the_reference_engine(family: str, options: dict, with_lengths: bool,  # type: ignore[type-arg]
-                                               with_hx: bool) -> None:
+                                               with_hx: bool, stack_form: str) -> None:
     fused, reference = pair(family, options)
     batch_first = options.get("batch_first", False)
     x = torch.randn(3, 6, 4, dtype=torch.float64) if batch_first else torch.randn(6, 3, 4, dtype=torch.float64)
@@ -56,7 +70,7 @@ def test_the_stack_equals_the_reference_engine(family: str, options: dict, with_
             t.grad = None
         out, state = m(x, hx, lengths=lengths)
         if m is fused:
-            assert uses_the_stack(out)
+            assert stack_function(out) == stack_form
         parts = state if isinstance(state, tuple) else (state,)
         weights = torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)
         ((out * weights).sum() + sum((p * p).sum() for p in parts)).backward()
@@ -66,7 +80,8 @@ def test_the_stack_equals_the_reference_engine(family: str, options: dict, with_
 
 
 @pytest.mark.parametrize("family, options", CONFIGS[:3])
-def test_the_stack_makes_a_graph_of_its_gradient(family: str, options: dict) -> None:  # type: ignore[type-arg]
+def test_the_stack_makes_a_graph_of_its_gradient(family: str, options: dict,  # type: ignore[type-arg]
+                                                 stack_form: str) -> None:
     """create_graph=True: double backward through the stack equals the reference engine's."""
     fused, reference = pair(family, options)
     x = torch.randn(5, 2, 4, dtype=torch.float64)
@@ -85,20 +100,69 @@ def test_the_stack_makes_a_graph_of_its_gradient(family: str, options: dict) -> 
 
 
 def test_what_the_stack_does_not_take() -> None:
-    """One cell, layer norm, noise or dropout in training, and no gradient keep the per-cell path."""
+    """Layer norm, noise or dropout in training, and no gradient keep the per-cell path; one
+    cell takes the stack too (its glue is the leaner)."""
     x = torch.randn(4, 2, 3)
-    cases = [rnnkit.LSTM(3, 4), rnnkit.LSTM(3, 4, num_layers=2, layer_norm=True),
+    cases = [rnnkit.LSTM(3, 4, num_layers=2, layer_norm=True),
              rnnkit.GRU(3, 4, num_layers=2, dropout=0.5), rnnkit.GRU(3, 4, bidirectional=True, zoneout=0.1)]
     calls: list[int] = []
-    original = _EagerFusedStack.apply
+    original = _base.run_stack
     try:
-        _EagerFusedStack.apply = lambda *a: (calls.append(1), original(*a))[1]  # type: ignore[method-assign]
+        _base.run_stack = lambda *a: (calls.append(1), original(*a))[1]  # type: ignore[assignment]
         for m in cases:
             m.train()(x)[0].sum().backward()
         with torch.no_grad():
             rnnkit.LSTM(3, 4, num_layers=2)(x)
         assert calls == []
         rnnkit.GRU(3, 4, num_layers=2, dropout=0.5).eval()(x)[0].sum().backward()  # eval: no dropout
-        assert calls == [1]
+        rnnkit.LSTM(3, 4)(x)[0].sum().backward()
+        assert calls == [1, 1]
     finally:
-        _EagerFusedStack.apply = original  # type: ignore[method-assign]
+        _base.run_stack = original  # type: ignore[assignment]
+
+
+@pytest.mark.parametrize("family", ["LSTM", "GRU"])
+@pytest.mark.parametrize("loss_of", ["out", "h_n", "c_n"])
+@pytest.mark.parametrize("frozen", [False, True])
+def test_the_stack_gives_the_gradients_asked_for(family: str, loss_of: str, frozen: bool, stack_form: str) -> None:
+    """Only some gradients wanted: the input's not (a first layer), the lowest layer frozen, the
+    loss of the output alone or of one part of the final state: what is wanted equals the
+    reference engine's, and what is not is left None."""
+    if loss_of == "c_n" and family != "LSTM":
+        pytest.skip("only an LSTM has a cell state")
+    fused, reference = pair(family, dict(num_layers=3, bidirectional=True))
+    x = torch.randn(7, 4, 4, dtype=torch.float64)
+    results = []
+    for m in (fused, reference):
+        for name, p in m.named_parameters():
+            p.requires_grad_(not (frozen and name.endswith(("_l0", "_l0_reverse"))))
+            p.grad = None
+        out, state = m(x, lengths=[7, 3, 5, 1])
+        if m is fused:
+            assert stack_function(out) == stack_form
+        parts = state if isinstance(state, tuple) else (state,)
+        target = {"out": out, "h_n": parts[0], "c_n": parts[-1]}[loss_of]
+        (target * torch.linspace(-1, 1, target.numel(), dtype=target.dtype).view_as(target)).sum().backward()
+        results.append([p.grad for p in m.parameters()])
+    for a, b in zip(*results):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_the_stack_in_float32_equals_torch() -> None:
+    """The tutorials' size, float32: a 2-layer bidirectional LSTM as torch.nn.LSTM computes it."""
+    torch.manual_seed(0)
+    ours = rnnkit.LSTM(1, 20, num_layers=2, bidirectional=True)
+    theirs = ours.to_torch()
+    x = torch.randn(20, 1, 1, requires_grad=True)
+    grads = []
+    for m in (ours, theirs):
+        x.grad = None
+        out, (h, c) = m(x)
+        if m is ours:
+            assert stack_function(out) == "_EagerFusedStackKernels"
+        (out.pow(2).sum() + h.sum() + c.sum()).backward()
+        grads.append([out.detach(), h.detach(), c.detach(), x.grad, *(p.grad for p in m.parameters())])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=2e-5, atol=2e-6)

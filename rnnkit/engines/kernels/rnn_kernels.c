@@ -200,7 +200,11 @@ long rnnkit_backward_layout(int n, int cell, int T, int B, int H, int R, int fla
     return lay_out(D_PARTS, sizes, offsets != NULL ? offsets : own);
 }
 
-int rnnkit_kernels_version(void) { return 24; }
+/* The plan of a whole stack (rnn_stack_forward): its ints before the cells', and each cell's. */
+#define STACK_HEAD 9
+#define STACK_CELL_INTS 7
+
+int rnnkit_kernels_version(void) { return 25; }
 
 #define REAL float
 #define SFX(name) name##_f32

@@ -999,3 +999,159 @@ int SFX(rnn_backward_slices)(int n, int threads, int wthreads, int cell, int T, 
                                    dgh_raw, dproj, dx, dwih, dbih, dwhh, dbhh, dwhr, dln_hh);
     return status;
 }
+
+/* dst[t, b, 0:C] = src[s, b, 0:C] (add: +=) for every step t and row b, where s = t, or with
+ * reverse the step t reads within the row's length (lengths[b] - 1 - t for t < lengths[b]; the
+ * padding stays in place; NULL lengths: all T). Rows of src lie ss numbers apart, of dst ds: a
+ * column block of a wider array (a direction's half of a layer's output) is read or written
+ * where it lies. As rnnkit.engines.reverse_padded, whose inverse it is too. */
+static void SFX(stack_copy)(int T, int B, int C, const int64_t* lengths, int reverse, int add, const REAL* src,
+                            long ss, REAL* dst, long ds) {
+    for (int t = 0; t < T; t++)
+        for (int b = 0; b < B; b++) {
+            long s = t;
+            if (reverse) {
+                const long len = lengths != NULL ? lengths[b] : T;
+                if (t < len) s = len - 1 - t;
+            }
+            const REAL* from = src + (s * B + b) * ss;
+            REAL* to = dst + ((long)t * B + b) * ds;
+            if (add) {
+                for (int c = 0; c < C; c++) to[c] += from[c];
+            } else {
+                memcpy(to, from, sizeof(REAL) * (size_t)C);
+            }
+        }
+}
+
+/* A whole stack (layers L, directions D) of one cell family, forward and backward, in one call
+ * each: the cells' kernels (rnn_forward_slices, rnn_backward_slices) in turn, with the
+ * reversals of the second direction and the concatenation of a layer's directions done here.
+ * No layer norm, noise or dropout between layers; the weight gradients in the kernels.
+ *
+ * plan (ints, STACK_HEAD of them first): cell, L, D, T, B, H, R, I0 and the cells' flags
+ * (HAS_PROJ or 0); then per cell (k = layer * D + direction) its forward's slices, threads,
+ * projection threads and chunk, and its backward's slices, threads and weight-gradient threads
+ * (STACK_CELL_INTS). Arrays: x (T, B, I0); lengths (B) or NULL;
+ * weights: per cell h0, c0, w_ih, b_ih, w_hh, b_hh, w_hr (NULL where absent); inner (L-1, T, B,
+ * D*R), the output of every layer but the last (the next one's input); out (T, B, D*R), the
+ * last's; revs (D = 2): each layer's input reversed within the lengths, layer 0's (T, B, I0)
+ * then the others' (T, B, D*R); hn (L*D, B, R) and cn (L*D, B, H) (LSTM; else NULL); works: the
+ * cells' forward workspaces, cell k's at work_at[k]; scratch (T, B, R) for D = 2. */
+int SFX(rnn_stack_forward)(const int* plan, const REAL* x, const int64_t* lengths, const REAL* const* weights,
+                           REAL* inner, REAL* out, REAL* revs, REAL* hn, REAL* cn, REAL* works,
+                           const long* work_at, REAL* scratch) {
+    const int cell = plan[0], L = plan[1], D = plan[2], T = plan[3], B = plan[4], H = plan[5], R = plan[6];
+    const int I0 = plan[7];
+    const long TB = (long)T * B, DR = (long)D * R;
+    for (int l = 0; l < L; l++) {
+        const int I = l == 0 ? I0 : (int)DR;
+        const REAL* in = l == 0 ? x : inner + (l - 1) * TB * DR;
+        REAL* layer_out = l == L - 1 ? out : inner + l * TB * DR;
+        for (int d = 0; d < D; d++) {
+            const int k = l * D + d;
+            const int* q = plan + STACK_HEAD + STACK_CELL_INTS * k;
+            const REAL* const* w = weights + 7 * k;
+            const REAL* seen = in;
+            if (d == 1) {
+                REAL* rev = revs + (l == 0 ? 0 : TB * I0 + (l - 1) * TB * DR);
+                SFX(stack_copy)(T, B, I, lengths, 1, 0, in, I, rev, I);
+                seen = rev;
+            }
+            REAL* o = D == 1 ? layer_out : scratch;
+            const int status = SFX(rnn_forward_slices)(
+                q[0], q[1], q[2], q[3], cell, 1, T, B, H, R, I, NULL, seen, w[2], w[3], w[4], w[5], w[6], NULL,
+                NULL, NULL, lengths, NULL, NULL, NULL, w[0], w[1], o, hn + (long)k * B * R,
+                cn != NULL ? cn + (long)k * B * H : NULL, works + work_at[k], NULL);
+            if (status != 0) return status;
+            if (D > 1) SFX(stack_copy)(T, B, R, lengths, d == 1, 0, scratch, R, layer_out + (long)d * R, DR);
+        }
+    }
+    return 0;
+}
+
+/* The scratch rnn_stack_backward needs: two layers' output gradients (T, B, D*R), a direction's
+ * (T, B, R), an input gradient (T, B, max(I0, D*R)), dh (B, R), dc (B, H) and the largest of the
+ * cells' backward workspaces, each from a 64-byte line (at: where each starts). Returns the
+ * elements in all. */
+static long SFX(stack_scratch)(const int* plan, long* at) {
+    const int cell = plan[0], L = plan[1], D = plan[2], T = plan[3], B = plan[4], H = plan[5], R = plan[6];
+    const long TB = (long)T * B, DR = (long)D * R, I = plan[7] > DR ? plan[7] : DR;
+    long dwork = 0;
+    for (int k = 0; k < L * D; k++) {
+        const long size = rnnkit_backward_layout(plan[STACK_HEAD + STACK_CELL_INTS * k + 4], cell, T, B, H, R,
+                                                 plan[8], NULL);
+        if (size > dwork) dwork = size;
+    }
+    const long sizes[6] = {2 * TB * DR, TB * R, TB * I, (long)B * R, (long)B * H, dwork};
+    return lay_out(6, sizes, at);
+}
+
+long SFX(rnn_stack_backward_scratch)(const int* plan) {
+    long at[6];
+    return SFX(stack_scratch)(plan, at);
+}
+
+/* The backward pass of rnn_stack_forward, from the top layer down: d_out (T, B, D*R), d_hn
+ * (L*D, B, R), d_cn (L*D, B, H), each NULL for zeros; grads: per cell dh0, dc0, dw_ih, db_ih,
+ * dw_hh, db_hh, dw_hr, NULL where not wanted; dx (T, B, I0) or NULL; below: bit l set when layer
+ * l's input needs its gradient (the input of the stack, or a weight or state below). Each
+ * direction's input gradient, put back in order, is summed into the layer below's output
+ * gradient. scratch: rnn_stack_backward_scratch's elements. */
+int SFX(rnn_stack_backward)(const int* plan, const REAL* x, const int64_t* lengths, const REAL* const* weights,
+                            const REAL* inner, const REAL* revs, const REAL* works, const long* work_at,
+                            const REAL* d_out, const REAL* d_hn, const REAL* d_cn, REAL* const* grads, REAL* dx,
+                            int below, REAL* scratch) {
+    const int cell = plan[0], L = plan[1], D = plan[2], T = plan[3], B = plan[4], H = plan[5], R = plan[6];
+    const int I0 = plan[7];
+    const long TB = (long)T * B, DR = (long)D * R;
+    long at[6];
+    SFX(stack_scratch)(plan, at);
+    REAL* layer_grads[2] = {scratch + at[0], scratch + at[0] + TB * DR};
+    REAL *d_part = scratch + at[1], *d_in_cell = scratch + at[2], *dh_own = scratch + at[3];
+    REAL *dc_own = scratch + at[4], *dwork = scratch + at[5];
+    const REAL* d_layer = d_out;  /* the output gradient of layer l (T, B, D*R); NULL: zeros */
+    for (int l = L - 1; l >= 0; l--) {
+        const int I = l == 0 ? I0 : (int)DR;
+        const int need_in = (below >> l) & 1;
+        REAL* d_in = !need_in ? NULL : l == 0 ? dx : layer_grads[l & 1];
+        int d_in_set = 0;
+        for (int d = 0; d < D; d++) {
+            const int k = l * D + d;
+            const int* q = plan + STACK_HEAD + STACK_CELL_INTS * k;
+            const REAL* const* w = weights + 7 * k;
+            REAL* const* g = grads + 7 * k;
+            int wanted = need_in;
+            for (int j = 0; j < 7; j++) wanted |= g[j] != NULL;
+            if (!wanted) continue;
+            if (d_layer != NULL) {
+                SFX(stack_copy)(T, B, R, lengths, d == 1, 0, d_layer + (long)d * R, DR, d_part, R);
+            } else {
+                memset(d_part, 0, sizeof(REAL) * (size_t)(TB * R));
+            }
+            REAL* dh = g[0] != NULL ? g[0] : dh_own;  /* in: dh_T; out: dh_0 */
+            if (d_hn != NULL) memcpy(dh, d_hn + (long)k * B * R, sizeof(REAL) * (size_t)B * R);
+            else memset(dh, 0, sizeof(REAL) * (size_t)B * R);
+            REAL* dc = NULL;
+            if (cell == CELL_LSTM) {
+                dc = g[1] != NULL ? g[1] : dc_own;
+                if (d_cn != NULL) memcpy(dc, d_cn + (long)k * B * H, sizeof(REAL) * (size_t)B * H);
+                else memset(dc, 0, sizeof(REAL) * (size_t)B * H);
+            }
+            const REAL* seen = l == 0 ? (d == 1 ? revs : x)
+                                      : (d == 1 ? revs + TB * I0 + (l - 1) * TB * DR : inner + (l - 1) * TB * DR);
+            const int status = SFX(rnn_backward_slices)(
+                q[4], q[5], q[6], cell, T, B, H, R, I, w[4], w[6], NULL, NULL, lengths, NULL, NULL, NULL,
+                works + work_at[k], NULL, d_part, dh, dc, dwork, NULL, seen, w[2], need_in ? d_in_cell : NULL,
+                g[2], g[3], g[4], g[5], g[6], NULL, NULL, NULL);
+            if (status != 0) return status;
+            if (need_in) {
+                SFX(stack_copy)(T, B, I, lengths, d == 1, d_in_set, d_in_cell, I, d_in, I);
+                d_in_set = 1;
+            }
+        }
+        if (need_in && !d_in_set) memset(d_in, 0, sizeof(REAL) * (size_t)(TB * I));
+        d_layer = d_in;
+    }
+    return 0;
+}
