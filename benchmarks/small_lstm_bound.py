@@ -10,9 +10,10 @@ The Function is the layer's: the whole-stack Function (run_stack), one kernel ca
 all cells at this size. The empty Function takes and returns what it does (x, every cell's
 weights; out and every cell's h_n, c_n), and "kernels alone" times the stack's forward and
 backward kernel calls (run_stack_forward, run_stack_backward) on the same tensors, with no
-autograd.
+autograd; and each of the two C calls alone, its tensors and ctypes arguments made once.
 """
 import argparse
+import ctypes
 
 import torch
 
@@ -89,6 +90,24 @@ def kernels_alone():
                        False, needs_flat)
 
 
+# The C calls alone: the same two calls on tensors and ctypes arguments made once
+out0, h0_, c0_, inner0, revs0, works0 = run_stack_forward(plan, "LSTM", args.layers, D, x, None, detached)
+weights = (ctypes.c_void_p * len(detached))(*[None if t is None else t.data_ptr() for t in detached])
+scratch0 = torch.empty(T, B, H)
+grads0 = [None if t is None else torch.empty_like(t) for t in detached]
+grad_ptrs = (ctypes.c_void_p * len(grads0))(*[None if g is None else g.data_ptr() for g in grads0])
+d_out0, bscratch0 = torch.ones_like(out0), torch.empty(plan.scratch)
+ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
+fargs_c = (plan.ints, ptr(x), None, weights, ptr(inner0), ptr(out0), ptr(revs0), ptr(h0_), ptr(c0_), ptr(works0),
+           plan.work_at, ptr(scratch0))
+bargs_c = (plan.ints, ptr(x), None, weights, ptr(inner0), ptr(revs0), ptr(works0), plan.work_at, ptr(d_out0), None,
+           None, grad_ptrs, None, 0, ptr(bscratch0))
+def forward_c(): plan.forward(*fargs_c)
+def backward_c(): plan.backward(*bargs_c)
+
+
 print("---")
 rounds({"rnnkit": step_rnnkit, "Function direct": step_function, "empty Function": step_empty,
-        "kernels alone": kernels_alone, "layer forward only": lambda: m(x), "Function forward only": function_forward})
+        "kernels alone": kernels_alone, "forward kernel call, C only": forward_c,
+        "backward kernel call, C only": backward_c, "layer forward only": lambda: m(x),
+        "Function forward only": function_forward})

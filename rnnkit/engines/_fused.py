@@ -527,8 +527,7 @@ def run_stack_backward(plan: _StackPlan, mode: str, layers: int, directions: int
     the input's gradient (None unless needs_x) and flat's (None where needs_flat says no)."""
     held = _contiguous(*flat)
     weights = (ctypes.c_void_p * len(held))(*_ptrs(*held))
-    grads = [None if t is None or not need else torch.empty_like(t, memory_format=torch.contiguous_format)
-             for t, need in zip(held, needs_flat)]
+    grads = [None if t is None or not need else torch.empty_like(t) for t, need in zip(held, needs_flat)]  # (held: contiguous)
     pointers = (ctypes.c_void_p * len(grads))(*_ptrs(*grads))
     dx = x.new_empty(x.shape) if needs_x else None
     per_layer = STACK_CELL_ARGS * directions
