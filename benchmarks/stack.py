@@ -39,6 +39,8 @@ for family in ("LSTM", "GRU"):
 bench("LSTM", (20, 1, 1, 20), 2, False, False)
 bench("LSTM", (20, 1, 1, 20), 1, False, False)
 bench("LSTM", (6, 5, 100, 200), 2, True, True)
+bench("LSTM", (6, 5, 100, 200), 1, False, False)
+bench("LSTM", (28, 64, 28, 128), 1, False, False, rounds=100)
 bench("LSTM", (100, 64, 256, 256), 1, False, True, rounds=40)
 bench("LSTM", (50, 32, 128, 256), 2, True, True, rounds=40)
 bench("LSTM", (100, 32, 64, 256), 2, False, True, rounds=40)
