@@ -99,8 +99,8 @@ grad_ptrs = (ctypes.c_void_p * len(grads0))(*[None if g is None else g.data_ptr(
 d_out0, bscratch0 = torch.ones_like(out0), torch.empty(plan.scratch)
 ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
 fargs_c = (plan.ints, ptr(x), None, weights, ptr(inner0), ptr(out0), ptr(revs0), ptr(h0_), ptr(c0_), ptr(works0),
-           plan.work_at, ptr(scratch0))
-bargs_c = (plan.ints, ptr(x), None, weights, ptr(inner0), ptr(revs0), ptr(works0), plan.work_at, ptr(d_out0), None,
+           plan.work_at_c, ptr(scratch0))
+bargs_c = (plan.ints, ptr(x), None, weights, ptr(inner0), ptr(revs0), ptr(works0), plan.work_at_c, ptr(d_out0), None,
            None, grad_ptrs, None, 0, ptr(bscratch0))
 def forward_c(): plan.forward(*fargs_c)
 def backward_c(): plan.backward(*bargs_c)

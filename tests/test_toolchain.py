@@ -94,6 +94,40 @@ def test_fused_operators_pass_opcheck(mode: str, options: str) -> None:
 
 
 @needs_kernels
+@pytest.mark.parametrize("mode, layers, directions, proj", [("LSTM", 2, 2, 0), ("GRU", 2, 1, 0), ("LSTM", 1, 2, 2),
+                                                             ("RNN_TANH", 3, 2, 0)])
+@pytest.mark.parametrize("one_call", [True, False])
+def test_stack_operator_passes_opcheck(mode: str, layers: int, directions: int, proj: int, one_call: bool,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch.library.opcheck for rnnkit::fused_stack (a whole stack, as torch.compile of a
+    training step calls it) with lengths and initial states: schema, fake shapes against the
+    real kernels', autograd registration (its backward, rnnkit::fused_stack_backward) and AOT
+    dispatch; with one kernel call a pass, and with the cells' kernels in turn (large sizes)."""
+    from rnnkit.engines import _fused_op
+
+    if not one_call:
+        plan = _fused_op.stack_plan
+        monkeypatch.setattr(_fused_op, "stack_plan", lambda *a: plan(*a)._replace(one_call=False))
+    torch.manual_seed(0)
+    steps, batch, inputs_, hidden = 5, 3, 4, 6
+    gates = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1}[mode] * hidden
+    size = proj or hidden
+
+    def t(*shape: int) -> Tensor:
+        return (torch.randn(*shape, dtype=torch.float64) * 0.5).requires_grad_()
+
+    flat: list[Tensor | None] = []
+    for layer in range(layers):
+        for _ in range(directions):
+            width = inputs_ if layer == 0 else directions * size
+            flat += [t(batch, size), t(batch, hidden) if mode == "LSTM" else None, t(gates, width), t(gates),
+                     t(gates, size), t(gates), t(size, hidden) if proj else None]
+    weights, present = _fused_op._present(flat)
+    args = (t(steps, batch, inputs_), torch.tensor([5, 2, 4]), weights, present, mode, layers, directions)
+    torch.library.opcheck(torch.ops.rnnkit.fused_stack.default, args)
+
+
+@needs_kernels
 def test_fused_operator_checks_lengths_and_device() -> None:
     """The operator refuses lengths outside [1, T] itself (a traced layer passes them unchecked),
     and declares CPU kernels only: on CUDA the layers run cuDNN or the reference engine."""
@@ -184,6 +218,35 @@ def test_compile_inductor_equals_eager() -> None:
         warnings.filterwarnings("ignore", message=".*torch.jit.* is deprecated", category=DeprecationWarning)
         got = flat(compiled(x, lengths=[7, 2, 5]))
     assert_all_close(got, flat(layer(x, lengths=[7, 2, 5])), 1e-5)
+
+
+@needs_kernels
+def test_compile_sees_one_operator_for_a_stack() -> None:
+    """torch.compile of a training step: a stacked bidirectional layer is one operator each way
+    (rnnkit::fused_stack and its backward), not one per layer and direction, and equals eager."""
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+
+    graphs: list[Any] = []
+
+    def capture(gm: Any, _: Any) -> Any:
+        graphs.append(gm)
+        return make_boxed_func(gm.forward)
+
+    torch._dynamo.reset()
+    layer = make("gru-stacked-bidirectional")
+    compiled = torch.compile(layer, fullgraph=True, backend=aot_autograd(fw_compiler=capture, bw_compiler=capture))
+    results = []
+    data = inputs(layer)
+    for run in (layer, compiled):
+        x = data.clone().requires_grad_()
+        outs = flat(run(x, lengths=lengths_for(3)))
+        results.append(outs + list(torch.autograd.grad(weighted_sum(outs), [x, *layer.parameters()])))
+    assert_all_close(results[1], results[0])
+    targets = [n.target for g in graphs for n in g.graph.nodes if n.op == "call_function"]
+    assert targets.count(torch.ops.rnnkit.fused_stack.default) == 1
+    assert targets.count(torch.ops.rnnkit.fused_stack_backward.default) == 1
+    assert torch.ops.rnnkit.fused_rnn.default not in targets
 
 
 # -- torch.export and ONNX ---------------------------------------------------------------------

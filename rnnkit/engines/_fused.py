@@ -23,6 +23,7 @@ from torch import Tensor
 
 from rnnkit._checks import InputError
 from rnnkit.engines import _compiled
+from rnnkit.engines._base import reverse_padded
 
 CELL_IDS = {"RNN_TANH": 0, "RNN_RELU": 1, "LSTM": 2, "GRU": 3}
 GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
@@ -249,12 +250,14 @@ def run_forward(
     keep_h: Tensor | None,
     keep_c: Tensor | None,
     save: bool,
+    work_block: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The forward kernel over xp: the gates' input side (T, B, G*H), or with w_ih the input x
     (T, B, I), projected in the kernel. Returns out (T, B, R), h_T (B, R), c_T (B, H) (LSTM; else
     empty) and the workspace the backward pass reads (see rnnkit::fused_rnn); save=False keeps
     nothing for a backward pass: the workspace then holds one step, which the kernel overwrites
-    as it goes, and an empty one is returned."""
+    as it goes, and an empty one is returned. work_block: where the workspace goes (save=True;
+    its size as rnnkit_forward_layout gives it), else a new tensor."""
     kernels = _compiled.load()
     assert not isinstance(kernels, str), kernels
     x = w_ih_c = b_ih_c = pre = None
@@ -275,7 +278,10 @@ def run_forward(
             raise InputError(f"rnnkit: expected {batch} lengths in [1, {steps}], got {lengths_c.tolist()}")
     plan = _plan(kernels, mode, xp.dtype, steps, batch, inputs, gates, size, flags_of(w_hr, ln_hh, ln_cw),
                  torch.get_num_threads())
-    work = _Workspace(xp, plan.saved, block=xp.new_empty(plan.saved[0])) if save else _Workspace(xp, plan.unsaved)
+    if save:
+        work = _Workspace(xp, plan.saved, block=xp.new_empty(plan.saved[0]) if work_block is None else work_block)
+    else:
+        work = _Workspace(xp, plan.unsaved)
     out = xp.new_empty(steps, batch, size)
     h_n = xp.new_empty(batch, size)
     c_n = xp.new_empty(batch, gates // 4) if mode == "LSTM" else xp.new_empty(0)
@@ -442,47 +448,51 @@ def _weight_grads_by_torch(
 
 
 class _StackPlan(NamedTuple):
-    """What the kernels' calls for a whole stack (rnn_stack_forward, rnn_stack_backward) need
-    beyond its tensors, for one shape: each cell's _Plan as the kernels take it."""
+    """What the calls for a whole stack need beyond its tensors, for one shape: where each
+    cell's forward workspace lies in the stack's, and, where one kernel call a pass serves the
+    stack (one_call), each cell's _Plan as rnn_stack_forward and rnn_stack_backward take it."""
 
+    one_call: bool  # the stack's kernels serve it: each cell's weight gradients in its kernel
     forward: Any  # rnn_stack_forward and rnn_stack_backward for the dtype, as ctypes functions
     backward: Any
     ints: Any  # the plan's ints (ctypes): STACK_HEAD, then STACK_CELL_INTS per cell
-    work_at: Any  # where each cell's forward workspace starts in the stack's (ctypes longs)
+    work_at: tuple[int, ...]  # where each cell's forward workspace starts in the stack's
+    work_at_c: Any  # the same, as ctypes longs
     works: int  # the forward workspaces' elements, all cells
     scratch: int  # the backward pass's scratch (rnn_stack_backward_scratch)
+    cells: tuple[_Plan, ...]  # each cell's plan
 
 
 @functools.lru_cache(maxsize=128)
 def stack_plan(kernels: _compiled.Kernels, mode: str, dtype: torch.dtype, layers: int, directions: int, steps: int,
-               batch: int, inputs: int, gates: int, size: int, flags: int, num_threads: int) -> _StackPlan | None:
+               batch: int, inputs: int, gates: int, size: int, flags: int, num_threads: int) -> _StackPlan:
     """The plan of a whole stack's calls (inputs: I of the first layer; gates G*H; size R; flags
-    HAS_PROJ or 0), or None where the stack's kernels do not serve it: a cell whose weight
-    gradients torch computes after the kernel (large sizes, where the call's glue is nothing
-    beside the products anyway), or more layers than a bit mask holds."""
-    if layers > 30:
-        return None
+    HAS_PROJ or 0). One kernel call a pass (one_call) serves it unless a cell's weight
+    gradients are torch's, after its kernel (large sizes, where the call's glue is nothing beside
+    the products anyway), or it has more layers than a bit mask holds."""
     ints = [CELL_IDS[mode], layers, directions, steps, batch, gates // GATES[mode], size, inputs, flags]
-    at, total = [], 0
+    at, total, cells = [], 0, []
     for layer in range(layers):
         plan = _plan(kernels, mode, dtype, steps, batch, inputs if layer == 0 else directions * size, gates, size,
                      flags, num_threads)
-        if plan.weight_threads == 0:
-            return None
         for _ in range(directions):
             ints += [plan.slices, plan.threads, plan.pthreads, plan.chunk, plan.backward_slices,
                      plan.backward_threads, plan.weight_threads]
             at.append(total)
             total += plan.saved[0]  # (a multiple of 16: each cell's workspace starts on a 64-byte line)
+            cells.append(plan)
     plan_ints = (ctypes.c_int * len(ints))(*ints)
     suffix = DTYPES[dtype]
     return _StackPlan(
+        one_call=layers <= 30 and all(plan.weight_threads > 0 for plan in cells),
         forward=getattr(kernels.lib, "rnn_stack_forward" + suffix),
         backward=getattr(kernels.lib, "rnn_stack_backward" + suffix),
         ints=plan_ints,
-        work_at=(ctypes.c_long * len(at))(*at),
+        work_at=tuple(at),
+        work_at_c=(ctypes.c_long * len(at))(*at),
         works=total,
         scratch=getattr(kernels.lib, "rnn_stack_backward_scratch" + suffix)(plan_ints),
+        cells=tuple(cells),
     )
 
 
@@ -512,7 +522,7 @@ def run_stack_forward(plan: _StackPlan, mode: str, layers: int, directions: int,
     works = x.new_empty(plan.works)
     scratch = x.new_empty(steps, batch, size) if directions == 2 else None
     status = plan.forward(plan.ints, *_ptrs(x, lengths), weights,
-                          *_ptrs(inner, out, revs, h_n, c_n if lstm else None, works), plan.work_at, *_ptrs(scratch))
+                          *_ptrs(inner, out, revs, h_n, c_n if lstm else None, works), plan.work_at_c, *_ptrs(scratch))
     if status != 0:
         raise MemoryError("rnnkit fused engine: no memory for the forward kernel's scratch")
     return out, h_n, c_n, inner, revs, works
@@ -534,8 +544,111 @@ def run_stack_backward(plan: _StackPlan, mode: str, layers: int, directions: int
     below = sum(1 << layer for layer in range(layers) if needs_x or any(needs_flat[: per_layer * layer]))
     d_out, d_hn, d_cn = _contiguous(d_out, d_hn, d_cn if mode == "LSTM" else None)
     scratch = x.new_empty(plan.scratch)
-    status = plan.backward(plan.ints, *_ptrs(x, lengths), weights, *_ptrs(*saved), plan.work_at,
+    status = plan.backward(plan.ints, *_ptrs(x, lengths), weights, *_ptrs(*saved), plan.work_at_c,
                            *_ptrs(d_out, d_hn, d_cn), pointers, *_ptrs(dx), below, *_ptrs(scratch))
     if status != 0:
         raise MemoryError("rnnkit fused engine: no memory for the backward kernel's scratch")
     return dx, grads
+
+
+def run_stack_forward_any(plan: _StackPlan, mode: str, layers: int, directions: int, x: Tensor,
+                          lengths: Tensor | None, flat: Sequence[Tensor | None]
+                          ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None, Tensor]:
+    """run_stack_forward at any size: its one kernel call where plan.one_call, else each cell's
+    forward kernel in turn from Python, giving the same outputs in the same layout (the
+    operator rnnkit::fused_stack, whose outputs have one structure)."""
+    if plan.one_call:
+        return run_stack_forward(plan, mode, layers, directions, x, lengths, flat)
+    steps, batch, inputs = x.shape
+    gates, size = flat[4].shape  # type: ignore[union-attr]
+    wide, rows, lstm = directions * size, steps * batch, mode == "LSTM"
+    inner = x.new_empty(layers - 1, steps, batch, wide) if layers > 1 else None
+    out = x.new_empty(steps, batch, wide)
+    revs = x.new_empty(rows * inputs + (layers - 1) * rows * wide) if directions == 2 else None
+    h_n = x.new_empty(layers * directions, batch, size)
+    c_n = x.new_empty(layers * directions, batch, gates // 4) if lstm else x.new_empty(0)
+    works = x.new_empty(plan.works)
+    layer_in = x
+    for layer in range(layers):
+        layer_out = out if layer == layers - 1 else inner[layer]  # type: ignore[index]
+        for direction in range(directions):
+            k = layer * directions + direction
+            h0, c0, w_ih, b_ih, w_hh, b_hh, w_hr = flat[STACK_CELL_ARGS * k : STACK_CELL_ARGS * (k + 1)]
+            seen = layer_in
+            if direction == 1:
+                seen = _stack_seen(revs, layer, steps, batch, inputs, wide)  # type: ignore[arg-type]
+                seen.copy_(reverse_padded(layer_in, lengths))
+            start = plan.work_at[k]
+            o, hn, cn, _ = run_forward(mode, seen, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr,  # type: ignore[arg-type]
+                                       None, None, None, lengths, None, None, None, True,
+                                       work_block=works[start : start + plan.cells[k].saved[0]])
+            layer_out[:, :, direction * size : (direction + 1) * size] = (
+                reverse_padded(o, lengths) if direction == 1 else o)
+            h_n[k] = hn
+            if lstm:
+                c_n[k] = cn
+        layer_in = layer_out
+    return out, h_n, c_n, inner, revs, works
+
+
+def _stack_seen(revs: Tensor, layer: int, steps: int, batch: int, inputs: int, wide: int) -> Tensor:
+    """The input of layer's second direction, reversed within the lengths, in revs (see
+    rnn_stack_forward): (T, B, I) for layer 0, (T, B, D*R) above."""
+    rows = steps * batch
+    start = 0 if layer == 0 else rows * inputs + (layer - 1) * rows * wide
+    width = inputs if layer == 0 else wide
+    return revs[start : start + rows * width].view(steps, batch, width)
+
+
+def run_stack_backward_any(plan: _StackPlan, mode: str, layers: int, directions: int, x: Tensor,
+                           lengths: Tensor | None, flat: Sequence[Tensor | None], saved: Sequence[Tensor | None],
+                           d_out: Tensor | None, d_hn: Tensor | None, d_cn: Tensor | None, needs_x: bool,
+                           needs_flat: Sequence[bool]) -> tuple[Tensor | None, list[Tensor | None]]:
+    """run_stack_backward at any size: its one kernel call where plan.one_call, else each cell's
+    backward kernel in turn from Python, from the top layer down, on what
+    run_stack_forward_any saved. Returns the input's gradient and flat's (None where not
+    needed, or where no gradient reaches them)."""
+    if plan.one_call:
+        return run_stack_backward(plan, mode, layers, directions, x, lengths, flat, saved, d_out, d_hn, d_cn,
+                                  needs_x, needs_flat)
+    inner, revs, works = saved
+    steps, batch, inputs = x.shape
+    size = flat[4].shape[1]  # type: ignore[union-attr]
+    wide = directions * size
+    grads: list[Tensor | None] = [None] * len(flat)
+    per_layer = STACK_CELL_ARGS * directions
+    d_layer = d_out
+    for layer in reversed(range(layers)):
+        below = needs_x or any(needs_flat[: per_layer * layer])
+        d_in = None
+        for direction in range(directions):
+            k = layer * directions + direction
+            first = STACK_CELL_ARGS * k
+            h0, c0, w_ih, b_ih, w_hh, b_hh, w_hr = flat[first : first + STACK_CELL_ARGS]
+            nh0, nc0, nw_ih, nb_ih, nw_hh, nb_hh, nw_hr = needs_flat[first : first + STACK_CELL_ARGS]
+            needs = Needs(below, nw_ih, nb_ih, nh0, nc0, nw_hh, nb_hh, nw_hr, False, False, False)
+            d_part = None
+            if d_layer is not None:
+                d_part = d_layer[:, :, direction * size : (direction + 1) * size]
+                if direction == 1:
+                    d_part = reverse_padded(d_part, lengths)
+            hn = None if d_hn is None else d_hn[k]
+            cn = None if d_cn is None or mode != "LSTM" else d_cn[k]
+            if d_part is None and hn is None and cn is None or not any(needs):
+                continue
+            if direction == 1:
+                seen = _stack_seen(revs, layer, steps, batch, inputs, wide)  # type: ignore[arg-type]
+            else:
+                seen = x if layer == 0 else inner[layer - 1]  # type: ignore[index]
+            start = plan.work_at[k]
+            dx, dw_ih, db_ih, dh0, dc0, dw_hh, db_hh, dw_hr, *_ = run_backward(
+                mode, d_part, hn, cn, works[start : start + plan.cells[k].saved[0]], seen,  # type: ignore[index]
+                w_ih, w_hh, w_hr, None, None, lengths, None, None, None,  # type: ignore[arg-type]
+                b_ih is not None, b_hh is not None, needs)
+            grads[first : first + STACK_CELL_ARGS] = [dh0, dc0, dw_ih, db_ih, dw_hh, db_hh, dw_hr]
+            if dx is not None:
+                if direction == 1:
+                    dx = reverse_padded(dx, lengths)
+                d_in = dx if d_in is None else d_in + dx
+        d_layer = d_in
+    return d_layer if needs_x else None, grads

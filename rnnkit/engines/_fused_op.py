@@ -35,7 +35,8 @@ from rnnkit.cells import GRU_SPEC, LSTM_SPEC, RNN_RELU, RNN_TANH
 from rnnkit.engines import _compiled
 from rnnkit.engines._base import LayerConfig, Noise, reverse_padded
 from rnnkit.engines._fused import (DTYPES, GATES, STACK_CELL_ARGS, Needs, flags_of, forward_layout_size, run_backward,
-                                   run_forward, run_stack_backward, run_stack_forward, stack_plan)
+                                   run_forward, run_stack_backward, run_stack_backward_any, run_stack_forward,
+                                   run_stack_forward_any, stack_plan)
 from rnnkit.engines._reference import ReferenceEngine, scan_loop, time_loop
 
 SPECS = {spec.mode: spec for spec in (RNN_TANH, RNN_RELU, LSTM_SPEC, GRU_SPEC)}
@@ -379,13 +380,141 @@ def run_stack(mode: str, layers: int, directions: int, x: Tensor, lengths: Tenso
     steps, batch, inputs = x.shape
     plan = stack_plan(kernels, mode, x.dtype, layers, directions, steps, batch, inputs, gates, size,
                       flags_of(w_hr, None, None), torch.get_num_threads())
-    if plan is not None:
+    if plan.one_call:
         run_lengths = None if lengths is None else lengths.to(torch.int64).contiguous()
         out, h_n, c_n = _EagerFusedStackKernels.apply(mode, layers, directions, x, run_lengths, plan, *flat)
         return out, (h_n, c_n) if mode == "LSTM" else (h_n,)
     out, *finals = _EagerFusedStack.apply(mode, layers, directions, x, lengths, *flat)
     h_n = torch.stack(finals[0::2])
     return out, (h_n, torch.stack(finals[1::2])) if mode == "LSTM" else (h_n,)
+
+
+def _present(flat: Sequence[Tensor | None]) -> tuple[list[Tensor], list[bool]]:
+    """A stack's flat inputs as rnnkit::fused_stack takes them: the tensors present, and which
+    entries are (an operator's list of tensors holds no None that autograd could see through)."""
+    return [t for t in flat if t is not None], [t is not None for t in flat]
+
+
+def _unpresent(present: Sequence[bool], tensors: Sequence[Any]) -> list[Any]:
+    """The flat entries again from _present's two lists (None where absent)."""
+    it = iter(tensors)
+    return [next(it) if p else None for p in present]
+
+
+def _stack_plan_for(x: Tensor, flat: Sequence[Tensor | None], mode: str, layers: int, directions: int) -> Any:
+    kernels = _compiled.load()
+    assert not isinstance(kernels, str), kernels
+    gates, size = flat[4].shape  # type: ignore[union-attr]
+    steps, batch, inputs = x.shape
+    return stack_plan(kernels, mode, x.dtype, layers, directions, steps, batch, inputs, gates, size,
+                      flags_of(flat[6], None, None), torch.get_num_threads())
+
+
+@torch.library.custom_op("rnnkit::fused_stack", mutates_args=(), device_types="cpu")
+def fused_stack(x: Tensor, lengths: Tensor | None, weights: list[Tensor], present: list[bool], mode: str, layers: int,
+                directions: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """A whole stack (layers, directions) of the cell family mode, for training: x (T, B, I);
+    lengths (B,) int64 in [1, T] or None; weights: the flat inputs present (present: which of
+    STACK_CELL_ARGS entries per cell, h0, c0, w_ih, b_ih, w_hh, b_hh, w_hr, are). No layer norm
+    or noise. Returns out (T, B, D*R), h_n (L*D, B, R), c_n (L*D, B, H) (empty (0,) unless
+    LSTM), and what its backward pass reads: the layers' inner outputs (L-1, T, B, D*R), the
+    second direction's reversed inputs and the workspaces (each empty (0,) where there are none).
+    One kernel call where the stack's plan allows, else the cells' kernels in turn."""
+    flat = _unpresent(present, weights)
+    x = x.contiguous()
+    plan = _stack_plan_for(x, flat, mode, layers, directions)
+    out, h_n, c_n, inner, revs, works = run_stack_forward_any(plan, mode, layers, directions, x, lengths, flat)
+    return (out, h_n, c_n, x.new_empty(0) if inner is None else inner, x.new_empty(0) if revs is None else revs,
+            works)
+
+
+@fused_stack.register_fake
+def _fused_stack_fake(x: Tensor, lengths: Tensor | None, weights: list[Tensor], present: list[bool], mode: str,
+                      layers: int, directions: int) -> tuple[Tensor, ...]:
+    flat = _unpresent(present, weights)
+    steps, batch, inputs = x.shape
+    gates, size = flat[4].shape
+    hidden, wide, cells = gates // GATES[mode], directions * size, layers * directions
+    works = cells * forward_layout_size(mode, True, steps, batch, hidden, size, flags_of(flat[6], None, None))
+    return (x.new_empty(steps, batch, wide), x.new_empty(cells, batch, size),
+            x.new_empty(cells, batch, hidden) if mode == "LSTM" else x.new_empty(0),
+            x.new_empty(layers - 1, steps, batch, wide) if layers > 1 else x.new_empty(0),
+            x.new_empty(steps * batch * (inputs + (layers - 1) * wide)) if directions == 2 else x.new_empty(0),
+            x.new_empty(works))
+
+
+@torch.library.custom_op("rnnkit::fused_stack_backward", mutates_args=(), device_types="cpu")
+def fused_stack_backward(d_out: Tensor | None, d_hn: Tensor | None, d_cn: Tensor | None, x: Tensor,
+                         lengths: Tensor | None, weights: list[Tensor], present: list[bool], inner: Tensor,
+                         revs: Tensor, works: Tensor, mode: str, layers: int, directions: int,
+                         needs: list[bool]) -> list[Tensor]:
+    """rnnkit::fused_stack's backward pass: from the gradients of out, h_n and c_n (None:
+    zeros) and what it saved, the gradients of x and of each of weights (needs: which, x first);
+    zeros for a needed one no gradient reaches, empty (0,) for one not needed."""
+    flat = _unpresent(present, weights)
+    x = x.contiguous()
+    plan = _stack_plan_for(x, flat, mode, layers, directions)
+    saved = (inner if layers > 1 else None, revs if directions == 2 else None, works)
+    dx, grads = run_stack_backward_any(plan, mode, layers, directions, x, lengths, flat, saved, d_out, d_hn, d_cn,
+                                       needs[0], _unpresent(present, needs[1:]))
+    result = [dx, *[g for g, p in zip(grads, present) if p]]
+    like = [x, *weights]
+    return [g if g is not None else torch.zeros_like(t) if need else x.new_empty(0)
+            for g, t, need in zip(result, like, needs)]
+
+
+@fused_stack_backward.register_fake
+def _fused_stack_backward_fake(d_out: Tensor | None, d_hn: Tensor | None, d_cn: Tensor | None, x: Tensor,
+                               lengths: Tensor | None, weights: list[Tensor], present: list[bool], inner: Tensor,
+                               revs: Tensor, works: Tensor, mode: str, layers: int, directions: int,
+                               needs: list[bool]) -> list[Tensor]:
+    return [t.new_empty(t.shape) if need else x.new_empty(0) for t, need in zip([x, *weights], needs)]
+
+
+def _fused_stack_setup(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
+    x, lengths, weights, present, mode, layers, directions = inputs
+    ctx.mode, ctx.layers, ctx.directions, ctx.present = mode, layers, directions, present
+    ctx.save_for_backward(x, lengths, *weights, *output[3:])
+    ctx.set_materialize_grads(False)
+
+
+def _fused_stack_backward_formula(ctx: Any, d_out: Tensor | None, d_hn: Tensor | None, d_cn: Tensor | None,
+                                  *_: Tensor | None) -> tuple[Any, ...]:
+    x, lengths, *rest = ctx.saved_tensors
+    weights, (inner, revs, works) = rest[:-3], rest[-3:]
+    needs_w = list(ctx.needs_input_grad[2])
+    ctx.needs_x = ctx.needs_input_grad[0]
+    ctx.needs_flat = [bool(n) for n in _unpresent(ctx.present, needs_w)]  # (None: absent, no need)
+    if not ctx.needs_x and not any(needs_w):
+        return None, None, [None] * len(weights), None, None, None, None
+    lstm = ctx.mode == "LSTM"
+    if torch.is_grad_enabled():  # create_graph=True: the gradient as a graph, by the reference equations
+        cells = ctx.layers * ctx.directions
+        d_finals = [d for k in range(cells)
+                    for d in (None if d_hn is None else d_hn[k], None if d_cn is None or not lstm else d_cn[k])]
+        flat = _unpresent(ctx.present, weights)
+        dx, grads = _stack_backward_by_reference(ctx, x, lengths, flat, d_out, d_finals)
+        grads_w = [g for g, p in zip(grads, ctx.present) if p]
+    else:
+        result = torch.ops.rnnkit.fused_stack_backward(
+            d_out, d_hn, d_cn if lstm else None, x, lengths, list(weights), ctx.present, inner, revs, works,
+            ctx.mode, ctx.layers, ctx.directions, [ctx.needs_x, *needs_w])
+        dx, grads_w = result[0], result[1:]
+    return (dx if ctx.needs_x else None, None, [g if need else None for g, need in zip(grads_w, needs_w)],
+            None, None, None, None)
+
+
+fused_stack.register_autograd(_fused_stack_backward_formula, setup_context=_fused_stack_setup)
+
+
+def run_stack_op(mode: str, layers: int, directions: int, x: Tensor, lengths: Tensor | None,
+                 flat: Sequence[Tensor | None]) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """A stack through the operator rnnkit::fused_stack (for torch.compile of a training step):
+    as run_stack, out (T, B, D*R) and the final state's parts (L*D, B, S)."""
+    weights, present = _present(flat)
+    run_lengths = None if lengths is None else lengths.to(torch.int64)
+    out, h_n, c_n, *_ = torch.ops.rnnkit.fused_stack(x, run_lengths, weights, present, mode, layers, directions)
+    return out, (h_n, c_n) if mode == "LSTM" else (h_n,)
 
 
 def unwatched(tensors: Sequence[Any]) -> bool:

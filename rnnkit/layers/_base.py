@@ -22,7 +22,7 @@ from rnnkit.cells import CellSpec, CellWeights, State
 from rnnkit.cells._base import INITS, init_cell_weights, parameter_shapes
 from rnnkit.cells._module import check_chrono, check_forget_bias
 from rnnkit.engines import ENGINE_NAMES, ENGINES, Engine, LayerConfig, Noise, Probe, _compiled, reverse_padded, select_engine
-from rnnkit.engines._fused_op import differentiated_by_transform, run_stack, unwatched
+from rnnkit.engines._fused_op import differentiated_by_transform, run_stack, run_stack_op, unwatched
 
 Lengths = Sequence[int] | Tensor
 NO_NOISE = Noise()
@@ -397,9 +397,13 @@ class RecurrentLayer(nn.Module):
             flat = [t for state, w in zip(state0, cells)
                     for t in ((None, None) if state is None else (state[0], state[1] if len(state) > 1 else None))
                     + (w.weight_ih, w.bias_ih, w.weight_hh, w.bias_hh, w.weight_hr)]
-            if any(t is not None and t.requires_grad for t in (x, *flat)) and unwatched([x, lengths, *flat]):
-                # one autograd node for the whole stack (and one kernel call a pass, where its plan allows)
-                return run_stack(self.spec.mode, self.num_layers, self.num_directions, x, lengths, flat)
+            if any(t is not None and t.requires_grad for t in (x, *flat)):
+                if unwatched([x, lengths, *flat]):
+                    # one autograd node for the whole stack (and one kernel call a pass, where its plan allows)
+                    return run_stack(self.spec.mode, self.num_layers, self.num_directions, x, lengths, flat)
+                if torch.compiler.is_compiling() and not torch.compiler.is_exporting():
+                    # torch.compile of a training step: the stack as one operator, rnnkit::fused_stack
+                    return run_stack_op(self.spec.mode, self.num_layers, self.num_directions, x, lengths, flat)
         finals: list[State] = []
         layer_input = x
         for layer in range(self.num_layers):

@@ -44,7 +44,8 @@ def stack_form(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
     """Which Function runs the stack: "kernels" (one call a pass) as at these sizes, or "cells"
     (each cell's kernels from Python), as where the stack's plan does not serve."""
     if request.param == "cells":
-        monkeypatch.setattr(_fused_op, "stack_plan", lambda *args: None)
+        plan = _fused_op.stack_plan
+        monkeypatch.setattr(_fused_op, "stack_plan", lambda *args: plan(*args)._replace(one_call=False))
     return "_EagerFusedStackKernels" if request.param == "kernels" else "_EagerFusedStack"
 
 
