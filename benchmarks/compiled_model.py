@@ -2,11 +2,12 @@
 per-call cost of torch.compile is paid once for the model, not once for the layer.
 
 The model is the tutorials' classifier: an embedding (vocabulary 60, 32 wide), a recurrent layer
-(rnnkit.LSTM or rnnkit.GRU, default engine), the last step's output through a Linear to 18
-classes, cross-entropy. A training step is forward, loss and backward (the optimizer's step is
-the same code either way and left out); inference is the forward pass under no_grad. Compiled:
-``torch.compile(model, fullgraph=True)``. The same model, and (for scale) torch's per-call cost
-alone: the same model with the recurrent layer replaced by a Linear of the same sizes.
+(rnnkit.LSTM or rnnkit.GRU, default engine; LSTM2x2: an LSTM of 2 layers, bidirectional), the
+last step's output through a Linear to 18 classes, cross-entropy. A training step is forward,
+loss and backward (the optimizer's step is the same code either way and left out); inference is
+the forward pass under no_grad. Compiled: ``torch.compile(model, fullgraph=True)``. The same
+model, and (for scale) torch's per-call cost alone: the same model with the recurrent layer
+replaced by a Linear of the same sizes.
 
     python benchmarks/compiled_model.py > benchmarks/compiled_model.txt
 
@@ -33,8 +34,13 @@ class Classifier(nn.Module):
     def __init__(self, cell: str, hidden: int) -> None:
         super().__init__()
         self.embed = nn.Embedding(60, 32)
-        self.rnn: nn.Module = nn.Linear(32, hidden) if cell == "linear" else getattr(rnnkit, cell)(32, hidden)
-        self.head = nn.Linear(hidden, 18)
+        if cell == "linear":
+            self.rnn: nn.Module = nn.Linear(32, hidden)
+        elif cell == "LSTM2x2":  # 2 layers, bidirectional: one operator for the stack when compiled
+            self.rnn = rnnkit.LSTM(32, hidden, num_layers=2, bidirectional=True)
+        else:
+            self.rnn = getattr(rnnkit, cell)(32, hidden)
+        self.head = nn.Linear(hidden * (2 if cell == "LSTM2x2" else 1), 18)
         self.cell = cell
 
     def forward(self, tokens: Tensor, labels: Tensor) -> Tensor:
@@ -79,12 +85,12 @@ def main() -> None:
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; hidden {args.hidden}; "
           "median us; ratio = eager / compiled (above 1: compiled is faster)")
-    print(f"{'layer':6} {'T':>3} {'B':>3}  {'train eager':>11} {'compiled':>9} {'ratio':>6}  "
+    print(f"{'layer':7} {'T':>3} {'B':>3}  {'train eager':>11} {'compiled':>9} {'ratio':>6}  "
           f"{'infer eager':>11} {'compiled':>9} {'ratio':>6}")
-    for cell in ("LSTM", "GRU", "linear"):
+    for cell in ("LSTM", "GRU", "LSTM2x2", "linear"):
         for shape in SHAPES:
             t = timings(cell, shape, args.hidden, args.budget)
-            print(f"{cell:6} {shape[0]:>3} {shape[1]:>3}  {t['train eager']:11.1f} {t['train compiled']:9.1f} "
+            print(f"{cell:7} {shape[0]:>3} {shape[1]:>3}  {t['train eager']:11.1f} {t['train compiled']:9.1f} "
                   f"{t['train eager'] / t['train compiled']:5.2f}x  {t['infer eager']:11.1f} "
                   f"{t['infer compiled']:9.1f} {t['infer eager'] / t['infer compiled']:5.2f}x", flush=True)
 

@@ -1,5 +1,7 @@
 """The fused engine as PyTorch operators: ``rnnkit::fused_rnn`` (one layer and direction over
-the whole sequence) and ``rnnkit::fused_rnn_backward`` (its hand-derived backward pass).
+the whole sequence) and ``rnnkit::fused_rnn_backward`` (its hand-derived backward pass); and
+``rnnkit::fused_stack`` with ``rnnkit::fused_stack_backward`` (every layer and direction of a
+stack, for a compiled training step: one operator each way instead of one per cell).
 
 Registered with torch.library, so that torch.compile, torch.export, torch.jit.trace and the
 ONNX exporter see one opaque operator per layer and direction, never a call into the kernels
@@ -15,7 +17,8 @@ gradients of gradients are exact too. The hand-written backward pass is not itse
 differentiable; the recompute costs one reference forward and backward pass, on that call only.
 
 In plain eager mode, when no such tool is watching (unwatched), the layers call the same
-kernels and formula through a plain autograd.Function instead: the dispatcher's Python round
+kernels and formula through a plain autograd.Function instead (for a layer in training, one for
+the whole stack: _EagerFusedStackKernels, one kernel call a pass): the dispatcher's Python round
 trips cost more than the kernels at small sizes.
 
 The operators run on CPU (float32, float64) only; on other devices layers use torch's kernels
