@@ -15,7 +15,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -613,12 +613,37 @@ def run_stack_backward_any(plan: _StackPlan, mode: str, layers: int, directions:
                                   needs_x, needs_flat)
     inner, revs, works = saved
     steps, batch, inputs = x.shape
-    size = flat[4].shape[1]  # type: ignore[union-attr]
-    wide = directions * size
+    wide = directions * flat[4].shape[1]  # type: ignore[union-attr]
+
+    def seen(k: int) -> Tensor:
+        layer = k // directions
+        if k % directions == 1:
+            return _stack_seen(revs, layer, steps, batch, inputs, wide)  # type: ignore[arg-type]
+        return x if layer == 0 else inner[layer - 1]  # type: ignore[index]
+
+    def finals(k: int) -> tuple[Tensor | None, Tensor | None]:
+        return None if d_hn is None else d_hn[k], None if d_cn is None or mode != "LSTM" else d_cn[k]
+
+    return cells_backward(mode, layers, directions, lengths, flat, needs_x, needs_flat, d_out, finals, seen,
+                          lambda k: works[plan.work_at[k] : plan.work_at[k] + plan.cells[k].saved[0]])  # type: ignore[index]
+
+
+def cells_backward(mode: str, layers: int, directions: int, lengths: Tensor | None, flat: Sequence[Tensor | None],
+                   needs_x: bool, needs_flat: Sequence[bool], d_out: Tensor | None,
+                   finals: Callable[[int], tuple[Tensor | None, Tensor | None]], seen: Callable[[int], Tensor],
+                   work: Callable[[int], Tensor]) -> tuple[Tensor | None, list[Tensor | None]]:
+    """A stack's backward pass from Python: each cell's backward kernel, from the top layer down,
+    each direction's input gradient (put back in order) summed into the layer below's output
+    gradient. Cell k (layer * D + direction): finals(k), the gradients of its h_n and c_n;
+    seen(k), the input it read (reversed within the lengths for direction 1); work(k), its
+    forward workspace. Returns the input's gradient and flat's (None where not needed, or where
+    no gradient reaches them)."""
+    size = flat[4].shape[1]  # type: ignore[union-attr]  # R, from w_hh (G*H, R)
     grads: list[Tensor | None] = [None] * len(flat)
     per_layer = STACK_CELL_ARGS * directions
     d_layer = d_out
     for layer in reversed(range(layers)):
+        # a layer needs its input's gradient when x or any weight or state below it needs one
         below = needs_x or any(needs_flat[: per_layer * layer])
         d_in = None
         for direction in range(directions):
@@ -629,22 +654,15 @@ def run_stack_backward_any(plan: _StackPlan, mode: str, layers: int, directions:
             needs = Needs(below, nw_ih, nb_ih, nh0, nc0, nw_hh, nb_hh, nw_hr, False, False, False)
             d_part = None
             if d_layer is not None:
-                d_part = d_layer[:, :, direction * size : (direction + 1) * size]
+                d_part = d_layer if directions == 1 else d_layer[:, :, direction * size : (direction + 1) * size]
                 if direction == 1:
                     d_part = reverse_padded(d_part, lengths)
-            hn = None if d_hn is None else d_hn[k]
-            cn = None if d_cn is None or mode != "LSTM" else d_cn[k]
-            if d_part is None and hn is None and cn is None or not any(needs):
+            d_hn, d_cn = finals(k)
+            if d_part is None and d_hn is None and d_cn is None or not any(needs):
                 continue
-            if direction == 1:
-                seen = _stack_seen(revs, layer, steps, batch, inputs, wide)  # type: ignore[arg-type]
-            else:
-                seen = x if layer == 0 else inner[layer - 1]  # type: ignore[index]
-            start = plan.work_at[k]
             dx, dw_ih, db_ih, dh0, dc0, dw_hh, db_hh, dw_hr, *_ = run_backward(
-                mode, d_part, hn, cn, works[start : start + plan.cells[k].saved[0]], seen,  # type: ignore[index]
-                w_ih, w_hh, w_hr, None, None, lengths, None, None, None,  # type: ignore[arg-type]
-                b_ih is not None, b_hh is not None, needs)
+                mode, d_part, d_hn, d_cn, work(k), seen(k), w_ih, w_hh, w_hr, None, None,  # type: ignore[arg-type]
+                lengths, None, None, None, b_ih is not None, b_hh is not None, needs)
             grads[first : first + STACK_CELL_ARGS] = [dh0, dc0, dw_ih, db_ih, dw_hh, db_hh, dw_hr]
             if dx is not None:
                 if direction == 1:

@@ -37,8 +37,8 @@ from rnnkit.cells import CellSpec, CellWeights, State, input_side
 from rnnkit.cells import GRU_SPEC, LSTM_SPEC, RNN_RELU, RNN_TANH
 from rnnkit.engines import _compiled
 from rnnkit.engines._base import LayerConfig, Noise, reverse_padded
-from rnnkit.engines._fused import (DTYPES, GATES, STACK_CELL_ARGS, Needs, flags_of, forward_layout_size, run_backward,
-                                   run_forward, run_stack_backward, run_stack_backward_any, run_stack_forward,
+from rnnkit.engines._fused import (DTYPES, GATES, STACK_CELL_ARGS, Needs, cells_backward, flags_of, forward_layout_size,
+                                   run_backward, run_forward, run_stack_backward, run_stack_backward_any, run_stack_forward,
                                    run_stack_forward_any, stack_plan)
 from rnnkit.engines._reference import ReferenceEngine, scan_loop, time_loop
 
@@ -272,38 +272,10 @@ class _EagerFusedStack(torch.autograd.Function):
             # create_graph=True (the gradient as a graph), or batched gradients (is_grads_batched)
             d_x, by_reference = _stack_backward_by_reference(ctx, x, lengths, flat, d_out, d_finals)
             return (None, None, None, d_x, None, *by_reference)
-        grads: list[Tensor | None] = [None] * len(flat)
-        # a layer needs its input's gradient when x or any weight or state below it needs one
-        below = [ctx.needs_input_grad[3] or any(needs_flat[: STACK_CELL_ARGS * directions * layer])
-                 for layer in range(layers)]
-        size = flat[4].shape[1]  # R, from w_hh (G*H, R)
-        d_layer = d_out
-        for layer in reversed(range(layers)):
-            d_in = None
-            for direction in range(directions):
-                index = layer * directions + direction
-                first = STACK_CELL_ARGS * index
-                h0, c0, w_ih, b_ih, w_hh, b_hh, w_hr = flat[first : first + STACK_CELL_ARGS]
-                nh0, nc0, nw_ih, nb_ih, nw_hh, nb_hh, nw_hr = needs_flat[first : first + STACK_CELL_ARGS]
-                d_part = None
-                if d_layer is not None:
-                    d_part = d_layer if directions == 1 else d_layer[:, :, direction * size : (direction + 1) * size]
-                    if direction == 1:
-                        d_part = reverse_padded(d_part, lengths)
-                needs = Needs(below[layer], nw_ih, nb_ih, nh0, nc0, nw_hh, nb_hh, nw_hr, False, False, False)
-                d_hn, d_cn = d_finals[2 * index], d_finals[2 * index + 1]
-                if d_part is None and d_hn is None and d_cn is None or not any(needs):
-                    continue
-                dx, dw_ih, db_ih, dh0, dc0, dw_hh, db_hh, dw_hr, *_ = run_backward(
-                    mode, d_part, d_hn, d_cn, works[index], seens[index], w_ih, w_hh, w_hr, None, None, lengths,
-                    None, None, None, b_ih is not None, b_hh is not None, needs)
-                grads[first : first + STACK_CELL_ARGS] = [dh0, dc0, dw_ih, db_ih, dw_hh, db_hh, dw_hr]
-                if dx is not None:
-                    if direction == 1:
-                        dx = reverse_padded(dx, lengths)
-                    d_in = dx if d_in is None else d_in + dx
-            d_layer = d_in
-        return (None, None, None, d_layer if ctx.needs_input_grad[3] else None, None, *grads)
+        dx, grads = cells_backward(mode, layers, directions, lengths, flat, ctx.needs_input_grad[3], needs_flat, d_out,
+                                   lambda k: (d_finals[2 * k], d_finals[2 * k + 1]), lambda k: seens[k],
+                                   lambda k: works[k])
+        return (None, None, None, dx, None, *grads)
 
 
 def _stack_backward_by_reference(ctx: Any, x: Tensor, lengths: Tensor | None, flat: Sequence[Tensor | None],
