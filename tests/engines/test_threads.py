@@ -21,10 +21,13 @@ def _outputs(layer: torch.nn.Module, x: torch.Tensor, lengths: list[int]) -> lis
 
 
 @pytest.mark.parametrize("cell", ["RNN", "LSTM", "GRU"])
-def test_the_fused_engine_gives_the_same_bits_on_any_thread_count(cell: str, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("layer_norm", [True, False])
+def test_the_fused_engine_gives_the_same_bits_on_any_thread_count(cell: str, layer_norm: bool,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """1, 2 and 3 threads, with the thresholds lowered so that the batch runs as slices (2 and 3
     of them) or the threads share each step's products: every output and gradient is bitwise
-    the same."""
+    the same. With layer norm each cell is its own call; without, the stack is one kernel call
+    a pass."""
     kernels = _compiled.load()
     if isinstance(kernels, str) or not kernels.parallel:
         pytest.skip("the fused kernels are not built with OpenMP here")
@@ -32,11 +35,13 @@ def test_the_fused_engine_gives_the_same_bits_on_any_thread_count(cell: str, mon
     monkeypatch.setattr(_fused, "STEP_PARALLEL_MIN_WORK", 0)
     torch.manual_seed(0)
     extra = {"proj_size": 5} if cell == "LSTM" else {}
-    layer = getattr(rnnkit, cell)(6, 24, num_layers=2, bidirectional=True, layer_norm=True, engine="fused", **extra)
+    layer = getattr(rnnkit, cell)(6, 24, num_layers=2, bidirectional=True, layer_norm=layer_norm, engine="fused",
+                                  **extra)
     x, lengths = torch.randn(9, 11, 6), [9, 9, 8, 7, 5, 5, 4, 3, 2, 1, 1]
     for rows in (1, 100):  # slices of at least 1 row; or one slice, the steps' products shared
         monkeypatch.setattr(_fused, "PARALLEL_MIN_ROWS", rows)
         _fused._plan.cache_clear()  # plans made under other thresholds
+        _fused.stack_plan.cache_clear()
         results, slices = [], set()
         for threads in (1, 2, 3):
             monkeypatch.setattr(torch, "get_num_threads", lambda threads=threads: threads)
@@ -48,3 +53,4 @@ def test_the_fused_engine_gives_the_same_bits_on_any_thread_count(cell: str, mon
             for a, b in zip(results[0], other):
                 assert torch.equal(a, b)
     _fused._plan.cache_clear()
+    _fused.stack_plan.cache_clear()
