@@ -204,7 +204,16 @@ long rnnkit_backward_layout(int n, int cell, int T, int B, int H, int R, int fla
 #define STACK_HEAD 9
 #define STACK_CELL_INTS 7
 
-int rnnkit_kernels_version(void) { return 25; }
+/* The forward pass reads the weights where they lie, by dot products along their rows, when its
+ * products cover at most rnnkit_rows_mode_max rows in all (T * B: a step or two of one sequence,
+ * as when a model generates one token at a time) and W_hh has at least ROWS_MODE_MIN_WEIGHTS
+ * numbers; else it transposes them into panels once per call. Transposing costs a read and a
+ * write of the weights, which a large W_hh used once does not repay; a small one stays in cache,
+ * where the panels' register tiles are the faster product (benchmarks/one_step.py times both). */
+#define ROWS_MODE_MIN_WEIGHTS 65536
+int rnnkit_rows_mode_max = 2;  /* (a variable, so that a benchmark can set it to 0 and compare) */
+
+int rnnkit_kernels_version(void) { return 26; }
 
 #define REAL float
 #define SFX(name) name##_f32

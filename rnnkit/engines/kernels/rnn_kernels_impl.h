@@ -107,9 +107,14 @@ static void SFX(pack)(int threads, int trans, int N, int K, const REAL* src, con
  * row-major B used once over few rows (the weight gradients while T*B is small, dx): its
  * panels' rows are contiguous already. A B read at every step, or over many rows, is packed:
  * rows read in place lie ld apart, and with ld a power of two they share few cache sets. */
-typedef struct { const REAL* p; const REAL* d; long ld; } SFX(bmat);
+typedef struct { const REAL* p; const REAL* d; long ld; const REAL* w; } SFX(bmat);
 
-static SFX(bmat) SFX(packed)(const REAL* P) { return (SFX(bmat)){P, NULL, 0}; }
+static SFX(bmat) SFX(packed)(const REAL* P) { return (SFX(bmat)){P, NULL, 0, NULL}; }
+
+/* B = W^T for a row-major W (N x K, rows ld apart), read where it lies by dot products along W's
+ * rows (gemm_rows): for the forward pass's products when all of them together cover so few rows
+ * that transposing a large W into panels would cost more than reading it (rnnkit_rows_mode_max). */
+static SFX(bmat) SFX(rows)(const REAL* W, long ld) { return (SFX(bmat)){NULL, NULL, ld, W}; }
 
 /* B (K x N, rows ld apart) read in place; its last panel packed into tail (K x NR), when partial. */
 static SFX(bmat) SFX(in_place)(int N, int K, const REAL* B, long ld, REAL* tail) {
@@ -119,7 +124,7 @@ static SFX(bmat) SFX(in_place)(int N, int K, const REAL* B, long ld, REAL* tail)
             for (int j = 0; j < w; j++) tail[(long)k * NR + j] = B[(long)k * ld + n0 + j];
             for (int j = w; j < NR; j++) tail[(long)k * NR + j] = 0;
         }
-    return (SFX(bmat)){tail, B, ld};
+    return (SFX(bmat)){tail, B, ld, NULL};
 }
 
 /* One register tile: C[0:mr, 0:w] (+)= A[0:mr, 0:kc] @ panel[0:kc, :] (rows ldp apart),
@@ -223,10 +228,34 @@ static void SFX(gemm_panels_t)(int p0, int p1, int M, int N, int K, const REAL* 
     SFX(gemm_panels_any)(p0, p1, M, N, K, At, 1, ldat, Bm, add, C, ldc);
 }
 
+/* C (M x N, rows ldc apart) = [C +] A (M x K, rows lda apart) @ W^T, W (N x K) row-major with
+ * rows ldw apart (SFX(rows)): each element one dot product along a row of W, whose summation
+ * order depends on K alone. On `threads` threads, each its share of the columns. */
+static void SFX(gemm_rows)(int threads, int M, int N, int K, const REAL* A, long lda, const REAL* W, long ldw,
+                           int add, REAL* C, long ldc) {
+    if (threads > N) threads = N;
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+    for (int n = 0; n < N; n++) {
+        const REAL* w = W + (long)n * ldw;
+        for (int i = 0; i < M; i++) {
+            const REAL* a = A + (long)i * lda;
+            REAL sum = 0;
+#pragma omp simd reduction(+ : sum)
+            for (int k = 0; k < K; k++) sum += a[k] * w[k];
+            REAL* c = C + (long)i * ldc + n;
+            *c = add ? *c + sum : sum;
+        }
+    }
+}
+
 /* C (M x N, rows ldc apart) = [C +] A (M x K, rows lda apart) @ B (Bm); on
  * `threads` threads, each its share of the column panels (for a batch too small to slice). */
 static void SFX(gemm)(int threads, int M, int N, int K, const REAL* A, long lda, SFX(bmat) Bm,
                       int add, REAL* C, long ldc) {
+    if (Bm.w != NULL) {
+        SFX(gemm_rows)(threads, M, N, K, A, lda, Bm.w, Bm.ld, add, C, ldc);
+        return;
+    }
     const int panels = (N + SFX(NR) - 1) / SFX(NR);
     if (threads > panels) threads = panels;
     if (threads <= 1) {
@@ -808,9 +837,20 @@ int SFX(rnn_forward_slices)(int n, int threads, int pthreads, int chunk, int cel
     const REAL *whr_packed, *wih_packed;
     /* packed on the threads about to run the loop or the projection: one alone would leave them waiting */
     const int pack_threads = n > 1 ? n : threads > pthreads ? threads : pthreads;
-    REAL* block = SFX(pack_weights)(pack_threads, GH, H, R, I, whh, whr, x != NULL ? wih : NULL, &whr_packed, &wih_packed);
-    if (block == NULL) return -1;
-    const SFX(bmat) whh_p = SFX(packed)(block), whr_p = SFX(packed)(whr_packed), wih_p = SFX(packed)(wih_packed);
+    REAL* block = NULL;
+    SFX(bmat) whh_p, whr_p, wih_p;
+    if ((long)T * B <= rnnkit_rows_mode_max && (long)GH * R >= ROWS_MODE_MIN_WEIGHTS) {  /* read in place */
+        whh_p = SFX(rows)(whh, R);
+        whr_p = SFX(rows)(whr, H);
+        wih_p = SFX(rows)(x != NULL ? wih : NULL, I);
+    } else {
+        block = SFX(pack_weights)(pack_threads, GH, H, R, I, whh, whr, x != NULL ? wih : NULL, &whr_packed,
+                                  &wih_packed);
+        if (block == NULL) return -1;
+        whh_p = SFX(packed)(block);
+        whr_p = SFX(packed)(whr_packed);
+        wih_p = SFX(packed)(wih_packed);
+    }
     /* One slice: x's projection, xp = b_ih + x @ W_ih^T (T*B rows, G*H), in chunks of `chunk`
      * steps: all rows of a chunk in one product (W_ih read once per chunk, on pthreads threads),
      * then the time loop over the chunk. Slices: each projects its rows at every step, beside
