@@ -347,14 +347,7 @@ def run_stack(mode: str, layers: int, directions: int, x: Tensor, lengths: Tenso
     """A stack in one autograd Function: _EagerFusedStackKernels where its plan allows, else
     _EagerFusedStack. x (T, B, I), lengths (B,) in [1, T] or None, flat: STACK_CELL_ARGS tensors
     per cell. Returns out (T, B, D*R) and the final state's parts, (L*D, B, S) each."""
-    kernels = _compiled.load()
-    assert not isinstance(kernels, str), kernels
-    w_hh, w_hr = flat[4], flat[6]
-    assert w_hh is not None
-    gates, size = w_hh.shape
-    steps, batch, inputs = x.shape
-    plan = stack_plan(kernels, mode, x.dtype, layers, directions, steps, batch, inputs, gates, size,
-                      flags_of(w_hr, None, None), torch.get_num_threads())
+    plan = _stack_plan_for(x, flat, mode, layers, directions)
     if plan.one_call:
         run_lengths = None if lengths is None else lengths.to(torch.int64).contiguous()
         out, h_n, c_n = _EagerFusedStackKernels.apply(mode, layers, directions, x, run_lengths, plan, *flat)
@@ -377,6 +370,7 @@ def _unpresent(present: Sequence[bool], tensors: Sequence[Any]) -> list[Any]:
 
 
 def _stack_plan_for(x: Tensor, flat: Sequence[Tensor | None], mode: str, layers: int, directions: int) -> Any:
+    """stack_plan for a stack's call on x (T, B, I) with flat's weights."""
     kernels = _compiled.load()
     assert not isinstance(kernels, str), kernels
     gates, size = flat[4].shape  # type: ignore[union-attr]
