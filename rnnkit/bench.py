@@ -3,8 +3,9 @@
 For each cell and size it times the forward pass (no grad), the forward plus the backward of
 ``y.sum()`` to the weights, and (``+dx``) the same with the input's gradient too, as in a model
 where a layer below (an embedding, another layer) is trained; alternating between the
-implementations round by round (in a shuffled order each round) so that a noisy machine slows all of them alike, and reports medians and the ratio
-torch.nn time / rnnkit time (above 1: rnnkit is faster). Achieved GFLOP/s are given beside the sgemm peak measured on the machine.
+implementations round by round (in a shuffled order each round) so that a noisy machine slows
+all of them alike, and reports medians and the ratio torch.nn time / rnnkit time (above 1:
+rnnkit is faster). Achieved GFLOP/s are given beside the sgemm peak measured on the machine.
 
 Besides the engines, ``compiled`` times the layer under torch.compile(fullgraph=True).
 Run it as ``rnnkit bench`` or ``python -m rnnkit.bench``.

@@ -129,14 +129,19 @@ def test_stack_operator_passes_opcheck(mode: str, layers: int, directions: int, 
 
 @needs_kernels
 def test_fused_operator_checks_lengths_and_device() -> None:
-    """The operator refuses lengths outside [1, T] itself (a traced layer passes them unchecked),
-    and declares CPU kernels only: on CUDA the layers run cuDNN or the reference engine."""
+    """The operators refuse lengths outside [1, T] themselves (a traced layer passes them
+    unchecked), and declare CPU kernels only: on CUDA the layers run cuDNN or the reference engine."""
     x = torch.randn(4, 2, 3)
     w_ih, w_hh = torch.randn(5, 3), torch.randn(5, 5)
     with pytest.raises(rnnkit.InputError, match=r"expected 2 lengths in \[1, 4\], got \[5, 1\]"):
         torch.ops.rnnkit.fused_rnn(x, w_ih, None, None, None, w_hh, None, None, None, None, None,
                                    torch.tensor([5, 1]), None, None, None, "RNN_TANH", False)
-    for op in (torch.ops.rnnkit.fused_rnn.default, torch.ops.rnnkit.fused_rnn_backward.default):
+    weights = [torch.randn(5, 3), torch.randn(5, 5)]  # a stack of one RNN cell: w_ih, w_hh
+    present = [False, False, True, False, True, False, False]
+    with pytest.raises(rnnkit.InputError, match=r"expected 2 lengths in \[1, 4\], got \[5, 1\]"):
+        torch.ops.rnnkit.fused_stack(x, torch.tensor([5, 1]), weights, present, "RNN_TANH", 1, 1)
+    for op in (torch.ops.rnnkit.fused_rnn.default, torch.ops.rnnkit.fused_rnn_backward.default,
+               torch.ops.rnnkit.fused_stack.default, torch.ops.rnnkit.fused_stack_backward.default):
         assert torch._C._dispatch_has_kernel_for_dispatch_key(op.name(), "CPU")
         assert not torch._C._dispatch_has_kernel_for_dispatch_key(op.name(), "CUDA")
 

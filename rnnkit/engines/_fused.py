@@ -271,11 +271,7 @@ def run_forward(
         inputs = x.shape[2]
         w_ih_c = w_ih.contiguous()
         b_ih_c = None if b_ih is None else b_ih.contiguous()
-    lengths_c = None
-    if lengths is not None:  # the kernels index by them: never out of [1, T]
-        lengths_c = lengths.to(torch.int64).contiguous()
-        if lengths_c.shape != (batch,) or int(lengths_c.min()) < 1 or int(lengths_c.max()) > steps:
-            raise InputError(f"rnnkit: expected {batch} lengths in [1, {steps}], got {lengths_c.tolist()}")
+    lengths_c = checked_lengths(lengths, batch, steps)
     plan = _plan(kernels, mode, xp.dtype, steps, batch, inputs, gates, size, flags_of(w_hr, ln_hh, ln_cw),
                  torch.get_num_threads())
     if save:
@@ -297,6 +293,17 @@ def run_forward(
         raise MemoryError("rnnkit fused engine: no memory for the forward kernel's scratch")
     assert work.block is not None
     return out, h_n, c_n, work.block if save else xp.new_empty(0)
+
+
+def checked_lengths(lengths: Tensor | None, batch: int, steps: int) -> Tensor | None:
+    """lengths (B,) as the kernels read them, int64 and contiguous; the kernels index by them, so
+    a length outside [1, T] is refused here (a traced layer passes them unchecked)."""
+    if lengths is None:
+        return None
+    lengths_c = lengths.to(torch.int64).contiguous()
+    if lengths_c.shape != (batch,) or int(lengths_c.min()) < 1 or int(lengths_c.max()) > steps:
+        raise InputError(f"rnnkit: expected {batch} lengths in [1, {steps}], got {lengths_c.tolist()}")
+    return lengths_c
 
 
 def _contiguous(*tensors: Tensor | None) -> list[Tensor | None]:
@@ -508,24 +515,34 @@ def run_stack_forward(plan: _StackPlan, mode: str, layers: int, directions: int,
     lengths (B,) int64 in [1, T] or None, flat: STACK_CELL_ARGS tensors per cell. Returns out
     (T, B, D*R), h_n (L*D, B, R), c_n (L*D, B, H) (LSTM; else empty), and what the backward pass
     reads: inner (L-1, T, B, D*R) or None, revs or None, and the workspaces."""
-    steps, batch, inputs = x.shape
-    gates, size = flat[4].shape  # type: ignore[union-attr]
-    cells, wide, rows = layers * directions, directions * size, steps * batch
+    steps, batch, _ = x.shape
+    size = flat[4].shape[1]  # type: ignore[union-attr]
+    lengths = checked_lengths(lengths, batch, steps)
     held = _contiguous(*flat)
     weights = (ctypes.c_void_p * len(held))(*_ptrs(*held))
-    inner = x.new_empty(layers - 1, steps, batch, wide) if layers > 1 else None
-    out = x.new_empty(steps, batch, wide)
-    revs = x.new_empty(rows * inputs + (layers - 1) * rows * wide) if directions == 2 else None
-    h_n = x.new_empty(cells, batch, size)
-    lstm = mode == "LSTM"
-    c_n = x.new_empty(cells, batch, gates // 4) if lstm else x.new_empty(0)
-    works = x.new_empty(plan.works)
+    out, h_n, c_n, inner, revs, works = _stack_buffers(plan, mode, layers, directions, x, flat)
     scratch = x.new_empty(steps, batch, size) if directions == 2 else None
-    status = plan.forward(plan.ints, *_ptrs(x, lengths), weights,
-                          *_ptrs(inner, out, revs, h_n, c_n if lstm else None, works), plan.work_at_c, *_ptrs(scratch))
+    status = plan.forward(plan.ints, *_ptrs(x, lengths), weights, *_ptrs(inner, out, revs, h_n),
+                          *_ptrs(c_n if mode == "LSTM" else None, works), plan.work_at_c, *_ptrs(scratch))
     if status != 0:
         raise MemoryError("rnnkit fused engine: no memory for the forward kernel's scratch")
     return out, h_n, c_n, inner, revs, works
+
+
+def _stack_buffers(plan: _StackPlan, mode: str, layers: int, directions: int, x: Tensor,
+                   flat: Sequence[Tensor | None]) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None, Tensor]:
+    """A stack's outputs, made for its forward pass to fill: out (T, B, D*R), h_n (L*D, B, R),
+    c_n (L*D, B, H) (LSTM; else empty); inner (L-1, T, B, D*R), revs (the second direction's
+    reversed inputs: layer 0's T*B*I numbers, then each other layer's T*B*D*R) and the cells'
+    workspaces (plan.works numbers), None where there are none."""
+    steps, batch, inputs = x.shape
+    gates, size = flat[4].shape  # type: ignore[union-attr]
+    cells, wide, rows = layers * directions, directions * size, steps * batch
+    return (x.new_empty(steps, batch, wide), x.new_empty(cells, batch, size),
+            x.new_empty(cells, batch, gates // 4) if mode == "LSTM" else x.new_empty(0),
+            x.new_empty(layers - 1, steps, batch, wide) if layers > 1 else None,
+            x.new_empty(rows * inputs + (layers - 1) * rows * wide) if directions == 2 else None,
+            x.new_empty(plan.works))
 
 
 def run_stack_backward(plan: _StackPlan, mode: str, layers: int, directions: int, x: Tensor, lengths: Tensor | None,
@@ -537,7 +554,8 @@ def run_stack_backward(plan: _StackPlan, mode: str, layers: int, directions: int
     the input's gradient (None unless needs_x) and flat's (None where needs_flat says no)."""
     held = _contiguous(*flat)
     weights = (ctypes.c_void_p * len(held))(*_ptrs(*held))
-    grads = [None if t is None or not need else torch.empty_like(t) for t, need in zip(held, needs_flat)]  # (held: contiguous)
+    # (held is contiguous, so the gradients are too)
+    grads = [None if t is None or not need else torch.empty_like(t) for t, need in zip(held, needs_flat)]
     pointers = (ctypes.c_void_p * len(grads))(*_ptrs(*grads))
     dx = x.new_empty(x.shape) if needs_x else None
     per_layer = STACK_CELL_ARGS * directions
@@ -560,14 +578,8 @@ def run_stack_forward_any(plan: _StackPlan, mode: str, layers: int, directions: 
     if plan.one_call:
         return run_stack_forward(plan, mode, layers, directions, x, lengths, flat)
     steps, batch, inputs = x.shape
-    gates, size = flat[4].shape  # type: ignore[union-attr]
-    wide, rows, lstm = directions * size, steps * batch, mode == "LSTM"
-    inner = x.new_empty(layers - 1, steps, batch, wide) if layers > 1 else None
-    out = x.new_empty(steps, batch, wide)
-    revs = x.new_empty(rows * inputs + (layers - 1) * rows * wide) if directions == 2 else None
-    h_n = x.new_empty(layers * directions, batch, size)
-    c_n = x.new_empty(layers * directions, batch, gates // 4) if lstm else x.new_empty(0)
-    works = x.new_empty(plan.works)
+    size = flat[4].shape[1]  # type: ignore[union-attr]
+    out, h_n, c_n, inner, revs, works = _stack_buffers(plan, mode, layers, directions, x, flat)
     layer_in = x
     for layer in range(layers):
         layer_out = out if layer == layers - 1 else inner[layer]  # type: ignore[index]
@@ -576,7 +588,7 @@ def run_stack_forward_any(plan: _StackPlan, mode: str, layers: int, directions: 
             h0, c0, w_ih, b_ih, w_hh, b_hh, w_hr = flat[STACK_CELL_ARGS * k : STACK_CELL_ARGS * (k + 1)]
             seen = layer_in
             if direction == 1:
-                seen = _stack_seen(revs, layer, steps, batch, inputs, wide)  # type: ignore[arg-type]
+                seen = _stack_seen(revs, layer, steps, batch, inputs, directions * size)  # type: ignore[arg-type]
                 seen.copy_(reverse_padded(layer_in, lengths))
             start = plan.work_at[k]
             o, hn, cn, _ = run_forward(mode, seen, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr,  # type: ignore[arg-type]
@@ -585,7 +597,7 @@ def run_stack_forward_any(plan: _StackPlan, mode: str, layers: int, directions: 
             layer_out[:, :, direction * size : (direction + 1) * size] = (
                 reverse_padded(o, lengths) if direction == 1 else o)
             h_n[k] = hn
-            if lstm:
+            if mode == "LSTM":
                 c_n[k] = cn
         layer_in = layer_out
     return out, h_n, c_n, inner, revs, works

@@ -278,6 +278,14 @@ class _EagerFusedStack(torch.autograd.Function):
         return (None, None, None, dx, None, *grads)
 
 
+def _per_cell(d_hn: Tensor | None, d_cn: Tensor | None, cells: int, mode: str) -> list[Tensor | None]:
+    """The gradients of a stack's final state parts, (L*D, B, S) each or None, as each cell's
+    h_n and c_n gradients in turn (the order _stack_backward_by_reference takes)."""
+    lstm = mode == "LSTM"
+    return [d for k in range(cells)
+            for d in (None if d_hn is None else d_hn[k], None if d_cn is None or not lstm else d_cn[k])]
+
+
 def _stack_backward_by_reference(ctx: Any, x: Tensor, lengths: Tensor | None, flat: Sequence[Tensor | None],
                                  d_out: Tensor | None, d_finals: Sequence[Tensor | None]
                                  ) -> tuple[Tensor | None, Sequence[Tensor | None]]:
@@ -332,10 +340,8 @@ class _EagerFusedStackKernels(torch.autograd.Function):
         ctx.needs_x, ctx.needs_flat = ctx.needs_input_grad[3], ctx.needs_input_grad[6:]
         if torch.is_grad_enabled() or not unwatched([d_out, d_hn, d_cn]):
             # create_graph=True (the gradient as a graph), or batched gradients (is_grads_batched)
-            lstm = ctx.mode == "LSTM"
-            d_finals = [d for k in range(cells)
-                        for d in (None if d_hn is None else d_hn[k], None if d_cn is None or not lstm else d_cn[k])]
-            dx, grads = _stack_backward_by_reference(ctx, x, lengths, flat, d_out, d_finals)
+            dx, grads = _stack_backward_by_reference(ctx, x, lengths, flat, d_out,
+                                                     _per_cell(d_hn, d_cn, cells, ctx.mode))
         else:
             dx, grads = run_stack_backward(ctx.plan, ctx.mode, ctx.layers, ctx.directions, x, lengths, flat, saved,
                                            d_out, d_hn, d_cn, ctx.needs_x, ctx.needs_flat)
@@ -456,17 +462,14 @@ def _fused_stack_backward_formula(ctx: Any, d_out: Tensor | None, d_hn: Tensor |
     ctx.needs_flat = [bool(n) for n in _unpresent(ctx.present, needs_w)]  # (None: absent, no need)
     if not ctx.needs_x and not any(needs_w):
         return None, None, [None] * len(weights), None, None, None, None
-    lstm = ctx.mode == "LSTM"
     if torch.is_grad_enabled():  # create_graph=True: the gradient as a graph, by the reference equations
-        cells = ctx.layers * ctx.directions
-        d_finals = [d for k in range(cells)
-                    for d in (None if d_hn is None else d_hn[k], None if d_cn is None or not lstm else d_cn[k])]
         flat = _unpresent(ctx.present, weights)
-        dx, grads = _stack_backward_by_reference(ctx, x, lengths, flat, d_out, d_finals)
+        dx, grads = _stack_backward_by_reference(ctx, x, lengths, flat, d_out,
+                                                 _per_cell(d_hn, d_cn, ctx.layers * ctx.directions, ctx.mode))
         grads_w = [g for g, p in zip(grads, ctx.present) if p]
     else:
         result = torch.ops.rnnkit.fused_stack_backward(
-            d_out, d_hn, d_cn if lstm else None, x, lengths, list(weights), ctx.present, inner, revs, works,
+            d_out, d_hn, d_cn if ctx.mode == "LSTM" else None, x, lengths, list(weights), ctx.present, inner, revs, works,
             ctx.mode, ctx.layers, ctx.directions, [ctx.needs_x, *needs_w])
         dx, grads_w = result[0], result[1:]
     return (dx if ctx.needs_x else None, None, [g if need else None for g, need in zip(grads_w, needs_w)],

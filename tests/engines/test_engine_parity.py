@@ -176,6 +176,35 @@ def test_fused_inference_matches_reference(case: Case, dtype: torch.dtype) -> No
     check_case(case, dtype, grad=False)
 
 
+@pytest.mark.parametrize("family, hidden, extra", [
+    ("lstm", 128, {}), ("lstm", 256, {"proj_size": 64}), ("gru", 160, {}), ("rnn_tanh", 256, {}),
+    ("lstm", 128, {"layer_norm": True, "bidirectional": True})])
+@pytest.mark.parametrize("steps, batch", [(1, 1), (2, 1), (1, 2)])
+@pytest.mark.parametrize("grad", [True, False])
+def test_fused_one_step_with_large_weights_matches_reference(family: str, hidden: int, extra: dict[str, Any],
+                                                             steps: int, batch: int, grad: bool) -> None:
+    """A step or two with a large W_hh, where the forward kernel reads the weights where they lie
+    (dot products along their rows) instead of in panels, as when a model generates one token at
+    a time: the reference engine's outputs, and in training its gradients (the backward pass
+    keeps its panels and reads the forward's saved arrays)."""
+    import ctypes
+
+    from rnnkit.engines import _compiled
+
+    kernels = _compiled.load()
+    if isinstance(kernels, str):
+        pytest.skip(kernels)
+    gates = {"lstm": 4, "gru": 3, "rnn_tanh": 1}[family] * hidden
+    rows_max = ctypes.c_int.in_dll(kernels.lib, "rnnkit_rows_mode_max").value
+    min_weights = ctypes.c_long.in_dll(kernels.lib, "rnnkit_rows_mode_min_weights").value
+    assert steps * batch <= rows_max and gates * extra.get("proj_size", hidden) >= min_weights  # the case it tests
+    options = {"num_layers": 2, "bidirectional": False, "batch_first": False, "bias": True, "recurrent_dropout": 0.0,
+               "zoneout": 0.0, "layer_norm": False, "learn_initial_state": False, **extra}
+    case = Case(family=family, options=tuple(options.items()), inputs="lengths", with_hx=True, training=True,
+                steps=steps, batch=batch, input_size=8, hidden_size=hidden, seed=0)
+    check_case(case, torch.float64, grad=grad)
+
+
 @pytest.mark.parametrize("family", list(FAMILIES))
 @pytest.mark.parametrize("grad", [True, False])
 def test_fused_matches_reference_at_larger_sizes(family: str, grad: bool) -> None:

@@ -212,6 +212,7 @@ long rnnkit_backward_layout(int n, int cell, int T, int B, int H, int R, int fla
  * where the panels' register tiles are the faster product (benchmarks/one_step.py times both). */
 #define ROWS_MODE_MIN_WEIGHTS 65536
 int rnnkit_rows_mode_max = 2;  /* (a variable, so that a benchmark can set it to 0 and compare) */
+const long rnnkit_rows_mode_min_weights = ROWS_MODE_MIN_WEIGHTS;  /* (read by the tests) */
 
 int rnnkit_kernels_version(void) { return 26; }
 
