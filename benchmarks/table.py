@@ -1,7 +1,7 @@
 """Turn the JSON written by `rnnkit bench --json FILE` into the markdown tables of README.md.
 
-    python benchmarks/table.py benchmarks/cpu-2core.json          # every row
-    python benchmarks/table.py --dx benchmarks/cpu-2core-dx.json  # training with and without dx
+    python benchmarks/table.py benchmarks/cpu-2core.json       # forward, and training without dx
+    python benchmarks/table.py --dx benchmarks/cpu-2core.json  # training without and with dx
 """
 
 from __future__ import annotations
@@ -39,6 +39,8 @@ def main(path: str) -> None:
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for r in rows:
+        if r["mode"] == "forward+backward+dx":  # the --dx table's
+            continue
         cells = [r["cell"], ", ".join(str(v) for v in r["size"]), r["mode"], f"{r['ms']['torch']:.3f}"]
         for e in engines:
             if e in r["ms"]:
