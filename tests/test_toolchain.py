@@ -225,6 +225,56 @@ def test_compile_inductor_equals_eager() -> None:
     assert_all_close(got, flat(layer(x, lengths=[7, 2, 5])), 1e-5)
 
 
+@pytest.mark.parametrize("family, call", [("LSTM", "plain"), ("GRU", "plain"), ("GRU", "lengths"), ("RNN", "packed")])
+def test_compile_native_engine_equals_eager(family: str, call: str) -> None:
+    """engine='native' (what engine='auto' runs on CUDA) compiles with fullgraph=True and equals
+    eager: torch's kernel stays in the graph where the tools take it (GRU and RNN without
+    lengths), and the reference equations stand in where they do not (variable lengths, packed
+    by torch.nn.utils.rnn, which dynamo refuses; oneDNN's LSTM kernel on CPU, which inductor
+    mishandles)."""
+    torch._dynamo.reset()
+    layer = getattr(rnnkit, family)(4, 5, bidirectional=True, engine="native")
+    x = torch.randn(6, 3, 4)
+    kwargs: dict[str, Any] = {"lengths": [6, 2, 4]} if call == "lengths" else {}
+    graphs: list[torch.fx.GraphModule] = []
+
+    def backend(gm: torch.fx.GraphModule, example_inputs: Any) -> Any:
+        graphs.append(gm)  # dynamo's graph: the calls the layer made, before AOTAutograd
+        return torch._dynamo.lookup_backend("aot_eager")(gm, example_inputs)
+
+    compiled = torch.compile(layer, fullgraph=True, backend=backend)
+    params = list(layer.parameters())
+    results = []
+    for run in (layer, compiled):
+        leaf = x.clone().requires_grad_()
+        arg = pack_padded_sequence(leaf, [6, 2, 4], enforce_sorted=False) if call == "packed" else leaf
+        outs = flat(run(arg, **kwargs))
+        results.append(outs + list(torch.autograd.grad(weighted_sum(outs), [leaf, *params])))
+    assert_all_close(results[1], results[0], 1e-5)
+    kernel = {"LSTM": torch.lstm, "GRU": torch.gru, "RNN": torch.rnn_tanh}[family]
+    in_graph = any(n.target is kernel for g in graphs for n in g.graph.nodes)
+    assert in_graph == (family != "LSTM" and call == "plain")
+
+
+def test_traceable_engines_for_compile() -> None:
+    """The engine a compiled call runs, per device (a meta tensor stands for CUDA's): torch's
+    kernels unless they meet variable lengths, or oneDNN's LSTM on CPU; other engines as chosen."""
+    from rnnkit.engines import ENGINES, traceable
+
+    def pick(family: str, engine: str, device: str, lengths: bool) -> str:
+        config = getattr(rnnkit, family)(4, 5)._config()
+        return traceable(ENGINES[engine], config, torch.empty(6, 3, 4, device=device), lengths=lengths).name
+
+    assert pick("LSTM", "native", "meta", False) == "native"  # cuDNN, as torch.nn
+    assert pick("GRU", "native", "meta", False) == "native"
+    assert pick("LSTM", "native", "meta", True) == "reference"
+    assert pick("GRU", "native", "cpu", False) == "native"
+    assert pick("GRU", "native", "cpu", True) == "reference"
+    assert pick("LSTM", "native", "cpu", False) == "reference"
+    assert pick("LSTM", "fused", "cpu", True) == "fused"
+    assert pick("GRU", "reference", "meta", True) == "reference"
+
+
 @needs_kernels
 def test_compile_sees_one_operator_for_a_stack() -> None:
     """torch.compile of a training step: a stacked bidirectional layer is one operator each way

@@ -88,6 +88,18 @@ def select_engine(name: str, config: LayerConfig, x: Tensor, *, owner: str, grad
     return engine
 
 
+def traceable(engine: Engine, config: LayerConfig, x: Tensor, *, lengths: bool) -> Engine:
+    """The engine that runs config on x (T, B, I) inside torch.compile, in place of engine: the
+    same engine, except torch's kernels where the tools cannot take them, which give way to the
+    reference equations. Variable lengths (lengths: whether the call has any) reach torch's
+    kernels as a PackedSequence, whose packing dynamo refuses to trace; and on CPU, inductor
+    mishandles the outputs of oneDNN's LSTM kernel. On CUDA without lengths torch's kernels stay
+    (cuDNN, as in torch.nn)."""
+    if engine.name == "native" and (lengths or (x.device.type == "cpu" and config.spec.mode == "LSTM")):
+        return ENGINES["reference"]
+    return engine
+
+
 __all__ = [
     "FUSED_LSTM_MAX_WIDTH",
     "NATIVE_LSTM_MIN_HIDDEN",
@@ -103,4 +115,5 @@ __all__ = [
     "onnx_decompositions",
     "reverse_padded",
     "select_engine",
+    "traceable",
 ]

@@ -21,7 +21,8 @@ from rnnkit import _checks
 from rnnkit.cells import CellSpec, CellWeights, State
 from rnnkit.cells._base import INITS, init_cell_weights, parameter_shapes
 from rnnkit.cells._module import check_chrono, check_forget_bias
-from rnnkit.engines import ENGINE_NAMES, ENGINES, Engine, LayerConfig, Noise, Probe, _compiled, reverse_padded, select_engine
+from rnnkit.engines import (ENGINE_NAMES, ENGINES, Engine, LayerConfig, Noise, Probe, _compiled, reverse_padded,
+                            select_engine, traceable)
 from rnnkit.engines._fused_op import differentiated_by_transform, run_stack, run_stack_op, unwatched
 
 Lengths = Sequence[int] | Tensor
@@ -373,8 +374,11 @@ class RecurrentLayer(nn.Module):
             engine = ENGINES["reference"]
         elif engine.name == "fused" and not torch.compiler.is_compiling() and differentiated_by_transform():
             engine = ENGINES["reference"]  # torch.func's grad and jvp, forward-mode AD: autograd's loop
-        if torch.compiler.is_compiling() and torch.onnx.is_in_onnx_export():  # (checked cheapest first)
-            engine = ENGINES["reference"]  # under export, one scan over time: an ONNX Scan
+        if torch.compiler.is_compiling():
+            if torch.onnx.is_in_onnx_export():
+                engine = ENGINES["reference"]  # under export, one scan over time: an ONNX Scan
+            else:
+                engine = traceable(engine, self._config(), x, lengths=run_lengths is not None)
         out, state = self._run_stack(engine, x, state0, run_lengths, cells)
         if packed is not None:
             assert cpu_lengths is not None
