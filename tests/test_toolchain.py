@@ -341,6 +341,21 @@ def test_export_with_dynamic_length_and_batch(config: str) -> None:
         assert ops.count(torch.ops.rnnkit.fused_rnn.default) == calls
 
 
+@pytest.mark.parametrize("family", ["GRU", "RNN"])
+def test_export_native_engine_with_dynamic_length(family: str) -> None:
+    """engine='native' exports with dynamic T and B too: on CPU torch's GRU and RNN kernels would
+    fix T in the graph, so the exported program holds the reference equations (a scan over
+    time), with eager's numbers at other T and B."""
+    layer = getattr(rnnkit, family)(4, 5, engine="native").eval()
+    sizes = {0: torch.export.Dim("T"), 1: torch.export.Dim("B")}
+    program = torch.export.export(layer, (torch.randn(6, 3, 4),), dynamic_shapes=(sizes,))
+    for steps, batch in ((11, 5), (2, 2)):
+        x = torch.randn(steps, batch, 4)
+        assert_all_close(flat(program.module()(x)), flat(layer(x)), 1e-5)
+    kernel = {"GRU": torch.ops.aten.gru.input, "RNN": torch.ops.aten.rnn_tanh.input}[family]
+    assert all(n.target is not kernel for n in program.graph.nodes)
+
+
 ONNX_CONFIGS = ["lstm", "gru-stacked-bidirectional", "lstm-proj-layer-norm-bidirectional", "rnn-relu-batch-first",
                 "gru-layer-norm-learned-state"]
 

@@ -92,10 +92,14 @@ def traceable(engine: Engine, config: LayerConfig, x: Tensor, *, lengths: bool) 
     """The engine that runs config on x (T, B, I) inside torch.compile, in place of engine: the
     same engine, except torch's kernels where the tools cannot take them, which give way to the
     reference equations. Variable lengths (lengths: whether the call has any) reach torch's
-    kernels as a PackedSequence, whose packing dynamo refuses to trace; and on CPU, inductor
-    mishandles the outputs of oneDNN's LSTM kernel. On CUDA without lengths torch's kernels stay
+    kernels as a PackedSequence, whose packing dynamo refuses to trace; on CPU, inductor
+    mishandles the outputs of oneDNN's LSTM kernel, and torch.export fixes T in the graph of the
+    others (as auto_order avoids them there). On CUDA without lengths torch's kernels stay
     (cuDNN, as in torch.nn)."""
-    if engine.name == "native" and (lengths or (x.device.type == "cpu" and config.spec.mode == "LSTM")):
+    if engine.name != "native":
+        return engine
+    on_cpu = x.device.type == "cpu"
+    if lengths or (on_cpu and (config.spec.mode == "LSTM" or torch.compiler.is_exporting())):
         return ENGINES["reference"]
     return engine
 
