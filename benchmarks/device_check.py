@@ -13,7 +13,8 @@ It prints, on the device given (cpu runs it all too, to try the script without a
    largest absolute difference, for LSTM, GRU and RNN plain, stacked bidirectional, with
    lengths, from a PackedSequence, and an LSTM with a projection;
 2. rnnkit's own options (layer_norm, zoneout off in eval) on the device against the same layer
-   on CPU in float64;
+   on CPU in float64, and gradients of gradients (create_graph=True) likewise (cuDNN has none:
+   on CUDA torch's kernels pass by raising as torch.nn does, the reference engine by its numbers);
 3. torch.compile(fullgraph=True): equal to eager (outputs and gradients), with and without
    lengths, and which of torch's recurrent kernels the graph kept;
 4. torch.export with dynamic T and B: the program at other T and B against eager;
@@ -132,6 +133,44 @@ def own_options(device: torch.device) -> None:
         guarded(name, check)
 
 
+def double_backward(device: torch.device) -> None:
+    """Gradients of gradients (create_graph=True) on the device against the reference engine on
+    CPU in float64. cuDNN has no double backward: on CUDA, torch's kernels (engine='auto' there)
+    raise as torch.nn's layers do, which passes as documented; the reference engine must work."""
+    engines = [ENGINE[0]] + (["reference"] if device.type == "cuda" and ENGINE[0] != "reference" else [])
+    for family in ("LSTM", "GRU"):
+        for engine in engines:
+            name = f"double backward {family} 2x2 lengths, {engine}"
+
+            def check(family: str = family, engine: str = engine, name: str = name) -> None:
+                torch.manual_seed(0)
+                layer = getattr(rnnkit, family)(16, 32, num_layers=2, bidirectional=True, engine=engine)
+                reference = getattr(rnnkit, family)(16, 32, num_layers=2, bidirectional=True, engine="reference")
+                reference.load_state_dict(layer.state_dict())
+                x = torch.randn(12, 5, 16)
+                runs = ((reference, torch.device("cpu"), torch.float64), (layer, device, torch.float32))
+                results = []
+                for module, dev, dtype in runs:
+                    module = module.to(dev, dtype)
+                    xg = x.to(dev, dtype).requires_grad_()
+                    inputs = [xg, *module.parameters()]
+                    out = module(xg, lengths=[12, 7, 9, 3, 12])[0]
+                    first = torch.autograd.grad(out.pow(2).sum(), inputs, create_graph=True)
+                    try:
+                        second = torch.autograd.grad(sum(g.pow(2).sum() for g in first), inputs)
+                    except (RuntimeError, NotImplementedError) as error:
+                        cudnn = "cudnn" in str(error).lower() and layer.engine_for(xg) == "native"
+                        report(name, cudnn, "raises as torch.nn: cuDNN has no double backward" if cudnn
+                               else f"{type(error).__name__}: {str(error)[:60]}")
+                        return
+                    results.append([t.cpu() for t in (*first, *second)])
+                scale = max(float(t.abs().max()) for t in results[0])
+                difference = largest_difference(results[1], results[0]) / scale
+                report(name, difference <= 1e-4, f"{layer.engine_for(x.to(device))}, relative {difference:.1e}")
+
+            guarded(name, check)
+
+
 def compiled(device: torch.device) -> None:
     kernels = {torch.lstm, torch.gru, torch.rnn_tanh}
     for family in ("LSTM", "GRU"):
@@ -227,7 +266,7 @@ def main() -> None:
     else:
         print(f"torch {torch.__version__}, {device}, {torch.get_num_threads()} threads")
     print(f"rnnkit's layers: engine={args.engine!r}")
-    for part in (parity, own_options, compiled, exported):
+    for part in (parity, own_options, double_backward, compiled, exported):
         part(device)
     if not args.no_speed:
         speed(device, args.budget)
