@@ -89,13 +89,13 @@ def select_engine(name: str, config: LayerConfig, x: Tensor, *, owner: str, grad
 
 
 def traceable(engine: Engine, config: LayerConfig, x: Tensor, *, lengths: bool) -> Engine:
-    """The engine that runs config on x (T, B, I) inside torch.compile, in place of engine: the
-    same engine, except torch's kernels where the tools cannot take them, which give way to the
-    reference equations. Variable lengths (lengths: whether the call has any) reach torch's
-    kernels as a PackedSequence, whose packing dynamo refuses to trace; on CPU, inductor
-    mishandles the outputs of oneDNN's LSTM kernel, and torch.export fixes T in the graph of the
-    others (as auto_order avoids them there). On CUDA without lengths torch's kernels stay
-    (cuDNN, as in torch.nn)."""
+    """The engine that runs config on x (T, B, I) under torch.compile or torch.export, in place
+    of engine: the same engine, except torch's kernels where the tools cannot take them, which
+    give way to the reference equations. Variable lengths (lengths: whether the call has any)
+    reach torch's kernels as a PackedSequence, whose packing dynamo refuses to trace; on CPU,
+    inductor mishandles the outputs of oneDNN's LSTM kernel, and torch.export fixes T in the
+    graph of the others (as auto_order avoids them there). On CUDA without lengths torch's
+    kernels stay (cuDNN, as in torch.nn)."""
     if engine.name != "native":
         return engine
     on_cpu = x.device.type == "cpu"
