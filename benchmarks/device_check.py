@@ -15,7 +15,8 @@ It prints, on the device given (cpu runs it all too, to try the script without a
 2. rnnkit's own options (layer_norm, zoneout off in eval) on the device against the same layer
    on CPU in float64, and gradients of gradients (create_graph=True) likewise (cuDNN has none:
    on CUDA torch's kernels pass by raising as torch.nn does, the reference engine by its numbers);
-3. torch.compile(fullgraph=True): equal to eager (outputs and gradients), with and without
+3. torch.func (vmap, jacrev, jacfwd) and batched gradients on the device against CPU float64;
+   torch.compile(fullgraph=True): equal to eager (outputs and gradients), with and without
    lengths, and which of torch's recurrent kernels the graph kept;
 4. torch.export with dynamic T and B: the program at other T and B against eager;
 5. speed: a training step (forward, backward to the weights and input) and a forward pass
@@ -171,6 +172,37 @@ def double_backward(device: torch.device) -> None:
             guarded(name, check)
 
 
+def transforms(device: torch.device) -> None:
+    """torch.func's vmap, jacrev and jacfwd, and batched gradients (is_grads_batched), on the
+    device against the reference engine on CPU in float64."""
+    from torch.func import jacfwd, jacrev, vmap
+
+    for family in ("LSTM", "GRU"):
+        name = f"torch.func {family} bidirectional"
+
+        def check(family: str = family, name: str = name) -> None:
+            torch.manual_seed(0)
+            layer = getattr(rnnkit, family)(3, 4, bidirectional=True, engine=ENGINE[0])
+            reference = getattr(rnnkit, family)(3, 4, bidirectional=True, engine="reference").double()
+            reference.load_state_dict(layer.state_dict())
+            x, stack = torch.randn(5, 2, 3), torch.randn(3, 5, 2, 3)
+            cotangents = torch.randn(4, 5, 2, 8)
+
+            def results(m: nn.Module, dev: torch.device, dtype: torch.dtype) -> list[Tensor]:
+                m = m.to(dev, dtype)
+                f = lambda x_: m(x_, lengths=[5, 3])[0]  # noqa: E731
+                xd = x.to(dev, dtype)
+                xg = xd.clone().requires_grad_()
+                batched, = torch.autograd.grad(f(xg), xg, cotangents.to(dev, dtype), is_grads_batched=True)
+                return [t.cpu() for t in (vmap(f)(stack.to(dev, dtype)), jacrev(f)(xd), jacfwd(f)(xd), batched)]
+
+            expected = results(reference, torch.device("cpu"), torch.float64)
+            difference = largest_difference(results(layer, device, torch.float32), expected)
+            report(name, difference <= 1e-4, f"{layer.engine_for(x.to(device))}, {difference:.1e}")
+
+        guarded(name, check)
+
+
 def compiled(device: torch.device) -> None:
     kernels = {torch.lstm, torch.gru, torch.rnn_tanh}
     for family in ("LSTM", "GRU"):
@@ -266,7 +298,7 @@ def main() -> None:
     else:
         print(f"torch {torch.__version__}, {device}, {torch.get_num_threads()} threads")
     print(f"rnnkit's layers: engine={args.engine!r}")
-    for part in (parity, own_options, double_backward, compiled, exported):
+    for part in (parity, own_options, double_backward, transforms, compiled, exported):
         part(device)
     if not args.no_speed:
         speed(device, args.budget)

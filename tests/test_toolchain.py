@@ -453,7 +453,7 @@ def test_jit_script_is_refused_with_what_to_use() -> None:
 
 
 # -- torch.func and batched gradients ------------------------------------------------------------
-@pytest.mark.parametrize("engine", ["auto", "reference"])
+@pytest.mark.parametrize("engine", ["auto", "native", "reference"])
 @pytest.mark.parametrize("family", ["LSTM", "GRU"])
 def test_torch_func_transforms_equal_the_reference_engine(engine: str, family: str) -> None:
     """vmap, jacrev, jacfwd, grad over parameters (functional_call), autograd.grad with
@@ -481,6 +481,22 @@ def test_torch_func_transforms_equal_the_reference_engine(engine: str, family: s
     with warnings.catch_warnings():  # torch.func's own use of torch.jit.script, deprecated upstream
         warnings.filterwarnings("ignore", message=".*torch.jit.script. is deprecated", category=DeprecationWarning)
         assert_all_close(results(layer), results(reference), 1e-10)
+
+
+def test_forward_mode_ad_with_torch_kernels() -> None:
+    """engine='native' under forward-mode AD (torch.func.jvp, jacfwd): oneDNN's LSTM kernel (float32
+    on CPU), as cuDNN's, has no forward-mode derivative, so such a call runs the reference
+    equations and gives the reference engine's numbers."""
+    from torch.func import jvp
+
+    torch.manual_seed(0)
+    layer = rnnkit.LSTM(3, 4, num_layers=2, engine="native")
+    reference = rnnkit.LSTM(3, 4, num_layers=2, engine="reference")
+    reference.load_state_dict(layer.state_dict())
+    x, tangent = torch.randn(5, 2, 3), torch.randn(5, 2, 3)
+    got = jvp(lambda x_: layer(x_)[0], (x,), (tangent,))
+    expected = jvp(lambda x_: reference(x_)[0], (x,), (tangent,))
+    assert_all_close(list(got), list(expected), 1e-5)
 
 
 # -- torch.nn's contract ------------------------------------------------------------------------

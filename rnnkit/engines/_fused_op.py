@@ -600,6 +600,13 @@ torch.library.register_vmap("rnnkit::fused_rnn", _vmap_by_slices(torch.ops.rnnki
 torch.library.register_vmap("rnnkit::fused_rnn_backward", _vmap_by_slices(torch.ops.rnnkit.fused_rnn_backward))
 
 
+def under_transform() -> bool:
+    """Whether any torch.func transform (vmap, grad, jvp, ...) or forward-mode AD is running:
+    torch's own recurrent kernels have no vmap rule, and oneDNN's and cuDNN's no forward-mode
+    derivative, so the native engine hands such calls to the reference engine."""
+    return torch.autograd.forward_ad._current_level >= 0 or torch._C._functorch.peek_interpreter_stack() is not None
+
+
 def differentiated_by_transform() -> bool:
     """Whether a torch.func transform that differentiates (grad, vjp, jacrev, jvp, jacfwd) or
     forward-mode AD (torch.autograd.forward_ad) is running: the fused operator's autograd formula

@@ -23,7 +23,8 @@ from rnnkit.cells._base import INITS, init_cell_weights, parameter_shapes
 from rnnkit.cells._module import check_chrono, check_forget_bias
 from rnnkit.engines import (ENGINE_NAMES, ENGINES, Engine, LayerConfig, Noise, Probe, _compiled, reverse_padded,
                             select_engine, traceable)
-from rnnkit.engines._fused_op import differentiated_by_transform, run_stack, run_stack_op, unwatched
+from rnnkit.engines._fused_op import (differentiated_by_transform, run_stack, run_stack_op, under_transform,
+                                     unwatched)
 
 Lengths = Sequence[int] | Tensor
 NO_NOISE = Noise()
@@ -374,6 +375,8 @@ class RecurrentLayer(nn.Module):
             engine = ENGINES["reference"]
         elif engine.name == "fused" and not torch.compiler.is_compiling() and differentiated_by_transform():
             engine = ENGINES["reference"]  # torch.func's grad and jvp, forward-mode AD: autograd's loop
+        elif engine.name == "native" and not torch.compiler.is_compiling() and under_transform():
+            engine = ENGINES["reference"]  # torch's kernels: no vmap rule, no forward-mode derivative
         if torch.compiler.is_compiling():
             if torch.onnx.is_in_onnx_export():
                 engine = ENGINES["reference"]  # under export, one scan over time: an ONNX Scan
