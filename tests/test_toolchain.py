@@ -445,6 +445,25 @@ def test_jit_trace_saves_and_runs_at_other_lengths(config: str, tmp_path: Path) 
     assert_all_close(flat(loaded(other)), flat(layer(other)))
 
 
+@pytest.mark.parametrize("family", ["LSTM", "GRU"])
+def test_jit_trace_with_torch_kernels(family: str, tmp_path: Path) -> None:
+    """engine='native' (what auto runs on CUDA) traces too: the trace passes its own check (run
+    again under no_grad, torch's kernels get the same training flag), saves, loads, gives eager's
+    outputs at another T, and trains (its backward)."""
+    layer = getattr(rnnkit, family)(3, 4, num_layers=2, bidirectional=True, engine="native")
+    x = torch.randn(5, 2, 3)
+    with warnings.catch_warnings():  # torch.jit is deprecated upstream; it still works
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("error", torch.jit.TracerWarning)
+        traced = torch.jit.trace(layer, (x,))
+        traced.save(str(tmp_path / "layer.pt"))
+        loaded = torch.jit.load(str(tmp_path / "layer.pt"))
+    other = torch.randn(9, 3, 3, requires_grad=True)
+    got, expected = flat(loaded(other)), flat(layer(other))
+    assert_all_close(got, expected)
+    assert_all_close(list(torch.autograd.grad(got[0].sum(), other)), list(torch.autograd.grad(expected[0].sum(), other)))
+
+
 def test_jit_script_is_refused_with_what_to_use() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)

@@ -44,7 +44,8 @@ class NativeEngine:
         params = [w for w in (weights.weight_ih, weights.weight_hh, weights.bias_ih, weights.bias_hh,
                               weights.weight_hr) if w is not None]
         has_bias = weights.bias_ih is not None
-        train = torch.is_grad_enabled()
+        # (training mode: cuDNN keeps what its backward needs; a trace holds one value, the one backward needs)
+        train = torch.is_grad_enabled() or torch.jit.is_tracing()
         kernel = KERNELS[spec.mode]
         if state is None:
             state = zero_state(spec, x, weights)
