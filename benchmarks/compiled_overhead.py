@@ -28,9 +28,10 @@ with a timing wrapper after compiling: the graph's Python wrapper (inductor's de
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -57,6 +58,20 @@ def timed(fn: Callable[..., Any], name: str) -> Callable[..., Any]:
     return run
 
 
+@contextlib.contextmanager
+def timing(ops: dict[str, Any]) -> Iterator[None]:
+    """Within the block, each operator's calls (name: its torch.ops packet) are timed as name;
+    after it, the operators are as they were."""
+    raw = {name: packet.default for name, packet in ops.items()}
+    for name, packet in ops.items():
+        packet.default = timed(raw[name], name)
+    try:
+        yield
+    finally:
+        for name, packet in ops.items():
+            packet.default = raw[name]
+
+
 def model_rows(cell: str, shape: tuple[int, int], rounds: int) -> None:
     torch._dynamo.reset()
     torch.manual_seed(0)
@@ -73,19 +88,12 @@ def model_rows(cell: str, shape: tuple[int, int], rounds: int) -> None:
     for _ in range(3):  # the first calls compile
         step(model)
         step(compiled)
-    packets = (torch.ops.rnnkit.fused_stack, torch.ops.rnnkit.fused_stack_backward)
-    raw = [p.default for p in packets]
-    for packet, op, name in zip(packets, raw, ("op fwd", "op bwd")):
-        packet.default = timed(op, name)
-    try:
-        samples.clear()
+    samples.clear()
+    with timing({"op fwd": torch.ops.rnnkit.fused_stack, "op bwd": torch.ops.rnnkit.fused_stack_backward}):
         for _ in range(rounds):
             for name, m in (("eager", model), ("compiled", compiled)):
                 current[0] = name
                 timed(step, "step")(m)
-    finally:
-        for packet, op in zip(packets, raw):
-            packet.default = op
     medians = {k: 1e6 * statistics.median(v) for k, v in samples.items()}
     print(f"{cell} (T, B) = {shape}")
     for what in ("step", "kernels fwd", "kernels bwd", "op fwd", "op bwd"):
@@ -150,32 +158,22 @@ def empty_op_rows(rounds: int) -> None:
     compiled = torch.compile(model, fullgraph=True)
     for _ in range(3):
         compiled(x).backward()
-    packet = torch.ops.rnnkit_bench.nothing
-    raw = packet.default
+    bare_model = torch.compile(lambda x: (_Bare.apply(x * 2, *weights) * weights[0][0, 0]).sum(), fullgraph=True)
+    for _ in range(3):
+        bare_model(x).backward()
     samples.clear()
-    packet.default = timed(raw, "call")
-    try:
+    with timing({"call": torch.ops.rnnkit_bench.nothing}):
         current[0] = "compiled"
         for _ in range(rounds):
             compiled(x).backward()
         current[0] = "direct"
         with torch.no_grad():
             for _ in range(rounds):
-                packet.default(x, weights)
-    finally:
-        packet.default = raw
-    bare_model = torch.compile(lambda x: (_Bare.apply(x * 2, *weights) * weights[0][0, 0]).sum(), fullgraph=True)
-    for _ in range(3):
-        bare_model(x).backward()
-    bare = torch.ops.rnnkit_bench.bare
-    raw_bare = bare.default
-    bare.default = timed(raw_bare, "call")
-    try:
+                torch.ops.rnnkit_bench.nothing.default(x, weights)
+    with timing({"call": torch.ops.rnnkit_bench.bare}):
         current[0] = "bare"
         for _ in range(rounds):
             bare_model(x).backward()
-    finally:
-        bare.default = raw_bare
     medians = {k: 1e6 * statistics.median(v) for k, v in samples.items()}
     print(f"a custom operator that does nothing, one call: from a compiled function "
           f"{medians['compiled call']:.1f}, directly {medians['direct call']:.1f}; "

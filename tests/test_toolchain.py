@@ -256,14 +256,16 @@ def test_compile_native_engine_equals_eager(family: str, call: str) -> None:
     assert in_graph == (family != "LSTM" and call == "plain")
 
 
-def test_traceable_engines_for_compile() -> None:
+def test_engines_for_compile_per_device(monkeypatch: Any) -> None:
     """The engine a compiled call runs, per device (a meta tensor stands for CUDA's): torch's
     kernels unless they meet variable lengths, or oneDNN's LSTM on CPU; other engines as chosen."""
-    from rnnkit.engines import ENGINES, traceable
+    from rnnkit.engines import ENGINES, for_tools
+
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
 
     def pick(family: str, engine: str, device: str, lengths: bool) -> str:
         config = getattr(rnnkit, family)(4, 5)._config()
-        return traceable(ENGINES[engine], config, torch.empty(6, 3, 4, device=device), lengths=lengths).name
+        return for_tools(ENGINES[engine], config, torch.empty(6, 3, 4, device=device), lengths=lengths).name
 
     assert pick("LSTM", "native", "meta", False) == "native"  # cuDNN, as torch.nn
     assert pick("GRU", "native", "meta", False) == "native"

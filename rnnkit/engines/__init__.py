@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from rnnkit.engines._base import Engine, LayerConfig, Noise, Probe, reverse_padded
-from rnnkit.engines._fused_op import FusedEngine, onnx_decompositions
+from rnnkit.engines._fused_op import FusedEngine, differentiated_by_transform, onnx_decompositions, under_transform
 from rnnkit.engines._native import NativeEngine
 from rnnkit.engines._reference import ReferenceEngine
 
@@ -88,19 +88,31 @@ def select_engine(name: str, config: LayerConfig, x: Tensor, *, owner: str, grad
     return engine
 
 
-def traceable(engine: Engine, config: LayerConfig, x: Tensor, *, lengths: bool) -> Engine:
-    """The engine that runs config on x (T, B, I) under torch.compile or torch.export, in place
-    of engine: the same engine, except torch's kernels where the tools cannot take them, which
-    give way to the reference equations. Variable lengths (lengths: whether the call has any)
-    reach torch's kernels as a PackedSequence, whose packing dynamo refuses to trace; on CPU,
-    inductor mishandles the outputs of oneDNN's LSTM kernel, and torch.export fixes T in the
-    graph of the others (as auto_order avoids them there). On CUDA without lengths torch's
-    kernels stay (cuDNN, as in torch.nn)."""
-    if engine.name != "native":
-        return engine
-    on_cpu = x.device.type == "cpu"
-    if lengths or (on_cpu and (config.spec.mode == "LSTM" or torch.compiler.is_exporting())):
-        return ENGINES["reference"]
+def for_tools(engine: Engine, config: LayerConfig, x: Tensor, *, lengths: bool) -> Engine:
+    """The engine that runs config on x (T, B, I) in place of engine when a tool watches the
+    call: engine itself, or the reference equations where the tool cannot take it (lengths:
+    whether the call has variable lengths).
+
+    - The ONNX exporter: always the reference equations (one scan over time: an ONNX Scan).
+    - torch.compile and torch.export with torch's kernels (native): the reference equations for
+      variable lengths, which torch's kernels take packed and dynamo refuses to trace the
+      packing of; on CPU also for an LSTM (inductor mishandles oneDNN's LSTM kernel's outputs)
+      and under torch.export (which fixes T in the graph of torch's CPU kernels, as auto_order
+      avoids them there). On CUDA without lengths torch's kernels stay (cuDNN, as in torch.nn).
+    - torch.func transforms and forward-mode AD: the fused operator keeps vmap (its vmap rule)
+      and hands the differentiating ones to the reference engine; torch's kernels hand all of
+      them over (no vmap rule; oneDNN's and cuDNN's have no forward-mode derivative)."""
+    reference = ENGINES["reference"]
+    if torch.compiler.is_compiling():
+        if torch.onnx.is_in_onnx_export():
+            return reference
+        if engine.name == "native" and (lengths or (x.device.type == "cpu" and (
+                config.spec.mode == "LSTM" or torch.compiler.is_exporting()))):
+            return reference
+    elif engine.name == "fused" and differentiated_by_transform():
+        return reference
+    elif engine.name == "native" and under_transform():
+        return reference
     return engine
 
 
@@ -119,5 +131,5 @@ __all__ = [
     "onnx_decompositions",
     "reverse_padded",
     "select_engine",
-    "traceable",
+    "for_tools",
 ]

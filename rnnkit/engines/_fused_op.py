@@ -601,21 +601,20 @@ torch.library.register_vmap("rnnkit::fused_rnn_backward", _vmap_by_slices(torch.
 
 
 def under_transform() -> bool:
-    """Whether any torch.func transform (vmap, grad, jvp, ...) or forward-mode AD is running:
-    torch's own recurrent kernels have no vmap rule, and oneDNN's and cuDNN's no forward-mode
-    derivative, so the native engine hands such calls to the reference engine."""
+    """Whether any torch.func transform (vmap, grad, jvp, ...) or forward-mode AD
+    (torch.autograd.forward_ad) is running."""
     return torch.autograd.forward_ad._current_level >= 0 or torch._C._functorch.peek_interpreter_stack() is not None
 
 
 def differentiated_by_transform() -> bool:
     """Whether a torch.func transform that differentiates (grad, vjp, jacrev, jvp, jacfwd) or
-    forward-mode AD (torch.autograd.forward_ad) is running: the fused operator's autograd formula
-    serves neither, so the layer hands such calls to the reference engine (the same function,
-    differentiated by autograd). vmap alone keeps the operator (its vmap rule)."""
+    forward-mode AD is running: the fused operator's autograd formula serves neither, so the
+    layer hands such calls to the reference engine (the same function, differentiated by
+    autograd). vmap alone keeps the operator (its vmap rule)."""
+    if not under_transform():
+        return False
     if torch.autograd.forward_ad._current_level >= 0:
         return True
-    if torch._C._functorch.peek_interpreter_stack() is None:
-        return False
     from torch._C._functorch import TransformType
     from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 

@@ -21,10 +21,9 @@ from rnnkit import _checks
 from rnnkit.cells import CellSpec, CellWeights, State
 from rnnkit.cells._base import INITS, init_cell_weights, parameter_shapes
 from rnnkit.cells._module import check_chrono, check_forget_bias
-from rnnkit.engines import (ENGINE_NAMES, ENGINES, Engine, LayerConfig, Noise, Probe, _compiled, reverse_padded,
-                            select_engine, traceable)
-from rnnkit.engines._fused_op import (differentiated_by_transform, run_stack, run_stack_op, under_transform,
-                                     unwatched)
+from rnnkit.engines import (ENGINE_NAMES, ENGINES, Engine, LayerConfig, Noise, Probe, _compiled, for_tools,
+                            reverse_padded, select_engine)
+from rnnkit.engines._fused_op import run_stack, run_stack_op, unwatched
 
 Lengths = Sequence[int] | Tensor
 NO_NOISE = Noise()
@@ -370,18 +369,12 @@ class RecurrentLayer(nn.Module):
                 if packed is None:  # whatever lies in the padding (NaN, inf) never reaches a gradient
                     padding = torch.arange(steps, device=x.device).unsqueeze(1) >= run_lengths  # (T, B)
                     x = x.masked_fill(padding.unsqueeze(2), 0.0)
-        engine = select_engine(self.engine, self._config(), x, owner=owner, grad=self._needs_grad(x, cells))
+        config = self._config()
+        engine = select_engine(self.engine, config, x, owner=owner, grad=self._needs_grad(x, cells))
         if self._probes is not None:  # rnnkit.diagnostics is looking: the reference loop, with probes
             engine = ENGINES["reference"]
-        elif engine.name == "fused" and not torch.compiler.is_compiling() and differentiated_by_transform():
-            engine = ENGINES["reference"]  # torch.func's grad and jvp, forward-mode AD: autograd's loop
-        elif engine.name == "native" and not torch.compiler.is_compiling() and under_transform():
-            engine = ENGINES["reference"]  # torch's kernels: no vmap rule, no forward-mode derivative
-        if torch.compiler.is_compiling():
-            if torch.onnx.is_in_onnx_export():
-                engine = ENGINES["reference"]  # under export, one scan over time: an ONNX Scan
-            else:
-                engine = traceable(engine, self._config(), x, lengths=run_lengths is not None)
+        else:  # compile, export, ONNX, torch.func: what each can take
+            engine = for_tools(engine, config, x, lengths=run_lengths is not None)
         out, state = self._run_stack(engine, x, state0, run_lengths, cells)
         if packed is not None:
             assert cpu_lengths is not None
