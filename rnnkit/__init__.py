@@ -21,10 +21,11 @@ _busy.prepare_launch()  # the command line on a busy machine: before torch start
 
 from rnnkit._checks import InputError, InputTypeError
 from rnnkit._convert import from_torch, to_torch
+from rnnkit.engines._library import library_path
 from rnnkit.cells import GRUCell, LSTMCell, RNNCell
 from rnnkit.layers import GRU, LSTM, RNN
 
 __version__ = "0.1.0"
 
-__all__ = ["GRU", "LSTM", "RNN", "GRUCell", "InputError", "InputTypeError", "LSTMCell", "RNNCell", "__version__",
+__all__ = ["GRU", "LSTM", "RNN", "GRUCell", "InputError", "InputTypeError", "LSTMCell", "RNNCell", "__version__", "library_path",
            "from_torch", "to_torch"]

@@ -16,10 +16,10 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import rnnkit
-from rnnkit.engines import _compiled
+from rnnkit.engines import _library
 from tests.helpers import weighted_sum
 
-needs_kernels = pytest.mark.skipif(isinstance(_compiled.load(), str), reason="fused kernels unavailable")
+needs_kernels = pytest.mark.skipif(isinstance(_library.load(), str), reason="fused kernels unavailable")
 
 CONFIGS: dict[str, tuple[str, dict[str, Any]]] = {
     "lstm": ("LSTM", {}),
@@ -97,17 +97,14 @@ def test_fused_operators_pass_opcheck(mode: str, options: str) -> None:
 @pytest.mark.parametrize("mode, layers, directions, proj", [("LSTM", 2, 2, 0), ("GRU", 2, 1, 0), ("LSTM", 1, 2, 2),
                                                              ("RNN_TANH", 3, 2, 0)])
 @pytest.mark.parametrize("one_call", [True, False])
-def test_stack_operator_passes_opcheck(mode: str, layers: int, directions: int, proj: int, one_call: bool,
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_stack_operator_passes_opcheck(mode: str, layers: int, directions: int, proj: int, one_call: bool) -> None:
     """torch.library.opcheck for rnnkit::fused_stack (a whole stack, as torch.compile of a
     training step calls it) with lengths and initial states: schema, fake shapes against the
     real kernels', autograd registration (its backward, rnnkit::fused_stack_backward) and AOT
-    dispatch; with one kernel call a pass, and with the cells' kernels in turn (large sizes)."""
+    dispatch; with one kernel call a pass, and with the cells' backward kernels in turn (large
+    sizes)."""
     from rnnkit.engines import _fused_op
 
-    if not one_call:
-        plan = _fused_op.stack_plan
-        monkeypatch.setattr(_fused_op, "stack_plan", lambda *a: plan(*a)._replace(one_call=False))
     torch.manual_seed(0)
     steps, batch, inputs_, hidden = 5, 3, 4, 6
     gates = {"LSTM": 4, "GRU": 3, "RNN_TANH": 1}[mode] * hidden
@@ -124,7 +121,11 @@ def test_stack_operator_passes_opcheck(mode: str, layers: int, directions: int, 
                      t(gates, size), t(gates), t(size, hidden) if proj else None]
     weights, present = _fused_op._present(flat)
     args = (t(steps, batch, inputs_), torch.tensor([5, 2, 4]), weights, present, mode, layers, directions)
-    torch.library.opcheck(torch.ops.rnnkit.fused_stack.default, args)
+    with _library.policy(**({} if one_call else {"kernel_weight_grads_max_work": 0})):
+        plan = torch.ops.rnnkit._stack_plan(mode, torch.float64, layers, directions, steps, batch, inputs_, gates, size,
+                                            1 if proj else 0)
+        assert plan[0] == one_call
+        torch.library.opcheck(torch.ops.rnnkit.fused_stack.default, args)
 
 
 @needs_kernels
@@ -133,12 +134,12 @@ def test_fused_operator_checks_lengths_and_device() -> None:
     unchecked), and declare CPU kernels only: on CUDA the layers run cuDNN or the reference engine."""
     x = torch.randn(4, 2, 3)
     w_ih, w_hh = torch.randn(5, 3), torch.randn(5, 5)
-    with pytest.raises(rnnkit.InputError, match=r"expected 2 lengths in \[1, 4\], got \[5, 1\]"):
+    with pytest.raises(ValueError, match=r"expected 2 lengths in \[1, 4\], got \[5, 1\]"):
         torch.ops.rnnkit.fused_rnn(x, w_ih, None, None, None, w_hh, None, None, None, None, None,
                                    torch.tensor([5, 1]), None, None, None, "RNN_TANH", False)
     weights = [torch.randn(5, 3), torch.randn(5, 5)]  # a stack of one RNN cell: w_ih, w_hh
     present = [False, False, True, False, True, False, False]
-    with pytest.raises(rnnkit.InputError, match=r"expected 2 lengths in \[1, 4\], got \[5, 1\]"):
+    with pytest.raises(ValueError, match=r"expected 2 lengths in \[1, 4\], got \[5, 1\]"):
         torch.ops.rnnkit.fused_stack(x, torch.tensor([5, 1]), weights, present, "RNN_TANH", 1, 1)
     for op in (torch.ops.rnnkit.fused_rnn.default, torch.ops.rnnkit.fused_rnn_backward.default,
                torch.ops.rnnkit.fused_stack.default, torch.ops.rnnkit.fused_stack_backward.default):
@@ -149,8 +150,7 @@ def test_fused_operator_checks_lengths_and_device() -> None:
 @needs_kernels
 @pytest.mark.parametrize("tracing_mode", ["real", "fake", "symbolic"])
 def test_tracers_see_the_operators(tracing_mode: str) -> None:
-    """Eager calls skip the dispatcher (rnnkit.engines._fused_op.unwatched), but a tracer that
-    watches plain tensors (make_fx, in each of its modes) still records the operators, forward
+    """A tracer that watches plain tensors (make_fx, in each of its modes) still records the operators, forward
     and backward, never the numbers of one run: the traced graph computes other inputs right."""
     from torch.fx.experimental.proxy_tensor import make_fx
     from torch.func import functional_call
@@ -337,7 +337,7 @@ def test_export_with_dynamic_length_and_batch(config: str) -> None:
         other = inputs(model.rnn, steps, batch)
         lengths = lengths_for(batch).clamp(max=steps)
         torch.testing.assert_close(program.module()(other, lengths), model(other, lengths), atol=1e-6, rtol=1e-6)
-    if _compiled.unavailable() is None:
+    if _library.unavailable() is None:
         ops = [n.target for n in program.graph.nodes if n.op == "call_function"]
         calls = model.rnn.num_layers * model.rnn.num_directions
         assert ops.count(torch.ops.rnnkit.fused_rnn.default) == calls
@@ -525,7 +525,7 @@ def test_forward_mode_ad_with_torch_kernels() -> None:
 @pytest.mark.parametrize("family", ["LSTM", "GRU", "RNN"])
 def test_empty_batch_as_torch(engine: str, family: str) -> None:
     """A batch of 0 sequences gives torch.nn's empty outputs and states, and zero-size gradients."""
-    if engine == "fused" and _compiled.unavailable() is not None:
+    if engine == "fused" and _library.unavailable() is not None:
         pytest.skip("fused kernels unavailable")
     ours = getattr(rnnkit, family)(3, 4, num_layers=2, bidirectional=True, engine=engine)
     theirs = getattr(nn, family)(3, 4, num_layers=2, bidirectional=True)

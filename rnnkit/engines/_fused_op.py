@@ -1,25 +1,19 @@
-"""The fused engine as PyTorch operators: ``rnnkit::fused_rnn`` (one layer and direction over
-the whole sequence) and ``rnnkit::fused_rnn_backward`` (its hand-derived backward pass); and
-``rnnkit::fused_stack`` with ``rnnkit::fused_stack_backward`` (every layer and direction of a
-stack, for a compiled training step: one operator each way instead of one per cell).
+"""The fused engine's operators from Python: rnnkit::fused_rnn (one layer and direction over the
+whole sequence), rnnkit::fused_stack (every layer and direction of a stack, one kernel call a
+pass), and their backward passes, defined in C++ (rnnkit/csrc: schemas, CPU kernels with their
+planning, autograd kernels; built and loaded by rnnkit.engines._library).
 
-Registered with torch.library, so that torch.compile, torch.export, torch.jit.trace and the
-ONNX exporter see one opaque operator per layer and direction, never a call into the kernels
-that they cannot trace. Each operator has:
-- its CPU kernel (rnnkit.engines._fused, which calls the C kernels);
-- a fake kernel, which gives the outputs' shapes from the inputs' (also symbolic ones, for
+Eager code, torch.compile, torch.export, jit.trace, torch.func and AOTInductor all call the same
+operators. What must be Python is registered here once the library is loaded (_register):
+- the fake kernels, which give the outputs' shapes from the inputs' (also symbolic ones, for
   dynamic T and B), for tracing;
-- a vmap rule (torch.func.vmap, jacrev, batched gradients): the operator once per slice;
-and rnnkit::fused_rnn has its autograd formula: rnnkit::fused_rnn_backward, or, when a graph of
-the gradient is asked for (create_graph=True: gradient penalties, Hessian-vector products), the
-reference equations recomputed from the saved inputs and differentiated by autograd, so that
-gradients of gradients are exact too. The hand-written backward pass is not itself
-differentiable; the recompute costs one reference forward and backward pass, on that call only.
-
-In plain eager mode, when no such tool is watching (unwatched), the layers call the same
-kernels and formula through a plain autograd.Function instead (for a layer in training, one for
-the whole stack: _EagerFusedStackKernels, one kernel call a pass): the dispatcher's Python round
-trips cost more than the kernels at small sizes.
+- vmap rules (torch.func.vmap, jacrev, batched gradients): the operator once per slice;
+- rnnkit::fused_rnn_grad_by_reference and rnnkit::fused_stack_grad_by_reference, which the
+  autograd kernels call when a graph of the gradient is asked for (create_graph=True: gradient
+  penalties, Hessian-vector products): the reference equations recomputed from the saved inputs
+  and differentiated by autograd, so that gradients of gradients are exact too. The hand-written
+  backward pass is not itself differentiable; the recompute costs one reference forward and
+  backward pass, on that call only.
 
 The operators run on CPU (float32, float64) only; on other devices layers use torch's kernels
 or the reference engine (rnnkit.engines.auto_order), and calling the operators there raises.
@@ -28,6 +22,7 @@ or the reference engine (rnnkit.engines.auto_order), and calling the operators t
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -35,54 +30,37 @@ from torch import Tensor
 
 from rnnkit.cells import CellSpec, CellWeights, State, input_side
 from rnnkit.cells import GRU_SPEC, LSTM_SPEC, RNN_RELU, RNN_TANH
-from rnnkit.engines import _compiled
+from rnnkit.engines import _library
 from rnnkit.engines._base import LayerConfig, Noise, reverse_padded
-from rnnkit.engines._fused import (DTYPES, GATES, STACK_CELL_ARGS, Needs, cells_backward, flags_of, forward_layout_size,
-                                   run_backward, run_forward, run_stack_backward, run_stack_backward_any, run_stack_forward,
-                                   run_stack_forward_any, stack_plan)
 from rnnkit.engines._reference import ReferenceEngine, scan_loop, time_loop
 
 SPECS = {spec.mode: spec for spec in (RNN_TANH, RNN_RELU, LSTM_SPEC, GRU_SPEC)}
+GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
+DTYPES = (torch.float32, torch.float64)
+STACK_CELL_ARGS = 7
+"""Tensors per cell (layer * D + direction) of a stack's flat inputs: h0, c0, w_ih, b_ih, w_hh,
+b_hh, w_hr (None where absent)."""
 
 
-@torch.library.custom_op("rnnkit::fused_rnn", mutates_args=(), device_types="cpu")
-def fused_rnn(
-    x: Tensor,
-    w_ih: Tensor | None,
-    b_ih: Tensor | None,
-    h0: Tensor | None,
-    c0: Tensor | None,
-    w_hh: Tensor,
-    b_hh: Tensor | None,
-    w_hr: Tensor | None,
-    ln_hh: Tensor | None,
-    ln_cw: Tensor | None,
-    ln_cb: Tensor | None,
-    lengths: Tensor | None,
-    h_mask: Tensor | None,
-    keep_h: Tensor | None,
-    keep_c: Tensor | None,
-    mode: str,
-    save: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """One layer and direction of the cell family mode ('RNN_TANH', 'RNN_RELU', 'LSTM', 'GRU').
-
-    x: the input (T, B, I) with w_ih (G*H, I) and b_ih (G*H,), projected in the kernel; or, with
-        w_ih None, the input side of every step's gates (T, B, G*H) (layer_norm computes it).
-    h0 (B, R), c0 (B, H): the initial state, None for zeros. w_hh (G*H, R), b_hh (G*H,), w_hr
-        (R, H), ln_hh (G*H,), ln_cw (H,), ln_cb (H,): the cell's other weights (CellWeights).
-    lengths (B,) int64 in [1, T]; h_mask (B, R); keep_h (T, B, R), keep_c (T, B, H) bool: see
-        rnnkit.engines.Noise.
-    save: keep what the backward pass reads (the workspace); False for a call not differentiated.
-
-    Returns out (T, B, R), h_T (B, R), c_T (B, H) (empty (0,) unless LSTM) and the workspace
-    (rnnkit_forward_layout's arrays in one tensor; empty (0,) unless save).
-    """
-    return run_forward(mode, x, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, ln_hh, ln_cw, ln_cb, lengths, h_mask,
-                       keep_h, keep_c, save)
+def flags_of(w_hr: Tensor | None, ln_hh: Tensor | None, ln_cw: Tensor | None) -> int:
+    """The kernels' HAS_PROJ | HAS_LN_H | HAS_LN_C: which optional arrays a layer has."""
+    return (w_hr is not None) | (ln_hh is not None) << 1 | (ln_cw is not None) << 2
 
 
-@fused_rnn.register_fake
+def forward_layout_size(mode: str, save: bool, steps: Any, batch: Any, hidden: Any, size: Any, flags: int) -> Any:
+    """The forward workspace's size in elements, as rnnkit_forward_layout computes it, in plain
+    arithmetic that also runs on symbolic sizes (the operator's fake kernel, under
+    torch.compile and torch.export); opcheck in tests/test_toolchain.py holds the two equal."""
+    kept, lstm = (steps if save else 1), mode == "LSTM"
+    units = 4 if mode in ("LSTM", "GRU") else 1  # saved activations per unit
+    gates = GATES[mode] * hidden
+    sizes = [(kept + 1) * batch * size, (kept + 1) * batch * hidden if lstm else 0, kept * batch * units * hidden,
+             kept * batch * hidden if lstm else 0, kept * batch * hidden if flags & 1 else 0,
+             kept * batch * gates if flags & 2 else 0, kept * batch if flags & 2 else 0,
+             kept * batch * hidden if flags & 4 else 0, kept * batch if flags & 4 else 0]
+    return sum((n + 15) // 16 * 16 for n in sizes)
+
+
 def _fused_rnn_fake(x: Tensor, w_ih: Tensor | None, b_ih: Tensor | None, h0: Tensor | None, c0: Tensor | None,
                     w_hh: Tensor, b_hh: Tensor | None, w_hr: Tensor | None, ln_hh: Tensor | None,
                     ln_cw: Tensor | None, ln_cb: Tensor | None, lengths: Tensor | None, h_mask: Tensor | None,
@@ -106,36 +84,6 @@ def _workspace_size(mode: str, save: bool, x: Tensor, w_hh: Tensor, w_hr: Tensor
                                flags_of(w_hr, ln_hh, ln_cw))
 
 
-@torch.library.custom_op("rnnkit::fused_rnn_backward", mutates_args=(), device_types="cpu")
-def fused_rnn_backward(
-    d_out: Tensor | None,
-    d_hn: Tensor | None,
-    d_cn: Tensor | None,
-    work: Tensor,
-    x: Tensor,
-    w_ih: Tensor | None,
-    w_hh: Tensor,
-    w_hr: Tensor | None,
-    ln_hh: Tensor | None,
-    ln_cw: Tensor | None,
-    lengths: Tensor | None,
-    h_mask: Tensor | None,
-    keep_h: Tensor | None,
-    keep_c: Tensor | None,
-    mode: str,
-    has_bias_ih: bool,
-    has_bias: bool,
-    needs: list[bool],
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """The gradients of rnnkit::fused_rnn's x, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, ln_hh, ln_cw
-    and ln_cb (each of its input's shape; empty (0,) where needs says no or the input is absent)
-    from those of out, h_T and c_T (None: zeros), its workspace and its inputs (the same ones)."""
-    grads = run_backward(mode, d_out, d_hn, d_cn, work, x, w_ih, w_hh, w_hr, ln_hh, ln_cw, lengths, h_mask,
-                         keep_h, keep_c, has_bias_ih, has_bias, Needs(*needs))
-    return tuple(x.new_empty(0) if g is None else g for g in grads)  # type: ignore[return-value]
-
-
-@fused_rnn_backward.register_fake
 def _fused_rnn_backward_fake(d_out: Tensor | None, d_hn: Tensor | None, d_cn: Tensor | None, work: Tensor,
                              x: Tensor, w_ih: Tensor | None, w_hh: Tensor, w_hr: Tensor | None,
                              ln_hh: Tensor | None, ln_cw: Tensor | None, lengths: Tensor | None,
@@ -152,258 +100,6 @@ def _fused_rnn_backward_fake(d_out: Tensor | None, d_hn: Tensor | None, d_cn: Te
     return tuple(x.new_empty(shape if need and shape is not None else (0,)) for shape, need in zip(shapes, needs))
 
 
-def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...], eager: bool = False) -> None:
-    *tensors, mode, save = inputs
-    ctx.mode, ctx.saved_work, ctx.eager = mode, save, eager
-    ctx.save_for_backward(*tensors, output[3])
-    ctx.set_materialize_grads(False)  # unused outputs' gradients come as None, not zeros
-
-
-def _backward(ctx: Any, d_out: Tensor | None, d_hn: Tensor | None, d_cn: Tensor | None,
-              _d_work: Tensor | None) -> tuple[Tensor | None, ...]:
-    *inputs, work = ctx.saved_tensors
-    (x, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, ln_hh, ln_cw, ln_cb, lengths, h_mask, keep_h, keep_c) = inputs
-    needs = Needs(*ctx.needs_input_grad[:11])
-    if torch.is_grad_enabled():  # create_graph=True: a gradient that is differentiable itself
-        grads = _backward_by_reference(ctx.mode, inputs, (d_out, d_hn, d_cn), needs)
-    else:
-        if not ctx.saved_work:
-            raise RuntimeError("rnnkit::fused_rnn was called with save=False, so it kept nothing for a backward pass")
-        if not any(needs):
-            return (None,) * 17
-        args = (d_out, d_hn, d_cn, work, x, w_ih, w_hh, w_hr, ln_hh, ln_cw, lengths, h_mask, keep_h, keep_c)
-        if unwatched(args[:3] if ctx.eager else args):  # (the saved tensors of an eager call are plain)
-            grads = run_backward(ctx.mode, *args, b_ih is not None, b_hh is not None, needs)  # None: not needed
-        else:
-            computed = torch.ops.rnnkit.fused_rnn_backward(*args, ctx.mode, b_ih is not None, b_hh is not None,
-                                                            list(needs))
-            grads = tuple(g if need and t is not None else None for g, need, t in zip(computed, needs, inputs))
-    return (*grads, None, None, None, None, None, None)  # lengths, masks, mode and save: no gradient
-
-
-class _EagerFusedRNN(torch.autograd.Function):
-    """rnnkit::fused_rnn in eager mode when nothing traces or transforms the call (unwatched):
-    the same kernels, saved tensors and autograd formula, without the dispatcher's Python round
-    trips, which cost more than the kernels at small sizes (about 110 us a call with autograd,
-    against 18 us for the kernel at (T, B, I, H) = (20, 1, 1, 20))."""
-
-    @staticmethod
-    def forward(ctx: Any, *args: Any) -> tuple[Tensor, ...]:  # type: ignore[override]
-        *tensors, mode, save = args
-        outputs = run_forward(mode, *tensors, save)  # type: ignore[call-arg]
-        _setup_context(ctx, args, outputs, eager=True)
-        ctx.mark_non_differentiable(outputs[3])
-        return outputs
-
-    @staticmethod
-    def backward(ctx: Any, *grads: Tensor | None) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        return _backward(ctx, *grads)
-
-
-def _cell_inputs(x: Tensor, lengths: Tensor | None, cell: Sequence[Tensor | None]) -> tuple[Tensor | None, ...]:
-    """rnnkit::fused_rnn's 15 tensor arguments for one cell of a stack (no layer norm, no noise)."""
-    h0, c0, w_ih, b_ih, w_hh, b_hh, w_hr = cell
-    return (x, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, None, None, None, lengths, None, None, None)
-
-
-def _stack(mode: str, layers: int, directions: int, x: Tensor, lengths: Tensor | None,
-           flat: Sequence[Tensor | None], run: Callable[..., tuple[Tensor, ...]]
-           ) -> tuple[Tensor, list[Tensor], list[Tensor], list[Tensor]]:
-    """Every layer and direction of a stack, each cell's call run(its 15 inputs) -> (out, h_n,
-    c_n, ...): the output (T, B, D*R), each cell's h_n and c_n, each call's extra outputs (the
-    workspace) and the input each cell read (reversed within each length for direction 1)."""
-
-    finals: list[Tensor] = []
-    extras: list[Tensor] = []
-    seens: list[Tensor] = []
-    layer_input = x
-    for layer in range(layers):
-        outs = []
-        for direction in range(directions):
-            index = layer * directions + direction
-            seen = reverse_padded(layer_input, lengths) if direction == 1 else layer_input
-            cell = flat[STACK_CELL_ARGS * index : STACK_CELL_ARGS * (index + 1)]
-            out, h_n, c_n, *rest = run(*_cell_inputs(seen, lengths, cell))
-            outs.append(reverse_padded(out, lengths) if direction == 1 else out)
-            finals += [h_n, c_n]
-            extras += rest
-            seens.append(seen)
-        layer_input = outs[0] if directions == 1 else torch.cat(outs, dim=2)
-    return layer_input, finals, extras, seens
-
-
-class _EagerFusedStack(torch.autograd.Function):
-    """A whole stack (every layer and direction) in one autograd Function, in plain eager mode
-    (unwatched), without layer norm, noise or dropout between layers: the fused kernels of each
-    cell in turn, one autograd node instead of one per cell with the reversals and
-    concatenations between them. At small sizes autograd's cost per node is most of the time.
-
-    apply(mode, layers, directions, x (T, B, I), lengths, *flat) -> (out (T, B, D*R), h_n, c_n
-    of each cell); flat holds STACK_CELL_ARGS tensors per cell. The backward pass runs the
-    backward kernels from the top layer down, each direction's input gradient summed into the
-    layer below's output gradient. A graph of the gradient (create_graph=True) is made as for
-    one cell: the reference equations run again and autograd differentiates them."""
-
-    @staticmethod
-    def forward(ctx: Any, mode: str, layers: int, directions: int, x: Tensor, lengths: Tensor | None,
-                *flat: Tensor | None) -> tuple[Tensor, ...]:  # type: ignore[override]
-        out, finals, works, seens = _stack(mode, layers, directions, x, lengths, flat,
-                                           lambda *a: run_forward(mode, *a, True))  # type: ignore[call-arg]
-        ctx.mode, ctx.layers, ctx.directions = mode, layers, directions
-        ctx.save_for_backward(x, lengths, *flat, *works, *seens[1:])
-        ctx.set_materialize_grads(False)
-        if mode != "LSTM":
-            ctx.mark_non_differentiable(*finals[1::2])  # c_n: empty
-        return (out, *finals)
-
-    @staticmethod
-    def backward(ctx: Any, d_out: Tensor | None, *d_finals: Tensor | None) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-
-        mode, layers, directions = ctx.mode, ctx.layers, ctx.directions
-        cells = layers * directions
-        saved = ctx.saved_tensors
-        x, lengths = saved[0], saved[1]
-        flat = saved[2 : 2 + STACK_CELL_ARGS * cells]
-        works = saved[2 + STACK_CELL_ARGS * cells : 2 + STACK_CELL_ARGS * cells + cells]
-        seens = (x, *saved[2 + STACK_CELL_ARGS * cells + cells :])
-        needs_flat = ctx.needs_input_grad[5:]
-        ctx.needs_x, ctx.needs_flat = ctx.needs_input_grad[3], needs_flat
-        if torch.is_grad_enabled() or not unwatched([d_out, *d_finals]):
-            # create_graph=True (the gradient as a graph), or batched gradients (is_grads_batched)
-            d_x, by_reference = _stack_backward_by_reference(ctx, x, lengths, flat, d_out, d_finals)
-            return (None, None, None, d_x, None, *by_reference)
-        dx, grads = cells_backward(mode, layers, directions, lengths, flat, ctx.needs_input_grad[3], needs_flat, d_out,
-                                   lambda k: (d_finals[2 * k], d_finals[2 * k + 1]), lambda k: seens[k],
-                                   lambda k: works[k])
-        return (None, None, None, dx, None, *grads)
-
-
-def _per_cell(d_hn: Tensor | None, d_cn: Tensor | None, cells: int, mode: str) -> list[Tensor | None]:
-    """The gradients of a stack's final state parts, (L*D, B, S) each or None, as each cell's
-    h_n and c_n gradients in turn (the order _stack_backward_by_reference takes)."""
-    lstm = mode == "LSTM"
-    return [d for k in range(cells)
-            for d in (None if d_hn is None else d_hn[k], None if d_cn is None or not lstm else d_cn[k])]
-
-
-def _stack_backward_by_reference(ctx: Any, x: Tensor, lengths: Tensor | None, flat: Sequence[Tensor | None],
-                                 d_out: Tensor | None, d_finals: Sequence[Tensor | None]
-                                 ) -> tuple[Tensor | None, Sequence[Tensor | None]]:
-    """A stack Function's gradients by autograd (the input's, and flat's): the reference
-    equations of the whole stack run again from the saved inputs, and autograd differentiates
-    them; as a graph when grad mode is on (create_graph=True). Batched output gradients
-    (is_grads_batched) take this way too. d_finals: each cell's h_n and c_n gradients; ctx:
-    mode, layers, directions, and needs_x and needs_flat (which gradients are wanted)."""
-    graph = torch.is_grad_enabled()
-
-    def cell(*inputs: Tensor | None) -> tuple[Tensor, ...]:
-        out, final = reference_equations(inputs, ctx.mode, time_loop)
-        return out, final[0], final[1] if len(final) > 1 else out.new_empty(0)
-
-    with torch.enable_grad():
-        if not graph:  # differentiate fresh leaves: nothing of the recomputation outlives the call
-            x = x.detach().requires_grad_(ctx.needs_x)
-            flat = [None if t is None else t.detach().requires_grad_(need) for t, need in zip(flat, ctx.needs_flat)]
-        out, finals, _, _ = _stack(ctx.mode, ctx.layers, ctx.directions, x, lengths, flat, cell)
-    needs = (ctx.needs_x, *ctx.needs_flat)
-    result = _autograd_grads((out, *finals), (d_out, *d_finals), (x, *flat), needs, create_graph=graph)
-    return result[0], result[1:]
-
-
-class _EagerFusedStackKernels(torch.autograd.Function):
-    """A whole stack as _EagerFusedStack, with each pass one call of the kernels for all cells
-    (rnn_stack_forward, rnn_stack_backward: the reversals and concatenations in C too), where
-    the stack's plan allows (stack_plan: the weight gradients in the kernels, as at small and
-    medium sizes, where the glue around the kernels costs most).
-
-    apply(mode, layers, directions, x (T, B, I), lengths (B,) int64 or None, plan, *flat) ->
-    (out (T, B, D*R), h_n (L*D, B, R), c_n (L*D, B, H); c_n empty unless LSTM)."""
-
-    @staticmethod
-    def forward(ctx: Any, mode: str, layers: int, directions: int, x: Tensor, lengths: Tensor | None, plan: Any,
-                *flat: Tensor | None) -> tuple[Tensor, ...]:  # type: ignore[override]
-        x = x.contiguous()
-        out, h_n, c_n, *saved = run_stack_forward(plan, mode, layers, directions, x, lengths, flat)
-        ctx.mode, ctx.layers, ctx.directions, ctx.plan = mode, layers, directions, plan
-        ctx.save_for_backward(x, lengths, *flat, *saved)
-        ctx.set_materialize_grads(False)
-        if mode != "LSTM":
-            ctx.mark_non_differentiable(c_n)
-        return out, h_n, c_n
-
-    @staticmethod
-    def backward(ctx: Any, d_out: Tensor | None, d_hn: Tensor | None,  # type: ignore[override]
-                 d_cn: Tensor | None) -> tuple[Tensor | None, ...]:
-        x, lengths, *rest = ctx.saved_tensors
-        cells = ctx.layers * ctx.directions
-        flat, saved = rest[: STACK_CELL_ARGS * cells], rest[STACK_CELL_ARGS * cells :]
-        ctx.needs_x, ctx.needs_flat = ctx.needs_input_grad[3], ctx.needs_input_grad[6:]
-        if torch.is_grad_enabled() or not unwatched([d_out, d_hn, d_cn]):
-            # create_graph=True (the gradient as a graph), or batched gradients (is_grads_batched)
-            dx, grads = _stack_backward_by_reference(ctx, x, lengths, flat, d_out,
-                                                     _per_cell(d_hn, d_cn, cells, ctx.mode))
-        else:
-            dx, grads = run_stack_backward(ctx.plan, ctx.mode, ctx.layers, ctx.directions, x, lengths, flat, saved,
-                                           d_out, d_hn, d_cn, ctx.needs_x, ctx.needs_flat)
-        return (None, None, None, dx, None, None, *grads)
-
-
-def run_stack(mode: str, layers: int, directions: int, x: Tensor, lengths: Tensor | None,
-              flat: Sequence[Tensor | None]) -> tuple[Tensor, tuple[Tensor, ...]]:
-    """A stack in one autograd Function: _EagerFusedStackKernels where its plan allows, else
-    _EagerFusedStack. x (T, B, I), lengths (B,) in [1, T] or None, flat: STACK_CELL_ARGS tensors
-    per cell. Returns out (T, B, D*R) and the final state's parts, (L*D, B, S) each."""
-    plan = _stack_plan_for(x, flat, mode, layers, directions)
-    if plan.one_call:
-        run_lengths = None if lengths is None else lengths.to(torch.int64).contiguous()
-        out, h_n, c_n = _EagerFusedStackKernels.apply(mode, layers, directions, x, run_lengths, plan, *flat)
-        return out, (h_n, c_n) if mode == "LSTM" else (h_n,)
-    out, *finals = _EagerFusedStack.apply(mode, layers, directions, x, lengths, *flat)
-    h_n = torch.stack(finals[0::2])
-    return out, (h_n, torch.stack(finals[1::2])) if mode == "LSTM" else (h_n,)
-
-
-def _present(flat: Sequence[Tensor | None]) -> tuple[list[Tensor], list[bool]]:
-    """A stack's flat inputs as rnnkit::fused_stack takes them: the tensors present, and which
-    entries are (an operator's list of tensors holds no None that autograd could see through)."""
-    return [t for t in flat if t is not None], [t is not None for t in flat]
-
-
-def _unpresent(present: Sequence[bool], tensors: Sequence[Any]) -> list[Any]:
-    """The flat entries again from _present's two lists (None where absent)."""
-    it = iter(tensors)
-    return [next(it) if p else None for p in present]
-
-
-def _stack_plan_for(x: Tensor, flat: Sequence[Tensor | None], mode: str, layers: int, directions: int) -> Any:
-    """stack_plan for a stack's call on x (T, B, I) with flat's weights."""
-    kernels = _compiled.load()
-    assert not isinstance(kernels, str), kernels
-    gates, size = flat[4].shape  # type: ignore[union-attr]
-    steps, batch, inputs = x.shape
-    return stack_plan(kernels, mode, x.dtype, layers, directions, steps, batch, inputs, gates, size,
-                      flags_of(flat[6], None, None), torch.get_num_threads())
-
-
-@torch.library.custom_op("rnnkit::fused_stack", mutates_args=(), device_types="cpu")
-def fused_stack(x: Tensor, lengths: Tensor | None, weights: list[Tensor], present: list[bool], mode: str, layers: int,
-                directions: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """A whole stack (layers, directions) of the cell family mode, for training: x (T, B, I);
-    lengths (B,) int64 in [1, T] or None; weights: the flat inputs present (present: which of
-    STACK_CELL_ARGS entries per cell, h0, c0, w_ih, b_ih, w_hh, b_hh, w_hr, are). No layer norm
-    or noise. Returns out (T, B, D*R), h_n (L*D, B, R), c_n (L*D, B, H) (empty (0,) unless
-    LSTM), and what its backward pass reads: the layers' inner outputs (L-1, T, B, D*R), the
-    second direction's reversed inputs and the workspaces (each empty (0,) where there are none).
-    One kernel call where the stack's plan allows, else the cells' kernels in turn."""
-    flat = _unpresent(present, weights)
-    x = x.contiguous()
-    plan = _stack_plan_for(x, flat, mode, layers, directions)
-    out, h_n, c_n, inner, revs, works = run_stack_forward_any(plan, mode, layers, directions, x, lengths, flat)
-    return (out, h_n, c_n, x.new_empty(0) if inner is None else inner, x.new_empty(0) if revs is None else revs,
-            works)
-
-
-@fused_stack.register_fake
 def _fused_stack_fake(x: Tensor, lengths: Tensor | None, weights: list[Tensor], present: list[bool], mode: str,
                       layers: int, directions: int) -> tuple[Tensor, ...]:
     flat = _unpresent(present, weights)
@@ -418,27 +114,6 @@ def _fused_stack_fake(x: Tensor, lengths: Tensor | None, weights: list[Tensor], 
             x.new_empty(works))
 
 
-@torch.library.custom_op("rnnkit::fused_stack_backward", mutates_args=(), device_types="cpu")
-def fused_stack_backward(d_out: Tensor | None, d_hn: Tensor | None, d_cn: Tensor | None, x: Tensor,
-                         lengths: Tensor | None, weights: list[Tensor], present: list[bool], inner: Tensor,
-                         revs: Tensor, works: Tensor, mode: str, layers: int, directions: int,
-                         needs: list[bool]) -> list[Tensor]:
-    """rnnkit::fused_stack's backward pass: from the gradients of out, h_n and c_n (None:
-    zeros) and what it saved, the gradients of x and of each of weights (needs: which, x first);
-    zeros for a needed one no gradient reaches, empty (0,) for one not needed."""
-    flat = _unpresent(present, weights)
-    x = x.contiguous()
-    plan = _stack_plan_for(x, flat, mode, layers, directions)
-    saved = (inner if layers > 1 else None, revs if directions == 2 else None, works)
-    dx, grads = run_stack_backward_any(plan, mode, layers, directions, x, lengths, flat, saved, d_out, d_hn, d_cn,
-                                       needs[0], _unpresent(present, needs[1:]))
-    result = [dx, *[g for g, p in zip(grads, present) if p]]
-    like = [x, *weights]
-    return [g if g is not None else torch.zeros_like(t) if need else x.new_empty(0)
-            for g, t, need in zip(result, like, needs)]
-
-
-@fused_stack_backward.register_fake
 def _fused_stack_backward_fake(d_out: Tensor | None, d_hn: Tensor | None, d_cn: Tensor | None, x: Tensor,
                                lengths: Tensor | None, weights: list[Tensor], present: list[bool], inner: Tensor,
                                revs: Tensor, works: Tensor, mode: str, layers: int, directions: int,
@@ -446,47 +121,130 @@ def _fused_stack_backward_fake(d_out: Tensor | None, d_hn: Tensor | None, d_cn: 
     return [t.new_empty(t.shape) if need else x.new_empty(0) for t, need in zip([x, *weights], needs)]
 
 
-def _fused_stack_setup(ctx: Any, inputs: tuple[Any, ...], output: tuple[Tensor, ...]) -> None:
-    x, lengths, weights, present, mode, layers, directions = inputs
-    ctx.mode, ctx.layers, ctx.directions, ctx.present = mode, layers, directions, present
-    ctx.save_for_backward(x, lengths, *weights, *output[3:])
-    ctx.set_materialize_grads(False)
+def reference_equations(inputs: Sequence[Tensor | None], mode: str, loop: Callable[..., tuple[Tensor, State]]
+                        ) -> tuple[Tensor, State]:
+    """rnnkit::fused_rnn's function (inputs: its 15 tensor arguments), computed by the reference
+    equations (the cells' from_gates) in loop: time_loop (a Python loop autograd differentiates)
+    or scan_loop (one scan, for export). Returns out (T, B, R) and the final state."""
+    (x, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, ln_hh, ln_cw, ln_cb, lengths, h_mask, keep_h, keep_c) = inputs
+    assert w_hh is not None and x is not None
+    spec = SPECS[mode]
+    # weight_ih is not read: from_gates starts from the input side gi
+    weights = CellWeights(w_hh if w_ih is None else w_ih, w_hh, b_ih, b_hh, w_hr, None, ln_hh, ln_cw, ln_cb)
+    gi = x if w_ih is None else torch.nn.functional.linear(x, w_ih, b_ih)  # (T, B, G*H)
+    batch, (gates, size) = x.shape[1], w_hh.shape
+    state: State = (x.new_zeros(batch, size) if h0 is None else h0,)
+    if mode == "LSTM":
+        state += (x.new_zeros(batch, gates // 4) if c0 is None else c0,)
+    keep = None if keep_h is None else (keep_h,) if keep_c is None else (keep_h, keep_c)
+    return loop(lambda g, s: spec.from_gates(g, s, weights, h_mask), gi, state, lengths=lengths, keep=keep)
 
 
-def _fused_stack_backward_formula(ctx: Any, d_out: Tensor | None, d_hn: Tensor | None, d_cn: Tensor | None,
-                                  *_: Tensor | None) -> tuple[Any, ...]:
-    x, lengths, *rest = ctx.saved_tensors
-    weights, (inner, revs, works) = rest[:-3], rest[-3:]
-    needs_w = list(ctx.needs_input_grad[2])
-    ctx.needs_x = ctx.needs_input_grad[0]
-    ctx.needs_flat = [bool(n) for n in _unpresent(ctx.present, needs_w)]  # (None: absent, no need)
-    if not ctx.needs_x and not any(needs_w):
-        return None, None, [None] * len(weights), None, None, None, None
-    if torch.is_grad_enabled():  # create_graph=True: the gradient as a graph, by the reference equations
-        flat = _unpresent(ctx.present, weights)
-        dx, grads = _stack_backward_by_reference(ctx, x, lengths, flat, d_out,
-                                                 _per_cell(d_hn, d_cn, ctx.layers * ctx.directions, ctx.mode))
-        grads_w = [g for g, p in zip(grads, ctx.present) if p]
-    else:
-        result = torch.ops.rnnkit.fused_stack_backward(
-            d_out, d_hn, d_cn if ctx.mode == "LSTM" else None, x, lengths, list(weights), ctx.present, inner, revs, works,
-            ctx.mode, ctx.layers, ctx.directions, [ctx.needs_x, *needs_w])
-        dx, grads_w = result[0], result[1:]
-    return (dx if ctx.needs_x else None, None, [g if need else None for g, need in zip(grads_w, needs_w)],
-            None, None, None, None)
+def _fused_rnn_grad_by_reference(d_out: Tensor | None, d_hn: Tensor | None, d_cn: Tensor | None,
+                                 *args: Any) -> list[Tensor]:
+    """rnnkit::fused_rnn_grad_by_reference(d_out, d_hn, d_cn, *fused_rnn's 15 tensors, mode, needs):
+    the gradients of fused_rnn's 11 differentiable inputs as a graph (empty (0,) where needs says
+    no): the reference equations (the cells' from_gates) run again from the saved inputs, and
+    autograd differentiates them with create_graph=True."""
+    *inputs, mode, needs = args
+    out, final = reference_equations(inputs, mode, time_loop)
+    grads = _autograd_grads((out, *final), (d_out, d_hn, d_cn), inputs, needs, create_graph=True)
+    return [inputs[0].new_empty(0) if g is None else g for g in grads]
 
 
-fused_stack.register_autograd(_fused_stack_backward_formula, setup_context=_fused_stack_setup)
+def _autograd_grads(outputs: Sequence[Tensor], d_outputs: Sequence[Tensor | None], inputs: Sequence[Tensor | None],
+                    needs: Sequence[bool], *, create_graph: bool) -> tuple[Tensor | None, ...]:
+    """The gradients of the inputs that needs names (one entry per need: None where not needed;
+    zeros for a needed input the outputs do not depend on) from those of the outputs (None:
+    zero), by autograd."""
+    pairs = [(y, d) for y, d in zip(outputs, d_outputs) if d is not None]
+    wanted = {i: t for i, (t, need) in enumerate(zip(inputs, needs)) if need and t is not None}
+    grads = torch.autograd.grad([y for y, _ in pairs], list(wanted.values()), [d for _, d in pairs],
+                                create_graph=create_graph, allow_unused=True)
+    result: list[Tensor | None] = [None] * len(needs)  # (inputs may run on past the needs)
+    for (i, t), g in zip(wanted.items(), grads):
+        result[i] = g if g is not None else torch.zeros_like(t)
+    return tuple(result)
 
 
-def run_stack_op(mode: str, layers: int, directions: int, x: Tensor, lengths: Tensor | None,
-                 flat: Sequence[Tensor | None]) -> tuple[Tensor, tuple[Tensor, ...]]:
-    """A stack through the operator rnnkit::fused_stack (for torch.compile of a training step):
-    as run_stack, out (T, B, D*R) and the final state's parts (L*D, B, S)."""
+def _cell_inputs(x: Tensor, lengths: Tensor | None, cell: Sequence[Tensor | None]) -> tuple[Tensor | None, ...]:
+    """rnnkit::fused_rnn's 15 tensor arguments for one cell of a stack (no layer norm, no noise)."""
+    h0, c0, w_ih, b_ih, w_hh, b_hh, w_hr = cell
+    return (x, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, None, None, None, lengths, None, None, None)
+
+
+def _stack(mode: str, layers: int, directions: int, x: Tensor, lengths: Tensor | None,
+           flat: Sequence[Tensor | None], run: Callable[..., tuple[Tensor, ...]]) -> tuple[Tensor, list[Tensor]]:
+    """Every layer and direction of a stack, each cell's call run(its 15 inputs) -> (out, h_n,
+    c_n): the output (T, B, D*R) and each cell's h_n and c_n in turn."""
+    finals: list[Tensor] = []
+    layer_input = x
+    for layer in range(layers):
+        outs = []
+        for direction in range(directions):
+            index = layer * directions + direction
+            seen = reverse_padded(layer_input, lengths) if direction == 1 else layer_input
+            cell = flat[STACK_CELL_ARGS * index : STACK_CELL_ARGS * (index + 1)]
+            out, h_n, c_n = run(*_cell_inputs(seen, lengths, cell))
+            outs.append(reverse_padded(out, lengths) if direction == 1 else out)
+            finals += [h_n, c_n]
+        layer_input = outs[0] if directions == 1 else torch.cat(outs, dim=2)  # (T, B, D*R)
+    return layer_input, finals
+
+
+def _per_cell(d_hn: Tensor | None, d_cn: Tensor | None, cells: int, mode: str) -> list[Tensor | None]:
+    """The gradients of a stack's final state parts, (L*D, B, S) each or None, as each cell's
+    h_n and c_n gradients in turn (the order _stack_backward_by_reference takes)."""
+    lstm = mode == "LSTM"
+    return [d for k in range(cells)
+            for d in (None if d_hn is None else d_hn[k], None if d_cn is None or not lstm else d_cn[k])]
+
+
+def _fused_stack_grad_by_reference(d_out: Tensor | None, d_hn: Tensor | None, d_cn: Tensor | None, x: Tensor,
+                                   lengths: Tensor | None, weights: list[Tensor], present: list[bool], mode: str,
+                                   layers: int, directions: int, needs: list[bool]) -> list[Tensor]:
+    """rnnkit::fused_stack_grad_by_reference: the gradients of rnnkit::fused_stack's x and weights
+    (needs: which, x first; empty (0,) where not needed) as a graph, by autograd over the whole
+    stack's reference equations run again from the saved inputs (create_graph=True)."""
+    flat = _unpresent(present, weights)
+    cells = layers * directions
+
+    def cell(*inputs: Tensor | None) -> tuple[Tensor, ...]:
+        out, final = reference_equations(inputs, mode, time_loop)
+        return out, final[0], final[1] if len(final) > 1 else out.new_empty(0)
+
+    out, finals = _stack(mode, layers, directions, x, lengths, flat, cell)
+    d_finals = _per_cell(d_hn, d_cn, cells, mode)
+    needs_flat = [bool(n) for n in _unpresent(present, needs[1:])]
+    grads = _autograd_grads((out, *finals), (d_out, *d_finals), (x, *flat), (needs[0], *needs_flat),
+                            create_graph=True)
+    kept = [grads[0], *[g for g, p in zip(grads[1:], present) if p]]
+    return [x.new_empty(0) if g is None else g for g in kept]
+
+
+def run_stack(mode: str, layers: int, directions: int, x: Tensor, lengths: Tensor | None,
+              flat: Sequence[Tensor | None]) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """A stack in one operator, rnnkit::fused_stack (one kernel call a pass; no layer norm, noise
+    or dropout between layers): x (T, B, I), lengths (B,) in [1, T] or None, flat:
+    STACK_CELL_ARGS tensors per cell. Returns out (T, B, D*R) and the final state's parts,
+    (L*D, B, S) each."""
     weights, present = _present(flat)
     run_lengths = None if lengths is None else lengths.to(torch.int64)
-    out, h_n, c_n, *_ = torch.ops.rnnkit.fused_stack(x, run_lengths, weights, present, mode, layers, directions)
+    out, h_n, c_n, *_ = torch.ops.rnnkit.fused_stack.default(x, run_lengths, weights, present, mode, layers,
+                                                             directions)
     return out, (h_n, c_n) if mode == "LSTM" else (h_n,)
+
+
+def _present(flat: Sequence[Tensor | None]) -> tuple[list[Tensor], list[bool]]:
+    """A stack's flat inputs as rnnkit::fused_stack takes them: the tensors present, and which
+    entries are (an operator's list of tensors holds no None that autograd could see through)."""
+    return [t for t in flat if t is not None], [t is not None for t in flat]
+
+
+def _unpresent(present: Sequence[bool], tensors: Sequence[Any]) -> list[Any]:
+    """The flat entries again from _present's two lists (None where absent)."""
+    it = iter(tensors)
+    return [next(it) if p else None for p in present]
 
 
 def unwatched(tensors: Sequence[Any]) -> bool:
@@ -514,52 +272,6 @@ _PLAIN = {torch.nn.Parameter, str, bool}
 """Besides tensors with storage: a parameter is a module's own, never a wrapper."""
 
 
-def reference_equations(inputs: Sequence[Tensor | None], mode: str, loop: Callable[..., tuple[Tensor, State]]
-                        ) -> tuple[Tensor, State]:
-    """rnnkit::fused_rnn's function (inputs: its 15 tensor arguments), computed by the reference
-    equations (the cells' from_gates) in loop: time_loop (a Python loop autograd differentiates)
-    or scan_loop (one scan, for export). Returns out (T, B, R) and the final state."""
-    (x, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, ln_hh, ln_cw, ln_cb, lengths, h_mask, keep_h, keep_c) = inputs
-    assert w_hh is not None and x is not None
-    spec = SPECS[mode]
-    # weight_ih is not read: from_gates starts from the input side gi
-    weights = CellWeights(w_hh if w_ih is None else w_ih, w_hh, b_ih, b_hh, w_hr, None, ln_hh, ln_cw, ln_cb)
-    gi = x if w_ih is None else torch.nn.functional.linear(x, w_ih, b_ih)  # (T, B, G*H)
-    batch, (gates, size) = x.shape[1], w_hh.shape
-    state: State = (x.new_zeros(batch, size) if h0 is None else h0,)
-    if mode == "LSTM":
-        state += (x.new_zeros(batch, gates // 4) if c0 is None else c0,)
-    keep = None if keep_h is None else (keep_h,) if keep_c is None else (keep_h, keep_c)
-    return loop(lambda g, s: spec.from_gates(g, s, weights, h_mask), gi, state, lengths=lengths, keep=keep)
-
-
-def _backward_by_reference(mode: str, inputs: Sequence[Tensor | None], d_outputs: Sequence[Tensor | None],
-                           needs: Needs) -> tuple[Tensor | None, ...]:
-    """The gradients of the needed inputs, as a graph: the reference equations (the cells'
-    from_gates) run again from the saved inputs, and autograd differentiates them with
-    create_graph=True."""
-    out, final = reference_equations(inputs, mode, time_loop)
-    return _autograd_grads((out, *final), d_outputs, inputs, needs, create_graph=True)
-
-
-def _autograd_grads(outputs: Sequence[Tensor], d_outputs: Sequence[Tensor | None], inputs: Sequence[Tensor | None],
-                    needs: Sequence[bool], *, create_graph: bool) -> tuple[Tensor | None, ...]:
-    """The gradients of the inputs that needs names (one entry per need: None where not needed;
-    zeros for a needed input the outputs do not depend on) from those of the outputs (None:
-    zero), by autograd."""
-    pairs = [(y, d) for y, d in zip(outputs, d_outputs) if d is not None]
-    wanted = {i: t for i, (t, need) in enumerate(zip(inputs, needs)) if need and t is not None}
-    grads = torch.autograd.grad([y for y, _ in pairs], list(wanted.values()), [d for _, d in pairs],
-                                create_graph=create_graph, allow_unused=True)
-    result: list[Tensor | None] = [None] * len(needs)  # (inputs may run on past the needs)
-    for (i, t), g in zip(wanted.items(), grads):
-        result[i] = g if g is not None else torch.zeros_like(t)
-    return tuple(result)
-
-
-fused_rnn.register_autograd(_backward, setup_context=_setup_context)
-
-
 def fused_rnn_decomposition(x: Tensor, w_ih: Tensor | None, b_ih: Tensor | None, h0: Tensor | None,
                              c0: Tensor | None, w_hh: Tensor, b_hh: Tensor | None, w_hr: Tensor | None,
                              ln_hh: Tensor | None, ln_cw: Tensor | None, ln_cb: Tensor | None, lengths: Tensor | None,
@@ -583,21 +295,41 @@ def onnx_decompositions() -> dict[Any, Callable[..., Any]]:
     return {torch.ops.rnnkit.fused_rnn.default: fused_rnn_decomposition}
 
 
-def _vmap_by_slices(op: Callable[..., tuple[Tensor, ...]]) -> Callable[..., Any]:
+def _vmap_by_slices(op: Callable[..., Any]) -> Callable[..., Any]:
     """A vmap rule that runs op once per slice of the mapped dimension and stacks the results
-    (torch.func.vmap, jacrev, autograd.grad(is_grads_batched=True))."""
+    (torch.func.vmap, jacrev, autograd.grad(is_grads_batched=True)); a list of tensors (a
+    stack's weights) is sliced tensor by tensor."""
 
-    def rule(info: Any, in_dims: tuple[int | None, ...], *args: Any) -> tuple[tuple[Tensor, ...], tuple[int, ...]]:
-        results = [op(*[a.select(d, i) if d is not None else a for a, d in zip(args, in_dims)])
-                   for i in range(info.batch_size)]
-        stacked = tuple(torch.stack(parts) for parts in zip(*results))
-        return stacked, (0,) * len(stacked)
+    def pick(arg: Any, dim: Any, index: int) -> Any:
+        if isinstance(arg, (list, tuple)) and isinstance(dim, (list, tuple)):
+            return [pick(a, d, index) for a, d in zip(arg, dim)]
+        return arg if dim is None else arg.select(dim, index)
+
+    def rule(info: Any, in_dims: tuple[Any, ...], *args: Any) -> tuple[Any, Any]:
+        results = [op(*[pick(a, d, i) for a, d in zip(args, in_dims)]) for i in range(info.batch_size)]
+        stacked = [torch.stack(parts) for parts in zip(*results)]
+        if isinstance(results[0], list):  # an operator returning Tensor[]
+            return stacked, [0] * len(stacked)
+        return tuple(stacked), (0,) * len(stacked)
 
     return rule
 
 
-torch.library.register_vmap("rnnkit::fused_rnn", _vmap_by_slices(torch.ops.rnnkit.fused_rnn))
-torch.library.register_vmap("rnnkit::fused_rnn_backward", _vmap_by_slices(torch.ops.rnnkit.fused_rnn_backward))
+def _register() -> None:
+    """The Python parts of the operators, once the library has defined them."""
+    ops = torch.ops.rnnkit
+    torch.library.register_fake("rnnkit::fused_rnn", _fused_rnn_fake)
+    torch.library.register_fake("rnnkit::fused_rnn_backward", _fused_rnn_backward_fake)
+    torch.library.register_fake("rnnkit::fused_stack", _fused_stack_fake)
+    torch.library.register_fake("rnnkit::fused_stack_backward", _fused_stack_backward_fake)
+    for name in ("fused_rnn", "fused_rnn_backward", "fused_stack_backward"):
+        torch.library.register_vmap(f"rnnkit::{name}", _vmap_by_slices(getattr(ops, name)))
+    _LIBRARY.impl("fused_rnn_grad_by_reference", _fused_rnn_grad_by_reference, "CompositeImplicitAutograd")
+    _LIBRARY.impl("fused_stack_grad_by_reference", _fused_stack_grad_by_reference, "CompositeImplicitAutograd")
+
+
+_LIBRARY = torch.library.Library("rnnkit", "IMPL")
+_library.on_load(_register)
 
 
 def under_transform() -> bool:
@@ -629,7 +361,7 @@ class FusedEngine:
             return f"it runs on CPU, and the input is on {x.device.type}"
         if x.dtype not in DTYPES:
             return f"it runs float32 and float64, and the input is {x.dtype}"
-        return _compiled.unavailable()
+        return _library.unavailable()
 
     def run(
         self,
@@ -657,10 +389,5 @@ class FusedEngine:
             t is not None and t.requires_grad for t in (xp, h0, c0, *weights))  # traced: one graph for both
         args = (xp, w_ih, b_ih, h0, c0, w.weight_hh, w.bias_hh, w.weight_hr, w.ln_weight_hh, w.ln_weight_c,
                 w.ln_bias_c, lengths, noise.h_mask, keep_h, keep_c, spec.mode, save)
-        if not unwatched(args):  # traced or transformed: the operator, which the tools see
-            out, h_n, c_n, _ = torch.ops.rnnkit.fused_rnn(*args)
-        elif save:
-            out, h_n, c_n, _ = _EagerFusedRNN.apply(*args)
-        else:
-            out, h_n, c_n, _ = run_forward(spec.mode, *args[:-2], False)
+        out, h_n, c_n, _ = torch.ops.rnnkit.fused_rnn.default(*args)
         return out, ((h_n, c_n) if lstm else (h_n,))

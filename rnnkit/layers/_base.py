@@ -21,17 +21,17 @@ from rnnkit import _checks
 from rnnkit.cells import CellSpec, CellWeights, State
 from rnnkit.cells._base import INITS, init_cell_weights, parameter_shapes
 from rnnkit.cells._module import check_chrono, check_forget_bias
-from rnnkit.engines import (ENGINE_NAMES, ENGINES, Engine, LayerConfig, Noise, Probe, _compiled, for_tools,
+from rnnkit.engines import (ENGINE_NAMES, ENGINES, Engine, LayerConfig, Noise, Probe, _library, for_tools,
                             reverse_padded, select_engine)
-from rnnkit.engines._fused_op import run_stack, run_stack_op, unwatched
+from rnnkit.engines._fused_op import run_stack, under_transform, unwatched
 
 Lengths = Sequence[int] | Tensor
 NO_NOISE = Noise()
 """No recurrent dropout or zoneout this call (at eval, or with neither set)."""
 FUSED_STACK = True
-"""Whether a layer on the fused engine trains as one autograd Function for all its layers and
-directions (run_stack: one kernel call a pass at small and medium sizes) where it can; False:
-one per layer and direction (for paired benchmarks)."""
+"""Whether a layer on the fused engine trains as one operator for all its layers and directions
+(run_stack: rnnkit::fused_stack, one kernel call a pass) where it can; False: one operator per
+layer and direction (for paired benchmarks)."""
 
 
 @dataclass
@@ -101,7 +101,7 @@ class RecurrentLayer(nn.Module):
         self.chrono_max = check_chrono(owner, self.init, chrono_max, spec.gates, self.bias)
         self.engine = _checks.check_choice(owner, "engine", engine, ENGINE_NAMES)
         if self.engine in ("auto", "fused"):
-            _compiled.load()  # build the kernels now, never inside a traced forward (torch.compile)
+            _library.load()  # build the operator library now, never inside a traced forward (torch.compile)
         if self.dropout > 0 and self.num_layers == 1:
             warnings.warn(
                 f"{owner}: dropout={self.dropout} acts between stacked layers only, so it does "
@@ -390,7 +390,9 @@ class RecurrentLayer(nn.Module):
         layer * D + direction (_all_cell_weights); returns out (T, B, D*R) and the final state,
         each part (K*D, B, S) with the cells indexed likewise."""
         if (FUSED_STACK and engine.name == "fused" and self._probes is None and not self.layer_norm
-                and not torch.jit.is_tracing() and x.shape[1] > 0  # (before the size: a traced size is a tensor)
+                and not torch.jit.is_tracing() and not torch.compiler.is_exporting()
+                and (torch.compiler.is_compiling() or not under_transform())  # (dynamo sees no transform's state)
+                and x.shape[1] > 0  # (before the size: a traced size is a tensor)
                 and (not self.training or (self.recurrent_dropout == 0 and self.zoneout == 0
                                            and (self.dropout == 0 or self.num_layers == 1)))
                 and torch.is_grad_enabled()):
@@ -398,12 +400,9 @@ class RecurrentLayer(nn.Module):
                     for t in ((None, None) if state is None else (state[0], state[1] if len(state) > 1 else None))
                     + (w.weight_ih, w.bias_ih, w.weight_hh, w.bias_hh, w.weight_hr)]
             if any(t is not None and t.requires_grad for t in (x, *flat)):
-                if unwatched([x, lengths, *flat]):
-                    # one autograd node for the whole stack (and one kernel call a pass, where its plan allows)
-                    return run_stack(self.spec.mode, self.num_layers, self.num_directions, x, lengths, flat)
-                if torch.compiler.is_compiling() and not torch.compiler.is_exporting():
-                    # torch.compile of a training step: the stack as one operator, rnnkit::fused_stack
-                    return run_stack_op(self.spec.mode, self.num_layers, self.num_directions, x, lengths, flat)
+                # training: one operator for the whole stack, rnnkit::fused_stack (one kernel call a pass);
+                # export, jit.trace and torch.func keep one operator per cell
+                return run_stack(self.spec.mode, self.num_layers, self.num_directions, x, lengths, flat)
         finals: list[State] = []
         layer_input = x
         for layer in range(self.num_layers):

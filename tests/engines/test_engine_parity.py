@@ -17,27 +17,16 @@ from torch import Tensor
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import rnnkit
-from rnnkit.engines import _compiled
+from rnnkit.engines import _library
 from tests.helpers import assert_close, weighted_sum
 from tests.test_gradcheck import check as gradcheck_module
 
 pytestmark = pytest.mark.skipif(
-    isinstance(_compiled.load(), str), reason=f"fused kernels unavailable: {_compiled.load()}"
+    isinstance(_library.load(), str), reason=f"fused kernels unavailable: {_library.load()}"
 )
 
 FAMILIES = {"rnn_tanh": ("RNN", {"nonlinearity": "tanh"}), "rnn_relu": ("RNN", {"nonlinearity": "relu"}),
             "lstm": ("LSTM", {}), "gru": ("GRU", {})}
-
-
-@pytest.fixture(autouse=True)
-def fresh_plans() -> Any:
-    """The fused engine works out each shape's plan once (_fused._plan, from its thresholds):
-    tests that change the thresholds need plans worked out anew, and leave none behind."""
-    from rnnkit.engines import _fused
-
-    _fused._plan.cache_clear()
-    yield
-    _fused._plan.cache_clear()
 
 
 @dataclass(frozen=True)
@@ -187,16 +176,9 @@ def test_fused_one_step_with_large_weights_matches_reference(family: str, hidden
     (dot products along their rows) instead of in panels, as when a model generates one token at
     a time: the reference engine's outputs, and in training its gradients (the backward pass
     keeps its panels and reads the forward's saved arrays)."""
-    import ctypes
-
-    from rnnkit.engines import _compiled
-
-    kernels = _compiled.load()
-    if isinstance(kernels, str):
-        pytest.skip(kernels)
     gates = {"lstm": 4, "gru": 3, "rnn_tanh": 1}[family] * hidden
-    rows_max = ctypes.c_int.in_dll(kernels.lib, "rnnkit_rows_mode_max").value
-    min_weights = ctypes.c_long.in_dll(kernels.lib, "rnnkit_rows_mode_min_weights").value
+    rows_max = torch.ops.rnnkit._policy("rows_mode_max")
+    min_weights = torch.ops.rnnkit._policy("rows_mode_min_weights")
     assert steps * batch <= rows_max and gates * extra.get("proj_size", hidden) >= min_weights  # the case it tests
     options = {"num_layers": 2, "bidirectional": False, "batch_first": False, "bias": True, "recurrent_dropout": 0.0,
                "zoneout": 0.0, "layer_norm": False, "learn_initial_state": False, **extra}
@@ -328,7 +310,7 @@ def test_auto_picks_the_fastest_engine_that_runs_the_layer() -> None:
 
 
 def test_auto_falls_back_quietly_when_the_kernels_are_missing(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_compiled, "load", lambda: "no C compiler found")
+    monkeypatch.setattr(_library, "load", lambda: "no C compiler found")
     x = torch.randn(4, 2, 3)
     layer = rnnkit.GRU(3, 5)
     assert layer.engine_for(x) == "native"
@@ -371,49 +353,40 @@ def test_kernel_tanh_and_sigmoid_match_torch(dtype: torch.dtype, ulps: int) -> N
 
 @pytest.mark.parametrize("family", list(FAMILIES))
 @pytest.mark.parametrize("split", ["slices", "products", "shared forward", "one thread"])
-def test_fused_parallel_threads(family: str, split: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fused_parallel_threads(family: str, split: str) -> None:
     """With the thresholds lowered, three threads run the batch as slices (unevenly sized); or,
     the batch left whole, share each step's products and the input projection; or share them in
     the forward pass while the backward pass runs slices (as for large weights over few rows); or
     one thread runs all. Slices project their input at every step; a whole batch projects its
     input in chunks of 2 steps, or all 6 at once. Everything still equals the reference engine,
     options included."""
-    from rnnkit.engines import _fused
-
-    kernels = _compiled.load()
-    assert not isinstance(kernels, str)
-    if split != "one thread" and not kernels.parallel:
+    if split != "one thread" and not _library.kernels_parallel():
         pytest.skip("the kernels were built without OpenMP: they run on one thread")
     threads = 1 if split == "one thread" else 3
-    monkeypatch.setattr(_fused, "PARALLEL_MIN_ROWS", 100 if split == "products" else 1)
-    monkeypatch.setattr(_fused, "PARALLEL_MIN_WORK", 0)
-    monkeypatch.setattr(_fused, "STEP_PARALLEL_MIN_WORK", 0)
-    monkeypatch.setattr(_fused, "SHARED_STEP_MIN_BYTES", 0 if split == "shared forward" else 2**62)
     chunk = {"slices": 1, "products": 2, "shared forward": 2, "one thread": 6}[split]  # slices: not used
     gates = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}[family]
-    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
-    _fused._plan.cache_clear()  # plans made under other thresholds
-    slices = 1 if split == "products" else threads
-    forward_slices = 1 if split == "shared forward" else slices
-    assert _fused._slice_count(kernels, 5, 7, 8, 2, threads) == slices
-    assert _fused._forward_slices(slices, 7, 8, 2, 8) == forward_slices
-    shared = 1 if split in ("slices", "one thread") else 3
-    assert _fused._product_threads(kernels, forward_slices, 5, 7, 8, 2, threads) == shared
-    assert _fused._product_threads(kernels, slices, 5, 7, 8, 2, threads) == (3 if split == "products" else 1)
-    for layer_norm in (False, True):
-        options = (("num_layers", 2), ("bidirectional", True), ("batch_first", True), ("bias", True),
-                   ("recurrent_dropout", 0.2), ("zoneout", 0.1), ("layer_norm", layer_norm),
-                   ("learn_initial_state", True)) + ((("proj_size", 3),) if family == "lstm" else ())
-        hidden = 5 if split in ("slices", "one thread") else 40  # shared: several column panels
-        # one step of the projection is batch * G*H numbers
-        monkeypatch.setattr(_fused, "PROJECTION_CHUNK", chunk * 7 * gates * hidden)
-        for grad in (True, False):
-            check_case(Case(family, options, "lengths", False, True, 6, 7, 3, hidden, seed=11), torch.float64, grad=grad)
-    _fused._plan.cache_clear()  # no later test may run on these plans
+    with _library.policy(threads=threads, parallel_min_rows=100 if split == "products" else 1, parallel_min_work=0,
+                         step_parallel_min_work=0, shared_step_min_bytes=0 if split == "shared forward" else 2**62):
+        slices = 1 if split == "products" else threads
+        plan = _library.plan("LSTM", torch.float64, 5, 7, 0, 8, 2)
+        assert plan["backward_slices"] == slices
+        assert plan["slices"] == (1 if split == "shared forward" else slices)
+        assert plan["threads"] == (1 if split in ("slices", "one thread") else 3)
+        assert plan["backward_threads"] == (3 if split == "products" else 1)
+        for layer_norm in (False, True):
+            options = (("num_layers", 2), ("bidirectional", True), ("batch_first", True), ("bias", True),
+                       ("recurrent_dropout", 0.2), ("zoneout", 0.1), ("layer_norm", layer_norm),
+                       ("learn_initial_state", True)) + ((("proj_size", 3),) if family == "lstm" else ())
+            hidden = 5 if split in ("slices", "one thread") else 40  # shared: several column panels
+            # one step of the projection is batch * G*H numbers
+            with _library.policy(projection_chunk=chunk * 7 * gates * hidden):
+                for grad in (True, False):
+                    check_case(Case(family, options, "lengths", False, True, 6, 7, 3, hidden, seed=11),
+                               torch.float64, grad=grad)
 
 
 def test_fused_kernels_on_several_threads_at_once() -> None:
-    """ctypes lets go of the GIL, so kernels called from several Python threads run at once and
+    """The operators let go of the GIL, so kernels called from several Python threads run at once and
     must share nothing but their inputs. Layers of different sizes (their last weight panels
     partly filled), run by four threads at once and again one after another, give exactly the
     numbers each gave alone; an error in a thread fails the test too."""
@@ -456,33 +429,24 @@ def test_fused_kernels_on_several_threads_at_once() -> None:
 
 @pytest.mark.parametrize("family", list(FAMILIES))
 @pytest.mark.parametrize("grads, workspace", [("torch", "block"), ("kernel", "parts"), ("torch", "parts")])
-def test_fused_weight_gradients_and_workspaces(family: str, grads: str, workspace: str,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fused_weight_gradients_and_workspaces(family: str, grads: str, workspace: str) -> None:
     """Above KERNEL_WEIGHT_GRADS_MAX_WORK the weight gradients are torch's products after the
     backward kernel, not the kernel's; above WORKSPACE_BLOCK_MAX each array of the backward
     kernel's workspace is its own tensor (the forward kernel's, an output of rnnkit::fused_rnn,
     is always one). The same numbers either way, every option on."""
-    from rnnkit.engines import _fused
-
-    if grads == "torch":
-        monkeypatch.setattr(_fused, "KERNEL_WEIGHT_GRADS_MAX_WORK", -1)
+    settings = {"kernel_weight_grads_max_work": 0} if grads == "torch" else {}
     if workspace == "parts":
-        monkeypatch.setattr(_fused, "WORKSPACE_BLOCK_MAX", 0)
-    seen, by_torch = [], []
-    original = _fused._Workspace.__init__
-    monkeypatch.setattr(_fused._Workspace, "__init__",
-                        lambda self, *a, **k: original(self, *a, **k) or (
-                            None if "block" in k else seen.append(self.parts is not None)))
-    grads_by_torch = _fused._weight_grads_by_torch
-    monkeypatch.setattr(_fused, "_weight_grads_by_torch", lambda *a: by_torch.append(1) or grads_by_torch(*a))
-    for layer_norm in (False, True):
-        options = (("num_layers", 2), ("bidirectional", True), ("batch_first", False), ("bias", True),
-                   ("recurrent_dropout", 0.2), ("zoneout", 0.1), ("layer_norm", layer_norm),
-                   ("learn_initial_state", False)) + ((("proj_size", 3),) if family == "lstm" else ())
-        for inputs in ("batched", "lengths"):
-            check_case(Case(family, options, inputs, True, True, 5, 4, 3, 6, seed=5), torch.float64)
-    assert seen and all(seen) == (workspace == "parts")
-    assert bool(by_torch) == (grads == "torch")
+        settings["workspace_block_max"] = 0
+    with _library.policy(**settings):
+        plan = _library.plan("GRU", torch.float64, 5, 4, 3, 18, 6)
+        assert (plan["weight_threads"] == 0) == (grads == "torch")
+        for layer_norm in (False, True):
+            options = (("num_layers", 2), ("bidirectional", True), ("batch_first", False), ("bias", True),
+                       ("recurrent_dropout", 0.2), ("zoneout", 0.1), ("layer_norm", layer_norm),
+                       ("learn_initial_state", False)) + ((("proj_size", 3),) if family == "lstm" else ())
+            for inputs in ("batched", "lengths"):
+                check_case(Case(family, options, inputs, True, True, 5, 4, 3, 6, seed=5), torch.float64)
+
 
 @pytest.mark.parametrize("family", list(FAMILIES))
 @pytest.mark.parametrize("frozen", [("weight_ih", "bias_ih", "ln_bias_c"), ("weight_hh", "ln_weight_c", "ln_weight_hh"),

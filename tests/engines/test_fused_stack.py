@@ -1,16 +1,19 @@
-"""A whole stack in one autograd Function: taken by stacked or bidirectional layers on the fused
-engine in plain eager training, with the reference engine's numbers and gradients (of the input,
-the initial state and every weight), as a graph too. Both forms of it: one kernel call a pass for
-all cells (_EagerFusedStackKernels, where the stack's plan allows), and the cells' kernels called
-in turn from Python (_EagerFusedStack, where it does not: large sizes)."""
+"""A whole stack in one operator (rnnkit::fused_stack, with its autograd kernel in C++): taken by
+stacked or bidirectional layers on the fused engine in training, with the reference engine's
+numbers and gradients (of the input, the initial state and every weight), as a graph too. Both
+forms of its backward pass: one kernel call for all cells (where the stack's plan allows), and
+the cells' backward kernels in turn with torch's weight gradients (where it does not: large
+sizes)."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import pytest
 import torch
 
 import rnnkit
-from rnnkit.engines import _fused_op
+from rnnkit.engines import _library
 from rnnkit.layers import _base
 
 CONFIGS = [
@@ -32,21 +35,23 @@ def pair(family: str, options: dict) -> tuple[torch.nn.Module, torch.nn.Module]:
 
 
 def stack_function(out: torch.Tensor) -> str | None:
-    """The name of the stack Function that made out, if one did."""
+    """"stack" when the stack operator's autograd node made out, else None."""
     node = out.grad_fn
-    while node is not None and "EagerFusedStack" not in type(node).__name__:
+    while node is not None and "FusedStack" not in node.name():
         node = node.next_functions[0][0] if node.next_functions else None  # (batch_first: a transpose)
-    return None if node is None else type(node).__name__.removesuffix("Backward")
+    return None if node is None else "stack"
 
 
 @pytest.fixture(params=["kernels", "cells"])
-def stack_form(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Which Function runs the stack: "kernels" (one call a pass) as at these sizes, or "cells"
-    (each cell's kernels from Python), as where the stack's plan does not serve."""
-    if request.param == "cells":
-        plan = _fused_op.stack_plan
-        monkeypatch.setattr(_fused_op, "stack_plan", lambda *args: plan(*args)._replace(one_call=False))
-    return "_EagerFusedStackKernels" if request.param == "kernels" else "_EagerFusedStack"
+def stack_form(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Which backward form the stack takes: "kernels" (one call) as at these sizes, or "cells"
+    (each cell's backward kernel in turn, the weight gradients torch's), as where the stack's
+    plan keeps the weight gradients out of the kernels."""
+    settings = {"kernel_weight_grads_max_work": 0} if request.param == "cells" else {}
+    with _library.policy(**settings):
+        one_call = torch.ops.rnnkit._stack_plan("LSTM", torch.float64, 2, 2, 6, 3, 4, 20, 5, 0)[0]
+        assert one_call == (request.param == "kernels")
+        yield "stack"
 
 
 @pytest.mark.parametrize("family, options", CONFIGS)
@@ -162,7 +167,7 @@ def test_the_stack_in_float32_equals_torch() -> None:
         x.grad = None
         out, (h, c) = m(x)
         if m is ours:
-            assert stack_function(out) == "_EagerFusedStackKernels"
+            assert stack_function(out) == "stack"
         (out.pow(2).sum() + h.sum() + c.sum()).backward()
         grads.append([out.detach(), h.detach(), c.detach(), x.grad, *(p.grad for p in m.parameters())])
     for a, b in zip(*grads):
@@ -187,7 +192,7 @@ def test_the_stack_gives_the_bits_of_its_cells(family: str) -> None:
             x.grad = None
             layer.zero_grad(set_to_none=True)
             out, state = layer(x, lengths=lengths)
-            assert (stack_function(out) == "_EagerFusedStackKernels") is whole
+            assert (stack_function(out) == "stack") is whole
             parts = state if isinstance(state, tuple) else (state,)
             (out.pow(2).sum() + sum(p.sum() for p in parts)).backward()
             results.append([out.detach(), *(p.detach() for p in parts), x.grad,

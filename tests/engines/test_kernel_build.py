@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from rnnkit.engines import _compiled
+from rnnkit.engines import _library
 
 GCC = shutil.which("gcc")
 
@@ -29,12 +29,12 @@ def _gcc_major() -> int:
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="an x86-64 build check")
 @pytest.mark.skipif(_gcc_major() < 12, reason="needs GCC 12 or newer (its -fopt-info report)")
 def test_every_simd_loop_vectorises_for_avx2(tmp_path: Path) -> None:
-    impl = _compiled.SOURCE_DIR / "rnn_kernels_impl.h"
+    impl = _library.CSRC / "cpu" / "rnn_kernels_impl.h"
     report = tmp_path / "vec.txt"
     assert GCC is not None
     subprocess.run(
-        [GCC, *_compiled.BASE_FLAGS, "-march=x86-64-v3", *_compiled.OPENMP_FLAGS,
-         str(_compiled.SOURCE_DIR / _compiled.SOURCES[0]), "-o", str(tmp_path / "k.so"), "-lm",
+        [GCC, *_library.C_FLAGS, "-march=x86-64-v3", *_library.OPENMP_FLAGS, "-c",
+         str(_library.CSRC / _library.C_SOURCE), "-o", str(tmp_path / "k.o"),
          f"-fopt-info-vec-optimized={report}"],
         check=True, capture_output=True, text=True, timeout=300,
     )

@@ -1,8 +1,9 @@
 /* rnnkit's fused engine: the whole time loop of one layer and direction, forward and backward
  * (backpropagation through time derived by hand), for the RNN (tanh, relu), LSTM and GRU cells.
  *
- * Built at first use by rnnkit/engines/_compiled.py with the system C compiler and loaded with
- * ctypes; no PyTorch headers. Every matrix product (each step's h_{t-1} @ W_hh^T and its
+ * Compiled at first use by rnnkit/engines/_library.py with the system C compiler (no PyTorch
+ * headers) and linked into rnnkit's operator library, whose CPU kernels (fused_rnn_kernel.cpp)
+ * plan and call these functions. Every matrix product (each step's h_{t-1} @ W_hh^T and its
  * mirror in the backward pass, the input projection, and for small T*B the weight gradients)
  * is the kernels' own register-tiled product, written with the compiler's vector types so that
  * it builds for any SIMD width, over operands packed once per call into contiguous panels
@@ -214,7 +215,16 @@ long rnnkit_backward_layout(int n, int cell, int T, int B, int H, int R, int fla
 int rnnkit_rows_mode_max = 2;  /* (a variable, so that a benchmark can set it to 0 and compare) */
 const long rnnkit_rows_mode_min_weights = ROWS_MODE_MIN_WEIGHTS;  /* (read by the tests) */
 
-int rnnkit_kernels_version(void) { return 26; }
+int rnnkit_kernels_version(void) { return 27; }
+
+/* 1 when built with OpenMP: then slices of the batch, and a step's products, run in parallel. */
+int rnnkit_kernels_parallel(void) {
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
 
 #define REAL float
 #define SFX(name) name##_f32

@@ -1,0 +1,134 @@
+// rnnkit's operator library: what its files share.
+//
+// The operators (schemas in ops.cpp, torchvision's layout):
+//   rnnkit::fused_rnn / fused_rnn_backward      one layer and direction over the whole sequence
+//   rnnkit::fused_stack / fused_stack_backward  every layer and direction of a stack
+// with their CPU kernels (cpu/), which plan and call the C kernels (cpu/rnn_kernels.c), and their
+// autograd kernels (autograd/). The plan of a call (threads, slices of the batch, projection
+// chunks, workspaces) is made here in C++, so that a graph run without Python (AOTInductor)
+// makes the same choices, and gives the same bits, as a call from Python.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <array>
+#include <cstdint>
+#include <optional>
+#include <string_view>
+#include <vector>
+
+extern "C" {
+long rnnkit_forward_layout(int cell, int save, int T, int B, int H, int R, int flags, long* offsets);
+long rnnkit_backward_layout(int n, int cell, int T, int B, int H, int R, int flags, long* offsets);
+int rnnkit_kernels_parallel(void);
+int rnnkit_kernels_version(void);
+extern int rnnkit_rows_mode_max;
+extern const long rnnkit_rows_mode_min_weights;
+
+#define RNNKIT_DECLARE_KERNELS(REAL, SFX)                                                                          \
+    int rnn_forward_slices##SFX(                                                                                   \
+        int n, int threads, int pthreads, int chunk, int cell, int save, int T, int B, int H, int R, int I,      \
+        const REAL* xp, const REAL* x, const REAL* wih, const REAL* bih, const REAL* whh, const REAL* bhh,        \
+        const REAL* whr, const REAL* ln_hh, const REAL* ln_cw, const REAL* ln_cb, const int64_t* lengths,         \
+        const REAL* hmask, const uint8_t* keep_h, const uint8_t* keep_c, const REAL* h0, const REAL* c0,          \
+        REAL* out, REAL* hn, REAL* cn, REAL* work, REAL* const* parts);                                           \
+    int rnn_backward_slices##SFX(                                                                                  \
+        int n, int threads, int wthreads, int cell, int T, int B, int H, int R, int I, const REAL* whh,          \
+        const REAL* whr, const REAL* ln_hh, const REAL* ln_cw, const int64_t* lengths, const REAL* hmask,         \
+        const uint8_t* keep_h, const uint8_t* keep_c, const REAL* work, const REAL* const* parts,                 \
+        const REAL* d_out, REAL* dh, REAL* dc, REAL* dwork, REAL* const* dparts, const REAL* x, const REAL* wih,  \
+        REAL* dx, REAL* dwih, REAL* dbih, REAL* dwhh, REAL* dbhh, REAL* dwhr, REAL* dln_hh, REAL* dln_cw,         \
+        REAL* dln_cb);                                                                                           \
+    int rnn_stack_forward##SFX(const int* plan, const REAL* x, const int64_t* lengths, const REAL* const* weights, \
+                               REAL* inner, REAL* out, REAL* revs, REAL* hn, REAL* cn, REAL* works,              \
+                               const long* work_at, REAL* scratch);                                              \
+    long rnn_stack_backward_scratch##SFX(const int* plan);                                                        \
+    int rnn_stack_backward##SFX(const int* plan, const REAL* x, const int64_t* lengths, const REAL* const* weights, \
+                                const REAL* inner, const REAL* revs, const REAL* works, const long* work_at,      \
+                                const REAL* d_out, const REAL* d_hn, const REAL* d_cn, REAL* const* grads,       \
+                                REAL* dx, int below, REAL* scratch);
+RNNKIT_DECLARE_KERNELS(float, _f32)
+RNNKIT_DECLARE_KERNELS(double, _f64)
+#undef RNNKIT_DECLARE_KERNELS
+}
+
+namespace rnnkit {
+
+using at::Tensor;
+using OptTensor = std::optional<Tensor>;
+
+// The cell families, as the kernels number them, and their gates.
+enum Cell { RNN_TANH = 0, RNN_RELU = 1, LSTM = 2, GRU = 3 };
+Cell cell_of(std::string_view mode);
+int gates_of(Cell cell);
+
+// Where the kernels lay out their workspaces (rnn_kernels.c: W_* and D_*)
+enum { W_HS = 0, W_CS, W_ACTS, W_CAND, W_HR, W_GHAT, W_RSTD_H, W_CHAT, W_RSTD_C, W_PARTS };
+enum { D_GI = 0, D_GH, D_GH_RAW, D_PROJ, D_LN_C, D_PARTS };
+enum { HAS_PROJ = 1, HAS_LN_H = 2, HAS_LN_C = 4 };
+constexpr int STACK_CELL_ARGS = 7;  // per cell of a stack: h0, c0, w_ih, b_ih, w_hh, b_hh, w_hr
+
+// A layout function's total size (elements) and where each array starts (-1: absent).
+template <int N>
+struct Layout {
+    long total = 0;
+    std::array<long, N> at{};
+};
+
+// What the kernels' calls for one shape need beyond its tensors (cpu/plan.cpp).
+struct Plan {
+    int slices;            // the forward's slices of the batch
+    int threads;           // the forward's threads sharing each step's products
+    int backward_slices;
+    int backward_threads;
+    int pthreads;          // the input projection's threads
+    int chunk;             // steps projected at once
+    int weight_threads;    // the weight gradients' threads in the backward kernel; 0: by torch after it
+    Layout<W_PARTS> saved;    // the forward workspace: all steps kept
+    Layout<W_PARTS> unsaved;  // and for a call that keeps nothing
+    Layout<D_PARTS> dlayout;  // the backward workspace
+};
+
+Plan plan_for(Cell cell, int itemsize, int64_t T, int64_t B, int64_t I, int64_t GH, int64_t R, int flags, int threads);
+
+struct StackPlan {
+    bool one_call;            // one kernel call serves the backward pass too
+    std::vector<int> ints;    // STACK_HEAD ints, then STACK_CELL_INTS per cell (rnn_kernels.c)
+    std::vector<long> work_at;  // where each cell's forward workspace starts in the stack's
+    long works;               // the forward workspaces' elements, all cells
+    long scratch;             // the backward pass's scratch (rnn_stack_backward_scratch)
+    std::vector<Plan> cells;
+};
+
+StackPlan stack_plan_for(Cell cell, at::ScalarType dtype, int64_t L, int64_t D, int64_t T, int64_t B, int64_t I,
+                         int64_t GH, int64_t R, int flags, int threads);
+
+// The kernel policy's values, which tests and benchmarks may set (rnnkit::_policy).
+int64_t& policy(std::string_view name);
+
+// The kernels' threads: torch's (at::get_num_threads()), unless the policy's "threads" is set.
+int num_threads();
+
+// CPU kernels of the operators (cpu/), also called by the other files.
+std::tuple<Tensor, Tensor, Tensor, Tensor> fused_rnn_cpu(
+    const Tensor& x, const OptTensor& w_ih, const OptTensor& b_ih, const OptTensor& h0, const OptTensor& c0,
+    const Tensor& w_hh, const OptTensor& b_hh, const OptTensor& w_hr, const OptTensor& ln_hh,
+    const OptTensor& ln_cw, const OptTensor& ln_cb, const OptTensor& lengths, const OptTensor& h_mask,
+    const OptTensor& keep_h, const OptTensor& keep_c, c10::string_view mode, bool save);
+
+// The backward pass of one cell: the gradients of x, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, ln_hh,
+// ln_cw and ln_cb (undefined where not needed).
+std::vector<Tensor> cell_backward(Cell cell, const OptTensor& d_out, const OptTensor& d_hn, const OptTensor& d_cn,
+                                  const Tensor& work, const Tensor& x, const OptTensor& w_ih, const Tensor& w_hh,
+                                  const OptTensor& w_hr, const OptTensor& ln_hh, const OptTensor& ln_cw,
+                                  const OptTensor& lengths, const OptTensor& h_mask, const OptTensor& keep_h,
+                                  const OptTensor& keep_c, bool has_bias_ih, bool has_bias,
+                                  const std::array<bool, 11>& needs);
+
+// lengths (B,) as the kernels read them, int64 and contiguous; refused outside [1, T].
+OptTensor checked_lengths(const OptTensor& lengths, int64_t B, int64_t T);
+
+// x (T, B, *) with each sequence reversed within its length (rnnkit.engines.reverse_padded).
+Tensor reverse_padded(const Tensor& x, const OptTensor& lengths);
+
+}  // namespace rnnkit
