@@ -1,0 +1,102 @@
+"""Deployment without rnnkit: a model with rnnkit's layers, exported and compiled ahead of time
+(AOTInductor), runs in a fresh process that loads rnnkit's operator library and never imports
+rnnkit; a saved ExportedProgram (.pt2) loads there too. And the build's fallback: without a
+compiler, engine="auto" runs torch's kernels and engine="fused" says why it cannot run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import rnnkit
+from rnnkit.engines import _library
+
+needs_library = pytest.mark.skipif(isinstance(_library.load(), str), reason="rnnkit's operator library unavailable")
+
+
+class Tagger(nn.Module):
+    """Stacked, bidirectional and layer-normalised recurrent layers over padded batches, and a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = rnnkit.LSTM(4, 6, num_layers=2, bidirectional=True, layer_norm=True)
+        self.gru = rnnkit.GRU(12, 5, num_layers=2)
+        self.head = nn.Linear(5, 3)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        out, _ = self.lstm(x, lengths=lengths)
+        out, _ = self.gru(out, lengths=lengths)
+        return self.head(out)
+
+
+SERVE = """
+import sys, torch
+torch.ops.load_library(sys.argv[1])
+data = torch.load(sys.argv[3])
+if sys.argv[2].endswith("aoti.pt2"):
+    model = torch._inductor.aoti_load_package(sys.argv[2])
+else:
+    model = torch.export.load(sys.argv[2]).module()
+for x, lengths, expected in data:
+    torch.testing.assert_close(model(x, lengths), expected, atol=1e-5, rtol=1e-5)
+assert "rnnkit" not in sys.modules
+print("served", len(data))
+"""
+
+
+@needs_library
+def test_an_aoti_package_runs_without_rnnkit(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = Tagger().eval()
+    steps, batch = torch.export.Dim("T", min=2, max=64), torch.export.Dim("B", min=2, max=64)
+    program = torch.export.export(model, (torch.randn(7, 3, 4), torch.tensor([7, 2, 5])),
+                                  dynamic_shapes=({0: steps, 1: batch}, {0: batch}))
+    ops = [n.target for n in program.graph.nodes if n.op == "call_function"]
+    assert ops.count(torch.ops.rnnkit.fused_rnn.default) == 6  # one per layer and direction
+    package = torch._inductor.aoti_compile_and_package(program, package_path=str(tmp_path / "aoti.pt2"))
+    torch.export.save(program, tmp_path / "program.pt2")
+    data = []
+    for shape, lengths in (((11, 5, 4), [11, 3, 9, 1, 4]), ((2, 2, 4), [1, 2])):
+        x, n = torch.randn(*shape), torch.tensor(lengths)
+        with torch.no_grad():
+            data.append((x, n, model(x, n)))
+    torch.save(data, tmp_path / "data.pt")
+    script = tmp_path / "serve.py"
+    script.write_text(SERVE)
+    for archive in (package, str(tmp_path / "program.pt2")):
+        result = subprocess.run([sys.executable, str(script), rnnkit.library_path(), archive, str(tmp_path / "data.pt")],
+                                capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "served 2" in result.stdout
+
+
+def test_without_a_compiler_auto_falls_back_and_fused_says_why(tmp_path: Path) -> None:
+    """A fresh process with no compiler on PATH and an empty cache: one clear reason, torch's
+    kernels for engine="auto", a ValueError naming the reason for engine="fused"."""
+    script = textwrap.dedent("""
+        import torch, rnnkit
+        from rnnkit.engines import _library
+        print(_library.unavailable())
+        x = torch.randn(4, 2, 3)
+        print(rnnkit.GRU(3, 5).engine_for(x))
+        try:
+            rnnkit.GRU(3, 5, engine="fused")(x)
+        except ValueError as error:
+            print(error)
+    """)
+    env = {k: v for k, v in os.environ.items() if k not in ("CC", "CXX", "RNNKIT_NO_COMPILE")}
+    env.update(PATH=str(tmp_path), RNNKIT_CACHE_DIR=str(tmp_path / "cache"))
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env,
+                            cwd=Path(__file__).resolve().parent.parent)
+    assert result.returncode == 0, result.stderr[-3000:]
+    reason, engine, error = result.stdout.strip().splitlines()
+    assert reason.startswith("no C and C++ compiler found to build rnnkit's operator library")
+    assert engine == "native"
+    assert error == f"GRU: engine='fused' cannot run this layer: {reason}"
