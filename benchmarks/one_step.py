@@ -10,22 +10,20 @@ Over so few rows (T * B <= 2) the fused kernels read a large W_hh (and the other
 they lie, by dot products along their rows, instead of transposing them into panels for each call
 (rnn_kernels.c: ROWS_MODE_MIN_WEIGHTS).
 """
-import ctypes
 
 import torch
 
 import rnnkit
 from rnnkit.bench import paired_medians
-from rnnkit.engines import _compiled
+from rnnkit.engines import _library
 
 LAYERS = (("LSTM", 64, 256, 2, 1), ("LSTM", 64, 256, 2, 2), ("GRU", 64, 256, 2, 1), ("LSTM", 64, 128, 2, 1),
           ("LSTM", 32, 64, 2, 1), ("LSTM", 1, 20, 1, 1))
 """(cell, I, H, layers, B): the language model's default (rnnkit train lm), smaller ones, the tutorials'."""
 
-kernels = _compiled.load()
-assert not isinstance(kernels, str), kernels
-rows_max = ctypes.c_int.in_dll(kernels.lib, "rnnkit_rows_mode_max")
-shipped = rows_max.value
+loaded = _library.load()
+assert not isinstance(loaded, str), loaded
+shipped = torch.ops.rnnkit._policy("rows_mode_max")
 
 print(f"torch {torch.__version__}; T = 1, no_grad; median us; ratio = torch.nn / each (above 1: faster "
       "than torch.nn)")
@@ -40,7 +38,7 @@ for threads in (torch.get_num_threads(), 1):
         state = (h, torch.randn(layers, batch, hidden)) if cell == "LSTM" else h
 
         def step(module: torch.nn.Module, rows: int) -> None:
-            rows_max.value = rows
+            torch.ops.rnnkit._policy("rows_mode_max", rows)
             with torch.no_grad():
                 module(x, state)
 
@@ -52,7 +50,7 @@ for threads in (torch.get_num_threads(), 1):
             for _ in range(200):
                 f()
         t = {k: v * 1e6 for k, v in paired_medians(fns, rounds=3000, budget_s=0, seed=None).items()}
-        rows_max.value = shipped
+        torch.ops.rnnkit._policy("rows_mode_max", shipped)
         print(f"{threads} thread(s), {cell} I={inputs} H={hidden} layers={layers} B={batch}: torch.nn {t['torch.nn']:.1f}, "
               f"rnnkit {t['rnnkit']:.1f} ({t['torch.nn'] / t['rnnkit']:.2f}x), rnnkit with panels "
               f"{t['rnnkit, panels']:.1f} ({t['torch.nn'] / t['rnnkit, panels']:.2f}x); largest difference "
