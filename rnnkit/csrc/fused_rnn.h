@@ -103,8 +103,21 @@ struct StackPlan {
 StackPlan stack_plan_for(Cell cell, at::ScalarType dtype, int64_t L, int64_t D, int64_t T, int64_t B, int64_t I,
                          int64_t GH, int64_t R, int flags, int threads);
 
-// The kernel policy's values, which tests and benchmarks may set (rnnkit::_policy).
-int64_t& policy(std::string_view name);
+// The kernels' policy (cpu/plan.cpp): thresholds that decide how a call is planned, never its
+// numbers. Tests and benchmarks set them by name through rnnkit::_policy.
+struct Policy {
+    int64_t parallel_min_rows;
+    int64_t parallel_min_work;
+    int64_t step_parallel_min_work;
+    int64_t shared_step_min_bytes;
+    int64_t shared_step_max_rows;
+    int64_t projection_chunk;
+    int64_t kernel_weight_grads_max_work;
+    int64_t workspace_block_max;
+    int64_t threads;
+};
+Policy& kernel_policy();
+int64_t& policy_setting(std::string_view name);  // one of Policy's fields, by name
 
 // The kernels' threads: torch's (at::get_num_threads()), unless the policy's "threads" is set.
 int num_threads();
@@ -130,5 +143,31 @@ OptTensor checked_lengths(const OptTensor& lengths, int64_t B, int64_t T);
 
 // x (T, B, *) with each sequence reversed within its length (rnnkit.engines.reverse_padded).
 Tensor reverse_padded(const Tensor& x, const OptTensor& lengths);
+
+// The C kernels of one floating-point type.
+template <typename real>
+struct Kernels;
+template <>
+struct Kernels<float> {
+    static constexpr auto forward = rnn_forward_slices_f32;
+    static constexpr auto backward = rnn_backward_slices_f32;
+    static constexpr auto stack_forward = rnn_stack_forward_f32;
+    static constexpr auto stack_backward = rnn_stack_backward_f32;
+    static constexpr auto stack_scratch = rnn_stack_backward_scratch_f32;
+};
+template <>
+struct Kernels<double> {
+    static constexpr auto forward = rnn_forward_slices_f64;
+    static constexpr auto backward = rnn_backward_slices_f64;
+    static constexpr auto stack_forward = rnn_stack_forward_f64;
+    static constexpr auto stack_backward = rnn_stack_backward_f64;
+    static constexpr auto stack_scratch = rnn_stack_backward_scratch_f64;
+};
+
+// f(real{}) for the dtype's C type, real float or double (the operators' two dtypes).
+template <typename F>
+auto by_dtype(at::ScalarType dtype, F f) {
+    return dtype == at::kDouble ? f(double{}) : f(float{});
+}
 
 }  // namespace rnnkit

@@ -21,12 +21,14 @@ int64_t policy_op(c10::string_view name_, int64_t value) {
     if (name == "kernels_parallel") return rnnkit_kernels_parallel();
     if (name == "kernels_version") return rnnkit_kernels_version();
     if (name == "rows_mode_min_weights") return rnnkit_rows_mode_min_weights;
-    int64_t& setting = policy(name);
-    const int64_t before = setting;
-    if (value >= 0) {
-        setting = value;
-        if (name == "rows_mode_max") rnnkit_rows_mode_max = static_cast<int>(value);
+    if (name == "rows_mode_max") {  // the kernels' own (rnn_kernels.c)
+        const int64_t before = rnnkit_rows_mode_max;
+        if (value >= 0) rnnkit_rows_mode_max = static_cast<int>(value);
+        return before;
     }
+    int64_t& setting = policy_setting(name);
+    const int64_t before = setting;
+    if (value >= 0) setting = value;
     return before;
 }
 

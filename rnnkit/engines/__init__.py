@@ -2,8 +2,9 @@
 
 ``engine='reference'`` is the cell's step function in a Python loop (autograd does BPTT).
 ``engine='fused'`` runs the whole time loop in compiled kernels with a hand-derived backward
-pass (CPU, float32 and float64), as the PyTorch operators rnnkit::fused_rnn and
-rnnkit::fused_rnn_backward (rnnkit.engines._fused_op). ``engine='native'`` calls torch's own
+pass (CPU, float32 and float64), as the PyTorch operators rnnkit::fused_rnn, rnnkit::fused_stack
+and their backward passes, defined in C++ (rnnkit/csrc; their Python side in
+rnnkit.engines._fused_op). ``engine='native'`` calls torch's own
 kernels (oneDNN on CPU, cuDNN on CUDA) for what torch.nn supports.
 ``engine='auto'`` picks the fastest engine that supports the layer's configuration on the
 input's device; an explicit engine that cannot run a configuration raises an error naming the

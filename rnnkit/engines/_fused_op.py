@@ -22,7 +22,6 @@ or the reference engine (rnnkit.engines.auto_order), and calling the operators t
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -229,9 +228,7 @@ def run_stack(mode: str, layers: int, directions: int, x: Tensor, lengths: Tenso
     STACK_CELL_ARGS tensors per cell. Returns out (T, B, D*R) and the final state's parts,
     (L*D, B, S) each."""
     weights, present = _present(flat)
-    run_lengths = None if lengths is None else lengths.to(torch.int64)
-    out, h_n, c_n, *_ = torch.ops.rnnkit.fused_stack.default(x, run_lengths, weights, present, mode, layers,
-                                                             directions)
+    out, h_n, c_n, *_ = torch.ops.rnnkit.fused_stack.default(x, lengths, weights, present, mode, layers, directions)
     return out, (h_n, c_n) if mode == "LSTM" else (h_n,)
 
 
@@ -252,8 +249,7 @@ def unwatched(tensors: Sequence[Any]) -> bool:
     or jit.trace tracing it, no torch.func transform, no dispatch or torch-function mode (make_fx,
     FakeTensorMode, FlopCounterMode, ...), and plain tensors only (no subclass such as a fake,
     functional or distributed tensor, no wrapper without storage such as a batched one). Then
-    the kernels may be called directly; otherwise the call goes through the operators, which
-    every such tool sees."""
+    the tensors' values may be read in Python (a traced call has none, only their shapes)."""
     if (torch.compiler.is_compiling() or torch.jit.is_tracing() or torch._C._len_torch_dispatch_stack()
             or torch._C._is_torch_function_mode_enabled() or torch._C._functorch.peek_interpreter_stack() is not None):
         return False

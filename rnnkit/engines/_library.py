@@ -4,8 +4,8 @@ rnnkit::fused_stack and their backward passes, in C++ with ``TORCH_LIBRARY``).
 Built at first use, as torch's C++ extensions are (``torch.utils.cpp_extension``, with ninja),
 into a per-user cache (``$RNNKIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/rnnkit`` or
 ``~/.cache/rnnkit``) keyed by the sources, the compilers and flags, the torch version and the
-processor's features; later processes load the built file. The first build takes about a minute
-and a half on a 2-core machine. The C kernels (csrc/cpu/rnn_kernels.c) are compiled with the
+processor's features; later processes load the built file. The first build takes about 50 s on
+a 2-core machine. The C kernels (csrc/cpu/rnn_kernels.c) are compiled with the
 system C compiler (``$CC``, else ``cc``) and linked in. ``RNNKIT_NO_COMPILE=1`` turns the library
 off; without it, or without a compiler, ``engine="auto"`` runs torch's kernels or the reference
 engine, and ``engine="fused"`` raises saying why.

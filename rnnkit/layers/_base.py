@@ -391,7 +391,9 @@ class RecurrentLayer(nn.Module):
         each part (K*D, B, S) with the cells indexed likewise."""
         if (FUSED_STACK and engine.name == "fused" and self._probes is None and not self.layer_norm
                 and not torch.jit.is_tracing() and not torch.compiler.is_exporting()
-                and (torch.compiler.is_compiling() or not under_transform())  # (dynamo sees no transform's state)
+                # (torch.compile's own tracing runs inside functorch's interpreters, which under_transform
+                # would take for a user's transform)
+                and (torch.compiler.is_compiling() or not under_transform())
                 and x.shape[1] > 0  # (before the size: a traced size is a tensor)
                 and (not self.training or (self.recurrent_dropout == 0 and self.zoneout == 0
                                            and (self.dropout == 0 or self.num_layers == 1)))

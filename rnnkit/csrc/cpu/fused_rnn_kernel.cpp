@@ -39,7 +39,7 @@ struct Workspace {
         at.assign(layout.at.begin(), layout.at.end());
         if (given.defined()) {
             block = given;
-        } else if (layout.total * static_cast<int64_t>(like.element_size()) <= policy("workspace_block_max")) {
+        } else if (layout.total * static_cast<int64_t>(like.element_size()) <= kernel_policy().workspace_block_max) {
             block = like.new_empty({layout.total});
         } else {
             std::vector<long> ends;
@@ -75,19 +75,6 @@ struct Workspace {
 int flags_of(const OptTensor& w_hr, const OptTensor& ln_hh, const OptTensor& ln_cw) {
     return (has(w_hr) ? HAS_PROJ : 0) | (has(ln_hh) ? HAS_LN_H : 0) | (has(ln_cw) ? HAS_LN_C : 0);
 }
-
-template <typename real>
-struct Kernels;
-template <>
-struct Kernels<float> {
-    static constexpr auto forward = rnn_forward_slices_f32;
-    static constexpr auto backward = rnn_backward_slices_f32;
-};
-template <>
-struct Kernels<double> {
-    static constexpr auto forward = rnn_forward_slices_f64;
-    static constexpr auto backward = rnn_backward_slices_f64;
-};
 
 // lengths, h_mask, keep_h and keep_c as the kernels read them: int64, contiguous, bytes.
 struct Masks {
@@ -279,11 +266,10 @@ OptTensor checked_lengths(const OptTensor& lengths, int64_t B, int64_t T) {
     }
     if (!ok) {
         std::ostringstream got;
-        got << "[";
         const Tensor flat = c.reshape({-1});
-        for (int64_t i = 0; i < flat.numel(); i++) got << (i ? ", " : "") << flat[i].item<int64_t>();
-        got << "]";
-        TORCH_CHECK_VALUE(false, "rnnkit: expected ", B, " lengths in [1, ", T, "], got ", got.str());
+        const int64_t* n = flat.const_data_ptr<int64_t>();
+        for (int64_t i = 0; i < flat.numel(); i++) got << (i ? ", " : "") << n[i];
+        TORCH_CHECK_VALUE(false, "rnnkit: expected ", B, " lengths in [1, ", T, "], got [", got.str(), "]");
     }
     return c;
 }
@@ -307,11 +293,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> fused_rnn_cpu(
     const Cell cell = cell_of(std::string_view(mode.data(), mode.size()));
     check_cell_args("rnnkit::fused_rnn", cell, x, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, ln_hh, ln_cw, ln_cb, h_mask,
                     keep_h, keep_c);
-    if (x.scalar_type() == at::kDouble)
-        return forward_impl<double>(cell, x, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, ln_hh, ln_cw, ln_cb, lengths,
-                                    h_mask, keep_h, keep_c, save);
-    return forward_impl<float>(cell, x, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, ln_hh, ln_cw, ln_cb, lengths, h_mask,
-                               keep_h, keep_c, save);
+    return by_dtype(x.scalar_type(), [&](auto zero) {
+        return forward_impl<decltype(zero)>(cell, x, w_ih, b_ih, h0, c0, w_hh, b_hh, w_hr, ln_hh, ln_cw, ln_cb,
+                                            lengths, h_mask, keep_h, keep_c, save);
+    });
 }
 
 std::vector<Tensor> cell_backward(Cell cell, const OptTensor& d_out, const OptTensor& d_hn, const OptTensor& d_cn,
@@ -320,11 +305,10 @@ std::vector<Tensor> cell_backward(Cell cell, const OptTensor& d_out, const OptTe
                                   const OptTensor& lengths, const OptTensor& h_mask, const OptTensor& keep_h,
                                   const OptTensor& keep_c, bool has_bias_ih, bool has_bias,
                                   const std::array<bool, 11>& needs) {
-    if (x.scalar_type() == at::kDouble)
-        return backward_impl<double>(cell, d_out, d_hn, d_cn, work, x, w_ih, w_hh, w_hr, ln_hh, ln_cw, lengths,
-                                     h_mask, keep_h, keep_c, has_bias_ih, has_bias, needs);
-    return backward_impl<float>(cell, d_out, d_hn, d_cn, work, x, w_ih, w_hh, w_hr, ln_hh, ln_cw, lengths, h_mask,
-                                keep_h, keep_c, has_bias_ih, has_bias, needs);
+    return by_dtype(x.scalar_type(), [&](auto zero) {
+        return backward_impl<decltype(zero)>(cell, d_out, d_hn, d_cn, work, x, w_ih, w_hh, w_hr, ln_hh, ln_cw,
+                                             lengths, h_mask, keep_h, keep_c, has_bias_ih, has_bias, needs);
+    });
 }
 
 namespace {
@@ -338,6 +322,7 @@ fused_rnn_backward_cpu(const OptTensor& d_out, const OptTensor& d_hn, const OptT
     const std::vector<bool> needs_ = needs_list.vec();
     const Cell cell = cell_of(std::string_view(mode.data(), mode.size()));
     const char* op = "rnnkit::fused_rnn_backward";
+    // (ln_cb is no input of the backward pass: ln_cw stands in for it, which it must match)
     check_cell_args(op, cell, x, w_ih, std::nullopt, std::nullopt, std::nullopt, w_hh, std::nullopt, w_hr, ln_hh,
                     ln_cw, ln_cw, h_mask, keep_h, keep_c);
     TORCH_CHECK(needs_.size() == 11, op, ": expected 11 needs, got ", needs_.size());

@@ -115,20 +115,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused_stack_cpu(
     Tensor works = x.new_empty({plan.works});
     Tensor scratch = s.D == 2 ? x.new_empty({s.T, s.B, s.R}) : Tensor();
     const int64_t* n = lengths_c ? lengths_c->const_data_ptr<int64_t>() : nullptr;
-    int status;
-#define RNNKIT_STACK_FORWARD(real, SFX)                                                                           \
-    status = rnn_stack_forward##SFX(                                                                              \
-        plan.ints.data(), static_cast<const real*>(ptr(x)), n, reinterpret_cast<const real* const*>(w.data()),  \
-        s.L > 1 ? inner.data_ptr<real>() : nullptr, out.data_ptr<real>(),                                        \
-        s.D == 2 ? revs.data_ptr<real>() : nullptr, h_n.data_ptr<real>(),                                        \
-        s.cell == LSTM ? c_n.data_ptr<real>() : nullptr, works.data_ptr<real>(), plan.work_at.data(),            \
-        s.D == 2 ? scratch.data_ptr<real>() : nullptr)
-    if (x.scalar_type() == at::kDouble) {
-        RNNKIT_STACK_FORWARD(double, _f64);
-    } else {
-        RNNKIT_STACK_FORWARD(float, _f32);
-    }
-#undef RNNKIT_STACK_FORWARD
+    const int status = by_dtype(x.scalar_type(), [&](auto zero) {
+        using real = decltype(zero);
+        return Kernels<real>::stack_forward(
+            plan.ints.data(), static_cast<const real*>(ptr(x)), n, reinterpret_cast<const real* const*>(w.data()),
+            s.L > 1 ? inner.data_ptr<real>() : nullptr, out.data_ptr<real>(),
+            s.D == 2 ? revs.data_ptr<real>() : nullptr, h_n.data_ptr<real>(),
+            s.cell == LSTM ? c_n.data_ptr<real>() : nullptr, works.data_ptr<real>(), plan.work_at.data(),
+            s.D == 2 ? scratch.data_ptr<real>() : nullptr);
+    });
     TORCH_CHECK_WITH(OutOfMemoryError, status == 0, "rnnkit fused engine: no memory for the forward kernel's scratch");
     return {out, h_n, c_n, inner, revs, works};
 }
@@ -225,21 +220,16 @@ std::pair<Tensor, std::vector<Tensor>> one_call_backward(const Stack& s, const S
     const Tensor d_cn_c = has(d_cn) && s.cell == LSTM ? d_cn->contiguous() : Tensor();
     Tensor scratch = x.new_empty({plan.scratch});
     const int64_t* n = lengths ? lengths->const_data_ptr<int64_t>() : nullptr;
-    int status;
-#define RNNKIT_STACK_BACKWARD(real, SFX)                                                                          \
-    status = rnn_stack_backward##SFX(                                                                             \
-        plan.ints.data(), static_cast<const real*>(ptr(x)), n, reinterpret_cast<const real* const*>(w.data()),  \
-        static_cast<const real*>(s.L > 1 ? ptr(inner) : nullptr),                                                \
-        static_cast<const real*>(s.D == 2 ? ptr(revs) : nullptr), static_cast<const real*>(ptr(works)),          \
-        plan.work_at.data(), static_cast<const real*>(ptr(d_out_c)), static_cast<const real*>(ptr(d_hn_c)),      \
-        static_cast<const real*>(ptr(d_cn_c)), reinterpret_cast<real* const*>(g.data()),                         \
-        dx.defined() ? dx.data_ptr<real>() : nullptr, below, scratch.data_ptr<real>())
-    if (x.scalar_type() == at::kDouble) {
-        RNNKIT_STACK_BACKWARD(double, _f64);
-    } else {
-        RNNKIT_STACK_BACKWARD(float, _f32);
-    }
-#undef RNNKIT_STACK_BACKWARD
+    const int status = by_dtype(x.scalar_type(), [&](auto zero) {
+        using real = decltype(zero);
+        using P = const real*;
+        return Kernels<real>::stack_backward(
+            plan.ints.data(), P(ptr(x)), n, reinterpret_cast<const real* const*>(w.data()),
+            P(s.L > 1 ? ptr(inner) : nullptr), P(s.D == 2 ? ptr(revs) : nullptr), P(ptr(works)),
+            plan.work_at.data(), P(ptr(d_out_c)), P(ptr(d_hn_c)), P(ptr(d_cn_c)),
+            reinterpret_cast<real* const*>(g.data()), dx.defined() ? dx.data_ptr<real>() : nullptr, below,
+            scratch.data_ptr<real>());
+    });
     TORCH_CHECK_WITH(OutOfMemoryError, status == 0, "rnnkit fused engine: no memory for the backward kernel's scratch");
     return {dx, grads};
 }

@@ -1,7 +1,7 @@
 // The plan of a kernel call: how many threads, slices of the batch and projection chunks, and the
 // workspaces' layouts, from the call's shape and torch's thread count. The plan changes no
 // number: the kernels give the same bits on any thread count (tests/engines/test_threads.py).
-// The measurements behind each constant are in benchmarks/README.md ("Kernel policy").
+// The measurements behind each constant are in benchmarks/README.md ("The kernels' policy").
 #include "../fused_rnn.h"
 
 #include <ATen/Parallel.h>
@@ -14,30 +14,29 @@ namespace rnnkit {
 
 namespace {
 
-struct Policy {
-    // Each thread's slice of the batch has at least this many sequences.
-    int64_t parallel_min_rows = 8;
-    // Multiply-adds below which one thread runs a loop's products (about a step's sync cost).
-    int64_t parallel_min_work = 1'000'000;
-    // One step's recurrent product (B * G*H * R) from which an unsliced batch shares it among threads.
-    int64_t step_parallel_min_work = 100'000;
-    // The forward pass shares each step's product instead of slicing the batch when W_hh has at
-    // least this many bytes and the slices would have at most shared_step_max_rows rows.
-    int64_t shared_step_min_bytes = int64_t(1) << 22;
-    int64_t shared_step_max_rows = 16;
-    // Numbers of the input projection held at once (memory stays bounded at any length).
-    int64_t projection_chunk = int64_t(1) << 21;
-    // Multiply-adds of the weight gradients up to which the backward kernel computes them
-    // (summing over few rows its products beat the BLAS's); above, torch does.
-    int64_t kernel_weight_grads_max_work = 50'000'000;
-    // Bytes up to which a workspace is one allocation (glibc maps larger ones fresh at each call).
-    int64_t workspace_block_max = int64_t(1) << 24;
-    // The threads the kernels plan for; 0: torch's (tests set it to vary the kernels' alone).
-    int64_t threads = 0;
-};
-
 Policy& the_policy() {
-    static Policy p;
+    static Policy p{
+        8,  // parallel_min_rows: each thread's slice of the batch has at least this many sequences
+        // parallel_min_work: multiply-adds below which one thread runs a loop's products (a
+        // step's synchronisation costs about as much as 1M multiply-adds of work)
+        1'000'000,
+        // step_parallel_min_work: one step's recurrent product (B * G*H * R) from which an
+        // unsliced batch shares it among threads
+        100'000,
+        // shared_step_min_bytes, shared_step_max_rows: the forward pass shares each step's product
+        // instead of slicing the batch when W_hh has at least this many bytes and the slices
+        // would have at most this many rows (slices each stream all of W_hh at every step)
+        int64_t(1) << 22, 16,
+        // projection_chunk: numbers of the input projection held at once (memory stays bounded)
+        int64_t(1) << 21,
+        // kernel_weight_grads_max_work: multiply-adds of the weight gradients up to which the
+        // backward kernel computes them (summing over few rows, its products beat the BLAS's)
+        50'000'000,
+        // workspace_block_max: bytes up to which a workspace is one allocation (glibc maps
+        // larger ones fresh, faulted in and zeroed, at each call)
+        int64_t(1) << 24,
+        0,  // threads: the kernels' thread count; 0: torch's
+    };
     return p;
 }
 
@@ -69,9 +68,10 @@ int all_threads(bool parallel, int64_t work, int threads) {
 
 }  // namespace
 
-int64_t& policy(std::string_view name) {
+Policy& kernel_policy() { return the_policy(); }
+
+int64_t& policy_setting(std::string_view name) {
     Policy& p = the_policy();
-    static int64_t rows_mode;  // a copy of the kernels' int, written back by _policy
     if (name == "parallel_min_rows") return p.parallel_min_rows;
     if (name == "parallel_min_work") return p.parallel_min_work;
     if (name == "step_parallel_min_work") return p.step_parallel_min_work;
@@ -81,10 +81,6 @@ int64_t& policy(std::string_view name) {
     if (name == "kernel_weight_grads_max_work") return p.kernel_weight_grads_max_work;
     if (name == "workspace_block_max") return p.workspace_block_max;
     if (name == "threads") return p.threads;
-    if (name == "rows_mode_max") {
-        rows_mode = rnnkit_rows_mode_max;
-        return rows_mode;
-    }
     TORCH_CHECK_VALUE(false, "rnnkit::_policy: no setting named '", std::string(name), "'");
 }
 
@@ -146,8 +142,9 @@ StackPlan stack_plan_for(Cell cell, at::ScalarType dtype, int64_t L, int64_t D, 
     }
     // the backward kernel's `below` is a bit mask of layers
     stack.one_call = L <= 30 && kernel_grads;
-    stack.scratch = dtype == at::kDouble ? rnn_stack_backward_scratch_f64(stack.ints.data())
-                                         : rnn_stack_backward_scratch_f32(stack.ints.data());
+    stack.scratch = by_dtype(dtype, [&](auto zero) {
+        return Kernels<decltype(zero)>::stack_scratch(stack.ints.data());
+    });
     return stack;
 }
 
