@@ -566,8 +566,9 @@ def diagnose_command(run: str | None, cells: str, steps: int, hidden: int, layer
 
 @main.command("export")
 @click.argument("run", type=click.Path())
-@click.option("--format", "fmt", type=click.Choice(["onnx", "pt2"]), default="onnx", show_default=True,
-              help="onnx: for onnxruntime (needs rnnkit[onnx]); pt2: a torch.export program (torch.export.load).")
+@click.option("--format", "fmt", type=click.Choice(["onnx", "pt2", "aoti"]), default="onnx", show_default=True,
+              help="onnx: for onnxruntime (needs rnnkit[onnx]); pt2: a torch.export program (torch.export.load); "
+                   "aoti: an AOTInductor package (.pt2) that runs with torch and rnnkit's operator library alone.")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), required=True, help="The file to write.")
 def export_command(run: str, fmt: str, out_path: str) -> None:
     """Export a trained RUN's model as one graph with dynamic batch and length, checked against the
@@ -578,9 +579,16 @@ def export_command(run: str, fmt: str, out_path: str) -> None:
     done = export(pipelines.open_task(run), fmt, out_path)
     inputs = ", ".join(f"{name} {dims}" for name, dims in done.inputs)
     click.echo(f"wrote {done.path} ({done.format}): inputs {inputs}")
-    runner = "onnxruntime" if done.format == "onnx" else "torch.export.load"
-    click.echo(f"checked in {runner} on {done.checked} validation examples and on {max(1, done.checked // 2)}: "
-               f"largest difference from the model {done.difference:.1e}")
+    runner = {"onnx": "onnxruntime", "pt2": "torch.export.load", "aoti": "torch._inductor.aoti_load_package"}
+    click.echo(f"checked in {runner[done.format]} on {done.checked} validation examples and on "
+               f"{max(1, done.checked // 2)}: largest difference from the model {done.difference:.1e}")
+    if done.format != "onnx":
+        from rnnkit.engines._library import unavailable
+
+        if unavailable() is None:
+            from rnnkit import library_path
+
+            click.echo(f"to serve it without rnnkit: torch.ops.load_library({library_path()!r}) first")
 
 
 @main.command("forecast")

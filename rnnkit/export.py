@@ -1,5 +1,8 @@
 """Export a trained model to one graph, for serving without rnnkit's Python: ONNX (run by
-onnxruntime) or a torch.export program (.pt2, which loads with torch and rnnkit installed).
+onnxruntime), a torch.export program (.pt2, which torch.export.load reads once rnnkit's
+operators are loaded) or an AOTInductor package (.pt2, compiled ahead of time; run by
+torch._inductor.aoti_load_package in a process that loaded rnnkit's operator library,
+rnnkit.library_path(), and needs nothing else of rnnkit).
 
 The batch and time dimensions stay dynamic. Before the file is put in place, the exported graph
 is run on the validation batch it was exported with, and on half of it, and compared with the
@@ -22,7 +25,7 @@ from torch import Tensor
 from rnnkit.data._files import check_writable
 from rnnkit.tasks import BATCH, TaskBatch
 
-FORMATS = ("onnx", "pt2")
+FORMATS = ("onnx", "pt2", "aoti")
 TOLERANCE = 1e-4
 """Largest difference allowed between the exported graph's outputs and the model's (float32)."""
 
@@ -50,12 +53,14 @@ def _flatten(outputs: Any) -> list[Tensor]:
 
 def export(batch: TaskBatch, fmt: str, out: str | os.PathLike[str]) -> Exported:
     """Export batch.model with batch.inputs as the example (dims in batch.axes dynamic) to out,
-    after checking the exported graph against the model; fmt 'onnx' or 'pt2'."""
+    after checking the exported graph against the model; fmt 'onnx', 'pt2' or 'aoti'."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}: choose from {', '.join(FORMATS)}")
     if batch.not_exportable is not None:
         raise ValueError(f"{batch.task} runs do not export: {batch.not_exportable}")
     target = Path(out)
+    if fmt == "aoti" and target.suffix != ".pt2":
+        raise ValueError(f"an AOTInductor package is a .pt2 file (torch's loader requires the name): got {target}")
     check_writable(target)
     model = batch.model.eval()
     dims = {BATCH: torch.export.Dim("batch", min=1), "time": torch.export.Dim("time", min=1)}
@@ -71,10 +76,14 @@ def export(batch: TaskBatch, fmt: str, out: str | os.PathLike[str]) -> Exported:
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)  # as a file the user wrote, not mkstemp's private mode
     try:
-        if fmt == "pt2":
+        if fmt in ("pt2", "aoti"):
             program = torch.export.export(model, batch.inputs, dynamic_shapes=shapes)
-            torch.export.save(program, tmp)
-            loaded = torch.export.load(tmp).module()
+            if fmt == "pt2":
+                torch.export.save(program, tmp)
+                loaded = torch.export.load(tmp).module()
+            else:
+                torch._inductor.aoti_compile_and_package(program, package_path=str(tmp))
+                loaded = torch._inductor.aoti_load_package(str(tmp))
             with torch.no_grad():
                 got = [_flatten(loaded(*inputs)) for inputs in (batch.inputs, half)]
             names = [str(n.name) for n in program.graph.nodes

@@ -326,6 +326,7 @@ def _register() -> None:
 
 _LIBRARY = torch.library.Library("rnnkit", "IMPL")
 _library.on_load(_register)
+_library.load_if_built()  # a saved program with the operators then loads after `import rnnkit`
 
 
 def under_transform() -> bool:

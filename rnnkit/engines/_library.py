@@ -104,19 +104,34 @@ def _compile_kernels(cc: str, flags: list[str], target: Path) -> None:
             os.unlink(tmp)
 
 
-def _build(cc: str, cxx: str) -> Path:
-    """Build the library (or find it built) and return its path; raises on failure."""
+def _attempts(cc: str, cxx: str) -> Iterator[tuple[list[str], str, Path]]:
+    """For each of ATTEMPTS: its C flags, the library's name, and its path in the cache (keyed by
+    the sources, compilers, flags, torch version and processor)."""
     source = _sources()
-    errors = []
     for flags in ATTEMPTS:
         signature = " ".join([cc, cxx, *flags, *CXX_FLAGS, torch.__version__, _cpu_signature()])
-        key = hashlib.sha256(source + signature.encode()).hexdigest()[:16]
-        name = f"rnnkit_ops_{key}"
-        folder = _cache_dir() / name
-        library = folder / f"{name}.so"
-        if (folder / "built").exists() and library.exists():
-            return library
+        name = "rnnkit_ops_" + hashlib.sha256(source + signature.encode()).hexdigest()[:16]
+        yield flags, signature, _cache_dir() / name / f"{name}.so"
+
+
+def _built(cc: str, cxx: str) -> Path | None:
+    """The library, if a build of these sources is in the cache."""
+    return next((library for _, _, library in _attempts(cc, cxx)
+                 if (library.parent / "built").exists() and library.exists()), None)
+
+
+def _build(cc: str, cxx: str) -> Path:
+    """Build the library (or find it built) and return its path; raises on failure."""
+    built = _built(cc, cxx)
+    if built is not None:
+        return built
+    errors = []
+    for flags, signature, library in _attempts(cc, cxx):
+        folder = library.parent
         folder.mkdir(parents=True, exist_ok=True)
+        # a warning, so that it reaches the terminal without any logging set up: the first use
+        # pauses for about a minute, once per machine and torch version
+        log.warning("rnnkit: building its operator library, once (about a minute on 2 cores) into %s", folder)
         start = time.perf_counter()
         kernels = folder / "rnn_kernels.o"
         try:
@@ -130,7 +145,7 @@ def _build(cc: str, cxx: str) -> Path:
 
         openmp = OPENMP_FLAGS if "-fopenmp" in flags else []
         cpp_extension.load(
-            name=name, sources=[str(CSRC / s) for s in CPP_SOURCES], build_directory=str(folder),
+            name=library.stem, sources=[str(CSRC / s) for s in CPP_SOURCES], build_directory=str(folder),
             extra_cflags=CXX_FLAGS, extra_ldflags=["-Wl,--as-needed", str(kernels), *openmp],
             is_python_module=False, verbose=False)
         (folder / "built").write_text(signature + "\n")
@@ -159,29 +174,44 @@ def load() -> Path | str:
     traced forward (torch.compile, torch.export), which then only reads the result."""
     global _LOADED
     if _LOADED is None:
-        _LOADED = _load()
-        if isinstance(_LOADED, Path):
-            for register in _ON_LOAD:
-                register()
+        _LOADED = _load(build=True)
     return _LOADED
 
 
-def _load() -> Path | str:
+def load_if_built() -> None:
+    """Load the library when it is built already (never building it): at import, so that a
+    program saved with rnnkit's operators (torch.export.load, torch.jit.load) loads in any
+    process that imported rnnkit."""
+    global _LOADED
+    if _LOADED is None:
+        found = _load(build=False)
+        if isinstance(found, Path):
+            _LOADED = found
+
+
+def _load(*, build: bool) -> Path | str:
     if os.environ.get("RNNKIT_NO_COMPILE", "") not in ("", "0"):
         return "rnnkit's operator library is turned off (RNNKIT_NO_COMPILE is set)"
     compilers = _compilers()
     if isinstance(compilers, str):
         return compilers
-    missing = _ninja_on_path()
-    if missing is not None:
-        return missing
-    try:
-        path = _build(*compilers)
-    except Exception as error:  # a failed build is a reason to fall back, said in one line
-        lines = [line for line in str(error).strip().splitlines() if line.strip()]
-        return f"rnnkit's operator library failed to build: {lines[-1] if lines else type(error).__name__}"
+    if not build:
+        path = _built(*compilers)
+        if path is None:
+            return "not built yet"
+    else:
+        missing = _ninja_on_path()
+        if missing is not None:
+            return missing
+        try:
+            path = _build(*compilers)
+        except Exception as error:  # a failed build is a reason to fall back, said in one line
+            lines = [line for line in str(error).strip().splitlines() if line.strip()]
+            return f"rnnkit's operator library failed to build: {lines[-1] if lines else type(error).__name__}"
     if not _defined():  # (a process may hold it already)
         torch.ops.load_library(str(path))
+    for register in _ON_LOAD:
+        register()
     return path
 
 
