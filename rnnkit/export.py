@@ -78,6 +78,7 @@ def export(batch: TaskBatch, fmt: str, out: str | os.PathLike[str]) -> Exported:
     try:
         if fmt in ("pt2", "aoti"):
             program = torch.export.export(model, batch.inputs, dynamic_shapes=shapes)
+            loaded: Any
             if fmt == "pt2":
                 torch.export.save(program, tmp)
                 loaded = torch.export.load(tmp).module()
