@@ -1,6 +1,6 @@
-"""Paired in one process: a layer's training step as one autograd Function for all its layers and
-directions (the whole stack: one kernel call a pass where the stack's plan allows, at small and
-medium sizes) against one Function per layer and direction, and torch.nn.
+"""Paired in one process: a layer's training step as one operator for all its layers and directions
+(rnnkit::fused_stack: one kernel call a pass) against one operator per layer and direction
+(rnnkit::fused_rnn), and torch.nn.
 
     python benchmarks/stack.py > benchmarks/stack.txt
 

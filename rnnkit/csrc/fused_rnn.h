@@ -40,11 +40,11 @@ extern const long rnnkit_rows_mode_min_weights;
         REAL* dx, REAL* dwih, REAL* dbih, REAL* dwhh, REAL* dbhh, REAL* dwhr, REAL* dln_hh, REAL* dln_cw,         \
         REAL* dln_cb);                                                                                           \
     int rnn_stack_forward##SFX(const int* plan, const REAL* x, const int64_t* lengths, const REAL* const* weights, \
-                               REAL* inner, REAL* out, REAL* revs, REAL* hn, REAL* cn, REAL* works,              \
-                               const long* work_at, REAL* scratch);                                              \
+                               REAL* inner, REAL* out, REAL* revs, REAL* hn, REAL* cn, REAL* const* works,       \
+                               REAL* scratch);                                                                   \
     long rnn_stack_backward_scratch##SFX(const int* plan);                                                        \
     int rnn_stack_backward##SFX(const int* plan, const REAL* x, const int64_t* lengths, const REAL* const* weights, \
-                                const REAL* inner, const REAL* revs, const REAL* works, const long* work_at,      \
+                                const REAL* inner, const REAL* revs, const REAL* const* works,                   \
                                 const REAL* d_out, const REAL* d_hn, const REAL* d_cn, REAL* const* grads,       \
                                 REAL* dx, int below, REAL* scratch);
 RNNKIT_DECLARE_KERNELS(float, _f32)
@@ -94,8 +94,6 @@ Plan plan_for(Cell cell, int itemsize, int64_t T, int64_t B, int64_t I, int64_t 
 struct StackPlan {
     bool one_call;            // one kernel call serves the backward pass too
     std::vector<int> ints;    // STACK_HEAD ints, then STACK_CELL_INTS per cell (rnn_kernels.c)
-    std::vector<long> work_at;  // where each cell's forward workspace starts in the stack's
-    long works;               // the forward workspaces' elements, all cells
     long scratch;             // the backward pass's scratch (rnn_stack_backward_scratch)
     std::vector<Plan> cells;
 };

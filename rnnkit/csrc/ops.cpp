@@ -42,12 +42,12 @@ std::vector<int64_t> plan_op(c10::string_view mode, at::ScalarType dtype, int64_
             p.saved.total, p.unsaved.total, p.dlayout.total};
 }
 
-// A stack's plan as ints: one_call, works, scratch, then the kernels' plan ints.
+// A stack's plan as ints: one_call, scratch, then the kernels' plan ints.
 std::vector<int64_t> stack_plan_op(c10::string_view mode, at::ScalarType dtype, int64_t L, int64_t D, int64_t T,
                                    int64_t B, int64_t I, int64_t GH, int64_t R, int64_t flags) {
     const StackPlan p = stack_plan_for(cell_of(std::string_view(mode.data(), mode.size())), dtype, L, D, T, B, I, GH,
                                        R, static_cast<int>(flags), num_threads());
-    std::vector<int64_t> ints{p.one_call, p.works, p.scratch};
+    std::vector<int64_t> ints{p.one_call, p.scratch};
     ints.insert(ints.end(), p.ints.begin(), p.ints.end());
     return ints;
 }
@@ -68,10 +68,10 @@ TORCH_LIBRARY(rnnkit, m) {
         "Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
     m.def(
         "fused_stack(Tensor x, Tensor? lengths, Tensor[] weights, bool[] present, str mode, int layers, "
-        "int directions) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+        "int directions) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor[])");
     m.def(
         "fused_stack_backward(Tensor? d_out, Tensor? d_hn, Tensor? d_cn, Tensor x, Tensor? lengths, "
-        "Tensor[] weights, bool[] present, Tensor inner, Tensor revs, Tensor works, str mode, int layers, "
+        "Tensor[] weights, bool[] present, Tensor inner, Tensor revs, Tensor[] works, str mode, int layers, "
         "int directions, bool[] needs) -> Tensor[]");
     m.def(
         "fused_rnn_grad_by_reference(Tensor? d_out, Tensor? d_hn, Tensor? d_cn, Tensor x, Tensor? w_ih, "

@@ -100,22 +100,22 @@ def _fused_rnn_backward_fake(d_out: Tensor | None, d_hn: Tensor | None, d_cn: Te
 
 
 def _fused_stack_fake(x: Tensor, lengths: Tensor | None, weights: list[Tensor], present: list[bool], mode: str,
-                      layers: int, directions: int) -> tuple[Tensor, ...]:
+                      layers: int, directions: int) -> tuple[Any, ...]:
     flat = _unpresent(present, weights)
     steps, batch, inputs = x.shape
     gates, size = flat[4].shape
     hidden, wide, cells = gates // GATES[mode], directions * size, layers * directions
-    works = cells * forward_layout_size(mode, True, steps, batch, hidden, size, flags_of(flat[6], None, None))
+    work = forward_layout_size(mode, True, steps, batch, hidden, size, flags_of(flat[6], None, None))
     return (x.new_empty(steps, batch, wide), x.new_empty(cells, batch, size),
             x.new_empty(cells, batch, hidden) if mode == "LSTM" else x.new_empty(0),
             x.new_empty(layers - 1, steps, batch, wide) if layers > 1 else x.new_empty(0),
             x.new_empty(steps * batch * (inputs + (layers - 1) * wide)) if directions == 2 else x.new_empty(0),
-            x.new_empty(works))
+            [x.new_empty(work) for _ in range(cells)])
 
 
 def _fused_stack_backward_fake(d_out: Tensor | None, d_hn: Tensor | None, d_cn: Tensor | None, x: Tensor,
                                lengths: Tensor | None, weights: list[Tensor], present: list[bool], inner: Tensor,
-                               revs: Tensor, works: Tensor, mode: str, layers: int, directions: int,
+                               revs: Tensor, works: list[Tensor], mode: str, layers: int, directions: int,
                                needs: list[bool]) -> list[Tensor]:
     return [t.new_empty(t.shape) if need else x.new_empty(0) for t, need in zip([x, *weights], needs)]
 

@@ -69,7 +69,7 @@ auto& fused_rnn_by_reference_op() {
 auto& fused_stack_op() {
     static auto op = c10::Dispatcher::singleton()
                          .findSchemaOrThrow("rnnkit::fused_stack", "")
-                         .typed<std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>(
+                         .typed<std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, std::vector<Tensor>>(
                              const Tensor&, const OptTensor&, at::TensorList, const BoolList&, c10::string_view,
                              int64_t, int64_t)>();
     return op;
@@ -80,7 +80,7 @@ auto& fused_stack_backward_op() {
                          .findSchemaOrThrow("rnnkit::fused_stack_backward", "")
                          .typed<std::vector<Tensor>(
                              const OptTensor&, const OptTensor&, const OptTensor&, const Tensor&, const OptTensor&,
-                             at::TensorList, const BoolList&, const Tensor&, const Tensor&, const Tensor&,
+                             at::TensorList, const BoolList&, const Tensor&, const Tensor&, at::TensorList,
                              c10::string_view, int64_t, int64_t, const BoolList&)>();
     return op;
 }
@@ -202,7 +202,8 @@ class FusedStackFunction : public torch::autograd::Function<FusedStackFunction> 
     static variable_list forward(AutogradContext* ctx, const Tensor& x, const OptTensor& lengths,
                                  at::TensorList weights, const BoolList& present, c10::string_view mode,
                                  int64_t layers, int64_t directions) {
-        Tensor out, h_n, c_n, inner, revs, works;
+        Tensor out, h_n, c_n, inner, revs;
+        std::vector<Tensor> works;  // one per cell
         {
             at::AutoDispatchBelowADInplaceOrView guard;
             std::tie(out, h_n, c_n, inner, revs, works) =
@@ -212,20 +213,26 @@ class FusedStackFunction : public torch::autograd::Function<FusedStackFunction> 
         ctx->saved_data["layers"] = layers;
         ctx->saved_data["directions"] = directions;
         ctx->saved_data["present"] = present;
+        ctx->saved_data["weights"] = static_cast<int64_t>(weights.size());
         variable_list to_save{x, val(lengths)};
         to_save.insert(to_save.end(), weights.begin(), weights.end());
-        to_save.insert(to_save.end(), {inner, revs, works});
+        to_save.insert(to_save.end(), {inner, revs});
+        to_save.insert(to_save.end(), works.begin(), works.end());
         ctx->save_for_backward(to_save);
-        variable_list fixed{inner, revs, works};
+        variable_list fixed{inner, revs};
+        fixed.insert(fixed.end(), works.begin(), works.end());
         if (mode != "LSTM") fixed.push_back(c_n);
         ctx->mark_non_differentiable(fixed);
         ctx->set_materialize_grads(false);
-        return {out, h_n, c_n, inner, revs, works};
+        variable_list outputs{out, h_n, c_n, inner, revs};
+        outputs.insert(outputs.end(), works.begin(), works.end());
+        return outputs;
     }
 
     static variable_list backward(AutogradContext* ctx, variable_list grads) {
         const variable_list saved = ctx->get_saved_variables();
-        const size_t count = saved.size() - 5;  // the weights: between x, lengths and inner, revs, works
+        // saved: x, lengths, the weights, inner, revs, then each cell's workspace
+        const size_t count = static_cast<size_t>(ctx->saved_data["weights"].toInt());
         const std::string mode = ctx->saved_data["mode"].toStringRef();
         const int64_t layers = ctx->saved_data["layers"].toInt(), directions = ctx->saved_data["directions"].toInt();
         const BoolList present = ctx->saved_data["present"].toBoolList();
@@ -248,7 +255,7 @@ class FusedStackFunction : public torch::autograd::Function<FusedStackFunction> 
         } else {
             const Tensor& inner = saved[2 + count];
             const Tensor& revs = saved[3 + count];
-            const Tensor& works = saved[4 + count];
+            const std::vector<Tensor> works(saved.begin() + 4 + count, saved.end());
             const auto call = [&](const std::array<OptTensor, 3>& d) {
                 return fused_stack_backward_op().call(d[0], d[1], mode == "LSTM" ? d[2] : std::nullopt, saved[0],
                                                       lengths, weights, present, inner, revs, works, mode, layers,
@@ -264,11 +271,11 @@ class FusedStackFunction : public torch::autograd::Function<FusedStackFunction> 
     }
 };
 
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused_stack_autograd(
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, std::vector<Tensor>> fused_stack_autograd(
     const Tensor& x, const OptTensor& lengths, at::TensorList weights, const BoolList& present, c10::string_view mode,
     int64_t layers, int64_t directions) {
     const auto r = FusedStackFunction::apply(x, lengths, weights, present, mode, layers, directions);
-    return {r[0], r[1], r[2], r[3], r[4], r[5]};
+    return {r[0], r[1], r[2], r[3], r[4], std::vector<Tensor>(r.begin() + 5, r.end())};
 }
 
 }  // namespace

@@ -96,7 +96,7 @@ std::vector<Tensor> contiguous(const std::vector<Tensor>& tensors) {
     return c;
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused_stack_cpu(
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, std::vector<Tensor>> fused_stack_cpu(
     const Tensor& x_, const OptTensor& lengths, at::TensorList weights, const c10::List<bool>& present_list,
     c10::string_view mode, int64_t layers, int64_t directions) {
     const std::vector<bool> present = present_list.vec();
@@ -112,7 +112,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused_stack_cpu(
     Tensor inner = s.L > 1 ? x.new_empty({s.L - 1, s.T, s.B, wide}) : x.new_empty({0});
     // the second direction's reversed inputs: layer 0's T*B*I numbers, then each other layer's T*B*D*R
     Tensor revs = s.D == 2 ? x.new_empty({rows * s.I + (s.L - 1) * rows * wide}) : x.new_empty({0});
-    Tensor works = x.new_empty({plan.works});
+    // each cell's workspace its own tensor, as when the cells run alone (one block for all would
+    // pass glibc's mmap threshold sooner, and be mapped and zeroed afresh at every call)
+    std::vector<Tensor> works;
+    std::vector<void*> work_ptrs;
+    for (const Plan& cell : plan.cells) {
+        works.push_back(x.new_empty({cell.saved.total}));
+        work_ptrs.push_back(works.back().data_ptr());
+    }
     Tensor scratch = s.D == 2 ? x.new_empty({s.T, s.B, s.R}) : Tensor();
     const int64_t* n = lengths_c ? lengths_c->const_data_ptr<int64_t>() : nullptr;
     const int status = by_dtype(x.scalar_type(), [&](auto zero) {
@@ -121,7 +128,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> fused_stack_cpu(
             plan.ints.data(), static_cast<const real*>(ptr(x)), n, reinterpret_cast<const real* const*>(w.data()),
             s.L > 1 ? inner.data_ptr<real>() : nullptr, out.data_ptr<real>(),
             s.D == 2 ? revs.data_ptr<real>() : nullptr, h_n.data_ptr<real>(),
-            s.cell == LSTM ? c_n.data_ptr<real>() : nullptr, works.data_ptr<real>(), plan.work_at.data(),
+            s.cell == LSTM ? c_n.data_ptr<real>() : nullptr, reinterpret_cast<real* const*>(work_ptrs.data()),
             s.D == 2 ? scratch.data_ptr<real>() : nullptr);
     });
     TORCH_CHECK_WITH(OutOfMemoryError, status == 0, "rnnkit fused engine: no memory for the forward kernel's scratch");
@@ -144,7 +151,7 @@ Tensor seen_by(const Stack& s, int64_t k, const Tensor& x, const Tensor& inner, 
 // back in order) summed into the layer below's output gradient.
 std::pair<Tensor, std::vector<Tensor>> cells_backward(const Stack& s, const StackPlan& plan, const Tensor& x,
                                                       const OptTensor& lengths, const Tensor& inner,
-                                                      const Tensor& revs, const Tensor& works, const OptTensor& d_out,
+                                                      const Tensor& revs, at::TensorList works, const OptTensor& d_out,
                                                       const OptTensor& d_hn, const OptTensor& d_cn, bool needs_x,
                                                       const std::vector<bool>& needs_flat) {
     std::vector<Tensor> grads(s.flat.size());
@@ -170,10 +177,8 @@ std::pair<Tensor, std::vector<Tensor>> cells_backward(const Stack& s, const Stac
             const OptTensor d_cn_k = has(d_cn) && s.cell == LSTM ? OptTensor((*d_cn)[k]) : std::nullopt;
             const bool any_need = std::any_of(needs.begin(), needs.end(), [](bool b) { return b; });
             if ((!d_part.defined() && !d_hn_k && !d_cn_k) || !any_need) continue;
-            const int64_t start = plan.work_at[k];
-            const Tensor work = works.slice(0, start, start + plan.cells[k].saved.total);
             const std::vector<Tensor> g = cell_backward(
-                s.cell, d_part.defined() ? OptTensor(d_part) : std::nullopt, d_hn_k, d_cn_k, work,
+                s.cell, d_part.defined() ? OptTensor(d_part) : std::nullopt, d_hn_k, d_cn_k, works[k],
                 seen_by(s, k, x, inner, revs), w[2], w[4], w[6].defined() ? OptTensor(w[6]) : std::nullopt,
                 std::nullopt, std::nullopt, lengths, std::nullopt, std::nullopt, std::nullopt, w[3].defined(),
                 w[5].defined(), needs);
@@ -193,7 +198,7 @@ std::pair<Tensor, std::vector<Tensor>> cells_backward(const Stack& s, const Stac
 // The backward pass in one kernel call (rnn_stack_backward).
 std::pair<Tensor, std::vector<Tensor>> one_call_backward(const Stack& s, const StackPlan& plan, const Tensor& x,
                                                          const OptTensor& lengths, const Tensor& inner,
-                                                         const Tensor& revs, const Tensor& works,
+                                                         const Tensor& revs, at::TensorList works,
                                                          const OptTensor& d_out, const OptTensor& d_hn,
                                                          const OptTensor& d_cn, bool needs_x,
                                                          const std::vector<bool>& needs_flat) {
@@ -215,6 +220,8 @@ std::pair<Tensor, std::vector<Tensor>> one_call_backward(const Stack& s, const S
         for (int64_t i = 0; i < per_layer * layer; i++) need = need || needs_flat[i];
         if (need) below |= 1 << layer;
     }
+    std::vector<const void*> work_ptrs;
+    for (const Tensor& w : works) work_ptrs.push_back(w.data_ptr());
     const Tensor d_out_c = has(d_out) ? d_out->contiguous() : Tensor();
     const Tensor d_hn_c = has(d_hn) ? d_hn->contiguous() : Tensor();
     const Tensor d_cn_c = has(d_cn) && s.cell == LSTM ? d_cn->contiguous() : Tensor();
@@ -225,8 +232,8 @@ std::pair<Tensor, std::vector<Tensor>> one_call_backward(const Stack& s, const S
         using P = const real*;
         return Kernels<real>::stack_backward(
             plan.ints.data(), P(ptr(x)), n, reinterpret_cast<const real* const*>(w.data()),
-            P(s.L > 1 ? ptr(inner) : nullptr), P(s.D == 2 ? ptr(revs) : nullptr), P(ptr(works)),
-            plan.work_at.data(), P(ptr(d_out_c)), P(ptr(d_hn_c)), P(ptr(d_cn_c)),
+            P(s.L > 1 ? ptr(inner) : nullptr), P(s.D == 2 ? ptr(revs) : nullptr),
+            reinterpret_cast<const real* const*>(work_ptrs.data()), P(ptr(d_out_c)), P(ptr(d_hn_c)), P(ptr(d_cn_c)),
             reinterpret_cast<real* const*>(g.data()), dx.defined() ? dx.data_ptr<real>() : nullptr, below,
             scratch.data_ptr<real>());
     });
@@ -237,7 +244,7 @@ std::pair<Tensor, std::vector<Tensor>> one_call_backward(const Stack& s, const S
 std::vector<Tensor> fused_stack_backward_cpu(const OptTensor& d_out, const OptTensor& d_hn, const OptTensor& d_cn,
                                              const Tensor& x_, const OptTensor& lengths, at::TensorList weights,
                                              const c10::List<bool>& present_list, const Tensor& inner,
-                                             const Tensor& revs, const Tensor& works_, c10::string_view mode,
+                                             const Tensor& revs, at::TensorList works_, c10::string_view mode,
                                              int64_t layers, int64_t directions, const c10::List<bool>& needs_list) {
     const std::vector<bool> present = present_list.vec(), needs = needs_list.vec();
     const Stack s = check_stack(x_, weights, present, mode, layers, directions);
@@ -248,8 +255,12 @@ std::vector<Tensor> fused_stack_backward_cpu(const OptTensor& d_out, const OptTe
     const char* op = "rnnkit::fused_stack_backward";
     TORCH_CHECK(needs.size() == 1 + weights.size(), op, ": expected ", 1 + weights.size(), " needs, got ",
                 needs.size());
-    TORCH_CHECK(works_.scalar_type() == dtype && works_.numel() == plan.works, op,
-                ": expected the forward pass's workspaces of ", plan.works, " elements, got ", works_.numel());
+    TORCH_CHECK(works_.size() == plan.cells.size(), op, ": expected ", plan.cells.size(), " workspaces, got ",
+                works_.size());
+    for (size_t k = 0; k < works_.size(); k++)
+        TORCH_CHECK(works_[k].scalar_type() == dtype && works_[k].numel() == plan.cells[k].saved.total, op,
+                    ": expected cell ", k, "'s workspace of ", plan.cells[k].saved.total, " elements, got ",
+                    works_[k].numel());
     TORCH_CHECK(s.L == 1 || (inner.scalar_type() == dtype && inner.sizes() == at::IntArrayRef({s.L - 1, s.T, s.B, wide})),
                 op, ": expected inner of shape (", s.L - 1, ", ", s.T, ", ", s.B, ", ", wide, "), got ", inner.sizes());
     TORCH_CHECK(s.D == 1 || (revs.scalar_type() == dtype && revs.numel() == rows * s.I + (s.L - 1) * rows * wide),
@@ -265,7 +276,8 @@ std::vector<Tensor> fused_stack_backward_cpu(const OptTensor& d_out, const OptTe
     std::vector<bool> needs_flat;
     size_t next = 1;
     for (bool p : present) needs_flat.push_back(p && needs[next++]);
-    const Tensor works = works_.contiguous(), inner_c = s.L > 1 ? inner.contiguous() : inner;
+    const std::vector<Tensor> works = contiguous(works_.vec());
+    const Tensor inner_c = s.L > 1 ? inner.contiguous() : inner;
     const Tensor revs_c = s.D == 2 ? revs.contiguous() : revs;
     auto [dx, grads] = plan.one_call
         ? one_call_backward(s, plan, x, lengths_c, inner_c, revs_c, works, d_out, d_hn, d_cn, needs[0], needs_flat)

@@ -127,15 +127,12 @@ StackPlan stack_plan_for(Cell cell, at::ScalarType dtype, int64_t L, int64_t D, 
     const int itemsize = dtype == at::kDouble ? 8 : 4;
     StackPlan stack{};
     stack.ints = {cell, int(L), int(D), int(T), int(B), int(GH / gates_of(cell)), int(R), int(I), flags};
-    stack.works = 0;
     bool kernel_grads = true;
     for (int64_t layer = 0; layer < L; layer++) {
         const Plan plan = plan_for(cell, itemsize, T, B, layer == 0 ? I : D * R, GH, R, flags, threads);
         for (int64_t d = 0; d < D; d++) {
             stack.ints.insert(stack.ints.end(), {plan.slices, plan.threads, plan.pthreads, plan.chunk,
                                                  plan.backward_slices, plan.backward_threads, plan.weight_threads});
-            stack.work_at.push_back(stack.works);
-            stack.works += plan.saved.total;  // (a multiple of 16: each cell's workspace starts on a 64-byte line)
             stack.cells.push_back(plan);
             kernel_grads = kernel_grads && plan.weight_threads > 0;
         }

@@ -215,7 +215,7 @@ long rnnkit_backward_layout(int n, int cell, int T, int B, int H, int R, int fla
 int rnnkit_rows_mode_max = 2;  /* (a variable, so that a benchmark can set it to 0 and compare) */
 const long rnnkit_rows_mode_min_weights = ROWS_MODE_MIN_WEIGHTS;  /* (read by the tests) */
 
-int rnnkit_kernels_version(void) { return 27; }
+int rnnkit_kernels_version(void) { return 28; }
 
 /* 1 when built with OpenMP: then slices of the batch, and a step's products, run in parallel. */
 int rnnkit_kernels_parallel(void) {

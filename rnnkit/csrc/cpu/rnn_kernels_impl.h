@@ -1077,10 +1077,11 @@ static void SFX(stack_copy)(int T, int B, int C, const int64_t* lengths, int rev
  * D*R), the output of every layer but the last (the next one's input); out (T, B, D*R), the
  * last's; revs (D = 2): each layer's input reversed within the lengths, layer 0's (T, B, I0)
  * then the others' (T, B, D*R); hn (L*D, B, R) and cn (L*D, B, H) (LSTM; else NULL); works: the
- * cells' forward workspaces, cell k's at work_at[k]; scratch (T, B, R) for D = 2. */
+ * cells' forward workspaces, one each (as rnnkit_forward_layout lays it out; one allocation per
+ * cell, as when each cell runs alone); scratch (T, B, R) for D = 2. */
 int SFX(rnn_stack_forward)(const int* plan, const REAL* x, const int64_t* lengths, const REAL* const* weights,
-                           REAL* inner, REAL* out, REAL* revs, REAL* hn, REAL* cn, REAL* works,
-                           const long* work_at, REAL* scratch) {
+                           REAL* inner, REAL* out, REAL* revs, REAL* hn, REAL* cn, REAL* const* works,
+                           REAL* scratch) {
     const int cell = plan[0], L = plan[1], D = plan[2], T = plan[3], B = plan[4], H = plan[5], R = plan[6];
     const int I0 = plan[7];
     const long TB = (long)T * B, DR = (long)D * R;
@@ -1102,7 +1103,7 @@ int SFX(rnn_stack_forward)(const int* plan, const REAL* x, const int64_t* length
             const int status = SFX(rnn_forward_slices)(
                 q[0], q[1], q[2], q[3], cell, 1, T, B, H, R, I, NULL, seen, w[2], w[3], w[4], w[5], w[6], NULL,
                 NULL, NULL, lengths, NULL, NULL, NULL, w[0], w[1], o, hn + (long)k * B * R,
-                cn != NULL ? cn + (long)k * B * H : NULL, works + work_at[k], NULL);
+                cn != NULL ? cn + (long)k * B * H : NULL, works[k], NULL);
             if (status != 0) return status;
             if (D > 1) SFX(stack_copy)(T, B, R, lengths, d == 1, 0, scratch, R, layer_out + (long)d * R, DR);
         }
@@ -1139,7 +1140,7 @@ long SFX(rnn_stack_backward_scratch)(const int* plan) {
  * direction's input gradient, put back in order, is summed into the layer below's output
  * gradient. scratch: rnn_stack_backward_scratch's elements. */
 int SFX(rnn_stack_backward)(const int* plan, const REAL* x, const int64_t* lengths, const REAL* const* weights,
-                            const REAL* inner, const REAL* revs, const REAL* works, const long* work_at,
+                            const REAL* inner, const REAL* revs, const REAL* const* works,
                             const REAL* d_out, const REAL* d_hn, const REAL* d_cn, REAL* const* grads, REAL* dx,
                             int below, REAL* scratch) {
     const int cell = plan[0], L = plan[1], D = plan[2], T = plan[3], B = plan[4], H = plan[5], R = plan[6];
@@ -1182,7 +1183,7 @@ int SFX(rnn_stack_backward)(const int* plan, const REAL* x, const int64_t* lengt
                                       : (d == 1 ? revs + TB * I0 + (l - 1) * TB * DR : inner + (l - 1) * TB * DR);
             const int status = SFX(rnn_backward_slices)(
                 q[4], q[5], q[6], cell, T, B, H, R, I, w[4], w[6], NULL, NULL, lengths, NULL, NULL, NULL,
-                works + work_at[k], NULL, d_part, dh, dc, dwork, NULL, seen, w[2], need_in ? d_in_cell : NULL,
+                works[k], NULL, d_part, dh, dc, dwork, NULL, seen, w[2], need_in ? d_in_cell : NULL,
                 g[2], g[3], g[4], g[5], g[6], NULL, NULL, NULL);
             if (status != 0) return status;
             if (need_in) {
