@@ -73,6 +73,7 @@ template <int N>
 struct Layout {
     long total = 0;
     std::array<long, N> at{};
+    bool parts = false;  // each array its own allocation (a large workspace), else one block
 };
 
 // What the kernels' calls for one shape need beyond its tensors (cpu/plan.cpp).
@@ -102,20 +103,8 @@ StackPlan stack_plan_for(Cell cell, at::ScalarType dtype, int64_t L, int64_t D, 
                          int64_t GH, int64_t R, int flags, int threads);
 
 // The kernels' policy (cpu/plan.cpp): thresholds that decide how a call is planned, never its
-// numbers. Tests and benchmarks set them by name through rnnkit::_policy.
-struct Policy {
-    int64_t parallel_min_rows;
-    int64_t parallel_min_work;
-    int64_t step_parallel_min_work;
-    int64_t shared_step_min_bytes;
-    int64_t shared_step_max_rows;
-    int64_t projection_chunk;
-    int64_t kernel_weight_grads_max_work;
-    int64_t workspace_block_max;
-    int64_t threads;
-};
-Policy& kernel_policy();
-int64_t& policy_setting(std::string_view name);  // one of Policy's fields, by name
+// numbers; one of them by name, for rnnkit::_policy (tests and benchmarks set them).
+int64_t& policy_setting(std::string_view name);
 
 // The kernels' threads: torch's (at::get_num_threads()), unless the policy's "threads" is set.
 int num_threads();

@@ -33,13 +33,14 @@ int64_t policy_op(c10::string_view name_, int64_t value) {
 }
 
 // A cell's plan as ints: slices, threads, backward_slices, backward_threads, pthreads, chunk,
-// weight_threads, and the workspaces' sizes (saved, unsaved, backward).
+// weight_threads, the workspaces' sizes (saved, unsaved, backward), and whether the unsaved and
+// backward ones are parts.
 std::vector<int64_t> plan_op(c10::string_view mode, at::ScalarType dtype, int64_t T, int64_t B, int64_t I,
                              int64_t GH, int64_t R, int64_t flags) {
     const Plan p = plan_for(cell_of(std::string_view(mode.data(), mode.size())), dtype == at::kDouble ? 8 : 4, T, B,
                             I, GH, R, static_cast<int>(flags), num_threads());
     return {p.slices, p.threads, p.backward_slices, p.backward_threads, p.pthreads, p.chunk, p.weight_threads,
-            p.saved.total, p.unsaved.total, p.dlayout.total};
+            p.saved.total, p.unsaved.total, p.dlayout.total, p.unsaved.parts, p.dlayout.parts};
 }
 
 // A stack's plan as ints: one_call, scratch, then the kernels' plan ints.

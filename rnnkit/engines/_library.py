@@ -5,8 +5,8 @@ Built at first use, as torch's C++ extensions are (``torch.utils.cpp_extension``
 into a per-user cache (``$RNNKIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/rnnkit`` or
 ``~/.cache/rnnkit``) keyed by the sources, the compilers and flags, the torch version and the
 processor's features; later processes load the built file. The first build takes about 50 s on
-a 2-core machine. The C kernels (csrc/cpu/rnn_kernels.c) are compiled with the
-system C compiler (``$CC``, else ``cc``) and linked in. ``RNNKIT_NO_COMPILE=1`` turns the library
+a 2-core machine. The C kernels (csrc/cpu/rnn_kernels.c) are compiled with the system C
+compiler (``$CC``, else ``cc``) and linked in. Once built, importing rnnkit loads it. ``RNNKIT_NO_COMPILE=1`` turns the library
 off; without it, or without a compiler, ``engine="auto"`` runs torch's kernels or the reference
 engine, and ``engine="fused"`` raises saying why.
 
@@ -241,11 +241,11 @@ def library_path() -> str:
 
 @contextlib.contextmanager
 def policy(**settings: int) -> Iterator[None]:
-    """Set the kernels' policy (rnnkit/csrc/cpu/plan.cpp: parallel_min_rows, parallel_min_work,
-    step_parallel_min_work, shared_step_min_bytes, shared_step_max_rows, projection_chunk,
-    kernel_weight_grads_max_work, workspace_block_max, rows_mode_max, threads: the kernels' thread
-    count, 0 for torch's) for the block, then restore
-    it: for tests that reach every path of the kernels at small sizes, and for benchmarks."""
+    """Set the kernels' policy for the block, then restore it: for tests that reach every path of
+    the kernels at small sizes, and for benchmarks. Settings (rnnkit/csrc/cpu/plan.cpp):
+    parallel_min_rows, parallel_min_work, step_parallel_min_work, shared_step_min_bytes,
+    shared_step_max_rows, projection_chunk, kernel_weight_grads_max_work, workspace_block_max,
+    rows_mode_max, and threads (the kernels' thread count; 0: torch's)."""
     set_policy = torch.ops.rnnkit._policy
     before = {name: set_policy(name, value) for name, value in settings.items()}
     try:
@@ -261,7 +261,7 @@ def plan(mode: str, dtype: torch.dtype, steps: int, batch: int, inputs: int, gat
     I when the kernel projects x, else 0; gates G*H; size R; flags HAS_PROJ 1, HAS_LN_H 2,
     HAS_LN_C 4), by name."""
     names = ("slices", "threads", "backward_slices", "backward_threads", "pthreads", "chunk", "weight_threads",
-             "saved", "unsaved", "dlayout")
+             "saved", "unsaved", "dlayout", "unsaved_parts", "dlayout_parts")
     return dict(zip(names, torch.ops.rnnkit._plan(mode, dtype, steps, batch, inputs, gates, size, flags)))
 
 

@@ -440,6 +440,7 @@ def test_fused_weight_gradients_and_workspaces(family: str, grads: str, workspac
     with _library.policy(**settings):
         plan = _library.plan("GRU", torch.float64, 5, 4, 3, 18, 6)
         assert (plan["weight_threads"] == 0) == (grads == "torch")
+        assert plan["dlayout_parts"] == plan["unsaved_parts"] == (workspace == "parts")
         for layer_norm in (False, True):
             options = (("num_layers", 2), ("bidirectional", True), ("batch_first", False), ("bias", True),
                        ("recurrent_dropout", 0.2), ("zoneout", 0.1), ("layer_norm", layer_norm),

@@ -31,15 +31,16 @@ void expect(const OptTensor& t, const char* op, const char* name, at::IntArrayRe
     TORCH_CHECK(t->sizes() == shape, op, ": expected ", name, " of shape ", shape, ", got ", t->sizes());
 }
 
-// The arrays a kernel lays out, in one tensor (block) or, when large, one tensor each (parts).
-// The forward pass's is always one block: an output of rnnkit::fused_rnn.
+// The arrays a kernel lays out, in one tensor (block) or, as the plan says for a large one, one
+// tensor each (parts). The forward pass's saved one is always one block: an output of
+// rnnkit::fused_rnn.
 struct Workspace {
     template <int N>
     Workspace(const Tensor& like, const Layout<N>& layout, Tensor given = Tensor()) {
         at.assign(layout.at.begin(), layout.at.end());
         if (given.defined()) {
             block = given;
-        } else if (layout.total * static_cast<int64_t>(like.element_size()) <= kernel_policy().workspace_block_max) {
+        } else if (!layout.parts) {
             block = like.new_empty({layout.total});
         } else {
             std::vector<long> ends;

@@ -14,6 +14,11 @@ namespace rnnkit {
 
 namespace {
 
+struct Policy {
+    int64_t parallel_min_rows, parallel_min_work, step_parallel_min_work, shared_step_min_bytes,
+        shared_step_max_rows, projection_chunk, kernel_weight_grads_max_work, workspace_block_max, threads;
+};
+
 Policy& the_policy() {
     static Policy p{
         8,  // parallel_min_rows: each thread's slice of the batch has at least this many sequences
@@ -68,8 +73,6 @@ int all_threads(bool parallel, int64_t work, int threads) {
 
 }  // namespace
 
-Policy& kernel_policy() { return the_policy(); }
-
 int64_t& policy_setting(std::string_view name) {
     Policy& p = the_policy();
     if (name == "parallel_min_rows") return p.parallel_min_rows;
@@ -119,6 +122,9 @@ Plan plan_for(Cell cell, int itemsize, int64_t T, int64_t B, int64_t I, int64_t 
     plan.saved.total = rnnkit_forward_layout(cell, 1, t, b, h, r, flags, plan.saved.at.data());
     plan.unsaved.total = rnnkit_forward_layout(cell, 0, t, b, h, r, flags, plan.unsaved.at.data());
     plan.dlayout.total = rnnkit_backward_layout(plan.backward_slices, cell, t, b, h, r, flags, plan.dlayout.at.data());
+    // (the saved one is an output of rnnkit::fused_rnn, which has one tensor for it)
+    plan.unsaved.parts = plan.unsaved.total * itemsize > the_policy().workspace_block_max;
+    plan.dlayout.parts = plan.dlayout.total * itemsize > the_policy().workspace_block_max;
     return plan;
 }
 
