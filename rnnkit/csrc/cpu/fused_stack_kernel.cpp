@@ -147,20 +147,23 @@ Tensor seen_by(const Stack& s, int64_t k, const Tensor& x, const Tensor& inner, 
     return layer == 0 ? x : inner[layer - 1];
 }
 
+// Whether layer's input needs its gradient: when x, or any weight or state below the layer, does.
+bool input_grad_needed(const Stack& s, int64_t layer, bool needs_x, const std::vector<bool>& needs_flat) {
+    const auto below = needs_flat.begin() + STACK_CELL_ARGS * s.D * layer;
+    return needs_x || std::any_of(needs_flat.begin(), below, [](bool n) { return n; });
+}
+
 // The backward pass cell by cell, from the top layer down, each direction's input gradient (put
 // back in order) summed into the layer below's output gradient.
-std::pair<Tensor, std::vector<Tensor>> cells_backward(const Stack& s, const StackPlan& plan, const Tensor& x,
+std::pair<Tensor, std::vector<Tensor>> cells_backward(const Stack& s, const Tensor& x,
                                                       const OptTensor& lengths, const Tensor& inner,
                                                       const Tensor& revs, at::TensorList works, const OptTensor& d_out,
                                                       const OptTensor& d_hn, const OptTensor& d_cn, bool needs_x,
                                                       const std::vector<bool>& needs_flat) {
     std::vector<Tensor> grads(s.flat.size());
-    const int64_t per_layer = STACK_CELL_ARGS * s.D;
     Tensor d_layer = has(d_out) ? *d_out : Tensor();
     for (int64_t layer = s.L - 1; layer >= 0; layer--) {
-        // a layer needs its input's gradient when x or any weight or state below it needs one
-        bool below = needs_x;
-        for (int64_t i = 0; i < per_layer * layer; i++) below = below || needs_flat[i];
+        const bool below = input_grad_needed(s, layer, needs_x, needs_flat);
         Tensor d_in;
         for (int64_t direction = 0; direction < s.D; direction++) {
             const int64_t k = layer * s.D + direction, first = STACK_CELL_ARGS * k;
@@ -213,13 +216,9 @@ std::pair<Tensor, std::vector<Tensor>> one_call_backward(const Stack& s, const S
         }
     }
     Tensor dx = needs_x ? x.new_empty(x.sizes()) : Tensor();
-    const int64_t per_layer = STACK_CELL_ARGS * s.D;
-    int below = 0;
-    for (int64_t layer = 0; layer < s.L; layer++) {
-        bool need = needs_x;
-        for (int64_t i = 0; i < per_layer * layer; i++) need = need || needs_flat[i];
-        if (need) below |= 1 << layer;
-    }
+    int below = 0;  // bit l: layer l's input needs its gradient
+    for (int64_t layer = 0; layer < s.L; layer++)
+        if (input_grad_needed(s, layer, needs_x, needs_flat)) below |= 1 << layer;
     std::vector<const void*> work_ptrs;
     for (const Tensor& w : works) work_ptrs.push_back(w.data_ptr());
     const Tensor d_out_c = has(d_out) ? d_out->contiguous() : Tensor();
@@ -281,7 +280,7 @@ std::vector<Tensor> fused_stack_backward_cpu(const OptTensor& d_out, const OptTe
     const Tensor revs_c = s.D == 2 ? revs.contiguous() : revs;
     auto [dx, grads] = plan.one_call
         ? one_call_backward(s, plan, x, lengths_c, inner_c, revs_c, works, d_out, d_hn, d_cn, needs[0], needs_flat)
-        : cells_backward(s, plan, x, lengths_c, inner_c, revs_c, works, d_out, d_hn, d_cn, needs[0], needs_flat);
+        : cells_backward(s, x, lengths_c, inner_c, revs_c, works, d_out, d_hn, d_cn, needs[0], needs_flat);
     // x's gradient, then each present weight's: zeros where needed and no gradient reaches it,
     // empty (0,) where not needed
     std::vector<Tensor> result;
