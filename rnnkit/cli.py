@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -9,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 import rnnkit
-from rnnkit.data._files import check_writable, read_lines, read_numbers
+from rnnkit.data._files import check_delimiter, check_encoding, check_writable, read_lines, read_numbers
 
 if TYPE_CHECKING:
     from rnnkit.training import EpochRecord
@@ -86,6 +87,30 @@ def _training_options(f: Callable[..., None]) -> Callable[..., None]:
     return f
 
 
+def _checked(check: Callable[[str | None], str | None]) -> Callable[[click.Context, click.Parameter, str | None],
+                                                                  str | None]:
+    """A click callback that runs check on the value: its ValueError is a usage error naming the option."""
+    def callback(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+        try:
+            return check(value)
+        except ValueError as error:
+            raise click.BadParameter(str(error)) from None
+
+    return callback
+
+
+def _encoding_option(f: Callable[..., None]) -> Callable[..., None]:
+    return click.option("--encoding", default=None, callback=_checked(check_encoding), metavar="NAME",
+                        help="The encoding of your files (default: UTF-8, with or without a byte-order mark; "
+                             "gb18030 reads GBK and GB2312, as Excel saves Chinese text).")(f)
+
+
+def _delimiter_option(f: Callable[..., None]) -> Callable[..., None]:
+    return click.option("--delimiter", default=None, callback=_checked(check_delimiter), metavar="CHAR",
+                        help="The delimiter of your table's columns: a character, or tab (default: sniffed among "
+                             "comma, semicolon, tab and |).")(f)
+
+
 def _check_resume(ctx: click.Context, resume: str | None) -> None:
     """With --resume, the run's own settings hold: any other explicit option but --epochs is an error."""
     if resume is None:
@@ -150,17 +175,36 @@ def _run_training(ctx: click.Context, task: str, config_cls: type, build: Callab
     """What every `rnnkit train` command does: the config (built, or the resumed run's own), the
     run folder, the per-epoch output, the pipeline's train. None in a data-parallel worker."""
     from rnnkit.pipelines._runs import pipeline_config
+    from rnnkit.runs import CHECKPOINT, DiskFullError, partial_path, run_name
+    from rnnkit.training import Interrupted, stop_on_signals
 
     p = ctx.params
-    resume = p["resume"]
+    resume = None if p["resume"] is None else str(run_name(p["resume"]))  # RUN.partial: the run RUN
     _check_resume(ctx, resume)
     given = ctx.get_parameter_source("epochs") == click.core.ParameterSource.COMMANDLINE
     epochs = p["epochs"] if given else None  # resumed without --epochs: the run's own number
     cfg = pipeline_config(resume, task, config_cls, epochs=epochs) if resume else build()
     folder = _run_folder(p["out"], resume, task, name_of(cfg))
     show, progress = _epoch_printer(metric, every)
-    metrics = train_fn(cfg, folder, on_epoch=show, resume=resume is not None, progress=progress,
-                       tensorboard=p["tensorboard"], diagnose_every=p["diagnose_every"], on_diagnosis=_show_diagnosis)
+    again = f"rnnkit train {task} --resume {folder}"
+
+    def stopping(number: int) -> None:
+        click.echo(f"\n{signal.Signals(number).name}: stopping after this step (once more to stop at once)", err=True)
+
+    try:
+        with stop_on_signals(stopping):
+            metrics = train_fn(cfg, folder, on_epoch=show, resume=resume is not None, progress=progress,
+                               tensorboard=p["tensorboard"], diagnose_every=p["diagnose_every"],
+                               on_diagnosis=_show_diagnosis)
+    except Interrupted as stop:
+        if stop.checkpoint is None or not Path(stop.checkpoint).is_file():
+            click.echo(f"{stop}: nothing to continue from was saved", err=True)
+        else:
+            click.echo(f"{stop}\ncontinue with: {again}", err=True)
+        raise click.exceptions.Exit(stop.exit_status) from None
+    except DiskFullError as error:
+        kept = (partial_path(folder) / CHECKPOINT).is_file()
+        raise click.ClickException(f"{error}" + (f"; free some space, then continue with: {again}" if kept else "")) from None
     return None if _worker() else (metrics, folder)
 
 
@@ -170,6 +214,8 @@ def _run_training(ctx: click.Context, task: str, config_cls: type, build: Callab
               help="Your own data: a CSV/TSV file, or a folder with one sub-folder of .txt files per label.")
 @click.option("--text-col", default=None, help="With --data FILE: the column of texts.")
 @click.option("--label-col", default=None, help="With --data FILE: the column of labels.")
+@_encoding_option
+@_delimiter_option
 @click.option("--steps", default=1, show_default=True,
               help="With --data FILE and no --text-col: the numeric columns form this many steps.")
 @click.option("--tokens", type=click.Choice(["char", "word"]), default=None,
@@ -194,7 +240,7 @@ def _run_training(ctx: click.Context, task: str, config_cls: type, build: Callab
 @_training_options
 @click.pass_context
 def train_classify(ctx: click.Context, dataset: str, data: str | None, text_col: str | None, label_col: str | None,
-                   steps: int, tokens: str | None, max_vocab: int, max_length: int, embed: int, cell: str, hidden: int,
+                   encoding: str | None, delimiter: str | None, steps: int, tokens: str | None, max_vocab: int, max_length: int, embed: int, cell: str, hidden: int,
                    layers: int, bidirectional: bool, pooling: str, dropout: float, epochs: int, batch_size: int,
                    lr: float, seed: int, out: str | None, resume: str | None, tensorboard: bool,
                    diagnose_every: int | None) -> None:
@@ -203,7 +249,8 @@ def train_classify(ctx: click.Context, dataset: str, data: str | None, text_col:
     from rnnkit.training import TrainConfig
 
     done = _run_training(ctx, "classify", classify.ClassifyConfig, lambda: classify.ClassifyConfig(
-        dataset=dataset, data=data, text_col=text_col, label_col=label_col, steps=steps, tokens=tokens,
+        dataset=dataset, data=data, text_col=text_col, label_col=label_col, encoding=encoding, delimiter=delimiter,
+        steps=steps, tokens=tokens,
         max_vocab=max_vocab, max_length=max_length, embed_dim=embed, cell=cell, hidden_size=hidden, num_layers=layers,
         bidirectional=bidirectional, pooling=pooling, dropout=dropout,
         train=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)),
@@ -222,7 +269,11 @@ def train_classify(ctx: click.Context, dataset: str, data: str | None, text_col:
 @click.option("--dataset", default="sunspots", show_default=True, help="A bundled series (`rnnkit datasets`).")
 @click.option("--data", type=click.Path(dir_okay=False), default=None, help="Your own CSV instead of --dataset.")
 @click.option("--target", default=None, help="With --data: the column to forecast.")
-@click.option("--time-col", default=None, help="With --data: a column to sort the rows by.")
+@click.option("--time-col", default=None,
+              help="With --data: the column of times (numbers or dates): the rows are sorted by it, and repeated "
+                   "times are an error.")
+@_encoding_option
+@_delimiter_option
 @click.option("--features", default=None,
               help="More input columns beside the target, comma-separated; 'none': the target alone. Default: none "
                    "for --data, a bundled series' own (weather: temp_min, precipitation, wind).")
@@ -240,7 +291,7 @@ def train_classify(ctx: click.Context, dataset: str, data: str | None, text_col:
 @_training_options
 @click.pass_context
 def train_forecast(ctx: click.Context, dataset: str, data: str | None, target: str | None, time_col: str | None,
-                   features: str | None, window: int, horizon: int, season: int | None, predict: str, cell: str, hidden: int,
+                   encoding: str | None, delimiter: str | None, features: str | None, window: int, horizon: int, season: int | None, predict: str, cell: str, hidden: int,
                    layers: int, epochs: int, lr: float, seed: int, out: str | None, resume: str | None,
                    tensorboard: bool, diagnose_every: int | None) -> None:
     """N -> 1 or N -> horizon: forecast a series (bundled: sunspots, co2, tbilrate)."""
@@ -249,7 +300,8 @@ def train_forecast(ctx: click.Context, dataset: str, data: str | None, target: s
 
     columns = None if features is None else tuple(f for f in features.split(",") if f and f != "none")
     done = _run_training(ctx, "forecast", fc.ForecastConfig, lambda: fc.ForecastConfig(
-        dataset=None if data else dataset, data=data, target=target, time_col=time_col,
+        dataset=None if data else dataset, data=data, target=target, time_col=time_col, encoding=encoding,
+        delimiter=delimiter,
         features=columns, window=window, horizon=horizon, season=season,
         predict=predict, cell=cell, hidden_size=hidden, num_layers=layers,
         train=TrainConfig(epochs=epochs, batch_size=32, lr=lr, patience=30, lr_patience=8, seed=seed)),
@@ -271,7 +323,8 @@ def train_forecast(ctx: click.Context, dataset: str, data: str | None, target: s
 
 
 @train.command("lm")
-@click.option("--text", type=click.Path(dir_okay=False), default=None, help="A UTF-8 text file (default: the bundled corpus).")
+@click.option("--text", type=click.Path(dir_okay=False), default=None, help="A text file (default: the bundled corpus).")
+@_encoding_option
 @click.option("--corpus", type=click.Choice(["pydoc"]), default="pydoc", show_default=True,
               help="The bundled corpus: the reference topics of CPython's pydoc.")
 @click.option("--context", type=int, default=None,
@@ -290,7 +343,7 @@ def train_forecast(ctx: click.Context, dataset: str, data: str | None, target: s
 @click.option("--lr", default=3e-3, show_default=True, help="Adam's learning rate (at most 10).")
 @_training_options
 @click.pass_context
-def train_lm(ctx: click.Context, text: str | None, corpus: str, context: int | None, bptt: int, cell: str, embed: int,
+def train_lm(ctx: click.Context, text: str | None, encoding: str | None, corpus: str, context: int | None, bptt: int, cell: str, embed: int,
              hidden: int, layers: int, dropout: float, epochs: int, minutes: float, batch_size: int, lr: float,
              seed: int, out: str | None, resume: str | None, tensorboard: bool, diagnose_every: int | None) -> None:
     """N -> N: a character language model; bits per character on a held-out tail."""
@@ -298,7 +351,7 @@ def train_lm(ctx: click.Context, text: str | None, corpus: str, context: int | N
     from rnnkit.training import TrainConfig
 
     done = _run_training(ctx, "lm", lm.LMConfig, lambda: lm.LMConfig(
-        text=text, corpus=corpus, context=context, bptt=bptt, cell=cell, embed_dim=embed, hidden_size=hidden,
+        text=text, encoding=encoding, corpus=corpus, context=context, bptt=bptt, cell=cell, embed_dim=embed, hidden_size=hidden,
         num_layers=layers, dropout=dropout,
         train=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, patience=5, lr_patience=1, seed=seed,
                           max_minutes=minutes)),
@@ -388,7 +441,10 @@ def _train_generator(ctx: click.Context, task: str, build: Callable[[Any], Any])
 @train.command("seq2seq")
 @click.option("--dataset", type=click.Choice(["addition", "dates"]), default="addition", show_default=True,
               help="A bundled generated task (`rnnkit datasets`).")
-@click.option("--data", type=click.Path(dir_okay=False), default=None, help="Your own pairs: a file of source TAB target lines.")
+@click.option("--data", type=click.Path(dir_okay=False), default=None,
+              help="Your own pairs: a file of source TAB target lines (or another --delimiter).")
+@_encoding_option
+@_delimiter_option
 @click.option("--tokens", type=click.Choice(["char", "word"]), default="char", show_default=True,
               help="Read sources and targets character by character, or word by word (then BLEU is reported too).")
 @click.option("--bidirectional/--unidirectional", default=True, show_default=True, help="The encoder.")
@@ -405,7 +461,8 @@ def _train_generator(ctx: click.Context, task: str, build: Callable[[Any], Any])
 @_seq2seq_options(epochs=15, schedule="anneal")
 @_training_options
 @click.pass_context
-def train_seq2seq(ctx: click.Context, dataset: str, data: str | None, tokens: str, bidirectional: bool, attention: str,
+def train_seq2seq(ctx: click.Context, dataset: str, data: str | None, encoding: str | None, delimiter: str | None,
+                  tokens: str, bidirectional: bool, attention: str,
                   input_feeding: bool, max_tokens: int, cell: str, embed: int, hidden: int, layers: int, dropout: float,
                   teacher_forcing: float, max_length: int | None, epochs: int, batch_size: int, lr: float, schedule: str, seed: int,
                   out: str | None, resume: str | None, tensorboard: bool, diagnose_every: int | None) -> None:
@@ -413,7 +470,7 @@ def train_seq2seq(ctx: click.Context, dataset: str, data: str | None, tokens: st
     from rnnkit.pipelines import seq2seq
 
     _train_generator(ctx, "seq2seq", lambda train_cfg: seq2seq.Seq2SeqTaskConfig(
-        task="seq2seq", dataset=dataset, data=data, tokens=tokens, cell=cell, embed_dim=embed, hidden_size=hidden,
+        task="seq2seq", dataset=dataset, data=data, encoding=encoding, delimiter=delimiter, tokens=tokens, cell=cell, embed_dim=embed, hidden_size=hidden,
         num_layers=layers, bidirectional=bidirectional, attention=attention, input_feeding=input_feeding,
         dropout=dropout, teacher_forcing=teacher_forcing, max_length=max_length, max_tokens=max_tokens,
         train=train_cfg))
@@ -442,14 +499,17 @@ def train_caption(ctx: click.Context, dataset: str, cell: str, embed: int, hidde
 @click.argument("run", type=click.Path())
 @click.argument("texts", nargs=-1)
 @click.option("--input", "input_path", type=click.Path(dir_okay=False), default=None, help="A file, one source per line.")
+@_encoding_option
 @click.option("--beam", type=int, default=None, help="Beam search with this many hypotheses (default: greedy).")
-def translate_command(run: str, texts: tuple[str, ...], input_path: str | None, beam: int | None) -> None:
+def translate_command(run: str, texts: tuple[str, ...], input_path: str | None, encoding: str | None,
+                      beam: int | None) -> None:
     """Map sources to outputs with a trained seq2seq run: `rnnkit translate RUN "123+45"`."""
     from rnnkit.pipelines import seq2seq
 
     if bool(texts) == bool(input_path):
         raise click.UsageError("give the sources as arguments, or --input FILE (not both)")
-    outputs, unknown = seq2seq.translate(run, read_lines(input_path) if input_path else list(texts), beam=beam)
+    outputs, unknown = seq2seq.translate(run, read_lines(input_path, encoding=encoding) if input_path else list(texts),
+                                        beam=beam)
     for output, missing in zip(outputs, unknown):
         note = f"  [not in the vocabulary, read as <unk>: {' '.join(missing)}]" if missing else ""
         click.echo(output + note)
@@ -459,12 +519,14 @@ def translate_command(run: str, texts: tuple[str, ...], input_path: str | None, 
 @click.argument("run", type=click.Path())
 @click.option("--input", "input_path", type=click.Path(dir_okay=False), required=True,
               help="CSV, one row of features per line (digits: 64 pixel values 0-16).")
+@_encoding_option
+@_delimiter_option
 @click.option("--beam", type=int, default=None, help="Beam search with this many hypotheses (default: greedy).")
-def caption_command(run: str, input_path: str, beam: int | None) -> None:
+def caption_command(run: str, input_path: str, encoding: str | None, delimiter: str | None, beam: int | None) -> None:
     """Spell a sequence for each row of features with a trained caption run."""
     from rnnkit.pipelines import seq2seq
 
-    for output in seq2seq.caption(run, read_numbers(input_path), beam=beam):
+    for output in seq2seq.caption(run, read_numbers(input_path, encoding=encoding, delimiter=delimiter), beam=beam):
         click.echo(output)
 
 
@@ -595,14 +657,17 @@ def export_command(run: str, fmt: str, out_path: str) -> None:
 @click.argument("run", type=click.Path())
 @click.option("--steps", type=int, required=True, help="How many steps past the end of the series.")
 @click.option("--data", type=click.Path(dir_okay=False), default=None, help="Continue this CSV instead of the run's series.")
+@_encoding_option
+@_delimiter_option
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default="forecast.csv", show_default=True,
               help="The CSV to write: one row (step, forecast) per step.")
-def forecast_command(run: str, steps: int, data: str | None, out_path: str) -> None:
+def forecast_command(run: str, steps: int, data: str | None, encoding: str | None, delimiter: str | None,
+                     out_path: str) -> None:
     """Continue a series with a trained forecast run; writes a CSV."""
     from rnnkit.pipelines import forecast as fc
 
     check_writable(out_path)  # before the work, not after it
-    values = fc.forecast(run, steps, data=data)
+    values = fc.forecast(run, steps, data=data, encoding=encoding, delimiter=delimiter)
     tmp = Path(out_path).with_name(Path(out_path).name + ".partial")
     tmp.write_text("step,forecast\n" + "".join(f"{i + 1},{v:.6g}\n" for i, v in enumerate(values)), encoding="utf-8")
     tmp.replace(out_path)
@@ -617,8 +682,11 @@ def forecast_command(run: str, steps: int, data: str | None, out_path: str) -> N
 @click.option("--input", "input_path", type=click.Path(dir_okay=False), default=None,
               help="A file: for text runs one text per line; for others a CSV, one sequence of T*F numbers per row "
                    "(digits: 64 pixel values 0-16).")
+@_encoding_option
+@_delimiter_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines for machines.")
-def predict(run: str, texts: tuple[str, ...], input_path: str | None, as_json: bool) -> None:
+def predict(run: str, texts: tuple[str, ...], input_path: str | None, encoding: str | None, delimiter: str | None,
+            as_json: bool) -> None:
     """Label new data with a trained classify run: `rnnkit predict RUN "some text"` or --input FILE."""
     import json
 
@@ -629,11 +697,12 @@ def predict(run: str, texts: tuple[str, ...], input_path: str | None, as_json: b
         raise click.UsageError("give the texts to classify as arguments, or --input FILE (not both)")
     unknown: list[list[str]] = []
     if config["input"]["kind"] == "text":
-        probs, labels, unknown = classify.predict_texts(run, read_lines(input_path) if input_path else list(texts))
+        probs, labels, unknown = classify.predict_texts(run, read_lines(input_path, encoding=encoding) if input_path
+                                                         else list(texts))
     else:
         if texts:
             raise click.UsageError(f"{run} classifies rows of numbers, not texts: use --input FILE.csv")
-        probs, labels = classify.predict(run, read_numbers(str(input_path)))
+        probs, labels = classify.predict(run, read_numbers(str(input_path), encoding=encoding, delimiter=delimiter))
     for i, row in enumerate(probs):
         best = int(row.argmax())
         if as_json:

@@ -14,9 +14,41 @@ def _figure(width: float = 6.4, height: float = 4.8):  # type: ignore[no-untyped
     return Figure(figsize=(width, height), dpi=100)
 
 
+CJK_FONTS = ("Noto Sans CJK SC", "Noto Sans SC", "Source Han Sans SC", "WenQuanYi Zen Hei", "WenQuanYi Micro Hei",
+             "Microsoft YaHei", "SimHei", "PingFang SC", "Hiragino Sans GB", "Heiti SC", "Noto Sans CJK JP",
+             "Arial Unicode MS")
+"""Fonts with Chinese characters (labels, tokens and texts of Chinese data), tried after matplotlib's
+own font for each character it lacks."""
+
+_said: set[str] = set()
+
+
 def _png(fig) -> bytes:  # type: ignore[no-untyped-def]
+    """The figure as PNG bytes. Characters the default font lacks (Chinese labels) are drawn from
+    an installed CJK font; with none installed, one warning says so instead of one per glyph."""
+    import logging
+    import warnings
+
+    from matplotlib import font_manager
+    from matplotlib.text import Text
+
+    installed = {f.name for f in font_manager.fontManager.ttflist}
+    fallback = [name for name in CJK_FONTS if name in installed]
+    if fallback:
+        for text in fig.findobj(Text):  # matplotlib takes each glyph from the first font of the list that has it
+            text.set_fontfamily([*text.get_fontfamily(), *fallback])
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", bbox_inches="tight")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.filterwarnings("always", message="Glyph .* missing from font", category=UserWarning)
+        fig.savefig(buffer, format="png", bbox_inches="tight")
+    for warning in caught:
+        if "missing from font" not in str(warning.message):
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+        elif "glyphs" not in _said:
+            _said.add("glyphs")
+            logging.getLogger("rnnkit").warning(
+                "warning: the plots show some characters as boxes: no installed font has them (for Chinese, install "
+                "one such as fonts-noto-cjk or fonts-wqy-microhei)")
     return buffer.getvalue()
 
 

@@ -15,17 +15,21 @@ from __future__ import annotations
 
 import atexit
 import csv
+import errno
+import io
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
+import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 try:
     import fcntl
@@ -41,6 +45,42 @@ class NotARunError(ValueError):
 
 class RunInUseError(FileExistsError):
     """Another process is training into the same run folder."""
+
+
+class DiskFullError(OSError):
+    """A file could not be written for lack of space (or quota) on its device; nothing of it was
+    left behind, and the file it would have replaced is as it was."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.ENOSPC, message)
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def write_atomically(path: str | os.PathLike[str], write: Callable[[BinaryIO], object] | bytes) -> None:
+    """Write the file at path whole or not at all: into a temporary file beside it (flushed to the
+    disk), then renamed over path. write: the bytes, or a function that writes to the open file.
+    A full device is DiskFullError naming path and the free space; on any failure the temporary
+    file goes and path keeps its old content."""
+    target = Path(path)
+    tmp = target.with_name(f".{target.name}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            if isinstance(write, bytes):
+                f.write(write)
+            else:
+                write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException as error:
+        tmp.unlink(missing_ok=True)
+        if _out_of_space(error):
+            free = shutil.disk_usage(target.parent).free
+            raise DiskFullError(f"cannot write {target}: no space left on the device that holds {target.parent} "
+                                f"({free / 1e6:.1f} MB free)") from None
+        raise
 
 
 _HELD: dict[Path, int] = {}
@@ -123,16 +163,34 @@ class Run:
 CHECKPOINT = "checkpoint.pt"
 
 
+def _out_of_space(error: BaseException | None) -> bool:
+    """Whether error, or one it arose from, is a full device or quota (torch.save, for one, raises
+    a RuntimeError of its own while it handles the OSError)."""
+    seen = 0
+    while error is not None and seen < 8:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return False
+
+
 def partial_path(path: str | os.PathLike[str]) -> Path:
     """Where the run at path lives while it trains."""
     target = Path(path)
     return target.with_name(target.name + ".partial")
 
 
+def run_name(path: str | os.PathLike[str]) -> Path:
+    """The run that path names: RUN for the folder RUN.partial it trains in (so that a run resumed
+    by the folder one sees on disk still ends in RUN), else path itself."""
+    given = Path(path)
+    if given.name.endswith(".partial") and given.is_dir() and given.name != ".partial":
+        return given.with_name(given.name.removesuffix(".partial"))
+    return given
+
+
 def _write_json(path: Path, content: Mapping[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(dict(content), indent=1), encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomically(path, json.dumps(dict(content), indent=1).encode("utf-8"))
 
 
 def start_run(path: str | os.PathLike[str], *, config: Mapping[str, Any]) -> Path:
@@ -204,18 +262,19 @@ def _fill(
     plots: Mapping[str, bytes] | None,
 ) -> None:
     _write_json(folder / "config.json", config)
-    save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()}, str(folder / "model.safetensors"))
+    write_atomically(folder / "model.safetensors", save({k: v.detach().cpu().contiguous() for k, v in weights.items()}))
     _write_json(folder / "extras.json", extras)
     _write_json(folder / "metrics.json", metrics)
-    with open(folder / "history.csv", "w", newline="", encoding="utf-8") as f:
-        if history:
-            writer = csv.DictWriter(f, fieldnames=list(history[0]))
-            writer.writeheader()
-            writer.writerows(history)
+    table = io.StringIO(newline="")
+    if history:
+        writer = csv.DictWriter(table, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+    write_atomically(folder / "history.csv", table.getvalue().encode("utf-8"))
     if plots:
         (folder / "plots").mkdir(exist_ok=True)
         for name, png in plots.items():
-            (folder / "plots" / name).write_bytes(png)
+            write_atomically(folder / "plots" / name, png)
 
 
 def read_run(path: str | os.PathLike[str]) -> Run:
@@ -244,6 +303,60 @@ def read_json(file: Path) -> dict[str, Any]:
     if not isinstance(content, dict):
         raise NotARunError(f"{file} does not hold a JSON object: {_DAMAGED}")
     return content
+
+
+@contextmanager
+def reading(file: Path) -> Iterator[None]:
+    """Around code that builds objects from the values of a run's file (config.json, extras.json):
+    a value that is missing, of the wrong type or out of range (KeyError, TypeError, ValueError,
+    IndexError; RuntimeError from torch building a module of a wrong size) is NotARunError naming the
+    file and the value. Code inside it reads run files only:
+    the user's input is checked before it or after it."""
+    try:
+        yield
+    except NotARunError:
+        raise
+    except KeyError as error:
+        raise NotARunError(f"{file} has no value {error.args[0]!r}: {_DAMAGED}") from None
+    except (TypeError, ValueError, IndexError, ArithmeticError, RuntimeError) as error:  # RuntimeError: torch's
+        raise NotARunError(f"{file} has a wrong value ({error}): {_DAMAGED}") from None
+
+
+def value(content: Any, key: str, kind: type | tuple[type, ...], *, minimum: float | None = None,
+          choices: Sequence[Any] | None = None, within: str = "") -> Any:
+    """content[key] (content a JSON object, itself the value within, e.g. "input") if it is of type
+    kind (an int is a float; a bool is neither), at least minimum and among choices where given;
+    else KeyError, TypeError or ValueError naming the key, for reading to report."""
+    name = f"{within}.{key}" if within else key
+    if not isinstance(content, dict):
+        raise TypeError(f"{within or 'the file'} must be a JSON object, got {type(content).__name__}")
+    if key not in content:
+        raise KeyError(name)
+    found = content[key]
+    key = name
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if float in kinds:
+        kinds = (*kinds, int)
+    if isinstance(found, bool) and bool not in kinds or not isinstance(found, kinds):
+        names = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+        raise TypeError(f"{key} must be {names}, got {type(found).__name__} {found!r}")
+    if minimum is not None and isinstance(found, (int, float)) and not found >= minimum:
+        raise ValueError(f"{key} must be >= {minimum}, got {found!r}")
+    if choices is not None and found not in choices:
+        raise ValueError(f"{key} must be one of {', '.join(map(repr, choices))}, got {found!r}")
+    return found
+
+
+def numbers(content: Any, key: str, shape: tuple[int, ...]) -> np.ndarray:
+    """content[key], a nested list of finite numbers of the given shape, as float64 (for reading)."""
+    found = value(content, key, list)
+    try:
+        array = np.asarray(found, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"{key} must be a list of numbers") from None
+    if array.shape != shape or not np.isfinite(array).all():
+        raise ValueError(f"{key} must be {shape} finite numbers, got shape {array.shape}")
+    return array
 
 
 def _read_weights(file: Path) -> dict[str, torch.Tensor]:

@@ -17,7 +17,8 @@ block prints; a page's Python blocks run in order in one namespace, in the same 
 A tutorial's translation (docs/zh/NAME.md for docs/tutorials/NAME.md) holds the same code blocks
 in the same order: rewriting the English page copies its blocks into the translation.
 
-A command that fails stops the script and README.md is left as it was. Run it from the
+A command that fails stops the script and README.md is left as it was; one that ends in the
+comment "# exit status N" must exit with N, and its stderr is shown with its stdout. Run it from the
 repository's root, one run at a time (the timings in the outputs are the machine's).
 """
 
@@ -136,11 +137,19 @@ def python_outputs(text: str, folder: Path) -> str:
     return PRINTS.sub(lambda m: f"```python\n{m[1]}```\n\nprints\n\n```\n{printed[m[1]]}```", text)
 
 
+EXIT_STATUS = re.compile(r"#\s*exit status (\d+)\s*$")
+"""A command that ends in this comment must exit with that status; what it prints on stderr is
+shown too, in order with its stdout (an error message, a signal's notice)."""
+
+
 def run(command: str, folder: Path) -> str:
     """What command prints, with the per-epoch lines of `rnnkit train` folded into "..."."""
-    done = subprocess.run(["bash", "-c", command], cwd=folder, capture_output=True, text=True)
-    if done.returncode != 0:
-        sys.exit(f"`{command}` failed ({done.returncode}):\n{done.stdout}{done.stderr}")
+    expected = EXIT_STATUS.search(command)
+    done = subprocess.run(["bash", "-c", command], cwd=folder, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT if expected else subprocess.PIPE, text=True,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})  # stdout and stderr in the order printed
+    if done.returncode != (int(expected[1]) if expected else 0):
+        sys.exit(f"`{command}` failed ({done.returncode}):\n{done.stdout}{done.stderr or ''}")
     out, shown = done.stdout.rstrip("\n").split("\n") if done.stdout.strip() else [], []
     for line in out:
         if EPOCH.match(line):

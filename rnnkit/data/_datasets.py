@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rnnkit.data._files import read_table
+from rnnkit.data._files import read_table, to_numbers
 from rnnkit.data._text import TextData, surnames
 
 
@@ -114,21 +114,24 @@ DATASETS: dict[str, DatasetInfo] = {
 }
 
 
-def read_feature_table(path: str | Path, label_col: str, steps: int) -> SequenceData:
+def read_feature_table(path: str | Path, label_col: str, steps: int, *, encoding: str | None = None,
+                       delimiter: str | None = None) -> SequenceData:
     """Sequences of feature vectors from a CSV with a header: a label column and T*F numeric columns
-    (step by step: the F features of step 1, then of step 2, ...). A missing or non-numeric value
-    is an error naming its line and column."""
+    (step by step: the F features of step 1, then of step 2, ...). encoding and delimiter as
+    rnnkit.data._files.read_table takes them. A missing or non-numeric value is an error naming its
+    line and column."""
     import pandas as pd
 
     path = Path(path)
-    table = read_table(path)
+    table = read_table(path, encoding=encoding, delimiter=delimiter)
     if label_col not in table.columns:
         raise ValueError(f"{path} has no column {label_col!r}; its columns are {', '.join(map(repr, table.columns))}")
     columns = [c for c in table.columns if c != label_col]
     if steps < 1 or not columns or len(columns) % steps:
         raise ValueError(f"{path} has {len(columns)} feature columns, which --steps {steps} does not divide into "
                          "steps of equal width")
-    values = table[columns].apply(pd.to_numeric, errors="coerce")
+    comma = table.attrs["delimiter"] != ","
+    values = pd.DataFrame({c: to_numbers(table[c], decimal_comma=comma) for c in columns})
     bad = np.argwhere(values.isna().to_numpy())
     if len(bad):
         row, col = bad[0]

@@ -7,24 +7,35 @@ import datetime as dt
 import random
 from pathlib import Path
 
-from rnnkit.data._files import read_text
+from rnnkit.data._files import check_delimiter, read_text
 
 MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
           "November", "December")
 DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 
 
-def read_pairs(path: str | Path) -> list[tuple[str, str]]:
-    """(source, target) per line of a UTF-8 file; each line must hold a tab; blank lines are skipped."""
+def read_pairs(path: str | Path, *, encoding: str | None = None, delimiter: str | None = None) -> list[tuple[str, str]]:
+    """(source, target) per line of a text file, split at the first delimiter of each line.
+    delimiter None: a tab, or if no line holds one, a semicolon or a bar when every line holds
+    one (a comma only when asked for: sentences hold commas). encoding as
+    rnnkit.data._files.decode takes it. Blank lines are skipped."""
     path = Path(path)
-    lines = read_text(path).splitlines()
+    text = read_text(path, encoding=encoding)
+    lines = [line for line in text.split("\n") if line.strip()]
+    sep = check_delimiter(delimiter)
+    if sep is None:
+        sep = "\t"
+        if lines and not any("\t" in line for line in lines):
+            sep = next((d for d in ";|" if all(d in line for line in lines)), "\t")
     pairs = []
-    for number, line in enumerate(lines, start=1):
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
-        if "\t" not in line:
-            raise ValueError(f"{path}, line {number}: no tab between source and target: {line[:60]!r}")
-        source, target = line.split("\t", 1)
+        if sep not in line:
+            name = "tab" if sep == "\t" else repr(sep)
+            raise ValueError(f"{path}, line {number}: no {name} between source and target: {line[:60]!r}"
+                             + ("" if delimiter else " (another delimiter: --delimiter)"))
+        source, target = line.split(sep, 1)
         if not source.strip() or not target.strip():
             raise ValueError(f"{path}, line {number}: empty {'source' if not source.strip() else 'target'}")
         pairs.append((source, target))

@@ -7,13 +7,15 @@ metrics.json), and missing values at the start or the end are dropped.
 
 from __future__ import annotations
 
+import logging
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from rnnkit.data._files import read_table
+from rnnkit.data._files import not_numbers, read_table, to_numbers
 
 
 @dataclass(frozen=True)
@@ -135,30 +137,93 @@ def load_series(name: str, features: Sequence[str] | None = None) -> Series:
 
 
 def read_series_csv(path: str | Path, *, target: str, time_col: str | None = None,
-                    features: Sequence[str] = (), season: int | None = None) -> Series:
+                    features: Sequence[str] = (), season: int | None = None, encoding: str | None = None,
+                    delimiter: str | None = None) -> Series:
     """A series from a CSV file: target column (first), optional feature columns, in file order
-    (or sorted by time_col). Non-numeric values in a used column are an error."""
-    import pandas as pd
-
+    or in the order of time_col (check_times). encoding and delimiter as
+    rnnkit.data._files.read_table takes them; with a delimiter other than a comma, "1,5" reads as
+    1.5. A value that is not a number in a used column is an error; an empty one (or NA, NaN, null)
+    is missing and interpolated."""
     file = Path(path)
-    df = read_table(file, numeric=True)
+    df = read_table(file, encoding=encoding, delimiter=delimiter)
     wanted = [target, *features] + ([time_col] if time_col else [])
     missing = [c for c in wanted if c not in df.columns]
     if missing:
         raise ValueError(f"{file} has no column {', '.join(repr(c) for c in missing)}; it has {', '.join(map(str, df.columns))}")
-    if time_col:
-        df = df.sort_values(time_col, kind="stable")
     columns = [target, *features]
-    for c in columns:
-        numeric = pd.to_numeric(df[c], errors="coerce")
-        bad = numeric.isna() & df[c].notna()
-        if bad.any():
-            raise ValueError(f"column {c!r} of {file} is not numeric: row {int(np.argmax(bad.to_numpy())) + 2} has {df[c][bad].iloc[0]!r}")
-        infinite = np.isinf(numeric.to_numpy(dtype=np.float64))
-        if infinite.any():  # a number, but none a model can learn from or be scored on
-            at = int(np.argmax(infinite))
+    values = np.empty((len(df), len(columns)))  # (N, F) in file order
+    for j, c in enumerate(columns):
+        values[:, j] = to_numbers(df[c], decimal_comma=df.attrs["delimiter"] != ",")
+        bad = not_numbers(df[c], values[:, j])
+        if len(bad):
+            raise ValueError(f"column {c!r} of {file} is not numeric: row {bad[0] + 2} has {df[c].iloc[bad[0]]!r}")
+        infinite = np.flatnonzero(np.isinf(values[:, j]))
+        if len(infinite):  # a number, but none a model can learn from or be scored on
+            at = int(infinite[0])
             raise ValueError(f"column {c!r} of {file} is not finite: row {at + 2} has {str(df[c].iloc[at])!r}; "
                              "remove the row or leave the value empty (missing values are interpolated)")
-        df[c] = numeric
-    times = df[time_col].astype(str).tolist() if time_col else [str(i) for i in range(len(df))]
-    return _clean(df[columns].to_numpy(), columns, times, season, "from the file")
+    if time_col:
+        order = check_times(df[time_col].tolist(), f"column {time_col!r} of {file}")
+        values, times = values[order], [str(df[time_col].iloc[i]).strip() for i in order]
+    else:
+        times = [str(i) for i in range(len(df))]
+    return _clean(values, columns, times, season, "from the file")
+
+
+def check_times(cells: Sequence[str], where: str) -> np.ndarray:
+    """The order (N,) that sorts a time column's cells: numbers, else dates and times, else text.
+    Repeated times are an error naming the first rows (line numbers of a file with a header);
+    times out of order are sorted, with a warning; unevenly spaced ones get a warning (a
+    recurrent model reads rows as equal steps; calendar steps such as months, which pandas infers,
+    are even)."""
+    import pandas as pd
+
+    text = pd.Series([str(c).strip() for c in cells])
+    kind, keys = "numbers", pd.to_numeric(text, errors="coerce")
+    if keys.isna().any():
+        kind, keys = "dates", pd.to_datetime(text, errors="coerce", format="mixed")
+    if keys.isna().any():
+        kind, keys = "text", text
+    empty = np.flatnonzero(text == "")
+    if len(empty):
+        raise ValueError(f"{where}: row {empty[0] + 2} has no time: give every row its time, or leave out the time "
+                         "column")
+    repeated = keys.duplicated(keep=False).to_numpy()
+    if repeated.any():
+        first = keys[repeated].iloc[0]
+        rows = (np.flatnonzero((keys == first).to_numpy()) + 2).tolist()
+        count = int(keys.duplicated().sum())
+        raise ValueError(f"{where} repeats times: {text[rows[0] - 2]!r} is on rows {', '.join(map(str, rows[:5]))}"
+                         f"{' and more' if len(rows) > 5 else ''} ({count} repeated row{'s' if count > 1 else ''} in "
+                         "all); a series has one row per time: combine or remove the repeats")
+    order = np.argsort(keys.to_numpy(), kind="stable")
+    log = logging.getLogger("rnnkit")
+    if (order != np.arange(len(order))).any():
+        first = int(np.flatnonzero(order != np.arange(len(order)))[0])
+        log.warning("warning: %s is not in time order (first at row %d, %r); the rows were sorted by it%s", where,
+                    first + 2, text[first], " as text" if kind == "text" else "")
+    if kind != "text" and len(order) > 2:
+        ordered = keys.to_numpy()[order]
+        steps = pd.Series(np.diff(ordered))
+        counts = steps.value_counts()
+        with warnings.catch_warnings():  # pandas 3 warns that the frequency's type will change: only None matters
+            warnings.simplefilter("ignore")
+            calendar = kind == "dates" and pd.infer_freq(pd.DatetimeIndex(ordered)) is not None  # monthly, business days
+        if len(counts) > 1 and not calendar:
+            usual = counts.index[0]
+            odd = np.flatnonzero((steps != usual).to_numpy())
+            at = int(order[odd[0] + 1])
+            log.warning("warning: %s is not evenly spaced: %d of %d steps differ from the usual %s (the first "
+                        "before row %d, %r); the model reads rows as equal steps, so fill the gaps or resample "
+                        "if that matters", where, len(odd), len(steps), _step(usual), at + 2, text[at])
+    return order
+
+
+def _step(value: object) -> str:
+    """A time step for a message: 1 day, 2 hours, 0.5."""
+    import pandas as pd
+
+    if isinstance(value, (pd.Timedelta, np.timedelta64)):
+        shown = str(pd.Timedelta(value)).replace("0 days ", "").removesuffix(" 00:00:00")
+        return "1 day" if shown == "1 days" else shown
+    return f"{value:g}" if isinstance(value, (float, np.floating)) else str(value)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rnnkit.data._files import read_table
+from rnnkit.data._files import decode, read_table
 
 PAD, UNK = "<pad>", "<unk>"
 TOKENS = ("char", "word")
@@ -77,7 +77,17 @@ class Vocabulary:
 
     @classmethod
     def from_json(cls: type[V], data: dict[str, Any]) -> V:
-        return cls(data["itos"], data["tokens"])
+        """The vocabulary that to_json wrote; TypeError or ValueError for anything else."""
+        if not isinstance(data, dict):
+            raise TypeError(f"a vocabulary is a JSON object, got {type(data).__name__}")
+        itos, tokens = data.get("itos"), data.get("tokens")
+        if not isinstance(itos, list) or not all(isinstance(s, str) for s in itos):
+            raise TypeError("a vocabulary's itos is a list of strings")
+        if len(set(itos)) != len(itos):
+            raise ValueError("a vocabulary's itos repeats a token")
+        if tokens not in TOKENS:
+            raise ValueError(f"a vocabulary's tokens is one of {', '.join(TOKENS)}, got {tokens!r}")
+        return cls(itos, tokens)
 
 
 def pad_batch(ids: Sequence[Sequence[int]], *, max_length: int | None = None) -> tuple[Tensor, Tensor]:
@@ -102,12 +112,13 @@ def _labelled(texts: list[str], labels: list[str], where: str) -> TextData:
     return TextData(texts, np.array([index[v] for v in labels], dtype=np.int64), names)
 
 
-def read_text_table(path: str | Path, text_col: str, label_col: str) -> TextData:
-    """Texts and labels from a CSV or TSV file with a header row (.tsv/.tab: tab-separated;
-    otherwise the separator is sniffed). A row with an empty text or label is an error that
-    names its line."""
+def read_text_table(path: str | Path, text_col: str, label_col: str, *, encoding: str | None = None,
+                    delimiter: str | None = None) -> TextData:
+    """Texts and labels from a CSV or TSV file with a header row (encoding and delimiter as
+    rnnkit.data._files.read_table takes them: sniffed by default). A row with an empty text or
+    label is an error that names its line."""
     path = Path(path)
-    table = read_table(path)
+    table = read_table(path, encoding=encoding, delimiter=delimiter)
     missing = [c for c in (text_col, label_col) if c not in table.columns]
     if missing:
         raise ValueError(f"{path} has no column {', '.join(map(repr, missing))}; its columns are "
@@ -120,31 +131,30 @@ def read_text_table(path: str | Path, text_col: str, label_col: str) -> TextData
     return _labelled(table[text_col].tolist(), table[label_col].str.strip().tolist(), str(path))
 
 
-def read_text_folder(path: str | Path) -> TextData:
-    """Texts from a folder with one sub-folder of UTF-8 .txt files per label (the layout of the
-    IMDB review set: train/pos/*.txt, train/neg/*.txt)."""
+def read_text_folder(path: str | Path, *, encoding: str | None = None) -> TextData:
+    """Texts from a folder with one sub-folder of .txt files per label (the layout of the IMDB
+    review set: train/pos/*.txt, train/neg/*.txt), each read in encoding (None: UTF-8, with or
+    without a byte-order mark)."""
     root = Path(path)
     texts, labels = [], []
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         for file in sorted(folder.glob("*.txt")):
-            try:
-                texts.append(file.read_text(encoding="utf-8"))
-            except UnicodeDecodeError as error:
-                raise ValueError(f"{file} is not UTF-8 text: {error}") from None
+            texts.append(decode(file, encoding=encoding))
             labels.append(folder.name)
     if not texts:
         raise ValueError(f"{root} holds no <label>/*.txt files: expected one sub-folder of .txt files per label")
     return _labelled(texts, labels, str(root))
 
 
-def read_texts(path: str | Path, *, text_col: str | None, label_col: str | None) -> TextData:
+def read_texts(path: str | Path, *, text_col: str | None, label_col: str | None, encoding: str | None = None,
+               delimiter: str | None = None) -> TextData:
     """A folder (one sub-folder per label) or a CSV/TSV file (needs text_col and label_col)."""
     path = Path(path)
     if path.is_dir():
-        return read_text_folder(path)
+        return read_text_folder(path, encoding=encoding)
     if not text_col or not label_col:
         raise ValueError(f"{path} is a file: name its columns with --text-col and --label-col")
-    return read_text_table(path, text_col, label_col)
+    return read_text_table(path, text_col, label_col, encoding=encoding, delimiter=delimiter)
 
 
 # Surnames by language, from the person providers of the faker package: the classic "which

@@ -4,12 +4,14 @@ resumed, by the main process only), and rebuild a pipeline config from a run's c
 from __future__ import annotations
 
 import shutil
-from dataclasses import asdict, fields
+import types
+import typing
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from rnnkit.runs import (CHECKPOINT, NotARunError, lock_run, partial_path, read_json, release_run, resume_run,
-                         start_run)
+from rnnkit.runs import (CHECKPOINT, NotARunError, lock_run, partial_path, read_json, reading, release_run,
+                         resume_run, start_run, value)
 from rnnkit.training import TrainConfig, require_tensorboard, world
 
 C = TypeVar("C")
@@ -47,18 +49,51 @@ def pipeline_config(run: str | Path, task: str, cls: type[C], **changes: Any) ->
     saved = read_json(folder / "config.json")
     if saved.get("task") != task or "pipeline" not in saved:
         raise NotARunError(f"{folder} is a {saved.get('task')!r} run, not a {task} run")
-    values = dict(saved["pipeline"])
-    for key, value in getattr(cls, "BEFORE_FIELD", {}).items():  # settings newer than the run: as it ran
-        values.setdefault(key, value)
-    train = TrainConfig(**{**values.pop("train"), **{k: v for k, v in changes.items() if v is not None}})
-    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise NotARunError(f"{folder}/config.json has unknown pipeline settings {unknown}: written by another version?")
-    for key, value in values.items():  # JSON has lists where the config has tuples
-        if isinstance(value, list):
-            values[key] = tuple(value)
-    return cls(**values, train=train)  # type: ignore[call-arg]
+    with reading(folder / "config.json"):
+        values = dict(value(saved, "pipeline", dict))
+        for key, before in getattr(cls, "BEFORE_FIELD", {}).items():  # settings newer than the run: as it ran
+            values.setdefault(key, before)
+        saved_train = _typed(TrainConfig, dict(value(values, "train", dict, within="pipeline")), "pipeline.train").check()
+        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise NotARunError(f"{folder}/config.json has unknown pipeline settings {unknown}: written by another "
+                               "version?")
+        values.pop("train")
+        cfg = _typed(cls, values, "pipeline", train=saved_train)
+        if getattr(cfg, "task", task) != task:
+            raise ValueError(f"pipeline.task is {getattr(cfg, 'task')!r} in a {task} run")
+        if hasattr(cfg, "check"):
+            cfg.check()
+    # the changes (--epochs) checked outside: a wrong one is the user's error, not the run's
+    cfg.train = replace(saved_train, **{k: v for k, v in changes.items() if v is not None}).check()  # type: ignore[attr-defined]
+    return cfg
+
+
+def _typed(cls: type[C], values: dict[str, Any], where: str, **more: Any) -> C:
+    """cls(**values, **more), each of values of its field's declared type (str, int, float, bool,
+    None, tuple[X, ...] from a JSON list, and unions of these): TypeError names the first that is not."""
+    hints = typing.get_type_hints(cls)
+    for key, found in values.items():
+        if not _matches(found, hints.get(key, Any)):
+            raise TypeError(f"{where}.{key} must be {hints[key]}, got {type(found).__name__} {found!r}")
+        if isinstance(found, list):  # JSON has lists where the config has tuples
+            values[key] = tuple(found)
+    return cls(**values, **more)
+
+
+def _matches(found: Any, hint: Any) -> bool:
+    """Whether a JSON value fits a dataclass field's simple type hint (see _typed)."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(found, h) for h in typing.get_args(hint))
+    if origin is tuple:
+        return isinstance(found, (list, tuple)) and all(_matches(f, typing.get_args(hint)[0]) for f in found)
+    if hint is type(None):
+        return found is None
+    if hint in (int, float):
+        return isinstance(found, (int, float) if hint is float else int) and not isinstance(found, bool)
+    return hint is Any or not isinstance(hint, type) or isinstance(found, hint)
 
 
 class Diverged(RuntimeError):

@@ -25,10 +25,11 @@ from torch.utils.data import Dataset, TensorDataset
 from rnnkit import _checks
 from rnnkit.data import (DATASETS, SequenceData, TextData, Vocabulary, load_dataset, pad_batch, read_feature_table,
                          read_texts)
+from rnnkit.data._files import check_delimiter, check_encoding
 from rnnkit.data._text import TOKENS
 from rnnkit.models import NToOne, NToOneConfig
 from rnnkit.pipelines._runs import check_diverged, check_new, open_run, pipeline_config
-from rnnkit.runs import NotARunError, finish_run, load_weights, read_run
+from rnnkit.runs import NotARunError, finish_run, load_weights, read_run, reading, value
 from rnnkit.tasks import BATCH, TIME, TaskBatch
 from rnnkit.training import EpochRecord, Trainer, TrainConfig
 
@@ -39,6 +40,8 @@ class ClassifyConfig:
     data: str | None = None  # the user's CSV/TSV file or folder
     text_col: str | None = None
     label_col: str | None = None
+    encoding: str | None = None  # the user's files: None reads UTF-8 (rnnkit.data._files)
+    delimiter: str | None = None  # the user's tables: None sniffs it
     steps: int = 1  # feature CSV: the numeric columns form this many steps
     tokens: str | None = None  # texts: char or word; None: the data set's own (word for intents), else char
     max_vocab: int = 20000  # texts: the most frequent tokens of the training split, at most
@@ -55,6 +58,8 @@ class ClassifyConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def check(self) -> ClassifyConfig:
+        check_encoding(self.encoding)
+        self.delimiter = check_delimiter(self.delimiter)
         if self.tokens is not None:
             _checks.check_choice("classify", "tokens", self.tokens, TOKENS)
         for name in ("steps", "max_vocab", "max_length", "embed_dim"):
@@ -108,9 +113,10 @@ def load_data(cfg: ClassifyConfig) -> SequenceData | TextData:
     if cfg.data is None:
         return load_dataset(cfg.dataset)
     if Path(cfg.data).is_dir() or cfg.text_col:
-        return read_texts(cfg.data, text_col=cfg.text_col, label_col=cfg.label_col)
+        return read_texts(cfg.data, text_col=cfg.text_col, label_col=cfg.label_col, encoding=cfg.encoding,
+                          delimiter=cfg.delimiter)
     if cfg.label_col:
-        return read_feature_table(cfg.data, cfg.label_col, cfg.steps)
+        return read_feature_table(cfg.data, cfg.label_col, cfg.steps, encoding=cfg.encoding, delimiter=cfg.delimiter)
     raise ValueError(f"{cfg.data}: name its columns: --text-col and --label-col for texts, or --label-col "
                      "(with --steps) for rows of numbers")
 
@@ -203,11 +209,31 @@ def train(cfg: ClassifyConfig, out: str | Path, *, on_epoch: Callable[[EpochReco
 
 
 def load(run_path: str | Path) -> tuple[NToOne, dict[str, Any], dict[str, Any]]:
-    """The model of a classify run, its config and its extras (label names; vocabulary or input divisor)."""
+    """The model of a classify run, its config and its extras (label names; vocabulary or input
+    divisor), every value that predictions read checked (NotARunError: the run folder is damaged)."""
     run = read_run(run_path)
     if run.config.get("task") != "classify":
         raise NotARunError(f"{run.path} is a {run.config.get('task')!r} run, not a classify run")
-    model = NToOne(NToOneConfig(**run.config["model"]))
+    with reading(run.path / "config.json"):
+        model = NToOne(NToOneConfig(**value(run.config, "model", dict)))
+        shape, text = run.config.get("input"), model.config.vocab_size is not None
+        value(shape, "kind", str, choices=("text",) if text else ("features",), within="input")
+        if not text:
+            value(shape, "steps", int, minimum=1, within="input")
+            features = value(shape, "features", int, minimum=1, within="input")
+            if features != model.config.input_size:
+                raise ValueError(f"input.features is {features}, the model's input_size {model.config.input_size}")
+    with reading(run.path / "extras.json"):
+        labels = value(run.extras, "label_names", list)
+        if len(labels) != model.config.outputs or not all(isinstance(n, str) for n in labels):
+            raise ValueError(f"label_names must be the model's {model.config.outputs} label names")
+        if text:
+            vocab = Vocabulary.from_json(value(run.extras, "vocabulary", dict))
+            if len(vocab) != model.config.vocab_size:
+                raise ValueError(f"the vocabulary has {len(vocab)} tokens, the model {model.config.vocab_size}")
+            value(run.extras, "max_length", int, minimum=1)
+        elif "input_divisor" in run.extras and not value(run.extras, "input_divisor", float) > 0:
+            raise ValueError("input_divisor must be > 0")
     load_weights(model, run)
     return model.eval(), run.config, run.extras
 

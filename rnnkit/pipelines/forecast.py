@@ -24,7 +24,7 @@ from torch.utils.data import TensorDataset
 from rnnkit.data import Series, load_series, read_series_csv
 from rnnkit.models import NToOne, NToOneConfig
 from rnnkit.pipelines._runs import check_diverged, check_new, open_run, pipeline_config
-from rnnkit.runs import NotARunError, finish_run, load_weights, read_run
+from rnnkit.runs import NotARunError, finish_run, load_weights, numbers, read_run, reading, value
 from rnnkit.tasks import BATCH, TIME, TaskBatch
 from rnnkit.training import EpochRecord, Trainer, TrainConfig
 
@@ -37,6 +37,8 @@ def _forecast_training() -> TrainConfig:
 class ForecastConfig:
     dataset: str | None = "sunspots"  # a bundled series, or None with data=
     data: str | None = None  # the user's CSV
+    encoding: str | None = None  # the user's files: None reads UTF-8 (rnnkit.data._files)
+    delimiter: str | None = None  # the user's tables: None sniffs it
     target: str | None = None
     time_col: str | None = None
     features: tuple[str, ...] | None = None  # input columns beside the target; None: a bundled series' own
@@ -59,7 +61,7 @@ def get_series(cfg: ForecastConfig) -> Series:
         if not cfg.target:
             raise ValueError("--data needs --target, the column to forecast")
         return read_series_csv(cfg.data, target=cfg.target, time_col=cfg.time_col, features=cfg.features or (),
-                               season=cfg.season)
+                               season=cfg.season, encoding=cfg.encoding, delimiter=cfg.delimiter)
     if cfg.dataset is None:
         raise ValueError("give a bundled series (--dataset) or a CSV file (--data)")
     return load_series(cfg.dataset, None if cfg.features is None else cfg.features)
@@ -203,28 +205,50 @@ def train(cfg: ForecastConfig, out: str | Path, *, on_epoch: Callable[[EpochReco
     return metrics
 
 
-def forecast(run_path: str | Path, steps: int, *, data: str | None = None) -> np.ndarray:
-    """Continue the series steps values past its end (the run's, or the end of data, a CSV with
-    the run's columns), feeding each forecast back as input. Target-only runs only."""
-    if steps < 1:
-        raise ValueError(f"--steps must be >= 1, got {steps}")
+def load(run_path: str | Path) -> tuple[NToOne, dict[str, Any], dict[str, np.ndarray]]:
+    """The model of a forecast run, its config, and its scaling (mean and std (F,)) and last
+    window of values (tail (window, F)), every value that a forecast reads checked
+    (NotARunError: the run folder is damaged)."""
     run = read_run(run_path)
     cfg = run.config
     if cfg.get("task") != "forecast":
         raise NotARunError(f"{run.path} is a {cfg.get('task')!r} run, not a forecast run")
+    with reading(run.path / "config.json"):
+        model = NToOne(NToOneConfig(**value(cfg, "model", dict)))
+        columns = value(cfg, "columns", list)
+        width = model.config.input_size
+        if len(columns) != width or not all(isinstance(c, str) for c in columns):
+            raise ValueError(f"columns must be the names of the model's {width} input columns")
+        value(cfg, "target", str)
+        window = value(cfg, "window", int, minimum=1)
+        if "predict" in cfg:
+            value(cfg, "predict", str, choices=("change", "level"))
+    with reading(run.path / "extras.json"):
+        scaling = {"mean": numbers(run.extras, "mean", (width,)), "std": numbers(run.extras, "std", (width,)),
+                   "tail": numbers(run.extras, "tail", (window, width))}
+        if not (scaling["std"] > 0).all():
+            raise ValueError("std must be > 0")
+    load_weights(model, run)
+    return model.eval(), cfg, scaling
+
+
+def forecast(run_path: str | Path, steps: int, *, data: str | None = None, encoding: str | None = None,
+             delimiter: str | None = None) -> np.ndarray:
+    """Continue the series steps values past its end (the run's, or the end of data, a CSV with
+    the run's columns, read with encoding and delimiter), feeding each forecast back as input.
+    Target-only runs only."""
+    if steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {steps}")
+    model, cfg, scaling = load(run_path)
     if len(cfg["columns"]) != 1:
         raise ValueError("a recursive forecast needs a run trained on the target alone: its input features "
                          f"{cfg['columns'][1:]} have no future values")
+    tail = scaling["tail"]
     if data is not None:
-        tail = read_series_csv(data, target=cfg["target"]).values[-cfg["window"]:]
+        tail = read_series_csv(data, target=cfg["target"], encoding=encoding, delimiter=delimiter).values[-cfg["window"]:]
         if len(tail) < cfg["window"]:
             raise ValueError(f"{data} has {len(tail)} rows; the run needs the last {cfg['window']}")
-    else:
-        tail = np.asarray(run.extras["tail"], dtype=np.float64)
-    model = NToOne(NToOneConfig(**cfg["model"]))
-    load_weights(model, run)
-    model.eval()
-    mean, std = run.extras["mean"][0], run.extras["std"][0]
+    mean, std = scaling["mean"][0], scaling["std"][0]
     history = list((tail[:, 0] - mean) / std)
     out: list[float] = []
     with torch.no_grad():
@@ -241,9 +265,7 @@ def forecast(run_path: str | Path, steps: int, *, data: str | None = None) -> np
 
 def task_batch(run_path: str | Path, size: int) -> TaskBatch:
     """The run's model and up to size validation windows (rnnkit.tasks): x (B, window, F)."""
-    run = read_run(run_path)
-    model = NToOne(NToOneConfig(**run.config["model"]))
-    load_weights(model, run)
+    model = load(run_path)[0]
     windows = prepare(pipeline_config(run_path, "forecast", ForecastConfig)).data["validation"]
     x, y = windows.tensors[0][:size], windows.tensors[1][:size]
     return TaskBatch("forecast", model.eval(), (x,), lambda m, b: F.mse_loss(m(*b), y), ({0: BATCH, 1: TIME},))

@@ -35,10 +35,11 @@ from torch.utils.data import Dataset
 
 from rnnkit import _checks
 from rnnkit.data import Vocabulary
+from rnnkit.data._files import check_encoding
 from rnnkit.data._files import read_text as read_text_file
 from rnnkit.models import LanguageModel, LanguageModelConfig, generate as generate_ids
 from rnnkit.pipelines._runs import check_diverged, check_new, open_run, pipeline_config
-from rnnkit.runs import NotARunError, finish_run, load_weights, read_run
+from rnnkit.runs import NotARunError, finish_run, load_weights, read_run, reading, value
 from rnnkit.tasks import BATCH, TIME, TaskBatch
 from rnnkit.training import EpochRecord, Trainer, TrainConfig, world
 
@@ -55,8 +56,9 @@ def _lm_training() -> TrainConfig:
 
 @dataclass
 class LMConfig:
-    text: str | None = None  # a UTF-8 text file; None: the bundled corpus
+    text: str | None = None  # a text file; None: the bundled corpus
     corpus: str = "pydoc"
+    encoding: str | None = None  # of text: None reads UTF-8 (rnnkit.data._files)
     context: int | None = None  # K: train on windows of K characters; None: truncated BPTT
     bptt: int = 100  # steps per chunk in truncated BPTT (train.batch_size is the number of streams)
     cell: str = "lstm"
@@ -69,6 +71,7 @@ class LMConfig:
     train: TrainConfig = field(default_factory=_lm_training)
 
     def check(self) -> LMConfig:
+        check_encoding(self.encoding)
         if self.context is not None:
             _checks.check_int("lm", "context", self.context, minimum=1)
         _checks.check_int("lm", "bptt", self.bptt, minimum=1)
@@ -93,7 +96,7 @@ def read_text(cfg: LMConfig) -> str:
     if cfg.text is None:
         return bundled_text(cfg.corpus)
     path = Path(cfg.text)
-    text = read_text_file(path)
+    text = read_text_file(path, encoding=cfg.encoding)
     if len(text) < 2 or len(set(text)) < 2:
         raise ValueError(f"{path} has {len(text)} character(s) of {len(set(text))} kind(s): a language model "
                          "needs a text of at least 2 different characters")
@@ -160,6 +163,13 @@ class CarriedState:
         logits, state = model(x, self.state)  # (B, T, V)
         self.state = tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
         return logits.reshape(-1, logits.shape[-1]), y.reshape(-1)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The carried state, for a checkpoint in the middle of an epoch (the Trainer keeps it)."""
+        return {"state": self.state}
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        self.state = saved["state"]
 
 
 def windows_forward(model: torch.nn.Module, batch: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
@@ -270,9 +280,16 @@ def load(run_path: str | Path) -> tuple[LanguageModel, dict[str, Any], Vocabular
     run = read_run(run_path)
     if run.config.get("task") != "lm":
         raise NotARunError(f"{run.path} is a {run.config.get('task')!r} run, not an lm run")
-    model = LanguageModel(LanguageModelConfig(**run.config["model"]))
+    with reading(run.path / "config.json"):
+        model = LanguageModel(LanguageModelConfig(**value(run.config, "model", dict)))
+        if run.config.get("context") is not None:
+            value(run.config, "context", int, minimum=1)
+    with reading(run.path / "extras.json"):
+        vocab = Vocabulary.from_json(value(run.extras, "vocabulary", dict))
+        if len(vocab) != model.config.vocab_size:
+            raise ValueError(f"the vocabulary has {len(vocab)} tokens, the model {model.config.vocab_size}")
     load_weights(model, run)
-    return model.eval(), run.config, Vocabulary.from_json(run.extras["vocabulary"])
+    return model.eval(), run.config, vocab
 
 
 def generate(run_path: str | Path, prompt: str, length: int, *, greedy: bool = False, temperature: float = 1.0,

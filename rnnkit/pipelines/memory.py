@@ -21,7 +21,7 @@ import rnnkit
 from rnnkit import _checks
 from rnnkit.data._memory import RECALL, SYMBOLS, adding_baseline, adding_problem, copy_baseline, copy_memory
 from rnnkit.pipelines._runs import check_diverged, check_new, open_run, pipeline_config
-from rnnkit.runs import NotARunError, finish_run, load_weights, read_run
+from rnnkit.runs import NotARunError, finish_run, load_weights, read_run, reading, value
 from rnnkit.tasks import BATCH, TIME, TaskBatch
 from rnnkit.training import EpochRecord, Trainer, TrainConfig
 
@@ -193,7 +193,8 @@ def load(run_path: str | Path) -> tuple[MemoryModel, dict[str, Any]]:
     run = read_run(run_path)
     if run.config.get("task") not in TASKS:
         raise NotARunError(f"{run.path} is a {run.config.get('task')!r} run, not an adding or copy run")
-    model = MemoryModel(MemoryModelConfig(**run.config["model"]))
+    with reading(run.path / "config.json"):
+        model = MemoryModel(MemoryModelConfig(**value(run.config, "model", dict)))
     load_weights(model, run)
     return model.eval(), run.config
 

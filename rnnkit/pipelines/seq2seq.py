@@ -41,11 +41,12 @@ from torch.utils.data import Dataset
 
 from rnnkit import _checks
 from rnnkit.data import Vocabulary, digit_rows, pad_batch, tokenize
+from rnnkit.data._files import check_delimiter, check_encoding
 from rnnkit.data._pairs import PAIR_SETS, read_pairs
 from rnnkit.data._text import PAD, TOKENS, UNK
 from rnnkit.models._seq2seq import ATTENTIONS, BOS, EOS, Seq2Seq, Seq2SeqConfig
 from rnnkit.pipelines._runs import check_diverged, check_new, open_run, pipeline_config
-from rnnkit.runs import NotARunError, finish_run, load_weights, read_run
+from rnnkit.runs import NotARunError, finish_run, load_weights, read_run, reading, value
 from rnnkit.tasks import BATCH, TIME, TaskBatch
 from rnnkit.training import EpochRecord, Trainer, TrainConfig
 
@@ -63,6 +64,8 @@ class Seq2SeqTaskConfig:
     task: str = "seq2seq"  # "seq2seq" (N -> M) or "caption" (1 -> N)
     dataset: str = "addition"  # addition, dates (seq2seq); digits (caption); ignored with data
     data: str | None = None  # seq2seq: a TSV of source TAB target
+    encoding: str | None = None  # the user's files: None reads UTF-8 (rnnkit.data._files)
+    delimiter: str | None = None  # the user's pairs: None sniffs it (read_pairs)
     tokens: str = "char"
     cell: str = "gru"
     embed_dim: int = 64
@@ -82,6 +85,8 @@ class Seq2SeqTaskConfig:
     BEFORE_FIELD: ClassVar[dict[str, Any]] = {"input_feeding": True}  # how runs saved before the setting ran
 
     def check(self) -> Seq2SeqTaskConfig:
+        check_encoding(self.encoding)
+        self.delimiter = check_delimiter(self.delimiter)
         _checks.check_choice("seq2seq", "task", self.task, ("seq2seq", "caption"))
         _checks.check_choice("seq2seq", "tokens", self.tokens, TOKENS)
         _checks.check_choice("seq2seq", "attention", self.attention, ATTENTIONS)
@@ -176,7 +181,7 @@ def _load_task_data(cfg: Seq2SeqTaskConfig) -> tuple[list[Any], list[str], list[
     if cfg.task == "caption":  # the digits of `rnnkit train classify`, each image one vector of 64
         digits = digit_rows()
         return list(digits.x.reshape(len(digits.x), -1)), [DIGIT_NAMES[d] for d in digits.y], list(digits.y)
-    pairs = read_pairs(cfg.data) if cfg.data else PAIR_SETS[cfg.dataset][1](seed=0)  # type: ignore[operator]
+    pairs = read_pairs(cfg.data, encoding=cfg.encoding, delimiter=cfg.delimiter) if cfg.data else PAIR_SETS[cfg.dataset][1](seed=0)  # type: ignore[operator]
     if cfg.max_tokens is not None:  # one very long pair makes every batch it falls in as long (time and memory)
         sizes = [max(len(tokenize(s, cfg.tokens)), len(tokenize(t, cfg.tokens))) for s, t in pairs]
         long = [i for i, n in enumerate(sizes) if n > cfg.max_tokens]
@@ -309,7 +314,20 @@ def load(run_path: str | Path, task: str) -> tuple[Seq2Seq, dict[str, Any], dict
     run = read_run(run_path)
     if run.config.get("task") != task:
         raise NotARunError(f"{run.path} is a {run.config.get('task')!r} run, not a {task} run")
-    model = Seq2Seq(Seq2SeqConfig(**run.config["model"]))
+    with reading(run.path / "config.json"):
+        model = Seq2Seq(Seq2SeqConfig(**value(run.config, "model", dict)))
+        c = model.config
+        if (c.source_vocab is None) != (task == "caption"):
+            raise ValueError(f"model.source_vocab and model.source_features do not make a {task} model")
+    with reading(run.path / "extras.json"):  # the values translate and caption read, checked once
+        if len(TargetVocabulary.from_json(value(run.extras, "target_vocabulary", dict))) != c.target_vocab:
+            raise ValueError(f"the target vocabulary is not the model's ({c.target_vocab} tokens)")
+        if c.source_vocab is not None and len(Vocabulary.from_json(value(run.extras, "source_vocabulary", dict))) \
+                != c.source_vocab:
+            raise ValueError(f"the source vocabulary is not the model's ({c.source_vocab} tokens)")
+        value(run.extras, "max_length", int, minimum=1)
+        if task == "caption" and not value(run.extras, "input_divisor", float) > 0:
+            raise ValueError("input_divisor must be > 0")
     load_weights(model, run)
     return model.eval(), run.config, run.extras
 

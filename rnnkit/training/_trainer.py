@@ -9,7 +9,10 @@ draws on stderr).
 Checkpoints: with ``checkpoint=PATH`` it saves, after every epoch and atomically, all it needs to
 go on (weights, optimiser, scheduler, random number generators, history, best weights);
 ``fit(..., resume=True)`` continues from there and gives the same numbers as a run that never
-stopped.
+stopped. SIGTERM or SIGINT during fit (rnnkit.training._signals) ends the step under way, saves a
+checkpoint in the middle of the epoch (the batches done, the shuffle's and the dropout's random
+state, a truncated-BPTT forward's carried state) and raises Interrupted; resuming from it also gives
+the numbers of a run that never stopped.
 
 Data parallel: under ``torchrun --nproc_per_node N`` (WORLD_SIZE > 1 in the environment) it
 joins the process group (gloo on CPU, nccl on CUDA), wraps the model in
@@ -35,6 +38,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from rnnkit import _busy
+from rnnkit.training._signals import Interrupted, requested, stop_on_signals
 
 log = logging.getLogger("rnnkit")
 
@@ -218,6 +222,7 @@ class Trainer:
         self.diagnoses: list[dict[str, Any]] = []
         self.train_seconds = 0.0
         self._warned: set[str] = set()
+        self._saved = ""  # what the checkpoint on disk holds ("epoch 3"), "" before the first
 
     @property
     def is_main(self) -> bool:
@@ -242,9 +247,18 @@ class Trainer:
         return DistributedDataParallel(self.model, device_ids=[self.device] if self.device.type == "cuda" else None)
 
     def _save(self, path: Path, state: dict[str, Any]) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)  # a checkpoint is whole or absent, never half-written
+        """Save a checkpoint whole or not at all; on a full disk the one before stays (DiskFullError
+        says which)."""
+        from rnnkit.runs import DiskFullError, write_atomically
+
+        try:
+            write_atomically(path, lambda f: torch.save(state, f))
+        except DiskFullError as error:
+            kept = f"the checkpoint saved after {self._saved} is kept" if self._saved else "no checkpoint was saved before"
+            raise DiskFullError(f"{error}; {kept}") from None
+        partial = state.get("partial")
+        self._saved = (f"epoch {partial['epoch']}, batch {partial['batches']}" if partial
+                       else f"epoch {len(state['history'])}")
 
     def _to_device(self, batch: Batch) -> Batch:
         return [t.to(self.device) if isinstance(t, Tensor) else t for t in batch]
@@ -266,7 +280,13 @@ class Trainer:
     def fit(self, train: Dataset[Any], val: Dataset[Any], *, resume: bool = False) -> list[EpochRecord]:
         """Train, keep the weights of the best validation epoch, and load them at the end.
         resume: continue from self.checkpoint (saved by an earlier fit with the same data and
-        config, perhaps with more epochs now) instead of starting afresh."""
+        config, perhaps with more epochs now, or by one that a signal stopped) instead of starting
+        afresh. A SIGTERM or SIGINT ends the step under way, saves the checkpoint and raises
+        Interrupted (see the module docstring)."""
+        with stop_on_signals():
+            return self._fit(train, val, resume=resume)
+
+    def _fit(self, train: Dataset[Any], val: Dataset[Any], *, resume: bool) -> list[EpochRecord]:
         cfg = self.config
         torch.manual_seed(cfg.seed)
         generator = torch.Generator().manual_seed(cfg.seed)
@@ -281,7 +301,7 @@ class Trainer:
             )
         best_state = copy.deepcopy(self.model.state_dict())
         model = self._join_process_group()
-        first = 1
+        first, partial = 1, None
         if resume:
             if self.world_size > 1:  # the main process may still be preparing the checkpoint's folder
                 import torch.distributed as dist
@@ -304,7 +324,11 @@ class Trainer:
             if torch.cuda.is_available() and state.get("cuda_rng") is not None:
                 torch.cuda.set_rng_state_all(state["cuda_rng"])
             first = len(self.history) + 1
-            log.info("resuming after epoch %d (best %d)", len(self.history), self.best_epoch)
+            partial = state.get("partial")  # stopped by a signal in the middle of epoch `first`
+            if partial is not None and partial["forward"] is not None:
+                self.forward.load_state_dict(partial["forward"])  # type: ignore[attr-defined]
+            self._saved = f"epoch {len(self.history)}" + (f", batch {partial['batches']}" if partial else "")
+            log.info("resuming after %s (best epoch %d)", self._saved, self.best_epoch)
         sampler: DistributedSampler[Any] | None = (DistributedSampler(train, num_replicas=self.world_size, rank=self.rank,
                                                                       shuffle=self.shuffle, seed=cfg.seed)
                    if self.world_size > 1 else None)
@@ -325,10 +349,27 @@ class Trainer:
             model.train()
             if sampler is not None:
                 sampler.set_epoch(epoch)
-            losses, norms, clipped = [], [], 0
+            losses, norms, clipped, skip = [], [], 0, 0
+            if partial is not None:  # the batches done before the stop: drawn again from the same shuffle, skipped
+                losses, norms, clipped, skip = partial["losses"], partial["norms"], partial["clipped"], partial["batches"]
+                start -= partial["seconds"]
+                partial = None
+            shuffled_from = generator.get_state()  # a checkpoint inside this epoch draws its batches again from here
             batches = self._batches(train, shuffle=self.shuffle, generator=generator, sampler=sampler)
             bar = self._bar(len(batches), epoch)
+            if bar is not None and skip:
+                bar.update(skip)
             for i, batch in enumerate(batches):
+                if i < skip:
+                    continue
+                if requested() is not None:  # a signal: stop before this step, as the last one ended
+                    if bar is not None:
+                        bar.close()
+                    self._interrupted(f"in epoch {epoch}, after batch {i} of {len(batches)}", {
+                        **self._state(optimiser, scheduler, best_state, shuffled_from),
+                        "partial": {"epoch": epoch, "batches": i, "losses": losses, "norms": norms, "clipped": clipped,
+                                    "seconds": time.perf_counter() - start,
+                                    "forward": getattr(self.forward, "state_dict", lambda: None)()}})
                 step = (epoch - 1) * len(batches) + i + 1  # counted over the whole run
                 batch = self._to_device(batch)
                 if self.diagnose_every and step % self.diagnose_every == 0:
@@ -397,15 +438,9 @@ class Trainer:
                 self.stopped_early = True
                 self.stop_reason = f"no better validation metric in {cfg.patience} epochs"
             if self.checkpoint is not None and self.is_main:
-                self._save(self.checkpoint, {
-                    "model": self.model.state_dict(), "optimiser": optimiser.state_dict(),
-                    "scheduler": scheduler.state_dict(), "best_model": best_state,
-                    "history": [r.as_dict() for r in self.history], "best_metric": self.best_metric,
-                    "best_epoch": self.best_epoch, "stopped_early": self.stopped_early,
-                    "stop_reason": self.stop_reason, "diagnoses": self.diagnoses,
-                    "rng": torch.get_rng_state(), "generator": generator.get_state(),
-                    "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                })
+                self._save(self.checkpoint, self._state(optimiser, scheduler, best_state, generator.get_state()))
+            if requested() is not None and epoch < cfg.epochs and not self.stopped_early:
+                self._interrupted(f"after epoch {epoch}", None)
         if self.writer is not None:
             self.writer.close()
         self.train_seconds = time.perf_counter() - began
@@ -413,6 +448,32 @@ class Trainer:
         if self.world_size > 1:
             self._check_replicas()
         return self.history
+
+    def _state(self, optimiser: torch.optim.Optimizer, scheduler: Any, best_state: dict[str, Tensor],
+               generator: Tensor) -> dict[str, Any]:
+        """What a checkpoint holds to go on from here (generator: the shuffle's state to go on from)."""
+        return {
+            "model": self.model.state_dict(), "optimiser": optimiser.state_dict(),
+            "scheduler": scheduler.state_dict(), "best_model": best_state,
+            "history": [r.as_dict() for r in self.history], "best_metric": self.best_metric,
+            "best_epoch": self.best_epoch, "stopped_early": self.stopped_early,
+            "stop_reason": self.stop_reason, "diagnoses": self.diagnoses,
+            "rng": torch.get_rng_state(), "generator": generator,
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
+
+    def _interrupted(self, where: str, state: dict[str, Any] | None) -> None:
+        """Stop on the signal received: save state (None: the checkpoint just saved holds it) and
+        raise Interrupted."""
+        if self.writer is not None:
+            self.writer.close()
+        saved = self.checkpoint if self.checkpoint is not None and self.is_main else None
+        if saved is not None and state is not None:
+            self._save(saved, state)
+        number = requested()
+        assert number is not None
+        log.info("stopped by signal %d %s", number, where)
+        raise Interrupted(number, where, saved)
 
     def _diagnose(self, batch: Batch, step: int, epoch: int) -> None:
         from rnnkit.diagnostics import gradient_flow, verdict
