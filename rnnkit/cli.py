@@ -189,7 +189,9 @@ def _run_training(ctx: click.Context, task: str, config_cls: type, build: Callab
     again = f"rnnkit train {task} --resume {folder}"
 
     def stopping(number: int) -> None:
-        click.echo(f"\n{signal.Signals(number).name}: stopping after this step (once more to stop at once)", err=True)
+        below_a_bar = "\n" if progress else ""  # a progress bar holds the line
+        click.echo(f"{below_a_bar}{signal.Signals(number).name}: stopping after this step (once more to stop at once)",
+                   err=True)
 
     try:
         with stop_on_signals(stopping):
@@ -668,9 +670,9 @@ def forecast_command(run: str, steps: int, data: str | None, encoding: str | Non
 
     check_writable(out_path)  # before the work, not after it
     values = fc.forecast(run, steps, data=data, encoding=encoding, delimiter=delimiter)
-    tmp = Path(out_path).with_name(Path(out_path).name + ".partial")
-    tmp.write_text("step,forecast\n" + "".join(f"{i + 1},{v:.6g}\n" for i, v in enumerate(values)), encoding="utf-8")
-    tmp.replace(out_path)
+    from rnnkit.runs import write_atomically
+
+    write_atomically(out_path, ("step,forecast\n" + "".join(f"{i + 1},{v:.6g}\n" for i, v in enumerate(values))).encode())
     for i, v in enumerate(values):
         click.echo(f"{i + 1:>4}  {v:.4f}")
     click.echo(f"wrote {out_path}")

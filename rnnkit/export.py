@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from rnnkit.data._files import check_writable
+from rnnkit.runs import DiskFullError, out_of_space
 from rnnkit.tasks import BATCH, TaskBatch
 
 FORMATS = ("onnx", "pt2", "aoti")
@@ -97,6 +98,11 @@ def export(batch: TaskBatch, fmt: str, out: str | os.PathLike[str]) -> Exported:
             raise RuntimeError(f"the exported graph differs from the model by {difference:.2e} (more than "
                                f"{TOLERANCE:g}) on the validation batch: nothing written")
         os.replace(tmp, target)
+    except Exception as error:
+        if out_of_space(error):  # torch's writers raise their own errors over the OSError
+            raise DiskFullError(f"cannot write {target}: no space left on the device that holds {target.parent}: "
+                                "nothing written") from None
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()

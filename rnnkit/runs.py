@@ -76,7 +76,7 @@ def write_atomically(path: str | os.PathLike[str], write: Callable[[BinaryIO], o
         os.replace(tmp, target)
     except BaseException as error:
         tmp.unlink(missing_ok=True)
-        if _out_of_space(error):
+        if out_of_space(error):
             free = shutil.disk_usage(target.parent).free
             raise DiskFullError(f"cannot write {target}: no space left on the device that holds {target.parent} "
                                 f"({free / 1e6:.1f} MB free)") from None
@@ -163,7 +163,7 @@ class Run:
 CHECKPOINT = "checkpoint.pt"
 
 
-def _out_of_space(error: BaseException | None) -> bool:
+def out_of_space(error: BaseException | None) -> bool:
     """Whether error, or one it arose from, is a full device or quota (torch.save, for one, raises
     a RuntimeError of its own while it handles the OSError)."""
     seen = 0

@@ -221,18 +221,18 @@ def read_numbers(path: str | Path, *, encoding: str | None = None, delimiter: st
     """Rows of numbers (N, F) float32, one example per line, the delimiter sniffed as for tables
     (comma, semicolon, tab or bar). A first line that is not all numbers is taken as a header and
     skipped; any other cell that is not a finite number is an error naming its line and column."""
+    lines = read_lines(path, encoding=encoding)
+    sep = check_delimiter(delimiter) or sniff_delimiter("\n".join(lines), suffix=Path(path).suffix)
 
     def number(cell: str) -> float | None:
         cell = cell.strip()
-        if sep != "," and _NUMBER.match(cell):
+        if sep != "," and _NUMBER.match(cell):  # a decimal comma
             cell = cell.replace(",", ".")
         try:
             return float(cell)
         except ValueError:
             return None
 
-    lines = read_lines(path, encoding=encoding)
-    sep = check_delimiter(delimiter) or sniff_delimiter("\n".join(lines), suffix=Path(path).suffix)
     rows = [next(csv.reader([line], delimiter=sep)) for line in lines]
     start = 1 if rows and any(number(c) is None for c in rows[0]) else 0  # a header: not all numbers
     if len(rows) <= start:

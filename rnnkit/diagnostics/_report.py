@@ -16,6 +16,7 @@ from torch import nn
 
 import rnnkit
 from rnnkit.diagnostics._flow import gradient_flow, hidden_stats, hidden_trace, spectral_radii, verdict
+from rnnkit.runs import write_atomically
 from rnnkit.tasks import TaskBatch
 
 REPORT_CELLS = ("rnn", "lstm", "gru", "irnn")
@@ -90,9 +91,7 @@ def write_report(report: dict[str, Any], out: str | os.PathLike[str], *, title: 
                                                        "example", trace.get("tokens"))
     written = []
     for name, content in files.items():
-        tmp = folder / (name + ".tmp")
-        tmp.write_bytes(content)
-        os.replace(tmp, folder / name)
+        write_atomically(folder / name, content)
         written.append(folder / name)
     return written
 
