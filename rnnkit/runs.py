@@ -216,6 +216,7 @@ def resume_run(path: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
         if not (target / CHECKPOINT).is_file():
             raise NotARunError(f"nothing to resume at {target}: neither a run folder with a {CHECKPOINT} "
                                f"nor an unfinished {work.name}")
+        check_checkpoint(target / CHECKPOINT)  # before the copy: a damaged run is left as it is
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         shutil.copytree(target, tmp / "run")
         os.replace(tmp / "run", work)
@@ -223,7 +224,22 @@ def resume_run(path: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
     if not (work / "config.json").is_file() or not (work / CHECKPOINT).is_file():
         raise NotARunError(f"{work} has no config.json or no {CHECKPOINT}: it died before its first epoch ended; "
                            "delete it and train again")
+    check_checkpoint(work / CHECKPOINT)
     return work, read_json(work / "config.json")
+
+
+def check_checkpoint(file: Path) -> None:
+    """NotARunError unless file is a training checkpoint that loads (torch.load, weights only)."""
+    import pickle
+
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError, pickle.UnpicklingError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise NotARunError(f"cannot read {file} ({reason}): the checkpoint is damaged, so the run cannot continue "
+                           "from it") from None
+    if not isinstance(state, dict) or not {"model", "optimiser", "history"} <= set(state):
+        raise NotARunError(f"{file} is not an rnnkit training checkpoint: the run cannot continue from it")
 
 
 def finish_run(

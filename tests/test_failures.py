@@ -38,6 +38,9 @@ def _damaged(runs: Path, tmp: Path, name: str, damage: str) -> Path:
         (run / "model.safetensors").write_bytes(b"")
     elif damage == "weights of another run":
         shutil.copy(runs / "fc" / "model.safetensors", run / "model.safetensors")
+    elif damage == "truncated checkpoint":
+        data = (run / "checkpoint.pt").read_bytes()
+        (run / "checkpoint.pt").write_bytes(data[: len(data) // 2])
     elif damage == "truncated config":
         (run / "config.json").write_text((run / "config.json").read_text()[:50])
     return run
@@ -69,6 +72,8 @@ CASES = {
     "truncated config.json": (lambda r, t: ["predict", str(_damaged(r, t, "run", "truncated config")), "--input",
                                             _write(t, "x.csv", b"1," * 63 + b"1\n")],
                               "run/config.json (Expecting value"),
+    "a damaged checkpoint": (lambda r, t: ["train", "classify", "--resume", str(_damaged(r, t, "run", "truncated checkpoint")),
+                                           "--epochs", "2"], "run/checkpoint.pt ("),
     "--out under a file": (lambda r, t: ["train", "classify", "--epochs", "1", "--out",
                                          str(Path(_write(t, "file", b"x")) / "run")],
                            "cannot create the run folder"),

@@ -28,7 +28,11 @@ def open_run(out: str | Path, task: str, cfg: Any, *, resume: bool, tensorboard:
     rank, _ = world()
     if rank == 0:
         lock_run(out)  # before RUN.partial is looked at: one process owns the run
-        work = resume_run(out)[0] if resume else start_run(out, config={"task": task, "pipeline": asdict(cfg)})
+        try:
+            work = resume_run(out)[0] if resume else start_run(out, config={"task": task, "pipeline": asdict(cfg)})
+        except BaseException:
+            release_run(out)  # a run refused leaves nothing, its lock file included
+            raise
     else:
         work = partial_path(out)
     return work / CHECKPOINT

@@ -309,25 +309,14 @@ class Trainer:
                 dist.barrier()
             if self.checkpoint is None or not self.checkpoint.is_file():
                 raise FileNotFoundError(f"cannot resume: no checkpoint at {self.checkpoint}")
-            state = torch.load(self.checkpoint, map_location=self.device, weights_only=True)
-            self.model.load_state_dict(state["model"])
-            optimiser.load_state_dict(state["optimiser"])
-            scheduler.load_state_dict(state["scheduler"])
-            best_state = state["best_model"]
-            self.history = [EpochRecord(**r) for r in state["history"]]
-            self.best_metric, self.best_epoch = state["best_metric"], state["best_epoch"]
-            self.stopped_early, self.stop_reason = state["stopped_early"], state["stop_reason"]
-            self.diagnoses = state["diagnoses"]
-            self._warned = {d["verdict"] for d in self.diagnoses if "warning" in d}
-            torch.set_rng_state(state["rng"])
-            generator.set_state(state["generator"])
-            if torch.cuda.is_available() and state.get("cuda_rng") is not None:
-                torch.cuda.set_rng_state_all(state["cuda_rng"])
+            try:
+                best_state, partial = self._restore(torch.load(self.checkpoint, map_location=self.device,
+                                                               weights_only=True), optimiser, scheduler, generator)
+            except (RuntimeError, KeyError, ValueError, TypeError, EOFError, OSError) as error:
+                reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+                raise ValueError(f"cannot resume from {self.checkpoint}: it does not fit this model and its training "
+                                 f"({reason})") from None
             first = len(self.history) + 1
-            partial = state.get("partial")  # stopped by a signal in the middle of epoch `first`
-            if partial is not None and partial["forward"] is not None:
-                self.forward.load_state_dict(partial["forward"])  # type: ignore[attr-defined]
-            self._saved = f"epoch {len(self.history)}" + (f", batch {partial['batches']}" if partial else "")
             log.info("resuming after %s (best epoch %d)", self._saved, self.best_epoch)
         sampler: DistributedSampler[Any] | None = (DistributedSampler(train, num_replicas=self.world_size, rank=self.rank,
                                                                       shuffle=self.shuffle, seed=cfg.seed)
@@ -448,6 +437,29 @@ class Trainer:
         if self.world_size > 1:
             self._check_replicas()
         return self.history
+
+    def _restore(self, state: dict[str, Any], optimiser: torch.optim.Optimizer, scheduler: Any,
+                 generator: torch.Generator) -> tuple[dict[str, Tensor], dict[str, Any] | None]:
+        """Put a checkpoint's state into the model, optimiser, scheduler, random generators and this
+        Trainer; (the best weights so far, the stopped epoch's progress or None)."""
+        self.model.load_state_dict(state["model"])
+        optimiser.load_state_dict(state["optimiser"])
+        scheduler.load_state_dict(state["scheduler"])
+        best_state = state["best_model"]
+        self.history = [EpochRecord(**r) for r in state["history"]]
+        self.best_metric, self.best_epoch = state["best_metric"], state["best_epoch"]
+        self.stopped_early, self.stop_reason = state["stopped_early"], state["stop_reason"]
+        self.diagnoses = state["diagnoses"]
+        self._warned = {d["verdict"] for d in self.diagnoses if "warning" in d}
+        torch.set_rng_state(state["rng"])
+        generator.set_state(state["generator"])
+        if torch.cuda.is_available() and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        partial = state.get("partial")  # stopped by a signal in the middle of the next epoch
+        if partial is not None and partial["forward"] is not None:
+            self.forward.load_state_dict(partial["forward"])  # type: ignore[attr-defined]
+        self._saved = f"epoch {len(self.history)}" + (f", batch {partial['batches']}" if partial else "")
+        return best_state, partial
 
     def _state(self, optimiser: torch.optim.Optimizer, scheduler: Any, best_state: dict[str, Tensor],
                generator: Tensor) -> dict[str, Any]:

@@ -214,3 +214,15 @@ def test_write_atomically_keeps_the_old_file_on_any_failure(tmp_path: Path) -> N
     assert path.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["f.json"]
     write_atomically(path, lambda f: f.write(b"new"))
     assert path.read_bytes() == b"new"
+
+
+def test_a_checkpoint_of_another_model_is_refused_in_one_line(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    other = Trainer(nn.Linear(10, 2), forward=lambda m, b: (m(b[0]), b[1]), loss_fn=F.cross_entropy,
+                    metric_fn=lambda o, y: 0.0, config=TrainConfig(epochs=1, batch_size=8), checkpoint=tmp_path / "c.pt")
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(16, 10, generator=g), torch.randint(0, 2, (16,), generator=g))
+    other.fit(data, data)
+    with pytest.raises(ValueError, match=r"cannot resume from .*c.pt: it does not fit this model and its training "
+                                         r"\(Error\(s\) in loading state_dict"):
+        _trainer(tmp_path / "c.pt").fit(*_data(), resume=True)
