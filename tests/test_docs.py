@@ -81,12 +81,18 @@ def test_the_docs_show_commands() -> None:
 
 
 @pytest.mark.parametrize("page,command", COMMANDS, ids=[f"{p}:{c[:60]}" for p, c in COMMANDS])
-def test_shown_command_is_accepted(page: str, command: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_shown_command_is_accepted(page: str, command: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """The command line parses the command and converts every value (names, choices, numbers);
-    nothing runs."""
+    nothing runs. The data files it names, which an earlier command of the page writes, are there
+    (empty) in the folder it runs in."""
     ran: list[str] = []
     monkeypatch.setattr(click.Command, "invoke", lambda self, ctx: ran.append(ctx.command_path))
     words = shlex.split(command)
+    monkeypatch.chdir(tmp_path)
+    for word in words:
+        if re.fullmatch(r"[\w.-][\w./-]*\.(csv|tsv|txt)", word):
+            (tmp_path / word).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / word).touch()
     args = words[3:] if words[0] == "python" else words[1:]
     try:
         main.main(args, prog_name="rnnkit", standalone_mode=False)
