@@ -130,8 +130,8 @@ def test_the_issues_case(runs: tuple[Path, dict[str, list[str]]], tmp_path: Path
     (tmp_path / "run" / "config.json").write_text(json.dumps(config))
     result = CliRunner().invoke(main, ["predict", str(tmp_path / "run"), "good fun"])
     assert result.exit_code == 1
-    assert result.output == (f"Error: {tmp_path / 'run' / 'config.json'} has a wrong value (model: hidden_size must be "
-                             "an int, got str 'abc'): the run folder is damaged: train it again, or restore the file "
+    assert result.output == (f"Error: {tmp_path / 'run' / 'config.json'} has a wrong value (model: hidden_size should be "
+                             "of type int, got: str ('abc')): the run folder is damaged: train it again, or restore the file "
                              "from a copy\n")
 
 

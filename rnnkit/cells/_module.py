@@ -80,13 +80,12 @@ class RecurrentCell(nn.Module):
         x = _checks.check_float_tensor(owner, "input", input, self.weights().weight_ih.dtype)
         if x.dim() not in (1, 2):
             raise _checks.InputError(
-                f"{owner}: expected input with 2 dimensions (B, I) or 1 (I,), got {x.dim()} "
-                f"of shape {_checks.shape_str(x.shape)}"
+                f"{owner}: Expected input to be 1D or 2D, got {x.dim()}D instead: (B, I), or (I,) unbatched, got "
+                f"shape {_checks.shape_str(x.shape)}"
             )
         batched = x.dim() == 2
         if not batched:
             x = x.unsqueeze(0)  # (I,) -> (1, I)
-        _checks.check_features(owner, "input", input, self.input_size, "input_size")
         batch = x.shape[0]
         sizes = (self.hidden_size,) * self.spec.num_states
         names = ("h", "c")[: self.spec.num_states]
@@ -96,12 +95,27 @@ class RecurrentCell(nn.Module):
             if self.spec.num_states == 2 and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
                 raise TypeError(f"{owner}: expected hx to be a pair (h, c), got {type(hx).__name__}")
             parts = []
-            for name, size, h in zip(names, sizes, hx):
+            for index, (name, size, h) in enumerate(zip(names, sizes, hx)):
                 h = _checks.check_float_tensor(owner, name, h, x.dtype)
-                expected = (batch, size) if batched else (size,)
-                _checks.check_shape(owner, name, h, expected)
-                parts.append(h if batched else h.unsqueeze(0))
+                if h.dim() not in (1, 2):  # torch.nn's words from here on
+                    which = f"hx[{index}]" if self.spec.num_states == 2 else "hidden"
+                    raise _checks.InputError(f"{owner}: Expected {which} to be 1D or 2D, got {h.dim()}D instead "
+                                             f"({name} of shape {_checks.shape_str(h.shape)})")
+                if h.dim() != input.dim():
+                    raise _checks.InputError(f"{owner}: expected {name} to be {input.dim()}-D as the input is, got "
+                                             f"shape {_checks.shape_str(h.shape)}")
+                parts.append(h if batched else h.unsqueeze(0))  # (B, H)
+            _checks.check_features(owner, x, self.input_size, cell=True)
+            for index, (name, size, h) in enumerate(zip(names, sizes, parts)):
+                if h.shape[0] != batch:
+                    raise _checks.InputError(f"{owner}: Input batch size {batch} doesn't match hidden{index} batch size "
+                                             f"{h.shape[0]} ({name} of shape {_checks.shape_str(h.shape)})")
+                if h.shape[1] != size:
+                    raise _checks.InputError(f"{owner}: hidden{index} has inconsistent hidden_size: got {h.shape[1]}, "
+                                             f"expected {size} ({name} of shape {_checks.shape_str(h.shape)})")
             state = tuple(parts)
+        if hx is None:
+            _checks.check_features(owner, x, self.input_size, cell=True)
         out = self.spec.step(x, state, self.weights(), None)
         return out if batched else tuple(s.squeeze(0) for s in out)
 

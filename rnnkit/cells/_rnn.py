@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from rnnkit import _checks
 from rnnkit.cells._base import CellSpec, CellWeights, State, input_side, recurrent_side
 from rnnkit.cells._module import RecurrentCell
 
@@ -77,7 +78,7 @@ class RNNCell(RecurrentCell):
         init: str = "default",
     ) -> None:
         if nonlinearity not in RNN_SPECS:
-            raise ValueError(f"RNNCell: unknown nonlinearity {nonlinearity!r}: expected 'tanh' or 'relu'")
+            raise _checks.InputError(f"RNNCell: Unknown nonlinearity: {nonlinearity}. Select from 'tanh' or 'relu'.")
         self.nonlinearity = nonlinearity
         super().__init__(
             RNN_SPECS[nonlinearity],

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numbers
 import warnings
 from collections.abc import Sequence
 
@@ -85,10 +86,13 @@ class RecurrentLayer(nn.Module):
         self.batch_first = _checks.check_bool(owner, "batch_first", batch_first)
         self.dropout = _checks.check_probability(owner, "dropout", dropout, allow_one=True)
         self.bidirectional = _checks.check_bool(owner, "bidirectional", bidirectional)
+        if isinstance(proj_size, numbers.Integral) and not isinstance(proj_size, bool) and proj_size < 0:
+            raise ValueError(f"{owner}: proj_size should be a positive integer or zero to disable projections, got "
+                             f"{proj_size}")
         self.proj_size = _checks.check_int(owner, "proj_size", proj_size, minimum=0)
         if self.proj_size >= self.hidden_size:
             raise ValueError(
-                f"{owner}: proj_size must be < hidden_size ({self.hidden_size}), got {self.proj_size}"
+                f"{owner}: proj_size has to be smaller than hidden_size ({self.hidden_size}), got {self.proj_size}"
             )
         self.layer_norm = _checks.check_bool(owner, "layer_norm", layer_norm)
         self.recurrent_dropout = _checks.check_probability(
@@ -228,7 +232,7 @@ class RecurrentLayer(nn.Module):
         expected = 2 if batch_sizes is not None else 3
         if input.dim() != expected:
             raise _checks.InputError(f"{owner}: input must have {expected} dimensions, got {input.dim()}")
-        _checks.check_features(owner, "input", input, self.input_size, "input_size")
+        _checks.check_features(owner, input, self.input_size, cell=False)
 
     def get_expected_hidden_size(self, input: Tensor, batch_sizes: Tensor | None) -> tuple[int, int, int]:
         """(K*D, B, R), the shape of h_0 for input (as torch.nn.RNNBase's)."""
@@ -336,8 +340,8 @@ class RecurrentLayer(nn.Module):
             layout = "(B, T, I)" if self.batch_first else "(T, B, I)"
             if x.dim() not in (2, 3):
                 raise _checks.InputError(
-                    f"{owner}: expected input with 3 dimensions {layout} or 2 (T, I) unbatched, "
-                    f"got {x.dim()} of shape {_checks.shape_str(x.shape)}"
+                    f"{owner}: Expected input to be 2D or 3D, got {x.dim()}D{' tensor' if owner == 'RNN' else ''} "
+                    f"instead: {layout}, or (T, I) unbatched, got shape {_checks.shape_str(x.shape)}"
                 )
             batched = x.dim() == 3
             if not batched:
@@ -346,7 +350,7 @@ class RecurrentLayer(nn.Module):
                 x = x.transpose(0, 1)  # (B, T, I) -> (T, B, I)
             if not torch.jit.is_tracing() and x.shape[0] == 0:  # (traced, sizes are not ints)
                 raise _checks.InputError(
-                    f"{owner}: expected at least one time step, got input of shape "
+                    f"{owner}: Expected sequence length to be larger than 0 in RNN, got input of shape "
                     f"{_checks.shape_str(x.shape)} (time-major)"
                 )
             cpu_lengths = None
@@ -354,7 +358,7 @@ class RecurrentLayer(nn.Module):
                 if not batched:
                     raise _checks.InputError(f"{owner}: lengths= needs a batched (3-D) input, got a 2-D one")
                 cpu_lengths = check_lengths(owner, lengths, batch=x.shape[1], steps=x.shape[0])
-        _checks.check_features(owner, "input", x, self.input_size, "input_size")
+        _checks.check_features(owner, x, self.input_size, cell=False)
         steps, batch = x.shape[:2]
         state0 = self._initial_state(hx, batch, batched, x)
 
@@ -469,9 +473,19 @@ class RecurrentLayer(nn.Module):
                 raise TypeError(f"{owner}: expected hx to be a Tensor h_0, got {type(hx).__name__}")
             parts = [hx]
         checked = []
-        for name, size, h in zip(names, self.state_sizes, parts):
+        for index, (name, size, h) in enumerate(zip(names, self.state_sizes, parts)):
             h = _checks.check_float_tensor(owner, name, h, x.dtype)
-            _checks.check_shape(owner, name, h, (cells, batch, size) if batched else (cells, size))
+            if h.dim() != (3 if batched else 2):  # torch.nn's words
+                kind, hx = ("batched 3-D", 3) if batched else ("unbatched 2-D", 2)
+                also = (f"hx and cx should also be {hx}-D but got ({parts[0].dim()}-D, {parts[1].dim()}-D) tensors"
+                        if len(parts) == 2 else f"hx should also be {hx}-D but got {h.dim()}-D tensor")
+                raise _checks.InputError(f"{owner}: For {kind} input, {also}")
+            expected = (cells, batch, size) if batched else (cells, size)
+            if not torch.jit.is_tracing() and tuple(h.shape) != expected:
+                which = f"hidden[{index}]" if len(parts) == 2 else "hidden"
+                raise _checks.InputError(f"{owner}: Expected {which} size {expected}, got {list(h.shape)} ({name}: "
+                                         f"(num_layers * num_directions, {'batch, ' if batched else ''}"
+                                         f"{'proj_size or ' if index == 0 and self.proj_size else ''}hidden_size))")
             checked.append(h if batched else h.unsqueeze(1))  # (K*D, B, S)
         return [tuple(part[i] for part in checked) for i in range(cells)]
 

@@ -99,7 +99,7 @@ class RNN(RecurrentLayer):
         _refuse_proj_size("RNN", proj_size)
         specs = {"tanh": RNN_TANH, "relu": RNN_RELU}
         if nonlinearity not in specs:
-            raise ValueError(f"RNN: unknown nonlinearity {nonlinearity!r}: expected 'tanh' or 'relu'")
+            raise ValueError(f"RNN: Unknown nonlinearity {nonlinearity!r}. Select from 'tanh' or 'relu'.")
         self.nonlinearity = nonlinearity
         super().__init__(
             specs[nonlinearity], input_size, hidden_size, num_layers, bias, batch_first, dropout,

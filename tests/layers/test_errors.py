@@ -14,21 +14,21 @@ import rnnkit
 @pytest.mark.parametrize(
     "make, error, message",
     [
-        (lambda: rnnkit.LSTM(10, 20, proj_size=20), ValueError, r"LSTM: proj_size must be < hidden_size \(20\), got 20"),
-        (lambda: rnnkit.LSTM(10, 20, proj_size=-1), ValueError, r"LSTM: proj_size must be >= 0, got -1"),
-        (lambda: rnnkit.GRU(10, 20, dropout=1.5), ValueError, r"GRU: dropout must be in \[0, 1\], got 1.5"),
-        (lambda: rnnkit.GRU(10, 20, dropout=-0.1), ValueError, r"GRU: dropout must be in \[0, 1\], got -0.1"),
+        (lambda: rnnkit.LSTM(10, 20, proj_size=20), ValueError, r"LSTM: proj_size has to be smaller than hidden_size \(20\), got 20"),
+        (lambda: rnnkit.LSTM(10, 20, proj_size=-1), ValueError, r"LSTM: proj_size should be a positive integer or zero to disable projections, got -1"),
+        (lambda: rnnkit.GRU(10, 20, dropout=1.5), ValueError, r"GRU: dropout should be a number in range \[0, 1\] representing the probability of an element being zeroed, got 1.5"),
+        (lambda: rnnkit.GRU(10, 20, dropout=-0.1), ValueError, r"GRU: dropout should be a number in range \[0, 1\] .*, got -0.1"),
         (lambda: rnnkit.GRU(10, 20, proj_size=5), ValueError, r"proj_size argument is only supported for LSTM, not RNN or GRU"),
         (lambda: rnnkit.RNN(10, 20, proj_size=0), ValueError, r"proj_size argument is only supported for LSTM, not RNN or GRU"),
-        (lambda: rnnkit.GRU(10, 20, dropout="0.5"), TypeError, r"GRU: dropout must be a float, got str '0.5'"),
-        (lambda: rnnkit.RNN(10, 20, nonlinearity="sigmoid"), ValueError, r"RNN: unknown nonlinearity 'sigmoid': expected 'tanh' or 'relu'"),
-        (lambda: rnnkit.RNNCell(10, 20, nonlinearity="gelu"), ValueError, r"RNNCell: unknown nonlinearity 'gelu'"),
-        (lambda: rnnkit.LSTM(10, 0), ValueError, r"LSTM: hidden_size must be >= 1, got 0"),
-        (lambda: rnnkit.LSTM(10.0, 20), TypeError, r"LSTM: input_size must be an int, got float 10.0"),
-        (lambda: rnnkit.LSTM(10, 20, num_layers=0), ValueError, r"LSTM: num_layers must be >= 1, got 0"),
-        (lambda: rnnkit.LSTM(10, 20, bidirectional=1), TypeError, r"LSTM: bidirectional must be a bool, got int 1"),
-        (lambda: rnnkit.LSTM(10, 20, recurrent_dropout=1.0), ValueError, r"LSTM: recurrent_dropout must be in \[0, 1\), got 1.0"),
-        (lambda: rnnkit.LSTM(10, 20, zoneout=1.5), ValueError, r"LSTM: zoneout must be in \[0, 1\], got 1.5"),
+        (lambda: rnnkit.GRU(10, 20, dropout="0.5"), TypeError, r"GRU: dropout should be a number in range \[0, 1\] representing the probability of an element being zeroed, got str '0.5'"),
+        (lambda: rnnkit.RNN(10, 20, nonlinearity="sigmoid"), ValueError, r"RNN: Unknown nonlinearity 'sigmoid'. Select from 'tanh' or 'relu'."),
+        (lambda: rnnkit.RNNCell(10, 20, nonlinearity="gelu"), RuntimeError, r"RNNCell: Unknown nonlinearity: gelu"),
+        (lambda: rnnkit.LSTM(10, 0), ValueError, r"LSTM: hidden_size must be greater than zero, got 0"),
+        (lambda: rnnkit.LSTM(10.0, 20), TypeError, r"LSTM: input_size should be of type int, got: float \(10.0\)"),
+        (lambda: rnnkit.LSTM(10, 20, num_layers=0), ValueError, r"LSTM: num_layers must be greater than zero, got 0"),
+        (lambda: rnnkit.LSTM(10, 20, bidirectional=1), TypeError, r"LSTM: bidirectional should be of type bool, got: int \(1\)"),
+        (lambda: rnnkit.LSTM(10, 20, recurrent_dropout=1.0), ValueError, r"LSTM: recurrent_dropout should be a number in range \[0, 1\), got 1.0"),
+        (lambda: rnnkit.LSTM(10, 20, zoneout=1.5), ValueError, r"LSTM: zoneout should be a number in range \[0, 1\], got 1.5"),
         (lambda: rnnkit.LSTM(10, 20, init="xavier"), ValueError, r"LSTM: init must be one of 'default', 'orthogonal', 'identity', 'chrono', got 'xavier'"),
         (lambda: rnnkit.LSTM(10, 20, engine="fast"), ValueError, r"LSTM: engine must be one of 'auto', 'reference', 'fused', 'native', got 'fast'"),
         (lambda: rnnkit.LSTM(10, 20, bias=False, forget_bias=1.0), ValueError, r"LSTM: forget_bias=1.0 needs bias=True"),
@@ -84,24 +84,24 @@ X = torch.randn(5, 3, 10)
     "call, error, message",
     [
         (lambda: LSTM(torch.randn(5, 3, 11)), ValueError,
-         r"LSTM: expected input with 10 features in its last dimension \(input_size=10\), got shape \(5, 3, 11\)"),
+         r"LSTM: input.size\(-1\) must be equal to input_size. Expected 10, got 11 \(input of shape \(5, 3, 11\)\)"),
         (lambda: LSTM(torch.randn(5, 3, 10, 1)), ValueError,
-         r"LSTM: expected input with 3 dimensions \(T, B, I\) or 2 \(T, I\) unbatched, got 4 of shape \(5, 3, 10, 1\)"),
+         r"LSTM: Expected input to be 2D or 3D, got 4D instead: \(T, B, I\), or \(T, I\) unbatched, got shape \(5, 3, 10, 1\)"),
         (lambda: GRU_BF(torch.randn(10)), ValueError,
-         r"GRU: expected input with 3 dimensions \(B, T, I\) or 2 \(T, I\) unbatched, got 1"),
-        (lambda: LSTM(torch.zeros(0, 3, 10)), ValueError, r"LSTM: expected at least one time step"),
+         r"GRU: Expected input to be 2D or 3D, got 1D instead: \(B, T, I\)"),
+        (lambda: LSTM(torch.zeros(0, 3, 10)), ValueError, r"LSTM: Expected sequence length to be larger than 0 in RNN"),
         (lambda: LSTM(torch.ones(5, 3, 10, dtype=torch.int64)), TypeError,
          r"LSTM: expected input to be a floating-point tensor \(torch.float32\), got torch.int64"),
         (lambda: LSTM(X.double()), TypeError,
-         r"LSTM: expected input of dtype torch.float32 \(the dtype of the parameters\), got torch.float64"),
+         r"LSTM: RNN input dtype \(torch.float64\) does not match weight dtype \(torch.float32\). Convert input: input.to\(torch.float32\), or convert model: model.to\(torch.float64\)"),
         (lambda: LSTM([[1.0]]), TypeError, r"LSTM: expected input to be a Tensor, got list"),
         (lambda: LSTM(X, (torch.zeros(2, 3, 21), torch.zeros(2, 3, 20))), ValueError,
-         r"LSTM: expected h_0 of shape \(2, 3, 20\), got \(2, 3, 21\)"),
+         r"LSTM: Expected hidden\[0\] size \(2, 3, 20\), got \[2, 3, 21\] \(h_0: \(num_layers \* num_directions, batch, hidden_size\)\)"),
         (lambda: LSTM(X, (torch.zeros(2, 3, 20), torch.zeros(1, 3, 20))), ValueError,
-         r"LSTM: expected c_0 of shape \(2, 3, 20\), got \(1, 3, 20\)"),
+         r"LSTM: Expected hidden\[1\] size \(2, 3, 20\), got \[1, 3, 20\]"),
         (lambda: LSTM(X, torch.zeros(2, 3, 20)), TypeError, r"LSTM: expected hx to be a pair \(h_0, c_0\), got Tensor"),
         (lambda: LSTM(X[:, 0], (torch.zeros(2, 1, 20), torch.zeros(2, 1, 20))), ValueError,
-         r"LSTM: expected h_0 of shape \(2, 20\), got \(2, 1, 20\)"),
+         r"LSTM: For unbatched 2-D input, hx and cx should also be 2-D but got \(3-D, 3-D\) tensors"),
         (lambda: GRU_BF(torch.randn(3, 5, 10), (torch.zeros(1, 3, 20),)), TypeError,
          r"GRU: expected hx to be a Tensor h_0, got tuple"),
         (lambda: LSTM(X, lengths=[6, 2, 1]), ValueError, r"LSTM: expected every length <= 5 \(the input's time steps\), got 6"),
@@ -114,11 +114,11 @@ X = torch.randn(5, 3, 10)
         (lambda: LSTM(pack_padded_sequence(X, [5, 2, 1]), lengths=[5, 2, 1]), ValueError,
          r"LSTM: lengths= cannot be given with a PackedSequence"),
         (lambda: rnnkit.LSTMCell(10, 20)(torch.randn(3, 11)), ValueError,
-         r"LSTMCell: expected input with 10 features in its last dimension \(input_size=10\), got shape \(3, 11\)"),
+         r"LSTMCell: input has inconsistent input_size: got 11 expected 10 \(input of shape \(3, 11\)\)"),
         (lambda: rnnkit.GRUCell(10, 20)(torch.randn(2, 3, 10)), ValueError,
-         r"GRUCell: expected input with 2 dimensions \(B, I\) or 1 \(I,\), got 3"),
+         r"GRUCell: Expected input to be 1D or 2D, got 3D instead: \(B, I\), or \(I,\) unbatched, got shape \(2, 3, 10\)"),
         (lambda: rnnkit.GRUCell(10, 20)(torch.randn(3, 10), torch.randn(3, 21)), ValueError,
-         r"GRUCell: expected h of shape \(3, 20\), got \(3, 21\)"),
+         r"GRUCell: hidden0 has inconsistent hidden_size: got 21, expected 20 \(h of shape \(3, 21\)\)"),
         (lambda: rnnkit.RNNCell(10, 20)(torch.ones(3, 10, dtype=torch.int32)), TypeError,
          r"RNNCell: expected input to be a floating-point tensor"),
         (lambda: rnnkit.LSTMCell(10, 20)(torch.randn(3, 10), torch.randn(3, 20)), TypeError,
@@ -171,3 +171,36 @@ def test_from_torch_and_to_torch_errors() -> None:
         rnnkit.GRUCell(3, 4, layer_norm=True).to_torch()
     with pytest.warns(UserWarning, match=r"GRU.to_torch: torch.nn.GRU has no recurrent_dropout=0.2, zoneout=0.1"):
         rnnkit.GRU(3, 4, recurrent_dropout=0.2, zoneout=0.1).to_torch()
+
+
+def _torch_error_inputs() -> list[Any]:
+    """Every error input that torch's module tests (common_modules.module_db) give its recurrent
+    modules and cells, in train and eval mode: (name, training, the ErrorModuleInput)."""
+    from torch.testing._internal.common_modules import module_db
+
+    found = []
+    for info in module_db:
+        name = info.module_cls.__name__
+        if info.module_cls.__module__ != "torch.nn.modules.rnn" or info.module_error_inputs_func is None:
+            continue
+        for training in (True, False):
+            for error in info.module_error_inputs_func(info, device="cpu", dtype=torch.float32, requires_grad=False,
+                                                       training=training):
+                found.append(pytest.param(name, training, error, id=f"{name}-{'train' if training else 'eval'}-"
+                                                                   f"{error.error_regex[:50]}"))
+    return found
+
+
+@pytest.mark.parametrize("name, training, error", _torch_error_inputs())
+def test_torchs_error_inputs_raise_torchs_type_and_words(name: str, training: bool, error: Any) -> None:
+    """The exception type and the message regex that torch's own tests expect, for each error input
+    of torch's module tests (rnnkit's message adds its context around torch's words)."""
+    given = error.module_error_input
+    with pytest.raises(error.error_type, match=error.error_regex):
+        module = getattr(rnnkit, name)(*given.constructor_input.args, **given.constructor_input.kwargs)
+        module.train(training)
+        module(*given.forward_input.args, **given.forward_input.kwargs)
+
+
+def test_torchs_error_inputs_are_all_here() -> None:
+    assert len(_torch_error_inputs()) >= 20  # torch 2.13: 116 over RNN, LSTM, GRU and the three cells
