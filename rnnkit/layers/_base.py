@@ -476,9 +476,9 @@ class RecurrentLayer(nn.Module):
         for index, (name, size, h) in enumerate(zip(names, self.state_sizes, parts)):
             h = _checks.check_float_tensor(owner, name, h, x.dtype)
             if h.dim() != (3 if batched else 2):  # torch.nn's words
-                kind, hx = ("batched 3-D", 3) if batched else ("unbatched 2-D", 2)
-                also = (f"hx and cx should also be {hx}-D but got ({parts[0].dim()}-D, {parts[1].dim()}-D) tensors"
-                        if len(parts) == 2 else f"hx should also be {hx}-D but got {h.dim()}-D tensor")
+                kind, dims = ("batched 3-D", 3) if batched else ("unbatched 2-D", 2)
+                also = (f"hx and cx should also be {dims}-D but got ({parts[0].dim()}-D, {parts[1].dim()}-D) tensors"
+                        if len(parts) == 2 else f"hx should also be {dims}-D but got {h.dim()}-D tensor")
                 raise _checks.InputError(f"{owner}: For {kind} input, {also}")
             expected = (cells, batch, size) if batched else (cells, size)
             if not torch.jit.is_tracing() and tuple(h.shape) != expected:
