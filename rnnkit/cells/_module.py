@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from rnnkit import _checks
+from rnnkit._autocast import compute_dtype
 from rnnkit.cells._base import INITS, CellSpec, CellWeights, State, init_cell_weights, parameter_shapes
 
 
@@ -75,9 +76,21 @@ class RecurrentCell(nn.Module):
         return to_torch(self)
 
     def _run(self, input: Tensor, hx: Sequence[Tensor] | None) -> State:
-        """Check input (B, I) or (I,) and hx, run one step, return the state as hx was given."""
+        """Check input (B, I) or (I,) and hx, run one step, return the state as hx was given.
+        Under autocast, in the dtype torch.nn's cell of the kind computes in (rnnkit._autocast)."""
+        amp = (compute_dtype(type(self).__name__, input.device.type)
+               if isinstance(input, Tensor) and input.is_floating_point() else None)
+        if amp is None:
+            return self._step(input, hx, self.weights())
+        with torch.autocast(input.device.type, enabled=False):
+            weights = CellWeights(*(None if t is None else t.to(amp) for t in self.weights()))
+            cast = hx if not isinstance(hx, (tuple, list)) else [
+                h.to(amp) if isinstance(h, Tensor) and h.is_floating_point() else h for h in hx]
+            return self._step(input.to(amp), cast, weights)
+
+    def _step(self, input: Tensor, hx: Sequence[Tensor] | None, weights: CellWeights) -> State:
         owner = type(self).__name__
-        x = _checks.check_float_tensor(owner, "input", input, self.weights().weight_ih.dtype)
+        x = _checks.check_float_tensor(owner, "input", input, weights.weight_ih.dtype)
         if x.dim() not in (1, 2):
             raise _checks.InputError(
                 f"{owner}: Expected input to be 1D or 2D, got {x.dim()}D instead: (B, I), or (I,) unbatched, got "
@@ -116,7 +129,7 @@ class RecurrentCell(nn.Module):
             state = tuple(parts)
         if hx is None:
             _checks.check_features(owner, x, self.input_size, cell=True)
-        out = self.spec.step(x, state, self.weights(), None)
+        out = self.spec.step(x, state, weights, None)
         return out if batched else tuple(s.squeeze(0) for s in out)
 
     def extra_repr(self) -> str:

@@ -27,6 +27,8 @@ class NativeEngine:
                            (f"zoneout={config.zoneout}", config.zoneout > 0)):
             if on:
                 return f"torch's kernels have no {option}"
+        if x.dtype == torch.float16 and x.device.type == "cpu" and config.spec.mode == "LSTM":
+            return "oneDNN, torch's LSTM kernel on CPU, runs no float16"
         return None
 
     def run(
@@ -53,6 +55,8 @@ class NativeEngine:
         with warnings.catch_warnings():
             if x.is_cuda:  # cuDNN copies per-layer weights into one chunk, and says so each call
                 warnings.filterwarnings("ignore", message=".*not part of single contiguous chunk")
+            # (a lower precision on CPU: torch's LSTM takes its portable kernel for proj_size, and says so each call)
+            warnings.filterwarnings("ignore", message="LSTM with projections is not supported with oneDNN")
             if lengths is None:
                 # (input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first)
                 result = kernel(x, hx if spec.mode == "LSTM" else hx[0], params, has_bias, 1, 0.0, train, False, False)

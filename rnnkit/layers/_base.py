@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from rnnkit import _checks
+from rnnkit._autocast import cell_state_dtype, compute_dtype
 from rnnkit.cells import CellSpec, CellWeights, State
 from rnnkit.cells._base import INITS, init_cell_weights, parameter_shapes
 from rnnkit.cells._module import check_chrono, check_forget_bias
@@ -325,6 +326,35 @@ class RecurrentLayer(nn.Module):
                 "as an ONNX Scan (or `rnnkit export RUN --format onnx`)"
             )
         cells = self._all_cell_weights()  # once per call: index layer * D + direction
+        data = input.data if isinstance(input, PackedSequence) else input
+        amp = (compute_dtype(owner, data.device.type, packed=isinstance(input, PackedSequence), proj=self.proj_size > 0)
+               if isinstance(data, Tensor) and data.is_floating_point() else None)
+        if amp is None:
+            return self._forward_with(cells, input, hx, lengths)
+        with torch.autocast(data.device.type, enabled=False):  # as torch.nn's under autocast: see rnnkit._autocast
+            cast = [CellWeights(*(None if t is None else t.to(amp) for t in w)) for w in cells]
+            if isinstance(input, PackedSequence):
+                input = PackedSequence(input.data.to(amp), input.batch_sizes, input.sorted_indices,
+                                       input.unsorted_indices)
+            else:
+                input = input.to(amp)
+            if isinstance(hx, Tensor):
+                hx = hx.to(amp) if hx.is_floating_point() else hx
+            elif isinstance(hx, (tuple, list)):
+                hx = type(hx)(h.to(amp) if isinstance(h, Tensor) and h.is_floating_point() else h for h in hx)
+            out, state = self._forward_with(cast, input, hx, lengths)
+            c_dtype = cell_state_dtype(owner, data.device.type, proj=self.proj_size > 0)
+            return out, state if c_dtype is None else (state[0], state[1].to(c_dtype))
+
+    def _forward_with(
+        self,
+        cells: list[CellWeights],
+        input: Tensor | PackedSequence,
+        hx: Tensor | Sequence[Tensor] | None,
+        lengths: Lengths | None,
+    ) -> tuple[Tensor | PackedSequence, State]:
+        """_forward with the cells' weights given (cast under autocast)."""
+        owner = type(self).__name__
         dtype = cells[0].weight_ih.dtype
         packed = input if isinstance(input, PackedSequence) else None
         if packed is not None:
@@ -461,7 +491,7 @@ class RecurrentLayer(nn.Module):
         if hx is None:
             if self.learn_initial_state:
                 learned = [self.initial_h] + ([self.initial_c] if self.spec.num_states == 2 else [])
-                return [tuple(p[i].expand(batch, -1) for p in learned) for i in range(cells)]
+                return [tuple(p[i].to(x.dtype).expand(batch, -1) for p in learned) for i in range(cells)]
             return [None] * cells
         names = ("h_0", "c_0")[: self.spec.num_states]
         if self.spec.num_states == 2:
