@@ -37,6 +37,11 @@ class CellWeights(NamedTuple):
     ln_bias_c: Tensor | None = None  # (H,) shift of LN(c), layer-normalised LSTM
 
 
+def weights_as(weights: CellWeights, dtype: torch.dtype) -> CellWeights:
+    """The weights cast to dtype (differentiably: gradients reach the parameters in theirs)."""
+    return weights._replace(**{name: t.to(dtype) for name, t in weights._asdict().items() if t is not None})
+
+
 StepFn = Callable[[Tensor, State, CellWeights, "Tensor | None"], State]
 """``step(x, state, weights, h_mask)``: x (B, I); or, for a spec's ``from_gates``, gi (B, G*H),
 the input side of the gates (input_side), computed for all steps before a loop."""

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from rnnkit import _checks
 from rnnkit._autocast import compute_dtype
-from rnnkit.cells._base import INITS, CellSpec, CellWeights, State, init_cell_weights, parameter_shapes
+from rnnkit.cells._base import INITS, CellSpec, CellWeights, State, init_cell_weights, parameter_shapes, weights_as
 
 
 class RecurrentCell(nn.Module):
@@ -83,7 +83,7 @@ class RecurrentCell(nn.Module):
         if amp is None:
             return self._step(input, hx, self.weights())
         with torch.autocast(input.device.type, enabled=False):
-            weights = CellWeights(*(None if t is None else t.to(amp) for t in self.weights()))
+            weights = weights_as(self.weights(), amp)
             cast = hx if not isinstance(hx, (tuple, list)) else [
                 h.to(amp) if isinstance(h, Tensor) and h.is_floating_point() else h for h in hx]
             return self._step(input.to(amp), cast, weights)

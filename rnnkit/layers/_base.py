@@ -21,7 +21,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from rnnkit import _checks
 from rnnkit._autocast import cell_state_dtype, compute_dtype
 from rnnkit.cells import CellSpec, CellWeights, State
-from rnnkit.cells._base import INITS, init_cell_weights, parameter_shapes
+from rnnkit.cells._base import INITS, init_cell_weights, parameter_shapes, weights_as
 from rnnkit.cells._module import check_chrono, check_forget_bias
 from rnnkit.engines import (ENGINE_NAMES, ENGINES, Engine, LayerConfig, Noise, Probe, _library, for_tools,
                             reverse_padded, select_engine)
@@ -332,7 +332,7 @@ class RecurrentLayer(nn.Module):
         if amp is None:
             return self._forward_with(cells, input, hx, lengths)
         with torch.autocast(data.device.type, enabled=False):  # as torch.nn's under autocast: see rnnkit._autocast
-            cast = [CellWeights(*(None if t is None else t.to(amp) for t in w)) for w in cells]
+            cast = [weights_as(w, amp) for w in cells]
             if isinstance(input, PackedSequence):
                 input = PackedSequence(input.data.to(amp), input.batch_sizes, input.sorted_indices,
                                        input.unsorted_indices)
