@@ -584,7 +584,7 @@ def unpack(packed: PackedSequence) -> tuple[Tensor, Tensor]:
         batch = int(batch_sizes[0])
         torch._check(batch >= 1)
         torch._check(batch <= data.shape[0])
-    sizes = batch_sizes.to(data.device)
+    sizes = batch_sizes.to(device=data.device, dtype=torch.int64)  # (torch's fake packing says float32)
     starts = torch.cumsum(sizes, 0) - sizes  # (T,): where each step's rows begin in data
     slot = torch.arange(batch, device=data.device)  # (B,) in sorted order
     valid = slot < sizes.unsqueeze(1)  # (T, B)
@@ -602,7 +602,7 @@ def repack(out: Tensor, like: PackedSequence, lengths: Tensor) -> PackedSequence
     if torch.compiler.is_compiling():  # traced: as unpack, shapes from the tensors' shapes
         if like.sorted_indices is not None:
             out = out.index_select(1, like.sorted_indices)  # original -> sorted (descending) order
-        sizes = like.batch_sizes.to(out.device)
+        sizes = like.batch_sizes.to(device=out.device, dtype=torch.int64)
         ends = torch.cumsum(sizes, 0)  # (T,)
         row = torch.arange(like.data.shape[0], device=out.device)  # (N,): one per packed row
         step = torch.searchsorted(ends, row, right=True)  # (N,): its time step
