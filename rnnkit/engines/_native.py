@@ -55,8 +55,10 @@ class NativeEngine:
         with warnings.catch_warnings():
             if x.is_cuda:  # cuDNN copies per-layer weights into one chunk, and says so each call
                 warnings.filterwarnings("ignore", message=".*not part of single contiguous chunk")
-            # (a lower precision on CPU: torch's LSTM takes its portable kernel for proj_size, and says so each call)
-            warnings.filterwarnings("ignore", message="LSTM with projections is not supported with oneDNN")
+            if (weights.weight_hr is not None and x.dtype in (torch.bfloat16, torch.float16) and not x.is_cuda
+                    and not torch.compiler.is_compiling()):  # (dynamo cannot trace a filter)
+                # torch's LSTM takes its portable kernel for proj_size in a lower precision, and says so each call
+                warnings.filterwarnings("ignore", message="LSTM with projections is not supported with oneDNN")
             if lengths is None:
                 # (input, hx, params, has_biases, num_layers, dropout, train, bidirectional, batch_first)
                 result = kernel(x, hx if spec.mode == "LSTM" else hx[0], params, has_bias, 1, 0.0, train, False, False)
