@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
 from rnnkit.data import Series, load_series, read_series_csv
+from rnnkit.data._files import read_table
 from rnnkit.models import NToOne, NToOneConfig
 from rnnkit.pipelines._runs import check_diverged, check_new, open_run, pipeline_config
 from rnnkit.runs import NotARunError, finish_run, load_weights, numbers, read_run, reading, value
@@ -223,6 +224,8 @@ def load(run_path: str | Path) -> tuple[NToOne, dict[str, Any], dict[str, np.nda
         window = value(cfg, "window", int, minimum=1)
         if "predict" in cfg:
             value(cfg, "predict", str, choices=("change", "level"))
+        if isinstance(cfg.get("pipeline"), dict) and "time_col" in cfg["pipeline"]:
+            value(cfg["pipeline"], "time_col", (str, type(None)), within="pipeline")
     with reading(run.path / "extras.json"):
         scaling = {"mean": numbers(run.extras, "mean", (width,)), "std": numbers(run.extras, "std", (width,)),
                    "tail": numbers(run.extras, "tail", (window, width))}
@@ -235,8 +238,8 @@ def load(run_path: str | Path) -> tuple[NToOne, dict[str, Any], dict[str, np.nda
 def forecast(run_path: str | Path, steps: int, *, data: str | None = None, encoding: str | None = None,
              delimiter: str | None = None) -> np.ndarray:
     """Continue the series steps values past its end (the run's, or the end of data, a CSV with
-    the run's columns, read with encoding and delimiter), feeding each forecast back as input.
-    Target-only runs only."""
+    the run's columns, read with encoding and delimiter, in the order of the run's time column
+    where it has one), feeding each forecast back as input. Target-only runs only."""
     if steps < 1:
         raise ValueError(f"--steps must be >= 1, got {steps}")
     model, cfg, scaling = load(run_path)
@@ -245,7 +248,11 @@ def forecast(run_path: str | Path, steps: int, *, data: str | None = None, encod
                          f"{cfg['columns'][1:]} have no future values")
     tail = scaling["tail"]
     if data is not None:
-        tail = read_series_csv(data, target=cfg["target"], encoding=encoding, delimiter=delimiter).values[-cfg["window"]:]
+        time_col = cfg.get("pipeline", {}).get("time_col")
+        if time_col is not None and time_col not in read_table(data, encoding=encoding, delimiter=delimiter).columns:
+            time_col = None  # a file of the values alone: in its rows' order
+        tail = read_series_csv(data, target=cfg["target"], time_col=time_col, encoding=encoding,
+                               delimiter=delimiter).values[-cfg["window"]:]
         if len(tail) < cfg["window"]:
             raise ValueError(f"{data} has {len(tail)} rows; the run needs the last {cfg['window']}")
     mean, std = scaling["mean"][0], scaling["std"][0]

@@ -83,3 +83,22 @@ def test_the_command_line_refuses_repeats_in_one_line(tmp_path: Path) -> None:
     assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
     assert result.output.startswith("Error: column 'date' of") and "repeats times" in result.output
     assert not (tmp_path / "run").exists() and not (tmp_path / "run.partial").exists()
+
+
+def test_forecast_continues_a_file_in_the_runs_time_order(tmp_path: Path) -> None:
+    """`rnnkit forecast RUN --data FILE` sorts FILE by the run's time column when FILE has it."""
+    values = [float(v % 7) for v in range(60)]
+    _csv(tmp_path / "train.csv", days(60), values)
+    runner = CliRunner()
+    done = runner.invoke(main, ["train", "forecast", "--data", str(tmp_path / "train.csv"), "--target", "y",
+                                "--time-col", "date", "--window", "6", "--hidden", "4", "--epochs", "1", "--out",
+                                str(tmp_path / "run")])
+    assert done.exit_code == 0, done.output
+    times, tail = days(10, start=61), [float(v % 7) for v in range(60, 70)]
+    _csv(tmp_path / "sorted.csv", times, tail)
+    order = [9, 8, 7, 6, 5, 4, 3, 2, 1, 0]
+    _csv(tmp_path / "reversed.csv", [times[i] for i in order], [tail[i] for i in order])
+    outputs = [runner.invoke(main, ["forecast", str(tmp_path / "run"), "--steps", "2", "--data", str(tmp_path / name),
+                                    "--out", str(tmp_path / f"{name}.out")]) for name in ("sorted.csv", "reversed.csv")]
+    assert all(o.exit_code == 0 for o in outputs), [o.output for o in outputs]
+    assert outputs[0].output.replace("sorted", "reversed") == outputs[1].output
