@@ -33,21 +33,9 @@ ENGINE_NAMES = ("auto", *ENGINES)
 FUSED_LSTM_MAX_WIDTH = 1024
 NATIVE_LSTM_MIN_HIDDEN = 512
 """Without gradients, engine='auto' runs an LSTM on CPU in torch's oneDNN kernel when H is at
-least NATIVE_LSTM_MIN_HIDDEN and B * H is more than FUSED_LSTM_MAX_WIDTH: there both run their
-products near the machine's peak, and oneDNN is a few percent ahead. Measured on 2-core
-development CPUs, forward only, in full runs of `rnnkit bench`. With AVX-512 (three runs): fused
-67.8-71.3 ms against native 65.6-68.4 ms at (T, B, I, H) = (100, 32, 512, 512); fused 34.9-36.3 ms
-against native 35.8-37.5 ms at (100, 64, 256, 256). With AVX2 (two runs): fused 115.9 and 127.0 ms
-against native 110.0 and 126.7 ms at (100, 32, 512, 512); fused 57.2 and 59.6 ms against native
-52.3 and 61.1 ms at (100, 64, 256, 256), where a third, longer run had them level (68.8 against
-68.5 ms). The fused engine was ahead at every smaller size (1.82x-1.97x torch.nn at (20, 1, 1, 20),
-native 0.89x-0.93x). With gradients the fused engine is faster at every size (1.15x-1.97x
-torch.nn at (100, 32, 512, 512), native 0.96x-0.99x), so it runs every LSTM that is trained.
-Since the fused kernels share a step's gate math among threads too, the two are level at (100,
-32, 512, 512) (AVX2, two full runs: fused 84.4 and 83.9 ms, native 84.9 and 84.7 ms), and the
-fused engine was ahead at H = 768 to 2048 with B = 2 to 32 in 14 of 15 single paired runs
-(1.05x-1.70x; 0.94x at (50, 16, 768, 768)), but behind at (100, 64, 1024, 1024) (0.86x). The rule
-stands until a quieter machine settles where the line lies."""
+least NATIVE_LSTM_MIN_HIDDEN and B * H is more than FUSED_LSTM_MAX_WIDTH, where both run near the
+machine's peak and oneDNN was a few percent ahead; trained LSTMs always run fused. The runs that
+set it are in benchmarks/README.md, "The kernels' policy"."""
 
 
 def auto_order(config: LayerConfig, x: Tensor, *, grad: bool = True) -> tuple[str, ...]:
@@ -58,7 +46,8 @@ def auto_order(config: LayerConfig, x: Tensor, *, grad: bool = True) -> tuple[st
     FUSED_LSTM_MAX_WIDTH) run without gradients, where torch's oneDNN kernel is a little faster;
     under torch.export, never torch's kernels, which fix T in the exported graph on CPU. CUDA and
     other devices: torch's kernels (cuDNN), else the reference engine. The reference engine runs
-    everything and comes last.
+    everything and comes last. The fused kernels run float32 and float64, so a lower precision
+    (under autocast, rnnkit._autocast) runs in the first of the others that takes it.
     """
     if x.device.type != "cpu":
         return ("native", "reference")
