@@ -23,9 +23,11 @@ Any other exception is a bug, and its traceback is shown."""
 
 
 def _one_line(error: BaseException) -> str:
+    from rnnkit._extras import missing_extra
+
     if isinstance(error, OSError) and error.strerror and error.filename:
         return f"{error.filename}: {error.strerror}"
-    return str(error)
+    return missing_extra(error) or str(error)
 
 
 class _Commands(click.Group):

@@ -7,6 +7,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from rnnkit._extras import needs_extras
+
 
 def _figure(width: float = 6.4, height: float = 4.8):  # type: ignore[no-untyped-def]
     from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
@@ -52,6 +54,7 @@ def _png(fig) -> bytes:  # type: ignore[no-untyped-def]
     return buffer.getvalue()
 
 
+@needs_extras
 def history(rows: Sequence[Mapping[str, float]], metric_name: str, baseline: tuple[str, float] | None = None) -> bytes:
     """Training and validation loss, and the validation metric, per epoch; baseline: (its name, its
     score on the metric), drawn as a dashed line beside it."""
@@ -75,6 +78,7 @@ def history(rows: Sequence[Mapping[str, float]], metric_name: str, baseline: tup
     return _png(fig)
 
 
+@needs_extras
 def confusion_matrix(counts: np.ndarray, labels: Sequence[str]) -> bytes:
     """counts (C, C): rows the true class, columns the predicted one."""
     longest = max((len(str(label)) for label in labels), default=1)
@@ -94,6 +98,7 @@ def confusion_matrix(counts: np.ndarray, labels: Sequence[str]) -> bytes:
     return _png(fig)
 
 
+@needs_extras
 def forecast(times: Sequence[str], actual: np.ndarray, predicted: np.ndarray,
              baselines: Mapping[str, np.ndarray], title: str, target: str = "value") -> bytes:
     """The test split's actual values of target against the model's and the baselines' forecasts."""
@@ -112,6 +117,7 @@ def forecast(times: Sequence[str], actual: np.ndarray, predicted: np.ndarray,
     return _png(fig)
 
 
+@needs_extras
 def gradient_flow(lines: Mapping[str, Sequence[float]], title: str) -> bytes:
     """One line per name: ||dL/dh_t|| against the distance T-1-t from the loss, log scale."""
     fig = _figure(7, 4.2)
@@ -126,6 +132,7 @@ def gradient_flow(lines: Mapping[str, Sequence[float]], title: str) -> bytes:
     return _png(fig)
 
 
+@needs_extras
 def hidden_state(h: np.ndarray, title: str, labels: Sequence[str] | None = None, lines: int = 6) -> bytes:
     """One example's hidden state h (T, R) over its steps, as the tutorials draw it: a heatmap of
     units x steps (the tokens read on the time axis, for text), and the lines of the units that
@@ -150,6 +157,7 @@ def hidden_state(h: np.ndarray, title: str, labels: Sequence[str] | None = None,
     return _png(fig)
 
 
+@needs_extras
 def hidden_stats(stats: Mapping[str, Mapping[str, Sequence[float]]], title: str) -> bytes:
     """Per name: the hidden-state norm and the saturated fractions per step."""
     fig = _figure(11, 3.6)

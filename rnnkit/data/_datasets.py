@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rnnkit._extras import needs_extras
 from rnnkit.data._files import read_table, to_numbers
 from rnnkit.data._text import TextData, surnames
 
@@ -35,6 +36,7 @@ class DatasetInfo:
     tokens: str | None = None  # texts: how they are read by default (char or word)
 
 
+@needs_extras
 def digit_rows() -> SequenceData:
     """scikit-learn's 8x8 digits read row by row: x (1797, 8, 8) in [0, 1], y the digit."""
     from sklearn.datasets import load_digits
@@ -114,6 +116,7 @@ DATASETS: dict[str, DatasetInfo] = {
 }
 
 
+@needs_extras
 def read_feature_table(path: str | Path, label_col: str, steps: int, *, encoding: str | None = None,
                        delimiter: str | None = None) -> SequenceData:
     """Sequences of feature vectors from a CSV with a header: a label column and T*F numeric columns
@@ -154,6 +157,7 @@ def read_feature_table(path: str | Path, label_col: str, steps: int, *, encoding
     return SequenceData(x, np.array([index[v] for v in labels], dtype=np.int64), names)
 
 
+@needs_extras
 def load_dataset(name: str) -> SequenceData | TextData:
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}: choose from {', '.join(DATASETS)} (see `rnnkit datasets`)")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rnnkit._extras import needs_extras
 from rnnkit.data._files import not_numbers, read_table, to_numbers
 
 
@@ -119,6 +120,7 @@ def _tutorial(name: str) -> Series:
     return loader()
 
 
+@needs_extras
 def load_series(name: str, features: Sequence[str] | None = None) -> Series:
     """The bundled series name: its target, then the feature columns (None: the series' own
     default, SeriesInfo.features; () the target alone)."""
@@ -136,6 +138,7 @@ def load_series(name: str, features: Sequence[str] | None = None) -> Series:
                   full.interpolated)
 
 
+@needs_extras
 def read_series_csv(path: str | Path, *, target: str, time_col: str | None = None,
                     features: Sequence[str] = (), season: int | None = None, encoding: str | None = None,
                     delimiter: str | None = None) -> Series:

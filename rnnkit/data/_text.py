@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from rnnkit._extras import needs_extras
 from rnnkit.data._files import decode, read_table
 
 PAD, UNK = "<pad>", "<unk>"
@@ -112,6 +113,7 @@ def _labelled(texts: list[str], labels: list[str], where: str) -> TextData:
     return TextData(texts, np.array([index[v] for v in labels], dtype=np.int64), names)
 
 
+@needs_extras
 def read_text_table(path: str | Path, text_col: str, label_col: str, *, encoding: str | None = None,
                     delimiter: str | None = None) -> TextData:
     """Texts and labels from a CSV or TSV file with a header row (encoding and delimiter as
@@ -131,6 +133,7 @@ def read_text_table(path: str | Path, text_col: str, label_col: str, *, encoding
     return _labelled(table[text_col].tolist(), table[label_col].str.strip().tolist(), str(path))
 
 
+@needs_extras
 def read_text_folder(path: str | Path, *, encoding: str | None = None) -> TextData:
     """Texts from a folder with one sub-folder of .txt files per label (the layout of the IMDB
     review set: train/pos/*.txt, train/neg/*.txt), each read in encoding (None: UTF-8, with or
@@ -146,6 +149,7 @@ def read_text_folder(path: str | Path, *, encoding: str | None = None) -> TextDa
     return _labelled(texts, labels, str(root))
 
 
+@needs_extras
 def read_texts(path: str | Path, *, text_col: str | None, label_col: str | None, encoding: str | None = None,
                delimiter: str | None = None) -> TextData:
     """A folder (one sub-folder per label) or a CSV/TSV file (needs text_col and label_col)."""

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 import rnnkit
+from rnnkit._extras import needs_extras
 from rnnkit.diagnostics._flow import gradient_flow, hidden_stats, hidden_trace, spectral_radii, verdict
 from rnnkit.runs import write_atomically
 from rnnkit.tasks import TaskBatch
@@ -36,6 +37,7 @@ def fresh_layer(cell: str, *, input_size: int, hidden: int, layers: int, init: s
                                                           chrono_max=steps if init == "chrono" else None)
 
 
+@needs_extras
 def diagnose_cells(cells: Sequence[str], *, steps: int, hidden: int, layers: int = 1, init: str = "default",
                    nonlinearity: str = "tanh", input_size: int = 8, batch: int = 32, seed: int = 0) -> dict[str, Any]:
     """Each cell, freshly initialised, reads the same random sequences x (T, B, input_size) ~ N(0, 1);
@@ -68,6 +70,7 @@ def diagnose_cells(cells: Sequence[str], *, steps: int, hidden: int, layers: int
     return report
 
 
+@needs_extras
 def write_report(report: dict[str, Any], out: str | os.PathLike[str], *, title: str) -> list[Path]:
     """DIR/diagnostics.json, DIR/gradient_flow.png, DIR/hidden_stats.png and, for a run,
     DIR/hidden_state.png (each written whole)."""
@@ -96,6 +99,7 @@ def write_report(report: dict[str, Any], out: str | os.PathLike[str], *, title: 
     return written
 
 
+@needs_extras
 def diagnose_run(batch: TaskBatch) -> dict[str, Any]:
     """A trained model on a batch of its data (rnnkit.pipelines.open_task(RUN) gives one for a
     run folder of any task): the gradient flow of its loss, the hidden states, the spectral radii."""

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset
 
 from rnnkit import _checks
+from rnnkit._extras import needs_extras
 from rnnkit.data import (DATASETS, SequenceData, TextData, Vocabulary, load_dataset, pad_batch, read_feature_table,
                          read_texts)
 from rnnkit.data._files import check_delimiter, check_encoding
@@ -108,6 +109,7 @@ def split(y: np.ndarray, val_fraction: float, test_fraction: float, seed: int) -
     return train, val, test
 
 
+@needs_extras
 def load_data(cfg: ClassifyConfig) -> SequenceData | TextData:
     """The labelled data cfg names (see the module docstring)."""
     if cfg.data is None:
@@ -139,6 +141,7 @@ class TokenDataset(Dataset[tuple[list[int], int]]):
         return [tokens, lengths, torch.tensor([label for _, label in items])]
 
 
+@needs_extras
 def train(cfg: ClassifyConfig, out: str | Path, *, on_epoch: Callable[[EpochRecord], None] | None = None,
           resume: bool = False, progress: bool = False, tensorboard: bool = False,
           diagnose_every: int | None = None, on_diagnosis: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
@@ -238,6 +241,7 @@ def load(run_path: str | Path) -> tuple[NToOne, dict[str, Any], dict[str, Any]]:
     return model.eval(), run.config, run.extras
 
 
+@needs_extras
 def predict(run_path: str | Path, x: np.ndarray) -> tuple[np.ndarray, list[str]]:
     """A run trained on feature sequences: x (N, T, F) or (N, T*F) -> class probabilities (N, C)
     and the label names."""
@@ -257,6 +261,7 @@ def predict(run_path: str | Path, x: np.ndarray) -> tuple[np.ndarray, list[str]]
     return probs, list(extras["label_names"])
 
 
+@needs_extras
 def predict_texts(run_path: str | Path, texts: list[str]) -> tuple[np.ndarray, list[str], list[list[str]]]:
     """A run trained on texts: N texts -> class probabilities (N, C), the label names, and for
     each text the tokens its vocabulary lacks (read as <unk>, as in training)."""
@@ -272,6 +277,7 @@ def predict_texts(run_path: str | Path, texts: list[str]) -> tuple[np.ndarray, l
     return probs, list(extras["label_names"]), [vocab.unknown(t) for t in texts]
 
 
+@needs_extras
 def task_batch(run_path: str | Path, size: int) -> TaskBatch:
     """The run's model and up to size validation examples (rnnkit.tasks)."""
     model, config, extras = load(run_path)

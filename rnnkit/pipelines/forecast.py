@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
+from rnnkit._extras import needs_extras
 from rnnkit.data import Series, load_series, read_series_csv
 from rnnkit.data._files import read_table
 from rnnkit.models import NToOne, NToOneConfig
@@ -109,6 +110,7 @@ class Prepared:
     data: dict[str, TensorDataset]
 
 
+@needs_extras
 def prepare(cfg: ForecastConfig) -> Prepared:
     """Read, split in time order, scale with the training part only, and cut into windows."""
     if cfg.window < 1 or cfg.horizon < 1:
@@ -139,6 +141,7 @@ def prepare(cfg: ForecastConfig) -> Prepared:
     return Prepared(series, season, values, mean, std, parts, data)
 
 
+@needs_extras
 def train(cfg: ForecastConfig, out: str | Path, *, on_epoch: Callable[[EpochRecord], None] | None = None,
           resume: bool = False, progress: bool = False, tensorboard: bool = False,
           diagnose_every: int | None = None, on_diagnosis: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
@@ -235,6 +238,7 @@ def load(run_path: str | Path) -> tuple[NToOne, dict[str, Any], dict[str, np.nda
     return model.eval(), cfg, scaling
 
 
+@needs_extras
 def forecast(run_path: str | Path, steps: int, *, data: str | None = None, encoding: str | None = None,
              delimiter: str | None = None) -> np.ndarray:
     """Continue the series steps values past its end (the run's, or the end of data, a CSV with
@@ -270,6 +274,7 @@ def forecast(run_path: str | Path, steps: int, *, data: str | None = None, encod
     return np.asarray(out[:steps]) * std + mean
 
 
+@needs_extras
 def task_batch(run_path: str | Path, size: int) -> TaskBatch:
     """The run's model and up to size validation windows (rnnkit.tasks): x (B, window, F)."""
     model = load(run_path)[0]

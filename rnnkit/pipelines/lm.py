@@ -34,6 +34,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from rnnkit import _checks
+from rnnkit._extras import needs_extras
 from rnnkit.data import Vocabulary
 from rnnkit.data._files import check_encoding
 from rnnkit.data._files import read_text as read_text_file
@@ -195,6 +196,7 @@ class Prepared:
     held_out: bool
 
 
+@needs_extras
 def prepare(cfg: LMConfig) -> Prepared:
     """Read the text, split it, build the vocabulary and the windows or streams."""
     text = read_text(cfg)
@@ -225,6 +227,7 @@ def prepare(cfg: LMConfig) -> Prepared:
     return Prepared(vocab, ids, parts, data, test_targets, held_out)
 
 
+@needs_extras
 def train(cfg: LMConfig, out: str | Path, *, on_epoch: Callable[[EpochRecord], None] | None = None,
           resume: bool = False, progress: bool = False, tensorboard: bool = False,
           diagnose_every: int | None = None, on_diagnosis: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
@@ -292,6 +295,7 @@ def load(run_path: str | Path) -> tuple[LanguageModel, dict[str, Any], Vocabular
     return model.eval(), run.config, vocab
 
 
+@needs_extras
 def generate(run_path: str | Path, prompt: str, length: int, *, greedy: bool = False, temperature: float = 1.0,
              top_k: int | None = None, seed: int | None = None) -> str:
     """The prompt followed by `length` generated characters. A prompt character the model never
@@ -315,6 +319,7 @@ def generate(run_path: str | Path, prompt: str, length: int, *, greedy: bool = F
     return prompt + "".join(vocab.itos[i] for i in ids)
 
 
+@needs_extras
 def task_batch(run_path: str | Path, size: int) -> TaskBatch:
     """The run's model and up to size validation windows of token ids (rnnkit.tasks): the model
     takes tokens (B, K) and returns logits (B, K, V) and its final state."""

@@ -19,6 +19,7 @@ from torch.utils.data import TensorDataset
 
 import rnnkit
 from rnnkit import _checks
+from rnnkit._extras import needs_extras
 from rnnkit.data._memory import RECALL, SYMBOLS, adding_baseline, adding_problem, copy_baseline, copy_memory
 from rnnkit.pipelines._runs import check_diverged, check_new, open_run, pipeline_config
 from rnnkit.runs import NotARunError, finish_run, load_weights, read_run, reading, value
@@ -135,6 +136,7 @@ def make_data(cfg: MemoryConfig) -> list[TensorDataset]:
     return [TensorDataset(*make(n, cfg.steps, seed=s)) for n, s in zip(sizes, seeds)]
 
 
+@needs_extras
 def train(cfg: MemoryConfig, out: str | Path | None, *, on_epoch: Callable[[EpochRecord], None] | None = None,
           resume: bool = False, progress: bool = False, tensorboard: bool = False,
           diagnose_every: int | None = None, on_diagnosis: Callable[[dict[str, Any]], None] | None = None,
@@ -199,6 +201,7 @@ def load(run_path: str | Path) -> tuple[MemoryModel, dict[str, Any]]:
     return model.eval(), run.config
 
 
+@needs_extras
 def task_batch(run_path: str | Path, size: int) -> TaskBatch:
     """The run's model and up to size validation sequences of its task (rnnkit.tasks)."""
     model, config = load(run_path)

@@ -40,6 +40,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from rnnkit import _checks
+from rnnkit._extras import needs_extras
 from rnnkit.data import Vocabulary, digit_rows, pad_batch, tokenize
 from rnnkit.data._files import check_delimiter, check_encoding
 from rnnkit.data._pairs import PAIR_SETS, read_pairs
@@ -198,6 +199,7 @@ def _load_task_data(cfg: Seq2SeqTaskConfig) -> tuple[list[Any], list[str], list[
     return [s for s, _ in pairs], [t for _, t in pairs], None
 
 
+@needs_extras
 def load_split(cfg: Seq2SeqTaskConfig) -> tuple[list[Any], list[str], tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(sources, targets, (train, validation, test) indices), the split seeded by cfg.train.seed."""
     from sklearn.model_selection import train_test_split
@@ -211,6 +213,7 @@ def load_split(cfg: Seq2SeqTaskConfig) -> tuple[list[Any], list[str], tuple[np.n
     return sources, targets, (tr, va, te)
 
 
+@needs_extras
 def train(cfg: Seq2SeqTaskConfig, out: str | Path, *, on_epoch: Callable[[EpochRecord], None] | None = None,
           resume: bool = False, progress: bool = False, tensorboard: bool = False,
           diagnose_every: int | None = None, on_diagnosis: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
@@ -332,6 +335,7 @@ def load(run_path: str | Path, task: str) -> tuple[Seq2Seq, dict[str, Any], dict
     return model.eval(), run.config, run.extras
 
 
+@needs_extras
 def translate(run_path: str | Path, texts: list[str], *, beam: int | None = None) -> tuple[list[str], list[list[str]]]:
     """Outputs of a seq2seq run for texts, and for each text the tokens its source vocabulary
     lacks (read as <unk>, as in training)."""
@@ -349,6 +353,7 @@ def translate(run_path: str | Path, texts: list[str], *, beam: int | None = None
     return [target_vocab.join(i) for i in ids], [source_vocab.unknown(t) for t in texts]
 
 
+@needs_extras
 def caption(run_path: str | Path, features: np.ndarray, *, beam: int | None = None) -> list[str]:
     """Outputs of a caption run for rows of features (N, F), given as raw values (digits: 0-16)."""
     if beam is not None and beam < 1:
@@ -363,6 +368,7 @@ def caption(run_path: str | Path, features: np.ndarray, *, beam: int | None = No
     return [target_vocab.join(i) for i in ids]
 
 
+@needs_extras
 def task_batch(run_path: str | Path, size: int) -> TaskBatch:
     """The run's model and up to size validation pairs (rnnkit.tasks), teacher-forced: the model
     takes source (B, S), lengths (B,) and the target's first tokens (B, U)."""
