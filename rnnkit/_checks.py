@@ -85,14 +85,6 @@ def check_float_tensor(owner: str, name: str, value: object, dtype: torch.dtype)
     return value
 
 
-def check_shape(owner: str, name: str, value: Tensor, expected: Sequence[int]) -> None:
-    if tuple(value.shape) != tuple(expected):
-        raise InputError(
-            f"{owner}: expected {name} of shape {shape_str(expected)}, "
-            f"got {shape_str(value.shape)}"
-        )
-
-
 def check_features(owner: str, value: Tensor, size: int, *, cell: bool) -> None:
     """The last dimension of the input value must be size (input_size), in the words of torch's
     cells or layers."""

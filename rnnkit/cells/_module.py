@@ -103,8 +103,9 @@ class RecurrentCell(nn.Module):
         sizes = (self.hidden_size,) * self.spec.num_states
         names = ("h", "c")[: self.spec.num_states]
         if hx is None:
+            _checks.check_features(owner, x, self.input_size, cell=True)
             state = tuple(x.new_zeros(batch, size) for size in sizes)
-        else:
+        else:  # in torch's order: the dimensions, the input's features, then the state's sizes
             if self.spec.num_states == 2 and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
                 raise TypeError(f"{owner}: expected hx to be a pair (h, c), got {type(hx).__name__}")
             parts = []
@@ -127,8 +128,6 @@ class RecurrentCell(nn.Module):
                     raise _checks.InputError(f"{owner}: hidden{index} has inconsistent hidden_size: got {h.shape[1]}, "
                                              f"expected {size} ({name} of shape {_checks.shape_str(h.shape)})")
             state = tuple(parts)
-        if hx is None:
-            _checks.check_features(owner, x, self.input_size, cell=True)
         out = self.spec.step(x, state, weights, None)
         return out if batched else tuple(s.squeeze(0) for s in out)
 
