@@ -134,7 +134,7 @@ def read_feature_table(path: str | Path, label_col: str, steps: int, *, encoding
         raise ValueError(f"{path} has {len(columns)} feature columns, which --steps {steps} does not divide into "
                          "steps of equal width")
     comma = table.attrs["delimiter"] != ","
-    values = pd.DataFrame({c: to_numbers(table[c], decimal_comma=comma) for c in columns})
+    values = pd.DataFrame({c: to_numbers(table[c], decimal_comma=comma)[0] for c in columns})
     bad = np.argwhere(values.isna().to_numpy())
     if len(bad):
         row, col = bad[0]

@@ -4,7 +4,7 @@ cell that is not a number) is a ValueError naming the file, and where it can the
 to do.
 
 Files as users have them: every reader takes
-- encoding: None (the default) reads UTF-8 with or without a byte-order mark (what Excel's "CSV
+- encoding (read_text): None (the default) reads UTF-8 with or without a byte-order mark (what Excel's "CSV
   UTF-8" writes), and UTF-16 when the file starts with its byte-order mark (Excel's "Unicode
   text"); any other Python codec name reads that encoding (``gb18030`` for GBK and GB2312). When
   a file is not in the encoding, the error says which common encoding reads it and the option
@@ -111,7 +111,7 @@ def _not_decoded(file: Path, encoding: str, error: UnicodeDecodeError, data: byt
                       "UTF-8")
 
 
-def decode(path: str | Path, *, encoding: str | None = None) -> str:
+def read_text(path: str | Path, *, encoding: str | None = None) -> str:
     """The text of the file at path, its line ends made "\\n" (see the module docstring for
     encoding). ValueError names a file that is missing, a folder, unreadable, or not in the
     encoding (with the encoding it reads as, if a common one does)."""
@@ -136,17 +136,15 @@ def decode(path: str | Path, *, encoding: str | None = None) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
-def read_text(path: str | Path, *, encoding: str | None = None) -> str:
-    """The content of a text file (decode)."""
-    return decode(path, encoding=encoding)
-
-
 def read_lines(path: str | Path, *, encoding: str | None = None) -> list[str]:
     """The non-blank lines of a text file, one example each (line ends stripped)."""
-    return [line for line in decode(path, encoding=encoding).split("\n") if line.strip()]
+    return [line for line in read_text(path, encoding=encoding).split("\n") if line.strip()]
 
 
 # --- tables ------------------------------------------------------------------------------------
+
+_QUOTED = re.compile(r'"[^"]*"')
+
 
 def sniff_delimiter(text: str, *, suffix: str = "") -> str:
     """The delimiter of a table whose text is text: tab for .tsv and .tab files; else the one of
@@ -165,8 +163,6 @@ def sniff_delimiter(text: str, *, suffix: str = "") -> str:
         return ","
 
 
-_QUOTED = re.compile(r'"[^"]*"')
-
 
 def read_table(path: str | Path, *, delimiter: str | None = None, encoding: str | None = None) -> pd.DataFrame:
     """The table in path as text, with its header row as column names (stripped of surrounding
@@ -176,7 +172,7 @@ def read_table(path: str | Path, *, delimiter: str | None = None, encoding: str 
     import pandas as pd
 
     file = Path(path)
-    text = decode(file, encoding=encoding)
+    text = read_text(file, encoding=encoding)
     if not text.strip():
         raise ValueError(f"{file} is empty: expected a header row, then one row per example")
     sep = check_delimiter(delimiter) or sniff_delimiter(text, suffix=file.suffix)
@@ -199,22 +195,18 @@ def read_table(path: str | Path, *, delimiter: str | None = None, encoding: str 
 _NUMBER = re.compile(r"^[+-]?(\d+([.,]\d*)?|[.,]\d+)([eE][+-]?\d+)?$")
 
 
-def to_numbers(cells: pd.Series, *, decimal_comma: bool) -> np.ndarray:
-    """Text cells -> float64 (N,): a cell in MISSING is NaN; one that is not a number stays NaN
-    too and is told apart by not_numbers. decimal_comma: "1,5" reads 1.5 (tables whose delimiter
-    is not a comma, as Excel writes them where the comma is the decimal mark)."""
+def to_numbers(cells: pd.Series, *, decimal_comma: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Text cells -> (values (N,) float64, positions of the cells that hold something yet are no
+    number). A cell in MISSING is NaN and not counted. decimal_comma: "1,5" reads 1.5 (tables whose
+    delimiter is not a comma, as Excel writes them where the comma is the decimal mark)."""
     import pandas as pd
 
     text = cells.astype(str).str.strip()
+    missing = text.str.lower().isin(MISSING)
     if decimal_comma:
         text = text.where(~text.str.fullmatch(_NUMBER.pattern), text.str.replace(",", ".", regex=False))
-    return pd.to_numeric(text.where(~text.str.lower().isin(MISSING)), errors="coerce").to_numpy(np.float64)
-
-
-def not_numbers(cells: pd.Series, values: np.ndarray) -> np.ndarray:
-    """Positions of cells that hold something, yet read as no number (to_numbers)."""
-    present = ~cells.astype(str).str.strip().str.lower().isin(MISSING).to_numpy()
-    return np.flatnonzero(present & np.isnan(values))
+    values = pd.to_numeric(text.where(~missing), errors="coerce").to_numpy(np.float64)
+    return values, np.flatnonzero(~missing.to_numpy() & np.isnan(values))
 
 
 def read_numbers(path: str | Path, *, encoding: str | None = None, delimiter: str | None = None) -> np.ndarray:

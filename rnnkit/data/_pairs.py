@@ -18,7 +18,7 @@ def read_pairs(path: str | Path, *, encoding: str | None = None, delimiter: str 
     """(source, target) per line of a text file, split at the first delimiter of each line.
     delimiter None: a tab, or if no line holds one, a semicolon or a bar when every line holds
     one (a comma only when asked for: sentences hold commas). encoding as
-    rnnkit.data._files.decode takes it. Blank lines are skipped."""
+    rnnkit.data._files.read_text takes it. Blank lines are skipped."""
     path = Path(path)
     text = read_text(path, encoding=encoding)
     lines = [line for line in text.split("\n") if line.strip()]

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from rnnkit._extras import needs_extras
-from rnnkit.data._files import not_numbers, read_table, to_numbers
+from rnnkit.data._files import read_table, to_numbers
 
 
 @dataclass(frozen=True)
@@ -156,8 +156,7 @@ def read_series_csv(path: str | Path, *, target: str, time_col: str | None = Non
     columns = [target, *features]
     values = np.empty((len(df), len(columns)))  # (N, F) in file order
     for j, c in enumerate(columns):
-        values[:, j] = to_numbers(df[c], decimal_comma=df.attrs["delimiter"] != ",")
-        bad = not_numbers(df[c], values[:, j])
+        values[:, j], bad = to_numbers(df[c], decimal_comma=df.attrs["delimiter"] != ",")
         if len(bad):
             raise ValueError(f"column {c!r} of {file} is not numeric: row {bad[0] + 2} has {df[c].iloc[bad[0]]!r}")
         infinite = np.flatnonzero(np.isinf(values[:, j]))

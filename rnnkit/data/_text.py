@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from rnnkit._extras import needs_extras
-from rnnkit.data._files import decode, read_table
+from rnnkit.data._files import read_table, read_text
 
 PAD, UNK = "<pad>", "<unk>"
 TOKENS = ("char", "word")
@@ -142,7 +142,7 @@ def read_text_folder(path: str | Path, *, encoding: str | None = None) -> TextDa
     texts, labels = [], []
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         for file in sorted(folder.glob("*.txt")):
-            texts.append(decode(file, encoding=encoding))
+            texts.append(read_text(file, encoding=encoding))
             labels.append(folder.name)
     if not texts:
         raise ValueError(f"{root} holds no <label>/*.txt files: expected one sub-folder of .txt files per label")
