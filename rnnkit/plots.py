@@ -152,8 +152,7 @@ def hidden_state(h: np.ndarray, title: str, labels: Sequence[str] | None = None,
     if labels is not None and len(labels) == steps:
         every = max(1, steps // 60)
         line.set_xticks(np.arange(0, steps, every))
-        shown = ["\u2423" if labels[i] == " " else repr(labels[i])[1:-1] for i in range(0, steps, every)]
-        line.set_xticklabels(shown, rotation=90, fontsize="small")  # a space as an open box, a newline as its escape
+        line.set_xticklabels([_token_label(labels[i]) for i in range(0, steps, every)], rotation=90, fontsize="small")
     return _png(fig)
 
 
@@ -179,4 +178,64 @@ def hidden_stats(stats: Mapping[str, Mapping[str, Sequence[float]]], title: str)
         else:
             ax.text(0.5, 0.5, what, ha="center", va="center", transform=ax.transAxes, color="gray")
     fig.suptitle(title, y=1.04)
+    return _png(fig)
+
+
+def _token_label(token: str) -> str:
+    """A token as an axis shows it: a space as an open box, a newline as its escape."""
+    return "\u2423" if token == " " else repr(token)[1:-1] if len(token) == 1 else token
+
+
+@needs_extras
+def attention(weights: np.ndarray, source: Sequence[str], output: Sequence[str], title: str) -> bytes:
+    """The attention weights of one translated example, weights (L, S): row t is how decoder step t
+    (which wrote output[t]) weighed the source tokens; each row sums to 1."""
+    rows, columns = weights.shape
+    fig = _figure(1.6 + 0.32 * columns, 1.4 + 0.32 * rows)
+    ax = fig.subplots()
+    image = ax.imshow(weights, cmap="Greys", vmin=0.0, vmax=1.0, aspect="equal", interpolation="nearest")
+    fig.colorbar(image, ax=ax, label="attention weight", shrink=0.8)
+    ax.set_xticks(range(columns), [_token_label(t) for t in source])
+    ax.set_yticks(range(rows), [_token_label(t) for t in output])
+    ax.xaxis.tick_top()
+    ax.set(xlabel="source (what the encoder read)", ylabel="output (one row per decoder step)")
+    ax.set_title(title, pad=24)
+    return _png(fig)
+
+
+@needs_extras
+def images(pictures: Sequence[np.ndarray], captions: Sequence[str], title: str, marked: Sequence[bool] = (),
+           columns: int = 5) -> bytes:
+    """Small grey images (each (height, width), larger is darker), each under its caption; the
+    captions of the images marked True (a wrong answer) in red."""
+    rows = -(-len(pictures) // columns)
+    fig = _figure(1.6 * columns, 2.0 * rows + 0.4)
+    axes = np.atleast_1d(fig.subplots(rows, columns)).ravel()
+    for ax in axes:
+        ax.set_axis_off()
+    for k, (ax, picture, caption) in enumerate(zip(axes, pictures, captions)):
+        ax.imshow(picture, cmap="Greys", interpolation="nearest")
+        ax.set_title(caption, fontsize=9, color="tab:red" if k < len(marked) and marked[k] else "black")
+    fig.suptitle(title)
+    return _png(fig)
+
+
+@needs_extras
+def next_characters(text: Sequence[str], guesses: Sequence[str], bits: np.ndarray, title: str) -> bytes:
+    """A language model read along a text: text[p] is the character there, guesses[p] the one the
+    model found likeliest from the text before p (green where they agree, red where not), and
+    bits[p] = -log2 p(text[p]) the surprise, drawn as a bar above each character."""
+    n = len(text)
+    fig = _figure(max(6.4, 1.4 + 0.19 * n), 3.2)
+    ax = fig.subplots()
+    ax.bar(np.arange(n), bits, color="tab:blue", width=0.8)
+    ax.set(xlim=(-0.6, n - 0.4), ylabel="bits for the real character", title=title)
+    ax.set_xticks(range(n), [_token_label(t) for t in text], fontfamily="monospace")
+    ax.set_xlabel("the text (top row) and the model's guess for each character (bottom row)")
+    ax.tick_params(axis="x", length=0)
+    for p, guess in enumerate(guesses):
+        ax.annotate(_token_label(guess), (p, 0), xytext=(0, -26), textcoords="offset points", ha="center",
+                    va="top", fontfamily="monospace", color="tab:green" if guess == text[p] else "tab:red",
+                    annotation_clip=False)
+    ax.xaxis.labelpad = 28
     return _png(fig)

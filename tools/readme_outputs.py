@@ -17,6 +17,16 @@ block prints; a page's Python blocks run in order in one namespace, in the same 
 A tutorial's translation (docs/zh/NAME.md for docs/tutorials/NAME.md) holds the same code blocks
 in the same order: rewriting the English page copies its blocks into the translation.
 
+A figure of a page is an image line after a comment naming the file that the page's commands or
+code write, in the working folder:
+
+    <!-- figure: runs/mnist/plots/confusion_matrix.png -->
+    ![The test confusion matrix](../img/n-to-1-mnist-confusion.png)
+
+and rewriting the page copies that file over the image, so that the figures never drift from the
+code. Its translation shows the same images. A tutorial's notebooks (tools/notebooks.py) are made
+again from the page and its translation.
+
 A command that fails stops the script and README.md is left as it was; one that ends in the
 comment "# exit status N" must exit with N, and its stderr is shown with its stdout. Run it from the
 repository's root, one run at a time (the timings in the outputs are the machine's).
@@ -29,6 +39,7 @@ import contextlib
 import io
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -160,6 +171,25 @@ def run(command: str, folder: Path) -> str:
     return "\n".join(shown)
 
 
+FIGURE = re.compile(r"^<!-- figure: (\S+) -->\n!\[[^\]\n]*\]\(([^)\s]+)\)", re.M)
+"""A figure: (the file the page's code writes, relative to the working folder; the image shown,
+relative to the page)."""
+
+
+def copy_figures(path: Path, text: str, folder: Path, complete: bool) -> None:
+    """Copy each figure of the page from the working folder to its image; complete: every block
+    ran, so every figure must be there."""
+    for source, image in FIGURE.findall(text):
+        made = folder / source
+        if not made.is_file():
+            if complete:
+                sys.exit(f"{path}: the figure {source} was not written by the page's code")
+            print(f"kept {image}: {source} was not written by the blocks that ran")
+            continue
+        shutil.copyfile(made, (path.parent / image).resolve())
+        print(f"copied {source} to {image}")
+
+
 def rewrite(path: Path, only: list[str], listing: bool, folder: Path) -> None:
     """Rewrite the terminal blocks of one page that only picks (all if empty), then its Python outputs."""
     text = path.read_text(encoding="utf-8")
@@ -193,11 +223,23 @@ def rewrite(path: Path, only: list[str], listing: bool, folder: Path) -> None:
     text = "\n".join(out)
     if PRINTS.search(text) and not only:
         text = python_outputs(text, folder)
+    copy_figures(path, text, folder, complete=not only)
     path.write_text(text, encoding="utf-8")
     print(f"rewrote {len(new)} terminal block(s) of {path}")
     other = translation(path)
     if other is not None:
         sync_translation(path, other)
+        write_notebooks(path, other)
+
+
+def write_notebooks(*pages: Path) -> None:
+    """The tutorials' notebooks, made again from their pages (tools/notebooks.py)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import notebooks
+
+    for page in pages:
+        notebooks.target(page).write_text(notebooks.text_of(page), encoding="utf-8")
+        print(f"wrote {notebooks.target(page)}")
 
 
 def main() -> None:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -34,6 +35,9 @@ class DatasetInfo:
     size: str
     load: Callable[[], SequenceData | TextData]
     tokens: str | None = None  # texts: how they are read by default (char or word)
+    training: Mapping[str, Any] = field(default_factory=dict)
+    """TrainConfig fields of its own, where the pipeline's defaults serve it worse (chosen on the
+    validation split: benchmarks/digits_defaults.py for digits); given options override them."""
 
 
 @needs_extras
@@ -69,6 +73,7 @@ DATASETS: dict[str, DatasetInfo] = {
         licence="CC BY 4.0 (UCI); shipped with scikit-learn (BSD-3-Clause)",
         size="1,797 sequences, 10 classes",
         load=digit_rows,
+        training={"epochs": 60, "batch_size": 32, "schedule": "cosine", "patience": None},
     ),
     "surnames": DatasetInfo(
         name="surnames",

@@ -116,6 +116,7 @@ class Seq2Seq(nn.Module):
         else:
             self.head = nn.Linear(h, c.target_vocab)
         self.drop = nn.Dropout(c.dropout)
+        self._watched: list[Tensor] | None = None  # attention weights, kept while attention_map runs
 
     # --- encoding -----------------------------------------------------------------------------
     def encode(self, source: Tensor, lengths: Tensor | None) -> tuple[State, Tensor | None, Tensor | None]:
@@ -141,13 +142,19 @@ class Seq2Seq(nn.Module):
         return init, memory, mask
 
     # --- one decoder step ---------------------------------------------------------------------
-    def _attend(self, query: Tensor, memory: Tensor, keys: Tensor, mask: Tensor) -> Tensor:
-        """query (B, H), memory (B, S, M), keys (B, S, H) -> context (B, M)."""
+    def _weights_for(self, query: Tensor, keys: Tensor, mask: Tensor | None = None) -> Tensor:
+        """query (B, H), keys (B, S, H) -> the attention weights (B, S), zero past each length."""
         if self.config.attention == "bahdanau":
             scores = self.att_v(torch.tanh(self.att_query(query)[:, None] + keys)).squeeze(-1)  # (B, S)
         else:
             scores = torch.einsum("bh,bsh->bs", query, keys)  # (B, S)
-        weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)  # zero past each length
+        return torch.softmax(scores if mask is None else scores.masked_fill(~mask, float("-inf")), dim=-1)
+
+    def _attend(self, query: Tensor, memory: Tensor, keys: Tensor, mask: Tensor) -> Tensor:
+        """query (B, H), memory (B, S, M), keys (B, S, H) -> context (B, M)."""
+        weights = self._weights_for(query, keys, mask)
+        if self._watched is not None:
+            self._watched.append(weights)
         return torch.einsum("bs,bsm->bm", weights, memory)
 
     def step(self, token: Tensor, state: State, feed: Tensor | None, memory: Tensor | None, keys: Tensor | None,
@@ -276,6 +283,23 @@ class Seq2Seq(nn.Module):
             if bool(done.all()):
                 break
         return outputs
+
+    @torch.no_grad()
+    def attention_map(self, source: Tensor, lengths: Tensor | None, max_length: int) -> tuple[list[int], Tensor]:
+        """The greedy output of one example, source (1, S), and the attention weights (L, S) of each
+        decoder step that wrote it: row t weighs the source tokens for output token t (the last
+        row writes <eos> when the output ends by it, so L is len(output) or len(output) + 1)."""
+        if self.config.attention == "none":
+            raise ValueError("attention_map: this model has no attention (attention='none')")
+        if source.shape[0] != 1:
+            raise ValueError(f"attention_map: expected one example, source of shape (1, S), got {tuple(source.shape)}")
+        self._watched = []
+        try:
+            output = self.greedy(source, lengths, max_length)[0]
+            weights = torch.cat(self._watched)  # (steps, S): one row per decoder step
+        finally:
+            self._watched = None
+        return output, weights[: len(output) + 1]
 
     @torch.no_grad()
     def beam(self, source: Tensor, lengths: Tensor | None, max_length: int, width: int) -> list[int]:

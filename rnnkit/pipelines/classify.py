@@ -84,6 +84,14 @@ class ClassifyConfig:
         return (info.tokens if info is not None else None) or "char"
 
 
+def training(dataset: str | None, **given: Any) -> TrainConfig:
+    """How to train on a bundled data set (None: the user's data): TrainConfig's defaults, then the
+    data set's own (DatasetInfo.training), then the given fields that are not None."""
+    info = DATASETS.get(dataset) if dataset is not None else None
+    own = dict(info.training) if info is not None else {}
+    return TrainConfig(**{**own, **{k: v for k, v in given.items() if v is not None}})
+
+
 def accuracy(logits: torch.Tensor, target: torch.Tensor) -> float:
     return float((logits.argmax(-1) == target).double().mean())
 

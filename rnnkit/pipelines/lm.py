@@ -227,6 +227,36 @@ def prepare(cfg: LMConfig) -> Prepared:
     return Prepared(vocab, ids, parts, data, test_targets, held_out)
 
 
+def prose_start(text: str, count: int, offset: int, search: int = 4000) -> int:
+    """offset plus where the first line of text that is prose (count characters without a newline,
+    three quarters of them letters) starts, within its first search characters; else the first
+    character with one before it. What the figure of a run's next-character guesses shows."""
+    for k in [0, *(i + 1 for i, c in enumerate(text[:search]) if c == "\n")]:
+        line = text[k:k + count]
+        if len(line) == count and "\n" not in line and sum(c.isalpha() for c in line) >= 0.75 * count:
+            return offset + k if offset + k >= 1 else offset + k + 1
+    return max(offset, 1)
+
+
+@torch.no_grad()
+def next_character_guesses(model: LanguageModel, ids: Tensor, start: int, count: int, context: int | None,
+                           warm_up: int = 200) -> tuple[list[int], np.ndarray]:
+    """The model's likeliest next character at each position p of ids[start:start + count], read
+    from the text before p (context K: the K characters before p, as the model was trained;
+    else the state carried over up to warm_up characters before start), and the bits it gave the
+    character that is there: -log2 p(ids[p] | before)."""
+    model.eval()
+    targets = ids[start:start + count]
+    if context is not None:
+        logits = torch.stack([model(ids[max(0, p - context):p][None])[0][0, -1] for p in range(start, start + count)])
+    else:
+        first = max(0, start - warm_up)
+        logits = model(ids[first:start + count - 1][None])[0][0, start - 1 - first:]  # (count, V): step p-1 predicts p
+    log_p = torch.log_softmax(logits.float(), dim=-1)
+    bits = (-log_p.gather(1, targets[:, None])[:, 0] / math.log(2)).numpy()
+    return log_p[:, 2:].argmax(-1).add(2).tolist(), bits  # <pad> and <unk> never guessed
+
+
 @needs_extras
 def train(cfg: LMConfig, out: str | Path, *, on_epoch: Callable[[EpochRecord], None] | None = None,
           resume: bool = False, progress: bool = False, tensorboard: bool = False,
@@ -274,8 +304,20 @@ def train(cfg: LMConfig, out: str | Path, *, on_epoch: Callable[[EpochRecord], N
 
     rows = [r.as_dict() for r in history]
     config = {"task": "lm", "pipeline": asdict(cfg), "model": asdict(model_cfg), "context": cfg.context}
+    lo, hi = parts["test"]
+    count = min(64, hi - max(lo, 1))
+    start = prose_start("".join(t if len(t) == 1 else "\0" for t in (vocab.itos[i] for i in ids[lo:hi].tolist())),
+                        count, lo)
+    figures = {"history.png": plots.history(rows, "bits per character")}
+    if count > 0:
+        model.to("cpu")
+        guesses, bits = next_character_guesses(model, ids, start, count, cfg.context)
+        figures["next_characters.png"] = plots.next_characters(
+            [vocab.itos[int(i)] for i in ids[start:start + count]], [vocab.itos[i] for i in guesses], bits,
+            f"the first characters of the {'held-out tail' if held_out else 'text'}: the model's guess of each "
+            "from the text before it")
     finish_run(out, config=config, weights=model.state_dict(), extras={"vocabulary": vocab.to_json()},
-               metrics=metrics, history=rows, plots={"history.png": plots.history(rows, "bits per character")})
+               metrics=metrics, history=rows, plots=figures)
     return metrics
 
 

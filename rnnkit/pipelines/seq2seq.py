@@ -291,8 +291,23 @@ def train(cfg: Seq2SeqTaskConfig, out: str | Path, *, on_epoch: Callable[[EpochR
     else:
         extras["input_divisor"] = digit_rows().input_divisor  # new images are scaled as these were
     config = {"task": cfg.task, "pipeline": asdict(cfg), "model": asdict(model_cfg)}
+    figures = {"history.png": plots.history(rows, "exact match (teacher forcing)")}
+    first = te[0]
+    if vector_source:  # the first test images (8x8 digits), each with what the model wrote and the target
+        shown = list(zip(te[:10], (target_vocab.join(d) for d in decoded)))
+        figures["examples.png"] = plots.images(
+            [np.asarray(sources[i]).reshape(8, 8) for i, _ in shown],
+            [f"{o!r}" + ("" if o == targets[i] else f"\n(target {targets[i]!r})") for i, o in shown],
+            "the first test images and the names the model wrote", marked=[o != targets[i] for i, o in shown])
+    elif model_cfg.attention != "none":
+        source = torch.as_tensor([source_items[first]])
+        output, weights = model.attention_map(source, torch.tensor([source.shape[1]]), max_length)
+        written = [target_vocab.itos[j] for j in output] + (["<eos>"] if len(weights) > len(output) else [])
+        figures["attention.png"] = plots.attention(
+            weights.numpy(), split_tokens(sources[first]), written,
+            f"{sources[first]!r} -> {target_vocab.join(output)!r} ({model_cfg.attention} attention)")
     finish_run(out, config=config, weights=model.state_dict(), extras=extras, metrics=metrics, history=rows,
-               plots={"history.png": plots.history(rows, "exact match (teacher forcing)")})
+               plots=figures)
     return metrics
 
 

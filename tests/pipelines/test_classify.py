@@ -109,3 +109,17 @@ def test_feature_csv(tmp_path) -> None:  # type: ignore[no-untyped-def]
     assert metrics["sizes"]["train"] + metrics["sizes"]["validation"] + metrics["sizes"]["test"] == 90
     probs, labels = classify.predict(tmp_path / "run", x[:4])
     assert probs.shape == (4, 2) and labels == ["down", "up"]
+
+
+def test_a_bundled_set_trains_with_its_own_settings_unless_given() -> None:
+    """digits: the settings chosen on validation (benchmarks/digits_defaults.py); options given
+    on the command line win; the user's data and other sets get TrainConfig's defaults."""
+    from rnnkit.pipelines.classify import training
+
+    own = training("digits", epochs=None, batch_size=None, lr=3e-3, seed=0)
+    assert (own.epochs, own.batch_size, own.schedule, own.patience) == (60, 32, "cosine", None)
+    given = training("digits", epochs=5, batch_size=None, lr=1e-3, seed=1)
+    assert (given.epochs, given.batch_size, given.lr, given.seed) == (5, 32, 1e-3, 1)
+    for dataset in (None, "surnames"):
+        plain = training(dataset, epochs=None, batch_size=None, lr=3e-3, seed=0)
+        assert (plain.epochs, plain.batch_size, plain.schedule, plain.patience) == (40, 64, "plateau", 10)

@@ -116,3 +116,23 @@ def test_bptt_run_on_a_text(tmp_path) -> None:  # type: ignore[no-untyped-def]
     assert metrics["test"]["bpc"] < 0.5 * metrics["baseline"]["bpc"]
     out = lm.generate(tmp_path / "run", "the ", 40, greedy=True)
     assert out.startswith("the ") and " sat on the mat" in out
+    assert (tmp_path / "run" / "plots" / "next_characters.png").read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize("context", [None, 3])
+def test_next_character_guesses_read_the_text_before_each_position(context: int | None) -> None:
+    torch.manual_seed(0)
+    model = LanguageModel(LanguageModelConfig(vocab_size=9, hidden_size=8, embed_dim=4, num_layers=2)).eval()
+    ids = torch.randint(2, 9, (40,))
+    guesses, bits = lm.next_character_guesses(model, ids, 12, 6, context, warm_up=12)
+    for k, p in enumerate(range(12, 18)):
+        before = ids[p - context:p] if context else ids[:p]
+        log_p = torch.log_softmax(model(before[None])[0][0, -1].detach(), -1)
+        assert guesses[k] == int(log_p[2:].argmax()) + 2
+        assert bits[k] == pytest.approx(float(-log_p[ids[p]] / math.log(2)), rel=1e-5)
+
+
+def test_prose_start_skips_to_the_first_line_of_words() -> None:
+    text = "   |   |   \n1 2 3 4\nThe return statement leaves the call.\nmore"
+    assert lm.prose_start(text, 20, 100) == 100 + text.index("The")
+    assert lm.prose_start("x" * 5, 20, 0) == 1  # none: the first character with one before it

@@ -159,6 +159,7 @@ def test_seq2seq_run_on_user_pairs(tmp_path) -> None:  # type: ignore[no-untyped
 
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["test"]["exact_match"] > 0.8 > metrics["baseline"]["exact_match"] + 0.3
+    assert (out / "plots" / "attention.png").read_bytes().startswith(b"\x89PNG")
     result = runner.invoke(main, ["translate", str(out), "abc", "fed", "--beam", "3"])
     assert result.exit_code == 0 and result.output.split() == ["cba", "def"]
     result = runner.invoke(main, ["translate", str(out), "abz"])
@@ -175,6 +176,7 @@ def test_caption_digits(tmp_path) -> None:  # type: ignore[no-untyped-def]
     metrics = seq2seq.train(cfg, tmp_path / "run")
     assert metrics["baseline"]["exact_match"] == pytest.approx(0.1, abs=0.02)
     assert metrics["test"]["exact_match"] > 0.7
+    assert (tmp_path / "run" / "plots" / "examples.png").read_bytes().startswith(b"\x89PNG")
     digits = load_digits()
     np.savetxt(tmp_path / "x.csv", digits.data[:20], delimiter=",", fmt="%d")
     result = CliRunner().invoke(main, ["caption", str(tmp_path / "run"), "--input", str(tmp_path / "x.csv")])
@@ -231,3 +233,28 @@ def test_a_run_saved_before_input_feeding_was_a_setting_resumes_as_it_ran(tmp_pa
     new = asdict(seq2seq.Seq2SeqTaskConfig(attention="luong"))
     (tmp_path / "config.json").write_text(json.dumps({"task": "seq2seq", "pipeline": new}))
     assert pipeline_config(tmp_path, "seq2seq", seq2seq.Seq2SeqTaskConfig).input_feeding is False
+
+
+@pytest.mark.parametrize("kwargs", [c for c in CONFIGS if c["attention"] != "none"])
+def test_attention_map_holds_the_weights_of_each_greedy_step(kwargs) -> None:  # type: ignore[no-untyped-def]
+    """One row per decoder step of the greedy output, each a distribution over the source that
+    the step's context was made with: recomputed here from the step's query."""
+    net = model(**kwargs)
+    source = torch.tensor([[3, 5, 7, 2, 9]])
+    output, weights = net.attention_map(source, torch.tensor([5]), 6)
+    assert output == net.greedy(source, torch.tensor([5]), 6)[0]
+    assert weights.shape[1] == 5 and len(output) <= weights.shape[0] <= len(output) + 1
+    assert torch.allclose(weights.sum(-1), torch.ones(weights.shape[0]))
+    state, feed, memory, keys, mask = net.start(source, torch.tensor([5]))
+    token, first = torch.tensor([BOS]), None
+    if net.config.attention == "bahdanau":  # the first step attends from the initial state
+        first = net._weights_for(state[-1][0] if isinstance(state[-1], tuple) else state[-1], keys)
+    else:
+        _, new_state, _ = net.step(token, state, feed, memory, keys, mask)
+        top = new_state[-1][0] if isinstance(new_state[-1], tuple) else new_state[-1]
+        first = net._weights_for(top, keys)
+    assert torch.allclose(weights[0], first[0])
+    with pytest.raises(ValueError, match="one example"):
+        net.attention_map(torch.tensor([[3, 5], [4, 6]]), None, 6)
+    with pytest.raises(ValueError, match="no attention"):
+        model(**CONFIGS[2]).attention_map(source, None, 6)

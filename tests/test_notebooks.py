@@ -1,0 +1,61 @@
+"""The tutorials as Jupyter notebooks: each is what tools/notebooks.py makes from its page today,
+and its Python cells, run in a Jupyter kernel one after another, print what the page shows. (The
+%%bash cells are the page's commands: tests/test_docs.py checks that the command line accepts
+them, and tools/readme_outputs.py runs them when it regenerates the pages.)"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from tools.notebooks import notebook, pages, target, text_of
+
+PAGES = pages()
+
+
+def test_every_tutorial_has_its_notebook_linked() -> None:
+    assert len(PAGES) >= 16  # eight tutorials, in English and Chinese
+    for page in PAGES:
+        assert f"]({target(page).name})" in page.read_text(encoding="utf-8"), f"{page.name} does not offer its notebook"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_notebook_is_what_its_page_makes(page: Path) -> None:
+    path = target(page)
+    assert path.is_file(), f"{path} is missing: run python tools/notebooks.py"
+    assert path.read_text(encoding="utf-8") == text_of(page), f"{path} is out of date: run python tools/notebooks.py"
+    nbformat.validate(nbformat.reads(path.read_text(encoding="utf-8"), as_version=4))
+
+
+def _outputs(cell: nbformat.NotebookNode) -> str:
+    """What the cell printed on stdout (as the page shows it; warnings go to stderr)."""
+    return "".join(o.get("text", "") for o in cell.get("outputs", [])
+                   if o.get("output_type") == "stream" and o.get("name") == "stdout")
+
+
+def python_cells(book: nbformat.NotebookNode) -> list[nbformat.NotebookNode]:
+    return [c for c in book.cells if c.cell_type == "code" and not c.source.startswith("%%bash")]
+
+
+WITH_PYTHON = [p for p in PAGES if p.parent.name == "tutorials" and python_cells(notebook(p))]
+
+
+def test_most_tutorials_have_python_cells() -> None:
+    assert len(WITH_PYTHON) >= 7
+
+
+@pytest.mark.parametrize("page", WITH_PYTHON, ids=lambda p: p.stem)
+def test_notebook_python_cells_print_what_the_page_shows(page: Path, tmp_path: Path) -> None:
+    book = notebook(page)
+    code = python_cells(book)
+    shown = [_outputs(c) for c in code]
+    run = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c.source) for c in code], metadata=book.metadata)
+    NotebookClient(run, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    for k, (cell, expected) in enumerate(zip(run.cells, shown)):
+        errors = [o for o in cell.outputs if o.output_type == "error"]
+        assert not errors, f"{page.name} cell {k}: {errors[0]['ename']}: {errors[0]['evalue']}"
+        if expected:
+            assert _outputs(cell) == expected, f"{page.name} cell {k} prints something else in a kernel"
