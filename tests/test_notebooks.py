@@ -1,10 +1,12 @@
 """The tutorials as Jupyter notebooks: each is what tools/notebooks.py makes from its page today,
-and its Python cells, run in a Jupyter kernel one after another, print what the page shows. (The
+and its Python cells, run in a Jupyter kernel one after another, print what the page shows. The
 %%bash cells are the page's commands: tests/test_docs.py checks that the command line accepts
-them, and tools/readme_outputs.py runs them when it regenerates the pages.)"""
+them, tools/readme_outputs.py runs them when it regenerates the pages, and here one whole notebook
+(1 -> N, with a training of a few seconds) runs with them."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import nbformat
@@ -12,6 +14,7 @@ import pytest
 from nbclient import NotebookClient
 
 from tools.notebooks import notebook, pages, target, text_of
+from tools.readme_outputs import EPOCH
 
 PAGES = pages()
 
@@ -41,13 +44,14 @@ def python_cells(book: nbformat.NotebookNode) -> list[nbformat.NotebookNode]:
 
 
 WITH_PYTHON = [p for p in PAGES if p.parent.name == "tutorials" and python_cells(notebook(p))]
+WHOLE = "1-to-n"  # run with its %%bash cells by test_a_whole_notebook_runs_in_a_kernel
 
 
 def test_most_tutorials_have_python_cells() -> None:
     assert len(WITH_PYTHON) >= 7
 
 
-@pytest.mark.parametrize("page", WITH_PYTHON, ids=lambda p: p.stem)
+@pytest.mark.parametrize("page", [p for p in WITH_PYTHON if p.stem != WHOLE], ids=lambda p: p.stem)
 def test_notebook_python_cells_print_what_the_page_shows(page: Path, tmp_path: Path) -> None:
     book = notebook(page)
     code = python_cells(book)
@@ -59,3 +63,32 @@ def test_notebook_python_cells_print_what_the_page_shows(page: Path, tmp_path: P
         assert not errors, f"{page.name} cell {k}: {errors[0]['ename']}: {errors[0]['evalue']}"
         if expected:
             assert _outputs(cell) == expected, f"{page.name} cell {k} prints something else in a kernel"
+
+
+def _as_shown(text: str) -> str:
+    """Output as the pages show it: per-epoch lines folded into "...", seconds masked."""
+    shown: list[str] = []
+    for line in text.rstrip("\n").split("\n"):
+        if EPOCH.match(line):
+            if not shown or shown[-1] != "...":
+                shown.append("...")
+        else:
+            shown.append(line)
+    return re.sub(r"\d+\.\d s\b", "N s", "\n".join(shown))
+
+
+def test_a_whole_notebook_runs_in_a_kernel(tmp_path: Path) -> None:
+    """1 -> N, every cell: its %%bash cells train a caption run and caption three digits with it,
+    printing what the page shows (the seconds aside)."""
+    page = next(p for p in PAGES if p.parent.name == "tutorials" and p.stem == WHOLE)
+    book = notebook(page)
+    bash = [c for c in book.cells if c.cell_type == "code" and c.source.startswith("%%bash")]
+    assert bash and any("rnnkit train caption" in c.source for c in bash)
+    shown = [_outputs(c) for c in book.cells if c.cell_type == "code"]
+    run = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c.source) for c in book.cells
+                                          if c.cell_type == "code"], metadata=book.metadata)
+    NotebookClient(run, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    for k, (cell, expected) in enumerate(zip(run.cells, shown)):
+        assert not [o for o in cell.outputs if o.output_type == "error"], f"cell {k} failed: {cell.outputs}"
+        assert _as_shown(_outputs(cell)) == _as_shown(expected), f"cell {k} prints something else in a kernel"
+    assert (tmp_path / "runs" / "caption" / "plots" / "examples.png").is_file()
