@@ -2,7 +2,9 @@
 
 Cells (RNNCell, LSTMCell, GRUCell) are the equations of one time step with torch.nn's
 parameters; layers (RNN, LSTM, GRU) stack them, run both directions, take padded batches with
-``lengths=`` or PackedSequence, and hand the time loop to an engine.
+``lengths=`` or PackedSequence, and hand the time loop to an engine. MinGRU and MinLSTM (and
+their cells) are the minimal forms whose gates read the input alone (Feng et al. 2024): every
+step at once by a scan, with the same interface.
 
 Shape glossary, used by every docstring:
 
@@ -23,9 +25,9 @@ from rnnkit._checks import InputError, InputTypeError
 from rnnkit._convert import from_torch, to_torch
 from rnnkit.engines._library import library_path
 from rnnkit.cells import GRUCell, LSTMCell, RNNCell
-from rnnkit.layers import GRU, LSTM, RNN
+from rnnkit.layers import GRU, LSTM, RNN, MinGRU, MinGRUCell, MinLSTM, MinLSTMCell
 
 __version__ = "0.1.0"
 
-__all__ = ["GRU", "LSTM", "RNN", "GRUCell", "InputError", "InputTypeError", "LSTMCell", "RNNCell", "__version__", "library_path",
-           "from_torch", "to_torch"]
+__all__ = ["GRU", "LSTM", "RNN", "GRUCell", "InputError", "InputTypeError", "LSTMCell", "MinGRU", "MinGRUCell",
+           "MinLSTM", "MinLSTMCell", "RNNCell", "__version__", "library_path", "from_torch", "to_torch"]

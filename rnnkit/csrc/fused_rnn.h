@@ -3,6 +3,7 @@
 // The operators (schemas in ops.cpp, torchvision's layout):
 //   rnnkit::fused_rnn / fused_rnn_backward      one layer and direction over the whole sequence
 //   rnnkit::fused_stack / fused_stack_backward  every layer and direction of a stack
+//   rnnkit::min_scan / min_scan_backward        one layer and direction of a minGRU or minLSTM
 // with their CPU kernels (cpu/), which plan and call the C kernels (cpu/rnn_kernels.c), and their
 // autograd kernels (autograd/). The plan of a call (threads, slices of the batch, projection
 // chunks, workspaces) is made here in C++, so that a graph run without Python (AOTInductor)
@@ -18,6 +19,15 @@
 #include <vector>
 
 extern "C" {
+#define RNNKIT_DECLARE_MIN_KERNELS(REAL, SFX)                                                                      \
+    void min_scan_rows##SFX(int lstm, int g, int T, int B, int H, int b0, int b1, const REAL* pre, const REAL* h0, \
+                            const int64_t* lengths, REAL* out, REAL* h);                                          \
+    void min_scan_backward_rows##SFX(int lstm, int g, int T, int B, int H, int b0, int b1, const REAL* d_out,     \
+                                     const REAL* pre, const REAL* h0, const REAL* out, const int64_t* lengths,    \
+                                     REAL* d_pre, REAL* d_h0, REAL* carry, const REAL* zeros);
+RNNKIT_DECLARE_MIN_KERNELS(float, _f32)
+RNNKIT_DECLARE_MIN_KERNELS(double, _f64)
+#undef RNNKIT_DECLARE_MIN_KERNELS
 long rnnkit_forward_layout(int cell, int save, int T, int B, int H, int R, int flags, long* offsets);
 long rnnkit_backward_layout(int n, int cell, int T, int B, int H, int R, int flags, long* offsets);
 int rnnkit_kernels_parallel(void);

@@ -82,6 +82,11 @@ TORCH_LIBRARY(rnnkit, m) {
     m.def(
         "fused_stack_grad_by_reference(Tensor? d_out, Tensor? d_hn, Tensor? d_cn, Tensor x, Tensor? lengths, "
         "Tensor[] weights, bool[] present, str mode, int layers, int directions, bool[] needs) -> Tensor[]");
+    // the minimal GRU and LSTM (cpu/min_scan_kernel.cpp); autograd, fake kernel and vmap rule in
+    // rnnkit/engines/_min_op.py
+    m.def("min_scan(Tensor pre, Tensor? h0, Tensor? lengths, str kind, str candidate) -> Tensor");
+    m.def("min_scan_backward(Tensor d_out, Tensor pre, Tensor? h0, Tensor out, Tensor? lengths, str kind, "
+          "str candidate) -> (Tensor, Tensor)");
     m.def("_policy(str name, int value=-1) -> int", &policy_op);
     m.def("_plan(str mode, ScalarType dtype, int T, int B, int I, int GH, int R, int flags) -> int[]", &plan_op);
     m.def("_stack_plan(str mode, ScalarType dtype, int L, int D, int T, int B, int I, int GH, int R, int flags) "

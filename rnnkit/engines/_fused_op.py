@@ -29,6 +29,7 @@ from torch import Tensor
 
 from rnnkit.cells import CellSpec, CellWeights, State, input_side
 from rnnkit.cells import GRU_SPEC, LSTM_SPEC, RNN_RELU, RNN_TANH
+from rnnkit.cells._min import MIN_KINDS
 from rnnkit.engines import _library
 from rnnkit.engines._base import LayerConfig, Noise, reverse_padded
 from rnnkit.engines._reference import ReferenceEngine, scan_loop, time_loop
@@ -311,9 +312,21 @@ def _vmap_by_slices(op: Callable[..., Any]) -> Callable[..., Any]:
     return rule
 
 
+def _min_scan_fake(pre: Tensor, h0: Tensor | None, lengths: Tensor | None, kind: str, candidate: str) -> Tensor:
+    return pre.new_empty(pre.shape[0], pre.shape[1], pre.shape[2] // MIN_KINDS[kind])
+
+
+def _min_scan_backward_fake(d_out: Tensor, pre: Tensor, h0: Tensor | None, out: Tensor, lengths: Tensor | None,
+                            kind: str, candidate: str) -> tuple[Tensor, Tensor]:
+    return torch.empty_like(pre), pre.new_empty(pre.shape[1], pre.shape[2] // MIN_KINDS[kind])
+
+
 def _register() -> None:
-    """The Python parts of the operators, once the library has defined them."""
+    """The Python parts of the operators, once the library has defined them (rnnkit::min_scan's
+    autograd and vmap rules: rnnkit.engines._min_op)."""
     ops = torch.ops.rnnkit
+    torch.library.register_fake("rnnkit::min_scan", _min_scan_fake)
+    torch.library.register_fake("rnnkit::min_scan_backward", _min_scan_backward_fake)
     torch.library.register_fake("rnnkit::fused_rnn", _fused_rnn_fake)
     torch.library.register_fake("rnnkit::fused_rnn_backward", _fused_rnn_backward_fake)
     torch.library.register_fake("rnnkit::fused_stack", _fused_stack_fake)
@@ -388,3 +401,5 @@ class FusedEngine:
                 w.ln_bias_c, lengths, noise.h_mask, keep_h, keep_c, spec.mode, save)
         out, h_n, c_n, _ = torch.ops.rnnkit.fused_rnn.default(*args)
         return out, ((h_n, c_n) if lstm else (h_n,))
+
+from rnnkit.engines import _min_op  # noqa: E402,F401  (rnnkit::min_scan's Python parts, which the library's python module names)

@@ -2,5 +2,7 @@
 
 from rnnkit.layers._base import RecurrentLayer
 from rnnkit.layers._layers import GRU, LSTM, RNN
+from rnnkit.layers._min import MinGRU, MinGRUCell, MinLSTM, MinLSTMCell, MinRecurrentLayer
 
-__all__ = ["GRU", "LSTM", "RNN", "RecurrentLayer"]
+__all__ = ["GRU", "LSTM", "RNN", "MinGRU", "MinGRUCell", "MinLSTM", "MinLSTMCell", "MinRecurrentLayer",
+           "RecurrentLayer"]

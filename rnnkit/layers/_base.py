@@ -355,54 +355,9 @@ class RecurrentLayer(nn.Module):
     ) -> tuple[Tensor | PackedSequence, State]:
         """_forward with the cells' weights given (cast under autocast)."""
         owner = type(self).__name__
-        dtype = cells[0].weight_ih.dtype
-        packed = input if isinstance(input, PackedSequence) else None
-        if packed is not None:
-            if lengths is not None:
-                raise _checks.InputError(
-                    f"{owner}: lengths= cannot be given with a PackedSequence, which carries its own"
-                )
-            _checks.check_float_tensor(owner, "input", packed.data, dtype)
-            x, cpu_lengths = unpack(packed)  # (T, B, I) in the batch's original order
-            batched = True
-        else:
-            x = _checks.check_float_tensor(owner, "input", input, dtype)
-            layout = "(B, T, I)" if self.batch_first else "(T, B, I)"
-            if x.dim() not in (2, 3):
-                raise _checks.InputError(
-                    f"{owner}: Expected input to be 2D or 3D, got {x.dim()}D{' tensor' if owner == 'RNN' else ''} "
-                    f"instead: {layout}, or (T, I) unbatched, got shape {_checks.shape_str(x.shape)}"
-                )
-            batched = x.dim() == 3
-            if not batched:
-                x = x.unsqueeze(1)  # (T, I) -> (T, 1, I)
-            elif self.batch_first:
-                x = x.transpose(0, 1)  # (B, T, I) -> (T, B, I)
-            if not torch.jit.is_tracing() and x.shape[0] == 0:  # (traced, sizes are not ints)
-                raise _checks.InputError(
-                    f"{owner}: Expected sequence length to be larger than 0 in RNN, got input of shape "
-                    f"{_checks.shape_str(x.shape)} (time-major)"
-                )
-            cpu_lengths = None
-            if lengths is not None:
-                if not batched:
-                    raise _checks.InputError(f"{owner}: lengths= needs a batched (3-D) input, got a 2-D one")
-                cpu_lengths = check_lengths(owner, lengths, batch=x.shape[1], steps=x.shape[0])
-        _checks.check_features(owner, x, self.input_size, cell=False)
-        steps, batch = x.shape[:2]
-        state0 = self._initial_state(hx, batch, batched, x)
-
-        run_lengths = None
-        if cpu_lengths is not None:
-            if isinstance(lengths, Sequence):
-                shortest: int | None = min(lengths) if len(lengths) else steps
-            else:  # a tensor (given, or the packed batch's): its values are not known while traced
-                shortest = int(cpu_lengths.min()) if unwatched([cpu_lengths]) and cpu_lengths.numel() else None
-            if shortest is None or shortest < steps:
-                run_lengths = cpu_lengths.to(x.device)
-                if packed is None:  # whatever lies in the padding (NaN, inf) never reaches a gradient
-                    padding = torch.arange(steps, device=x.device).unsqueeze(1) >= run_lengths  # (T, B)
-                    x = x.masked_fill(padding.unsqueeze(2), 0.0)
+        given = read_input(owner, input, lengths, cells[0].weight_ih.dtype, self.batch_first, self.input_size)
+        x, run_lengths = given.x, given.run_lengths
+        state0 = self._initial_state(hx, x.shape[1], given.batched, x)
         config = self._config()
         engine = select_engine(self.engine, config, x, owner=owner, grad=self._needs_grad(x, cells))
         if self._probes is not None:  # rnnkit.diagnostics is looking: the reference loop, with probes
@@ -410,12 +365,7 @@ class RecurrentLayer(nn.Module):
         else:  # compile, export, ONNX, torch.func: what each can take
             engine = for_tools(engine, config, x, lengths=run_lengths is not None)
         out, state = self._run_stack(engine, x, state0, run_lengths, cells)
-        if packed is not None:
-            assert cpu_lengths is not None
-            return repack(out, packed, cpu_lengths), state
-        if not batched:
-            return out.squeeze(1), tuple(s.squeeze(1) for s in state)  # (T, R), (K*D, S)
-        return (out.transpose(0, 1) if self.batch_first else out), state
+        return given.output(out, self.batch_first), given.state(state)
 
     def _run_stack(
         self, engine: Engine, x: Tensor, state0: list[State | None], lengths: Tensor | None, cells: list[CellWeights]
@@ -537,6 +487,83 @@ class RecurrentLayer(nn.Module):
             if value != default:
                 s += f", {name}={value!r}"
         return s
+
+
+@dataclass
+class Given:
+    """A layer's input read into the form engines run: x (T, B, I) time-major, zeros in any
+    padding; run_lengths (B,) on x's device where some sequence is shorter than T, else None."""
+
+    x: Tensor
+    batched: bool
+    packed: PackedSequence | None
+    cpu_lengths: Tensor | None
+    run_lengths: Tensor | None
+
+    def output(self, out: Tensor, batch_first: bool) -> Tensor | PackedSequence:
+        """out (T, B, R) in the form the input came: packed, unbatched (T, R), or batch-first."""
+        if self.packed is not None:
+            assert self.cpu_lengths is not None
+            return repack(out, self.packed, self.cpu_lengths)
+        if not self.batched:
+            return out.squeeze(1)
+        return out.transpose(0, 1) if batch_first else out
+
+    def state(self, state: State) -> State:
+        """The final state's parts (K*D, B, S) as the input came: (K*D, S) unbatched."""
+        return state if self.batched else tuple(s.squeeze(1) for s in state)
+
+
+def read_input(owner: str, input: Tensor | PackedSequence, lengths: Lengths | None, dtype: torch.dtype,
+               batch_first: bool, input_size: int) -> Given:
+    """Check and read a layer's input (see Given): a PackedSequence, or a tensor (T, B, I), (B, T, I)
+    with batch_first, or (T, I) unbatched, with optional lengths (B,)."""
+    packed = input if isinstance(input, PackedSequence) else None
+    if packed is not None:
+        if lengths is not None:
+            raise _checks.InputError(
+                f"{owner}: lengths= cannot be given with a PackedSequence, which carries its own"
+            )
+        _checks.check_float_tensor(owner, "input", packed.data, dtype)
+        x, cpu_lengths = unpack(packed)  # (T, B, I) in the batch's original order
+        batched = True
+    else:
+        x = _checks.check_float_tensor(owner, "input", input, dtype)
+        layout = "(B, T, I)" if batch_first else "(T, B, I)"
+        if x.dim() not in (2, 3):
+            raise _checks.InputError(
+                f"{owner}: Expected input to be 2D or 3D, got {x.dim()}D{' tensor' if owner == 'RNN' else ''} "
+                f"instead: {layout}, or (T, I) unbatched, got shape {_checks.shape_str(x.shape)}"
+            )
+        batched = x.dim() == 3
+        if not batched:
+            x = x.unsqueeze(1)  # (T, I) -> (T, 1, I)
+        elif batch_first:
+            x = x.transpose(0, 1)  # (B, T, I) -> (T, B, I)
+        if not torch.jit.is_tracing() and x.shape[0] == 0:  # (traced, sizes are not ints)
+            raise _checks.InputError(
+                f"{owner}: Expected sequence length to be larger than 0 in RNN, got input of shape "
+                f"{_checks.shape_str(x.shape)} (time-major)"
+            )
+        cpu_lengths = None
+        if lengths is not None:
+            if not batched:
+                raise _checks.InputError(f"{owner}: lengths= needs a batched (3-D) input, got a 2-D one")
+            cpu_lengths = check_lengths(owner, lengths, batch=x.shape[1], steps=x.shape[0])
+    _checks.check_features(owner, x, input_size, cell=False)
+    steps = x.shape[0]
+    run_lengths = None
+    if cpu_lengths is not None:
+        if isinstance(lengths, Sequence):
+            shortest: int | None = min(lengths) if len(lengths) else steps
+        else:  # a tensor (given, or the packed batch's): its values are not known while traced
+            shortest = int(cpu_lengths.min()) if unwatched([cpu_lengths]) and cpu_lengths.numel() else None
+        if shortest is None or shortest < steps:
+            run_lengths = cpu_lengths.to(x.device)
+            if packed is None:  # whatever lies in the padding (NaN, inf) never reaches a gradient
+                padding = torch.arange(steps, device=x.device).unsqueeze(1) >= run_lengths  # (T, B)
+                x = x.masked_fill(padding.unsqueeze(2), 0.0)
+    return Given(x, batched, packed, cpu_lengths, run_lengths)
 
 
 def check_lengths(owner: str, lengths: Lengths, *, batch: int, steps: int) -> Tensor:

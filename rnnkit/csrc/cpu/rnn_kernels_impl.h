@@ -1196,3 +1196,122 @@ int SFX(rnn_stack_backward)(const int* plan, const REAL* x, const int64_t* lengt
     }
     return 0;
 }
+
+/* The minimal GRU and LSTM (rnnkit/cells/_min.py; rnnkit::min_scan, cpu/min_scan_kernel.cpp):
+ * sequences b0 .. b1 - 1 over all steps, from the gates' pre-activations pre (T, B, G*H) (G = 2:
+ * z, c; G = 3: f, i, c), into out (T, B, H), zeros past each sequence's length; h (scratch,
+ * (b1 - b0) * H) carries the state. The candidate is g(c) (c + 1/2 for c >= 0, sigmoid(c) below)
+ * with g, else c. Step by step, the rows of a step lie next to each other in pre and out, so the
+ * pass streams through memory; each unit's step is a few lines of elementwise math, which the
+ * compiler vectorises along the row. */
+static inline __attribute__((always_inline)) void SFX(min_row)(int lstm, int g, int H, const REAL* p, REAL* h,
+                                                               REAL* o) {
+    const REAL* pc = p + (long)(lstm ? 2 : 1) * H;
+    if (lstm) {
+        const REAL* pi = p + H;
+#pragma omp simd
+        for (int j = 0; j < H; j++) {
+            const REAL c = pc[j];
+            const REAL sc = SFX(sigmoid)(c);
+            const REAL gc = c >= 0 ? c + (REAL)0.5 : sc;  /* (one condition a line: nested ones do not vectorise) */
+            const REAL cand = g ? gc : c;
+            const REAL f = SFX(sigmoid)(p[j]), i = SFX(sigmoid)(pi[j]);
+            const REAL hn = (f * h[j] + i * cand) / (f + i);
+            h[j] = hn;
+            o[j] = hn;
+        }
+    } else {
+#pragma omp simd
+        for (int j = 0; j < H; j++) {
+            const REAL c = pc[j];
+            const REAL sc = SFX(sigmoid)(c);
+            const REAL gc = c >= 0 ? c + (REAL)0.5 : sc;
+            const REAL cand = g ? gc : c;
+            const REAL z = SFX(sigmoid)(p[j]);
+            const REAL hn = ((REAL)1 - z) * h[j] + z * cand;
+            h[j] = hn;
+            o[j] = hn;
+        }
+    }
+}
+
+void SFX(min_scan_rows)(int lstm, int g, int T, int B, int H, int b0, int b1, const REAL* pre, const REAL* h0,
+                        const int64_t* lengths, REAL* out, REAL* h) {
+    const long GH = (long)(lstm ? 3 : 2) * H;
+    for (int b = b0; b < b1; b++)
+        for (int j = 0; j < H; j++) h[(long)(b - b0) * H + j] = h0 != NULL ? h0[(long)b * H + j] : 0;
+    for (int t = 0; t < T; t++)
+        for (int b = b0; b < b1; b++) {
+            REAL* o = out + ((long)t * B + b) * H;
+            if (lengths != NULL && t >= lengths[b]) {  /* past the sequence's length */
+                memset(o, 0, sizeof(REAL) * (size_t)H);
+                continue;
+            }
+            SFX(min_row)(lstm, g, H, pre + ((long)t * B + b) * GH, h + (long)(b - b0) * H, o);
+        }
+}
+
+/* Its backward pass over the same sequences, steps in reverse, h_{t-1} read from out (h0, or 0, at
+ * the first step): d_pre (T, B, G*H) at those rows, zeros past each length, and d_h0 (B, H); carry
+ * (scratch, (b1 - b0) * H) holds dL/dh_t through the later steps. d_out (T, B, H) is the gradient of
+ * out, the final state's included. */
+static inline __attribute__((always_inline)) void SFX(min_row_backward)(int lstm, int g, int H, const REAL* dout,
+                                                                        const REAL* p, const REAL* hp, REAL* dp,
+                                                                        REAL* carry) {
+    const REAL* pc = p + (long)(lstm ? 2 : 1) * H;
+    REAL* dpc = dp + (long)(lstm ? 2 : 1) * H;
+    if (lstm) {
+        const REAL* pi = p + H;
+        REAL* dpi = dp + H;
+#pragma omp simd
+        for (int j = 0; j < H; j++) {
+            const REAL gt = dout[j] + carry[j];
+            const REAL c = pc[j];
+            const REAL sc = SFX(sigmoid)(c);
+            const REAL gc = c >= 0 ? c + (REAL)0.5 : sc;
+            const REAL cand = g ? gc : c;
+            const REAL dg = c >= 0 ? (REAL)1 : sc * ((REAL)1 - sc);
+            const REAL dcand = g ? dg : (REAL)1;
+            const REAL f = SFX(sigmoid)(p[j]), i = SFX(sigmoid)(pi[j]), s = f + i;
+            const REAL d_fn = gt * hp[j], d_in = gt * cand;  /* d of f / (f + i) and of i / (f + i) */
+            dp[j] = (d_fn - d_in) * i / (s * s) * f * ((REAL)1 - f);
+            dpi[j] = (d_in - d_fn) * f / (s * s) * i * ((REAL)1 - i);
+            dpc[j] = gt * (i / s) * dcand;
+            carry[j] = gt * (f / s);
+        }
+    } else {
+#pragma omp simd
+        for (int j = 0; j < H; j++) {
+            const REAL gt = dout[j] + carry[j];
+            const REAL c = pc[j];
+            const REAL sc = SFX(sigmoid)(c);
+            const REAL gc = c >= 0 ? c + (REAL)0.5 : sc;
+            const REAL cand = g ? gc : c;
+            const REAL dg = c >= 0 ? (REAL)1 : sc * ((REAL)1 - sc);
+            const REAL dcand = g ? dg : (REAL)1;
+            const REAL z = SFX(sigmoid)(p[j]);
+            dp[j] = gt * (cand - hp[j]) * z * ((REAL)1 - z);
+            dpc[j] = gt * z * dcand;
+            carry[j] = gt * ((REAL)1 - z);
+        }
+    }
+}
+
+void SFX(min_scan_backward_rows)(int lstm, int g, int T, int B, int H, int b0, int b1, const REAL* d_out,
+                                 const REAL* pre, const REAL* h0, const REAL* out, const int64_t* lengths,
+                                 REAL* d_pre, REAL* d_h0, REAL* carry, const REAL* zeros) {
+    const long GH = (long)(lstm ? 3 : 2) * H;
+    memset(carry, 0, sizeof(REAL) * (size_t)(b1 - b0) * (size_t)H);
+    for (int t = T - 1; t >= 0; t--)
+        for (int b = b0; b < b1; b++) {
+            const long row = (long)t * B + b;
+            if (lengths != NULL && t >= lengths[b]) {  /* past the sequence's length: no gradient */
+                memset(d_pre + row * GH, 0, sizeof(REAL) * (size_t)GH);
+                continue;
+            }
+            const REAL* hp = t > 0 ? out + (row - B) * H : (h0 != NULL ? h0 + (long)b * H : zeros);
+            SFX(min_row_backward)(lstm, g, H, d_out + row * H, pre + row * GH, hp, d_pre + row * GH,
+                                  carry + (long)(b - b0) * H);
+        }
+    memcpy(d_h0 + (long)b0 * H, carry, sizeof(REAL) * (size_t)(b1 - b0) * (size_t)H);
+}
