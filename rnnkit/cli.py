@@ -71,6 +71,11 @@ def train() -> None:
     """Train a model; each run writes one folder (see `rnnkit predict`)."""
 
 
+CELL_CHOICES = ["rnn", "lstm", "gru", "mingru", "minlstm"]
+CELL_HELP = ("The recurrent cell: rnn (a tanh RNN), lstm or gru; mingru or minlstm, their minimal forms whose gates "
+             "read the input alone, trained for all steps at once (Feng et al. 2024).")
+
+
 def _training_options(f: Callable[..., None]) -> Callable[..., None]:
     """Options every `rnnkit train` command shares."""
     options = [
@@ -228,8 +233,7 @@ def _run_training(ctx: click.Context, task: str, config_cls: type, build: Callab
 @click.option("--max-vocab", default=20000, show_default=True, help="Texts: vocabulary size at most (training split only).")
 @click.option("--max-length", default=400, show_default=True, help="Texts: tokens kept from the start of each.")
 @click.option("--embed", default=64, show_default=True, help="Texts: embedding width.")
-@click.option("--cell", type=click.Choice(["rnn", "lstm", "gru"]), default="gru", show_default=True,
-              help="The recurrent cell: rnn (a tanh RNN), lstm or gru.")
+@click.option("--cell", type=click.Choice(CELL_CHOICES), default="gru", show_default=True, help=CELL_HELP)
 @click.option("--hidden", default=128, show_default=True, help="Hidden units per direction.")
 @click.option("--layers", default=1, show_default=True, help="Stacked layers.")
 @click.option("--bidirectional/--unidirectional", default=True, show_default=True,
@@ -289,8 +293,7 @@ def train_classify(ctx: click.Context, dataset: str, data: str | None, text_col:
 @click.option("--season", type=int, default=None, help="Season length for the seasonal naive baseline (default: the series').")
 @click.option("--predict", type=click.Choice(["change", "level"]), default="change", show_default=True,
               help="Learn each value as a change from the last input value (robust to trends), or as is.")
-@click.option("--cell", type=click.Choice(["rnn", "lstm", "gru"]), default="lstm", show_default=True,
-              help="The recurrent cell: rnn (a tanh RNN), lstm or gru.")
+@click.option("--cell", type=click.Choice(CELL_CHOICES), default="lstm", show_default=True, help=CELL_HELP)
 @click.option("--hidden", default=32, show_default=True, help="Hidden units.")
 @click.option("--layers", default=1, show_default=True, help="Stacked layers.")
 @click.option("--epochs", default=150, show_default=True, help="At most this many (early stopping).")
@@ -337,8 +340,7 @@ def train_forecast(ctx: click.Context, dataset: str, data: str | None, target: s
 @click.option("--context", type=int, default=None,
               help="Train on windows of K characters (generation then reads the last K); default: truncated BPTT.")
 @click.option("--bptt", default=100, show_default=True, help="Truncated BPTT: steps per chunk; the state is carried across chunks.")
-@click.option("--cell", type=click.Choice(["rnn", "lstm", "gru"]), default="lstm", show_default=True,
-              help="The recurrent cell: rnn (a tanh RNN), lstm or gru.")
+@click.option("--cell", type=click.Choice(CELL_CHOICES), default="lstm", show_default=True, help=CELL_HELP)
 @click.option("--embed", default=64, show_default=True, help="Embedding width of the characters.")
 @click.option("--hidden", default=256, show_default=True, help="Hidden units per layer.")
 @click.option("--layers", default=2, show_default=True, help="Stacked layers.")
@@ -396,8 +398,7 @@ def _seq2seq_options(*, epochs: int, schedule: str) -> Callable[[Callable[..., N
 
 def _add_seq2seq_options(f: Callable[..., None], epochs: int, schedule: str) -> Callable[..., None]:
     options = [
-        click.option("--cell", type=click.Choice(["rnn", "lstm", "gru"]), default="gru", show_default=True,
-                     help="The recurrent cell: rnn (a tanh RNN), lstm or gru."),
+        click.option("--cell", type=click.Choice(CELL_CHOICES), default="gru", show_default=True, help=CELL_HELP),
         click.option("--embed", default=64, show_default=True, help="Embedding width of the tokens."),
         click.option("--hidden", default=128, show_default=True, help="Hidden units of the decoder and the encoder."),
         click.option("--layers", default=1, show_default=True, help="Stacked layers of the encoder and the decoder."),
@@ -541,8 +542,8 @@ def _memory_command(task: str) -> Callable[..., None]:
     """`rnnkit train adding` and `rnnkit train copy`."""
 
     @click.option("--steps", default=100, show_default=True, help="T: how far apart what must be remembered lies.")
-    @click.option("--cell", type=click.Choice(["rnn", "lstm", "gru", "irnn"]), default="lstm", show_default=True,
-                  help="irnn: a relu RNN with W_hh = I (Le et al. 2015).")
+    @click.option("--cell", type=click.Choice([*CELL_CHOICES, "irnn"]), default="lstm", show_default=True,
+                  help=CELL_HELP + " irnn: a relu RNN with W_hh = I (Le et al. 2015).")
     @click.option("--hidden", default=128, show_default=True, help="Hidden units.")
     @click.option("--init", type=click.Choice(["auto", "default", "orthogonal", "identity", "chrono"]), default="auto",
                   show_default=True, help="The initialisation: chrono (lstm, gru) sets the gates' biases for "

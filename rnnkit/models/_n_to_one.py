@@ -10,7 +10,9 @@ from torch import Tensor, nn
 import rnnkit
 from rnnkit import _checks
 
-CELLS = {"rnn": rnnkit.RNN, "lstm": rnnkit.LSTM, "gru": rnnkit.GRU}
+CELLS = {"rnn": rnnkit.RNN, "lstm": rnnkit.LSTM, "gru": rnnkit.GRU, "mingru": rnnkit.MinGRU, "minlstm": rnnkit.MinLSTM}
+"""The pipelines' cells: torch.nn's three, and the minimal GRU and LSTM (rnnkit.MinGRU, MinLSTM),
+whose state is one tensor h like the GRU's."""
 POOLINGS = ("last", "mean", "max", "attention")
 
 

@@ -27,7 +27,9 @@ from rnnkit.tasks import BATCH, TIME, TaskBatch
 from rnnkit.training import EpochRecord, Trainer, TrainConfig
 
 TASKS = ("adding", "copy")
-MEMORY_CELLS = ("rnn", "lstm", "gru", "irnn")
+MEMORY_CELLS = ("rnn", "lstm", "gru", "irnn", "mingru", "minlstm")
+MIN_CELLS = ("mingru", "minlstm")
+"""The minimal cells: no W_hh for an init to set, no layer norm."""
 MEMORY_INITS = ("default", "orthogonal", "identity", "chrono")
 RUN_INITS = (*MEMORY_INITS, "auto")
 """A run's init: also "auto", chrono for the gated cells (lstm, gru) and torch.nn's for rnn (irnn:
@@ -64,6 +66,9 @@ class MemoryModelConfig:
         _checks.check_int("memory", "hidden_size", self.hidden_size, minimum=1)
         if self.forget_bias is not None and self.cell != "lstm":
             raise ValueError(f"memory: forget_bias sets the LSTM's forget gate; the {self.cell} cell has none")
+        if self.cell in MIN_CELLS and (self.init != "default" or self.layer_norm):
+            raise ValueError(f"memory: the {self.cell} cell has no W_hh and no layer norm: init must be 'default' "
+                             f"(or 'auto'), without layer_norm; got init={self.init!r}, layer_norm={self.layer_norm}")
         return self
 
 
@@ -82,9 +87,11 @@ class MemoryModel(nn.Module):
         elif c.cell == "lstm":
             self.rnn = rnnkit.LSTM(inputs, c.hidden_size, batch_first=True, init=c.init, chrono_max=c.chrono_max,
                                    layer_norm=c.layer_norm, forget_bias=c.forget_bias)
-        else:
+        elif c.cell == "gru":
             self.rnn = rnnkit.GRU(inputs, c.hidden_size, batch_first=True, init=c.init, chrono_max=c.chrono_max,
                                   layer_norm=c.layer_norm)
+        else:
+            self.rnn = (rnnkit.MinGRU if c.cell == "mingru" else rnnkit.MinLSTM)(inputs, c.hidden_size, batch_first=True)
         self.head = nn.Linear(c.hidden_size, 1 if c.task == "adding" else SYMBOLS + 1)
 
     def forward(self, x: Tensor) -> Tensor:
