@@ -7,10 +7,13 @@ them, tools/readme_outputs.py runs them when it regenerates the pages, and here 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import nbformat
 import pytest
+from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
 
 from tools.notebooks import notebook, pages, target, text_of
@@ -51,18 +54,46 @@ def test_most_tutorials_have_python_cells() -> None:
     assert len(WITH_PYTHON) >= 7
 
 
+@pytest.fixture(scope="module")
+def kernel() -> Iterator[Any]:
+    """One Jupyter kernel for the pages' Python cells (each page starts from a reset namespace):
+    a kernel's start costs more than most pages' code."""
+    manager = KernelManager(kernel_name="python3")
+    manager.start_kernel()
+    client = manager.client()
+    client.start_channels()
+    client.wait_for_ready(timeout=60)
+    yield client
+    client.stop_channels()
+    manager.shutdown_kernel(now=True)
+
+
+def _run(client: Any, code: str) -> tuple[str, list[str]]:
+    """Run code in the kernel: what it printed on stdout, and its errors (name: value)."""
+    printed: list[str] = []
+    errors: list[str] = []
+
+    def hook(message: dict[str, Any]) -> None:
+        kind, content = message["msg_type"], message["content"]
+        if kind == "stream" and content["name"] == "stdout":
+            printed.append(content["text"])
+        elif kind == "error":
+            errors.append(f"{content['ename']}: {content['evalue']}")
+
+    client.execute_interactive(code, output_hook=hook, timeout=300)
+    return "".join(printed), errors
+
+
 @pytest.mark.parametrize("page", [p for p in WITH_PYTHON if p.stem != WHOLE], ids=lambda p: p.stem)
-def test_notebook_python_cells_print_what_the_page_shows(page: Path, tmp_path: Path) -> None:
-    book = notebook(page)
-    code = python_cells(book)
-    shown = [_outputs(c) for c in code]
-    run = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c.source) for c in code], metadata=book.metadata)
-    NotebookClient(run, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
-    for k, (cell, expected) in enumerate(zip(run.cells, shown)):
-        errors = [o for o in cell.outputs if o.output_type == "error"]
-        assert not errors, f"{page.name} cell {k}: {errors[0]['ename']}: {errors[0]['evalue']}"
+def test_notebook_python_cells_print_what_the_page_shows(page: Path, tmp_path: Path, kernel: Any) -> None:
+    _, errors = _run(kernel, f"%reset -f\nimport os\nos.chdir({str(tmp_path)!r})")
+    assert not errors, errors
+    for k, cell in enumerate(python_cells(notebook(page))):
+        printed, errors = _run(kernel, cell.source)
+        assert not errors, f"{page.name} cell {k}: {errors[0]}"
+        expected = _outputs(cell)
         if expected:
-            assert _outputs(cell) == expected, f"{page.name} cell {k} prints something else in a kernel"
+            assert printed == expected, f"{page.name} cell {k} prints something else in a kernel"
 
 
 def _as_shown(text: str) -> str:
