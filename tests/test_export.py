@@ -3,8 +3,6 @@ model before it is written, for every task whose model is one graph."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -68,36 +66,18 @@ def test_export_runs_at_other_sizes(runs: dict[str, Path], run: str, fmt: str, t
 
 
 
-SERVE = """
-import sys, torch
-torch.ops.load_library(sys.argv[1])
-inputs, expected = torch.load(sys.argv[3])
-got = torch._inductor.aoti_load_package(sys.argv[2])(*inputs)
-torch.testing.assert_close(got[0] if isinstance(got, (tuple, list)) else got, expected, atol=1e-5, rtol=1e-5)
-assert "rnnkit" not in sys.modules
-"""
-
-
 @pytest.mark.skipif(isinstance(_library.load(), str), reason="rnnkit's operator library unavailable")
-def test_export_aoti_serves_without_rnnkit(runs: dict[str, Path], tmp_path: Path) -> None:
-    """--format aoti: an AOTInductor package, checked before it is written; a fresh process that
-    loads the operator library the CLI names (and never imports rnnkit) runs it on a batch of
-    another size with the model's outputs."""
+def test_export_aoti_is_checked_and_names_the_library(runs: dict[str, Path], tmp_path: Path) -> None:
+    """--format aoti: an AOTInductor package, checked in torch._inductor.aoti_load_package before
+    it is written, and the operator library a server without rnnkit loads first named. (That such
+    a process runs a package of rnnkit's operators is tests/test_deploy.py's.)"""
     out = tmp_path / "model.pt2"
     result = CliRunner().invoke(main, ["export", str(runs["texts"]), "--format", "aoti", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert f"wrote {out} (aoti): inputs " in result.output
     assert "checked in torch._inductor.aoti_load_package on " in result.output
     library = result.output.split("torch.ops.load_library(", 1)[1].split(")", 1)[0].strip("'")
-    assert library == library_path()
-    batch = pipelines.open_task(runs["texts"], size=3)
-    with torch.no_grad():
-        expected = batch.model(*batch.inputs)
-    torch.save((batch.inputs, expected[0] if isinstance(expected, tuple) else expected), tmp_path / "data.pt")
-    (tmp_path / "serve.py").write_text(SERVE)
-    served = subprocess.run([sys.executable, str(tmp_path / "serve.py"), library, str(out), str(tmp_path / "data.pt")],
-                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert served.returncode == 0, served.stderr[-3000:]
+    assert library == library_path() and out.is_file()
 
 
 def test_export_refuses_what_it_cannot_write_and_leaves_nothing(runs: dict[str, Path], tmp_path: Path) -> None:

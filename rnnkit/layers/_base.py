@@ -80,13 +80,9 @@ class RecurrentLayer(nn.Module):
         owner = type(self).__name__
         self.spec = spec
         self.mode = spec.mode
-        self.input_size = _checks.check_int(owner, "input_size", input_size, minimum=1)
-        self.hidden_size = _checks.check_int(owner, "hidden_size", hidden_size, minimum=1)
-        self.num_layers = _checks.check_int(owner, "num_layers", num_layers, minimum=1)
-        self.bias = _checks.check_bool(owner, "bias", bias)
-        self.batch_first = _checks.check_bool(owner, "batch_first", batch_first)
-        self.dropout = _checks.check_probability(owner, "dropout", dropout, allow_one=True)
-        self.bidirectional = _checks.check_bool(owner, "bidirectional", bidirectional)
+        (self.input_size, self.hidden_size, self.num_layers, self.bias, self.batch_first, self.dropout,
+         self.bidirectional) = torch_layer_options(owner, input_size, hidden_size, num_layers, bias, batch_first,
+                                                   dropout, bidirectional)
         if isinstance(proj_size, numbers.Integral) and not isinstance(proj_size, bool) and proj_size < 0:
             raise ValueError(f"{owner}: proj_size should be a positive integer or zero to disable projections, got "
                              f"{proj_size}")
@@ -487,6 +483,19 @@ class RecurrentLayer(nn.Module):
             if value != default:
                 s += f", {name}={value!r}"
         return s
+
+
+def torch_layer_options(owner: str, input_size: object, hidden_size: object, num_layers: object, bias: object,
+                        batch_first: object, dropout: object,
+                        bidirectional: object) -> tuple[int, int, int, bool, bool, float, bool]:
+    """torch.nn.GRU's constructor arguments, checked in its order with its words."""
+    return (_checks.check_int(owner, "input_size", input_size, minimum=1),
+            _checks.check_int(owner, "hidden_size", hidden_size, minimum=1),
+            _checks.check_int(owner, "num_layers", num_layers, minimum=1),
+            _checks.check_bool(owner, "bias", bias),
+            _checks.check_bool(owner, "batch_first", batch_first),
+            _checks.check_probability(owner, "dropout", dropout, allow_one=True),
+            _checks.check_bool(owner, "bidirectional", bidirectional))
 
 
 @dataclass

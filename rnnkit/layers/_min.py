@@ -28,7 +28,7 @@ from torch.nn.utils.rnn import PackedSequence
 from rnnkit import _checks
 from rnnkit.cells._min import CANDIDATES, MIN_KINDS, coefficients, min_step, scan_log
 from rnnkit.engines import _library, reverse_padded
-from rnnkit.layers._base import Lengths, read_input
+from rnnkit.layers._base import Lengths, read_input, torch_layer_options
 
 MIN_ENGINES = ("auto", "reference", "scan", "fused")
 
@@ -102,13 +102,9 @@ class MinRecurrentLayer(nn.Module):
                  dtype: torch.dtype | None = None) -> None:
         super().__init__()
         owner = type(self).__name__
-        self.input_size = _checks.check_int(owner, "input_size", input_size, minimum=1)
-        self.hidden_size = _checks.check_int(owner, "hidden_size", hidden_size, minimum=1)
-        self.num_layers = _checks.check_int(owner, "num_layers", num_layers, minimum=1)
-        self.bias = _checks.check_bool(owner, "bias", bias)
-        self.batch_first = _checks.check_bool(owner, "batch_first", batch_first)
-        self.dropout = _checks.check_probability(owner, "dropout", dropout, allow_one=True)
-        self.bidirectional = _checks.check_bool(owner, "bidirectional", bidirectional)
+        (self.input_size, self.hidden_size, self.num_layers, self.bias, self.batch_first, self.dropout,
+         self.bidirectional) = torch_layer_options(owner, input_size, hidden_size, num_layers, bias, batch_first,
+                                                   dropout, bidirectional)
         self.candidate = _checks.check_choice(owner, "candidate", candidate, CANDIDATES)
         self.engine = _checks.check_choice(owner, "engine", engine, MIN_ENGINES)
         if self.engine in ("auto", "fused"):

@@ -144,11 +144,15 @@ def test_vocabulary_comes_from_the_training_split_only(tmp_path) -> None:  # typ
 
 def test_cli_resume_continues_a_stopped_run(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """train 2 epochs, resume to 4: the same history and metrics as 4 epochs at once; a run that
-    died mid-way (only RUN.partial left) is continued too. (On surnames, whose learning rate
-    follows the plateaus: digits' cosine schedule spans the epochs asked for, so that 2 epochs
-    resumed to 4 are another schedule than 4 at once.)"""
+    died mid-way (only RUN.partial left) is continued too. (On rows of numbers of the user's, whose
+    learning rate follows the plateaus: digits' cosine schedule spans the epochs asked for, so
+    that 2 epochs resumed to 4 are another schedule than 4 at once.)"""
     runner = CliRunner()
-    args = ["train", "classify", "--dataset", "surnames", "--hidden", "16", "--lr", "0.01"]
+    rng = np.random.default_rng(0)
+    rows = [",".join(f"{v:.3f}" for v in rng.normal(size=6)) + f",{k % 3}" for k in range(120)]
+    (tmp_path / "rows.csv").write_text("a,b,c,d,e,f,label\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    args = ["train", "classify", "--data", str(tmp_path / "rows.csv"), "--label-col", "label", "--steps", "3",
+            "--hidden", "16", "--lr", "0.01"]
     whole = runner.invoke(main, [*args, "--epochs", "4", "--out", str(tmp_path / "whole")])
     assert whole.exit_code == 0, whole.output
     first = runner.invoke(main, [*args, "--epochs", "2", "--out", str(tmp_path / "part")])
@@ -159,7 +163,7 @@ def test_cli_resume_continues_a_stopped_run(tmp_path) -> None:  # type: ignore[n
     metrics = lambda name: json.loads((tmp_path / name / "metrics.json").read_text())["test"]  # noqa: E731
     strip = lambda lines: [line.rsplit(",", 1)[0] for line in lines]  # all but the seconds column  # noqa: E731
     assert strip(history("part")) == strip(history("whole")) and metrics("part") == metrics("whole")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["part", "whole"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["part", "rows.csv", "whole"]
     # a process that died: RUN.partial with its checkpoint; --resume finishes it
     import shutil
 

@@ -1197,11 +1197,24 @@ int SFX(rnn_stack_backward)(const int* plan, const REAL* x, const int64_t* lengt
     return 0;
 }
 
+/* The minimal cells' candidate h~ from its pre-activation c: g(c) = c + 1/2 for c >= 0, sigmoid(c)
+ * below (g), else c; and its derivative. (One condition a line: nested ones do not vectorise.) */
+static inline __attribute__((always_inline)) REAL SFX(min_candidate)(int g, REAL c) {
+    const REAL sc = SFX(sigmoid)(c);
+    const REAL gc = c >= 0 ? c + (REAL)0.5 : sc;
+    return g ? gc : c;
+}
+
+static inline __attribute__((always_inline)) REAL SFX(min_candidate_slope)(int g, REAL c) {
+    const REAL sc = SFX(sigmoid)(c);
+    const REAL dg = c >= 0 ? (REAL)1 : sc * ((REAL)1 - sc);
+    return g ? dg : (REAL)1;
+}
+
 /* The minimal GRU and LSTM (rnnkit/cells/_min.py; rnnkit::min_scan, cpu/min_scan_kernel.cpp):
  * sequences b0 .. b1 - 1 over all steps, from the gates' pre-activations pre (T, B, G*H) (G = 2:
  * z, c; G = 3: f, i, c), into out (T, B, H), zeros past each sequence's length; h (scratch,
- * (b1 - b0) * H) carries the state. The candidate is g(c) (c + 1/2 for c >= 0, sigmoid(c) below)
- * with g, else c. Step by step, the rows of a step lie next to each other in pre and out, so the
+ * (b1 - b0) * H) carries the state. The candidate: min_candidate. Step by step, the rows of a step lie next to each other in pre and out, so the
  * pass streams through memory; each unit's step is a few lines of elementwise math, which the
  * compiler vectorises along the row. */
 static inline __attribute__((always_inline)) void SFX(min_row)(int lstm, int g, int H, const REAL* p, REAL* h,
@@ -1211,10 +1224,7 @@ static inline __attribute__((always_inline)) void SFX(min_row)(int lstm, int g, 
         const REAL* pi = p + H;
 #pragma omp simd
         for (int j = 0; j < H; j++) {
-            const REAL c = pc[j];
-            const REAL sc = SFX(sigmoid)(c);
-            const REAL gc = c >= 0 ? c + (REAL)0.5 : sc;  /* (one condition a line: nested ones do not vectorise) */
-            const REAL cand = g ? gc : c;
+            const REAL cand = SFX(min_candidate)(g, pc[j]);
             const REAL f = SFX(sigmoid)(p[j]), i = SFX(sigmoid)(pi[j]);
             const REAL hn = (f * h[j] + i * cand) / (f + i);
             h[j] = hn;
@@ -1223,10 +1233,7 @@ static inline __attribute__((always_inline)) void SFX(min_row)(int lstm, int g, 
     } else {
 #pragma omp simd
         for (int j = 0; j < H; j++) {
-            const REAL c = pc[j];
-            const REAL sc = SFX(sigmoid)(c);
-            const REAL gc = c >= 0 ? c + (REAL)0.5 : sc;
-            const REAL cand = g ? gc : c;
+            const REAL cand = SFX(min_candidate)(g, pc[j]);
             const REAL z = SFX(sigmoid)(p[j]);
             const REAL hn = ((REAL)1 - z) * h[j] + z * cand;
             h[j] = hn;
@@ -1266,12 +1273,7 @@ static inline __attribute__((always_inline)) void SFX(min_row_backward)(int lstm
 #pragma omp simd
         for (int j = 0; j < H; j++) {
             const REAL gt = dout[j] + carry[j];
-            const REAL c = pc[j];
-            const REAL sc = SFX(sigmoid)(c);
-            const REAL gc = c >= 0 ? c + (REAL)0.5 : sc;
-            const REAL cand = g ? gc : c;
-            const REAL dg = c >= 0 ? (REAL)1 : sc * ((REAL)1 - sc);
-            const REAL dcand = g ? dg : (REAL)1;
+            const REAL cand = SFX(min_candidate)(g, pc[j]), dcand = SFX(min_candidate_slope)(g, pc[j]);
             const REAL f = SFX(sigmoid)(p[j]), i = SFX(sigmoid)(pi[j]), s = f + i;
             const REAL d_fn = gt * hp[j], d_in = gt * cand;  /* d of f / (f + i) and of i / (f + i) */
             dp[j] = (d_fn - d_in) * i / (s * s) * f * ((REAL)1 - f);
@@ -1283,12 +1285,7 @@ static inline __attribute__((always_inline)) void SFX(min_row_backward)(int lstm
 #pragma omp simd
         for (int j = 0; j < H; j++) {
             const REAL gt = dout[j] + carry[j];
-            const REAL c = pc[j];
-            const REAL sc = SFX(sigmoid)(c);
-            const REAL gc = c >= 0 ? c + (REAL)0.5 : sc;
-            const REAL cand = g ? gc : c;
-            const REAL dg = c >= 0 ? (REAL)1 : sc * ((REAL)1 - sc);
-            const REAL dcand = g ? dg : (REAL)1;
+            const REAL cand = SFX(min_candidate)(g, pc[j]), dcand = SFX(min_candidate_slope)(g, pc[j]);
             const REAL z = SFX(sigmoid)(p[j]);
             dp[j] = gt * (cand - hp[j]) * z * ((REAL)1 - z);
             dpc[j] = gt * z * dcand;
