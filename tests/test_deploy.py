@@ -60,6 +60,7 @@ assert ("rnnkit" in sys.modules) == (sys.argv[1] == "import rnnkit")
 
 
 @needs_library
+@pytest.mark.end_to_end
 def test_an_aoti_package_runs_without_rnnkit(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = Tagger().eval()

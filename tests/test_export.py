@@ -67,6 +67,7 @@ def test_export_runs_at_other_sizes(runs: dict[str, Path], run: str, fmt: str, t
 
 
 @pytest.mark.skipif(isinstance(_library.load(), str), reason="rnnkit's operator library unavailable")
+@pytest.mark.end_to_end
 def test_export_aoti_is_checked_and_names_the_library(runs: dict[str, Path], tmp_path: Path) -> None:
     """--format aoti: an AOTInductor package, checked in torch._inductor.aoti_load_package before
     it is written, and the operator library a server without rnnkit loads first named. (That such

@@ -108,6 +108,7 @@ def _as_shown(text: str) -> str:
     return re.sub(r"\d+\.\d s\b", "N s", "\n".join(shown))
 
 
+@pytest.mark.end_to_end
 def test_a_whole_notebook_runs_in_a_kernel(tmp_path: Path) -> None:
     """1 -> N, every cell: its %%bash cells train a caption run and caption three digits with it,
     printing what the page shows (the seconds aside)."""
