@@ -588,13 +588,16 @@ def _memory_command(task: str) -> Callable[..., None]:
                        f"{metrics['training_steps']} steps, {metrics['train_seconds']:.1f} s")
         _run_folder_line(folder, metrics)
 
-    command.__doc__ = ("The adding problem (N -> 1): sum the two marked numbers of T steps." if task == "adding" else
-                       "Copy memory (N -> N): recall 10 symbols after T blank steps.")
+    command.__doc__ = {"adding": "The adding problem (N -> 1): sum the two marked numbers of T steps.",
+                       "copy": "Copy memory (N -> N): recall 10 symbols after T blank steps.",
+                       "selective-copy": "Selective copying (N -> N): recall 10 symbols scattered among T + 9 blank "
+                                         "steps, in order."}[task]
     return command
 
 
 train.command("adding")(_memory_command("adding"))
 train.command("copy")(_memory_command("copy"))
+train.command("selective-copy")(_memory_command("selective-copy"))
 
 
 @main.command("diagnose", short_help="See gradients vanish or explode through time, in fresh cells or a trained RUN.")

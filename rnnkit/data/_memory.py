@@ -1,4 +1,4 @@
-"""The two classic long-range memory tasks, as seeded generators.
+"""The two classic long-range memory tasks, and selective copying, as seeded generators.
 
 Adding problem (Hochreiter & Schmidhuber 1997, in the form of Le et al. 2015): a sequence of T
 steps of two channels; channel 0 holds numbers drawn uniformly from [0, 1], channel 1 marks two
@@ -10,6 +10,9 @@ Copy memory (Arjovsky et al. 2016): T + 20 steps of symbols: 10 symbols drawn un
 1..8, then T - 1 blanks (0), the delimiter (9), then 10 blanks; the target is T + 10 blanks then
 the 10 symbols. Predicting blanks and then a uniform guess over 8 symbols scores a cross-entropy
 of 10 log 8 / (T + 20) per step.
+
+Selective copying (Gu & Dao 2023): the same, with the 10 symbols at random places among the
+first T + 9 steps instead of at the start; the same baseline.
 """
 
 from __future__ import annotations
@@ -48,6 +51,24 @@ def copy_memory(n: int, steps: int, *, seed: int = 0) -> tuple[Tensor, Tensor]:
     x = torch.zeros(n, steps + 2 * RECALL, dtype=torch.int64)
     x[:, :RECALL] = symbols
     x[:, RECALL + steps - 1] = DELIMITER
+    y = torch.zeros_like(x)
+    y[:, -RECALL:] = symbols
+    return x, y
+
+
+def selective_copy(n: int, steps: int, *, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Selective copying (Gu & Dao 2023): copy memory whose 10 symbols lie at random places among
+    the first T + 9 steps (in order, blanks between them), so that what to keep is known only by
+    reading it. -> x (n, T + 20) int64, y (n, T + 20) int64, laid out as copy_memory's."""
+    if steps < 1:
+        raise ValueError(f"selective copy needs --steps >= 1, got {steps}")
+    g = torch.Generator().manual_seed(seed)
+    symbols = torch.randint(1, SYMBOLS + 1, (n, RECALL), generator=g)
+    span = steps + RECALL - 1  # the steps before the delimiter
+    places = torch.rand(n, span, generator=g).argsort(dim=1)[:, :RECALL].sort(dim=1).values  # (n, 10), increasing
+    x = torch.zeros(n, steps + 2 * RECALL, dtype=torch.int64)
+    x.scatter_(1, places, symbols)
+    x[:, span] = DELIMITER
     y = torch.zeros_like(x)
     y[:, -RECALL:] = symbols
     return x, y

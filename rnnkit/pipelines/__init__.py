@@ -15,7 +15,7 @@ from rnnkit.tasks import TaskBatch
 def open_task(run_path: str | Path, size: int = 64) -> TaskBatch:
     """A finished run's model and up to size examples of its validation data, whatever its task."""
     task = read_json(Path(run_path) / "config.json").get("task")
-    if task in ("adding", "copy"):
+    if task in ("adding", "copy", "selective-copy"):
         from rnnkit.pipelines import memory as pipeline
     elif task == "classify":
         from rnnkit.pipelines import classify as pipeline  # type: ignore[no-redef]
@@ -27,7 +27,7 @@ def open_task(run_path: str | Path, size: int = 64) -> TaskBatch:
         from rnnkit.pipelines import seq2seq as pipeline  # type: ignore[no-redef]
     else:
         raise NotARunError(f"{run_path} is a {task!r} run: diagnose and export take classify, forecast, lm, "
-                           "seq2seq, adding and copy runs")
+                           "seq2seq, adding, copy and selective-copy runs")
     return pipeline.task_batch(run_path, size)
 
 

@@ -20,13 +20,14 @@ from torch.utils.data import TensorDataset
 import rnnkit
 from rnnkit import _checks
 from rnnkit._extras import needs_extras
-from rnnkit.data._memory import RECALL, SYMBOLS, adding_baseline, adding_problem, copy_baseline, copy_memory
+from rnnkit.data._memory import (RECALL, SYMBOLS, adding_baseline, adding_problem, copy_baseline, copy_memory,
+                                 selective_copy)
 from rnnkit.pipelines._runs import check_diverged, check_new, open_run, pipeline_config
 from rnnkit.runs import NotARunError, finish_run, load_weights, read_run, reading, value
 from rnnkit.tasks import BATCH, TIME, TaskBatch
 from rnnkit.training import EpochRecord, Trainer, TrainConfig
 
-TASKS = ("adding", "copy")
+TASKS = ("adding", "copy", "selective-copy")
 MEMORY_CELLS = ("rnn", "lstm", "gru", "irnn", "mingru", "minlstm")
 MIN_CELLS = ("mingru", "minlstm")
 """The minimal cells: no W_hh for an init to set, no layer norm."""
@@ -95,7 +96,7 @@ class MemoryModel(nn.Module):
         self.head = nn.Linear(c.hidden_size, 1 if c.task == "adding" else SYMBOLS + 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.config.task == "copy":
+        if self.config.task != "adding":
             x = F.one_hot(x, SYMBOLS + 2).to(self.head.weight.dtype)  # (B, T+20) -> (B, T+20, 10)
         out, _ = self.rnn(x)  # (B, T, H)
         return self.head(out[:, -1]) if self.config.task == "adding" else self.head(out)
@@ -137,7 +138,7 @@ class MemoryConfig:
 
 def make_data(cfg: MemoryConfig) -> list[TensorDataset]:
     """Train, validation and test sets, each from its own seed."""
-    make = adding_problem if cfg.task == "adding" else copy_memory
+    make = {"adding": adding_problem, "copy": copy_memory, "selective-copy": selective_copy}[cfg.task]
     seeds = (cfg.train.seed * 3 + 1, cfg.train.seed * 3 + 2, cfg.train.seed * 3 + 3)
     sizes = (cfg.train_size, cfg.val_size, cfg.test_size)
     return [TensorDataset(*make(n, cfg.steps, seed=s)) for n, s in zip(sizes, seeds)]
@@ -201,7 +202,7 @@ def train(cfg: MemoryConfig, out: str | Path | None, *, on_epoch: Callable[[Epoc
 def load(run_path: str | Path) -> tuple[MemoryModel, dict[str, Any]]:
     run = read_run(run_path)
     if run.config.get("task") not in TASKS:
-        raise NotARunError(f"{run.path} is a {run.config.get('task')!r} run, not an adding or copy run")
+        raise NotARunError(f"{run.path} is a {run.config.get('task')!r} run, not an adding, copy or selective-copy run")
     with reading(run.path / "config.json"):
         model = MemoryModel(MemoryModelConfig(**value(run.config, "model", dict)))
     load_weights(model, run)

@@ -16,7 +16,7 @@ from torch.utils.data import TensorDataset
 
 import rnnkit
 from rnnkit.cli import main
-from rnnkit.data._memory import adding_baseline, adding_problem, copy_baseline, copy_memory
+from rnnkit.data._memory import adding_baseline, adding_problem, copy_baseline, copy_memory, selective_copy
 from rnnkit.training import Trainer, TrainConfig
 
 
@@ -46,6 +46,23 @@ def test_copy_memory_and_its_memoryless_baseline() -> None:
     ce = F.nll_loss(torch.log(probs.clamp_min(1e-30)).transpose(1, 2), y)
     assert float(ce) == pytest.approx(copy_baseline(steps), rel=1e-6)
     assert copy_baseline(steps) == pytest.approx(10 * math.log(8) / (steps + 20))
+
+
+def test_selective_copy_scatters_the_symbols_and_recalls_them_in_order(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    steps = 30
+    x, y = selective_copy(400, steps, seed=0)
+    assert x.shape == y.shape == (400, steps + 20)
+    assert torch.all(x[:, steps + 9] == 9) and torch.all(x[:, steps + 10:] == 0)  # the delimiter, then blanks
+    for row, target in zip(x, y):
+        kept = row[: steps + 9][row[: steps + 9] != 0]
+        assert torch.equal(kept, target[-10:]) and torch.all(target[:-10] == 0)  # the 10 symbols, in order
+    places = (x[:, : steps + 9] != 0).float().mean(0)  # every place before the delimiter is used
+    assert bool((places > 0.1).all()) and float(places[:10].mean()) < 0.6  # not all at the start, as in copy
+    # the command: a run with the memoryless baseline beside it
+    result = CliRunner().invoke(main, ["train", "selective-copy", "--steps", "10", "--cell", "gru", "--hidden", "16",
+                                       "--train-size", "200", "--epochs", "1", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    assert f"(baseline memoryless: blanks, then a uniform guess of the 8 symbols: {copy_baseline(10):.4f}, 0.1250)" in result.output
 
 
 class Last(nn.Module):
