@@ -31,6 +31,9 @@ from rnnkit.engines import _library, reverse_padded
 from rnnkit.layers._base import Lengths, read_input, torch_layer_options
 
 MIN_ENGINES = ("auto", "reference", "scan", "fused")
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+"""Under autocast a layer's input projection runs in these; its scan then runs in float32, as
+torch.nn.GRU's recurrence does on CPU, so its output is float32."""
 
 
 def _held(log_a: Tensor, b: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -176,13 +179,13 @@ class MinRecurrentLayer(nn.Module):
         hx: h_0 (K*D, B, H) or (K*D, H) unbatched, zeros if None; lengths: (B,) valid steps of a
         right-padded batch. Returns output (T, B, D*H) (as the input: batch-first, unbatched or
         packed; zeros past each length) and h_n (K*D, B, H): each direction's state after its
-        last valid step."""
+        last valid step. Under autocast the input projections run in its dtype and the scans in
+        float32 (the output float32, as torch.nn.GRU's on CPU)."""
         owner = type(self).__name__
         weight = getattr(self, self._names[0][0])
         given = read_input(owner, input, lengths, weight.dtype, self.batch_first, self.input_size)
         x, lengths_ = given.x, given.run_lengths
         states = self._initial(hx, x.shape[1], given.batched, x)
-        run = RUNNERS[min_engine(self.engine, x)]
         steps = x.shape[0]
         last = None if lengths_ is None else (lengths_ - 1).view(1, -1, 1)  # (1, B, 1): each last valid step
         finals = []
@@ -195,7 +198,10 @@ class MinRecurrentLayer(nn.Module):
                 weight_name, bias_name = self._names[index]
                 source = x if direction == 0 else reverse_padded(x, lengths_)
                 pre = F.linear(source, getattr(self, weight_name), None if bias_name is None else getattr(self, bias_name))
-                h = run(pre, states[index], lengths_, self.kind, self.candidate)  # (T, B, H)
+                h0 = states[index]
+                if pre.dtype in LOW_PRECISION:  # under autocast: the product in its dtype, the scan in float32
+                    pre, h0 = pre.float(), None if h0 is None else h0.float()
+                h = RUNNERS[min_engine(self.engine, pre)](pre, h0, lengths_, self.kind, self.candidate)  # (T, B, H)
                 if last is None:
                     finals.append(h[steps - 1])
                 else:

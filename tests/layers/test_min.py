@@ -199,3 +199,21 @@ def test_coefficients_are_the_recurrence() -> None:
         pre, h = torch.randn(3, gates * 4, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64)
         log_a, b = coefficients(pre, kind, "g")
         torch.testing.assert_close(log_a.exp() * h + b, min_step(pre, h, kind, "g"))
+
+
+def test_under_autocast_the_product_is_bfloat16_and_the_scan_float32() -> None:
+    """As torch.nn.GRU on CPU: float32 out; the numbers those of the float32 layer to bfloat16's
+    precision in the input projections."""
+    torch.manual_seed(0)
+    layer = rnnkit.MinLSTM(6, 8, num_layers=2)
+    x = torch.randn(20, 3, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, h_n = layer(x)
+    assert out.dtype == h_n.dtype == torch.float32
+    torch.testing.assert_close(out, layer(x)[0], atol=3e-2, rtol=3e-2)
+
+
+def test_an_empty_batch() -> None:
+    layer = rnnkit.MinGRU(3, 4, num_layers=2, bidirectional=True)
+    out, h_n = layer(torch.randn(5, 0, 3))
+    assert out.shape == (5, 0, 8) and h_n.shape == (4, 0, 4)
