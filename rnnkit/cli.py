@@ -545,6 +545,7 @@ def _memory_command(task: str) -> Callable[..., None]:
     @click.option("--cell", type=click.Choice([*CELL_CHOICES, "irnn"]), default="lstm", show_default=True,
                   help=CELL_HELP + " irnn: a relu RNN with W_hh = I (Le et al. 2015).")
     @click.option("--hidden", default=128, show_default=True, help="Hidden units.")
+    @click.option("--layers", default=1, show_default=True, help="Stacked layers.")
     @click.option("--init", type=click.Choice(["auto", "default", "orthogonal", "identity", "chrono"]), default="auto",
                   show_default=True, help="The initialisation: chrono (lstm, gru) sets the gates' biases for "
                                           "dependencies as long as the sequences (Tallec & Ollivier 2018); default, "
@@ -563,14 +564,14 @@ def _memory_command(task: str) -> Callable[..., None]:
     @click.option("--clip", type=float, default=1.0, show_default=True, help="Gradient clipping by norm; 0: off.")
     @_training_options
     @click.pass_context
-    def command(ctx: click.Context, steps: int, cell: str, hidden: int, init: str, train_size: int, epochs: int,
+    def command(ctx: click.Context, steps: int, cell: str, hidden: int, layers: int, init: str, train_size: int, epochs: int,
                 batch_size: int, lr: float, schedule: str, clip: float, seed: int, out: str | None, resume: str | None,
                 tensorboard: bool, diagnose_every: int | None) -> None:
         from rnnkit.pipelines import memory
         from rnnkit.training import TrainConfig
 
         done = _run_training(ctx, task, memory.MemoryConfig, lambda: memory.MemoryConfig(
-            task=task, steps=steps, cell=cell, hidden_size=hidden, init=init, train_size=train_size,
+            task=task, steps=steps, cell=cell, hidden_size=hidden, num_layers=layers, init=init, train_size=train_size,
             train=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, patience=None, lr_patience=1000,
                               schedule="plateau" if schedule == "constant" else schedule, clip_norm=clip or None,
                               seed=seed)),

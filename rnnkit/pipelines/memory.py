@@ -55,6 +55,7 @@ class MemoryModelConfig:
     task: str
     cell: str = "lstm"
     hidden_size: int = 128
+    num_layers: int = 1  # stacked layers (the minimal cells' gates read the layer below's states)
     init: str = "default"  # default, orthogonal or identity for W_hh (irnn: identity); lstm, gru: chrono
     chrono_max: float | None = None  # init="chrono": the sequences' length
     layer_norm: bool = False  # the layer-normalised cell (rnnkit's layer_norm=True)
@@ -65,6 +66,7 @@ class MemoryModelConfig:
         _checks.check_choice("memory", "cell", self.cell, MEMORY_CELLS)
         _checks.check_choice("memory", "init", self.init, MEMORY_INITS)
         _checks.check_int("memory", "hidden_size", self.hidden_size, minimum=1)
+        _checks.check_int("memory", "num_layers", self.num_layers, minimum=1)
         if self.forget_bias is not None and self.cell != "lstm":
             raise ValueError(f"memory: forget_bias sets the LSTM's forget gate; the {self.cell} cell has none")
         if self.cell in MIN_CELLS and (self.init != "default" or self.layer_norm):
@@ -82,17 +84,19 @@ class MemoryModel(nn.Module):
         self.config = c = config.check()
         inputs = 2 if c.task == "adding" else SYMBOLS + 2
         if c.cell in ("rnn", "irnn"):
-            self.rnn: nn.Module = rnnkit.RNN(inputs, c.hidden_size, nonlinearity="relu" if c.cell == "irnn" else "tanh",
+            self.rnn: nn.Module = rnnkit.RNN(inputs, c.hidden_size, c.num_layers,
+                                             nonlinearity="relu" if c.cell == "irnn" else "tanh",
                                              batch_first=True, init="identity" if c.cell == "irnn" else c.init,
                                              layer_norm=c.layer_norm)
         elif c.cell == "lstm":
-            self.rnn = rnnkit.LSTM(inputs, c.hidden_size, batch_first=True, init=c.init, chrono_max=c.chrono_max,
+            self.rnn = rnnkit.LSTM(inputs, c.hidden_size, c.num_layers, batch_first=True, init=c.init, chrono_max=c.chrono_max,
                                    layer_norm=c.layer_norm, forget_bias=c.forget_bias)
         elif c.cell == "gru":
-            self.rnn = rnnkit.GRU(inputs, c.hidden_size, batch_first=True, init=c.init, chrono_max=c.chrono_max,
+            self.rnn = rnnkit.GRU(inputs, c.hidden_size, c.num_layers, batch_first=True, init=c.init, chrono_max=c.chrono_max,
                                   layer_norm=c.layer_norm)
         else:
-            self.rnn = (rnnkit.MinGRU if c.cell == "mingru" else rnnkit.MinLSTM)(inputs, c.hidden_size, batch_first=True)
+            self.rnn = (rnnkit.MinGRU if c.cell == "mingru" else rnnkit.MinLSTM)(inputs, c.hidden_size, c.num_layers,
+                                                                                 batch_first=True)
         self.head = nn.Linear(c.hidden_size, 1 if c.task == "adding" else SYMBOLS + 1)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -117,6 +121,7 @@ class MemoryConfig:
     steps: int = 100  # T
     cell: str = "lstm"
     hidden_size: int = 128
+    num_layers: int = 1
     init: str = "default"
     layer_norm: bool = False
     forget_bias: float | None = None  # lstm only
@@ -154,7 +159,8 @@ def train(cfg: MemoryConfig, out: str | Path | None, *, on_epoch: Callable[[Epoc
     cfg.check()
     length = cfg.steps if cfg.task == "adding" else cfg.steps + 2 * RECALL  # the sequences' length (copy: T + 20)
     init = resolved_init(cfg.cell, cfg.init)
-    model_cfg = MemoryModelConfig(task=cfg.task, cell=cfg.cell, hidden_size=cfg.hidden_size, init=init,
+    model_cfg = MemoryModelConfig(task=cfg.task, cell=cfg.cell, hidden_size=cfg.hidden_size,
+                                  num_layers=cfg.num_layers, init=init,
                                   chrono_max=length if init == "chrono" else None, layer_norm=cfg.layer_norm,
                                   forget_bias=cfg.forget_bias).check()
     if out is not None and not resume:

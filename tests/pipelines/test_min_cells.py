@@ -49,7 +49,7 @@ def test_seq2seq_reverses_words(tmp_path: Path) -> None:
 
 
 def test_memory_task_and_its_refusals(tmp_path: Path) -> None:
-    metrics = _train(["adding", "--steps", "20", "--cell", "minlstm", "--train-size", "3000", "--epochs", "4",
+    metrics = _train(["adding", "--steps", "20", "--cell", "minlstm", "--layers", "2", "--train-size", "3000", "--epochs", "4",
                       "--lr", "0.003"], tmp_path / "run")
     assert metrics["test"]["mse"] < 0.8 * metrics["baseline"]["mse"]
     result = CliRunner().invoke(main, ["train", "adding", "--cell", "mingru", "--init", "chrono",
