@@ -547,9 +547,10 @@ def _memory_command(task: str) -> Callable[..., None]:
     @click.option("--hidden", default=128, show_default=True, help="Hidden units.")
     @click.option("--layers", default=1, show_default=True, help="Stacked layers.")
     @click.option("--init", type=click.Choice(["auto", "default", "orthogonal", "identity", "chrono"]), default="auto",
-                  show_default=True, help="The initialisation: chrono (lstm, gru) sets the gates' biases for "
-                                          "dependencies as long as the sequences (Tallec & Ollivier 2018); default, "
-                                          "orthogonal, identity: W_hh's; auto: chrono for lstm and gru, else default.")
+                  show_default=True, help="The initialisation: chrono (lstm, gru, mingru, minlstm) sets the gates' "
+                                          "biases for dependencies as long as the sequences (Tallec & Ollivier 2018); "
+                                          "default, orthogonal, identity: W_hh's; auto: chrono for the gated cells, "
+                                          "else default.")
     @click.option("--train-size", default=10000 if task == "adding" else 60000, show_default=True,
                   help="Generated training sequences.")
     @click.option("--epochs", default=30 if task == "adding" else 20, show_default=True,

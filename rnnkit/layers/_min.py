@@ -101,14 +101,21 @@ class MinRecurrentLayer(nn.Module):
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, *,
-                 candidate: str = "g", engine: str = "auto", device: torch.device | str | None = None,
-                 dtype: torch.dtype | None = None) -> None:
+                 candidate: str = "g", init: str = "default", chrono_max: float | None = None, engine: str = "auto",
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         owner = type(self).__name__
         (self.input_size, self.hidden_size, self.num_layers, self.bias, self.batch_first, self.dropout,
          self.bidirectional) = torch_layer_options(owner, input_size, hidden_size, num_layers, bias, batch_first,
                                                    dropout, bidirectional)
         self.candidate = _checks.check_choice(owner, "candidate", candidate, CANDIDATES)
+        self.init = _checks.check_choice(owner, "init", init, ("default", "chrono"))
+        if (self.init == "chrono") != (chrono_max is not None) or (chrono_max is not None and not chrono_max > 2):
+            raise ValueError(f"{owner}: init='chrono' takes chrono_max > 2 (the longest dependency, in steps), and "
+                             f"chrono_max only that init; got init={init!r}, chrono_max={chrono_max!r}")
+        if self.init == "chrono" and not self.bias:
+            raise ValueError(f"{owner}: init='chrono' sets the gates' biases: it needs bias=True")
+        self.chrono_max = chrono_max
         self.engine = _checks.check_choice(owner, "engine", engine, MIN_ENGINES)
         if self.engine in ("auto", "fused"):
             _library.load()  # build the operator library now, never inside a traced forward (torch.compile)
@@ -135,19 +142,33 @@ class MinRecurrentLayer(nn.Module):
 
     def reset_parameters(self) -> None:
         """Every weight and bias ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)), as torch.nn.Linear's, the
-        projections of the paper's code."""
+        projections of the paper's code. init='chrono' (Tallec & Ollivier 2018, as for the LSTM and
+        GRU) then sets the gates' biases so that each unit keeps its state for about U steps,
+        U ~ U(1, chrono_max - 1): minGRU, z's bias -log(U) (z about 1/U); minLSTM, f's bias log(U)
+        and i's -log(U) (f / (f + i) about 1 - 1/U). With torch.nn's initialisation the state
+        halves at every step, and a gradient through T steps vanishes as 2^-T."""
+        H = self.hidden_size
         for weight, bias in self._names:
             w = getattr(self, weight)
             bound = 1.0 / math.sqrt(w.shape[1])
             with torch.no_grad():
                 w.uniform_(-bound, bound)
-                if bias is not None:
-                    getattr(self, bias).uniform_(-bound, bound)
+                if bias is None:
+                    continue
+                b = getattr(self, bias)
+                b.uniform_(-bound, bound)
+                if self.init == "chrono":
+                    assert self.chrono_max is not None
+                    scale = torch.empty(H, device=b.device, dtype=b.dtype).uniform_(1.0, self.chrono_max - 1.0).log_()
+                    b[:H] = scale if self.kind == "minlstm" else -scale  # minGRU: z; minLSTM: f
+                    if self.kind == "minlstm":
+                        b[H:2 * H] = -scale  # i
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
         defaults: dict[str, object] = {"num_layers": 1, "bias": True, "batch_first": False, "dropout": 0.0,
-                                       "bidirectional": False, "candidate": "g", "engine": "auto"}
+                                       "bidirectional": False, "candidate": "g", "init": "default",
+                                       "chrono_max": None, "engine": "auto"}
         for name, default in defaults.items():
             value = getattr(self, name)
             if value != default:

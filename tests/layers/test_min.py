@@ -217,3 +217,18 @@ def test_an_empty_batch() -> None:
     layer = rnnkit.MinGRU(3, 4, num_layers=2, bidirectional=True)
     out, h_n = layer(torch.randn(5, 0, 3))
     assert out.shape == (5, 0, 8) and h_n.shape == (4, 0, 4)
+
+
+def test_chrono_init_keeps_the_state_for_up_to_chrono_max_steps() -> None:
+    """The share of h_{t-1} kept, a_t, at a zero input: about 1 - 1/U with U in [1, chrono_max - 1]
+    (torch.nn's initialisation: about 1/2)."""
+    torch.manual_seed(0)
+    for kind, layer in LAYERS.items():
+        m = layer(4, 256, init="chrono", chrono_max=1000)
+        log_a, _ = coefficients(m.bias_ih_l0.detach().unsqueeze(0), kind, "g")
+        kept = log_a.exp()[0]
+        assert float(kept.min()) > 0.45 and float(kept.max()) > 0.99 and float(kept.median()) > 0.99
+        plain = layer(4, 256)
+        assert float(coefficients(plain.bias_ih_l0.detach().unsqueeze(0), kind, "g")[0].exp().max()) < 0.7
+    with pytest.raises(ValueError, match="init='chrono' takes chrono_max > 2"):
+        rnnkit.MinGRU(4, 8, init="chrono")

@@ -52,6 +52,6 @@ def test_memory_task_and_its_refusals(tmp_path: Path) -> None:
     metrics = _train(["adding", "--steps", "20", "--cell", "minlstm", "--layers", "2", "--train-size", "3000", "--epochs", "4",
                       "--lr", "0.003"], tmp_path / "run")
     assert metrics["test"]["mse"] < 0.8 * metrics["baseline"]["mse"]
-    result = CliRunner().invoke(main, ["train", "adding", "--cell", "mingru", "--init", "chrono",
+    result = CliRunner().invoke(main, ["train", "adding", "--cell", "mingru", "--init", "orthogonal",
                                        "--out", str(tmp_path / "no")])
     assert result.exit_code != 0 and "the mingru cell has no W_hh" in result.output
