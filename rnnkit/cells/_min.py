@@ -122,8 +122,9 @@ TINY = {torch.float16: 2.0**-24, torch.bfloat16: 1e-38, torch.float32: 1e-38, to
 def _signed_logs(v: Tensor) -> tuple[Tensor, Tensor]:
     """log of v's positive part and of its negative part's magnitude, a large negative number
     where the part is 0 (finite, so that logcumsumexp's gradient stays finite)."""
-    floor = math.log(TINY.get(v.dtype, 1e-38)) * 2
-    magnitude = v.abs().clamp_min(TINY.get(v.dtype, 1e-38)).log()
+    tiny = TINY.get(v.dtype, 1e-38)
+    floor = math.log(tiny) * 2
+    magnitude = v.abs().clamp_min(tiny).log()
     empty = torch.full_like(magnitude, floor)
     return torch.where(v > 0, magnitude, empty), torch.where(v < 0, magnitude, empty)
 

@@ -19,8 +19,8 @@ from rnnkit.engines import _library
 
 
 def available() -> bool:
-    """Whether rnnkit's library, with min_scan, is loaded in this process."""
-    return _library.unavailable() is None and hasattr(torch.ops.rnnkit, "min_scan")
+    """Whether rnnkit's library, which defines min_scan, is loaded in this process."""
+    return _library.unavailable() is None
 
 
 def min_scan(pre: Tensor, h0: Tensor | None, lengths: Tensor | None, kind: str, candidate: str) -> Tensor:
@@ -58,8 +58,6 @@ def _register() -> None:
     from rnnkit.engines._fused_op import _vmap_by_slices
 
     ops = torch.ops.rnnkit
-    if not hasattr(ops, "min_scan"):
-        return
     torch.library.register_autograd("rnnkit::min_scan", _backward, setup_context=_setup_context)
     torch.library.register_vmap("rnnkit::min_scan", _vmap_by_slices(lambda *a: (ops.min_scan(*a),)))
     torch.library.register_vmap("rnnkit::min_scan_backward", _vmap_by_slices(ops.min_scan_backward))

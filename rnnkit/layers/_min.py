@@ -36,14 +36,6 @@ LOW_PRECISION = (torch.float16, torch.bfloat16)
 torch.nn.GRU's recurrence does on CPU, so its output is float32."""
 
 
-def _held(log_a: Tensor, b: Tensor, lengths: Tensor | None) -> tuple[Tensor, Tensor]:
-    """Past each sequence's length, a = 1 and b = 0: the state holds its last value."""
-    if lengths is None:
-        return log_a, b
-    live = (torch.arange(b.shape[0], device=b.device).unsqueeze(1) < lengths).unsqueeze(2)  # (T, B, 1)
-    return log_a * live, b * live
-
-
 def run_reference(pre: Tensor, h0: Tensor | None, lengths: Tensor | None, kind: str, candidate: str) -> Tensor:
     """The step function in a loop: pre (T, B, G*H), h0 (B, H) or None -> h (T, B, H), zeros past
     each length."""
@@ -64,11 +56,11 @@ def run_reference(pre: Tensor, h0: Tensor | None, lengths: Tensor | None, kind: 
 
 def run_scan(pre: Tensor, h0: Tensor | None, lengths: Tensor | None, kind: str, candidate: str) -> Tensor:
     """Every step at once (scan_log): pre (T, B, G*H), h0 (B, H) or None -> h (T, B, H)."""
-    log_a, b = _held(*coefficients(pre, kind, candidate), lengths)
-    h = scan_log(log_a, b, h0)
-    if lengths is not None:
-        h = h * (torch.arange(h.shape[0], device=h.device).unsqueeze(1) < lengths).unsqueeze(2)
-    return h
+    log_a, b = coefficients(pre, kind, candidate)
+    if lengths is None:
+        return scan_log(log_a, b, h0)
+    live = (torch.arange(b.shape[0], device=b.device).unsqueeze(1) < lengths).unsqueeze(2)  # (T, B, 1)
+    return scan_log(log_a * live, b * live, h0) * live  # past each length a = 1, b = 0 (the state holds), out 0
 
 
 def run_fused(pre: Tensor, h0: Tensor | None, lengths: Tensor | None, kind: str, candidate: str) -> Tensor:

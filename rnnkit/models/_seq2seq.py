@@ -199,7 +199,7 @@ class Seq2Seq(nn.Module):
         """-> logits (B, L, V). With teacher_forcing < 1, each step's input is, with that
         probability per example, the true previous token, else the model's own best guess."""
         state, feed, memory, keys, mask = self.start(source, lengths)
-        if teacher_forcing >= 1.0 and self.config.cell in ("rnn", "lstm", "gru"):  # (the minimal cells: the loop)
+        if teacher_forcing >= 1.0 and isinstance(self.cells[0], RecurrentCell):  # (_forced reads their weights)
             return self._forced(target_in, state, feed, memory, keys, mask)
         token = target_in[:, 0]
         logits = []

@@ -234,7 +234,7 @@ def prose_start(text: str, count: int, offset: int, search: int = 4000) -> int:
     for k in [0, *(i + 1 for i, c in enumerate(text[:search]) if c == "\n")]:
         line = text[k:k + count]
         if len(line) == count and "\n" not in line and sum(c.isalpha() for c in line) >= 0.75 * count:
-            return offset + k if offset + k >= 1 else offset + k + 1
+            return max(offset + k, 1)
     return max(offset, 1)
 
 

@@ -232,3 +232,13 @@ def test_chrono_init_keeps_the_state_for_up_to_chrono_max_steps() -> None:
         assert float(coefficients(plain.bias_ih_l0.detach().unsqueeze(0), kind, "g")[0].exp().max()) < 0.7
     with pytest.raises(ValueError, match="init='chrono' takes chrono_max > 2"):
         rnnkit.MinGRU(4, 8, init="chrono")
+
+
+@needs_library
+def test_fused_operator_reads_lengths_that_are_a_strided_view() -> None:
+    torch.manual_seed(0)
+    pre = torch.randn(6, 3, 8, dtype=torch.float64)
+    strided = torch.tensor([6, 0, 2, 0, 5])[::2]  # (6, 2, 5), not contiguous
+    assert not strided.is_contiguous()
+    torch.testing.assert_close(_min_op.min_scan(pre, None, strided, "mingru", "g"),
+                               _min_op.min_scan(pre, None, strided.contiguous(), "mingru", "g"), rtol=0, atol=0)

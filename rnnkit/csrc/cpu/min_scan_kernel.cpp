@@ -27,7 +27,7 @@ namespace rnnkit {
 namespace {
 
 struct MinShape {
-    int64_t steps, batch, H;
+    int steps, batch, H;  // (the C kernels' ints)
     bool lstm, g;
 };
 
@@ -54,81 +54,81 @@ MinShape check(const at::Tensor& pre, const c10::optional<at::Tensor>& h0, const
     if (lengths.has_value()) {
         TORCH_CHECK(lengths->dim() == 1 && lengths->size(0) == pre.size(1) && lengths->scalar_type() == at::kLong,
                     "rnnkit::min_scan: expected lengths (B,) int64");
-        const auto* n = lengths->data_ptr<int64_t>();
+        const at::Tensor values = lengths->contiguous();
+        const auto* n = values.data_ptr<int64_t>();
         for (int64_t b = 0; b < pre.size(1); ++b)
             TORCH_CHECK(n[b] >= 1 && n[b] <= pre.size(0), "rnnkit::min_scan: every length must be in [1, ",
                         pre.size(0), "], got ", n[b]);
     }
-    return {pre.size(0), pre.size(1), H, lstm, candidate == "g"};
+    return {static_cast<int>(pre.size(0)), static_cast<int>(pre.size(1)), static_cast<int>(H), lstm, candidate == "g"};
+}
+
+// The C kernels by element type, for AT_DISPATCH.
+void scan_rows(const MinShape& s, int b0, int b1, const float* p, const float* h0, const int64_t* n, float* out,
+               float* state) {
+    min_scan_rows_f32(s.lstm, s.g, s.steps, s.batch, s.H, b0, b1, p, h0, n, out, state);
+}
+void scan_rows(const MinShape& s, int b0, int b1, const double* p, const double* h0, const int64_t* n, double* out,
+               double* state) {
+    min_scan_rows_f64(s.lstm, s.g, s.steps, s.batch, s.H, b0, b1, p, h0, n, out, state);
+}
+void scan_rows_backward(const MinShape& s, int b0, int b1, const float* dy, const float* p, const float* h0,
+                        const float* y, const int64_t* n, float* dp, float* dh, float* carry, const float* zeros) {
+    min_scan_backward_rows_f32(s.lstm, s.g, s.steps, s.batch, s.H, b0, b1, dy, p, h0, y, n, dp, dh, carry, zeros);
+}
+void scan_rows_backward(const MinShape& s, int b0, int b1, const double* dy, const double* p, const double* h0,
+                        const double* y, const int64_t* n, double* dp, double* dh, double* carry, const double* zeros) {
+    min_scan_backward_rows_f64(s.lstm, s.g, s.steps, s.batch, s.H, b0, b1, dy, p, h0, y, n, dp, dh, carry, zeros);
+}
+
+template <typename T>
+const T* data_or_null(const c10::optional<at::Tensor>& t) {
+    return t.has_value() ? t->data_ptr<T>() : nullptr;
+}
+
+c10::optional<at::Tensor> contiguous(const c10::optional<at::Tensor>& t) {
+    return t.has_value() ? c10::optional<at::Tensor>(t->contiguous()) : c10::nullopt;
 }
 
 // The sequences are shared among torch's threads in contiguous ranges, each range scanned by the C
 // kernels with a state buffer of its own.
-template <typename F>
-void over_rows(const MinShape& s, F rows) {
-    at::parallel_for(0, s.batch, 1, [&](int64_t first, int64_t last) {
-        rows(static_cast<int>(first), static_cast<int>(last));
-    });
-}
-
 at::Tensor min_scan_cpu(const at::Tensor& pre_, const c10::optional<at::Tensor>& h0_,
-                        const c10::optional<at::Tensor>& lengths, c10::string_view kind, c10::string_view candidate) {
-    const MinShape s = check(pre_, h0_, lengths, kind, candidate);
+                        const c10::optional<at::Tensor>& lengths_, c10::string_view kind, c10::string_view candidate) {
+    const MinShape s = check(pre_, h0_, lengths_, kind, candidate);
     const at::Tensor pre = pre_.contiguous();
-    const c10::optional<at::Tensor> h0 = h0_.has_value() ? c10::optional<at::Tensor>(h0_->contiguous()) : c10::nullopt;
+    const c10::optional<at::Tensor> h0 = contiguous(h0_), lengths = contiguous(lengths_);
     at::Tensor out = at::empty({s.steps, s.batch, s.H}, pre.options());  // every element written
-    const int T = static_cast<int>(s.steps), B = static_cast<int>(s.batch), H = static_cast<int>(s.H);
-    const int64_t* n = lengths ? lengths->data_ptr<int64_t>() : nullptr;
-    if (pre.scalar_type() == at::kFloat) {
-        const float *p = pre.data_ptr<float>(), *h = h0 ? h0->data_ptr<float>() : nullptr;
-        float* o = out.data_ptr<float>();
-        over_rows(s, [&](int b0, int b1) {
-            std::vector<float> state(static_cast<size_t>(b1 - b0) * H);
-            min_scan_rows_f32(s.lstm, s.g, T, B, H, b0, b1, p, h, n, o, state.data());
+    AT_DISPATCH_FLOATING_TYPES(pre.scalar_type(), "rnnkit::min_scan", [&] {
+        at::parallel_for(0, s.batch, 1, [&](int64_t b0, int64_t b1) {
+            std::vector<scalar_t> state(static_cast<size_t>((b1 - b0) * s.H));
+            scan_rows(s, static_cast<int>(b0), static_cast<int>(b1), pre.data_ptr<scalar_t>(),
+                      data_or_null<scalar_t>(h0), data_or_null<int64_t>(lengths), out.data_ptr<scalar_t>(),
+                      state.data());
         });
-    } else {
-        const double *p = pre.data_ptr<double>(), *h = h0 ? h0->data_ptr<double>() : nullptr;
-        double* o = out.data_ptr<double>();
-        over_rows(s, [&](int b0, int b1) {
-            std::vector<double> state(static_cast<size_t>(b1 - b0) * H);
-            min_scan_rows_f64(s.lstm, s.g, T, B, H, b0, b1, p, h, n, o, state.data());
-        });
-    }
+    });
     return out;
 }
 
 std::tuple<at::Tensor, at::Tensor> min_scan_backward_cpu(const at::Tensor& d_out_, const at::Tensor& pre_,
                                                          const c10::optional<at::Tensor>& h0_, const at::Tensor& out_,
-                                                         const c10::optional<at::Tensor>& lengths,
+                                                         const c10::optional<at::Tensor>& lengths_,
                                                          c10::string_view kind, c10::string_view candidate) {
-    const MinShape s = check(pre_, h0_, lengths, kind, candidate);
+    const MinShape s = check(pre_, h0_, lengths_, kind, candidate);
     const at::Tensor pre = pre_.contiguous(), out = out_.contiguous(), d_out = d_out_.contiguous();
     TORCH_CHECK(out.sizes() == d_out.sizes() && out.size(0) == s.steps && out.size(1) == s.batch && out.size(2) == s.H,
                 "rnnkit::min_scan_backward: expected out and d_out (T, B, H)");
-    const c10::optional<at::Tensor> h0 = h0_.has_value() ? c10::optional<at::Tensor>(h0_->contiguous()) : c10::nullopt;
+    const c10::optional<at::Tensor> h0 = contiguous(h0_), lengths = contiguous(lengths_);
     at::Tensor d_pre = at::empty_like(pre);  // every element written
     at::Tensor d_h0 = at::empty({s.batch, s.H}, pre.options());
-    const int T = static_cast<int>(s.steps), B = static_cast<int>(s.batch), H = static_cast<int>(s.H);
-    const int64_t* n = lengths ? lengths->data_ptr<int64_t>() : nullptr;
-    if (pre.scalar_type() == at::kFloat) {
-        const float *dy = d_out.data_ptr<float>(), *p = pre.data_ptr<float>(), *y = out.data_ptr<float>();
-        const float* h = h0 ? h0->data_ptr<float>() : nullptr;
-        float *dp = d_pre.data_ptr<float>(), *dh = d_h0.data_ptr<float>();
-        over_rows(s, [&](int b0, int b1) {
-            std::vector<float> carry(static_cast<size_t>(b1 - b0) * H), zeros(static_cast<size_t>(H));
-            min_scan_backward_rows_f32(s.lstm, s.g, T, B, H, b0, b1, dy, p, h, y, n, dp, dh, carry.data(),
-                                       zeros.data());
+    AT_DISPATCH_FLOATING_TYPES(pre.scalar_type(), "rnnkit::min_scan_backward", [&] {
+        at::parallel_for(0, s.batch, 1, [&](int64_t b0, int64_t b1) {
+            std::vector<scalar_t> carry(static_cast<size_t>((b1 - b0) * s.H)), zeros(static_cast<size_t>(s.H));
+            scan_rows_backward(s, static_cast<int>(b0), static_cast<int>(b1), d_out.data_ptr<scalar_t>(),
+                               pre.data_ptr<scalar_t>(), data_or_null<scalar_t>(h0), out.data_ptr<scalar_t>(),
+                               data_or_null<int64_t>(lengths), d_pre.data_ptr<scalar_t>(),
+                               d_h0.data_ptr<scalar_t>(), carry.data(), zeros.data());
         });
-    } else {
-        const double *dy = d_out.data_ptr<double>(), *p = pre.data_ptr<double>(), *y = out.data_ptr<double>();
-        const double* h = h0 ? h0->data_ptr<double>() : nullptr;
-        double *dp = d_pre.data_ptr<double>(), *dh = d_h0.data_ptr<double>();
-        over_rows(s, [&](int b0, int b1) {
-            std::vector<double> carry(static_cast<size_t>(b1 - b0) * H), zeros(static_cast<size_t>(H));
-            min_scan_backward_rows_f64(s.lstm, s.g, T, B, H, b0, b1, dy, p, h, y, n, dp, dh, carry.data(),
-                                       zeros.data());
-        });
-    }
+    });
     return {d_pre, d_h0};
 }
 
