@@ -23,6 +23,9 @@ from typing import Any
 
 import nbformat
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from readme_outputs import session  # noqa: E402  (the terminal blocks are read as the pages' runner reads them)
+
 ROOT = Path(__file__).resolve().parents[1]
 FENCE = "```"
 DOWNLOAD = re.compile(r"^\[[^\]\n]*\]\([\w-]+\.ipynb\)[^\n]*$", re.M)
@@ -112,20 +115,7 @@ def notebook(page: Path) -> nbformat.NotebookNode:
             cells.append(nbformat.v4.new_code_cell("\n".join(body), outputs=_stream(printed), execution_count=None))
         elif not language and body and body[0].startswith("$ "):
             flush()
-            commands, shown = [], []
-            k = 0
-            while k < len(body):
-                if body[k].startswith("$ "):
-                    commands.append(body[k][2:])
-                    if body[k].rstrip().endswith("<<'EOF'"):
-                        while k + 1 < len(body):
-                            k += 1
-                            commands.append(body[k])
-                            if body[k] == "EOF":
-                                break
-                else:
-                    shown.append(body[k])
-                k += 1
+            commands, shown = session(body)
             cells.append(nbformat.v4.new_code_cell("%%bash\n" + "\n".join(commands),
                                                    outputs=_stream("".join(s + "\n" for s in shown)),
                                                    execution_count=None))

@@ -108,9 +108,10 @@ def sync_translation(page: Path, other: Path) -> None:
     print(f"copied the blocks of {page} to {other}")
 
 
-def commands(content: list[str]) -> list[str]:
-    """The commands of a block: its "$ " lines, each with its here-document."""
-    found, i = [], 0
+def session(content: list[str]) -> tuple[list[str], list[str]]:
+    """A terminal block's commands (its "$ " lines, each with its here-document) and the lines it
+    shows them printing."""
+    found, printed, i = [], [], 0
     while i < len(content):
         line = content[i]
         if line.startswith("$ "):
@@ -122,8 +123,15 @@ def commands(content: list[str]) -> list[str]:
                     if content[i] == "EOF":
                         break
             found.append("\n".join(command))
+        else:
+            printed.append(line)
         i += 1
-    return found
+    return found, printed
+
+
+def commands(content: list[str]) -> list[str]:
+    """The commands of a block: its "$ " lines, each with its here-document."""
+    return session(content)[0]
 
 
 PRINTS = re.compile(r"```python\n(.*?)```\n\nprints\n\n```\n(.*?)```", re.S)
