@@ -604,13 +604,15 @@ train.command("selective-copy")(_memory_command("selective-copy"))
 
 @main.command("diagnose", short_help="See gradients vanish or explode through time, in fresh cells or a trained RUN.")
 @click.argument("run", required=False, type=click.Path())
-@click.option("--cells", default="rnn,lstm,gru", show_default=True, help="Fresh cells to compare: rnn, lstm, gru, irnn.")
+@click.option("--cells", default="rnn,lstm,gru", show_default=True,
+              help="Fresh cells to compare: rnn, lstm, gru, irnn, mingru, minlstm.")
 @click.option("--steps", default=100, show_default=True, help="T, steps of the random sequences.")
 @click.option("--hidden", default=64, show_default=True, help="Hidden units of the fresh cells.")
 @click.option("--layers", default=1, show_default=True, help="Stacked layers of the fresh cells.")
 @click.option("--init", type=click.Choice(["default", "orthogonal", "identity", "chrono"]), default="default",
               show_default=True, help="W_hh's initialisation (identity with --nonlinearity relu: the IRNN); chrono "
-                                      "(lstm, gru): the gates set for dependencies of --steps steps.")
+                                      "(lstm, gru, mingru, minlstm): the gates set for dependencies of --steps "
+                                      "steps.")
 @click.option("--nonlinearity", type=click.Choice(["tanh", "relu"]), default="tanh", show_default=True,
               help="The vanilla RNN's.")
 @click.option("--seed", default=0, show_default=True, help="Fixes the fresh cells' weights and the random sequences.")
@@ -620,7 +622,7 @@ train.command("selective-copy")(_memory_command("selective-copy"))
 def diagnose_command(run: str | None, cells: str, steps: int, hidden: int, layers: int, init: str, nonlinearity: str,
                      seed: int, out: str) -> None:
     """See gradients vanish or explode through time: fresh cells on random sequences, or a trained
-    RUN (classify, forecast, lm, seq2seq, adding, copy) on its validation data."""
+    RUN (classify, forecast, lm, seq2seq, adding, copy, selective-copy) on its validation data."""
     from rnnkit import diagnostics, pipelines
 
     if run:

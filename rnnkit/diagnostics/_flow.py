@@ -16,11 +16,17 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rnnkit.cells._base import gate_preactivations
+from rnnkit.cells._min import coefficients
 from rnnkit.engines import reverse_padded
 from rnnkit.layers._base import LayerProbe, RecurrentLayer
+from rnnkit.layers._min import MinRecurrentLayer
+
+Layer = RecurrentLayer | MinRecurrentLayer
+"""The layers diagnostics look into: rnnkit.RNN, LSTM, GRU and the minimal MinGRU, MinLSTM."""
 
 VANISHING = 1e-3  # verdict: earliest-step / latest-step gradient norm below this: vanishing
 EXPLODING = 1e3  # above this: exploding
@@ -28,13 +34,14 @@ SATURATED = 0.99  # |tanh| above this, or a sigmoid gate below 1 - this or above
 
 
 @contextmanager
-def probing(model: nn.Module) -> Iterator[dict[str, tuple[RecurrentLayer, list[LayerProbe]]]]:
+def probing(model: nn.Module) -> Iterator[dict[str, tuple[Layer, list[LayerProbe]]]]:
     """Within the block, every rnnkit layer in model records a LayerProbe per layer and direction
     of each forward call, under its module name (e.g. "rnn"; the class name for model itself)."""
-    layers = {name: m for name, m in model.named_modules() if isinstance(m, RecurrentLayer)}
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, (RecurrentLayer, MinRecurrentLayer))}
     if not layers:
-        raise ValueError(f"{type(model).__name__} has no rnnkit recurrent layer (rnnkit.RNN, LSTM or GRU) to look into")
-    seen: dict[str, tuple[RecurrentLayer, list[LayerProbe]]] = {}
+        raise ValueError(f"{type(model).__name__} has no rnnkit recurrent layer (rnnkit.RNN, LSTM, GRU, MinGRU or "
+                         "MinLSTM) to look into")
+    seen: dict[str, tuple[Layer, list[LayerProbe]]] = {}
     for name, layer in layers.items():
         layer._probes = []
         seen[name or type(layer).__name__] = (layer, layer._probes)
@@ -135,7 +142,7 @@ def verdict(flow: GradientFlow, *, vanishing: float = VANISHING, exploding: floa
                    f"{exploding:g}]")
 
 
-def jacobian_norms(layer: RecurrentLayer, x: Tensor, hx: Any = None) -> np.ndarray:
+def jacobian_norms(layer: Layer, x: Tensor, hx: Any = None) -> np.ndarray:
     """norms[k] = ||dh_T / dh_k||_2, the spectral norm (largest singular value) of the Jacobian of
     the last hidden state with respect to the hidden state at step k, averaged over the batch, for
     k = 0 .. T-1 (k = T-1: the identity, norm 1). Exact: one backward pass per unit of h_T, so
@@ -156,11 +163,14 @@ def jacobian_norms(layer: RecurrentLayer, x: Tensor, hx: Any = None) -> np.ndarr
     return torch.linalg.matrix_norm(jac.double(), ord=2).mean(dim=1).detach().cpu().numpy()
 
 
-def spectral_radii(layer: RecurrentLayer) -> dict[str, list[float]]:
+def spectral_radii(layer: Layer) -> dict[str, list[float]]:
     """The spectral radius (largest |eigenvalue|) of each gate's (H, H) block of each W_hh, in
     torch.nn's gate order (a vanilla RNN has one block): above 1, the linearised recurrence
-    grows; well below 1, it forgets. Blocks that are not square (proj_size) are left out."""
-    out = {}
+    grows; well below 1, it forgets. Blocks that are not square (proj_size) are left out; the
+    minimal cells have no W_hh (an empty dict)."""
+    out: dict[str, list[float]] = {}
+    if isinstance(layer, MinRecurrentLayer):
+        return out
     for name, w in layer.named_parameters():
         if not name.startswith("weight_hh"):
             continue
@@ -174,8 +184,10 @@ class HiddenStats:
     """Per layer and direction, per step t (time order), averaged over the batch:
     h_norm: ||h_t||; saturated: the fraction of tanh units with |tanh| > 0.99 (RNN: h itself;
     LSTM: tanh(c_t); GRU: the candidate n_t; a relu RNN has no entry); gates_saturated: the fraction of
-    sigmoid gate units below 0.01 or above 0.99 (LSTM i, f, o; GRU r, z; RNN: none); c_norm:
-    ||c_t|| (LSTM)."""
+    sigmoid gate units below 0.01 or above 0.99 (LSTM i, f, o; GRU r, z; minGRU z; minLSTM f, i;
+    RNN: none); c_norm: ||c_t|| (LSTM); kept (the minimal cells): the mean of a_t in
+    h_t = a_t * h_{t-1} + b_t, the share of the state each step keeps (minGRU 1 - z,
+    minLSTM f / (f + i))."""
 
     stats: dict[str, dict[str, list[float]]]
 
@@ -184,7 +196,7 @@ class HiddenStats:
 
 
 def _probed(model: nn.Module, batch: Any, run: Callable[[nn.Module, Any], Any] | None,
-            ) -> dict[str, tuple[RecurrentLayer, list[LayerProbe]]]:
+            ) -> dict[str, tuple[Layer, list[LayerProbe]]]:
     """Run model on batch (run(model, batch); by default model(batch), or model(*batch) for a
     tuple or list) and return what probing saw."""
     if run is None:
@@ -224,9 +236,11 @@ def _frac(mask: Tensor) -> Tensor:
     return mask.double().flatten(1).mean(dim=1)  # (T,)
 
 
-def _describe(layer: RecurrentLayer, p: LayerProbe) -> dict[str, list[float]]:
+def _describe(layer: Layer, p: LayerProbe) -> dict[str, list[float]]:
     states = p.probe.states
     h = torch.stack([s[0] for s in states]).detach()  # (T, B, R) in processing order
+    if isinstance(layer, MinRecurrentLayer):
+        return _in_order(_describe_min(layer, p, h), p)
     w = layer.cell_weights(p.layer, p.direction)
     mode = layer.spec.mode
     zero = [torch.zeros_like(s) for s in states[0]]
@@ -251,5 +265,19 @@ def _describe(layer: RecurrentLayer, p: LayerProbe) -> dict[str, list[float]]:
     else:
         if mode == "RNN_TANH":  # a relu RNN has no tanh to saturate: no such entry
             out["saturated"] = _frac(h.abs() > SATURATED)
-    # back to time order (a reverse direction's steps flipped as a whole, padding included)
+    return _in_order(out, p)
+
+
+def _describe_min(layer: MinRecurrentLayer, p: LayerProbe, h: Tensor) -> dict[str, Tensor]:
+    weight, bias = layer._names[p.layer * layer.num_directions + p.direction]
+    pre = F.linear(p.inputs.detach(), getattr(layer, weight), None if bias is None else getattr(layer, bias)).detach()
+    gates = torch.sigmoid(pre[..., :pre.shape[-1] // 3 * 2] if layer.kind == "minlstm" else pre.chunk(2, -1)[0])
+    log_a, _ = coefficients(pre, layer.kind, layer.candidate)
+    return {"h_norm": h.norm(dim=-1).mean(dim=1),
+            "gates_saturated": _frac((gates < 1 - SATURATED) | (gates > SATURATED)),
+            "kept": log_a.exp().flatten(1).mean(dim=1)}
+
+
+def _in_order(out: dict[str, Tensor], p: LayerProbe) -> dict[str, list[float]]:
+    """Back to time order (a reverse direction's steps flipped as a whole, padding included)."""
     return {k: [float(x) for x in (v.flip(0) if p.direction else v)] for k, v in out.items()}

@@ -20,13 +20,19 @@ from rnnkit.diagnostics._flow import gradient_flow, hidden_stats, hidden_trace, 
 from rnnkit.runs import write_atomically
 from rnnkit.tasks import TaskBatch
 
-REPORT_CELLS = ("rnn", "lstm", "gru", "irnn")
+REPORT_CELLS = ("rnn", "lstm", "gru", "irnn", "mingru", "minlstm")
 
 
 def fresh_layer(cell: str, *, input_size: int, hidden: int, layers: int, init: str, nonlinearity: str,
                 steps: int | None = None) -> nn.Module:
     """irnn: a relu RNN with W_hh = I and zero biases (Le et al. 2015), whatever init says.
-    init="chrono" (lstm and gru only): the gates set for dependencies of up to `steps` steps."""
+    init="chrono" (the gated cells): the gates set for dependencies of up to `steps` steps. The
+    minimal cells (mingru, minlstm) take init default or chrono (they have no W_hh)."""
+    if cell in ("mingru", "minlstm"):
+        if init not in ("default", "chrono"):
+            raise ValueError(f"init {init} sets W_hh, which {cell} does not have: choose --init default or chrono")
+        layer_class = rnnkit.MinGRU if cell == "mingru" else rnnkit.MinLSTM
+        return layer_class(input_size, hidden, layers, init=init, chrono_max=steps if init == "chrono" else None)
     if cell in ("rnn", "irnn"):
         if init == "chrono" and cell == "rnn":
             raise ValueError("init chrono sets the gates of lstm and gru: the vanilla rnn has none "
@@ -109,7 +115,8 @@ def diagnose_run(batch: TaskBatch) -> dict[str, Any]:
     stats = hidden_stats(model, batch.inputs, run_model)
     trace = hidden_trace(model, batch.inputs, run_model)
     top = sorted(k for k in trace if not k.endswith("_reverse"))[-1]  # the last layer's forward direction
-    radii = {name: spectral_radii(m) for name, m in model.named_modules() if isinstance(m, rnnkit.layers._base.RecurrentLayer)}
+    radii = {name: spectral_radii(m) for name, m in model.named_modules()
+             if isinstance(m, (rnnkit.layers._base.RecurrentLayer, rnnkit.layers._min.MinRecurrentLayer))}
     return {"setup": {"task": batch.task, "batch": f"{batch.inputs[0].shape[0]} validation examples",
                       "norm": "Frobenius norm of dL/dh_t over the batch and the hidden units"},
             "cells": {"model": {"verdict": verdict(flow).to_json(), "gradient_flow": flow.to_json(),

@@ -27,8 +27,8 @@ from torch.nn.utils.rnn import PackedSequence
 
 from rnnkit import _checks
 from rnnkit.cells._min import CANDIDATES, MIN_KINDS, coefficients, min_step, scan_log
-from rnnkit.engines import _library, reverse_padded
-from rnnkit.layers._base import Lengths, read_input, torch_layer_options
+from rnnkit.engines import Probe, _library, reverse_padded
+from rnnkit.layers._base import LayerProbe, Lengths, read_input, torch_layer_options
 
 MIN_ENGINES = ("auto", "reference", "scan", "fused")
 LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -36,14 +36,18 @@ LOW_PRECISION = (torch.float16, torch.bfloat16)
 torch.nn.GRU's recurrence does on CPU, so its output is float32."""
 
 
-def run_reference(pre: Tensor, h0: Tensor | None, lengths: Tensor | None, kind: str, candidate: str) -> Tensor:
+def run_reference(pre: Tensor, h0: Tensor | None, lengths: Tensor | None, kind: str, candidate: str,
+                  probe: Probe | None = None) -> Tensor:
     """The step function in a loop: pre (T, B, G*H), h0 (B, H) or None -> h (T, B, H), zeros past
-    each length."""
+    each length. probe: rnnkit.diagnostics' view (engines.Probe: its delta[t] is added to h_t,
+    and each h_t is kept in its states)."""
     steps, batch = pre.shape[:2]
     h = pre.new_zeros(batch, pre.shape[2] // MIN_KINDS[kind]) if h0 is None else h0
     out = []
     for t in range(steps):
         new = min_step(pre[t], h, kind, candidate)
+        if probe is not None:  # + 0, for rnnkit.diagnostics: dL/dh_t lands on probe.delta[t]
+            new = new + probe.delta[t]
         if lengths is not None:
             live = (t < lengths).unsqueeze(1)  # (B, 1)
             new = torch.where(live, new, h)
@@ -51,6 +55,8 @@ def run_reference(pre: Tensor, h0: Tensor | None, lengths: Tensor | None, kind: 
         else:
             out.append(new)
         h = new
+        if probe is not None:
+            probe.states.append((new,))
     return torch.stack(out)
 
 
@@ -90,10 +96,12 @@ class MinRecurrentLayer(nn.Module):
     """What MinGRU and MinLSTM share (see the module docstring)."""
 
     kind: ClassVar[str]
+    _probes: list[LayerProbe] | None = None  # set by rnnkit.diagnostics while it looks
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False, *,
-                 candidate: str = "g", init: str = "default", chrono_max: float | None = None, engine: str = "auto",
+                 candidate: str = "g", init: str = "default", chrono_max: float | None = None,
+                 layer_norm: bool = False, engine: str = "auto",
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         owner = type(self).__name__
@@ -108,12 +116,16 @@ class MinRecurrentLayer(nn.Module):
         if self.init == "chrono" and not self.bias:
             raise ValueError(f"{owner}: init='chrono' sets the gates' biases: it needs bias=True")
         self.chrono_max = chrono_max
+        self.layer_norm = _checks.check_bool(owner, "layer_norm", layer_norm)
         self.engine = _checks.check_choice(owner, "engine", engine, MIN_ENGINES)
         if self.engine in ("auto", "fused"):
             _library.load()  # build the operator library now, never inside a traced forward (torch.compile)
         if self.dropout > 0 and self.num_layers == 1:
             warnings.warn(f"{owner}: dropout={self.dropout} acts between stacked layers only, so it does nothing "
                           "with num_layers=1", UserWarning, stacklevel=3)
+        if self.layer_norm and self.num_layers == 1:
+            warnings.warn(f"{owner}: layer_norm=True normalises the input of each layer after the first, so it does "
+                          "nothing with num_layers=1", UserWarning, stacklevel=3)
         gates = MIN_KINDS[self.kind]
         self._names: list[tuple[str, str | None]] = []  # per (layer, direction): weight, bias
         for layer in range(self.num_layers):
@@ -126,6 +138,11 @@ class MinRecurrentLayer(nn.Module):
                     self.register_parameter("bias_ih" + suffix, nn.Parameter(
                         torch.empty(gates * self.hidden_size, device=device, dtype=dtype)))
                 self._names.append(("weight_ih" + suffix, "bias_ih" + suffix if self.bias else None))
+            if self.layer_norm and layer > 0:  # over the layer below's D*H features
+                self.register_parameter(f"layer_norm_weight_l{layer}", nn.Parameter(
+                    torch.empty(width, device=device, dtype=dtype)))
+                self.register_parameter(f"layer_norm_bias_l{layer}", nn.Parameter(
+                    torch.empty(width, device=device, dtype=dtype)))
         self.reset_parameters()
 
     @property
@@ -138,8 +155,14 @@ class MinRecurrentLayer(nn.Module):
         GRU) then sets the gates' biases so that each unit keeps its state for about U steps,
         U ~ U(1, chrono_max - 1): minGRU, z's bias -log(U) (z about 1/U); minLSTM, f's bias log(U)
         and i's -log(U) (f / (f + i) about 1 - 1/U). With torch.nn's initialisation the state
-        halves at every step, and a gradient through T steps vanishes as 2^-T."""
+        halves at every step, and a gradient through T steps vanishes as 2^-T. layer_norm's weights
+        start at 1 and its biases at 0, as torch.nn.LayerNorm's."""
         H = self.hidden_size
+        if self.layer_norm:
+            with torch.no_grad():
+                for layer in range(1, self.num_layers):
+                    getattr(self, f"layer_norm_weight_l{layer}").fill_(1.0)
+                    getattr(self, f"layer_norm_bias_l{layer}").zero_()
         for weight, bias in self._names:
             w = getattr(self, weight)
             bound = 1.0 / math.sqrt(w.shape[1])
@@ -160,7 +183,7 @@ class MinRecurrentLayer(nn.Module):
         s = f"{self.input_size}, {self.hidden_size}"
         defaults: dict[str, object] = {"num_layers": 1, "bias": True, "batch_first": False, "dropout": 0.0,
                                        "bidirectional": False, "candidate": "g", "init": "default",
-                                       "chrono_max": None, "engine": "auto"}
+                                       "chrono_max": None, "layer_norm": False, "engine": "auto"}
         for name, default in defaults.items():
             value = getattr(self, name)
             if value != default:
@@ -205,6 +228,9 @@ class MinRecurrentLayer(nn.Module):
         for layer in range(self.num_layers):
             if layer > 0 and self.dropout > 0 and self.training:
                 x = F.dropout(x, self.dropout, True)
+            if layer > 0 and self.layer_norm:  # (T, B, D*H): each step's features normalised
+                x = F.layer_norm(x, (x.shape[-1],), getattr(self, f"layer_norm_weight_l{layer}"),
+                                 getattr(self, f"layer_norm_bias_l{layer}"))
             outs = []
             for direction in range(self.num_directions):
                 index = layer * self.num_directions + direction
@@ -214,7 +240,12 @@ class MinRecurrentLayer(nn.Module):
                 h0 = states[index]
                 if pre.dtype in LOW_PRECISION:  # under autocast: the product in its dtype, the scan in float32
                     pre, h0 = pre.float(), None if h0 is None else h0.float()
-                h = RUNNERS[min_engine(self.engine, pre)](pre, h0, lengths_, self.kind, self.candidate)  # (T, B, H)
+                if self._probes is None:
+                    h = RUNNERS[min_engine(self.engine, pre)](pre, h0, lengths_, self.kind, self.candidate)  # (T, B, H)
+                else:  # rnnkit.diagnostics is looking: the reference loop (the same numbers), with a probe
+                    probe = Probe(pre.new_zeros(steps, pre.shape[1], self.hidden_size, requires_grad=True))
+                    h = run_reference(pre, h0, lengths_, self.kind, self.candidate, probe)
+                    self._probes.append(LayerProbe(layer, direction, source, lengths_, probe))
                 if last is None:
                     finals.append(h[steps - 1])
                 else:
@@ -235,8 +266,12 @@ class MinGRU(MinRecurrentLayer):
 
     Args: input_size, hidden_size, num_layers, bias, batch_first, dropout (between layers),
     bidirectional as torch.nn.GRU; candidate: 'g' (the paper's positive g, the log-space form)
-    or 'linear' (h~ = W_h x + b_h, the plain form); engine: 'auto', 'reference', 'scan' or
-    'fused' (module docstring of rnnkit.layers._min).
+    or 'linear' (h~ = W_h x + b_h, the plain form); init: 'default' or 'chrono' (with
+    chrono_max, see reset_parameters); layer_norm: normalise the input of every layer after the
+    first over its D*H features (layer_norm_weight_l{k}, layer_norm_bias_l{k}, (D*H,) each, as
+    torch.nn.LayerNorm): pre-normalisation, as in the paper's stacked blocks (which also add
+    residual connections);
+    engine: 'auto', 'reference', 'scan' or 'fused' (module docstring of rnnkit.layers._min).
 
     Call ``layer(input, hx=None, *, lengths=None)``: see forward.
     """

@@ -30,7 +30,7 @@ from rnnkit.training import EpochRecord, Trainer, TrainConfig
 TASKS = ("adding", "copy", "selective-copy")
 MEMORY_CELLS = ("rnn", "lstm", "gru", "irnn", "mingru", "minlstm")
 MIN_CELLS = ("mingru", "minlstm")
-"""The minimal cells: no W_hh for an init to set, no layer norm."""
+"""The minimal cells: no W_hh for an init to set; their layer norm sits between stacked layers."""
 MEMORY_INITS = ("default", "orthogonal", "identity", "chrono")
 RUN_INITS = (*MEMORY_INITS, "auto")
 """A run's init: also "auto", chrono for the gated cells (lstm, gru, and the minimal ones) and torch.nn's for rnn (irnn:
@@ -69,10 +69,9 @@ class MemoryModelConfig:
         _checks.check_int("memory", "num_layers", self.num_layers, minimum=1)
         if self.forget_bias is not None and self.cell != "lstm":
             raise ValueError(f"memory: forget_bias sets the LSTM's forget gate; the {self.cell} cell has none")
-        if self.cell in MIN_CELLS and (self.init not in ("default", "chrono") or self.layer_norm):
-            raise ValueError(f"memory: the {self.cell} cell has no W_hh and no layer norm: init must be 'chrono' or "
-                             f"'default' (or 'auto'), without layer_norm; got init={self.init!r}, "
-                             f"layer_norm={self.layer_norm}")
+        if self.cell in MIN_CELLS and self.init not in ("default", "chrono"):
+            raise ValueError(f"memory: the {self.cell} cell has no W_hh: init must be 'chrono' or 'default' (or "
+                             f"'auto'); got init={self.init!r}")
         return self
 
 
@@ -97,7 +96,8 @@ class MemoryModel(nn.Module):
                                   layer_norm=c.layer_norm)
         else:
             self.rnn = (rnnkit.MinGRU if c.cell == "mingru" else rnnkit.MinLSTM)(
-                inputs, c.hidden_size, c.num_layers, batch_first=True, init=c.init, chrono_max=c.chrono_max)
+                inputs, c.hidden_size, c.num_layers, batch_first=True, init=c.init, chrono_max=c.chrono_max,
+                layer_norm=c.layer_norm)
         self.head = nn.Linear(c.hidden_size, 1 if c.task == "adding" else SYMBOLS + 1)
 
     def forward(self, x: Tensor) -> Tensor:

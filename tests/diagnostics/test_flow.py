@@ -16,7 +16,7 @@ def readout_loss(out: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return (out[-1] * w).sum() + 0.1 * (out * w).sum()
 
 
-@pytest.mark.parametrize("cls", [rnnkit.RNN, rnnkit.LSTM, rnnkit.GRU])
+@pytest.mark.parametrize("cls", [rnnkit.RNN, rnnkit.LSTM, rnnkit.GRU, rnnkit.MinGRU, rnnkit.MinLSTM])
 @pytest.mark.parametrize("engine", ["reference", "fused"])
 def test_gradient_flow_equals_direct_autograd(cls, engine: str) -> None:  # type: ignore[no-untyped-def]
     """dL/dh_t by cutting the sequence at t: h_t becomes a leaf, the prefix's outputs are
@@ -38,7 +38,7 @@ def test_gradient_flow_equals_direct_autograd(cls, engine: str) -> None:  # type
         direct.append(float(g.norm()))
     assert list(flow.norms) == [f"{cls.__name__}.l0"]
     np.testing.assert_allclose(flow.norms[f"{cls.__name__}.l0"], direct, rtol=1e-10)
-    assert layer.weight_hh_l0.grad is None  # parameters' gradients untouched
+    assert all(p.grad is None for p in layer.parameters())  # parameters' gradients untouched
 
 
 def test_gradient_flow_of_a_stack_both_ways_with_lengths() -> None:
@@ -95,6 +95,45 @@ def test_jacobian_norms_closed_form() -> None:
     assert spectral_radii(gru)["weight_hh_l0"] == [pytest.approx(1.0)] * 3
     with pytest.raises(ValueError, match="num_layers=1 and bidirectional=False, got num_layers=2"):
         jacobian_norms(rnnkit.GRU(2, 3, num_layers=2), torch.randn(4, 1, 2))
+
+
+def test_jacobian_norms_of_a_minimal_cell_are_its_decays_multiplied() -> None:
+    """minGRU: h_t = (1 - z_t) * h_{t-1} + z_t * h~_t, so dh_T/dh_k = diag(prod_{s>k} (1 - z_s)):
+    its spectral norm is the largest of those products over the units. No W_hh: no radii."""
+    torch.manual_seed(0)
+    layer = rnnkit.MinGRU(2, 3, init="chrono", chrono_max=20.0).double()
+    x = torch.randn(6, 4, 2, dtype=torch.float64)
+    with torch.no_grad():  # a_t = 1 - z_t, (T, B, H)
+        keep = 1 - torch.sigmoid(torch.nn.functional.linear(x, layer.weight_ih_l0, layer.bias_ih_l0)[..., :3])
+    after = torch.cat([keep.flip(0).cumprod(0).flip(0)[1:], torch.ones(1, 4, 3, dtype=torch.float64)])  # prod_{s>k}
+    np.testing.assert_allclose(jacobian_norms(layer, x), after.amax(dim=2).mean(dim=1).numpy(), rtol=1e-12)
+    assert spectral_radii(layer) == {}
+
+
+@pytest.mark.parametrize("cls", [rnnkit.MinGRU, rnnkit.MinLSTM])
+def test_hidden_stats_of_a_minimal_cell(cls) -> None:  # type: ignore[no-untyped-def]
+    """h_norm is the output's; kept is the mean share of the state each step keeps (a_t); a gate
+    pinned shut by its bias counts as saturated, in its own layer and direction alone."""
+    from rnnkit.cells._min import coefficients
+
+    torch.manual_seed(0)
+    layer = cls(2, 4, num_layers=2, bidirectional=True)
+    with torch.no_grad():
+        layer.bias_ih_l1[:4] = -30.0  # the top layer's z (minGRU) or f (minLSTM): below 0.01 everywhere
+    x = torch.randn(5, 3, 2)
+    stats = hidden_stats(layer, x).stats
+    assert sorted(stats) == [f"{cls.__name__}.l{k}{d}" for k in (0, 1) for d in ("", "_reverse")]
+    out, _ = layer(x)
+    top = out[..., :4].detach()  # the top layer's forward direction
+    np.testing.assert_allclose(stats[f"{cls.__name__}.l1"]["h_norm"], top.norm(dim=-1).mean(dim=1).numpy(), rtol=1e-5)
+    pre = torch.nn.functional.linear(x, layer.weight_ih_l0, layer.bias_ih_l0).detach()
+    log_a, _ = coefficients(pre, layer.kind, "g")
+    np.testing.assert_allclose(stats[f"{cls.__name__}.l0"]["kept"], log_a.exp().flatten(1).mean(dim=1).numpy(),
+                               rtol=1e-5)
+    share = 1.0 if cls is rnnkit.MinGRU else 0.5  # minGRU: z, its only gate; minLSTM: f of (f, i)
+    assert all(s >= share for s in stats[f"{cls.__name__}.l1"]["gates_saturated"])
+    assert max(stats[f"{cls.__name__}.l1_reverse"]["gates_saturated"]) < share  # the reverse direction's biases untouched
+    assert set(stats[f"{cls.__name__}.l1"]) == {"h_norm", "gates_saturated", "kept"}
 
 
 def test_hidden_stats() -> None:

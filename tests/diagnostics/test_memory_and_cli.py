@@ -272,6 +272,18 @@ def test_cli_diagnose_chrono(tmp_path) -> None:  # type: ignore[no-untyped-def]
     result = runner.invoke(main, ["diagnose", "--cells", "rnn", "--init", "chrono", "--out", str(tmp_path / "r")])
     assert result.exit_code == 1 and "the vanilla rnn has none" in result.output
     assert not (tmp_path / "r").exists()
+    # the minimal cells: torch.nn's initialisation halves the state at every step (2^-200), chrono keeps it
+    for init in ("default", "chrono"):
+        result = runner.invoke(main, ["diagnose", "--cells", "mingru,minlstm", "--steps", "200", "--hidden", "32",
+                                      "--init", init, "--out", str(tmp_path / f"min-{init}")])
+        assert result.exit_code == 0, result.output
+        reports[init] = json.loads((tmp_path / f"min-{init}" / "diagnostics.json").read_text())["cells"]
+    for cell in ("mingru", "minlstm"):
+        assert reports["default"][cell]["verdict"]["ratio"] < 1e-30
+        assert reports["chrono"][cell]["verdict"]["verdict"] == "healthy"
+        assert reports["chrono"][cell]["spectral_radius"] == {}
+    result = runner.invoke(main, ["diagnose", "--cells", "mingru", "--init", "orthogonal", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1 and "which mingru does not have" in result.output
 
 
 def test_memory_model_layer_norm_and_forget_bias() -> None:
@@ -304,6 +316,15 @@ def test_the_memory_ablation_script_runs(tmp_path, monkeypatch) -> None:  # type
         ("ln-lstm", "none"), ("ln-lstm", "orthogonal")]
     for r in saved["results"]:
         assert len(r["flow_before"]) == len(r["flow_after"]) == 12 and r["flow_before"] != r["flow_after"]
+    # the minimal cells, stacked, on selective copy: a row of their own beside the one-layer runs
+    monkeypatch.setattr(sys, "argv", ["memory.py", "--tasks", "selective-copy", "--selective-copy-steps", "6",
+                                      "--cells", "mingru", "--remedies", "orthogonal,chrono", "--layers", "2",
+                                      "--budget", "4", "--hidden", "8", "--out", str(tmp_path)])
+    ablation.main()
+    saved = json.loads((tmp_path / "results.json").read_text())
+    (run,) = [r for r in saved["results"] if r["task"] == "selective-copy"]  # no W_hh to make orthogonal
+    assert (run["cell"], run["remedy"], run["layers"]) == ("mingru", "chrono", 2) and len(run["flow_after"]) == 26
     text = (tmp_path / "README.md").read_text()
-    assert "| ln-lstm | forget-bias |" in text and "T = 12" in text
+    assert "| ln-lstm | forget-bias |" in text and "T = 12" in text and "| mingru x2 | chrono |" in text
     assert (tmp_path / "score-adding.png").stat().st_size > 0 and (tmp_path / "gradient_flow-adding-12.png").exists()
+    assert (tmp_path / "score-selective-copy.png").stat().st_size > 0

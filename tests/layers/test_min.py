@@ -54,7 +54,7 @@ def test_log_space_scan_equals_the_loop_for_values_of_any_sign(steps: int) -> No
 CONFIGS = [
     dict(num_layers=1, bidirectional=False),
     dict(num_layers=2, bidirectional=True, candidate="linear"),
-    dict(num_layers=3, bidirectional=False, batch_first=True),
+    dict(num_layers=3, bidirectional=False, batch_first=True, layer_norm=True),
 ]
 
 
@@ -242,3 +242,37 @@ def test_fused_operator_reads_lengths_that_are_a_strided_view() -> None:
     assert not strided.is_contiguous()
     torch.testing.assert_close(_min_op.min_scan(pre, None, strided, "mingru", "g"),
                                _min_op.min_scan(pre, None, strided.contiguous(), "mingru", "g"), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kind", LAYERS)
+def test_layer_norm_normalises_the_input_of_each_layer_after_the_first(kind: str) -> None:
+    """layer_norm=True is torch.nn.LayerNorm over the D*H features between stacked layers: the
+    same numbers as one-layer layers with F.layer_norm between them, trained LN weights included;
+    one layer warns that it does nothing."""
+    torch.manual_seed(0)
+    stack = LAYERS[kind](4, 5, num_layers=3, bidirectional=True, layer_norm=True, dtype=torch.float64)
+    names = [n for n, _ in stack.named_parameters() if n.startswith("layer_norm")]
+    assert names == ["layer_norm_weight_l1", "layer_norm_bias_l1", "layer_norm_weight_l2", "layer_norm_bias_l2"]
+    assert torch.equal(stack.layer_norm_weight_l1, torch.ones(10, dtype=torch.float64))
+    with torch.no_grad():
+        for name in names:
+            getattr(stack, name).normal_()
+    x, lengths = torch.randn(7, 3, 4, dtype=torch.float64), [7, 5, 2]
+    out, h_n = stack(x, lengths=lengths)
+    h, finals = x, []
+    for layer in range(3):
+        if layer:
+            h = torch.nn.functional.layer_norm(h, (10,), getattr(stack, f"layer_norm_weight_l{layer}"),
+                                               getattr(stack, f"layer_norm_bias_l{layer}"))
+        single = LAYERS[kind](h.shape[-1], 5, bidirectional=True, dtype=torch.float64)
+        single.load_state_dict({k.replace(f"_l{layer}", "_l0"): v for k, v in stack.state_dict().items()
+                                if f"_l{layer}" in k and not k.startswith("layer_norm")})
+        h, final = single(h, lengths=lengths)
+        finals.append(final)
+    torch.testing.assert_close(out, h, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(h_n, torch.cat(finals), rtol=1e-12, atol=1e-12)
+    out.sum().backward()
+    assert all(getattr(stack, name).grad.abs().sum() > 0 for name in names)
+    assert "layer_norm=True" in repr(stack)
+    with pytest.warns(UserWarning, match="does nothing with num_layers=1"):
+        LAYERS[kind](4, 5, layer_norm=True)

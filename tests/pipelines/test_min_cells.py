@@ -52,6 +52,12 @@ def test_memory_task_and_its_refusals(tmp_path: Path) -> None:
     metrics = _train(["adding", "--steps", "20", "--cell", "minlstm", "--layers", "2", "--train-size", "3000", "--epochs", "4",
                       "--lr", "0.003"], tmp_path / "run")
     assert metrics["test"]["mse"] < 0.8 * metrics["baseline"]["mse"]
+    result = CliRunner().invoke(main, ["diagnose", str(tmp_path / "run"), "--out", str(tmp_path / "d")])
+    assert result.exit_code == 0, result.output  # the gradient flow of both layers, on the validation data
+    report = json.loads((tmp_path / "d" / "diagnostics.json").read_text())["cells"]["model"]
+    assert sorted(report["gradient_flow"]["norms"]) == ["rnn.l0", "rnn.l1"]
+    assert len(report["gradient_flow"]["norms"]["rnn.l0"]) == 20 and report["spectral_radius"] == {"rnn": {}}
+    assert set(report["hidden_stats"]["rnn.l1"]) == {"h_norm", "gates_saturated", "kept"}
     result = CliRunner().invoke(main, ["train", "adding", "--cell", "mingru", "--init", "orthogonal",
                                        "--out", str(tmp_path / "no")])
     assert result.exit_code != 0 and "the mingru cell has no W_hh" in result.output
