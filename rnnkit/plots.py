@@ -158,9 +158,11 @@ def hidden_state(h: np.ndarray, title: str, labels: Sequence[str] | None = None,
 
 @needs_extras
 def hidden_stats(stats: Mapping[str, Mapping[str, Sequence[float]]], title: str) -> bytes:
-    """Per name: the hidden-state norm and the saturated fractions per step."""
-    fig = _figure(11, 3.6)
-    norm, saturated, gates = fig.subplots(1, 3)
+    """Per name: the hidden-state norm and the saturated fractions per step; for the minimal cells
+    (stats with "kept") a fourth panel, the mean share of the state each step keeps."""
+    minimal = any("kept" in s for s in stats.values())
+    fig = _figure(15.5 if minimal else 11, 3.6)
+    norm, saturated, gates, *more = fig.subplots(1, 4 if minimal else 3)
     styles = ["-", "--", ":", "-."]  # lines that lie on each other (all zero) stay told apart
     for index, (name, s) in enumerate(stats.items()):
         colour, style = f"C{index % 10}", styles[index % len(styles)]
@@ -169,10 +171,15 @@ def hidden_stats(stats: Mapping[str, Mapping[str, Sequence[float]]], title: str)
             saturated.plot(s["saturated"], label=name, color=colour, linestyle=style, linewidth=1.5 + 0.5 * index)
         if "gates_saturated" in s:  # only cells with gates
             gates.plot(s["gates_saturated"], label=name, color=colour, linestyle=style, linewidth=1.5 + 0.5 * index)
+        if "kept" in s:
+            more[0].plot(s["kept"], label=name, color=colour, linestyle=style, linewidth=1.5 + 0.5 * index)
     norm.set(xlabel="step t", ylabel="mean ||h_t||", title="hidden-state norm")
     saturated.set(xlabel="step t", ylabel="fraction", title="|tanh| > 0.99", ylim=(-0.02, 1.02))
     gates.set(xlabel="step t", ylabel="fraction", title="sigmoid gates < 0.01 or > 0.99", ylim=(-0.02, 1.02))
-    for ax, what in ((norm, None), (saturated, "no cell with a tanh"), (gates, "no cell with gates")):
+    for ax in more:
+        ax.set(xlabel="step t", ylabel="mean a_t", title="state kept a step", ylim=(-0.02, 1.02))
+    for ax, what in ((norm, None), (saturated, "no cell with a tanh"), (gates, "no cell with gates"),
+                     *((ax, None) for ax in more)):
         if ax.lines:
             ax.legend(fontsize="small")
         else:

@@ -278,6 +278,10 @@ def test_cli_diagnose_chrono(tmp_path) -> None:  # type: ignore[no-untyped-def]
                                       "--init", init, "--out", str(tmp_path / f"min-{init}")])
         assert result.exit_code == 0, result.output
         reports[init] = json.loads((tmp_path / f"min-{init}" / "diagnostics.json").read_text())["cells"]
+    from matplotlib.image import imread  # the minimal cells' share kept is a fourth panel: a wider figure
+
+    assert imread(tmp_path / "min-chrono" / "hidden_stats.png").shape[1] > imread(
+        tmp_path / "chrono" / "hidden_stats.png").shape[1] * 1.3
     for cell in ("mingru", "minlstm"):
         assert reports["default"][cell]["verdict"]["ratio"] < 1e-30
         assert reports["chrono"][cell]["verdict"]["verdict"] == "healthy"

@@ -50,8 +50,10 @@ def test_seq2seq_reverses_words(tmp_path: Path) -> None:
 
 def test_memory_task_and_its_refusals(tmp_path: Path) -> None:
     metrics = _train(["adding", "--steps", "20", "--cell", "minlstm", "--layers", "2", "--train-size", "3000", "--epochs", "4",
-                      "--lr", "0.003"], tmp_path / "run")
+                      "--lr", "0.003", "--diagnose-every", "100"], tmp_path / "run")
     assert metrics["test"]["mse"] < 0.8 * metrics["baseline"]["mse"]
+    assert [m["step"] for m in metrics["gradient_flow"]] == [100, 200]  # measured while training
+    assert {m["layer"] for m in metrics["gradient_flow"]} <= {"rnn.l0", "rnn.l1"}
     result = CliRunner().invoke(main, ["diagnose", str(tmp_path / "run"), "--out", str(tmp_path / "d")])
     assert result.exit_code == 0, result.output  # the gradient flow of both layers, on the validation data
     report = json.loads((tmp_path / "d" / "diagnostics.json").read_text())["cells"]["model"]
