@@ -37,7 +37,7 @@ SATURATED = 0.99  # |tanh| above this, or a sigmoid gate below 1 - this or above
 def probing(model: nn.Module) -> Iterator[dict[str, tuple[Layer, list[LayerProbe]]]]:
     """Within the block, every rnnkit layer in model records a LayerProbe per layer and direction
     of each forward call, under its module name (e.g. "rnn"; the class name for model itself)."""
-    layers = {name: m for name, m in model.named_modules() if isinstance(m, (RecurrentLayer, MinRecurrentLayer))}
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, Layer)}
     if not layers:
         raise ValueError(f"{type(model).__name__} has no rnnkit recurrent layer (rnnkit.RNN, LSTM, GRU, MinGRU or "
                          "MinLSTM) to look into")
@@ -169,7 +169,7 @@ def spectral_radii(layer: Layer) -> dict[str, list[float]]:
     grows; well below 1, it forgets. Blocks that are not square (proj_size) are left out; the
     minimal cells have no W_hh (an empty dict)."""
     out: dict[str, list[float]] = {}
-    if isinstance(layer, MinRecurrentLayer):
+    if not isinstance(layer, RecurrentLayer):  # no W_hh
         return out
     for name, w in layer.named_parameters():
         if not name.startswith("weight_hh"):
@@ -271,7 +271,7 @@ def _describe(layer: Layer, p: LayerProbe) -> dict[str, list[float]]:
 def _describe_min(layer: MinRecurrentLayer, p: LayerProbe, h: Tensor) -> dict[str, Tensor]:
     weight, bias = layer._names[p.layer * layer.num_directions + p.direction]
     pre = F.linear(p.inputs.detach(), getattr(layer, weight), None if bias is None else getattr(layer, bias)).detach()
-    gates = torch.sigmoid(pre[..., :pre.shape[-1] // 3 * 2] if layer.kind == "minlstm" else pre.chunk(2, -1)[0])
+    gates = torch.sigmoid(pre[..., :-layer.hidden_size])  # every block but the candidate's: z; or f, i
     log_a, _ = coefficients(pre, layer.kind, layer.candidate)
     return {"h_norm": h.norm(dim=-1).mean(dim=1),
             "gates_saturated": _frac((gates < 1 - SATURATED) | (gates > SATURATED)),

@@ -16,7 +16,7 @@ from torch import nn
 
 import rnnkit
 from rnnkit._extras import needs_extras
-from rnnkit.diagnostics._flow import gradient_flow, hidden_stats, hidden_trace, spectral_radii, verdict
+from rnnkit.diagnostics._flow import Layer, gradient_flow, hidden_stats, hidden_trace, spectral_radii, verdict
 from rnnkit.runs import write_atomically
 from rnnkit.tasks import TaskBatch
 
@@ -115,8 +115,7 @@ def diagnose_run(batch: TaskBatch) -> dict[str, Any]:
     stats = hidden_stats(model, batch.inputs, run_model)
     trace = hidden_trace(model, batch.inputs, run_model)
     top = sorted(k for k in trace if not k.endswith("_reverse"))[-1]  # the last layer's forward direction
-    radii = {name: spectral_radii(m) for name, m in model.named_modules()
-             if isinstance(m, (rnnkit.layers._base.RecurrentLayer, rnnkit.layers._min.MinRecurrentLayer))}
+    radii = {name: spectral_radii(m) for name, m in model.named_modules() if isinstance(m, Layer)}
     return {"setup": {"task": batch.task, "batch": f"{batch.inputs[0].shape[0]} validation examples",
                       "norm": "Frobenius norm of dL/dh_t over the batch and the hidden units"},
             "cells": {"model": {"verdict": verdict(flow).to_json(), "gradient_flow": flow.to_json(),

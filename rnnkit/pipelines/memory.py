@@ -33,8 +33,8 @@ MIN_CELLS = ("mingru", "minlstm")
 """The minimal cells: no W_hh for an init to set; their layer norm sits between stacked layers."""
 MEMORY_INITS = ("default", "orthogonal", "identity", "chrono")
 RUN_INITS = (*MEMORY_INITS, "auto")
-"""A run's init: also "auto", chrono for the gated cells (lstm, gru, and the minimal ones) and torch.nn's for rnn (irnn:
-identity, always). Chrono sets the forget or update gate to hold the state about as long as the
+"""A run's init: also "auto", chrono for the gated cells (lstm, gru, and the minimal ones) and
+torch.nn's for rnn (irnn: identity, always). Chrono sets the forget or update gate to hold the state about as long as the
 sequences; with it an LSTM learns copy memory at T = 100, which it does not with torch.nn's
 initialisation in the same budget (recall 0.89 against 0.16 after 12,000 steps)."""
 
@@ -58,7 +58,7 @@ class MemoryModelConfig:
     num_layers: int = 1  # stacked layers (the minimal cells' gates read the layer below's states)
     init: str = "default"  # default, orthogonal or identity for W_hh (irnn: identity); lstm, gru: chrono
     chrono_max: float | None = None  # init="chrono": the sequences' length
-    layer_norm: bool = False  # the layer-normalised cell (rnnkit's layer_norm=True)
+    layer_norm: bool = False  # rnnkit's layer_norm=True: in the cell (classic) or between layers (minimal)
     forget_bias: float | None = None  # lstm: the forget gate's initial bias (Jozefowicz et al. 2015)
 
     def check(self) -> MemoryModelConfig:

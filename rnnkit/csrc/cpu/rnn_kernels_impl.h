@@ -1214,8 +1214,8 @@ static inline __attribute__((always_inline)) REAL SFX(min_candidate_slope)(int g
 /* The minimal GRU and LSTM (rnnkit/cells/_min.py; rnnkit::min_scan, cpu/min_scan_kernel.cpp):
  * sequences b0 .. b1 - 1 over all steps, from the gates' pre-activations pre (T, B, G*H) (G = 2:
  * z, c; G = 3: f, i, c), into out (T, B, H), zeros past each sequence's length; h (scratch,
- * (b1 - b0) * H) carries the state. The candidate: min_candidate. Step by step, the rows of a step lie next to each other in pre and out, so the
- * pass streams through memory; each unit's step is a few lines of elementwise math, which the
+ * (b1 - b0) * H) carries the state. The candidate: min_candidate. Step by step, the rows of a
+ * step lie next to each other in pre and out, so the pass streams through memory; each unit's step is a few lines of elementwise math, which the
  * compiler vectorises along the row. */
 static inline __attribute__((always_inline)) void SFX(min_row)(int lstm, int g, int H, const REAL* p, REAL* h,
                                                                REAL* o) {
