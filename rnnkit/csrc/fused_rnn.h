@@ -4,6 +4,7 @@
 //   rnnkit::fused_rnn / fused_rnn_backward      one layer and direction over the whole sequence
 //   rnnkit::fused_stack / fused_stack_backward  every layer and direction of a stack
 //   rnnkit::min_scan / min_scan_backward        one layer and direction of a minGRU or minLSTM
+//   rnnkit::int8_pack / int8_stack / int8_linear int8 inference (cpu/int8_kernel.cpp)
 // with their CPU kernels (cpu/), which plan and call the C kernels (cpu/rnn_kernels.c), and their
 // autograd kernels (autograd/). The plan of a call (threads, slices of the batch, projection
 // chunks, workspaces) is made here in C++, so that a graph run without Python (AOTInductor)
@@ -28,6 +29,21 @@ extern "C" {
 RNNKIT_DECLARE_MIN_KERNELS(float, _f32)
 RNNKIT_DECLARE_MIN_KERNELS(double, _f64)
 #undef RNNKIT_DECLARE_MIN_KERNELS
+typedef struct {
+    const int8_t* P;
+    const int32_t* sums;
+    const float* scale;
+} rnnkit_int8_matrix;
+long rnnkit_int8_packed_size(int G, int H, int K);
+void rnnkit_int8_pack(int G, int H, int K, const int8_t* w, int8_t* P, int32_t* sums);
+int rnnkit_int8_linear(int threads, int M, int N, int K, const float* x, long ldx, rnnkit_int8_matrix w,
+                       const float* bias, float* y, long ldy);
+int rnnkit_int8_cell(int threads, int cell, int reverse, int T, int B, int I, int H, int R, const float* x, long ldx,
+                     rnnkit_int8_matrix wih, rnnkit_int8_matrix whh, rnnkit_int8_matrix whr, const float* bih,
+                     const float* bhh, const int64_t* lengths, const float* h0, const float* c0, float* out,
+                     long ldo, float* hn, float* cn);
+extern int rnnkit_int8_portable;
+int rnnkit_int8_vnni(void);
 long rnnkit_forward_layout(int cell, int save, int T, int B, int H, int R, int flags, long* offsets);
 long rnnkit_backward_layout(int n, int cell, int T, int B, int H, int R, int flags, long* offsets);
 int rnnkit_kernels_parallel(void);

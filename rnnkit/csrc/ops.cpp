@@ -21,6 +21,12 @@ int64_t policy_op(c10::string_view name_, int64_t value) {
     if (name == "kernels_parallel") return rnnkit_kernels_parallel();
     if (name == "kernels_version") return rnnkit_kernels_version();
     if (name == "rows_mode_min_weights") return rnnkit_rows_mode_min_weights;
+    if (name == "int8_vnni") return rnnkit_int8_vnni();
+    if (name == "int8_portable") {  // the int8 kernels' portable products even where VNNI is
+        const int64_t before = rnnkit_int8_portable;
+        if (value >= 0) rnnkit_int8_portable = static_cast<int>(value);
+        return before;
+    }
     if (name == "rows_mode_max") {  // the kernels' own (rnn_kernels.c)
         const int64_t before = rnnkit_rows_mode_max;
         if (value >= 0) rnnkit_rows_mode_max = static_cast<int>(value);

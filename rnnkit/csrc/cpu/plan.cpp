@@ -16,7 +16,8 @@ namespace {
 
 struct Policy {
     int64_t parallel_min_rows, parallel_min_work, step_parallel_min_work, shared_step_min_bytes,
-        shared_step_max_rows, projection_chunk, kernel_weight_grads_max_work, workspace_block_max, threads;
+        shared_step_max_rows, projection_chunk, kernel_weight_grads_max_work, workspace_block_max, threads,
+        int8_step_parallel_min_work;
 };
 
 Policy& the_policy() {
@@ -41,6 +42,10 @@ Policy& the_policy() {
         // larger ones fresh, faulted in and zeroed, at each call)
         int64_t(1) << 24,
         0,  // threads: the kernels' thread count; 0: torch's
+        // int8_step_parallel_min_work: one step's int8 recurrent product (B * G*H * R) from which
+        // the int8 kernels share each step among threads (int8 multiply-adds cost about a quarter
+        // of float32 ones)
+        400'000,
     };
     return p;
 }
@@ -84,6 +89,7 @@ int64_t& policy_setting(std::string_view name) {
     if (name == "kernel_weight_grads_max_work") return p.kernel_weight_grads_max_work;
     if (name == "workspace_block_max") return p.workspace_block_max;
     if (name == "threads") return p.threads;
+    if (name == "int8_step_parallel_min_work") return p.int8_step_parallel_min_work;
     TORCH_CHECK_VALUE(false, "rnnkit::_policy: no setting named '", std::string(name), "'");
 }
 

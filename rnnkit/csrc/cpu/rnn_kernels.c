@@ -245,3 +245,6 @@ int rnnkit_kernels_parallel(void) {
 #undef SFX
 #undef EXP
 #undef TANH
+
+/* int8 inference (float32 gate math): rnnkit::int8_stack and rnnkit::int8_linear */
+#include "int8_kernels.h"

@@ -1,0 +1,449 @@
+/* int8 inference for the RNN (tanh, relu), LSTM and GRU cells: the kernels of the operators
+ * rnnkit::int8_stack and rnnkit::int8_linear (cpu/int8_kernel.cpp); included by rnn_kernels.c
+ * after its exp_f32 and tanh_f32.
+ *
+ * The scheme (as torch's dynamic quantization, with finer scales):
+ *   weights      W (N x K) as int8 per output row n: W ~ sw[n] * Wq[n], sw[n] = max_k |W[n][k]| / 127,
+ *                quantized once (rnnkit.quantized) and packed here (int8_pack);
+ *   activations  each row of an input a (x_t of a sequence, or h_{t-1}) quantized on the fly:
+ *                a ~ sa * q, sa = max_k |a[k]| / 127, q = round(a / sa) in [-127, 127];
+ *   products     sum_k q[k] Wq[n][k] in int32, exact; then y[n] = sa * sw[n] * that, in float32;
+ *   gate math    in float32, as the fused float32 kernels (sigmoid, exp_f32, tanh_f32).
+ *
+ * The int8 products: with AVX-512 VNNI, vpdpbusd multiplies 64 bytes of unsigned activations by
+ * 64 of signed weights and adds each 4 products into one of 16 int32 lanes; the activations are
+ * stored as q + 128 (0..254) and the product corrected by 128 * sum_k Wq[n][k], kept with the
+ * packed weights. Without VNNI (or with rnnkit_int8_portable set) the same sums are computed by
+ * plain loops: both paths give the same int32 sums, so the same bits (the tests compare them).
+ *
+ * The packed layout (int8_pack): the rows of W come in gates of H rows (G gates: 4 LSTM, 3 GRU,
+ * 1 RNN, a projection or a linear layer), each gate's rows in blocks of 16 (zero rows past H),
+ * a block as K4 = ceil(K / 4) groups of 64 bytes: [16 rows][4 inputs] (zero past K). Block b of
+ * the padded N' = G * HB * 16 rows (HB = ceil(H / 16)) starts at b * K4 * 64 and fills columns
+ * b * 16 .. b * 16 + 15 of a product's output rows (N' floats each: gate g at g * HB * 16).
+ */
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512F__)
+#include <immintrin.h>
+#define I8_VNNI 1
+#else
+#define I8_VNNI 0
+#endif
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* 1: the portable int8 products even where VNNI is (set by the tests, to compare the two). */
+int rnnkit_int8_portable = 0;
+int rnnkit_int8_vnni(void) { return I8_VNNI; }
+
+enum { I8_MR = 6, I8_NV = 4 };  /* a tile: up to 6 rows by 4 blocks of 16 columns (24 accumulators) */
+
+long rnnkit_int8_packed_size(int G, int H, int K) { return (long)G * ((H + 15) / 16) * ((K + 3) / 4) * 64; }
+
+/* Pack W (G*H x K int8, row-major) into P (rnnkit_int8_packed_size bytes) and sums (G * HB * 16
+ * int32: each padded row's sum, 0 past H). */
+void rnnkit_int8_pack(int G, int H, int K, const int8_t* w, int8_t* P, int32_t* sums) {
+    const int HB = (H + 15) / 16, K4 = (K + 3) / 4;
+    for (int g = 0; g < G; g++)
+        for (int jb = 0; jb < HB; jb++) {
+            int8_t* block = P + (long)(g * HB + jb) * K4 * 64;
+            for (int lane = 0; lane < 16; lane++) {
+                const int u = jb * 16 + lane;
+                const int8_t* row = u < H ? w + (long)(g * H + u) * K : NULL;
+                int32_t s = 0;
+                for (int k = 0; k < K4 * 4; k++) {
+                    const int8_t v = row != NULL && k < K ? row[k] : 0;
+                    block[(long)(k / 4) * 64 + lane * 4 + k % 4] = v;
+                    s += v;
+                }
+                sums[(g * HB + jb) * 16 + lane] = s;
+            }
+        }
+}
+
+/* Rows m0 .. m1-1 of a (rows lda apart, K columns) quantized: q (rows of K4 * 4 bytes) = round(a /
+ * sa) + 128, 128 past K; s[m] = sa = max |a| / 127 (0 for a row of zeros, whose q is all 128). */
+static void i8_quantize_rows(int m0, int m1, int K, const float* a, long lda, uint8_t* q, float* s) {
+    const int Kp = (K + 3) / 4 * 4;
+    for (int m = m0; m < m1; m++) {
+        const float* r = a + (long)m * lda;
+        float mx = 0.0f;
+#pragma omp simd reduction(max : mx)
+        for (int k = 0; k < K; k++) mx = fmaxf(mx, fabsf(r[k]));
+        const float inv = mx > 0.0f ? 127.0f / mx : 0.0f;
+        s[m] = mx / 127.0f;
+        uint8_t* o = q + (long)m * Kp;
+#pragma omp simd
+        for (int k = 0; k < K; k++) {
+            float v = rintf(r[k] * inv);
+            v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
+            o[k] = (uint8_t)(int)(v + 128.0f);
+        }
+        for (int k = K; k < Kp; k++) o[k] = 128;
+    }
+}
+
+/* One tile: rows 0 .. mr-1 of A (quantized, rows lda bytes apart) times the nv blocks W[v] (each
+ * K4 * 64 bytes), into C[v] + r * ldc (16 floats each): sa[r] * sw[v][j] * (sum - 128 * sums[v][j]). */
+static inline __attribute__((always_inline)) void i8_tile(const int mr, const int nv, int K4, const uint8_t* A,
+                                                          long lda, const float* sa, const int8_t* const* W,
+                                                          const int32_t* const* sums, const float* const* sw,
+                                                          float* const* C, long ldc) {
+#if I8_VNNI
+    if (!rnnkit_int8_portable) {
+        /* two blocks at a time: 12 accumulators that GCC keeps in registers (with all four, 24,
+         * it spilled them to the stack at every step of k) */
+        for (int v0 = 0; v0 < nv; v0 += 2) {
+            const int pair = nv - v0 < 2 ? nv - v0 : 2;
+            __m512i acc[I8_MR][2];
+            for (int r = 0; r < mr; r++)
+                for (int v = 0; v < pair; v++) acc[r][v] = _mm512_setzero_si512();
+            const int8_t* w0 = W[v0];
+            const int8_t* w1 = W[v0 + pair - 1];
+            for (int k4 = 0; k4 < K4; k4++) {
+                const __m512i x0 = _mm512_loadu_si512((const void*)(w0 + (long)k4 * 64));
+                const __m512i x1 = _mm512_loadu_si512((const void*)(w1 + (long)k4 * 64));
+                for (int r = 0; r < mr; r++) {
+                    int32_t four;
+                    memcpy(&four, A + r * lda + 4L * k4, 4);
+                    const __m512i a = _mm512_set1_epi32(four);
+                    acc[r][0] = _mm512_dpbusd_epi32(acc[r][0], a, x0);
+                    if (pair == 2) acc[r][1] = _mm512_dpbusd_epi32(acc[r][1], a, x1);
+                }
+            }
+            for (int v = 0; v < pair; v++) {
+                const __m512i corr = _mm512_slli_epi32(_mm512_loadu_si512((const void*)sums[v0 + v]), 7);
+                const __m512 scale = _mm512_loadu_ps(sw[v0 + v]);
+                for (int r = 0; r < mr; r++) {
+                    const __m512 y = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][v], corr));
+                    _mm512_storeu_ps(C[v0 + v] + r * ldc,
+                                     _mm512_mul_ps(_mm512_mul_ps(y, scale), _mm512_set1_ps(sa[r])));
+                }
+            }
+        }
+        return;
+    }
+#endif
+    int32_t acc[I8_MR][I8_NV][16];
+    for (int r = 0; r < mr; r++)
+        for (int v = 0; v < nv; v++)
+            for (int j = 0; j < 16; j++) acc[r][v][j] = 0;
+    for (int k4 = 0; k4 < K4; k4++)
+        for (int v = 0; v < nv; v++) {
+            const int8_t* w = W[v] + (long)k4 * 64;
+            for (int r = 0; r < mr; r++) {
+                const uint8_t* a = A + r * lda + 4L * k4;
+                const int32_t a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3];
+#pragma omp simd
+                for (int j = 0; j < 16; j++)
+                    acc[r][v][j] += a0 * w[4 * j] + a1 * w[4 * j + 1] + a2 * w[4 * j + 2] + a3 * w[4 * j + 3];
+            }
+        }
+    for (int v = 0; v < nv; v++)
+        for (int r = 0; r < mr; r++) {
+            float* c = C[v] + r * ldc;
+#pragma omp simd
+            for (int j = 0; j < 16; j++) c[j] = (float)(acc[r][v][j] - 128 * sums[v][j]) * sw[v][j] * sa[r];
+        }
+}
+
+/* The column groups of a matrix of G gates (HB blocks each): for G > 1, group c is block c of every
+ * gate (the gates of units 16c .. 16c+15, which the cell's math needs together); for G = 1, blocks
+ * 4c .. 4c+3. */
+static int i8_groups(int G, int HB) { return G > 1 ? HB : (HB + I8_NV - 1) / I8_NV; }
+
+/* The units (of H) that group c covers: [*u0, *u1). */
+static void i8_group_units(int G, int H, int c, int* u0, int* u1) {
+    const int width = G > 1 ? 16 : 16 * I8_NV;
+    *u0 = c * width;
+    *u1 = (c + 1) * width < H ? (c + 1) * width : H;
+}
+
+/* C (rows ldc apart, N' columns) = the product of rows m0 .. m1-1 of A (quantized, K4 * 4 bytes a
+ * row; scales sa) and the packed P over column groups c0 .. c1-1 (scales sw padded to N'). */
+static void i8_gemm(int G, int HB, int K4, int m0, int m1, int c0, int c1, const uint8_t* A, const float* sa,
+                    const int8_t* P, const int32_t* sums, const float* sw, float* C, long ldc) {
+    const long lda = 4L * K4;
+    for (int c = c0; c < c1; c++) {
+        const int8_t* W[I8_NV];
+        const int32_t* S[I8_NV];
+        const float* SW[I8_NV];
+        float* Cv[I8_NV];
+        int nv = 0;
+        for (int v = 0; v < (G > 1 ? G : I8_NV); v++) {
+            const int b = G > 1 ? v * HB + c : c * I8_NV + v;
+            if (G == 1 && b >= HB) break;
+            W[nv] = P + (long)b * K4 * 64;
+            S[nv] = sums + b * 16;
+            SW[nv] = sw + b * 16;
+            Cv[nv] = C + (long)m0 * ldc + b * 16;
+            nv++;
+        }
+        for (int m = m0; m < m1; m += I8_MR) {
+            const int mr = m1 - m < I8_MR ? m1 - m : I8_MR;
+            const uint8_t* Am = A + (long)m * lda;
+            const float* sam = sa + m;
+#define I8_TILE(MR, NV) i8_tile(MR, NV, K4, Am, lda, sam, W, S, SW, Cv, ldc)
+#define I8_ROWS(NV)                                \
+    switch (mr) {                                  \
+        case 1: I8_TILE(1, NV); break;             \
+        case 2: I8_TILE(2, NV); break;             \
+        case 3: I8_TILE(3, NV); break;             \
+        case 4: I8_TILE(4, NV); break;             \
+        case 5: I8_TILE(5, NV); break;             \
+        default: I8_TILE(6, NV); break;            \
+    }
+            switch (nv) {
+                case 1: I8_ROWS(1); break;
+                case 2: I8_ROWS(2); break;
+                case 3: I8_ROWS(3); break;
+                default: I8_ROWS(4); break;
+            }
+#undef I8_ROWS
+#undef I8_TILE
+            for (int v = 0; v < nv; v++) Cv[v] += (long)I8_MR * ldc;
+        }
+    }
+}
+
+/* [*lo, *hi): share s of n things split into parts nearly equal. */
+static void i8_share(int n, int parts, int s, int* lo, int* hi) {
+    *lo = (int)((long)n * s / parts);
+    *hi = (int)((long)n * (s + 1) / parts);
+}
+
+static void* i8_alloc(size_t bytes) {
+    return aligned_alloc(64, bytes < 64 ? 64 : (bytes + 63) / 64 * 64);
+}
+
+/* v padded into out (G gates of H to G gates of HB * 16, zeros between); zeros where v is NULL. */
+static void i8_pad(int G, int H, const float* v, float* out) {
+    const int HP = (H + 15) / 16 * 16;
+    memset(out, 0, sizeof(float) * G * HP);
+    if (v != NULL)
+        for (int g = 0; g < G; g++) memcpy(out + g * HP, v + (long)g * H, sizeof(float) * H);
+}
+
+/* A packed matrix for the products: P and sums from rnnkit_int8_pack, scale (G * H floats, per row). */
+typedef struct {
+    const int8_t* P;
+    const int32_t* sums;
+    const float* scale;
+} rnnkit_int8_matrix;
+
+/* y (M x N, rows ldy apart) = x (M x K, rows ldx apart) @ W^T (+ bias), W (N x K) quantized and
+ * packed (one gate of N rows); threads share the rows. Returns 0, or 1 when out of memory. */
+int rnnkit_int8_linear(int threads, int M, int N, int K, const float* x, long ldx, rnnkit_int8_matrix w,
+                       const float* bias, float* y, long ldy) {
+    const int HB = (N + 15) / 16, K4 = (K + 3) / 4, NP = HB * 16;
+    const int MB = 48;  /* rows a thread quantizes and multiplies at a time (their bytes stay in cache) */
+    uint8_t* q = i8_alloc((size_t)M * K4 * 4);
+    float* sa = i8_alloc(sizeof(float) * (M > 0 ? M : 1));
+    float* sw = i8_alloc(sizeof(float) * NP);
+    float* tmp = i8_alloc(sizeof(float) * (size_t)threads * MB * NP);
+    int failed = q == NULL || sa == NULL || sw == NULL || tmp == NULL;
+    if (!failed) {
+        i8_pad(1, N, w.scale, sw);
+        const int blocks = (M + MB - 1) / MB;
+#pragma omp parallel for num_threads(threads) schedule(static)
+        for (int mb = 0; mb < blocks; mb++) {
+#ifdef _OPENMP
+            float* c = tmp + (long)omp_get_thread_num() * MB * NP;
+#else
+            float* c = tmp;
+#endif
+            const int m0 = mb * MB, m1 = m0 + MB < M ? m0 + MB : M;
+            i8_quantize_rows(m0, m1, K, x, ldx, q, sa);
+            i8_gemm(1, HB, K4, 0, m1 - m0, 0, i8_groups(1, HB), q + (long)m0 * K4 * 4, sa + m0, w.P, w.sums, sw, c, NP);
+            for (int m = m0; m < m1; m++) {
+                float* out = y + (long)m * ldy;
+                const float* from = c + (long)(m - m0) * NP;
+                if (bias != NULL) {
+#pragma omp simd
+                    for (int n = 0; n < N; n++) out[n] = from[n] + bias[n];
+                } else {
+                    memcpy(out, from, sizeof(float) * N);
+                }
+            }
+        }
+    }
+    free(q);
+    free(sa);
+    free(sw);
+    free(tmp);
+    return failed;
+}
+
+/* One layer and direction of an int8 recurrent layer over the whole sequence (inference).
+ *   x (T*B rows of I, ldx apart), time-major; out: rows (t, b) of R, ldo apart (a direction's
+ *   columns of the layer's output); lengths (B,) or NULL: past a sequence's length its output is
+ *   0 and its state stays; reverse: the steps from T-1 to 0 (each sequence then starts from its
+ *   last valid step, as the fused kernels read a reversed direction).
+ *   wih (G*H x I), whh (G*H x R), whr (R x H, the LSTM's projection) or whr.P NULL (R = H);
+ *   bih, bhh (G*H) or NULL; h0 (B x R), c0 (B x H) or NULL (zeros); hn (B x R), cn (B x H, LSTM).
+ * Returns 0, or 1 when out of memory. */
+int rnnkit_int8_cell(int threads, int cell, int reverse, int T, int B, int I, int H, int R, const float* x, long ldx,
+                     rnnkit_int8_matrix wih, rnnkit_int8_matrix whh, rnnkit_int8_matrix whr, const float* bih,
+                     const float* bhh, const int64_t* lengths, const float* h0, const float* c0, float* out,
+                     long ldo, float* hn, float* cn) {
+    const int G = gates_of(cell), lstm = cell == CELL_LSTM, gru = cell == CELL_GRU, proj = whr.P != NULL;
+    const int HB = (H + 15) / 16, HP = HB * 16, NP = G * HP, IK4 = (I + 3) / 4, RK4 = (R + 3) / 4;
+    const int HK4 = (H + 3) / 4, RB = (R + 15) / 16, RP = RB * 16;
+    const long rows = (long)T * B;
+    /* the workspace: quantized inputs and their projections for all steps, then one step's state */
+    uint8_t* xq = i8_alloc((size_t)rows * IK4 * 4);
+    float* xs = i8_alloc(sizeof(float) * (size_t)(rows > 0 ? rows : 1));
+    float* xp = i8_alloc(sizeof(float) * (size_t)rows * NP);
+    uint8_t* hq = i8_alloc((size_t)B * RK4 * 4);
+    float* hs = i8_alloc(sizeof(float) * B);
+    float* hp = i8_alloc(sizeof(float) * (size_t)B * NP);
+    float* h = i8_alloc(sizeof(float) * (size_t)B * R);
+    float* c = i8_alloc(sizeof(float) * (size_t)B * H);
+    float* pads = i8_alloc(sizeof(float) * (size_t)(4 * NP + RP));  /* sw of wih, whh; bih, bhh; sw of whr */
+    uint8_t* fq = proj ? i8_alloc((size_t)B * HK4 * 4) : NULL;  /* with a projection: o * tanh(c), quantized */
+    float* fs = proj ? i8_alloc(sizeof(float) * B) : NULL;
+    float* f = proj ? i8_alloc(sizeof(float) * (size_t)B * H) : NULL;
+    float* fp = proj ? i8_alloc(sizeof(float) * (size_t)B * RP) : NULL;
+    int failed = xq == NULL || xs == NULL || xp == NULL || hq == NULL || hs == NULL || hp == NULL || h == NULL ||
+                 c == NULL || pads == NULL || (proj && (fq == NULL || fs == NULL || f == NULL || fp == NULL));
+    if (!failed) {
+        float *swih = pads, *swhh = pads + NP, *bi = pads + 2 * NP, *bh = pads + 3 * NP, *swhr = pads + 4 * NP;
+        i8_pad(G, H, wih.scale, swih);
+        i8_pad(G, H, whh.scale, swhh);
+        i8_pad(G, H, bih, bi);
+        i8_pad(G, H, bhh, bh);
+        if (proj) i8_pad(1, R, whr.scale, swhr);
+        for (long i = 0; i < (long)B * R; i++) h[i] = h0 != NULL ? h0[i] : 0.0f;
+        for (long i = 0; i < (long)B * H; i++) c[i] = lstm && c0 != NULL ? c0[i] : 0.0f;
+        const int groups = i8_groups(G, HB), pgroups = proj ? i8_groups(1, RB) : 0;
+#pragma omp parallel num_threads(threads)
+        {
+#ifdef _OPENMP
+            const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
+#else
+            const int tid = 0, nt = 1;
+#endif
+            int lo, hi;
+            /* the input projections of all steps: each thread its rows, 48 at a time */
+            i8_share((int)((rows + 47) / 48), nt, tid, &lo, &hi);
+            for (int mb = lo; mb < hi; mb++) {
+                const int m0 = mb * 48, m1 = (long)m0 + 48 < rows ? m0 + 48 : (int)rows;
+                i8_quantize_rows(m0, m1, I, x, ldx, xq, xs);
+                i8_gemm(G, HB, IK4, m0, m1, 0, groups, xq, xs, wih.P, wih.sums, swih, xp, NP);
+            }
+            i8_share(B, nt, tid, &lo, &hi);
+            i8_quantize_rows(lo, hi, R, h, R, hq, hs);
+            int g0, g1;  /* this thread's column groups of the gates, and of the projection */
+            i8_share(groups, nt, tid, &g0, &g1);
+            int p0 = 0, p1 = 0;
+            if (proj) i8_share(pgroups, nt, tid, &p0, &p1);
+#pragma omp barrier
+            for (int s = 0; s < T; s++) {
+                const int t = reverse ? T - 1 - s : s;
+                /* this thread's units: W_hh h_{t-1} (quantized), then the cell's math */
+                i8_gemm(G, HB, RK4, 0, B, g0, g1, hq, hs, whh.P, whh.sums, swhh, hp, NP);
+                for (int cg = g0; cg < g1; cg++) {
+                    int u0, u1;
+                    i8_group_units(G, H, cg, &u0, &u1);
+                    for (int b = 0; b < B; b++) {
+                        const int live = lengths == NULL || t < lengths[b];
+                        float* o = out + ((long)t * B + b) * ldo;
+                        const float* gx = xp + ((long)t * B + b) * NP;
+                        const float* gh = hp + (long)b * NP;
+                        float* hb = h + (long)b * R;
+                        float* cb = c + (long)b * H;
+                        if (!live) {
+                            if (!proj)
+                                for (int u = u0; u < u1; u++) o[u] = 0.0f;
+                            continue;
+                        }
+                        if (lstm) {
+                            float* fb = proj ? f + (long)b * H : NULL;
+#pragma omp simd
+                            for (int u = u0; u < u1; u++) {
+                                const float i = 1.0f / (1.0f + exp_f32(-(gx[u] + bi[u] + gh[u] + bh[u])));
+                                const float fg = 1.0f / (1.0f + exp_f32(-(gx[HP + u] + bi[HP + u] + gh[HP + u] +
+                                                                         bh[HP + u])));
+                                const float g = tanh_f32(gx[2 * HP + u] + bi[2 * HP + u] + gh[2 * HP + u] +
+                                                         bh[2 * HP + u]);
+                                const float og = 1.0f / (1.0f + exp_f32(-(gx[3 * HP + u] + bi[3 * HP + u] +
+                                                                         gh[3 * HP + u] + bh[3 * HP + u])));
+                                const float cn_ = fg * cb[u] + i * g;
+                                const float hv = og * tanh_f32(cn_);
+                                cb[u] = cn_;
+                                if (proj) {
+                                    fb[u] = hv;
+                                } else {
+                                    hb[u] = hv;
+                                    o[u] = hv;
+                                }
+                            }
+                        } else if (gru) {
+#pragma omp simd
+                            for (int u = u0; u < u1; u++) {
+                                const float r = 1.0f / (1.0f + exp_f32(-(gx[u] + bi[u] + gh[u] + bh[u])));
+                                const float z = 1.0f / (1.0f + exp_f32(-(gx[HP + u] + bi[HP + u] + gh[HP + u] +
+                                                                        bh[HP + u])));
+                                const float n = tanh_f32(gx[2 * HP + u] + bi[2 * HP + u] +
+                                                         r * (gh[2 * HP + u] + bh[2 * HP + u]));
+                                const float hv = (1.0f - z) * n + z * hb[u];
+                                hb[u] = hv;
+                                o[u] = hv;
+                            }
+                        } else {
+                            const int relu = cell == CELL_RNN_RELU;
+#pragma omp simd
+                            for (int u = u0; u < u1; u++) {
+                                const float a = gx[u] + bi[u] + gh[u] + bh[u];
+                                const float hv = relu ? (a > 0.0f ? a : 0.0f) : tanh_f32(a);
+                                hb[u] = hv;
+                                o[u] = hv;
+                            }
+                        }
+                    }
+                }
+#pragma omp barrier
+                if (proj) {  /* h_t = W_hr (o * tanh(c_t)), quantized o * tanh(c_t) */
+                    i8_share(B, nt, tid, &lo, &hi);
+                    i8_quantize_rows(lo, hi, H, f, H, fq, fs);
+#pragma omp barrier
+                    i8_gemm(1, RB, HK4, 0, B, p0, p1, fq, fs, whr.P, whr.sums, swhr, fp, RP);
+                    for (int cg = p0; cg < p1; cg++) {
+                        int u0, u1;
+                        i8_group_units(1, R, cg, &u0, &u1);
+                        for (int b = 0; b < B; b++) {
+                            const int live = lengths == NULL || t < lengths[b];
+                            float* o = out + ((long)t * B + b) * ldo;
+                            for (int u = u0; u < u1; u++) {
+                                if (live) h[(long)b * R + u] = fp[(long)b * RP + u];
+                                o[u] = live ? fp[(long)b * RP + u] : 0.0f;
+                            }
+                        }
+                    }
+#pragma omp barrier
+                }
+                if (s + 1 < T) {
+                    i8_share(B, nt, tid, &lo, &hi);
+                    i8_quantize_rows(lo, hi, R, h, R, hq, hs);
+#pragma omp barrier
+                }
+            }
+        }
+        memcpy(hn, h, sizeof(float) * (size_t)B * R);
+        if (lstm && cn != NULL) memcpy(cn, c, sizeof(float) * (size_t)B * H);
+    }
+    free(xq);
+    free(xs);
+    free(xp);
+    free(hq);
+    free(hs);
+    free(hp);
+    free(h);
+    free(c);
+    free(pads);
+    free(fq);
+    free(fs);
+    free(f);
+    free(fp);
+    return failed;
+}

@@ -1,0 +1,14 @@
+"""int8 inference on a CPU: rnnkit.quantize(model) replaces a trained model's recurrent layers
+(rnnkit's and torch.nn's RNN, LSTM, GRU) and linear layers by the int8 modules here, whose
+kernels (rnnkit::int8_stack, rnnkit::int8_linear) multiply int8 weights by int8 activations
+with AVX-512 VNNI where the CPU has it, and a portable path where it does not.
+
+    qmodel = rnnkit.quantize(model)      # a copy; model is unchanged
+    with torch.inference_mode():
+        out, h_n = qmodel.rnn(x)         # same shapes, float32 in and out
+"""
+
+from rnnkit.quantized._modules import GRU, LSTM, RNN, Linear
+from rnnkit.quantized._quantize import quantize
+
+__all__ = ["GRU", "LSTM", "RNN", "Linear", "quantize"]
