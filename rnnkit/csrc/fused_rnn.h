@@ -42,7 +42,8 @@ int rnnkit_int8_cell(int threads, int cell, int reverse, int T, int B, int I, in
                      rnnkit_int8_matrix wih, rnnkit_int8_matrix whh, rnnkit_int8_matrix whr, const float* bih,
                      const float* bhh, const int64_t* lengths, const float* h0, const float* c0, float* out,
                      long ldo, float* hn, float* cn);
-extern int rnnkit_int8_portable;
+extern int rnnkit_int8_path;
+extern long rnnkit_int8_chunk_bytes;
 int rnnkit_int8_vnni(void);
 long rnnkit_forward_layout(int cell, int save, int T, int B, int H, int R, int flags, long* offsets);
 long rnnkit_backward_layout(int n, int cell, int T, int B, int H, int R, int flags, long* offsets);

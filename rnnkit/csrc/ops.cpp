@@ -15,16 +15,22 @@ namespace rnnkit {
 namespace {
 
 // Reads, and with value >= 0 sets, a setting of the kernels' policy (cpu/plan.cpp); returns the
-// value before. "kernels_parallel", "kernels_version" and "rows_mode_min_weights" are read-only.
+// value before. "kernels_parallel", "kernels_version", "rows_mode_min_weights" and "int8_vnni" are
+// read-only.
 int64_t policy_op(c10::string_view name_, int64_t value) {
     const std::string_view name(name_.data(), name_.size());
     if (name == "kernels_parallel") return rnnkit_kernels_parallel();
     if (name == "kernels_version") return rnnkit_kernels_version();
     if (name == "rows_mode_min_weights") return rnnkit_rows_mode_min_weights;
     if (name == "int8_vnni") return rnnkit_int8_vnni();
-    if (name == "int8_portable") {  // the int8 kernels' portable products even where VNNI is
-        const int64_t before = rnnkit_int8_portable;
-        if (value >= 0) rnnkit_int8_portable = static_cast<int>(value);
+    if (name == "int8_path") {  // the int8 products: 0 the best built, 1 AVX2's, 2 plain C (int8_kernels.h)
+        const int64_t before = rnnkit_int8_path;
+        if (value >= 0) rnnkit_int8_path = static_cast<int>(value);
+        return before;
+    }
+    if (name == "int8_chunk_bytes") {  // bytes of input projections the int8 kernels compute at a time
+        const int64_t before = rnnkit_int8_chunk_bytes;
+        if (value >= 0) rnnkit_int8_chunk_bytes = static_cast<long>(value);
         return before;
     }
     if (name == "rows_mode_max") {  // the kernels' own (rnn_kernels.c)

@@ -162,7 +162,8 @@ class _Recurrent(_Packed):
         given = read_input(owner, input, lengths, torch.float32, self.batch_first, self.input_size)
         x = given.x  # (T, B, I)
         h0, c0 = self._initial_state(owner, hx, x.shape[1], given.batched)
-        weights = [None if name is None else getattr(self, name) for names in self._cells for name in names]
+        buffers = self._buffers  # (a dict lookup: nn.Module.__getattr__ per name costs more than the kernel)
+        weights = [None if name is None else buffers[name] for names in self._cells for name in names]
         out, h_n, c_n = torch.ops.rnnkit.int8_stack(x, given.run_lengths, h0, c0, weights, self.mode,
                                                     self.num_layers, 2 if self.bidirectional else 1)
         state: tuple[Tensor, ...] = (h_n, c_n) if self.mode == "LSTM" else (h_n,)

@@ -106,6 +106,11 @@ def test_the_kernels_compute_the_scheme(cell: str, extra: dict) -> None:
     c0 = torch.randn(4, 5, 20) * 0.5 if cell == "LSTM" else None
     with torch.no_grad():
         out, state = q(x, (h0, c0) if cell == "LSTM" else h0, lengths=lengths)
+        with _library.policy(int8_chunk_bytes=1):  # the input projections a step at a time
+            stepped, _ = q(x, (h0, c0) if cell == "LSTM" else h0, lengths=lengths)
+        with _library.policy(int8_chunk_bytes=5 * 4 * 128 * 4):  # four steps at a time
+            chunked, _ = q(x, (h0, c0) if cell == "LSTM" else h0, lengths=lengths)
+    assert torch.equal(stepped, out) and torch.equal(chunked, out)
     want_out, want_h, want_c = emulate(q, x, lengths, h0, c0)
     h_n = state[0] if cell == "LSTM" else state
     torch.testing.assert_close(out, want_out, atol=1e-3, rtol=0)
@@ -131,18 +136,19 @@ def test_int8_stays_near_the_float_layer(cell: str, extra: dict) -> None:
     assert err.abs().max() < 0.05 * want.abs().max()
 
 
-@pytest.mark.skipif(not isinstance(_library.load(), str) and not torch.ops.rnnkit._policy("int8_vnni"),
-                    reason="this CPU has no AVX-512 VNNI: the portable products are the only ones")
 @pytest.mark.parametrize("cell,extra", CASES)
-def test_vnni_and_portable_products_give_the_same_bits(cell: str, extra: dict) -> None:
+def test_every_product_path_gives_the_same_bits(cell: str, extra: dict) -> None:
+    """The int8 products by AVX-512 VNNI (where the CPU has it), by AVX2 and by plain C loops sum
+    the same integers exactly: the outputs are the same bits, whichever runs."""
     q = rnnkit.quantize(_layer(cell, extra))
     lin = rnnkit.quantize(nn.Linear(37, 50))
-    x = torch.randn(6, 13, 7)
-    with torch.no_grad():
-        vnni = q(x, lengths=[6, 2, 3, 6, 1, 5, 6, 6, 4, 3, 2, 1, 6])[0], lin(x.repeat(1, 1, 6)[..., :37])
-        with _library.policy(int8_portable=1):
-            portable = q(x, lengths=[6, 2, 3, 6, 1, 5, 6, 6, 4, 3, 2, 1, 6])[0], lin(x.repeat(1, 1, 6)[..., :37])
-    assert torch.equal(vnni[0], portable[0]) and torch.equal(vnni[1], portable[1])
+    x, lengths = torch.randn(6, 13, 7), [6, 2, 3, 6, 1, 5, 6, 6, 4, 3, 2, 1, 6]
+    results = []
+    for path in (0, 1, 2):  # the best built, AVX2, plain C
+        with torch.no_grad(), _library.policy(int8_path=path):
+            results.append((q(x, lengths=lengths)[0], lin(x.repeat(1, 1, 6)[..., :37])))
+    for other in results[1:]:
+        assert torch.equal(results[0][0], other[0]) and torch.equal(results[0][1], other[1])
 
 
 @pytest.mark.parametrize("cell,extra", [("LSTM", {"proj_size": 5}), ("GRU", {})])

@@ -13,8 +13,9 @@
  * The int8 products: with AVX-512 VNNI, vpdpbusd multiplies 64 bytes of unsigned activations by
  * 64 of signed weights and adds each 4 products into one of 16 int32 lanes; the activations are
  * stored as q + 128 (0..254) and the product corrected by 128 * sum_k Wq[n][k], kept with the
- * packed weights. Without VNNI (or with rnnkit_int8_portable set) the same sums are computed by
- * plain loops: both paths give the same int32 sums, so the same bits (the tests compare them).
+ * packed weights. Without VNNI, AVX2's vpmaddwd multiplies pairs of 16-bit numbers (the weights
+ * widened once per step of k), and without AVX2 plain C loops do: every path gives the same int32
+ * sums, so the same bits (the tests compare them; rnnkit_int8_path picks one).
  *
  * The packed layout (int8_pack): the rows of W come in gates of H rows (G gates: 4 LSTM, 3 GRU,
  * 1 RNN, a projection or a linear layer), each gate's rows in blocks of 16 (zero rows past H),
@@ -22,8 +23,10 @@
  * the padded N' = G * HB * 16 rows (HB = ceil(H / 16)) starts at b * K4 * 64 and fills columns
  * b * 16 .. b * 16 + 15 of a product's output rows (N' floats each: gate g at g * HB * 16).
  */
-#if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512F__)
+#if defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>
+#endif
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512F__)
 #define I8_VNNI 1
 #else
 #define I8_VNNI 0
@@ -32,11 +35,15 @@
 #include <omp.h>
 #endif
 
-/* 1: the portable int8 products even where VNNI is (set by the tests, to compare the two). */
-int rnnkit_int8_portable = 0;
+/* Which int8 products run (set by the tests and benchmarks, to compare them): 0 the best this
+ * build has, 1 AVX2's (vpmaddwd) even where VNNI is, 2 the plain C loops even where AVX2 is. */
+int rnnkit_int8_path = 0;
 int rnnkit_int8_vnni(void) { return I8_VNNI; }
 
-enum { I8_MR = 6, I8_NV = 4 };  /* a tile: up to 6 rows by 4 blocks of 16 columns (24 accumulators) */
+/* Bytes of input projections computed at a time (rnnkit_int8_cell); a variable, so that the tests
+ * can make chunks of a step or two. */
+long rnnkit_int8_chunk_bytes = 2L << 20;
+enum { I8_MR = 8, I8_NV = 4 };  /* a tile: up to 8 rows by 4 blocks of 16 columns */
 
 long rnnkit_int8_packed_size(int G, int H, int K) { return (long)G * ((H + 15) / 16) * ((K + 3) / 4) * 64; }
 
@@ -69,7 +76,10 @@ static void i8_quantize_rows(int m0, int m1, int K, const float* a, long lda, ui
         const float* r = a + (long)m * lda;
         float mx = 0.0f;
 #pragma omp simd reduction(max : mx)
-        for (int k = 0; k < K; k++) mx = fmaxf(mx, fabsf(r[k]));
+        for (int k = 0; k < K; k++) {
+            const float v = fabsf(r[k]);
+            mx = v > mx ? v : mx;  /* (fmaxf, NaN-aware, became a call per element) */
+        }
         const float inv = mx > 0.0f ? 127.0f / mx : 0.0f;
         s[m] = mx / 127.0f;
         uint8_t* o = q + (long)m * Kp;
@@ -83,6 +93,44 @@ static void i8_quantize_rows(int m0, int m1, int K, const float* a, long lda, ui
     }
 }
 
+#if I8_VNNI
+/* The VNNI tile of 8 rows by 2 blocks (i8_tile's full one), written out. */
+static inline __attribute__((always_inline)) __m512i i8_broadcast4(const uint8_t* p) {
+    int32_t four;
+    memcpy(&four, p, 4);
+    return _mm512_set1_epi32(four);
+}
+
+static void i8_tile_8x2(int K4, const uint8_t* A, long lda, const float* sa, const int8_t* const* W,
+                        const int32_t* const* sums, const float* const* sw, float* const* C, long ldc) {
+    __m512i c00 = _mm512_setzero_si512(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00,
+            c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00, c60 = c00, c61 = c00, c70 = c00, c71 = c00;
+    const int8_t *w0 = W[0], *w1 = W[1];
+    for (int k4 = 0; k4 < K4; k4++) {
+        const __m512i x0 = _mm512_loadu_si512((const void*)(w0 + (long)k4 * 64));
+        const __m512i x1 = _mm512_loadu_si512((const void*)(w1 + (long)k4 * 64));
+        const uint8_t* a = A + 4L * k4;
+        __m512i b;
+#define I8_ROW(r)                                    \
+    b = i8_broadcast4(a + r * lda);                  \
+    c##r##0 = _mm512_dpbusd_epi32(c##r##0, b, x0); \
+    c##r##1 = _mm512_dpbusd_epi32(c##r##1, b, x1);
+        I8_ROW(0) I8_ROW(1) I8_ROW(2) I8_ROW(3) I8_ROW(4) I8_ROW(5) I8_ROW(6) I8_ROW(7)
+#undef I8_ROW
+    }
+    const __m512i acc[8][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31},
+                               {c40, c41}, {c50, c51}, {c60, c61}, {c70, c71}};
+    for (int v = 0; v < 2; v++) {
+        const __m512i corr = _mm512_slli_epi32(_mm512_loadu_si512((const void*)sums[v]), 7);
+        const __m512 scale = _mm512_loadu_ps(sw[v]);
+        for (int r = 0; r < 8; r++) {
+            const __m512 y = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][v], corr));
+            _mm512_storeu_ps(C[v] + r * ldc, _mm512_mul_ps(_mm512_mul_ps(y, scale), _mm512_set1_ps(sa[r])));
+        }
+    }
+}
+#endif
+
 /* One tile: rows 0 .. mr-1 of A (quantized, rows lda bytes apart) times the nv blocks W[v] (each
  * K4 * 64 bytes), into C[v] + r * ldc (16 floats each): sa[r] * sw[v][j] * (sum - 128 * sums[v][j]). */
 static inline __attribute__((always_inline)) void i8_tile(const int mr, const int nv, int K4, const uint8_t* A,
@@ -90,11 +138,16 @@ static inline __attribute__((always_inline)) void i8_tile(const int mr, const in
                                                           const int32_t* const* sums, const float* const* sw,
                                                           float* const* C, long ldc) {
 #if I8_VNNI
-    if (!rnnkit_int8_portable) {
+    if (rnnkit_int8_path == 0) {
         /* two blocks at a time: 12 accumulators that GCC keeps in registers (with all four, 24,
          * it spilled them to the stack at every step of k) */
         for (int v0 = 0; v0 < nv; v0 += 2) {
             const int pair = nv - v0 < 2 ? nv - v0 : 2;
+            if (mr == I8_MR && pair == 2) {  /* the full tile, its 16 accumulators named (GCC copied an
+                                               * array's from register to register at every step) */
+                i8_tile_8x2(K4, A, lda, sa, W + v0, sums + v0, sw + v0, C + v0, ldc);
+                continue;
+            }
             __m512i acc[I8_MR][2];
             for (int r = 0; r < mr; r++)
                 for (int v = 0; v < pair; v++) acc[r][v] = _mm512_setzero_si512();
@@ -118,6 +171,45 @@ static inline __attribute__((always_inline)) void i8_tile(const int mr, const in
                     const __m512 y = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[r][v], corr));
                     _mm512_storeu_ps(C[v0 + v] + r * ldc,
                                      _mm512_mul_ps(_mm512_mul_ps(y, scale), _mm512_set1_ps(sa[r])));
+                }
+            }
+        }
+        return;
+    }
+#endif
+#if defined(__AVX2__)
+    if (rnnkit_int8_path != 2) {
+        /* per block, two rows at a time: each 64-byte group of the block widened to 16-bit as four
+         * vectors of 4 rows x 4 inputs; vpmaddwd with the row's 4 activations repeated gives each
+         * row's two partial sums, added in pairs (hadd) after the loop */
+        for (int v = 0; v < nv; v++) {
+            for (int r0 = 0; r0 < mr; r0 += 2) {
+                const int two = mr - r0 < 2 ? 1 : 2;
+                __m256i acc[2][4];
+                for (int i = 0; i < 4; i++) acc[0][i] = acc[1][i] = _mm256_setzero_si256();
+                for (int k4 = 0; k4 < K4; k4++) {
+                    const int8_t* w = W[v] + (long)k4 * 64;
+                    __m256i x[4];
+                    for (int i = 0; i < 4; i++) x[i] = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)(w + 16 * i)));
+                    for (int rr = 0; rr < two; rr++) {
+                        const uint8_t* a = A + (r0 + rr) * lda + 4L * k4;
+                        const __m256i ap = _mm256_set1_epi64x((int64_t)a[0] | (int64_t)a[1] << 16 |
+                                                              (int64_t)a[2] << 32 | (int64_t)a[3] << 48);
+                        for (int i = 0; i < 4; i++) acc[rr][i] = _mm256_add_epi32(acc[rr][i], _mm256_madd_epi16(x[i], ap));
+                    }
+                }
+                for (int rr = 0; rr < two; rr++) {
+                    /* hadd of rows 0-3 and 4-7: [L0 L1 L4 L5 | L2 L3 L6 L7]; the 64-bit swap orders it */
+                    const __m256i lo = _mm256_permute4x64_epi64(_mm256_hadd_epi32(acc[rr][0], acc[rr][1]), 0xD8);
+                    const __m256i hi = _mm256_permute4x64_epi64(_mm256_hadd_epi32(acc[rr][2], acc[rr][3]), 0xD8);
+                    const __m256i halves[2] = {lo, hi};
+                    for (int h = 0; h < 2; h++) {
+                        const __m256i corr = _mm256_slli_epi32(_mm256_loadu_si256((const __m256i*)(sums[v] + 8 * h)), 7);
+                        const __m256 y = _mm256_cvtepi32_ps(_mm256_sub_epi32(halves[h], corr));
+                        _mm256_storeu_ps(C[v] + (r0 + rr) * ldc + 8 * h,
+                                         _mm256_mul_ps(_mm256_mul_ps(y, _mm256_loadu_ps(sw[v] + 8 * h)),
+                                                       _mm256_set1_ps(sa[r0 + rr])));
+                    }
                 }
             }
         }
@@ -191,7 +283,9 @@ static void i8_gemm(int G, int HB, int K4, int m0, int m1, int c0, int c1, const
         case 3: I8_TILE(3, NV); break;             \
         case 4: I8_TILE(4, NV); break;             \
         case 5: I8_TILE(5, NV); break;             \
-        default: I8_TILE(6, NV); break;            \
+        case 6: I8_TILE(6, NV); break;             \
+        case 7: I8_TILE(7, NV); break;             \
+        default: I8_TILE(8, NV); break;            \
     }
             switch (nv) {
                 case 1: I8_ROWS(1); break;
@@ -289,8 +383,12 @@ int rnnkit_int8_cell(int threads, int cell, int reverse, int T, int B, int I, in
     const int G = gates_of(cell), lstm = cell == CELL_LSTM, gru = cell == CELL_GRU, proj = whr.P != NULL;
     const int HB = (H + 15) / 16, HP = HB * 16, NP = G * HP, IK4 = (I + 3) / 4, RK4 = (R + 3) / 4;
     const int HK4 = (H + 3) / 4, RB = (R + 15) / 16, RP = RB * 16;
-    const long rows = (long)T * B;
-    /* the workspace: quantized inputs and their projections for all steps, then one step's state */
+    /* the input projections W_ih x_t of `chunk` steps at a time (about 2 MB of them: they stay in
+     * cache until their steps read them, and a long sequence needs no workspace of its length) */
+    const long fit = rnnkit_int8_chunk_bytes / ((long)B * NP * 4);
+    const int chunk = fit < 1 ? 1 : (fit < T ? (int)fit : T);
+    const long rows = (long)chunk * B;
+    /* the workspace: a chunk's quantized inputs and projections, then one step's state */
     uint8_t* xq = i8_alloc((size_t)rows * IK4 * 4);
     float* xs = i8_alloc(sizeof(float) * (size_t)(rows > 0 ? rows : 1));
     float* xp = i8_alloc(sizeof(float) * (size_t)rows * NP);
@@ -324,13 +422,7 @@ int rnnkit_int8_cell(int threads, int cell, int reverse, int T, int B, int I, in
             const int tid = 0, nt = 1;
 #endif
             int lo, hi;
-            /* the input projections of all steps: each thread its rows, 48 at a time */
-            i8_share((int)((rows + 47) / 48), nt, tid, &lo, &hi);
-            for (int mb = lo; mb < hi; mb++) {
-                const int m0 = mb * 48, m1 = (long)m0 + 48 < rows ? m0 + 48 : (int)rows;
-                i8_quantize_rows(m0, m1, I, x, ldx, xq, xs);
-                i8_gemm(G, HB, IK4, m0, m1, 0, groups, xq, xs, wih.P, wih.sums, swih, xp, NP);
-            }
+            int first = 0;  /* the earliest step (in time) of the chunk projected */
             i8_share(B, nt, tid, &lo, &hi);
             i8_quantize_rows(lo, hi, R, h, R, hq, hs);
             int g0, g1;  /* this thread's column groups of the gates, and of the projection */
@@ -340,6 +432,19 @@ int rnnkit_int8_cell(int threads, int cell, int reverse, int T, int B, int I, in
 #pragma omp barrier
             for (int s = 0; s < T; s++) {
                 const int t = reverse ? T - 1 - s : s;
+                if (s % chunk == 0) {  /* W_ih x of the next chunk's steps: each thread its rows, 48 at a time */
+                    const int n = T - s < chunk ? T - s : chunk;
+                    first = reverse ? T - s - n : s;
+                    const int m = n * B;
+                    const float* xs0 = x + (long)first * B * ldx;
+                    i8_share((m + 47) / 48, nt, tid, &lo, &hi);
+                    for (int mb = lo; mb < hi; mb++) {
+                        const int m0 = mb * 48, m1 = m0 + 48 < m ? m0 + 48 : m;
+                        i8_quantize_rows(m0, m1, I, xs0, ldx, xq, xs);
+                        i8_gemm(G, HB, IK4, m0, m1, 0, groups, xq, xs, wih.P, wih.sums, swih, xp, NP);
+                    }
+#pragma omp barrier
+                }
                 /* this thread's units: W_hh h_{t-1} (quantized), then the cell's math */
                 i8_gemm(G, HB, RK4, 0, B, g0, g1, hq, hs, whh.P, whh.sums, swhh, hp, NP);
                 for (int cg = g0; cg < g1; cg++) {
@@ -348,7 +453,7 @@ int rnnkit_int8_cell(int threads, int cell, int reverse, int T, int B, int I, in
                     for (int b = 0; b < B; b++) {
                         const int live = lengths == NULL || t < lengths[b];
                         float* o = out + ((long)t * B + b) * ldo;
-                        const float* gx = xp + ((long)t * B + b) * NP;
+                        const float* gx = xp + ((long)(t - first) * B + b) * NP;
                         const float* gh = hp + (long)b * NP;
                         float* hb = h + (long)b * R;
                         float* cb = c + (long)b * H;
