@@ -647,15 +647,21 @@ def diagnose_command(run: str | None, cells: str, steps: int, hidden: int, layer
               help="onnx: for onnxruntime (needs rnnkit[onnx]); pt2: a torch.export program (torch.export.load); "
                    "aoti: an AOTInductor package (.pt2) that runs with torch and rnnkit's operator library alone.")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), required=True, help="The file to write.")
-def export_command(run: str, fmt: str, out_path: str) -> None:
+@click.option("--quantize", type=click.Choice(["int8"]), default=None,
+              help="Export the model with its recurrent and linear layers in int8 (rnnkit.quantize), for serving "
+                   "on a CPU; pt2 and aoti only.")
+def export_command(run: str, fmt: str, out_path: str, quantize: str | None) -> None:
     """Export a trained RUN's model as one graph with dynamic batch and length, checked against the
     model on the run's validation data before it is written."""
     from rnnkit import pipelines
     from rnnkit.export import export
 
-    done = export(pipelines.open_task(run), fmt, out_path)
+    done = export(pipelines.open_task(run), fmt, out_path, quantize=quantize)
     inputs = ", ".join(f"{name} {dims}" for name, dims in done.inputs)
-    click.echo(f"wrote {done.path} ({done.format}): inputs {inputs}")
+    click.echo(f"wrote {done.path} ({done.format}{', int8' if done.quantized else ''}): inputs {inputs}")
+    if done.cost is not None:
+        click.echo(f"int8: its outputs differ from the float model's by at most {done.cost:.1e} on the "
+                   f"{done.checked} validation examples")
     runner = {"onnx": "onnxruntime", "pt2": "torch.export.load", "aoti": "torch._inductor.aoti_load_package"}
     click.echo(f"checked in {runner[done.format]} on {done.checked} validation examples and on "
                f"{max(1, done.checked // 2)}: largest difference from the model {done.difference:.1e}")

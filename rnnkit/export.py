@@ -40,6 +40,8 @@ class Exported:
     inputs: list[tuple[str, str]]  # (name, "(batch, time)"-style dimensions)
     checked: int  # examples the check ran on
     difference: float  # largest absolute difference from the model, over every output
+    quantized: str | None = None  # "int8": the model exported is rnnkit.quantize's form of the run's
+    cost: float | None = None  # with quantized: its largest difference from the float model's outputs
 
 
 def _flatten(outputs: Any) -> list[Tensor]:
@@ -52,11 +54,19 @@ def _flatten(outputs: Any) -> list[Tensor]:
     raise TypeError(f"cannot compare an output of type {type(outputs).__name__}")
 
 
-def export(batch: TaskBatch, fmt: str, out: str | os.PathLike[str]) -> Exported:
+def export(batch: TaskBatch, fmt: str, out: str | os.PathLike[str], *, quantize: str | None = None) -> Exported:
     """Export batch.model with batch.inputs as the example (dims in batch.axes dynamic) to out,
-    after checking the exported graph against the model; fmt 'onnx', 'pt2' or 'aoti'."""
+    after checking the exported graph against the model; fmt 'onnx', 'pt2' or 'aoti'.
+    quantize='int8': export rnnkit.quantize(model) instead (its recurrent and linear layers int8;
+    pt2 and aoti only: ONNX has no operator for rnnkit's int8 kernels), checked against that model,
+    and say how far its outputs are from the float model's (Exported.cost)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}: choose from {', '.join(FORMATS)}")
+    if quantize not in (None, "int8"):
+        raise ValueError(f"unknown quantization {quantize!r}: choose int8")
+    if quantize is not None and fmt == "onnx":
+        raise ValueError("an int8 model exports as pt2 or aoti (--format pt2 or aoti): ONNX has no operator for "
+                         "rnnkit's int8 kernels")
     if batch.not_exportable is not None:
         raise ValueError(f"{batch.task} runs do not export: {batch.not_exportable}")
     target = Path(out)
@@ -64,6 +74,15 @@ def export(batch: TaskBatch, fmt: str, out: str | os.PathLike[str]) -> Exported:
         raise ValueError(f"an AOTInductor package is a .pt2 file (torch's loader requires the name): got {target}")
     check_writable(target)
     model = batch.model.eval()
+    cost = None
+    if quantize is not None:
+        from rnnkit.quantized import quantize as to_int8
+
+        int8 = to_int8(model)
+        with torch.no_grad():
+            cost = max((float((a.float() - b.float()).abs().max()) if a.numel() else 0.0)
+                       for a, b in zip(_flatten(int8(*batch.inputs)), _flatten(model(*batch.inputs))))
+        model = int8
     dims = {BATCH: torch.export.Dim("batch", min=1), "time": torch.export.Dim("time", min=1)}
     shapes = tuple({index: dims[axis] for index, axis in axes.items()} for axes in batch.axes)
     half = tuple(t[: max(1, t.shape[0] // 2)] if 0 in axes and axes[0] == BATCH else t
@@ -108,7 +127,7 @@ def export(batch: TaskBatch, fmt: str, out: str | os.PathLike[str]) -> Exported:
             tmp.unlink()
     described = [(name, "(" + ", ".join(axes.get(i, str(size)) for i, size in enumerate(t.shape)) + ")")
                  for name, t, axes in zip(names, batch.inputs, batch.axes)]
-    return Exported(target, fmt, described, int(batch.inputs[0].shape[0]), difference)
+    return Exported(target, fmt, described, int(batch.inputs[0].shape[0]), difference, quantize, cost)
 
 
 def _onnx(model: torch.nn.Module, batch: TaskBatch, shapes: tuple[dict[int, Any], ...], path: Path,

@@ -67,6 +67,34 @@ def test_export_runs_at_other_sizes(runs: dict[str, Path], run: str, fmt: str, t
 
 
 @pytest.mark.skipif(isinstance(_library.load(), str), reason="rnnkit's operator library unavailable")
+@pytest.mark.parametrize("run", ["digits", "lm"])
+def test_export_int8(runs: dict[str, Path], run: str, tmp_path: Path) -> None:
+    """--quantize int8: the program holds rnnkit's int8 operators, computes what rnnkit.quantize's
+    model computes on another batch size, and the CLI says how far int8 is from the float model;
+    ONNX is refused, nothing written."""
+    import rnnkit
+
+    out = tmp_path / "model.pt2"
+    result = CliRunner().invoke(main, ["export", str(runs[run]), "--format", "pt2", "--quantize", "int8",
+                                       "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert f"wrote {out} (pt2, int8): inputs " in result.output
+    cost = float(result.output.split("differ from the float model's by at most ", 1)[1].split()[0])
+    assert 0 < cost < 0.5
+    program = torch.export.load(out)
+    assert any(node.target == torch.ops.rnnkit.int8_stack.default for node in program.graph.nodes)
+    batch = pipelines.open_task(runs[run], size=3)
+    with torch.no_grad():
+        expected = rnnkit.quantize(batch.model.eval())(*batch.inputs)
+        got = program.module()(*batch.inputs)
+    expected, got = (o[0] if isinstance(o, tuple) else o for o in (expected, got))
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    onnx = tmp_path / "model.onnx"
+    result = CliRunner().invoke(main, ["export", str(runs[run]), "--quantize", "int8", "--out", str(onnx)])
+    assert result.exit_code == 1 and "an int8 model exports as pt2 or aoti" in result.output and not onnx.exists()
+
+
+@pytest.mark.skipif(isinstance(_library.load(), str), reason="rnnkit's operator library unavailable")
 @pytest.mark.end_to_end
 def test_export_aoti_is_checked_and_names_the_library(runs: dict[str, Path], tmp_path: Path) -> None:
     """--format aoti: an AOTInductor package, checked in torch._inductor.aoti_load_package before

@@ -12,12 +12,15 @@ import torch
 from torch import Tensor, nn
 
 from rnnkit import _checks
+from rnnkit._qconfig import TorchQConfig
 from rnnkit._autocast import compute_dtype
 from rnnkit.cells._base import INITS, CellSpec, CellWeights, State, init_cell_weights, parameter_shapes, weights_as
 
 
 class RecurrentCell(nn.Module):
     """Base of the cell modules; the concrete classes are RNNCell, LSTMCell and GRUCell."""
+
+    qconfig = TorchQConfig()  # torch.ao.quantization's: see rnnkit._qconfig
 
     def __init__(
         self,

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from rnnkit import _checks
+from rnnkit._qconfig import TorchQConfig
 from rnnkit._autocast import cell_state_dtype, compute_dtype
 from rnnkit.cells import CellSpec, CellWeights, State
 from rnnkit.cells._base import INITS, init_cell_weights, parameter_shapes, weights_as
@@ -50,6 +51,8 @@ class LayerProbe:
 
 class RecurrentLayer(nn.Module):
     """Base of rnnkit.RNN, rnnkit.LSTM and rnnkit.GRU; see those classes for the arguments."""
+
+    qconfig = TorchQConfig()  # torch.ao.quantization's: see rnnkit._qconfig
 
     _probes: list[LayerProbe] | None = None  # set by rnnkit.diagnostics while it looks
 

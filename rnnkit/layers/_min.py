@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from rnnkit import _checks
+from rnnkit._qconfig import TorchQConfig
 from rnnkit.cells._min import CANDIDATES, MIN_KINDS, coefficients, min_step, scan_log
 from rnnkit.engines import Probe, _library, reverse_padded
 from rnnkit.layers._base import LayerProbe, Lengths, read_input, torch_layer_options
@@ -94,6 +95,8 @@ def min_engine(engine: str, x: Tensor) -> str:
 
 class MinRecurrentLayer(nn.Module):
     """What MinGRU and MinLSTM share (see the module docstring)."""
+
+    qconfig = TorchQConfig()  # torch.ao.quantization's: see rnnkit._qconfig
 
     kind: ClassVar[str]
     _probes: list[LayerProbe] | None = None  # set by rnnkit.diagnostics while it looks
@@ -295,6 +298,8 @@ class MinLSTM(MinRecurrentLayer):
 
 class MinCell(nn.Module):
     """What MinGRUCell and MinLSTMCell share: one step, x (B, I) or (I,) and h (B, H) or (H,)."""
+
+    qconfig = TorchQConfig()  # torch.ao.quantization's: see rnnkit._qconfig
 
     kind: ClassVar[str]
 

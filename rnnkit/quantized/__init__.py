@@ -12,3 +12,19 @@ from rnnkit.quantized._modules import GRU, LSTM, RNN, Linear
 from rnnkit.quantized._quantize import quantize
 
 __all__ = ["GRU", "LSTM", "RNN", "Linear", "quantize"]
+
+
+def _register_with_torch() -> None:
+    """rnnkit's layers in the mapping of torch's dynamic quantization (torch.ao.quantization, which
+    torch imports), so that quantize_dynamic(model, {rnnkit.LSTM, ...}) swaps them for these."""
+    try:
+        from torch.ao.quantization.quantization_mappings import DEFAULT_DYNAMIC_QUANT_MODULE_MAPPINGS
+    except ImportError:  # a torch without it
+        return
+    import rnnkit.layers as layers
+
+    for float_type, int8_type in ((layers.RNN, RNN), (layers.LSTM, LSTM), (layers.GRU, GRU)):
+        DEFAULT_DYNAMIC_QUANT_MODULE_MAPPINGS.setdefault(float_type, int8_type)
+
+
+_register_with_torch()

@@ -24,6 +24,16 @@ from rnnkit.quantized._ops import CELL_ARGS, GATES, needs_library, pack, quantiz
 State = Tensor | tuple[Tensor, Tensor]
 
 
+def _check_qconfig(module: nn.Module) -> None:
+    """A module torch's quantization hands over must ask for int8 weights (rnnkit's only form)."""
+    qconfig = module.__dict__.get("_rnnkit_qconfig")
+    if qconfig is not None:
+        dtype = qconfig.weight().dtype
+        if dtype != torch.qint8:
+            raise ValueError(f"rnnkit.quantized.{type(module).__name__}: rnnkit's layers quantize to int8 (torch.qint8) "
+                             f"only, got a qconfig for {dtype}")
+
+
 class _Packed(nn.Module):
     """Base of the int8 modules: int8 weights with their scales as buffers (in the state_dict),
     each also packed for the kernels into non-persistent buffers, repacked when a state_dict is
@@ -145,8 +155,10 @@ class _Recurrent(_Packed):
 
     @classmethod
     def from_float(cls, layer: nn.Module) -> _Recurrent:
-        """The int8 form of a trained rnnkit or torch.nn layer of this family."""
+        """The int8 form of a trained rnnkit or torch.nn layer of this family (also as torch's
+        quantize_dynamic calls it, with the layer's qconfig set: its weights must be qint8)."""
         needs_library(f"rnnkit.quantized.{cls.__name__}")
+        _check_qconfig(layer)
         return cls(layer)
 
     @property

@@ -6,6 +6,8 @@ round trips and torch.export."""
 from __future__ import annotations
 
 import io
+import re
+import warnings
 
 import pytest
 import torch
@@ -283,3 +285,32 @@ def test_torch_export_of_a_quantized_model() -> None:
     loaded = torch.export.load(io.BytesIO(buffer.getvalue()))
     with torch.no_grad():
         assert torch.equal(loaded.module()(tokens), q(tokens))
+
+
+def _quantize_dynamic(*args: object, **kwargs: object) -> tuple[nn.Module, list[str]]:
+    """torch's quantize_dynamic, and the warnings it gave (its own deprecation notice among them)."""
+    from torch.ao.quantization import quantize_dynamic
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        model = quantize_dynamic(*args, **kwargs)
+    return model, [str(w.message) for w in seen]
+
+
+def test_torch_quantize_dynamic_quantizes_rnnkit_layers_it_is_told_of_and_warns_of_the_others() -> None:
+    """torch's deprecated quantize_dynamic: with rnnkit.LSTM in its spec it swaps in rnnkit's int8
+    layer (the same numbers as rnnkit.quantize); with torch.nn's types only, it leaves rnnkit's
+    layer in float32, and the layer says so."""
+    model = _Model().eval()
+    tokens = torch.randint(0, 30, (7, 3))
+    named, said = _quantize_dynamic(model, {rnnkit.LSTM, nn.Linear}, dtype=torch.qint8)
+    assert not any("leaves rnnkit's" in message for message in said)
+    assert isinstance(named.rnn, rnnkit.quantized.LSTM)
+    with torch.no_grad():
+        assert torch.equal(named.rnn(named.embed(tokens))[0], rnnkit.quantize(model).rnn(model.embed(tokens))[0])
+    default, said = _quantize_dynamic(model, dtype=torch.qint8)
+    assert isinstance(default.rnn, rnnkit.LSTM) and isinstance(default.head, torch.ao.nn.quantized.dynamic.Linear)
+    assert any(re.search(r"leaves rnnkit's LSTM \(8, 16, num_layers=2\) in float: .*name rnnkit.LSTM in "
+                         r"quantize_dynamic's spec", message) for message in said), said
+    with pytest.raises(ValueError, match=r"int8 \(torch.qint8\) only, got a qconfig for torch.float16"):
+        _quantize_dynamic(model, {rnnkit.LSTM}, dtype=torch.float16)
