@@ -10,9 +10,11 @@ from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+import torch
+
 from rnnkit.runs import (CHECKPOINT, NotARunError, lock_run, partial_path, read_json, reading, release_run,
                          resume_run, start_run, value)
-from rnnkit.training import TrainConfig, require_tensorboard, world
+from rnnkit.training import TrainConfig, pick_device, require_tensorboard, world
 
 C = TypeVar("C")
 
@@ -107,6 +109,28 @@ class Diverged(RuntimeError):
 
 DIVERGED = 3
 """The exit status of `rnnkit train` when the run diverged (1: an error, 2: a usage error)."""
+
+
+INT8_CELLS = ("rnn", "lstm", "gru")
+"""The pipelines' cells that rnnkit.quantize has an int8 form of."""
+
+
+def check_int8(cell: str, train: TrainConfig) -> None:
+    """Refuse a pipeline's int8=True before it trains, where the int8 evaluation could not run."""
+    if cell not in INT8_CELLS:
+        raise ValueError(f"int8 evaluation: the {cell} cell has no int8 form (rnnkit.quantize takes "
+                         f"{', '.join(INT8_CELLS)})")
+    device = pick_device(train.device)
+    if device.type != "cpu":
+        raise ValueError(f"int8 evaluation runs on the CPU; this run would train on {device} (--device cpu)")
+
+
+def int8_model(model: torch.nn.Module) -> torch.nn.Module:
+    """rnnkit.quantize's form of a trained model, to evaluate it beside the float one (a pipeline's
+    int8=True, checked by check_int8 before training)."""
+    from rnnkit.quantized import quantize
+
+    return quantize(model)
 
 
 def check_diverged(trainer: Any, out: str | Path | None) -> None:

@@ -29,7 +29,7 @@ from rnnkit.data import (DATASETS, SequenceData, TextData, Vocabulary, load_data
 from rnnkit.data._files import check_delimiter, check_encoding
 from rnnkit.data._text import TOKENS
 from rnnkit.models import NToOne, NToOneConfig
-from rnnkit.pipelines._runs import check_diverged, check_new, open_run, pipeline_config
+from rnnkit.pipelines._runs import check_diverged, check_int8, check_new, int8_model, open_run, pipeline_config
 from rnnkit.runs import NotARunError, finish_run, load_weights, read_run, reading, value
 from rnnkit.tasks import BATCH, TIME, TaskBatch
 from rnnkit.training import EpochRecord, Trainer, TrainConfig
@@ -152,10 +152,15 @@ class TokenDataset(Dataset[tuple[list[int], int]]):
 @needs_extras
 def train(cfg: ClassifyConfig, out: str | Path, *, on_epoch: Callable[[EpochRecord], None] | None = None,
           resume: bool = False, progress: bool = False, tensorboard: bool = False,
-          diagnose_every: int | None = None, on_diagnosis: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+          diagnose_every: int | None = None, on_diagnosis: Callable[[dict[str, Any]], None] | None = None,
+          int8: bool = False) -> dict[str, Any]:
     """Train and write the run folder at out; returns metrics.json's content.
-    resume: continue the run at out (stopped, or finished and given more epochs)."""
+    resume: continue the run at out (stopped, or finished and given more epochs).
+    int8: also evaluate the model's int8 form (rnnkit.quantize) on the test split: metrics
+    "test_int8", beside "test" (what int8 inference costs this model; on the CPU)."""
     cfg.check()
+    if int8:
+        check_int8(cfg.cell, cfg.train)  # before anything is written
     if not resume:
         check_new(out)
     data = load_data(cfg)
@@ -202,6 +207,9 @@ def train(cfg: ClassifyConfig, out: str | Path, *, on_epoch: Callable[[EpochReco
         "sizes": {"train": len(tr), "validation": len(va), "test": len(te), "classes": len(data.label_names)},
         **trainer.summary(),
     }
+    if int8:
+        _, _, logits8, _ = trainer.evaluate(subsets[2], int8_model(model))
+        metrics["test_int8"] = scores(logits8.argmax(-1).numpy(), target.numpy())
     if not trainer.is_main:
         return metrics
     config = {"task": "classify", "pipeline": asdict(cfg), "model": asdict(model_cfg), "input": input_info}

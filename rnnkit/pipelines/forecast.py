@@ -25,7 +25,7 @@ from rnnkit._extras import needs_extras
 from rnnkit.data import Series, load_series, read_series_csv
 from rnnkit.data._files import read_table
 from rnnkit.models import NToOne, NToOneConfig
-from rnnkit.pipelines._runs import check_diverged, check_new, open_run, pipeline_config
+from rnnkit.pipelines._runs import check_diverged, check_int8, check_new, int8_model, open_run, pipeline_config
 from rnnkit.runs import NotARunError, finish_run, load_weights, numbers, read_run, reading, value
 from rnnkit.tasks import BATCH, TIME, TaskBatch
 from rnnkit.training import EpochRecord, Trainer, TrainConfig
@@ -144,9 +144,14 @@ def prepare(cfg: ForecastConfig) -> Prepared:
 @needs_extras
 def train(cfg: ForecastConfig, out: str | Path, *, on_epoch: Callable[[EpochRecord], None] | None = None,
           resume: bool = False, progress: bool = False, tensorboard: bool = False,
-          diagnose_every: int | None = None, on_diagnosis: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+          diagnose_every: int | None = None, on_diagnosis: Callable[[dict[str, Any]], None] | None = None,
+          int8: bool = False) -> dict[str, Any]:
     """Train and write the run folder at out; returns metrics.json's content.
-    resume: continue the run at out (stopped, or finished and given more epochs)."""
+    resume: continue the run at out (stopped, or finished and given more epochs).
+    int8: also evaluate the model's int8 form (rnnkit.quantize) on the test split: metrics
+    "test_int8", beside "test" (what int8 inference costs this model; on the CPU)."""
+    if int8:
+        check_int8(cfg.cell, cfg.train)  # before anything is written
     if not resume:
         check_new(out)
     prepared = prepare(cfg)
@@ -169,12 +174,17 @@ def train(cfg: ForecastConfig, out: str | Path, *, on_epoch: Callable[[EpochReco
     data = prepared.data
     history = trainer.fit(data["train"], data["validation"], resume=resume)
     check_diverged(trainer, out)
-    _, _, pred, _ = trainer.evaluate(data["test"])
     x_test, _, origins = parts["test"]
-    if cfg.predict == "change":
-        pred = pred + torch.from_numpy(x_test[:, -1:, 0])  # back to levels
     actual = np.stack([values[t:t + cfg.horizon, 0] for t in origins])
-    predicted = pred.numpy() * std[0] + mean[0]  # back to the original scale
+
+    def test_forecasts(evaluated: torch.nn.Module | None = None) -> np.ndarray:
+        """The test split's forecasts on the original scale (of the model trained, or evaluated)."""
+        _, _, pred, _ = trainer.evaluate(data["test"], evaluated)
+        if cfg.predict == "change":
+            pred = pred + torch.from_numpy(x_test[:, -1:, 0])  # back to levels
+        return pred.numpy() * std[0] + mean[0]  # back to the original scale
+
+    predicted = test_forecasts()
     base_forecasts = baselines(values, origins, cfg.horizon, season)
     base = {name: errors(b, actual) for name, b in base_forecasts.items()}
     metrics = {
@@ -187,6 +197,8 @@ def train(cfg: ForecastConfig, out: str | Path, *, on_epoch: Callable[[EpochReco
         "interpolated": series.interpolated,
         **trainer.summary(),
     }
+    if int8:
+        metrics["test_int8"] = errors(test_forecasts(int8_model(model)), actual)
     if not trainer.is_main:
         return metrics
     config = {"task": "forecast", "pipeline": asdict(cfg), "dataset": cfg.dataset if cfg.data is None else None, "data": cfg.data,

@@ -85,6 +85,10 @@ class Linear(_Packed):
     """int8 torch.nn.Linear: y (*, out_features) = x (*, in_features) @ W^T + b, W int8 per
     output row, x quantized per row on the fly. From a trained nn.Linear: Linear.from_float."""
 
+    in_features: int
+    out_features: int
+    bias: Tensor | None
+
     def __init__(self, weight: Tensor, bias: Tensor | None) -> None:
         super().__init__()
         self._quantized = []
@@ -115,8 +119,17 @@ class _Recurrent(_Packed):
     they do nothing here. layer_norm has no int8 kernel: from_float refuses it."""
 
     mode: str
+    input_size: int
+    hidden_size: int
+    num_layers: int
+    bias: bool
+    batch_first: bool
+    bidirectional: bool
+    proj_size: int
+    initial_h: Tensor  # buffers, where the float layer learned its initial state
+    initial_c: Tensor
 
-    def __init__(self, layer: nn.Module) -> None:
+    def __init__(self, layer: Any) -> None:  # an rnnkit or torch.nn layer of this family
         super().__init__()
         owner = f"quantized.{type(self).__name__}"
         if getattr(layer, "layer_norm", False):

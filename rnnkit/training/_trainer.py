@@ -264,12 +264,14 @@ class Trainer:
         return [t.to(self.device) if isinstance(t, Tensor) else t for t in batch]
 
     @torch.no_grad()
-    def evaluate(self, data: Dataset[Any]) -> tuple[float, float, Tensor, Tensor]:
-        """(loss, metric, outputs, targets) over data, in eval mode."""
-        self.model.eval()
+    def evaluate(self, data: Dataset[Any], model: nn.Module | None = None) -> tuple[float, float, Tensor, Tensor]:
+        """(loss, metric, outputs, targets) over data, in eval mode; of model, if given (another form
+        of the trained model: rnnkit.quantize's), else of the model trained."""
+        model = self.model if model is None else model
+        model.eval()
         outputs, targets, total, count = [], [], 0.0, 0
         for batch in self._batches(data, shuffle=False, generator=None):
-            output, target = self.forward(self.model, self._to_device(batch))
+            output, target = self.forward(model, self._to_device(batch))
             total += self.loss_fn(output, target).item() * len(target)
             count += len(target)
             outputs.append(output.cpu())

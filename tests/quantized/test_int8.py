@@ -314,3 +314,12 @@ def test_torch_quantize_dynamic_quantizes_rnnkit_layers_it_is_told_of_and_warns_
                          r"quantize_dynamic's spec", message) for message in said), said
     with pytest.raises(ValueError, match=r"int8 \(torch.qint8\) only, got a qconfig for torch.float16"):
         _quantize_dynamic(model, {rnnkit.LSTM}, dtype=torch.float16)
+
+
+def test_torch_compile_of_a_quantized_model() -> None:
+    q = rnnkit.quantize(_Model().eval())
+    tokens = torch.randint(0, 30, (7, 3))
+    compiled = torch.compile(q, fullgraph=True)
+    with torch.no_grad():
+        assert torch.equal(compiled(tokens), q(tokens))
+        assert torch.equal(compiled(tokens[:4, :2]), q(tokens[:4, :2]))

@@ -94,33 +94,42 @@ static void i8_quantize_rows(int m0, int m1, int K, const float* a, long lda, ui
 }
 
 #if I8_VNNI
-/* The VNNI tile of 8 rows by 2 blocks (i8_tile's full one), written out. */
+/* The VNNI tile of 8 rows by n = 1 or 2 blocks (i8_tile's full ones), written out. */
 static inline __attribute__((always_inline)) __m512i i8_broadcast4(const uint8_t* p) {
     int32_t four;
     memcpy(&four, p, 4);
     return _mm512_set1_epi32(four);
 }
 
-static void i8_tile_8x2(int K4, const uint8_t* A, long lda, const float* sa, const int8_t* const* W,
+static void i8_tile_8xn(int n, int K4, const uint8_t* A, long lda, const float* sa, const int8_t* const* W,
                         const int32_t* const* sums, const float* const* sw, float* const* C, long ldc) {
     __m512i c00 = _mm512_setzero_si512(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00,
             c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00, c60 = c00, c61 = c00, c70 = c00, c71 = c00;
-    const int8_t *w0 = W[0], *w1 = W[1];
-    for (int k4 = 0; k4 < K4; k4++) {
-        const __m512i x0 = _mm512_loadu_si512((const void*)(w0 + (long)k4 * 64));
-        const __m512i x1 = _mm512_loadu_si512((const void*)(w1 + (long)k4 * 64));
-        const uint8_t* a = A + 4L * k4;
-        __m512i b;
-#define I8_ROW(r)                                    \
-    b = i8_broadcast4(a + r * lda);                  \
-    c##r##0 = _mm512_dpbusd_epi32(c##r##0, b, x0); \
-    c##r##1 = _mm512_dpbusd_epi32(c##r##1, b, x1);
-        I8_ROW(0) I8_ROW(1) I8_ROW(2) I8_ROW(3) I8_ROW(4) I8_ROW(5) I8_ROW(6) I8_ROW(7)
-#undef I8_ROW
+    const int8_t *w0 = W[0], *w1 = W[n - 1];
+    __m512i b;
+#define I8_ROW1(r)                  \
+    b = i8_broadcast4(a + r * lda); \
+    c##r##0 = _mm512_dpbusd_epi32(c##r##0, b, x0);
+#define I8_ROW2(r) I8_ROW1(r) c##r##1 = _mm512_dpbusd_epi32(c##r##1, b, x1);
+    if (n == 2) {
+        for (int k4 = 0; k4 < K4; k4++) {
+            const __m512i x0 = _mm512_loadu_si512((const void*)(w0 + (long)k4 * 64));
+            const __m512i x1 = _mm512_loadu_si512((const void*)(w1 + (long)k4 * 64));
+            const uint8_t* a = A + 4L * k4;
+            I8_ROW2(0) I8_ROW2(1) I8_ROW2(2) I8_ROW2(3) I8_ROW2(4) I8_ROW2(5) I8_ROW2(6) I8_ROW2(7)
+        }
+    } else {
+        for (int k4 = 0; k4 < K4; k4++) {
+            const __m512i x0 = _mm512_loadu_si512((const void*)(w0 + (long)k4 * 64));
+            const uint8_t* a = A + 4L * k4;
+            I8_ROW1(0) I8_ROW1(1) I8_ROW1(2) I8_ROW1(3) I8_ROW1(4) I8_ROW1(5) I8_ROW1(6) I8_ROW1(7)
+        }
     }
+#undef I8_ROW2
+#undef I8_ROW1
     const __m512i acc[8][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31},
                                {c40, c41}, {c50, c51}, {c60, c61}, {c70, c71}};
-    for (int v = 0; v < 2; v++) {
+    for (int v = 0; v < n; v++) {
         const __m512i corr = _mm512_slli_epi32(_mm512_loadu_si512((const void*)sums[v]), 7);
         const __m512 scale = _mm512_loadu_ps(sw[v]);
         for (int r = 0; r < 8; r++) {
@@ -143,9 +152,9 @@ static inline __attribute__((always_inline)) void i8_tile(const int mr, const in
          * it spilled them to the stack at every step of k) */
         for (int v0 = 0; v0 < nv; v0 += 2) {
             const int pair = nv - v0 < 2 ? nv - v0 : 2;
-            if (mr == I8_MR && pair == 2) {  /* the full tile, its 16 accumulators named (GCC copied an
-                                               * array's from register to register at every step) */
-                i8_tile_8x2(K4, A, lda, sa, W + v0, sums + v0, sw + v0, C + v0, ldc);
+            if (mr == I8_MR) {  /* a full tile, its accumulators named (GCC copied an array's from
+                                  * register to register at every step) */
+                i8_tile_8xn(pair, K4, A, lda, sa, W + v0, sums + v0, sw + v0, C + v0, ldc);
                 continue;
             }
             __m512i acc[I8_MR][2];

@@ -1,0 +1,73 @@
+"""What int8 inference costs in accuracy: the shipped data sets trained by their pipelines
+(`rnnkit train`'s defaults, each run capped at --minutes), then the trained model's test split
+evaluated in float32 and in int8 (rnnkit.quantize: its recurrent and linear layers), the same
+weights, by the pipeline itself (train(..., int8=True): metrics "test" and "test_int8").
+
+    python benchmarks/int8_accuracy.py > benchmarks/int8_accuracy.md
+
+Goals (the int8 issue): accuracy within 0.5 points (mnist, surnames, digits), RMSE within 2%
+(sunspots, weather), bits per character within 0.02 (the pydoc language model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rnnkit.pipelines import classify, forecast, lm
+
+RUNS = ("mnist", "surnames", "digits", "sunspots", "weather", "pydoc")
+
+
+def run(name: str, out: Path, minutes: float) -> tuple[str, str, float, float, str]:
+    """Train one data set; (command, metric, float32, int8, what within means)."""
+    if name in ("mnist", "surnames", "digits"):
+        cfg: Any = classify.ClassifyConfig(dataset=name, train=classify.training(name, max_minutes=minutes))
+        metrics = classify.train(cfg, out, int8=True)
+        return (f"rnnkit train classify --dataset {name}", "accuracy", metrics["test"]["accuracy"],
+                metrics["test_int8"]["accuracy"], "points")
+    if name in ("sunspots", "weather"):
+        training = forecast._forecast_training()
+        training.max_minutes = minutes
+        metrics = forecast.train(forecast.ForecastConfig(dataset=name, train=training), out, int8=True)
+        return (f"rnnkit train forecast --dataset {name}", "RMSE", metrics["test"]["rmse"],
+                metrics["test_int8"]["rmse"], "percent")
+    cfg = lm.LMConfig()
+    cfg.train.max_minutes = minutes
+    metrics = lm.train(cfg, out, int8=True)
+    return "rnnkit train lm", "bits per character", metrics["test"]["bpc"], metrics["test_int8"]["bpc"], "bpc"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", default=",".join(RUNS), help="comma-separated, of: " + ", ".join(RUNS))
+    parser.add_argument("--minutes", type=float, default=3.0, help="training time of each run, at most")
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; each run trained for at most "
+          f"{args.minutes:g} minutes (`rnnkit train`'s settings otherwise)\n")
+    print("| run | metric (test split) | float32 | int8 | int8 - float32 | goal |")
+    print("|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.runs.split(","):
+            start = time.perf_counter()
+            command, metric, f32, i8, unit = run(name, Path(tmp) / name, args.minutes)
+            if unit == "points":
+                delta, goal = f"{100 * (i8 - f32):+.2f} points", "within 0.5 points"
+                shown = f"{f32:.4f} | {i8:.4f}"
+            elif unit == "percent":
+                delta, goal = f"{100 * (i8 / f32 - 1):+.2f}%", "within 2%"
+                shown = f"{f32:.3f} | {i8:.3f}"
+            else:
+                delta, goal = f"{i8 - f32:+.4f} bpc", "within 0.02 bpc"
+                shown = f"{f32:.4f} | {i8:.4f}"
+            print(f"| `{command}` ({time.perf_counter() - start:.0f} s) | {metric} | {shown} | {delta} | {goal} |",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""A pipeline's int8=True: the trained model's int8 form evaluated on the test split beside it
+(metrics "test_int8"), with the pipeline's own metric; a model with no int8 form refused before
+training, so that no training is lost."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rnnkit.engines import _library
+from rnnkit.pipelines import classify, forecast, lm
+from rnnkit.training import TrainConfig
+
+pytestmark = pytest.mark.skipif(isinstance(_library.load(), str), reason="rnnkit's operator library is not built")
+
+
+def test_classify_forecast_and_lm_report_int8_beside_float(tmp_path: Path) -> None:
+    quick = dict(epochs=1, batch_size=64)
+    got = classify.train(classify.ClassifyConfig(dataset="digits", hidden_size=16, train=TrainConfig(**quick)),
+                         tmp_path / "digits", int8=True)
+    assert set(got["test_int8"]) == set(got["test"]) and abs(got["test_int8"]["accuracy"] - got["test"]["accuracy"]) < 0.05
+    got = forecast.train(forecast.ForecastConfig(hidden_size=8, train=TrainConfig(**quick)), tmp_path / "fc", int8=True)
+    assert set(got["test_int8"]) == set(got["test"])
+    assert abs(got["test_int8"]["rmse"] / got["test"]["rmse"] - 1) < 0.05
+    text = tmp_path / "t.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. " * 200, encoding="utf-8")
+    got = lm.train(lm.LMConfig(text=str(text), hidden_size=16, num_layers=1, train=TrainConfig(epochs=1, batch_size=8)),
+                   tmp_path / "lm", int8=True)
+    assert abs(got["test_int8"]["bpc"] - got["test"]["bpc"]) < 0.05
+    assert "test_int8" not in classify.train(classify.ClassifyConfig(dataset="digits", hidden_size=8,
+                                                                     train=TrainConfig(**quick)), tmp_path / "plain")
+
+
+def test_a_model_with_no_int8_form_is_refused_before_training(tmp_path: Path) -> None:
+    cfg = classify.ClassifyConfig(dataset="digits", cell="mingru", hidden_size=8, train=TrainConfig(epochs=1))
+    with pytest.raises(ValueError, match="has no int8 form"):
+        classify.train(cfg, tmp_path / "run", int8=True)
+    assert not (tmp_path / "run").exists()
