@@ -661,7 +661,7 @@ def export_command(run: str, fmt: str, out_path: str, quantize: str | None) -> N
     click.echo(f"wrote {done.path} ({done.format}{', int8' if done.quantized else ''}): inputs {inputs}")
     if done.cost is not None:
         click.echo(f"int8: its outputs differ from the float model's by at most {done.cost:.1e} on the "
-                   f"{done.checked} validation examples")
+                   f"{done.checked} validation examples (whose largest output is {done.scale:.3g})")
     runner = {"onnx": "onnxruntime", "pt2": "torch.export.load", "aoti": "torch._inductor.aoti_load_package"}
     click.echo(f"checked in {runner[done.format]} on {done.checked} validation examples and on "
                f"{max(1, done.checked // 2)}: largest difference from the model {done.difference:.1e}")

@@ -42,6 +42,7 @@ class Exported:
     difference: float  # largest absolute difference from the model, over every output
     quantized: str | None = None  # "int8": the model exported is rnnkit.quantize's form of the run's
     cost: float | None = None  # with quantized: its largest difference from the float model's outputs
+    scale: float | None = None  # with quantized: the float model's largest output (in absolute value)
 
 
 def _flatten(outputs: Any) -> list[Tensor]:
@@ -74,14 +75,15 @@ def export(batch: TaskBatch, fmt: str, out: str | os.PathLike[str], *, quantize:
         raise ValueError(f"an AOTInductor package is a .pt2 file (torch's loader requires the name): got {target}")
     check_writable(target)
     model = batch.model.eval()
-    cost = None
+    cost = scale = None
     if quantize is not None:
         from rnnkit.quantized import quantize as to_int8
 
         int8 = to_int8(model)
         with torch.no_grad():
-            cost = max((float((a.float() - b.float()).abs().max()) if a.numel() else 0.0)
-                       for a, b in zip(_flatten(int8(*batch.inputs)), _flatten(model(*batch.inputs))))
+            pairs = list(zip(_flatten(int8(*batch.inputs)), _flatten(model(*batch.inputs))))
+        cost = max((float((a.float() - b.float()).abs().max()) if a.numel() else 0.0) for a, b in pairs)
+        scale = max((float(b.float().abs().max()) if b.numel() else 0.0) for _, b in pairs)
         model = int8
     dims = {BATCH: torch.export.Dim("batch", min=1), "time": torch.export.Dim("time", min=1)}
     shapes = tuple({index: dims[axis] for index, axis in axes.items()} for axes in batch.axes)
@@ -127,7 +129,7 @@ def export(batch: TaskBatch, fmt: str, out: str | os.PathLike[str], *, quantize:
             tmp.unlink()
     described = [(name, "(" + ", ".join(axes.get(i, str(size)) for i, size in enumerate(t.shape)) + ")")
                  for name, t, axes in zip(names, batch.inputs, batch.axes)]
-    return Exported(target, fmt, described, int(batch.inputs[0].shape[0]), difference, quantize, cost)
+    return Exported(target, fmt, described, int(batch.inputs[0].shape[0]), difference, quantize, cost, scale)
 
 
 def _onnx(model: torch.nn.Module, batch: TaskBatch, shapes: tuple[dict[int, Any], ...], path: Path,

@@ -134,7 +134,7 @@ def commands(content: list[str]) -> list[str]:
     return session(content)[0]
 
 
-PRINTS = re.compile(r"```python\n(.*?)```\n\nprints\n\n```\n(.*?)```", re.S)
+PRINTS = re.compile(r"```python\n((?:(?!```).)*?)```\n\nprints\n\n```\n(.*?)```", re.S)  # (within one block)
 PYTHON = re.compile(r"```python\n(.*?)```", re.S)
 
 
