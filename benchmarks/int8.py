@@ -1,12 +1,14 @@
-"""int8 inference on the CPU, paired in one process (shuffled rounds, medians): rnnkit.quantize's
-int8 layers against torch's dynamically quantized ones (torch.ao.quantization.quantize_dynamic,
-int8 weights and activations, fbgemm), and both against float32 (rnnkit's default engine and
-torch.nn), under torch.inference_mode.
+"""int8 and bfloat16 inference on the CPU, paired in one process (shuffled rounds, medians):
+rnnkit.quantize's int8 layers against torch's dynamically quantized ones
+(torch.ao.quantization.quantize_dynamic, int8 weights and activations, fbgemm), and both against
+float32 (rnnkit's default engine and torch.nn), under torch.inference_mode.
 
 1. Whole sequences at the grid's sizes (T, B, I, H), LSTM and GRU.
 2. One-step generation with the `rnnkit train lm` default model (embedding 64, 2 LSTM layers of
    256, a linear head over 96 characters; T = B = 1, the state carried in): the model as a whole,
    its recurrent layer and head both quantized, as torch's tutorial quantizes its LSTM model.
+3. bfloat16 modules (`.to(torch.bfloat16)`) at the grid's sizes: rnnkit's (rnnkit::bf16_stack on
+   AVX-512 BF16) against torch.nn's in bfloat16 and rnnkit's in float32.
 
     python benchmarks/int8.py > benchmarks/int8.txt
 
@@ -92,6 +94,27 @@ def generation(budget: float) -> None:
           f"{us['rnnkit'] / us['rnnkit int8']:.2f}x |", flush=True)
 
 
+def bfloat16(budget: float) -> None:
+    print("\n## bfloat16 modules, whole sequences: median ms; speed-up = the other / rnnkit bf16")
+    print("| cell | (T, B, I, H) | torch.nn bf16 | rnnkit f32 | rnnkit bf16 | vs torch.nn bf16 | vs rnnkit f32 | "
+          "largest difference to f32 |")
+    print("|---|---|---|---|---|---|---|---|")
+    for cell in ("LSTM", "GRU"):
+        for T, B, I, H in DEFAULT_SIZES:
+            torch.manual_seed(0)
+            ours = getattr(rnnkit, cell)(I, H).eval()
+            ours16, ref16 = copy.deepcopy(ours).to(torch.bfloat16), rnnkit.to_torch(ours).to(torch.bfloat16).eval()
+            x = torch.randn(T, B, I)
+            x16 = x.to(torch.bfloat16)
+            with torch.inference_mode():
+                diff = (ours16(x16)[0].float() - ours(x)[0]).abs().max().item()
+                t = time_all({"torch bf16": lambda: ref16(x16), "rnnkit": lambda: ours(x),
+                              "rnnkit bf16": lambda: ours16(x16)}, budget)
+            print(f"| {cell} | ({T}, {B}, {I}, {H}) | {t['torch bf16']:.3f} | {t['rnnkit']:.3f} | "
+                  f"{t['rnnkit bf16']:.3f} | {t['torch bf16'] / t['rnnkit bf16']:.2f}x | "
+                  f"{t['rnnkit'] / t['rnnkit bf16']:.2f}x | {diff:.1e} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", type=float, default=4.0, help="seconds of timing per comparison")
@@ -99,10 +122,13 @@ def main() -> None:
     loaded = _library.load()
     assert not isinstance(loaded, str), loaded
     vnni = bool(torch.ops.rnnkit._policy("int8_vnni"))
+    bf16 = bool(torch.ops.rnnkit._policy("bf16_native"))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; rnnkit's int8 products: "
-          f"{'AVX-512 VNNI' if vnni else 'AVX2 / portable'}")
+          f"{'AVX-512 VNNI' if vnni else 'AVX2 / portable'}; bfloat16: "
+          f"{'AVX-512 BF16' if bf16 else 'none (bfloat16 layers run torch kernels)'}")
     sequences(args.budget)
     generation(args.budget)
+    bfloat16(args.budget)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ rnnkit follows that table, casting the input, the state and the weights (differe
 parameters stay float32 and get float32 gradients), and runs the call with autocast off in an
 engine that takes the dtype (see rnnkit.engines: the fused kernels run float32 and float64, so
 a lower precision runs in torch's kernels where they take the configuration, else the reference
-engine).
+engine; bfloat16 inference on a CPU with AVX-512 BF16 runs rnnkit::bf16_stack, rnnkit.layers._bf16).
 """
 
 from __future__ import annotations

@@ -383,12 +383,15 @@ def train_lm(ctx: click.Context, text: str | None, encoding: str | None, corpus:
 @click.option("--temperature", type=float, default=1.0, show_default=True, help="Below 1: safer, above 1: wilder.")
 @click.option("--top-k", type=int, default=None, help="Sample from the K most likely characters only.")
 @click.option("--seed", type=int, default=None, help="Fix the sampling.")
+@click.option("--quantize", type=click.Choice(["int8"]), default=None,
+              help="Generate with the model's recurrent and linear layers in int8 (rnnkit.quantize).")
 def generate_command(run: str, prompt: str, length: int, greedy: bool, temperature: float, top_k: int | None,
-                     seed: int | None) -> None:
+                     seed: int | None, quantize: str | None) -> None:
     """Continue a prompt with a trained lm run."""
     from rnnkit.pipelines import lm
 
-    click.echo(lm.generate(run, prompt, length, greedy=greedy, temperature=temperature, top_k=top_k, seed=seed))
+    click.echo(lm.generate(run, prompt, length, greedy=greedy, temperature=temperature, top_k=top_k, seed=seed,
+                           quantize=quantize))
 
 
 def _seq2seq_options(*, epochs: int, schedule: str) -> Callable[[Callable[..., None]], Callable[..., None]]:

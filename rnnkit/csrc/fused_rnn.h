@@ -5,6 +5,7 @@
 //   rnnkit::fused_stack / fused_stack_backward  every layer and direction of a stack
 //   rnnkit::min_scan / min_scan_backward        one layer and direction of a minGRU or minLSTM
 //   rnnkit::int8_pack / int8_stack / int8_linear int8 inference (cpu/int8_kernel.cpp)
+//   rnnkit::bf16_pack / bf16_stack               bfloat16 inference (the same file)
 // with their CPU kernels (cpu/), which plan and call the C kernels (cpu/rnn_kernels.c), and their
 // autograd kernels (autograd/). The plan of a call (threads, slices of the batch, projection
 // chunks, workspaces) is made here in C++, so that a graph run without Python (AOTInductor)
@@ -42,6 +43,13 @@ int rnnkit_int8_cell(int threads, int cell, int reverse, int T, int B, int I, in
                      rnnkit_int8_matrix wih, rnnkit_int8_matrix whh, rnnkit_int8_matrix whr, const float* bih,
                      const float* bhh, const int64_t* lengths, const float* h0, const float* c0, float* out,
                      long ldo, float* hn, float* cn);
+int rnnkit_bf16_cell(int threads, int cell, int reverse, int T, int B, int I, int H, int R, const float* x, long ldx,
+                     rnnkit_int8_matrix wih, rnnkit_int8_matrix whh, rnnkit_int8_matrix whr, const float* bih,
+                     const float* bhh, const int64_t* lengths, const float* h0, const float* c0, float* out,
+                     long ldo, float* hn, float* cn);
+long rnnkit_bf16_packed_size(int G, int H, int K);
+void rnnkit_bf16_pack(int G, int H, int K, const uint16_t* w, uint16_t* P);
+int rnnkit_bf16_native(void);
 extern int rnnkit_int8_path;
 extern long rnnkit_int8_chunk_bytes;
 int rnnkit_int8_vnni(void);

@@ -15,14 +15,15 @@ namespace rnnkit {
 namespace {
 
 // Reads, and with value >= 0 sets, a setting of the kernels' policy (cpu/plan.cpp); returns the
-// value before. "kernels_parallel", "kernels_version", "rows_mode_min_weights" and "int8_vnni" are
-// read-only.
+// value before. "kernels_parallel", "kernels_version", "rows_mode_min_weights", "int8_vnni" and
+// "bf16_native" are read-only.
 int64_t policy_op(c10::string_view name_, int64_t value) {
     const std::string_view name(name_.data(), name_.size());
     if (name == "kernels_parallel") return rnnkit_kernels_parallel();
     if (name == "kernels_version") return rnnkit_kernels_version();
     if (name == "rows_mode_min_weights") return rnnkit_rows_mode_min_weights;
     if (name == "int8_vnni") return rnnkit_int8_vnni();
+    if (name == "bf16_native") return rnnkit_bf16_native();
     if (name == "int8_path") {  // the int8 products: 0 the best built, 1 AVX2's, 2 plain C (int8_kernels.h)
         const int64_t before = rnnkit_int8_path;
         if (value >= 0) rnnkit_int8_path = static_cast<int>(value);

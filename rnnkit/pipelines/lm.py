@@ -25,7 +25,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -347,9 +347,12 @@ def load(run_path: str | Path) -> tuple[LanguageModel, dict[str, Any], Vocabular
 
 @needs_extras
 def generate(run_path: str | Path, prompt: str, length: int, *, greedy: bool = False, temperature: float = 1.0,
-             top_k: int | None = None, seed: int | None = None) -> str:
+             top_k: int | None = None, seed: int | None = None, quantize: str | None = None) -> str:
     """The prompt followed by `length` generated characters. A prompt character the model never
-    saw in training is an error that names it (the model has no way to read it)."""
+    saw in training is an error that names it (the model has no way to read it).
+    quantize='int8': generate with the model's int8 form (rnnkit.quantize), on the CPU."""
+    if quantize not in (None, "int8"):
+        raise ValueError(f"unknown quantization {quantize!r}: choose int8")
     if length < 1:
         raise ValueError(f"--length must be >= 1, got {length}")
     if not temperature > 0:
@@ -363,6 +366,8 @@ def generate(run_path: str | Path, prompt: str, length: int, *, greedy: bool = F
     if unknown:
         raise ValueError(f"the prompt has characters the model never saw in training: {', '.join(map(repr, unknown))}; "
                          "use characters of the training text")
+    if quantize is not None:
+        model = cast(LanguageModel, int8_model(model))  # the same model, its layers int8
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     ids = generate_ids(model, vocab.encode(prompt), length, context=config.get("context"), greedy=greedy,
                        temperature=temperature, top_k=top_k, generator=generator, exclude=(0, 1))

@@ -66,6 +66,19 @@ def _register() -> None:
         c_n = x.new_empty(layers * directions, B, hidden) if mode == "LSTM" else x.new_empty(0)
         return x.new_empty(T, B, directions * out_size), x.new_empty(layers * directions, B, out_size), c_n
 
+    @torch.library.register_fake("rnnkit::bf16_pack")
+    def _bf16_pack_fake(w: Tensor, gates: int) -> Tensor:
+        return w.new_empty((w.shape[0] // gates + 15) // 16 * gates, (w.shape[1] + 1) // 2, 16, 2)
+
+    @torch.library.register_fake("rnnkit::bf16_stack")
+    def _bf16_stack_fake(x: Tensor, lengths: Tensor | None, h0: Tensor | None, c0: Tensor | None,
+                         weights: list[Tensor | None], mode: str, layers: int, directions: int, hidden: int,
+                         proj: int) -> tuple[Tensor, Tensor, Tensor]:
+        out_size = proj if proj > 0 else hidden
+        T, B = x.shape[0], x.shape[1]
+        c_n = x.new_empty(layers * directions, B, hidden) if mode == "LSTM" else x.new_empty(0)
+        return x.new_empty(T, B, directions * out_size), x.new_empty(layers * directions, B, out_size), c_n
+
     del ops
 
 

@@ -37,3 +37,26 @@ def test_a_model_with_no_int8_form_is_refused_before_training(tmp_path: Path) ->
     with pytest.raises(ValueError, match="has no int8 form"):
         classify.train(cfg, tmp_path / "run", int8=True)
     assert not (tmp_path / "run").exists()
+
+
+def test_generate_with_the_int8_model(tmp_path: Path) -> None:
+    """rnnkit generate --quantize int8: the prompt continued by the int8 model; a run whose cell
+    has no int8 form refused, naming it."""
+    from click.testing import CliRunner
+
+    from rnnkit.cli import main
+
+    text = tmp_path / "t.txt"
+    text.write_text("abcabcabd " * 40, encoding="utf-8")
+    runner = CliRunner()
+    for cell in ("lstm", "mingru"):
+        result = runner.invoke(main, ["train", "lm", "--text", str(text), "--context", "4", "--hidden", "8",
+                                      "--layers", "1", "--cell", cell, "--epochs", "1", "--out", str(tmp_path / cell)])
+        assert result.exit_code == 0, result.output
+    result = runner.invoke(main, ["generate", str(tmp_path / "lstm"), "--prompt", "ab", "--length", "12", "--greedy",
+                                  "--quantize", "int8"])
+    assert result.exit_code == 0, result.output
+    line = result.output.strip()
+    assert line.startswith("ab") and len(line) == 14 and set(line) <= set("abcd ")
+    result = runner.invoke(main, ["generate", str(tmp_path / "mingru"), "--prompt", "ab", "--quantize", "int8"])
+    assert result.exit_code == 1 and "MinGRU) has no int8 form" in result.output

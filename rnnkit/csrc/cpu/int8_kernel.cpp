@@ -159,6 +159,103 @@ std::tuple<Tensor, Tensor, Tensor> int8_stack_cpu(const Tensor& x_, const OptTen
     return {input, hn, cn};
 }
 
+// bfloat16 (rnnkit.layers' fast path for bfloat16 inference):
+//   bf16_pack(w (G*H, K) bfloat16, G) -> packed (G*HB, K2, 16, 2) bfloat16, K2 = ceil(K / 2)
+//   bf16_stack(x (T, B, I), lengths, h0 (L*D, B, R), c0 (L*D, B, H), weights, mode, L, D, H, R)
+//       -> out (T, B, D*R), h_n, c_n (LSTM, else (0,)) in x's dtype; weights: per layer and
+//       direction 5 tensors, w_ih packed, w_hh packed, b_ih, b_hh (G*H,) or None, w_hr packed or None.
+constexpr int BF16_CELL_ARGS = 5;
+
+Tensor bf16_pack_cpu(const Tensor& w_, int64_t gates) {
+    TORCH_CHECK(w_.dim() == 2 && w_.scalar_type() == at::kBFloat16, "rnnkit::bf16_pack: expected w (G*H, K) bfloat16, "
+                "got ", w_.dim(), "-D ", w_.scalar_type());
+    TORCH_CHECK(gates >= 1 && w_.size(0) % gates == 0 && w_.size(0) > 0 && w_.size(1) > 0,
+                "rnnkit::bf16_pack: w's ", w_.size(0), " rows are not ", gates, " gates of H >= 1 rows, or K is 0");
+    const Tensor w = w_.contiguous();
+    const int G = static_cast<int>(gates), H = static_cast<int>(w.size(0) / gates), K = static_cast<int>(w.size(1));
+    Tensor packed = at::empty({G * ((H + 15) / 16), (K + 1) / 2, 16, 2}, w.options());
+    rnnkit_bf16_pack(G, H, K, reinterpret_cast<const uint16_t*>(w.data_ptr()),
+                     reinterpret_cast<uint16_t*>(packed.data_ptr()));
+    return packed;
+}
+
+rnnkit_int8_matrix bf16_matrix(const std::string& name, const OptTensor& packed, int64_t G, int64_t H, int64_t K) {
+    TORCH_CHECK(packed.has_value(), "rnnkit::bf16_stack: missing ", name);
+    TORCH_CHECK(packed->scalar_type() == at::kBFloat16 && packed->is_contiguous() && packed->dim() == 4 &&
+                    packed->size(0) == G * ((H + 15) / 16) && packed->size(1) == (K + 1) / 2 && packed->size(2) == 16 &&
+                    packed->size(3) == 2,
+                "rnnkit::bf16_stack: expected ", name, " packed by rnnkit::bf16_pack (", G * ((H + 15) / 16), ", ",
+                (K + 1) / 2, ", 16, 2) bfloat16, got ", packed->sizes(), " ", packed->scalar_type());
+    return {static_cast<const int8_t*>(packed->data_ptr()), nullptr, nullptr};
+}
+
+std::tuple<Tensor, Tensor, Tensor> bf16_stack_cpu(const Tensor& x_, const OptTensor& lengths_, const OptTensor& h0_,
+                                                  const OptTensor& c0_, const c10::List<OptTensor>& weights,
+                                                  c10::string_view mode_, int64_t layers, int64_t directions,
+                                                  int64_t H, int64_t proj) {
+    const Cell cell = cell_of(std::string_view(mode_.data(), mode_.size()));
+    const int64_t G = gates_of(cell), R = proj > 0 ? proj : H;
+    TORCH_CHECK(x_.dim() == 3 && (x_.scalar_type() == at::kBFloat16 || x_.scalar_type() == at::kFloat),
+                "rnnkit::bf16_stack: expected x (T, B, I) bfloat16 or float32, got ", x_.dim(), "-D ", x_.scalar_type());
+    TORCH_CHECK(layers >= 1 && (directions == 1 || directions == 2) && H >= 1 && proj >= 0 &&
+                    static_cast<int64_t>(weights.size()) == layers * directions * BF16_CELL_ARGS,
+                "rnnkit::bf16_stack: expected ", BF16_CELL_ARGS, " weights per layer and direction");
+    TORCH_CHECK(cell == LSTM || proj == 0, "rnnkit::bf16_stack: a projection needs an LSTM");
+    const int64_t T = x_.size(0), B = x_.size(1), cells = layers * directions;
+    const OptTensor lengths = checked_lengths(lengths_, B, T);
+    const auto f32 = [](const Tensor& t) { return t.to(at::kFloat).contiguous(); };
+    Tensor h0, c0;
+    if (h0_.has_value()) {
+        TORCH_CHECK(h0_->dim() == 3 && h0_->size(0) == cells && h0_->size(1) == B && h0_->size(2) == R,
+                    "rnnkit::bf16_stack: expected h0 (", cells, ", ", B, ", ", R, "), got ", h0_->sizes());
+        h0 = f32(*h0_);
+    }
+    if (c0_.has_value() && cell == LSTM) {
+        TORCH_CHECK(c0_->dim() == 3 && c0_->size(0) == cells && c0_->size(1) == B && c0_->size(2) == H,
+                    "rnnkit::bf16_stack: expected c0 (", cells, ", ", B, ", ", H, "), got ", c0_->sizes());
+        c0 = f32(*c0_);
+    }
+    const auto options = x_.options().dtype(at::kFloat);
+    Tensor hn = at::zeros({cells, B, R}, options);
+    Tensor cn = cell == LSTM ? at::zeros({cells, B, H}, options) : at::empty({0}, options);
+    const auto back = [&](const Tensor& t) { return t.to(x_.scalar_type()); };
+    if (B == 0) return {back(at::empty({T, 0, directions * R}, options)), back(hn), back(cn)};
+    Tensor input = f32(x_);
+    const int threads = B * G * H * R >= policy_setting("int8_step_parallel_min_work") ? num_threads() : 1;
+    for (int64_t layer = 0; layer < layers; ++layer) {
+        const int64_t I = input.size(2);
+        Tensor out = at::empty({T, B, directions * R}, options);
+        for (int64_t direction = 0; direction < directions; ++direction) {
+            const int64_t index = layer * directions + direction, base = index * BF16_CELL_ARGS;
+            const std::string where = " of layer " + std::to_string(layer) + (direction ? " reverse" : "");
+            const rnnkit_int8_matrix wih = bf16_matrix("w_ih" + where, weights.get(base), G, H, I);
+            const rnnkit_int8_matrix whh = bf16_matrix("w_hh" + where, weights.get(base + 1), G, H, R);
+            const OptTensor whr_p = weights.get(base + 4);
+            TORCH_CHECK(whr_p.has_value() == (proj > 0), "rnnkit::bf16_stack: w_hr", where, " given without proj, "
+                        "or missing");
+            const rnnkit_int8_matrix whr = proj > 0 ? bf16_matrix("w_hr" + where, whr_p, 1, R, H)
+                                                    : rnnkit_int8_matrix{nullptr, nullptr, nullptr};
+            Tensor bih, bhh;
+            for (auto [at_, bias] : {std::pair<int64_t, Tensor*>{base + 2, &bih}, {base + 3, &bhh}}) {
+                const OptTensor b = weights.get(at_);
+                if (!b.has_value()) continue;
+                TORCH_CHECK(b->numel() == G * H, "rnnkit::bf16_stack: expected biases of ", G * H, " numbers");
+                *bias = f32(*b);
+            }
+            const int failed = rnnkit_bf16_cell(
+                threads, static_cast<int>(cell), static_cast<int>(direction), static_cast<int>(T), static_cast<int>(B),
+                static_cast<int>(I), static_cast<int>(H), static_cast<int>(R), input.data_ptr<float>(), I, wih, whh,
+                whr, bih.defined() ? bih.data_ptr<float>() : nullptr, bhh.defined() ? bhh.data_ptr<float>() : nullptr,
+                lengths ? lengths->data_ptr<int64_t>() : nullptr, h0.defined() ? h0[index].data_ptr<float>() : nullptr,
+                c0.defined() ? c0[index].data_ptr<float>() : nullptr, out.data_ptr<float>() + direction * R,
+                directions * R, hn[index].data_ptr<float>(), cell == LSTM ? cn[index].data_ptr<float>() : nullptr);
+            TORCH_CHECK(failed == 0, "rnnkit::bf16_stack: out of memory");
+        }
+        input = out;
+    }
+    return {back(input), back(hn), back(cn)};
+}
+
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
@@ -218,12 +315,17 @@ TORCH_LIBRARY_FRAGMENT(rnnkit, m) {
     m.def("int8_linear(Tensor x, Tensor packed, Tensor sums, Tensor scale, Tensor? bias) -> Tensor");
     m.def("int8_stack(Tensor x, Tensor? lengths, Tensor? h0, Tensor? c0, Tensor?[] weights, str mode, int layers, "
           "int directions) -> (Tensor, Tensor, Tensor)");
+    m.def("bf16_pack(Tensor w, int gates) -> Tensor");
+    m.def("bf16_stack(Tensor x, Tensor? lengths, Tensor? h0, Tensor? c0, Tensor?[] weights, str mode, int layers, "
+          "int directions, int hidden, int proj) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(rnnkit, CPU, m) {
     m.impl("int8_pack", &int8_pack_cpu);
     m.impl("int8_linear", &int8_linear_cpu);
     m.impl("int8_stack", &int8_stack_cpu);
+    m.impl("bf16_pack", &bf16_pack_cpu);
+    m.impl("bf16_stack", &bf16_stack_cpu);
 }
 
 TORCH_LIBRARY_IMPL(rnnkit, Autograd, m) {

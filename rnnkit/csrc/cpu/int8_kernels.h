@@ -31,6 +31,11 @@
 #else
 #define I8_VNNI 0
 #endif
+#if defined(__AVX512BF16__) && defined(__AVX512F__)
+#define B16_NATIVE 1
+#else
+#define B16_NATIVE 0
+#endif
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -39,6 +44,7 @@
  * build has, 1 AVX2's (vpmaddwd) even where VNNI is, 2 the plain C loops even where AVX2 is. */
 int rnnkit_int8_path = 0;
 int rnnkit_int8_vnni(void) { return I8_VNNI; }
+int rnnkit_bf16_native(void) { return B16_NATIVE; }
 
 /* Bytes of input projections computed at a time (rnnkit_int8_cell); a variable, so that the tests
  * can make chunks of a step or two. */
@@ -93,13 +99,17 @@ static void i8_quantize_rows(int m0, int m1, int K, const float* a, long lda, ui
     }
 }
 
-#if I8_VNNI
-/* The VNNI tile of 8 rows by n = 1 or 2 blocks (i8_tile's full ones), written out. */
+#if I8_VNNI || B16_NATIVE
+/* Four bytes of a row (a group's activations) in every 32-bit lane. */
 static inline __attribute__((always_inline)) __m512i i8_broadcast4(const uint8_t* p) {
     int32_t four;
     memcpy(&four, p, 4);
     return _mm512_set1_epi32(four);
 }
+#endif
+
+#if I8_VNNI
+/* The VNNI tile of 8 rows by n = 1 or 2 blocks (i8_tile's full ones), written out. */
 
 static void i8_tile_8xn(int n, int K4, const uint8_t* A, long lda, const float* sa, const int8_t* const* W,
                         const int32_t* const* sums, const float* const* sw, float* const* C, long ldc) {
@@ -139,6 +149,132 @@ static void i8_tile_8xn(int n, int K4, const uint8_t* A, long lda, const float* 
     }
 }
 #endif
+
+/* bfloat16 (the same drivers, rnnkit::bf16_stack): weights and each row of x_t and h_{t-1} in
+ * bfloat16 (x rounded to the nearest even), products summed in float32, no scales. A block of 16
+ * rows is K2 = ceil(K / 2) groups of 64 bytes, [16 rows][2 inputs], so that a row's activations
+ * again come 4 bytes (two numbers) a group: AVX-512 BF16's vdpbf16ps adds each lane's two
+ * products into its float32 sum; without it, plain loops of float32 multiply-adds. */
+static inline float b16_float(uint16_t v) {
+    union { uint32_t u; float f; } x = { .u = (uint32_t)v << 16 };
+    return x.f;
+}
+
+static inline uint16_t b16_round(float f) {
+    union { float f; uint32_t u; } x = { .f = f };
+    return (uint16_t)((x.u + 0x7FFFu + ((x.u >> 16) & 1u)) >> 16);  /* to nearest, ties to even */
+}
+
+long rnnkit_bf16_packed_size(int G, int H, int K) { return (long)G * ((H + 15) / 16) * ((K + 1) / 2) * 32; }
+
+/* Pack W (G*H x K bfloat16, row-major) into P (rnnkit_bf16_packed_size numbers). */
+void rnnkit_bf16_pack(int G, int H, int K, const uint16_t* w, uint16_t* P) {
+    const int HB = (H + 15) / 16, K2 = (K + 1) / 2;
+    for (int g = 0; g < G; g++)
+        for (int jb = 0; jb < HB; jb++) {
+            uint16_t* block = P + (long)(g * HB + jb) * K2 * 32;
+            for (int lane = 0; lane < 16; lane++) {
+                const int u = jb * 16 + lane;
+                for (int k = 0; k < K2 * 2; k++)
+                    block[(long)(k / 2) * 32 + lane * 2 + k % 2] = u < H && k < K ? w[(long)(g * H + u) * K + k] : 0;
+            }
+        }
+}
+
+/* Rows m0 .. m1-1 of a (K columns, rows lda apart) in bfloat16: q rows of K2 * 2 numbers, 0 past K. */
+static void b16_rows(int m0, int m1, int K, const float* a, long lda, uint16_t* q) {
+    const int Kp = (K + 1) / 2 * 2;
+    for (int m = m0; m < m1; m++) {
+        const float* r = a + (long)m * lda;
+        uint16_t* o = q + (long)m * Kp;
+#pragma omp simd
+        for (int k = 0; k < K; k++) o[k] = b16_round(r[k]);
+        for (int k = K; k < Kp; k++) o[k] = 0;
+    }
+}
+
+#if B16_NATIVE
+/* The AVX-512 BF16 tile of 8 rows by n = 1 or 2 blocks, its accumulators named (as i8_tile_8xn). */
+static void b16_tile_8xn(int n, int K2, const uint8_t* A, long lda, const int8_t* const* W, float* const* C,
+                         long ldc) {
+    __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00,
+           c40 = c00, c41 = c00, c50 = c00, c51 = c00, c60 = c00, c61 = c00, c70 = c00, c71 = c00;
+    const int8_t *w0 = W[0], *w1 = W[n - 1];
+    __m512bh b;
+#define B16_ROW1(r)                                   \
+    b = (__m512bh)i8_broadcast4(a + r * lda);         \
+    c##r##0 = _mm512_dpbf16_ps(c##r##0, b, x0);
+#define B16_ROW2(r) B16_ROW1(r) c##r##1 = _mm512_dpbf16_ps(c##r##1, b, x1);
+    if (n == 2) {
+        for (int k2 = 0; k2 < K2; k2++) {
+            const __m512bh x0 = (__m512bh)_mm512_loadu_si512((const void*)(w0 + (long)k2 * 64));
+            const __m512bh x1 = (__m512bh)_mm512_loadu_si512((const void*)(w1 + (long)k2 * 64));
+            const uint8_t* a = A + 4L * k2;
+            B16_ROW2(0) B16_ROW2(1) B16_ROW2(2) B16_ROW2(3) B16_ROW2(4) B16_ROW2(5) B16_ROW2(6) B16_ROW2(7)
+        }
+    } else {
+        for (int k2 = 0; k2 < K2; k2++) {
+            const __m512bh x0 = (__m512bh)_mm512_loadu_si512((const void*)(w0 + (long)k2 * 64));
+            const uint8_t* a = A + 4L * k2;
+            B16_ROW1(0) B16_ROW1(1) B16_ROW1(2) B16_ROW1(3) B16_ROW1(4) B16_ROW1(5) B16_ROW1(6) B16_ROW1(7)
+        }
+    }
+#undef B16_ROW2
+#undef B16_ROW1
+    const __m512 acc[8][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31},
+                              {c40, c41}, {c50, c51}, {c60, c61}, {c70, c71}};
+    for (int v = 0; v < n; v++)
+        for (int r = 0; r < 8; r++) _mm512_storeu_ps(C[v] + r * ldc, acc[r][v]);
+}
+#endif
+
+/* A bfloat16 tile: rows 0 .. mr-1 of A (bfloat16 pairs, rows lda bytes apart) times the nv blocks
+ * W[v] (K2 * 64 bytes each), into C[v] + r * ldc (16 floats each). */
+static inline __attribute__((always_inline)) void b16_tile(const int mr, const int nv, int K2, const uint8_t* A,
+                                                           long lda, const int8_t* const* W, float* const* C,
+                                                           long ldc) {
+#if B16_NATIVE
+    if (rnnkit_int8_path == 0) {
+        for (int v0 = 0; v0 < nv; v0 += 2) {
+            const int pair = nv - v0 < 2 ? nv - v0 : 2;
+            if (mr == I8_MR) {
+                b16_tile_8xn(pair, K2, A, lda, W + v0, C + v0, ldc);
+                continue;
+            }
+            __m512 acc[I8_MR][2];
+            for (int r = 0; r < mr; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+            for (int k2 = 0; k2 < K2; k2++) {
+                const __m512bh x0 = (__m512bh)_mm512_loadu_si512((const void*)(W[v0] + (long)k2 * 64));
+                const __m512bh x1 = (__m512bh)_mm512_loadu_si512((const void*)(W[v0 + pair - 1] + (long)k2 * 64));
+                for (int r = 0; r < mr; r++) {
+                    const __m512bh a = (__m512bh)i8_broadcast4(A + r * lda + 4L * k2);
+                    acc[r][0] = _mm512_dpbf16_ps(acc[r][0], a, x0);
+                    if (pair == 2) acc[r][1] = _mm512_dpbf16_ps(acc[r][1], a, x1);
+                }
+            }
+            for (int v = 0; v < pair; v++)
+                for (int r = 0; r < mr; r++) _mm512_storeu_ps(C[v0 + v] + r * ldc, acc[r][v]);
+        }
+        return;
+    }
+#endif
+    float acc[I8_MR][I8_NV][16];
+    for (int r = 0; r < mr; r++)
+        for (int v = 0; v < nv; v++)
+            for (int j = 0; j < 16; j++) acc[r][v][j] = 0.0f;
+    for (int k2 = 0; k2 < K2; k2++)
+        for (int v = 0; v < nv; v++) {
+            const uint16_t* w = (const uint16_t*)(const void*)(W[v] + (long)k2 * 64);
+            for (int r = 0; r < mr; r++) {
+                const uint16_t* a = (const uint16_t*)(const void*)(A + r * lda + 4L * k2);
+                const float a0 = b16_float(a[0]), a1 = b16_float(a[1]);
+#pragma omp simd
+                for (int j = 0; j < 16; j++) acc[r][v][j] += a0 * b16_float(w[2 * j]) + a1 * b16_float(w[2 * j + 1]);
+            }
+        }
+    for (int v = 0; v < nv; v++)
+        for (int r = 0; r < mr; r++) memcpy(C[v] + r * ldc, acc[r][v], sizeof(float) * 16);
+}
 
 /* One tile: rows 0 .. mr-1 of A (quantized, rows lda bytes apart) times the nv blocks W[v] (each
  * K4 * 64 bytes), into C[v] + r * ldc (16 floats each): sa[r] * sw[v][j] * (sum - 128 * sums[v][j]). */
@@ -264,6 +400,7 @@ static void i8_group_units(int G, int H, int c, int* u0, int* u1) {
  * row; scales sa) and the packed P over column groups c0 .. c1-1 (scales sw padded to N'). */
 static void i8_gemm(int G, int HB, int K4, int m0, int m1, int c0, int c1, const uint8_t* A, const float* sa,
                     const int8_t* P, const int32_t* sums, const float* sw, float* C, long ldc) {
+    const int bf16 = sums == NULL;  /* a bfloat16 matrix (b16_tile): no sums, no scales; K4 is then K2 */
     const long lda = 4L * K4;
     for (int c = c0; c < c1; c++) {
         const int8_t* W[I8_NV];
@@ -275,8 +412,8 @@ static void i8_gemm(int G, int HB, int K4, int m0, int m1, int c0, int c1, const
             const int b = G > 1 ? v * HB + c : c * I8_NV + v;
             if (G == 1 && b >= HB) break;
             W[nv] = P + (long)b * K4 * 64;
-            S[nv] = sums + b * 16;
-            SW[nv] = sw + b * 16;
+            S[nv] = bf16 ? NULL : sums + b * 16;
+            SW[nv] = bf16 ? NULL : sw + b * 16;
             Cv[nv] = C + (long)m0 * ldc + b * 16;
             nv++;
         }
@@ -284,7 +421,8 @@ static void i8_gemm(int G, int HB, int K4, int m0, int m1, int c0, int c1, const
             const int mr = m1 - m < I8_MR ? m1 - m : I8_MR;
             const uint8_t* Am = A + (long)m * lda;
             const float* sam = sa + m;
-#define I8_TILE(MR, NV) i8_tile(MR, NV, K4, Am, lda, sam, W, S, SW, Cv, ldc)
+#define I8_TILE(MR, NV) \
+    if (bf16) b16_tile(MR, NV, K4, Am, lda, W, Cv, ldc); else i8_tile(MR, NV, K4, Am, lda, sam, W, S, SW, Cv, ldc)
 #define I8_ROWS(NV)                                \
     switch (mr) {                                  \
         case 1: I8_TILE(1, NV); break;             \
@@ -385,13 +523,26 @@ int rnnkit_int8_linear(int threads, int M, int N, int K, const float* x, long ld
  *   wih (G*H x I), whh (G*H x R), whr (R x H, the LSTM's projection) or whr.P NULL (R = H);
  *   bih, bhh (G*H) or NULL; h0 (B x R), c0 (B x H) or NULL (zeros); hn (B x R), cn (B x H, LSTM).
  * Returns 0, or 1 when out of memory. */
-int rnnkit_int8_cell(int threads, int cell, int reverse, int T, int B, int I, int H, int R, const float* x, long ldx,
-                     rnnkit_int8_matrix wih, rnnkit_int8_matrix whh, rnnkit_int8_matrix whr, const float* bih,
-                     const float* bhh, const int64_t* lengths, const float* h0, const float* c0, float* out,
-                     long ldo, float* hn, float* cn) {
+/* Rows of activations as the products read them: int8 (i8_quantize_rows) or, with bf16, bfloat16
+ * (b16_rows, scales 1). */
+static void lp_rows(int bf16, int m0, int m1, int K, const float* a, long lda, uint8_t* q, float* s) {
+    if (!bf16) {
+        i8_quantize_rows(m0, m1, K, a, lda, q, s);
+        return;
+    }
+    b16_rows(m0, m1, K, a, lda, (uint16_t*)(void*)q);
+    for (int m = m0; m < m1; m++) s[m] = 1.0f;
+}
+
+/* rnnkit_int8_cell and rnnkit_bf16_cell: the one driver, its matrices int8 or (bf16) bfloat16. */
+static int lp_cell(int bf16, int threads, int cell, int reverse, int T, int B, int I, int H, int R, const float* x,
+                   long ldx, rnnkit_int8_matrix wih, rnnkit_int8_matrix whh, rnnkit_int8_matrix whr,
+                   const float* bih, const float* bhh, const int64_t* lengths, const float* h0, const float* c0,
+                   float* out, long ldo, float* hn, float* cn) {
     const int G = gates_of(cell), lstm = cell == CELL_LSTM, gru = cell == CELL_GRU, proj = whr.P != NULL;
-    const int HB = (H + 15) / 16, HP = HB * 16, NP = G * HP, IK4 = (I + 3) / 4, RK4 = (R + 3) / 4;
-    const int HK4 = (H + 3) / 4, RB = (R + 15) / 16, RP = RB * 16;
+    const int per = bf16 ? 2 : 4;  /* inputs a 4-byte group holds */
+    const int HB = (H + 15) / 16, HP = HB * 16, NP = G * HP, IK4 = (I + per - 1) / per, RK4 = (R + per - 1) / per;
+    const int HK4 = (H + per - 1) / per, RB = (R + 15) / 16, RP = RB * 16;
     /* the input projections W_ih x_t of `chunk` steps at a time (about 2 MB of them: they stay in
      * cache until their steps read them, and a long sequence needs no workspace of its length) */
     const long fit = rnnkit_int8_chunk_bytes / ((long)B * NP * 4);
@@ -433,7 +584,7 @@ int rnnkit_int8_cell(int threads, int cell, int reverse, int T, int B, int I, in
             int lo, hi;
             int first = 0;  /* the earliest step (in time) of the chunk projected */
             i8_share(B, nt, tid, &lo, &hi);
-            i8_quantize_rows(lo, hi, R, h, R, hq, hs);
+            lp_rows(bf16, lo, hi, R, h, R, hq, hs);
             int g0, g1;  /* this thread's column groups of the gates, and of the projection */
             i8_share(groups, nt, tid, &g0, &g1);
             int p0 = 0, p1 = 0;
@@ -449,7 +600,7 @@ int rnnkit_int8_cell(int threads, int cell, int reverse, int T, int B, int I, in
                     i8_share((m + 47) / 48, nt, tid, &lo, &hi);
                     for (int mb = lo; mb < hi; mb++) {
                         const int m0 = mb * 48, m1 = m0 + 48 < m ? m0 + 48 : m;
-                        i8_quantize_rows(m0, m1, I, xs0, ldx, xq, xs);
+                        lp_rows(bf16, m0, m1, I, xs0, ldx, xq, xs);
                         i8_gemm(G, HB, IK4, m0, m1, 0, groups, xq, xs, wih.P, wih.sums, swih, xp, NP);
                     }
 #pragma omp barrier
@@ -519,7 +670,7 @@ int rnnkit_int8_cell(int threads, int cell, int reverse, int T, int B, int I, in
 #pragma omp barrier
                 if (proj) {  /* h_t = W_hr (o * tanh(c_t)), quantized o * tanh(c_t) */
                     i8_share(B, nt, tid, &lo, &hi);
-                    i8_quantize_rows(lo, hi, H, f, H, fq, fs);
+                    lp_rows(bf16, lo, hi, H, f, H, fq, fs);
 #pragma omp barrier
                     i8_gemm(1, RB, HK4, 0, B, p0, p1, fq, fs, whr.P, whr.sums, swhr, fp, RP);
                     for (int cg = p0; cg < p1; cg++) {
@@ -538,7 +689,7 @@ int rnnkit_int8_cell(int threads, int cell, int reverse, int T, int B, int I, in
                 }
                 if (s + 1 < T) {
                     i8_share(B, nt, tid, &lo, &hi);
-                    i8_quantize_rows(lo, hi, R, h, R, hq, hs);
+                    lp_rows(bf16, lo, hi, R, h, R, hq, hs);
 #pragma omp barrier
                 }
             }
@@ -560,4 +711,24 @@ int rnnkit_int8_cell(int threads, int cell, int reverse, int T, int B, int I, in
     free(f);
     free(fp);
     return failed;
+}
+
+/* One layer and direction, int8 (rnnkit::int8_stack); see the comment above lp_rows. */
+int rnnkit_int8_cell(int threads, int cell, int reverse, int T, int B, int I, int H, int R, const float* x, long ldx,
+                     rnnkit_int8_matrix wih, rnnkit_int8_matrix whh, rnnkit_int8_matrix whr, const float* bih,
+                     const float* bhh, const int64_t* lengths, const float* h0, const float* c0, float* out,
+                     long ldo, float* hn, float* cn) {
+    return lp_cell(0, threads, cell, reverse, T, B, I, H, R, x, ldx, wih, whh, whr, bih, bhh, lengths, h0, c0, out,
+                   ldo, hn, cn);
+}
+
+/* One layer and direction in bfloat16 (rnnkit::bf16_stack): wih, whh, whr with P from
+ * rnnkit_bf16_pack and sums and scale NULL; x, states and out float32 (rounded to bfloat16 where
+ * they enter a product). */
+int rnnkit_bf16_cell(int threads, int cell, int reverse, int T, int B, int I, int H, int R, const float* x, long ldx,
+                     rnnkit_int8_matrix wih, rnnkit_int8_matrix whh, rnnkit_int8_matrix whr, const float* bih,
+                     const float* bhh, const int64_t* lengths, const float* h0, const float* c0, float* out,
+                     long ldo, float* hn, float* cn) {
+    return lp_cell(1, threads, cell, reverse, T, B, I, H, R, x, ldx, wih, whh, whr, bih, bhh, lengths, h0, c0, out,
+                   ldo, hn, cn);
 }
