@@ -94,6 +94,12 @@ def _training_options(f: Callable[..., None]) -> Callable[..., None]:
     return f
 
 
+_int8_test_option = click.option(
+    "--int8-test", is_flag=True,
+    help="Also evaluate the trained model in int8 (rnnkit.quantize) on the test split, beside float32 (CPU; "
+         "rnn, lstm and gru cells).")
+
+
 def _checked(check: Callable[[str | None], str | None]) -> Callable[[click.Context, click.Parameter, str | None],
                                                                   str | None]:
     """A click callback that runs check on the value: its ValueError is a usage error naming the option."""
@@ -202,9 +208,10 @@ def _run_training(ctx: click.Context, task: str, config_cls: type, build: Callab
 
     try:
         with stop_on_signals(stopping):
+            extra = {"int8": True} if p.get("int8_test") else {}
             metrics = train_fn(cfg, folder, on_epoch=show, resume=resume is not None, progress=progress,
                                tensorboard=p["tensorboard"], diagnose_every=p["diagnose_every"],
-                               on_diagnosis=_show_diagnosis)
+                               on_diagnosis=_show_diagnosis, **extra)
     except Interrupted as stop:
         if stop.checkpoint is None or not Path(stop.checkpoint).is_file():
             click.echo(f"{stop}: nothing to continue from was saved", err=True)
@@ -248,13 +255,14 @@ def _run_training(ctx: click.Context, task: str, config_cls: type, build: Callab
 @click.option("--batch-size", type=int, default=None,
               help="Examples per training batch. Default: 64, or the data set's own (digits: 32).")
 @click.option("--lr", default=3e-3, show_default=True, help="Adam's learning rate (at most 10).")
+@_int8_test_option
 @_training_options
 @click.pass_context
 def train_classify(ctx: click.Context, dataset: str, data: str | None, text_col: str | None, label_col: str | None,
                    encoding: str | None, delimiter: str | None, steps: int, tokens: str | None, max_vocab: int, max_length: int, embed: int, cell: str, hidden: int,
                    layers: int, bidirectional: bool, pooling: str, dropout: float, epochs: int | None, batch_size: int | None,
                    lr: float, seed: int, out: str | None, resume: str | None, tensorboard: bool,
-                   diagnose_every: int | None) -> None:
+                   diagnose_every: int | None, int8_test: bool) -> None:
     """N -> 1: classify texts or sequences (digits: 8x8 images read row by row; surnames: by language)."""
     from rnnkit.pipelines import classify
 
@@ -273,6 +281,9 @@ def train_classify(ctx: click.Context, dataset: str, data: str | None, text_col:
     click.echo(f"test accuracy {t['accuracy']:.4f}, macro-F1 {t['macro_f1']:.4f}  "
                f"(majority baseline: accuracy {b['accuracy']:.4f}, macro-F1 {b['macro_f1']:.4f}); "
                f"best epoch {metrics['best_epoch']}, {metrics['train_seconds']:.1f} s")
+    if "test_int8" in metrics:
+        q = metrics["test_int8"]
+        click.echo(f"int8 (rnnkit.quantize): test accuracy {q['accuracy']:.4f}, macro-F1 {q['macro_f1']:.4f}")
     _run_folder_line(folder, metrics)
 
 
@@ -298,12 +309,13 @@ def train_classify(ctx: click.Context, dataset: str, data: str | None, text_col:
 @click.option("--layers", default=1, show_default=True, help="Stacked layers.")
 @click.option("--epochs", default=150, show_default=True, help="At most this many (early stopping).")
 @click.option("--lr", default=3e-3, show_default=True, help="Adam's learning rate (at most 10).")
+@_int8_test_option
 @_training_options
 @click.pass_context
 def train_forecast(ctx: click.Context, dataset: str, data: str | None, target: str | None, time_col: str | None,
                    encoding: str | None, delimiter: str | None, features: str | None, window: int, horizon: int, season: int | None, predict: str, cell: str, hidden: int,
                    layers: int, epochs: int, lr: float, seed: int, out: str | None, resume: str | None,
-                   tensorboard: bool, diagnose_every: int | None) -> None:
+                   tensorboard: bool, diagnose_every: int | None, int8_test: bool) -> None:
     """N -> 1 or N -> horizon: forecast a series (bundled: sunspots, co2, tbilrate)."""
     from rnnkit.pipelines import forecast as fc
     from rnnkit.training import TrainConfig
@@ -329,6 +341,9 @@ def train_forecast(ctx: click.Context, dataset: str, data: str | None, target: s
     note = SERIES[str(metrics["series"])].note if metrics.get("series") in SERIES else ""
     if note:
         click.echo(f"  note: {note}")
+    if "test_int8" in metrics:
+        q = metrics["test_int8"]
+        click.echo(f"int8 (rnnkit.quantize): test RMSE {q['rmse']:.3f}, MAE {q['mae']:.3f}")
     _run_folder_line(folder, metrics)
 
 
@@ -350,11 +365,13 @@ def train_forecast(ctx: click.Context, dataset: str, data: str | None, target: s
 @click.option("--minutes", default=10.0, show_default=True, help="Time budget: no epoch starts that would end past it.")
 @click.option("--batch-size", default=32, show_default=True, help="Windows per batch, or parallel streams in truncated BPTT.")
 @click.option("--lr", default=3e-3, show_default=True, help="Adam's learning rate (at most 10).")
+@_int8_test_option
 @_training_options
 @click.pass_context
 def train_lm(ctx: click.Context, text: str | None, encoding: str | None, corpus: str, context: int | None, bptt: int, cell: str, embed: int,
              hidden: int, layers: int, dropout: float, epochs: int, minutes: float, batch_size: int, lr: float,
-             seed: int, out: str | None, resume: str | None, tensorboard: bool, diagnose_every: int | None) -> None:
+             seed: int, out: str | None, resume: str | None, tensorboard: bool, diagnose_every: int | None,
+             int8_test: bool) -> None:
     """N -> N: a character language model; bits per character on a held-out tail."""
     from rnnkit.pipelines import lm
     from rnnkit.training import TrainConfig
@@ -372,6 +389,8 @@ def train_lm(ctx: click.Context, text: str | None, encoding: str | None, corpus:
     click.echo(f"test {t['bpc']:.3f} bits per character on {t['characters']} characters of {metrics['test_on']} "
                f"(unigram baseline {b['bpc']:.3f}); best epoch {metrics['best_epoch']}, stopped "
                f"{metrics['stopped']}, {metrics['train_seconds']:.1f} s")
+    if "test_int8" in metrics:
+        click.echo(f"int8 (rnnkit.quantize): test {metrics['test_int8']['bpc']:.3f} bits per character")
     _run_folder_line(folder, metrics)
 
 

@@ -60,3 +60,32 @@ def test_generate_with_the_int8_model(tmp_path: Path) -> None:
     assert line.startswith("ab") and len(line) == 14 and set(line) <= set("abcd ")
     result = runner.invoke(main, ["generate", str(tmp_path / "mingru"), "--prompt", "ab", "--quantize", "int8"])
     assert result.exit_code == 1 and "MinGRU) has no int8 form" in result.output
+
+
+def test_train_int8_test_flag(tmp_path: Path) -> None:
+    """rnnkit train ... --int8-test prints the int8 model's test metric below the float one's, and
+    keeps it in metrics.json; a cell with no int8 form is refused before anything is written."""
+    import json
+
+    from click.testing import CliRunner
+
+    from rnnkit.cli import main
+
+    runner = CliRunner()
+    result = runner.invoke(main, ["train", "classify", "--dataset", "digits", "--hidden", "8", "--epochs", "1",
+                                  "--int8-test", "--out", str(tmp_path / "d")])
+    assert result.exit_code == 0, result.output
+    shown = float(result.output.split("int8 (rnnkit.quantize): test accuracy ", 1)[1].split(",")[0])
+    saved = json.loads((tmp_path / "d" / "metrics.json").read_text())["test_int8"]["accuracy"]
+    assert abs(shown - saved) < 1e-4
+    result = runner.invoke(main, ["train", "lm", "--text", str(_text(tmp_path)), "--context", "4", "--hidden", "8",
+                                  "--layers", "1", "--cell", "minlstm", "--epochs", "1", "--int8-test",
+                                  "--out", str(tmp_path / "m")])
+    assert result.exit_code == 1 and "the minlstm cell has no int8 form" in result.output
+    assert not (tmp_path / "m").exists() and not (tmp_path / "m.partial").exists()
+
+
+def _text(folder: Path) -> Path:
+    path = folder / "t.txt"
+    path.write_text("abcabcabd " * 40, encoding="utf-8")
+    return path
