@@ -23,7 +23,6 @@ from rnnkit.engines._fused_op import under_transform
 if TYPE_CHECKING:
     from rnnkit.layers._base import RecurrentLayer
 
-GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "LSTM": 4, "GRU": 3}
 _NATIVE: bool | None = None
 """Whether the library's bfloat16 products are AVX-512 BF16's (found once)."""
 
@@ -65,7 +64,7 @@ def usable(layer: RecurrentLayer, engine: str, x: Tensor, state0: list[State | N
 def run_stack(layer: RecurrentLayer, x: Tensor, state0: list[State | None], lengths: Tensor | None,
               cells: list[CellWeights]) -> tuple[Tensor, State]:
     """Every layer and direction: out (T, B, D*R) and the final state, parts (K*D, B, S), bfloat16."""
-    gates = GATES[layer.mode]
+    gates = layer.spec.gates
     pack = torch.ops.rnnkit.bf16_pack
     weights: list[Tensor | None] = []
     for w in cells:

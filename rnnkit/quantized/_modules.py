@@ -26,7 +26,7 @@ State = Tensor | tuple[Tensor, Tensor]
 
 def _check_qconfig(module: nn.Module) -> None:
     """A module torch's quantization hands over must ask for int8 weights (rnnkit's only form)."""
-    qconfig = module.__dict__.get("_rnnkit_qconfig")
+    qconfig = getattr(module, "qconfig", None)  # set by torch's quantization (rnnkit._qconfig), else absent
     if qconfig is not None:
         dtype = qconfig.weight().dtype
         if dtype != torch.qint8:

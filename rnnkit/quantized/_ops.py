@@ -45,8 +45,6 @@ def pack(q: Tensor, gates: int) -> tuple[Tensor, Tensor]:
 
 
 def _register() -> None:
-    ops = torch.ops.rnnkit
-
     @torch.library.register_fake("rnnkit::int8_pack")
     def _pack_fake(w: Tensor, gates: int) -> tuple[Tensor, Tensor]:
         rows = (w.shape[0] // gates + 15) // 16 * gates
@@ -79,7 +77,6 @@ def _register() -> None:
         c_n = x.new_empty(layers * directions, B, hidden) if mode == "LSTM" else x.new_empty(0)
         return x.new_empty(T, B, directions * out_size), x.new_empty(layers * directions, B, out_size), c_n
 
-    del ops
 
 
 _library.on_load(_register)

@@ -65,7 +65,7 @@ def _layer(cell: str, extra: dict) -> nn.Module:
 
 
 def _call_op(layer: nn.Module, x: Tensor, lengths: list[int]) -> Tensor:
-    gates = _bf16.GATES[layer.mode]
+    gates = layer.spec.gates
     pack = torch.ops.rnnkit.bf16_pack
     weights = []
     for k in range(layer.num_layers):
