@@ -1,4 +1,4 @@
-"""int8 and bfloat16 inference on the CPU, paired in one process (shuffled rounds, medians):
+"""int8 and bfloat16 inference (and bfloat16 training) on the CPU, paired in one process (shuffled rounds, medians):
 rnnkit.quantize's int8 layers against torch's dynamically quantized ones
 (torch.ao.quantization.quantize_dynamic, int8 weights and activations, fbgemm), and both against
 float32 (rnnkit's default engine and torch.nn), under torch.inference_mode.
@@ -9,6 +9,9 @@ float32 (rnnkit's default engine and torch.nn), under torch.inference_mode.
    its recurrent layer and head both quantized, as torch's tutorial quantizes its LSTM model.
 3. bfloat16 modules (`.to(torch.bfloat16)`) at the grid's sizes: rnnkit's (rnnkit::bf16_stack on
    AVX-512 BF16) against torch.nn's in bfloat16 and rnnkit's in float32.
+4. The same in training (a forward and backward pass, outside inference_mode): rnnkit's bfloat16
+   kernels (rnnkit::fused_stack of bfloat16 tensors; oneDNN's for an LSTM below 256 units)
+   against torch.nn's in bfloat16 and rnnkit's fused float32 engine.
 
     python benchmarks/int8.py > benchmarks/int8.txt
 
@@ -115,6 +118,34 @@ def bfloat16(budget: float) -> None:
                   f"{t['rnnkit'] / t['rnnkit bf16']:.2f}x | {diff:.1e} |", flush=True)
 
 
+def bfloat16_training(budget: float) -> None:
+    print("\n## bfloat16 training, a forward and backward pass: median ms; speed-up = the other / rnnkit bf16")
+    print("| cell | (T, B, I, H) | torch.nn bf16 | rnnkit f32 | rnnkit bf16 | vs torch.nn bf16 | vs rnnkit f32 | "
+          "W_hh's gradient: largest difference to f32, of its largest |")
+    print("|---|---|---|---|---|---|---|---|")
+    for cell in ("LSTM", "GRU"):
+        for T, B, I, H in DEFAULT_SIZES:
+            torch.manual_seed(0)
+            ours = getattr(rnnkit, cell)(I, H)
+            ours16, ref16 = copy.deepcopy(ours).to(torch.bfloat16), rnnkit.to_torch(ours).to(torch.bfloat16)
+            x = torch.randn(T, B, I)
+            x16 = x.to(torch.bfloat16)
+
+            def step(model: nn.Module, inputs: torch.Tensor) -> None:
+                model.zero_grad(set_to_none=True)
+                model(inputs)[0].float().sum().backward()
+
+            step(ours, x)
+            step(ours16, x16)
+            want, got = ours.weight_hh_l0.grad, ours16.weight_hh_l0.grad.float()
+            diff = ((got - want).abs().max() / want.abs().max()).item()
+            t = time_all({"torch bf16": lambda: step(ref16, x16), "rnnkit": lambda: step(ours, x),
+                          "rnnkit bf16": lambda: step(ours16, x16)}, budget)
+            print(f"| {cell} | ({T}, {B}, {I}, {H}) | {t['torch bf16']:.3f} | {t['rnnkit']:.3f} | "
+                  f"{t['rnnkit bf16']:.3f} | {t['torch bf16'] / t['rnnkit bf16']:.2f}x | "
+                  f"{t['rnnkit'] / t['rnnkit bf16']:.2f}x | {diff:.1e} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget", type=float, default=4.0, help="seconds of timing per comparison")
@@ -129,6 +160,7 @@ def main() -> None:
     sequences(args.budget)
     generation(args.budget)
     bfloat16(args.budget)
+    bfloat16_training(args.budget)
 
 
 if __name__ == "__main__":

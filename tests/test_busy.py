@@ -88,6 +88,7 @@ def test_cpu_pressure_is_read_as_linux_writes_it(tmp_path: Path, monkeypatch: py
     assert _busy.cpu_pressure() == 0.0  # given up on: never read again
 
 
+@pytest.mark.end_to_end  # real processes beside busy ones, about 6 s: CI runs it
 @pytest.mark.skipif(not Path("/proc/stat").exists(), reason="needs Linux's /proc/stat")
 def test_a_real_launch_beside_busy_processes_sets_a_passive_wait() -> None:
     """A real process that starts as the command line would (sys.argv ['rnnkit', ...]) beside

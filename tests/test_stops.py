@@ -31,6 +31,7 @@ main(sys.argv[1:])
 """
 
 
+@pytest.mark.end_to_end  # a real training process stopped and resumed, about 7 s: CI runs it
 def test_sigterm_saves_says_how_to_continue_and_the_resumed_run_ends_in_its_folder(tmp_path: Path) -> None:
     out = tmp_path / "st"
     done = subprocess.run([sys.executable, "-c", STOPPED_AT_STEP_5, *TRAIN, "--out", str(out)], capture_output=True,

@@ -358,7 +358,9 @@ def test_export_native_engine_with_dynamic_length(family: str) -> None:
     assert all(n.target is not kernel for n in program.graph.nodes)
 
 
-ONNX_CONFIGS = ["lstm", "gru-stacked-bidirectional", "lstm-proj-layer-norm-bidirectional", "rnn-relu-batch-first",
+SLOW = pytest.mark.end_to_end  # the largest exports, 6-10 s each: CI runs them (pytest -m end_to_end)
+ONNX_CONFIGS = ["lstm", pytest.param("gru-stacked-bidirectional", marks=SLOW),
+                pytest.param("lstm-proj-layer-norm-bidirectional", marks=SLOW), "rnn-relu-batch-first",
                 "gru-layer-norm-learned-state"]
 
 

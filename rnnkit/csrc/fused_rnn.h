@@ -6,6 +6,7 @@
 //   rnnkit::min_scan / min_scan_backward        one layer and direction of a minGRU or minLSTM
 //   rnnkit::int8_pack / int8_stack / int8_linear int8 inference (cpu/int8_kernel.cpp)
 //   rnnkit::bf16_pack / bf16_stack               bfloat16 inference (the same file)
+//   (rnnkit::fused_stack of bfloat16 tensors: bfloat16 training, cpu/bf16_train_kernel.cpp)
 // with their CPU kernels (cpu/), which plan and call the C kernels (cpu/rnn_kernels.c), and their
 // autograd kernels (autograd/). The plan of a call (threads, slices of the batch, projection
 // chunks, workspaces) is made here in C++, so that a graph run without Python (AOTInductor)
@@ -47,6 +48,15 @@ int rnnkit_bf16_cell(int threads, int cell, int reverse, int T, int B, int I, in
                      rnnkit_int8_matrix wih, rnnkit_int8_matrix whh, rnnkit_int8_matrix whr, const float* bih,
                      const float* bhh, const int64_t* lengths, const float* h0, const float* c0, float* out,
                      long ldo, float* hn, float* cn);
+int rnnkit_bf16_cell_saved(int threads, int cell, int reverse, int T, int B, int I, int H, const float* x, long ldx,
+                           rnnkit_int8_matrix wih, rnnkit_int8_matrix whh, const float* bih, const float* bhh,
+                           const int64_t* lengths, const float* h0, const float* c0, float* out, long ldo, float* hn,
+                           float* cn, float* saved);
+int rnnkit_bf16_cell_backward(int threads, int cell, int reverse, int T, int B, int H, rnnkit_int8_matrix whh_t,
+                              const float* saved, const uint16_t* out, long ldo, const int64_t* lengths,
+                              const float* h0, const float* c0, const uint16_t* dout, long ldd, const float* dhn,
+                              const float* dcn, uint16_t* dgx, uint16_t* dgh, long ldg, uint16_t* hprev, float* dbx,
+                              float* dbh, float* dh0, float* dc0);
 long rnnkit_bf16_packed_size(int G, int H, int K);
 void rnnkit_bf16_pack(int G, int H, int K, const uint16_t* w, uint16_t* P);
 int rnnkit_bf16_native(void);
@@ -165,6 +175,23 @@ OptTensor checked_lengths(const OptTensor& lengths, int64_t B, int64_t T);
 
 // x (T, B, *) with each sequence reversed within its length (rnnkit.engines.reverse_padded).
 Tensor reverse_padded(const Tensor& x, const OptTensor& lengths);
+
+// rnnkit::fused_stack and its backward pass for a bfloat16 stack (cpu/bf16_train_kernel.cpp):
+// flat holds STACK_CELL_ARGS tensors per cell (undefined where absent; no w_hr). The forward
+// pass returns out, h_n, c_n, inner (every layer's output, (L, T, B, D*H)), an
+// empty revs, and each cell's saved float32 activations; the backward pass x's gradient and the
+// flat entries' (undefined where not needed).
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, std::vector<Tensor>> bf16_stack_forward(
+    Cell cell, int64_t L, int64_t D, const Tensor& x, const OptTensor& lengths, const std::vector<Tensor>& flat);
+std::pair<Tensor, std::vector<Tensor>> bf16_stack_backward(Cell cell, int64_t L, int64_t D, const Tensor& x,
+                                                           const OptTensor& lengths, const std::vector<Tensor>& flat,
+                                                           const Tensor& inner, at::TensorList works,
+                                                           const OptTensor& d_out, const OptTensor& d_hn,
+                                                           const OptTensor& d_cn, bool needs_x,
+                                                           const std::vector<bool>& needs_flat);
+// The numbers a bfloat16 stack's forward pass saves per cell: T * B * (5 H for an LSTM or GRU, H
+// for an RNN), float32.
+int64_t bf16_saved_size(Cell cell, int64_t T, int64_t B, int64_t H);
 
 // The C kernels of one floating-point type.
 template <typename real>

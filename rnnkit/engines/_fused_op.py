@@ -106,6 +106,12 @@ def _fused_stack_fake(x: Tensor, lengths: Tensor | None, weights: list[Tensor], 
     steps, batch, inputs = x.shape
     gates, size = flat[4].shape
     hidden, wide, cells = gates // GATES[mode], directions * size, layers * directions
+    if x.dtype == torch.bfloat16:  # bfloat16 training (cpu/bf16_train_kernel.cpp): every layer's output kept
+        saved = steps * batch * hidden * (5 if mode in ("LSTM", "GRU") else 1)
+        return (x.new_empty(steps, batch, wide), x.new_empty(cells, batch, size),
+                x.new_empty(cells, batch, hidden) if mode == "LSTM" else x.new_empty(0),
+                x.new_empty(layers, steps, batch, wide), x.new_empty(0),
+                [x.new_empty(saved, dtype=torch.float32) for _ in range(cells)])
     work = forward_layout_size(mode, True, steps, batch, hidden, size, flags_of(flat[6], None, None))
     return (x.new_empty(steps, batch, wide), x.new_empty(cells, batch, size),
             x.new_empty(cells, batch, hidden) if mode == "LSTM" else x.new_empty(0),

@@ -34,7 +34,8 @@ log = logging.getLogger("rnnkit")
 
 CSRC = Path(__file__).resolve().parent.parent / "csrc"
 CPP_SOURCES = ("ops.cpp", "cpu/plan.cpp", "cpu/fused_rnn_kernel.cpp", "cpu/fused_stack_kernel.cpp",
-               "cpu/min_scan_kernel.cpp", "cpu/int8_kernel.cpp", "autograd/fused_rnn_autograd.cpp")
+               "cpu/min_scan_kernel.cpp", "cpu/int8_kernel.cpp", "cpu/bf16_train_kernel.cpp",
+               "autograd/fused_rnn_autograd.cpp")
 C_SOURCE = "cpu/rnn_kernels.c"
 HEADERS = ("fused_rnn.h", "cpu/rnn_kernels_impl.h", "cpu/int8_kernels.h")
 C_FLAGS = ["-O3", "-std=c11", "-fPIC", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=fast",

@@ -373,8 +373,11 @@ class RecurrentLayer(nn.Module):
         """Run every layer and direction. x (T, B, I); cells: the weights of each, indexed
         layer * D + direction (_all_cell_weights); returns out (T, B, D*R) and the final state,
         each part (K*D, B, S) with the cells indexed likewise."""
-        if x.dtype == torch.bfloat16 and _bf16.usable(self, engine.name, x, state0, cells):
-            return _bf16.run_stack(self, x, state0, lengths, cells)  # inference on AVX-512 BF16 (rnnkit.layers._bf16)
+        if x.dtype == torch.bfloat16:  # on AVX-512 BF16 (rnnkit.layers._bf16)
+            if _bf16.usable(self, engine.name, x, state0, cells):
+                return _bf16.run_stack(self, x, state0, lengths, cells)  # inference
+            if _bf16.trainable(self, engine.name, x, state0, cells):
+                return _bf16.train_stack(self, x, state0, lengths, cells)
         if (FUSED_STACK and engine.name == "fused" and self._probes is None and not self.layer_norm
                 and not torch.jit.is_tracing() and not torch.compiler.is_exporting()
                 # (torch.compile's own tracing runs inside functorch's interpreters, which under_transform

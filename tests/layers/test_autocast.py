@@ -13,6 +13,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 import rnnkit
 from rnnkit._autocast import compute_dtype
+from rnnkit.layers import _bf16
 
 TOLERANCE = {torch.bfloat16: 2 * 2.0**-8, torch.float16: 2 * 2.0**-11}
 """Largest difference from torch.nn's numbers under autocast to that dtype (outputs in [-1, 1]): two
@@ -76,17 +77,25 @@ def _gradients(layer: torch.nn.Module, x: torch.Tensor, on: bool) -> list[torch.
 @pytest.mark.parametrize("name", ["RNN", "LSTM", "GRU"])
 def test_gradients_under_autocast_are_torch_nns(name: str) -> None:
     """Where torch.nn has the configuration, rnnkit's gradients under autocast are float32 and no
-    further from the float32 run's than torch.nn's under autocast (RNN and LSTM: the same kernels in
-    bfloat16, so the same; GRU: float32 throughout, where torch.nn's rounds its products)."""
+    further from the float32 run's than torch.nn's under autocast (LSTM: the same kernels in
+    bfloat16, so the same, each gradient; GRU: float32 throughout, where torch.nn's rounds its
+    products; RNN: the same kernels, or on AVX-512 BF16 rnnkit's bfloat16 training kernels, whose
+    state and gate math stay float32: closer over all the gradients, not each, since the two round
+    differently)."""
     torch.manual_seed(0)
     ours = getattr(rnnkit, name)(4, 6, num_layers=2, bidirectional=True)
     theirs = getattr(torch.nn, name)(4, 6, num_layers=2, bidirectional=True)
     theirs.load_state_dict(ours.state_dict())
     x = torch.randn(5, 3, 4, requires_grad=True)
     exact = _gradients(ours, x, False)
+    errors = []
     for want, a, b in zip(exact, _gradients(ours, x, True), _gradients(theirs, x, True)):
         assert a.dtype == b.dtype == torch.float32
-        assert float((a - want).norm()) <= 1.01 * float((b - want).norm()) + 1e-7
+        errors.append((float((a - want).norm()), float((b - want).norm())))
+    if name == "RNN" and _bf16.native():
+        assert sum(a for a, _ in errors) <= sum(b for _, b in errors)
+    else:
+        assert all(a <= 1.01 * b + 1e-7 for a, b in errors)
 
 
 @pytest.mark.parametrize("name, options", [("LSTM", {"layer_norm": True}), ("GRU", {"recurrent_dropout": 0.2}),

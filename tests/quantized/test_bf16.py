@@ -124,8 +124,8 @@ def test_a_bfloat16_layer_in_inference_runs_the_operator(cell: str, extra: dict)
 @pytest.mark.skipif(not NATIVE, reason="this CPU has no AVX-512 BF16")
 def test_autocast_inference_takes_the_fast_path_and_training_does_not() -> None:
     """An RNN (which computes in bfloat16 under CPU autocast, as torch.nn's) in inference: the fast
-    path; with parameters that require grad, or an explicit engine, or an LSTM that oneDNN's
-    kernel takes: the engines as before."""
+    path; with parameters that require grad (the training path, test_bf16_training.py), or an
+    explicit engine, or an LSTM that oneDNN's kernel takes: not this one."""
     torch.manual_seed(0)
     layer = rnnkit.RNN(7, 20, 2).eval()
     x = torch.randn(9, 5, 7)
@@ -144,7 +144,7 @@ def test_autocast_inference_takes_the_fast_path_and_training_does_not() -> None:
             with torch.no_grad():
                 out, _ = layer(x)
             assert out.dtype == torch.bfloat16 and (out.float() - want).abs().max() < 0.03
-            trained, _ = layer(x)  # parameters that require grad: torch's kernels, as before
+            trained, _ = layer(x)  # parameters that require grad: not the inference path
             trained.float().sum().backward()
         with torch.no_grad():
             reference = rnnkit.RNN(7, 20, 2, engine="reference").to(torch.bfloat16).eval()

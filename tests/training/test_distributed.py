@@ -7,7 +7,10 @@ import os
 import subprocess
 import sys
 
+import pytest
 
+
+@pytest.mark.end_to_end  # two processes of torchrun, about 9 s: CI runs it (pytest -m end_to_end)
 def test_torchrun_two_processes_train_one_model(tmp_path) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

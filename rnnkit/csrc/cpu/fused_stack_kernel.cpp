@@ -44,7 +44,8 @@ Stack check_stack(const Tensor& x, at::TensorList weights, const std::vector<boo
     s.cell = cell_of(std::string_view(mode.data(), mode.size()));
     TORCH_CHECK(x.device().is_cpu(), OP, " runs on CPU, and the input is on ", x.device());
     const auto dtype = x.scalar_type();
-    TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble, OP, " runs float32 and float64, and the input is ", dtype);
+    TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16, OP,
+                " runs float32, float64 and bfloat16, and the input is ", dtype);
     TORCH_CHECK(x.dim() == 3, OP, ": expected x of 3 dimensions (T, B, I), got shape ", x.sizes());
     TORCH_CHECK(layers >= 1 && (directions == 1 || directions == 2), OP, ": expected layers >= 1 and 1 or 2 ",
                 "directions, got ", layers, " and ", directions);
@@ -102,6 +103,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, std::vector<Tensor>> fused_st
     const std::vector<bool> present = present_list.vec();
     const Stack s = check_stack(x_, weights, present, mode, layers, directions);
     const Tensor x = x_.contiguous();
+    if (x.scalar_type() == at::kBFloat16)  // bfloat16 training (bf16_train_kernel.cpp)
+        return bf16_stack_forward(s.cell, s.L, s.D, x, checked_lengths(lengths, s.B, s.T), s.flat);
     const StackPlan plan = plan_of(s, x.scalar_type());
     const OptTensor lengths_c = checked_lengths(lengths, s.B, s.T);
     const std::vector<Tensor> held = contiguous(s.flat);
@@ -249,21 +252,37 @@ std::vector<Tensor> fused_stack_backward_cpu(const OptTensor& d_out, const OptTe
     const Stack s = check_stack(x_, weights, present, mode, layers, directions);
     const Tensor x = x_.contiguous();
     const auto dtype = x.scalar_type();
-    const StackPlan plan = plan_of(s, dtype);
+    const bool bf16 = dtype == at::kBFloat16;
+    const StackPlan plan = bf16 ? StackPlan{} : plan_of(s, dtype);
     const int64_t cells = s.L * s.D, wide = s.D * s.R, rows = s.T * s.B;
     const char* op = "rnnkit::fused_stack_backward";
     TORCH_CHECK(needs.size() == 1 + weights.size(), op, ": expected ", 1 + weights.size(), " needs, got ",
                 needs.size());
-    TORCH_CHECK(works_.size() == plan.cells.size(), op, ": expected ", plan.cells.size(), " workspaces, got ",
-                works_.size());
-    for (size_t k = 0; k < works_.size(); k++)
-        TORCH_CHECK(works_[k].scalar_type() == dtype && works_[k].numel() == plan.cells[k].saved.total, op,
-                    ": expected cell ", k, "'s workspace of ", plan.cells[k].saved.total, " elements, got ",
-                    works_[k].numel());
-    TORCH_CHECK(s.L == 1 || (inner.scalar_type() == dtype && inner.sizes() == at::IntArrayRef({s.L - 1, s.T, s.B, wide})),
-                op, ": expected inner of shape (", s.L - 1, ", ", s.T, ", ", s.B, ", ", wide, "), got ", inner.sizes());
-    TORCH_CHECK(s.D == 1 || (revs.scalar_type() == dtype && revs.numel() == rows * s.I + (s.L - 1) * rows * wide),
-                op, ": expected revs of ", rows * s.I + (s.L - 1) * rows * wide, " elements, got ", revs.numel());
+    if (bf16) {  // the workspaces and inner as bf16_stack_forward left them
+        TORCH_CHECK(!s.flat[6].defined(), op, ": an LSTM with a projection has no bfloat16 training kernel");
+        TORCH_CHECK(static_cast<int64_t>(works_.size()) == cells, op, ": expected ", cells, " workspaces, got ",
+                    works_.size());
+        for (size_t k = 0; k < works_.size(); k++)
+            TORCH_CHECK(works_[k].scalar_type() == at::kFloat && works_[k].is_contiguous() &&
+                            works_[k].numel() == bf16_saved_size(s.cell, s.T, s.B, s.H),
+                        op, ": expected cell ", k, "'s workspace of ", bf16_saved_size(s.cell, s.T, s.B, s.H),
+                        " float32 numbers, got ", works_[k].numel(), " ", works_[k].scalar_type());
+        TORCH_CHECK(inner.scalar_type() == dtype && inner.sizes() == at::IntArrayRef({s.L, s.T, s.B, wide}), op,
+                    ": expected inner of shape (", s.L, ", ", s.T, ", ", s.B, ", ", wide, "), got ", inner.sizes());
+    } else {
+        TORCH_CHECK(works_.size() == plan.cells.size(), op, ": expected ", plan.cells.size(), " workspaces, got ",
+                    works_.size());
+        for (size_t k = 0; k < works_.size(); k++)
+            TORCH_CHECK(works_[k].scalar_type() == dtype && works_[k].numel() == plan.cells[k].saved.total, op,
+                        ": expected cell ", k, "'s workspace of ", plan.cells[k].saved.total, " elements, got ",
+                        works_[k].numel());
+        TORCH_CHECK(s.L == 1 || (inner.scalar_type() == dtype &&
+                                 inner.sizes() == at::IntArrayRef({s.L - 1, s.T, s.B, wide})),
+                    op, ": expected inner of shape (", s.L - 1, ", ", s.T, ", ", s.B, ", ", wide, "), got ",
+                    inner.sizes());
+        TORCH_CHECK(s.D == 1 || (revs.scalar_type() == dtype && revs.numel() == rows * s.I + (s.L - 1) * rows * wide),
+                    op, ": expected revs of ", rows * s.I + (s.L - 1) * rows * wide, " elements, got ", revs.numel());
+    }
     const auto check = [&](const OptTensor& t, const char* name, at::IntArrayRef shape) {
         TORCH_CHECK(!has(t) || (t->scalar_type() == dtype && t->sizes() == shape), op, ": expected ", name,
                     " of shape ", shape, " in ", dtype);
@@ -276,9 +295,12 @@ std::vector<Tensor> fused_stack_backward_cpu(const OptTensor& d_out, const OptTe
     size_t next = 1;
     for (bool p : present) needs_flat.push_back(p && needs[next++]);
     const std::vector<Tensor> works = contiguous(works_.vec());
-    const Tensor inner_c = s.L > 1 ? inner.contiguous() : inner;
-    const Tensor revs_c = s.D == 2 ? revs.contiguous() : revs;
-    auto [dx, grads] = plan.one_call
+    const Tensor inner_c = s.L > 1 || bf16 ? inner.contiguous() : inner;
+    const Tensor revs_c = s.D == 2 && !bf16 ? revs.contiguous() : revs;
+    auto [dx, grads] = bf16
+        ? bf16_stack_backward(s.cell, s.L, s.D, x, lengths_c, s.flat, inner_c, works, d_out, d_hn, d_cn, needs[0],
+                              needs_flat)
+        : plan.one_call
         ? one_call_backward(s, plan, x, lengths_c, inner_c, revs_c, works, d_out, d_hn, d_cn, needs[0], needs_flat)
         : cells_backward(s, x, lengths_c, inner_c, revs_c, works, d_out, d_hn, d_cn, needs[0], needs_flat);
     // x's gradient, then each present weight's: zeros where needed and no gradient reaches it,

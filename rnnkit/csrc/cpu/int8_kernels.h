@@ -538,7 +538,7 @@ static void lp_rows(int bf16, int m0, int m1, int K, const float* a, long lda, u
 static int lp_cell(int bf16, int threads, int cell, int reverse, int T, int B, int I, int H, int R, const float* x,
                    long ldx, rnnkit_int8_matrix wih, rnnkit_int8_matrix whh, rnnkit_int8_matrix whr,
                    const float* bih, const float* bhh, const int64_t* lengths, const float* h0, const float* c0,
-                   float* out, long ldo, float* hn, float* cn) {
+                   float* out, long ldo, float* hn, float* cn, float* saved) {
     const int G = gates_of(cell), lstm = cell == CELL_LSTM, gru = cell == CELL_GRU, proj = whr.P != NULL;
     const int per = bf16 ? 2 : 4;  /* inputs a 4-byte group holds */
     const int HB = (H + 15) / 16, HP = HB * 16, NP = G * HP, IK4 = (I + per - 1) / per, RK4 = (R + per - 1) / per;
@@ -622,6 +622,8 @@ static int lp_cell(int bf16, int threads, int cell, int reverse, int T, int B, i
                                 for (int u = u0; u < u1; u++) o[u] = 0.0f;
                             continue;
                         }
+                        /* a training pass's saved activations of this row (rnnkit_bf16_cell_saved) */
+                        float* sv = saved != NULL ? saved + ((long)t * B + b) * (lstm || gru ? 5L : 1L) * H : NULL;
                         if (lstm) {
                             float* fb = proj ? f + (long)b * H : NULL;
 #pragma omp simd
@@ -636,6 +638,13 @@ static int lp_cell(int bf16, int threads, int cell, int reverse, int T, int B, i
                                 const float cn_ = fg * cb[u] + i * g;
                                 const float hv = og * tanh_f32(cn_);
                                 cb[u] = cn_;
+                                if (sv != NULL) {
+                                    sv[u] = i;
+                                    sv[H + u] = fg;
+                                    sv[2 * H + u] = g;
+                                    sv[3 * H + u] = og;
+                                    sv[4 * H + u] = cn_;
+                                }
                                 if (proj) {
                                     fb[u] = hv;
                                 } else {
@@ -649,11 +658,18 @@ static int lp_cell(int bf16, int threads, int cell, int reverse, int T, int B, i
                                 const float r = 1.0f / (1.0f + exp_f32(-(gx[u] + bi[u] + gh[u] + bh[u])));
                                 const float z = 1.0f / (1.0f + exp_f32(-(gx[HP + u] + bi[HP + u] + gh[HP + u] +
                                                                         bh[HP + u])));
-                                const float n = tanh_f32(gx[2 * HP + u] + bi[2 * HP + u] +
-                                                         r * (gh[2 * HP + u] + bh[2 * HP + u]));
+                                const float ghn = gh[2 * HP + u] + bh[2 * HP + u];
+                                const float n = tanh_f32(gx[2 * HP + u] + bi[2 * HP + u] + r * ghn);
                                 const float hv = (1.0f - z) * n + z * hb[u];
                                 hb[u] = hv;
                                 o[u] = hv;
+                                if (sv != NULL) {
+                                    sv[u] = r;
+                                    sv[H + u] = z;
+                                    sv[2 * H + u] = n;
+                                    sv[3 * H + u] = ghn;
+                                    sv[4 * H + u] = hv;
+                                }
                             }
                         } else {
                             const int relu = cell == CELL_RNN_RELU;
@@ -663,6 +679,7 @@ static int lp_cell(int bf16, int threads, int cell, int reverse, int T, int B, i
                                 const float hv = relu ? (a > 0.0f ? a : 0.0f) : tanh_f32(a);
                                 hb[u] = hv;
                                 o[u] = hv;
+                                if (sv != NULL) sv[u] = hv;
                             }
                         }
                     }
@@ -719,7 +736,7 @@ int rnnkit_int8_cell(int threads, int cell, int reverse, int T, int B, int I, in
                      const float* bhh, const int64_t* lengths, const float* h0, const float* c0, float* out,
                      long ldo, float* hn, float* cn) {
     return lp_cell(0, threads, cell, reverse, T, B, I, H, R, x, ldx, wih, whh, whr, bih, bhh, lengths, h0, c0, out,
-                   ldo, hn, cn);
+                   ldo, hn, cn, NULL);
 }
 
 /* One layer and direction in bfloat16 (rnnkit::bf16_stack): wih, whh, whr with P from
@@ -730,5 +747,202 @@ int rnnkit_bf16_cell(int threads, int cell, int reverse, int T, int B, int I, in
                      const float* bhh, const int64_t* lengths, const float* h0, const float* c0, float* out,
                      long ldo, float* hn, float* cn) {
     return lp_cell(1, threads, cell, reverse, T, B, I, H, R, x, ldx, wih, whh, whr, bih, bhh, lengths, h0, c0, out,
-                   ldo, hn, cn);
+                   ldo, hn, cn, NULL);
+}
+
+/* bfloat16 training (rnnkit::fused_stack of a bfloat16 stack, cpu/bf16_train.cpp).
+ *
+ * The forward pass is rnnkit_bf16_cell's, which also keeps, for each row (t, b) of the saved
+ * array, what the backward pass reads in float32: an LSTM's i, f, g, o and c_t; a GRU's r, z, n,
+ * W_hn h_{t-1} + b_hn and h_t; an RNN's h_t (5, 5 and 1 times H numbers). No projection. */
+int rnnkit_bf16_cell_saved(int threads, int cell, int reverse, int T, int B, int I, int H, const float* x, long ldx,
+                           rnnkit_int8_matrix wih, rnnkit_int8_matrix whh, const float* bih, const float* bhh,
+                           const int64_t* lengths, const float* h0, const float* c0, float* out, long ldo, float* hn,
+                           float* cn, float* saved) {
+    const rnnkit_int8_matrix none = {NULL, NULL, NULL};
+    return lp_cell(1, threads, cell, reverse, T, B, I, H, H, x, ldx, wih, whh, none, bih, bhh, lengths, h0, c0, out,
+                   ldo, hn, cn, saved);
+}
+
+/* The backward pass through time of one layer and direction that rnnkit_bf16_cell_saved ran: the
+ * gate math's derivatives in float32, row by row; dh_{t-1} = dG_t W_hh (+ dh_t z_t for a GRU) by
+ * the bfloat16 products of the forward pass, dG_t rounded to bfloat16 where it enters them. What
+ * sums over all steps (the weight gradients, the input's) is left to the caller's matrix
+ * products over dG and hprev.
+ *   whh_t: W_hh^T (H rows over G*H inputs) packed by rnnkit_bf16_pack(1, H, G*H, .);
+ *   saved: as rnnkit_bf16_cell_saved left it; out: the forward pass's h_t in bfloat16, rows
+ *   (t, b) ldo apart; h0, c0 (B x H) float32 or NULL (zeros); lengths (B,) or NULL;
+ *   dout: the gradient of out, bfloat16 rows ldd apart, or NULL; dhn, dcn (B x H) or NULL.
+ * Writes dgx (rows (t, b) of G*H bfloat16, ldg apart): the gradient of the gates' pre-activations
+ * (of x_t W_ih^T + b_ih); dgh (the same, of h_{t-1} W_hh^T + b_hh; a GRU's n gate differs, else
+ * NULL and dgx serves); hprev (rows (t, b) of H bfloat16): h_{t-1} as the step's product read it;
+ * dbx, dbh (G*H float32): the biases' gradients; dh0, dc0 (B x H). Rows past a sequence's length
+ * have dG 0 and pass their dh, dc through. Returns 0, or 1 when out of memory. */
+int rnnkit_bf16_cell_backward(int threads, int cell, int reverse, int T, int B, int H, rnnkit_int8_matrix whh_t,
+                              const float* saved, const uint16_t* out, long ldo, const int64_t* lengths,
+                              const float* h0, const float* c0, const uint16_t* dout, long ldd, const float* dhn,
+                              const float* dcn, uint16_t* dgx, uint16_t* dgh, long ldg, uint16_t* hprev, float* dbx,
+                              float* dbh, float* dh0, float* dc0) {
+    const int G = gates_of(cell), lstm = cell == CELL_LSTM, gru = cell == CELL_GRU, relu = cell == CELL_RNN_RELU;
+    const int GH = G * H, S = lstm || gru ? 5 : 1, K2 = (GH + 1) / 2, HB = (H + 15) / 16, HP = HB * 16;
+    uint16_t* gq = i8_alloc(sizeof(uint16_t) * (size_t)B * K2 * 2);  /* this step's dG_t (of h_{t-1}), bfloat16 */
+    float* prod = i8_alloc(sizeof(float) * (size_t)B * HP);          /* dG_t W_hh */
+    float* dh = i8_alloc(sizeof(float) * (size_t)B * H);
+    float* dc = i8_alloc(sizeof(float) * (size_t)B * H);
+    float* direct = i8_alloc(sizeof(float) * (size_t)B * H);         /* a GRU's dh_t z_t */
+    float* dg = i8_alloc(sizeof(float) * (size_t)threads * 2 * GH);  /* a row's dG in float32, of x and of h */
+    float* bsum = i8_alloc(sizeof(float) * (size_t)threads * 2 * GH);
+    int failed = gq == NULL || prod == NULL || dh == NULL || dc == NULL || direct == NULL || dg == NULL || bsum == NULL;
+    if (!failed) {
+        for (long i = 0; i < (long)B * H; i++) {
+            dh[i] = dhn != NULL ? dhn[i] : 0.0f;
+            dc[i] = lstm && dcn != NULL ? dcn[i] : 0.0f;
+        }
+        memset(bsum, 0, sizeof(float) * (size_t)threads * 2 * GH);
+        memset(gq, 0, sizeof(uint16_t) * (size_t)B * K2 * 2);
+        const int groups = i8_groups(1, HB);
+#pragma omp parallel num_threads(threads)
+        {
+#ifdef _OPENMP
+            const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
+#else
+            const int tid = 0, nt = 1;
+#endif
+            int lo, hi, c0_, c1_;
+            i8_share(B, nt, tid, &lo, &hi);
+            i8_share(groups, nt, tid, &c0_, &c1_);
+            float* gx = dg + (long)tid * 2 * GH;
+            float* gh = gx + GH;
+            float* sx = bsum + (long)tid * 2 * GH;
+            float* sh = sx + GH;
+            for (int s = T - 1; s >= 0; s--) {
+                const int t = reverse ? T - 1 - s : s;
+                const int tp = reverse ? t + 1 : t - 1;  /* the step before, in the pass's order */
+                for (int b = lo; b < hi; b++) {
+                    const long row = (long)t * B + b;
+                    const int len = lengths == NULL ? T : (int)lengths[b];
+                    uint16_t* ox = dgx + row * ldg;
+                    uint16_t* oh = gru ? dgh + row * ldg : NULL;
+                    uint16_t* hp = hprev + row * H;
+                    uint16_t* q = gq + (long)b * K2 * 2;
+                    if (t >= len) {  /* past the sequence: nothing here; dh and dc pass through */
+                        memset(ox, 0, sizeof(uint16_t) * GH);
+                        if (gru) memset(oh, 0, sizeof(uint16_t) * GH);
+                        memset(hp, 0, sizeof(uint16_t) * H);
+                        memset(q, 0, sizeof(uint16_t) * GH);
+                        continue;
+                    }
+                    const int first = reverse ? t + 1 >= len : t == 0;
+                    const float* sv = saved + row * S * H;
+                    const float* svp = first ? NULL : saved + ((long)tp * B + b) * S * H;
+                    float* dhb = dh + (long)b * H;
+                    float* dcb = dc + (long)b * H;
+                    if (dout != NULL) {
+                        const uint16_t* d = dout + row * ldd;
+                        for (int u = 0; u < H; u++) dhb[u] += b16_float(d[u]);
+                    }
+                    if (first) {
+                        for (int u = 0; u < H; u++) hp[u] = h0 != NULL ? b16_round(h0[(long)b * H + u]) : 0;
+                    } else {
+                        memcpy(hp, out + (long)tp * B * ldo + (long)b * ldo, sizeof(uint16_t) * H);
+                    }
+                    if (lstm) {
+                        const float* cp = first ? (c0 != NULL ? c0 + (long)b * H : NULL) : svp + 4 * H;
+#pragma omp simd
+                        for (int u = 0; u < H; u++) {
+                            const float i = sv[u], f = sv[H + u], g = sv[2 * H + u], o = sv[3 * H + u];
+                            const float tc = tanh_f32(sv[4 * H + u]);
+                            const float cprev = cp != NULL ? cp[u] : 0.0f;
+                            const float dcu = dcb[u] + dhb[u] * o * (1.0f - tc * tc);
+                            gx[u] = dcu * g * i * (1.0f - i);
+                            gx[H + u] = dcu * cprev * f * (1.0f - f);
+                            gx[2 * H + u] = dcu * i * (1.0f - g * g);
+                            gx[3 * H + u] = dhb[u] * tc * o * (1.0f - o);
+                            dcb[u] = dcu * f;
+                        }
+                    } else if (gru) {
+                        const float* hprev32 = first ? (h0 != NULL ? h0 + (long)b * H : NULL) : svp + 4 * H;
+                        float* dir = direct + (long)b * H;
+#pragma omp simd
+                        for (int u = 0; u < H; u++) {
+                            const float r = sv[u], z = sv[H + u], n = sv[2 * H + u], ghn = sv[3 * H + u];
+                            const float hpv = hprev32 != NULL ? hprev32[u] : 0.0f;
+                            const float dn = dhb[u] * (1.0f - z) * (1.0f - n * n);
+                            const float dr = dn * ghn * r * (1.0f - r);
+                            const float dz = dhb[u] * (hpv - n) * z * (1.0f - z);
+                            gx[u] = dr;
+                            gx[H + u] = dz;
+                            gx[2 * H + u] = dn;
+                            gh[u] = dr;
+                            gh[H + u] = dz;
+                            gh[2 * H + u] = dn * r;
+                            dir[u] = dhb[u] * z;
+                        }
+                    } else {
+#pragma omp simd
+                        for (int u = 0; u < H; u++) {
+                            const float h = sv[u];
+                            gx[u] = relu ? (h > 0.0f ? dhb[u] : 0.0f) : dhb[u] * (1.0f - h * h);
+                        }
+                    }
+                    const float* gr = gru ? gh : gx;  /* dG of h_{t-1}'s product */
+                    for (int j = 0; j < GH; j++) {
+                        ox[j] = b16_round(gx[j]);
+                        sx[j] += gx[j];
+                        sh[j] += gr[j];
+                        q[j] = b16_round(gr[j]);
+                    }
+                    if (gru)
+                        for (int j = 0; j < GH; j++) oh[j] = b16_round(gh[j]);
+                }
+#pragma omp barrier
+                if (s > 0) {  /* dh_{t-1} = dG_t W_hh, this thread's columns */
+                    i8_gemm(1, HB, K2, 0, B, c0_, c1_, (const uint8_t*)gq, dc, (const int8_t*)whh_t.P, NULL, NULL,
+                            prod, HP);
+#pragma omp barrier
+                    for (int b = lo; b < hi; b++) {
+                        const int len = lengths == NULL ? T : (int)lengths[b];
+                        if (t >= len) continue;
+                        float* dhb = dh + (long)b * H;
+                        const float* p = prod + (long)b * HP;
+                        if (gru) {
+                            const float* dir = direct + (long)b * H;
+                            for (int u = 0; u < H; u++) dhb[u] = p[u] + dir[u];
+                        } else {
+                            memcpy(dhb, p, sizeof(float) * H);
+                        }
+                    }
+                }
+            }
+        }
+        /* dh_0: what reaches the initial state, from the pass's first step: dG W_hh (+ the GRU's
+         * direct path); a sequence that starts later (reversed, shorter than T) has it in dh */
+        i8_gemm(1, HB, K2, 0, B, 0, groups, (const uint8_t*)gq, dc, (const int8_t*)whh_t.P, NULL, NULL, prod, HP);
+        const int t0 = reverse ? T - 1 : 0;
+        for (int b = 0; b < B; b++) {
+            const float* p = prod + (long)b * HP;
+            const int started = lengths == NULL || t0 < lengths[b];
+            for (int u = 0; u < H; u++)
+                dh0[(long)b * H + u] = !started ? dh[(long)b * H + u]
+                                                : p[u] + (gru ? direct[(long)b * H + u] : 0.0f);
+            if (lstm && dc0 != NULL) memcpy(dc0 + (long)b * H, dc + (long)b * H, sizeof(float) * H);
+        }
+        for (int j = 0; j < GH; j++) {
+            float a = 0.0f, c = 0.0f;
+            for (int k = 0; k < threads; k++) {
+                a += bsum[(long)k * 2 * GH + j];
+                c += bsum[(long)k * 2 * GH + GH + j];
+            }
+            dbx[j] = a;
+            dbh[j] = c;
+        }
+    }
+    free(gq);
+    free(prod);
+    free(dh);
+    free(dc);
+    free(direct);
+    free(dg);
+    free(bsum);
+    return failed;
 }
