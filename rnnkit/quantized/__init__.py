@@ -8,10 +8,10 @@ with AVX-512 VNNI where the CPU has it, and a portable path where it does not.
         out, h_n = qmodel.rnn(x)         # same shapes, float32 in and out
 """
 
-from rnnkit.quantized._modules import GRU, LSTM, RNN, Linear
+from rnnkit.quantized._modules import GRU, LSTM, RNN, Linear, WeightOnly
 from rnnkit.quantized._quantize import quantize
 
-__all__ = ["GRU", "LSTM", "RNN", "Linear", "quantize"]
+__all__ = ["GRU", "LSTM", "RNN", "Linear", "WeightOnly", "quantize"]
 
 
 def _register_with_torch() -> None:

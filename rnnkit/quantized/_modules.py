@@ -10,6 +10,7 @@ pass through them raises saying so.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,6 +19,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from rnnkit import _checks
+from rnnkit.cells import CellWeights
 from rnnkit.layers._base import Lengths, read_input
 from rnnkit.quantized._ops import CELL_ARGS, GATES, needs_library, pack, quantize_rows
 
@@ -249,3 +251,67 @@ class LSTM(_Recurrent):
 
 class GRU(_Recurrent):
     """int8 inference of rnnkit.GRU or torch.nn.GRU."""
+
+
+class WeightOnly(nn.Module):
+    """int8 weight-only form of a recurrent layer (rnnkit's or torch.nn's RNN, LSTM, GRU): its
+    weight matrices stored int8 per output row with float32 scales (about a quarter of float32's
+    bytes, in memory and in the state_dict), dequantized to float32 at each call (w = scale[n] *
+    q[n]), which then runs the float layer's engines on float activations. It saves memory, not
+    time (a call costs the float layer's and the dequantization); rnnkit.quantized.LSTM etc.
+    (activations in int8 too) are the fast form. Every option of the float layer works, layer_norm
+    included (its gains stay float32). What torchao's Int8WeightOnlyConfig gives a recurrent layer
+    (rnnkit.quantized.torchao).
+
+    Call it as the float layer: input (T, B, I), (B, T, I) with batch_first, (T, I) unbatched, or
+    a PackedSequence; hx and lengths= as the float layer's; it returns what the float layer does."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        from rnnkit._convert import from_torch
+        from rnnkit.layers._base import RecurrentLayer
+
+        float_layer = layer if isinstance(layer, RecurrentLayer) else from_torch(layer)
+        assert isinstance(float_layer, RecurrentLayer)
+        inner = copy.deepcopy(float_layer).float().eval()
+        self._names: list[str] = []  # the int8 weights, as the float layer names them
+        for name, p in list(inner.named_parameters(recurse=False)):
+            if name.startswith("weight_") and p.dim() == 2:
+                q, scale = quantize_rows(p)
+                self.register_buffer(name, q)
+                self.register_buffer(name + "_scale", scale)
+                self._names.append(name)
+                del inner._parameters[name]
+        for p in inner.parameters():
+            p.requires_grad_(False)
+        self.layer = inner  # the float layer without its weight matrices (biases, gains: float32)
+
+    @classmethod
+    def from_float(cls, layer: nn.Module) -> WeightOnly:
+        return cls(layer)
+
+    def forward(self, input: Tensor | PackedSequence, hx: State | None = None, *,
+                lengths: Lengths | None = None) -> tuple[Tensor | PackedSequence, State]:
+        layer = self.layer
+        buffers = self._buffers
+        weights = {name: buffers[name].to(torch.float32) * buffers[name + "_scale"].unsqueeze(1)  # type: ignore[union-attr]
+                   for name in self._names}
+        cells = [CellWeights(*[None if name is None else weights[name] if name in weights else getattr(layer, name)  # type: ignore[arg-type]
+                               for name in fields]) for fields in layer._cell_fields]
+        out, state = layer._forward_with(cells, input, hx, lengths)
+        return out, (state if layer.spec.num_states == 2 else state[0])  # type: ignore[return-value]
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, local_metadata: dict[str, Any],
+                              strict: bool, missing_keys: list[str], unexpected_keys: list[str],
+                              error_msgs: list[str]) -> None:
+        for name in self._names:  # a float state_dict would be cast to int8 silently by copy_
+            given = state_dict.get(prefix + name)
+            if given is not None and given.dtype != torch.int8:
+                error_msgs.append(
+                    f"WeightOnly: {prefix + name} is {given.dtype}, not int8: this is a state_dict of a float "
+                    "model; load it into the float model and quantize it again")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+    def extra_repr(self) -> str:
+        return "int8 weights, float activations"

@@ -9,10 +9,12 @@ or ``rnnkit[torchao]``). Importing this module registers them with torchao's int
 ``filter_fn`` selects torch.nn.Linear (which torchao quantizes its own way) and the recurrent
 layers rnnkit.quantize takes (rnnkit's and torch.nn's RNN, LSTM, GRU), which become
 rnnkit.quantized's int8 modules: torchao's default int8 dynamic scheme (activations per row,
-symmetric; weights per output row) is rnnkit's. torchao's default filter selects linear layers
-only, so a model's recurrent layers stay in float without ``filter_fn``. Other settings of the
-config (per-tensor scales, asymmetric activations) and Int8WeightOnlyConfig (float activations)
-have no rnnkit kernel: a recurrent layer given them is refused, naming the setting.
+symmetric; weights per output row) is rnnkit's. With ``Int8WeightOnlyConfig()`` (weights per
+output row, float activations) a recurrent layer becomes rnnkit.quantized.WeightOnly: int8
+weights in memory, dequantized at each call, the float layer's speed. torchao's default filter
+selects linear layers only, so a model's recurrent layers stay in float without ``filter_fn``.
+Other settings of the configs (per-tensor scales, asymmetric activations, groups of weights)
+have no rnnkit form: a recurrent layer given them is refused, naming the setting.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from torchao.quantization.granularity import PerRow
 from torchao.quantization.quant_primitives import MappingType
 from torchao.quantization.transform_module import _QUANTIZE_CONFIG_HANDLER
 
+from rnnkit.quantized._modules import WeightOnly
 from rnnkit.quantized._quantize import _int8_form
 
 __all__ = ["filter_fn"]
@@ -45,6 +48,13 @@ def _check_dynamic(config: Int8DynamicActivationInt8WeightConfig, module: nn.Mod
                          f"weight_only_decode={config.weight_only_decode}, reduce_range={config.reduce_range}")
 
 
+def _check_weight_only(config: Int8WeightOnlyConfig, module: nn.Module) -> None:
+    if config.group_size is not None or not isinstance(config.granularity, PerRow):
+        raise ValueError(f"rnnkit.quantized: {type(module).__name__} has an int8 weight-only form for torchao's "
+                         "default Int8WeightOnlyConfig only (a scale per output row), got "
+                         f"group_size={config.group_size}, granularity={config.granularity}")
+
+
 def _register() -> None:
     for config_type in (Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig):
         torchao_handler = _QUANTIZE_CONFIG_HANDLER[config_type]
@@ -57,9 +67,8 @@ def _register() -> None:
             if int8 is None:
                 return _torchao(module, config, *args, **kwargs)  # a linear layer: torchao's own
             if isinstance(config, Int8WeightOnlyConfig):
-                raise ValueError(f"rnnkit.quantized: {type(module).__name__} has no int8 weight-only kernel (its "
-                                 "activations are quantized too): use Int8DynamicActivationInt8WeightConfig, or "
-                                 "rnnkit.quantize(model)")
+                _check_weight_only(config, module)
+                return WeightOnly.from_float(module)
             _check_dynamic(config, module)
             return int8.from_float(module)  # type: ignore[attr-defined, no-any-return]
 
