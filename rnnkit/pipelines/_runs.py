@@ -133,6 +133,32 @@ def int8_model(model: torch.nn.Module) -> torch.nn.Module:
     return quantize(model)
 
 
+class _Bfloat16(torch.nn.Module):
+    """A model in bfloat16 called as the float one: floating inputs cast to bfloat16, floating
+    outputs back to float32 (bf16_model)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *args: Any) -> Any:
+        from torch.utils._pytree import tree_map
+
+        def cast(dtype: torch.dtype) -> Any:
+            return lambda t: t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+
+        return tree_map(cast(torch.float32), self.model(*tree_map(cast(torch.bfloat16), args)))
+
+
+def bf16_model(model: torch.nn.Module) -> torch.nn.Module:
+    """A bfloat16 copy of a trained model, to evaluate it beside the float one (a pipeline's
+    bf16=True): its parameters and computation bfloat16 (rnnkit's bfloat16 kernels where the CPU
+    has AVX-512 BF16), its inputs and outputs float32 as the float model's."""
+    import copy
+
+    return _Bfloat16(copy.deepcopy(model).to(torch.bfloat16)).eval()
+
+
 def check_diverged(trainer: Any, out: str | Path | None) -> None:
     """After trainer.fit: a run that diverged before its first epoch ended leaves no folder (its
     RUN.partial is removed) and raises Diverged; one that diverged later is finished as usual,

@@ -29,7 +29,7 @@ from rnnkit.data import (DATASETS, SequenceData, TextData, Vocabulary, load_data
 from rnnkit.data._files import check_delimiter, check_encoding
 from rnnkit.data._text import TOKENS
 from rnnkit.models import NToOne, NToOneConfig
-from rnnkit.pipelines._runs import check_diverged, check_int8, check_new, int8_model, open_run, pipeline_config
+from rnnkit.pipelines._runs import check_diverged, check_int8, check_new, int8_model, bf16_model, open_run, pipeline_config
 from rnnkit.runs import NotARunError, finish_run, load_weights, read_run, reading, value
 from rnnkit.tasks import BATCH, TIME, TaskBatch
 from rnnkit.training import EpochRecord, Trainer, TrainConfig
@@ -153,11 +153,12 @@ class TokenDataset(Dataset[tuple[list[int], int]]):
 def train(cfg: ClassifyConfig, out: str | Path, *, on_epoch: Callable[[EpochRecord], None] | None = None,
           resume: bool = False, progress: bool = False, tensorboard: bool = False,
           diagnose_every: int | None = None, on_diagnosis: Callable[[dict[str, Any]], None] | None = None,
-          int8: bool = False) -> dict[str, Any]:
+          int8: bool = False, bf16: bool = False) -> dict[str, Any]:
     """Train and write the run folder at out; returns metrics.json's content.
     resume: continue the run at out (stopped, or finished and given more epochs).
     int8: also evaluate the model's int8 form (rnnkit.quantize) on the test split: metrics
-    "test_int8", beside "test" (what int8 inference costs this model; on the CPU)."""
+    "test_int8", beside "test" (what int8 inference costs this model; on the CPU).
+    bf16: likewise its bfloat16 form (bf16_model): metrics "test_bf16"."""
     cfg.check()
     if int8:
         check_int8(cfg.cell, cfg.train)  # before anything is written
@@ -210,6 +211,9 @@ def train(cfg: ClassifyConfig, out: str | Path, *, on_epoch: Callable[[EpochReco
     if int8:
         _, _, logits8, _ = trainer.evaluate(subsets[2], int8_model(model))
         metrics["test_int8"] = scores(logits8.argmax(-1).numpy(), target.numpy())
+    if bf16:
+        _, _, logits16, _ = trainer.evaluate(subsets[2], bf16_model(model))
+        metrics["test_bf16"] = scores(logits16.argmax(-1).numpy(), target.numpy())
     if not trainer.is_main:
         return metrics
     config = {"task": "classify", "pipeline": asdict(cfg), "model": asdict(model_cfg), "input": input_info}

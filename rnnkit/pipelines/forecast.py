@@ -25,7 +25,7 @@ from rnnkit._extras import needs_extras
 from rnnkit.data import Series, load_series, read_series_csv
 from rnnkit.data._files import read_table
 from rnnkit.models import NToOne, NToOneConfig
-from rnnkit.pipelines._runs import check_diverged, check_int8, check_new, int8_model, open_run, pipeline_config
+from rnnkit.pipelines._runs import check_diverged, check_int8, check_new, int8_model, bf16_model, open_run, pipeline_config
 from rnnkit.runs import NotARunError, finish_run, load_weights, numbers, read_run, reading, value
 from rnnkit.tasks import BATCH, TIME, TaskBatch
 from rnnkit.training import EpochRecord, Trainer, TrainConfig
@@ -145,11 +145,12 @@ def prepare(cfg: ForecastConfig) -> Prepared:
 def train(cfg: ForecastConfig, out: str | Path, *, on_epoch: Callable[[EpochRecord], None] | None = None,
           resume: bool = False, progress: bool = False, tensorboard: bool = False,
           diagnose_every: int | None = None, on_diagnosis: Callable[[dict[str, Any]], None] | None = None,
-          int8: bool = False) -> dict[str, Any]:
+          int8: bool = False, bf16: bool = False) -> dict[str, Any]:
     """Train and write the run folder at out; returns metrics.json's content.
     resume: continue the run at out (stopped, or finished and given more epochs).
     int8: also evaluate the model's int8 form (rnnkit.quantize) on the test split: metrics
-    "test_int8", beside "test" (what int8 inference costs this model; on the CPU)."""
+    "test_int8", beside "test" (what int8 inference costs this model; on the CPU).
+    bf16: likewise its bfloat16 form (bf16_model): metrics "test_bf16"."""
     if int8:
         check_int8(cfg.cell, cfg.train)  # before anything is written
     if not resume:
@@ -199,6 +200,8 @@ def train(cfg: ForecastConfig, out: str | Path, *, on_epoch: Callable[[EpochReco
     }
     if int8:
         metrics["test_int8"] = errors(test_forecasts(int8_model(model)), actual)
+    if bf16:
+        metrics["test_bf16"] = errors(test_forecasts(bf16_model(model)), actual)
     if not trainer.is_main:
         return metrics
     config = {"task": "forecast", "pipeline": asdict(cfg), "dataset": cfg.dataset if cfg.data is None else None, "data": cfg.data,

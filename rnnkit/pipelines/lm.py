@@ -39,7 +39,7 @@ from rnnkit.data import Vocabulary
 from rnnkit.data._files import check_encoding
 from rnnkit.data._files import read_text as read_text_file
 from rnnkit.models import LanguageModel, LanguageModelConfig, generate as generate_ids
-from rnnkit.pipelines._runs import check_diverged, check_int8, check_new, int8_model, open_run, pipeline_config
+from rnnkit.pipelines._runs import check_diverged, check_int8, check_new, int8_model, bf16_model, open_run, pipeline_config
 from rnnkit.runs import NotARunError, finish_run, load_weights, read_run, reading, value
 from rnnkit.tasks import BATCH, TIME, TaskBatch
 from rnnkit.training import EpochRecord, Trainer, TrainConfig, world
@@ -261,10 +261,11 @@ def next_character_guesses(model: LanguageModel, ids: Tensor, start: int, count:
 def train(cfg: LMConfig, out: str | Path, *, on_epoch: Callable[[EpochRecord], None] | None = None,
           resume: bool = False, progress: bool = False, tensorboard: bool = False,
           diagnose_every: int | None = None, on_diagnosis: Callable[[dict[str, Any]], None] | None = None,
-          int8: bool = False) -> dict[str, Any]:
+          int8: bool = False, bf16: bool = False) -> dict[str, Any]:
     """Train and write the run folder at out; returns metrics.json's content.
     int8: also evaluate the model's int8 form (rnnkit.quantize) on the test split: metrics
-    "test_int8", beside "test" (what int8 inference costs this model; on the CPU)."""
+    "test_int8", beside "test" (what int8 inference costs this model; on the CPU).
+    bf16: likewise its bfloat16 form (bf16_model): metrics "test_bf16"."""
     cfg.check()
     if int8:
         check_int8(cfg.cell, cfg.train)  # before anything is written
@@ -305,6 +306,9 @@ def train(cfg: LMConfig, out: str | Path, *, on_epoch: Callable[[EpochRecord], N
     }
     if int8:
         metrics["test_int8"] = {"bpc": trainer.evaluate(data["test"], int8_model(model))[1],
+                                "characters": len(d.test_targets)}
+    if bf16:
+        metrics["test_bf16"] = {"bpc": trainer.evaluate(data["test"], bf16_model(model))[1],
                                 "characters": len(d.test_targets)}
     if not trainer.is_main:
         return metrics

@@ -15,19 +15,24 @@ from rnnkit.training import TrainConfig
 pytestmark = pytest.mark.skipif(isinstance(_library.load(), str), reason="rnnkit's operator library is not built")
 
 
-def test_classify_forecast_and_lm_report_int8_beside_float(tmp_path: Path) -> None:
+def test_classify_forecast_and_lm_report_int8_and_bf16_beside_float(tmp_path: Path) -> None:
+    """int8=True and bf16=True: the test metric of each form, near the float model's."""
     quick = dict(epochs=1, batch_size=64)
     got = classify.train(classify.ClassifyConfig(dataset="digits", hidden_size=16, train=TrainConfig(**quick)),
-                         tmp_path / "digits", int8=True)
-    assert set(got["test_int8"]) == set(got["test"]) and abs(got["test_int8"]["accuracy"] - got["test"]["accuracy"]) < 0.05
-    got = forecast.train(forecast.ForecastConfig(hidden_size=8, train=TrainConfig(**quick)), tmp_path / "fc", int8=True)
-    assert set(got["test_int8"]) == set(got["test"])
-    assert abs(got["test_int8"]["rmse"] / got["test"]["rmse"] - 1) < 0.05
+                         tmp_path / "digits", int8=True, bf16=True)
+    for form in ("test_int8", "test_bf16"):
+        assert set(got[form]) == set(got["test"]) and abs(got[form]["accuracy"] - got["test"]["accuracy"]) < 0.05
+    got = forecast.train(forecast.ForecastConfig(hidden_size=8, train=TrainConfig(**quick)), tmp_path / "fc", int8=True,
+                         bf16=True)
+    for form in ("test_int8", "test_bf16"):
+        assert set(got[form]) == set(got["test"]) and got[form] != got["test"]
+        assert abs(got[form]["rmse"] / got["test"]["rmse"] - 1) < 0.05
     text = tmp_path / "t.txt"
     text.write_text("the quick brown fox jumps over the lazy dog. " * 200, encoding="utf-8")
     got = lm.train(lm.LMConfig(text=str(text), hidden_size=16, num_layers=1, train=TrainConfig(epochs=1, batch_size=8)),
-                   tmp_path / "lm", int8=True)
+                   tmp_path / "lm", int8=True, bf16=True)
     assert abs(got["test_int8"]["bpc"] - got["test"]["bpc"]) < 0.05
+    assert abs(got["test_bf16"]["bpc"] - got["test"]["bpc"]) < 0.05 and got["test_bf16"] != got["test"]
     assert "test_int8" not in classify.train(classify.ClassifyConfig(dataset="digits", hidden_size=8,
                                                                      train=TrainConfig(**quick)), tmp_path / "plain")
 
