@@ -44,11 +44,13 @@ int rnnkit_int8_cell(int threads, int cell, int reverse, int T, int B, int I, in
                      rnnkit_int8_matrix wih, rnnkit_int8_matrix whh, rnnkit_int8_matrix whr, const float* bih,
                      const float* bhh, const int64_t* lengths, const float* h0, const float* c0, float* out,
                      long ldo, float* hn, float* cn);
-int rnnkit_bf16_cell(int threads, int cell, int reverse, int T, int B, int I, int H, int R, const float* x, long ldx,
+int rnnkit_bf16_cell(int threads, int cell, int reverse, int T, int B, int I, int H, int R, const float* x,
+                     const uint16_t* xb, long ldx,
                      rnnkit_int8_matrix wih, rnnkit_int8_matrix whh, rnnkit_int8_matrix whr, const float* bih,
                      const float* bhh, const int64_t* lengths, const float* h0, const float* c0, float* out,
                      long ldo, float* hn, float* cn);
-int rnnkit_bf16_cell_saved(int threads, int cell, int reverse, int T, int B, int I, int H, const float* x, long ldx,
+int rnnkit_bf16_cell_saved(int threads, int cell, int reverse, int T, int B, int I, int H, const float* x,
+                           const uint16_t* xb, long ldx,
                            rnnkit_int8_matrix wih, rnnkit_int8_matrix whh, const float* bih, const float* bhh,
                            const int64_t* lengths, const float* h0, const float* c0, float* out, long ldo, float* hn,
                            float* cn, float* saved);

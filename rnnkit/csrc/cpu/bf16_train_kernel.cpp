@@ -57,9 +57,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, std::vector<Tensor>> bf16_sta
     std::vector<Tensor> works;
     const int64_t* n = lengths ? lengths->const_data_ptr<int64_t>() : nullptr;
     const int threads = threads_for(B, G * H, H);
-    Tensor input = f32(x);
+    Tensor input = x;  // (bfloat16, read as given by the first layer; float32 above it)
     for (int64_t layer = 0; layer < L; layer++) {
         const int64_t I = input.size(2);
+        const bool given = input.scalar_type() == at::kBFloat16;
         Tensor out32 = at::empty({T, B, wide}, f);
         for (int64_t direction = 0; direction < D; direction++) {
             const int64_t k = layer * D + direction;
@@ -69,7 +70,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, std::vector<Tensor>> bf16_sta
             works.push_back(at::empty({bf16_saved_size(cell, T, B, H)}, f));
             const int failed = rnnkit_bf16_cell_saved(
                 threads, cell, static_cast<int>(direction), static_cast<int>(T), static_cast<int>(B),
-                static_cast<int>(I), static_cast<int>(H), input.data_ptr<float>(), I, matrix(wih), matrix(whh),
+                static_cast<int>(I), static_cast<int>(H), given ? nullptr : input.data_ptr<float>(),
+                given ? reinterpret_cast<const uint16_t*>(input.data_ptr()) : nullptr, I, matrix(wih), matrix(whh),
                 fptr(bih), fptr(bhh), n, fptr(h0), fptr(c0), out32.data_ptr<float>() + direction * H, wide,
                 h_n[k].data_ptr<float>(), cell == LSTM ? c_n[k].data_ptr<float>() : nullptr,
                 works.back().data_ptr<float>());

@@ -220,10 +220,12 @@ std::tuple<Tensor, Tensor, Tensor> bf16_stack_cpu(const Tensor& x_, const OptTen
     Tensor cn = cell == LSTM ? at::zeros({cells, B, H}, options) : at::empty({0}, options);
     const auto back = [&](const Tensor& t) { return t.to(x_.scalar_type()); };
     if (B == 0) return {back(at::empty({T, 0, directions * R}, options)), back(hn), back(cn)};
-    Tensor input = f32(x_);
+    // the first layer reads x in bfloat16 as given (no float32 copy); the others their float32 input
+    Tensor input = x_.scalar_type() == at::kBFloat16 ? x_.contiguous() : f32(x_);
     const int threads = B * G * H * R >= policy_setting("int8_step_parallel_min_work") ? num_threads() : 1;
     for (int64_t layer = 0; layer < layers; ++layer) {
         const int64_t I = input.size(2);
+        const bool given = input.scalar_type() == at::kBFloat16;
         Tensor out = at::empty({T, B, directions * R}, options);
         for (int64_t direction = 0; direction < directions; ++direction) {
             const int64_t index = layer * directions + direction, base = index * BF16_CELL_ARGS;
@@ -244,7 +246,9 @@ std::tuple<Tensor, Tensor, Tensor> bf16_stack_cpu(const Tensor& x_, const OptTen
             }
             const int failed = rnnkit_bf16_cell(
                 threads, static_cast<int>(cell), static_cast<int>(direction), static_cast<int>(T), static_cast<int>(B),
-                static_cast<int>(I), static_cast<int>(H), static_cast<int>(R), input.data_ptr<float>(), I, wih, whh,
+                static_cast<int>(I), static_cast<int>(H), static_cast<int>(R),
+                given ? nullptr : input.data_ptr<float>(),
+                given ? reinterpret_cast<const uint16_t*>(input.data_ptr()) : nullptr, I, wih, whh,
                 whr, bih.defined() ? bih.data_ptr<float>() : nullptr, bhh.defined() ? bhh.data_ptr<float>() : nullptr,
                 lengths ? lengths->data_ptr<int64_t>() : nullptr, h0.defined() ? h0[index].data_ptr<float>() : nullptr,
                 c0.defined() ? c0[index].data_ptr<float>() : nullptr, out.data_ptr<float>() + direction * R,

@@ -193,6 +193,16 @@ static void b16_rows(int m0, int m1, int K, const float* a, long lda, uint16_t* 
     }
 }
 
+/* Rows m0 .. m1-1 of a (bfloat16 already, K columns, rows lda apart) as b16_rows leaves them. */
+static void b16_copy_rows(int m0, int m1, int K, const uint16_t* a, long lda, uint16_t* q) {
+    const int Kp = (K + 1) / 2 * 2;
+    for (int m = m0; m < m1; m++) {
+        uint16_t* o = q + (long)m * Kp;
+        memcpy(o, a + (long)m * lda, sizeof(uint16_t) * K);
+        if (K < Kp) o[K] = 0;
+    }
+}
+
 #if B16_NATIVE
 /* The AVX-512 BF16 tile of 8 rows by n = 1 or 2 blocks, its accumulators named (as i8_tile_8xn). */
 static void b16_tile_8xn(int n, int K2, const uint8_t* A, long lda, const int8_t* const* W, float* const* C,
@@ -536,7 +546,7 @@ static void lp_rows(int bf16, int m0, int m1, int K, const float* a, long lda, u
 
 /* rnnkit_int8_cell and rnnkit_bf16_cell: the one driver, its matrices int8 or (bf16) bfloat16. */
 static int lp_cell(int bf16, int threads, int cell, int reverse, int T, int B, int I, int H, int R, const float* x,
-                   long ldx, rnnkit_int8_matrix wih, rnnkit_int8_matrix whh, rnnkit_int8_matrix whr,
+                   const uint16_t* xb, long ldx, rnnkit_int8_matrix wih, rnnkit_int8_matrix whh, rnnkit_int8_matrix whr,
                    const float* bih, const float* bhh, const int64_t* lengths, const float* h0, const float* c0,
                    float* out, long ldo, float* hn, float* cn, float* saved) {
     const int G = gates_of(cell), lstm = cell == CELL_LSTM, gru = cell == CELL_GRU, proj = whr.P != NULL;
@@ -562,8 +572,12 @@ static int lp_cell(int bf16, int threads, int cell, int reverse, int T, int B, i
     float* fs = proj ? i8_alloc(sizeof(float) * B) : NULL;
     float* f = proj ? i8_alloc(sizeof(float) * (size_t)B * H) : NULL;
     float* fp = proj ? i8_alloc(sizeof(float) * (size_t)B * RP) : NULL;
+    /* where a pass that keeps nothing writes a row's activations (each thread its own): stores
+     * without a branch keep the cell loops vectorised */
+    float* unsaved = saved == NULL ? i8_alloc(sizeof(float) * (size_t)threads * 5 * HP) : NULL;
     int failed = xq == NULL || xs == NULL || xp == NULL || hq == NULL || hs == NULL || hp == NULL || h == NULL ||
-                 c == NULL || pads == NULL || (proj && (fq == NULL || fs == NULL || f == NULL || fp == NULL));
+                 c == NULL || pads == NULL || (proj && (fq == NULL || fs == NULL || f == NULL || fp == NULL)) ||
+                 (saved == NULL && unsaved == NULL);
     if (!failed) {
         float *swih = pads, *swhh = pads + NP, *bi = pads + 2 * NP, *bh = pads + 3 * NP, *swhr = pads + 4 * NP;
         i8_pad(G, H, wih.scale, swih);
@@ -596,11 +610,15 @@ static int lp_cell(int bf16, int threads, int cell, int reverse, int T, int B, i
                     const int n = T - s < chunk ? T - s : chunk;
                     first = reverse ? T - s - n : s;
                     const int m = n * B;
-                    const float* xs0 = x + (long)first * B * ldx;
                     i8_share((m + 47) / 48, nt, tid, &lo, &hi);
                     for (int mb = lo; mb < hi; mb++) {
                         const int m0 = mb * 48, m1 = m0 + 48 < m ? m0 + 48 : m;
-                        lp_rows(bf16, m0, m1, I, xs0, ldx, xq, xs);
+                        if (xb != NULL) {  /* bfloat16 inputs as given */
+                            b16_copy_rows(m0, m1, I, xb + (long)first * B * ldx, ldx, (uint16_t*)(void*)xq);
+                            for (int r = m0; r < m1; r++) xs[r] = 1.0f;
+                        } else {
+                            lp_rows(bf16, m0, m1, I, x + (long)first * B * ldx, ldx, xq, xs);
+                        }
                         i8_gemm(G, HB, IK4, m0, m1, 0, groups, xq, xs, wih.P, wih.sums, swih, xp, NP);
                     }
 #pragma omp barrier
@@ -623,7 +641,8 @@ static int lp_cell(int bf16, int threads, int cell, int reverse, int T, int B, i
                             continue;
                         }
                         /* a training pass's saved activations of this row (rnnkit_bf16_cell_saved) */
-                        float* sv = saved != NULL ? saved + ((long)t * B + b) * (lstm || gru ? 5L : 1L) * H : NULL;
+                        float* sv = saved != NULL ? saved + ((long)t * B + b) * (lstm || gru ? 5L : 1L) * H
+                                                  : unsaved + (long)tid * 5 * HP;
                         if (lstm) {
                             float* fb = proj ? f + (long)b * H : NULL;
 #pragma omp simd
@@ -638,13 +657,11 @@ static int lp_cell(int bf16, int threads, int cell, int reverse, int T, int B, i
                                 const float cn_ = fg * cb[u] + i * g;
                                 const float hv = og * tanh_f32(cn_);
                                 cb[u] = cn_;
-                                if (sv != NULL) {
-                                    sv[u] = i;
-                                    sv[H + u] = fg;
-                                    sv[2 * H + u] = g;
-                                    sv[3 * H + u] = og;
-                                    sv[4 * H + u] = cn_;
-                                }
+                                sv[u] = i;
+                                sv[H + u] = fg;
+                                sv[2 * H + u] = g;
+                                sv[3 * H + u] = og;
+                                sv[4 * H + u] = cn_;
                                 if (proj) {
                                     fb[u] = hv;
                                 } else {
@@ -663,13 +680,11 @@ static int lp_cell(int bf16, int threads, int cell, int reverse, int T, int B, i
                                 const float hv = (1.0f - z) * n + z * hb[u];
                                 hb[u] = hv;
                                 o[u] = hv;
-                                if (sv != NULL) {
-                                    sv[u] = r;
-                                    sv[H + u] = z;
-                                    sv[2 * H + u] = n;
-                                    sv[3 * H + u] = ghn;
-                                    sv[4 * H + u] = hv;
-                                }
+                                sv[u] = r;
+                                sv[H + u] = z;
+                                sv[2 * H + u] = n;
+                                sv[3 * H + u] = ghn;
+                                sv[4 * H + u] = hv;
                             }
                         } else {
                             const int relu = cell == CELL_RNN_RELU;
@@ -679,7 +694,7 @@ static int lp_cell(int bf16, int threads, int cell, int reverse, int T, int B, i
                                 const float hv = relu ? (a > 0.0f ? a : 0.0f) : tanh_f32(a);
                                 hb[u] = hv;
                                 o[u] = hv;
-                                if (sv != NULL) sv[u] = hv;
+                                sv[u] = hv;
                             }
                         }
                     }
@@ -727,6 +742,7 @@ static int lp_cell(int bf16, int threads, int cell, int reverse, int T, int B, i
     free(fs);
     free(f);
     free(fp);
+    free(unsaved);
     return failed;
 }
 
@@ -735,19 +751,20 @@ int rnnkit_int8_cell(int threads, int cell, int reverse, int T, int B, int I, in
                      rnnkit_int8_matrix wih, rnnkit_int8_matrix whh, rnnkit_int8_matrix whr, const float* bih,
                      const float* bhh, const int64_t* lengths, const float* h0, const float* c0, float* out,
                      long ldo, float* hn, float* cn) {
-    return lp_cell(0, threads, cell, reverse, T, B, I, H, R, x, ldx, wih, whh, whr, bih, bhh, lengths, h0, c0, out,
+    return lp_cell(0, threads, cell, reverse, T, B, I, H, R, x, NULL, ldx, wih, whh, whr, bih, bhh, lengths, h0, c0, out,
                    ldo, hn, cn, NULL);
 }
 
 /* One layer and direction in bfloat16 (rnnkit::bf16_stack): wih, whh, whr with P from
- * rnnkit_bf16_pack and sums and scale NULL; x, states and out float32 (rounded to bfloat16 where
- * they enter a product). */
-int rnnkit_bf16_cell(int threads, int cell, int reverse, int T, int B, int I, int H, int R, const float* x, long ldx,
+ * rnnkit_bf16_pack and sums and scale NULL; x float32 (rounded to bfloat16 where it enters a
+ * product), or with x NULL xb, the same rows in bfloat16; states and out float32. */
+int rnnkit_bf16_cell(int threads, int cell, int reverse, int T, int B, int I, int H, int R, const float* x,
+                     const uint16_t* xb, long ldx,
                      rnnkit_int8_matrix wih, rnnkit_int8_matrix whh, rnnkit_int8_matrix whr, const float* bih,
                      const float* bhh, const int64_t* lengths, const float* h0, const float* c0, float* out,
                      long ldo, float* hn, float* cn) {
-    return lp_cell(1, threads, cell, reverse, T, B, I, H, R, x, ldx, wih, whh, whr, bih, bhh, lengths, h0, c0, out,
-                   ldo, hn, cn, NULL);
+    return lp_cell(1, threads, cell, reverse, T, B, I, H, R, x, xb, ldx, wih, whh, whr, bih, bhh, lengths, h0, c0,
+                   out, ldo, hn, cn, NULL);
 }
 
 /* bfloat16 training (rnnkit::fused_stack of a bfloat16 stack, cpu/bf16_train.cpp).
@@ -755,13 +772,14 @@ int rnnkit_bf16_cell(int threads, int cell, int reverse, int T, int B, int I, in
  * The forward pass is rnnkit_bf16_cell's, which also keeps, for each row (t, b) of the saved
  * array, what the backward pass reads in float32: an LSTM's i, f, g, o and c_t; a GRU's r, z, n,
  * W_hn h_{t-1} + b_hn and h_t; an RNN's h_t (5, 5 and 1 times H numbers). No projection. */
-int rnnkit_bf16_cell_saved(int threads, int cell, int reverse, int T, int B, int I, int H, const float* x, long ldx,
+int rnnkit_bf16_cell_saved(int threads, int cell, int reverse, int T, int B, int I, int H, const float* x,
+                           const uint16_t* xb, long ldx,
                            rnnkit_int8_matrix wih, rnnkit_int8_matrix whh, const float* bih, const float* bhh,
                            const int64_t* lengths, const float* h0, const float* c0, float* out, long ldo, float* hn,
                            float* cn, float* saved) {
     const rnnkit_int8_matrix none = {NULL, NULL, NULL};
-    return lp_cell(1, threads, cell, reverse, T, B, I, H, H, x, ldx, wih, whh, none, bih, bhh, lengths, h0, c0, out,
-                   ldo, hn, cn, saved);
+    return lp_cell(1, threads, cell, reverse, T, B, I, H, H, x, xb, ldx, wih, whh, none, bih, bhh, lengths, h0, c0,
+                   out, ldo, hn, cn, saved);
 }
 
 /* The backward pass through time of one layer and direction that rnnkit_bf16_cell_saved ran: the
