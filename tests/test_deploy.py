@@ -1,12 +1,13 @@
 """Deployment without rnnkit: a model with rnnkit's layers, exported and compiled ahead of time
 (AOTInductor), runs in a fresh process that loads rnnkit's operator library and never imports
 rnnkit; a saved ExportedProgram (.pt2) loads there too, and in a process that only imported
-rnnkit. And the build's fallback: without a
+rnnkit; the AOTInductor package runs from C++ too (examples/libtorch). And the build's fallback: without a
 compiler, engine="auto" runs torch's kernels and engine="fused" says why it cannot run."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -86,6 +87,29 @@ def test_an_aoti_package_runs_without_rnnkit(tmp_path: Path) -> None:
                                 capture_output=True, text=True, timeout=300, cwd=tmp_path)
         assert result.returncode == 0, result.stderr[-3000:]
         assert result.stdout.count("served 2") == len(archives.split(","))
+    _serve_from_cpp(Path(package), data, tmp_path)
+
+
+def _serve_from_cpp(package: Path, data: list[tuple[torch.Tensor, ...]], tmp_path: Path) -> None:
+    """examples/libtorch: serve.cpp built against the wheel's libtorch (build.sh) runs the package
+    with rnnkit's library loaded, in a process with no Python at all, equal to eager."""
+    if shutil.which(os.environ.get("CXX", "g++")) is None:
+        pytest.skip("no C++ compiler to build examples/libtorch/serve.cpp")
+    examples = Path(__file__).resolve().parents[1] / "examples" / "libtorch"
+    program = tmp_path / "serve"
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    built = subprocess.run(["sh", str(examples / "build.sh"), str(program)], capture_output=True, text=True,
+                           timeout=600, env=env)
+    assert built.returncode == 0, built.stderr[-3000:]
+    for i, (x, lengths, expected) in enumerate(data):
+        torch.save([x, lengths], tmp_path / f"in{i}.pt")
+        result = subprocess.run([str(program), rnnkit.library_path(), str(package), str(tmp_path / f"in{i}.pt"),
+                                 str(tmp_path / f"out{i}.pt")], capture_output=True, text=True, timeout=300,
+                                env={k: v for k, v in env.items() if not k.startswith("PYTHON")})
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert result.stdout.startswith(f"output 0: {list(expected.shape)} Float"), result.stdout
+        (got,) = torch.load(tmp_path / f"out{i}.pt")
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
 def test_without_a_compiler_auto_falls_back_and_fused_says_why(tmp_path: Path) -> None:
