@@ -97,50 +97,41 @@ def generation(budget: float) -> None:
           f"{us['rnnkit'] / us['rnnkit int8']:.2f}x |", flush=True)
 
 
-def bfloat16(budget: float) -> None:
-    print("\n## bfloat16 modules, whole sequences: median ms; speed-up = the other / rnnkit bf16")
-    print("| cell | (T, B, I, H) | torch.nn bf16 | rnnkit f32 | rnnkit bf16 | vs torch.nn bf16 | vs rnnkit f32 | "
-          "largest difference to f32 |")
+def bfloat16(budget: float, *, training: bool) -> None:
+    """The bfloat16 tables: inference (under inference_mode) or training (a forward and backward
+    pass), rnnkit's bfloat16 against torch.nn's bfloat16 and rnnkit's float32."""
+    if training:
+        title, last = "training, a forward and backward pass", "W_hh's gradient: largest difference to f32, of its largest"
+    else:
+        title, last = "modules, whole sequences", "largest difference to f32"
+    print(f"\n## bfloat16 {title}: median ms; speed-up = the other / rnnkit bf16")
+    print(f"| cell | (T, B, I, H) | torch.nn bf16 | rnnkit f32 | rnnkit bf16 | vs torch.nn bf16 | vs rnnkit f32 | {last} |")
     print("|---|---|---|---|---|---|---|---|")
+
+    def step(model: nn.Module, inputs: torch.Tensor) -> None:
+        model.zero_grad(set_to_none=True)
+        model(inputs)[0].float().sum().backward()
+
     for cell in ("LSTM", "GRU"):
         for T, B, I, H in DEFAULT_SIZES:
             torch.manual_seed(0)
-            ours = getattr(rnnkit, cell)(I, H).eval()
-            ours16, ref16 = copy.deepcopy(ours).to(torch.bfloat16), rnnkit.to_torch(ours).to(torch.bfloat16).eval()
+            ours = getattr(rnnkit, cell)(I, H).train(training)
+            ours16 = copy.deepcopy(ours).to(torch.bfloat16)
+            ref16 = rnnkit.to_torch(ours).to(torch.bfloat16).train(training)
             x = torch.randn(T, B, I)
             x16 = x.to(torch.bfloat16)
-            with torch.inference_mode():
-                diff = (ours16(x16)[0].float() - ours(x)[0]).abs().max().item()
-                t = time_all({"torch bf16": lambda: ref16(x16), "rnnkit": lambda: ours(x),
-                              "rnnkit bf16": lambda: ours16(x16)}, budget)
-            print(f"| {cell} | ({T}, {B}, {I}, {H}) | {t['torch bf16']:.3f} | {t['rnnkit']:.3f} | "
-                  f"{t['rnnkit bf16']:.3f} | {t['torch bf16'] / t['rnnkit bf16']:.2f}x | "
-                  f"{t['rnnkit'] / t['rnnkit bf16']:.2f}x | {diff:.1e} |", flush=True)
-
-
-def bfloat16_training(budget: float) -> None:
-    print("\n## bfloat16 training, a forward and backward pass: median ms; speed-up = the other / rnnkit bf16")
-    print("| cell | (T, B, I, H) | torch.nn bf16 | rnnkit f32 | rnnkit bf16 | vs torch.nn bf16 | vs rnnkit f32 | "
-          "W_hh's gradient: largest difference to f32, of its largest |")
-    print("|---|---|---|---|---|---|---|---|")
-    for cell in ("LSTM", "GRU"):
-        for T, B, I, H in DEFAULT_SIZES:
-            torch.manual_seed(0)
-            ours = getattr(rnnkit, cell)(I, H)
-            ours16, ref16 = copy.deepcopy(ours).to(torch.bfloat16), rnnkit.to_torch(ours).to(torch.bfloat16)
-            x = torch.randn(T, B, I)
-            x16 = x.to(torch.bfloat16)
-
-            def step(model: nn.Module, inputs: torch.Tensor) -> None:
-                model.zero_grad(set_to_none=True)
-                model(inputs)[0].float().sum().backward()
-
-            step(ours, x)
-            step(ours16, x16)
-            want, got = ours.weight_hh_l0.grad, ours16.weight_hh_l0.grad.float()
-            diff = ((got - want).abs().max() / want.abs().max()).item()
-            t = time_all({"torch bf16": lambda: step(ref16, x16), "rnnkit": lambda: step(ours, x),
-                          "rnnkit bf16": lambda: step(ours16, x16)}, budget)
+            if training:
+                step(ours, x)
+                step(ours16, x16)
+                want, got = ours.weight_hh_l0.grad, ours16.weight_hh_l0.grad.float()
+                diff = ((got - want).abs().max() / want.abs().max()).item()
+                t = time_all({"torch bf16": lambda: step(ref16, x16), "rnnkit": lambda: step(ours, x),
+                              "rnnkit bf16": lambda: step(ours16, x16)}, budget)
+            else:
+                with torch.inference_mode():
+                    diff = (ours16(x16)[0].float() - ours(x)[0]).abs().max().item()
+                    t = time_all({"torch bf16": lambda: ref16(x16), "rnnkit": lambda: ours(x),
+                                  "rnnkit bf16": lambda: ours16(x16)}, budget)
             print(f"| {cell} | ({T}, {B}, {I}, {H}) | {t['torch bf16']:.3f} | {t['rnnkit']:.3f} | "
                   f"{t['rnnkit bf16']:.3f} | {t['torch bf16'] / t['rnnkit bf16']:.2f}x | "
                   f"{t['rnnkit'] / t['rnnkit bf16']:.2f}x | {diff:.1e} |", flush=True)
@@ -159,8 +150,8 @@ def main() -> None:
           f"{'AVX-512 BF16' if bf16 else 'none (bfloat16 layers run torch kernels)'}")
     sequences(args.budget)
     generation(args.budget)
-    bfloat16(args.budget)
-    bfloat16_training(args.budget)
+    bfloat16(args.budget, training=False)
+    bfloat16(args.budget, training=True)
 
 
 if __name__ == "__main__":

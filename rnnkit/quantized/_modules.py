@@ -36,6 +36,17 @@ def _check_qconfig(module: nn.Module) -> None:
                              f"only, got a qconfig for {dtype}")
 
 
+def _refuse_float_weights(owner: str, names: Sequence[str], state_dict: dict[str, Any], prefix: str,
+                          error_msgs: list[str], remedy: str) -> None:
+    """A state_dict whose int8 weights (names) come as floats is refused, saying so: copy_ would
+    cast a float model's weights to int8 silently."""
+    for name in names:
+        given = state_dict.get(prefix + name)
+        if given is not None and given.dtype != torch.int8:
+            error_msgs.append(f"{owner}: {prefix + name} is {given.dtype}, not int8: this is a state_dict of a float "
+                              f"model; load it into the float model and {remedy}")
+
+
 class _Packed(nn.Module):
     """Base of the int8 modules: int8 weights with their scales as buffers (in the state_dict),
     each also packed for the kernels into non-persistent buffers, repacked when a state_dict is
@@ -57,12 +68,8 @@ class _Packed(nn.Module):
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, local_metadata: dict[str, Any],
                               strict: bool, missing_keys: list[str], unexpected_keys: list[str],
                               error_msgs: list[str]) -> None:
-        for name, _ in self._quantized:  # a float state_dict would be cast to int8 silently by copy_
-            given = state_dict.get(prefix + name)
-            if given is not None and given.dtype != torch.int8:
-                error_msgs.append(
-                    f"{type(self).__name__}: {prefix + name} is {given.dtype}, not int8: this is a state_dict of "
-                    "a float model; load it into the float model and call rnnkit.quantize(model)")
+        _refuse_float_weights(type(self).__name__, [name for name, _ in self._quantized], state_dict, prefix,
+                              error_msgs, "call rnnkit.quantize(model)")
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
         for name, gates in self._quantized:
@@ -304,12 +311,7 @@ class WeightOnly(nn.Module):
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, local_metadata: dict[str, Any],
                               strict: bool, missing_keys: list[str], unexpected_keys: list[str],
                               error_msgs: list[str]) -> None:
-        for name in self._names:  # a float state_dict would be cast to int8 silently by copy_
-            given = state_dict.get(prefix + name)
-            if given is not None and given.dtype != torch.int8:
-                error_msgs.append(
-                    f"WeightOnly: {prefix + name} is {given.dtype}, not int8: this is a state_dict of a float "
-                    "model; load it into the float model and quantize it again")
+        _refuse_float_weights("WeightOnly", self._names, state_dict, prefix, error_msgs, "quantize it again")
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
 
