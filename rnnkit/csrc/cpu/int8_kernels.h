@@ -167,16 +167,24 @@ static inline uint16_t b16_round(float f) {
 
 long rnnkit_bf16_packed_size(int G, int H, int K) { return (long)G * ((H + 15) / 16) * ((K + 1) / 2) * 32; }
 
-/* Pack W (G*H x K bfloat16, row-major) into P (rnnkit_bf16_packed_size numbers). */
+/* Pack W (G*H x K bfloat16, row-major) into P (rnnkit_bf16_packed_size numbers, 4-byte aligned):
+ * each group of 64 bytes written whole, a pair of inputs (4 bytes) from each of its 16 rows (a
+ * bfloat16 model packs its weights at every call: element by element this took 0.7 ms for a
+ * (1536 x 512) matrix). */
 void rnnkit_bf16_pack(int G, int H, int K, const uint16_t* w, uint16_t* P) {
     const int HB = (H + 15) / 16, K2 = (K + 1) / 2;
     for (int g = 0; g < G; g++)
         for (int jb = 0; jb < HB; jb++) {
-            uint16_t* block = P + (long)(g * HB + jb) * K2 * 32;
-            for (int lane = 0; lane < 16; lane++) {
-                const int u = jb * 16 + lane;
-                for (int k = 0; k < K2 * 2; k++)
-                    block[(long)(k / 2) * 32 + lane * 2 + k % 2] = u < H && k < K ? w[(long)(g * H + u) * K + k] : 0;
+            uint32_t* block = (uint32_t*)(void*)(P + (long)(g * HB + jb) * K2 * 32);
+            const int lanes = H - jb * 16 < 16 ? H - jb * 16 : 16;
+            const uint16_t* rows = w + (long)(g * H + jb * 16) * K;
+            for (int k2 = 0; k2 < K2; k2++) {
+                uint32_t* group = block + (long)k2 * 16;
+                for (int lane = 0; lane < lanes; lane++) {
+                    const uint16_t* pair = rows + (long)lane * K + 2 * k2;
+                    group[lane] = (uint32_t)pair[0] | (2 * k2 + 1 < K ? (uint32_t)pair[1] << 16 : 0u);
+                }
+                for (int lane = lanes; lane < 16; lane++) group[lane] = 0;
             }
         }
 }
