@@ -775,7 +775,7 @@ int rnnkit_bf16_cell(int threads, int cell, int reverse, int T, int B, int I, in
                    out, ldo, hn, cn, NULL);
 }
 
-/* bfloat16 training (rnnkit::fused_stack of a bfloat16 stack, cpu/bf16_train.cpp).
+/* bfloat16 training (rnnkit::fused_stack of a bfloat16 stack, cpu/bf16_train_kernel.cpp).
  *
  * The forward pass is rnnkit_bf16_cell's, which also keeps, for each row (t, b) of the saved
  * array, what the backward pass reads in float32: an LSTM's i, f, g, o and c_t; a GRU's r, z, n,
