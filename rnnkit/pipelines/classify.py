@@ -29,7 +29,8 @@ from rnnkit.data import (DATASETS, SequenceData, TextData, Vocabulary, load_data
 from rnnkit.data._files import check_delimiter, check_encoding
 from rnnkit.data._text import TOKENS
 from rnnkit.models import NToOne, NToOneConfig
-from rnnkit.pipelines._runs import check_diverged, check_int8, check_new, int8_model, bf16_model, open_run, pipeline_config
+from rnnkit.pipelines._runs import (bf16_model, check_diverged, check_int8, check_new, int8_model, open_run,
+                                    pipeline_config)
 from rnnkit.runs import NotARunError, finish_run, load_weights, read_run, reading, value
 from rnnkit.tasks import BATCH, TIME, TaskBatch
 from rnnkit.training import EpochRecord, Trainer, TrainConfig

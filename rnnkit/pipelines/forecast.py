@@ -25,7 +25,8 @@ from rnnkit._extras import needs_extras
 from rnnkit.data import Series, load_series, read_series_csv
 from rnnkit.data._files import read_table
 from rnnkit.models import NToOne, NToOneConfig
-from rnnkit.pipelines._runs import check_diverged, check_int8, check_new, int8_model, bf16_model, open_run, pipeline_config
+from rnnkit.pipelines._runs import (bf16_model, check_diverged, check_int8, check_new, int8_model, open_run,
+                                    pipeline_config)
 from rnnkit.runs import NotARunError, finish_run, load_weights, numbers, read_run, reading, value
 from rnnkit.tasks import BATCH, TIME, TaskBatch
 from rnnkit.training import EpochRecord, Trainer, TrainConfig

@@ -39,7 +39,8 @@ from rnnkit.data import Vocabulary
 from rnnkit.data._files import check_encoding
 from rnnkit.data._files import read_text as read_text_file
 from rnnkit.models import LanguageModel, LanguageModelConfig, generate as generate_ids
-from rnnkit.pipelines._runs import check_diverged, check_int8, check_new, int8_model, bf16_model, open_run, pipeline_config
+from rnnkit.pipelines._runs import (bf16_model, check_diverged, check_int8, check_new, int8_model, open_run,
+                                    pipeline_config)
 from rnnkit.runs import NotARunError, finish_run, load_weights, read_run, reading, value
 from rnnkit.tasks import BATCH, TIME, TaskBatch
 from rnnkit.training import EpochRecord, Trainer, TrainConfig, world

@@ -15,6 +15,8 @@
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
+
 namespace rnnkit {
 
 namespace {
@@ -57,10 +59,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, std::vector<Tensor>> bf16_sta
     std::vector<Tensor> works;
     const int64_t* n = lengths ? lengths->const_data_ptr<int64_t>() : nullptr;
     const int threads = threads_for(B, G * H, H);
-    Tensor input = x;  // (bfloat16, read as given by the first layer; float32 above it)
+    Tensor input = x;  // bfloat16: x, then the layer below's output (inner), read as given
     for (int64_t layer = 0; layer < L; layer++) {
         const int64_t I = input.size(2);
-        const bool given = input.scalar_type() == at::kBFloat16;
         Tensor out32 = at::empty({T, B, wide}, f);
         for (int64_t direction = 0; direction < D; direction++) {
             const int64_t k = layer * D + direction;
@@ -70,15 +71,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, std::vector<Tensor>> bf16_sta
             works.push_back(at::empty({bf16_saved_size(cell, T, B, H)}, f));
             const int failed = rnnkit_bf16_cell_saved(
                 threads, cell, static_cast<int>(direction), static_cast<int>(T), static_cast<int>(B),
-                static_cast<int>(I), static_cast<int>(H), given ? nullptr : input.data_ptr<float>(),
-                given ? reinterpret_cast<const uint16_t*>(input.data_ptr()) : nullptr, I, matrix(wih), matrix(whh),
+                static_cast<int>(I), static_cast<int>(H), nullptr, reinterpret_cast<const uint16_t*>(input.data_ptr()),
+                I, matrix(wih), matrix(whh),
                 fptr(bih), fptr(bhh), n, fptr(h0), fptr(c0), out32.data_ptr<float>() + direction * H, wide,
                 h_n[k].data_ptr<float>(), cell == LSTM ? c_n[k].data_ptr<float>() : nullptr,
                 works.back().data_ptr<float>());
             TORCH_CHECK_WITH(OutOfMemoryError, failed == 0, OP, ": out of memory");
         }
-        inner[layer].copy_(out32);
-        input = out32;  // (rounded to bfloat16 where the next layer's products read it: inner[layer])
+        inner[layer].copy_(out32);  // (rounded to bfloat16, as the next layer's products read it)
+        input = inner[layer];
     }
     return {inner[L - 1].clone(), h_n.to(at::kBFloat16), c_n.to(at::kBFloat16), inner, x.new_empty({0}), works};
 }
@@ -105,8 +106,9 @@ std::pair<Tensor, std::vector<Tensor>> bf16_stack_backward(Cell cell, int64_t L,
         // the layer's dG for x_t, both directions side by side: rows (t, b) of D * G * H
         Tensor dgx = at::empty({rows, D * GH}, bf);
         Tensor dgh = cell == GRU ? at::empty({rows, D * GH}, bf) : Tensor();  // a GRU's dG for h_{t-1}
-        bool below = needs_x;
-        for (size_t j = 0; j < STACK_CELL_ARGS * D * layer; j++) below = below || needs_flat[j];
+        // whether anything below this layer needs a gradient: x, or a weight or state of a lower layer
+        const bool below = needs_x || std::any_of(needs_flat.begin(), needs_flat.begin() + STACK_CELL_ARGS * D * layer,
+                                                  [](bool need) { return need; });
         for (int64_t direction = 0; direction < D; direction++) {
             const int64_t k = layer * D + direction, first = STACK_CELL_ARGS * k;
             const Tensor* w = flat.data() + first;
@@ -139,7 +141,7 @@ std::pair<Tensor, std::vector<Tensor>> bf16_stack_backward(Cell cell, int64_t L,
             if (need(4)) grads[first + 4] = at::mm(gh.t(), hprev);
             if (need(5)) grads[first + 5] = dbh.to(at::kBFloat16);
         }
-        if (!below) {  // nothing below this layer needs a gradient
+        if (!below) {
             d_layer = Tensor();
             break;
         }
