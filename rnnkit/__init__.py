@@ -26,9 +26,11 @@ from rnnkit._convert import from_torch, to_torch
 from rnnkit.engines._library import library_path
 from rnnkit.cells import GRUCell, LSTMCell, RNNCell
 from rnnkit.layers import GRU, LSTM, RNN, MinGRU, MinGRUCell, MinLSTM, MinLSTMCell
+from rnnkit.layers._packing import exportable_packing
 from rnnkit.quantized import quantize
 
 __version__ = "0.1.0"
 
 __all__ = ["GRU", "LSTM", "RNN", "GRUCell", "InputError", "InputTypeError", "LSTMCell", "MinGRU", "MinGRUCell",
-           "MinLSTM", "MinLSTMCell", "RNNCell", "__version__", "library_path", "from_torch", "quantize", "to_torch"]
+           "MinLSTM", "MinLSTMCell", "RNNCell", "__version__", "exportable_packing",
+           "library_path", "from_torch", "quantize", "to_torch"]

@@ -425,10 +425,14 @@ def test_legacy_onnx_exporter_is_refused(tmp_path: Path) -> None:
     layers refuse it and name the exporter to use."""
     model = Tagger(rnnkit.LSTM(4, 6)).eval()
     x = torch.randn(5, 2, 4)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        with pytest.raises(Exception, match=r"torch.onnx.export\(model, args, dynamo=True\)"):
-            torch.onnx.export(model, (x, torch.tensor([5, 3])), str(tmp_path / "m.onnx"), dynamo=False)
+    cache = torch.is_autocast_cache_enabled()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            with pytest.raises(Exception, match=r"torch.onnx.export\(model, args, dynamo=True\)"):
+                torch.onnx.export(model, (x, torch.tensor([5, 3])), str(tmp_path / "m.onnx"), dynamo=False)
+    finally:  # torch's exporter turns autocast's weight cache off and, when tracing raises, leaves it off
+        torch.set_autocast_cache_enabled(cache)
     assert not (tmp_path / "m.onnx").exists()
 
 

@@ -27,7 +27,7 @@ from rnnkit.cells._module import check_chrono, check_forget_bias
 from rnnkit.engines import (ENGINE_NAMES, ENGINES, Engine, LayerConfig, Noise, Probe, _library, for_tools,
                             reverse_padded, select_engine)
 from rnnkit.engines._fused_op import run_stack, under_transform, unwatched
-from rnnkit.layers import _bf16
+from rnnkit.layers import _bf16, _packing
 
 Lengths = Sequence[int] | Tensor
 NO_NOISE = Noise()
@@ -543,7 +543,7 @@ def read_input(owner: str, input: Tensor | PackedSequence, lengths: Lengths | No
                 f"{owner}: lengths= cannot be given with a PackedSequence, which carries its own"
             )
         _checks.check_float_tensor(owner, "input", packed.data, dtype)
-        x, cpu_lengths = unpack(packed)  # (T, B, I) in the batch's original order
+        x, cpu_lengths = unpack(owner, packed)  # (T, B, I) in the batch's original order
         batched = True
     else:
         x = _checks.check_float_tensor(owner, "input", input, dtype)
@@ -616,20 +616,30 @@ def check_lengths(owner: str, lengths: Lengths, *, batch: int, steps: int) -> Te
     return values
 
 
-def unpack(packed: PackedSequence) -> tuple[Tensor, Tensor]:
+def unpack(owner: str, packed: PackedSequence) -> tuple[Tensor, Tensor]:
     """pad_packed_sequence(packed): x (T, B, *) zero-padded, in the batch's original order, and
     the lengths (B,) on CPU. Traced (torch.compile, torch.export), with tensor operations whose
     shapes come from the tensors' shapes, not from the values in batch_sizes."""
     if not torch.compiler.is_compiling():
         return pad_packed_sequence(packed)
     data, batch_sizes = packed.data, packed.batch_sizes  # (N, *), (T,)
-    if packed.sorted_indices is not None:
+    if batch_sizes.is_floating_point():  # made by torch's fake aten::_pack_padded_sequence
+        raise RuntimeError(
+            f"{owner}: this PackedSequence was packed by pack_padded_sequence inside torch.export, which "
+            "traces torch's packing with the wrong sizes (its data get T rows, not sum(lengths)); "
+            "export inside `with rnnkit.exportable_packing():`, or pass lengths= to the layer instead"
+        )
+    sizes = batch_sizes.to(device=data.device, dtype=torch.int64)
+    padded = _packing.padded_size(batch_sizes)
+    if padded is not None:  # packed in this trace by exportable_packing: back to the caller's (T, B)
+        sizes = _packing.padded_sizes(sizes, padded[0])  # (T,), 0 past the longest
+        batch = padded[1]
+    elif packed.sorted_indices is not None:
         batch = packed.sorted_indices.shape[0]
     else:  # the first step holds every sequence; a size known only at run time
         batch = int(batch_sizes[0])
         torch._check(batch >= 1)
         torch._check(batch <= data.shape[0])
-    sizes = batch_sizes.to(device=data.device, dtype=torch.int64)  # (torch's fake packing says float32)
     starts = torch.cumsum(sizes, 0) - sizes  # (T,): where each step's rows begin in data
     slot = torch.arange(batch, device=data.device)  # (B,) in sorted order
     valid = slot < sizes.unsqueeze(1)  # (T, B)
@@ -648,6 +658,11 @@ def repack(out: Tensor, like: PackedSequence, lengths: Tensor) -> PackedSequence
         if like.sorted_indices is not None:
             out = out.index_select(1, like.sorted_indices)  # original -> sorted (descending) order
         sizes = like.batch_sizes.to(device=out.device, dtype=torch.int64)
+        if _packing.padded_size(like.batch_sizes) is not None:  # packed by exportable_packing
+            valid = torch.arange(out.shape[1], device=out.device) < _packing.padded_sizes(sizes, out.shape[0]).unsqueeze(1)
+            data = out[valid]  # (N, R): the valid steps in packed order (no searchsorted: ONNX has none)
+            torch._check(data.shape[0] == like.data.shape[0])
+            return PackedSequence(data, like.batch_sizes, like.sorted_indices, like.unsorted_indices)
         ends = torch.cumsum(sizes, 0)  # (T,)
         row = torch.arange(like.data.shape[0], device=out.device)  # (N,): one per packed row
         step = torch.searchsorted(ends, row, right=True)  # (N,): its time step
