@@ -93,11 +93,10 @@ def test_torch_export_of_a_packing_model_equals_eager(cell: str, layers: int, bi
             torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-6)
 
 
-ONNX_CASES = [(cell, layers, bidirectional, (layers + bidirectional) % 2 == 0, (layers + bidirectional + i) % 2 == 1)
-              for i, cell in enumerate(CELLS) for layers in (1, 2) for bidirectional in (False, True)]
-"""Every cell x layers x bidirectional, batch_first and the initial state each taken both ways
-by every cell (the whole MATRIX, exported by hand, matched eager to 9.6e-7)."""
-ONNX_FEW = [("LSTM", 2, True, False, False)]
+ONNX_CASES = [(cell, *config) for cell in CELLS for config in ((1, False, True, False), (2, True, False, True))]
+"""Every cell one layer one way and two layers both ways, batch_first and the initial state each
+taken both ways (the whole MATRIX, exported by hand, matched eager to 9.6e-7)."""
+ONNX_FEW = [("LSTM", 2, True, False, True)]
 
 
 @pytest.mark.parametrize(("cell", "layers", "bidirectional", "batch_first", "initial_state"),
