@@ -141,7 +141,7 @@ class _TracedPacking(TorchFunctionMode):
 @contextlib.contextmanager
 def exportable_packing() -> Iterator[None]:
     """Let torch.export and torch.onnx.export (dynamo=True) trace torch's
-    ``pack_padded_sequence`` / ``pack_sequence`` and ``pad_packed_sequence`` around rnnkit's
+    ``pack_padded_sequence`` and ``pad_packed_sequence`` around rnnkit's
     layers::
 
         with rnnkit.exportable_packing():
