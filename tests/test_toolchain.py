@@ -358,10 +358,10 @@ def test_export_native_engine_with_dynamic_length(family: str) -> None:
     assert all(n.target is not kernel for n in program.graph.nodes)
 
 
-SLOW = pytest.mark.end_to_end  # the largest exports, 6-10 s each: CI runs them (pytest -m end_to_end)
+SLOW = pytest.mark.end_to_end  # ONNX exports, 4-10 s each: CI runs them (pytest -m end_to_end), the default run one
 ONNX_CONFIGS = ["lstm", pytest.param("gru-stacked-bidirectional", marks=SLOW),
-                pytest.param("lstm-proj-layer-norm-bidirectional", marks=SLOW), "rnn-relu-batch-first",
-                "gru-layer-norm-learned-state"]
+                pytest.param("lstm-proj-layer-norm-bidirectional", marks=SLOW),
+                pytest.param("rnn-relu-batch-first", marks=SLOW), pytest.param("gru-layer-norm-learned-state", marks=SLOW)]
 
 
 @pytest.mark.parametrize("config", ONNX_CONFIGS)
@@ -390,6 +390,7 @@ def test_onnx_export_runs_in_onnxruntime(config: str, tmp_path: Path) -> None:
 
 
 @needs_kernels
+@SLOW
 def test_onnx_from_an_exported_program_with_the_operator(tmp_path: Path) -> None:
     """A program exported first (torch.export, holding rnnkit::fused_rnn) converts to ONNX after
     run_decompositions(rnnkit.engines.onnx_decompositions()): the operator becomes the reference

@@ -316,6 +316,7 @@ def test_torch_quantize_dynamic_quantizes_rnnkit_layers_it_is_told_of_and_warns_
         _quantize_dynamic(model, {rnnkit.LSTM}, dtype=torch.float16)
 
 
+@pytest.mark.end_to_end  # 10 s of compiling: CI runs it
 def test_torch_compile_of_a_quantized_model() -> None:
     q = rnnkit.quantize(_Model().eval())
     tokens = torch.randint(0, 30, (7, 3))
