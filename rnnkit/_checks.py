@@ -65,13 +65,16 @@ def check_choice(owner: str, name: str, value: object, choices: Sequence[str]) -
     return value
 
 
-def check_float_tensor(owner: str, name: str, value: object, dtype: torch.dtype) -> Tensor:
+def check_float_tensor(owner: str, name: str, value: object, dtype: torch.dtype | None) -> Tensor:
+    """value as a floating-point Tensor of dtype (None: of any floating dtype)."""
     if not isinstance(value, Tensor):
         raise TypeError(f"{owner}: expected {name} to be a Tensor, got {type(value).__name__}")
     if not value.is_floating_point():
         raise InputTypeError(
-            f"{owner}: expected {name} to be a floating-point tensor ({dtype}), got {value.dtype}"
+            f"{owner}: expected {name} to be a floating-point tensor{f' ({dtype})' if dtype else ''}, got {value.dtype}"
         )
+    if dtype is None:
+        return value
     if value.dtype != dtype and name == "input":
         raise InputTypeError(
             f"{owner}: RNN input dtype ({value.dtype}) does not match weight dtype ({dtype}). "

@@ -94,8 +94,7 @@ class RecurrentCell(nn.Module):
     def _step(self, input: Tensor, hx: Sequence[Tensor] | None, weights: CellWeights) -> State:
         owner = type(self).__name__
         # a float tensor first; whether its dtype is the weights' after the sizes, as torch.nn checks
-        x = _checks.check_float_tensor(owner, "input", input, input.dtype if isinstance(input, Tensor) else
-                                       weights.weight_ih.dtype)
+        x = _checks.check_float_tensor(owner, "input", input, None)
         if x.dim() not in (1, 2):
             raise _checks.InputError(
                 f"{owner}: Expected input to be 1D or 2D, got {x.dim()}D instead: (B, I), or (I,) unbatched, got "
@@ -109,13 +108,14 @@ class RecurrentCell(nn.Module):
         names = ("h", "c")[: self.spec.num_states]
         if hx is None:
             _checks.check_features(owner, x, self.input_size, cell=True)
+            _checks.check_float_tensor(owner, "input", x, weights.weight_ih.dtype)
             state = tuple(x.new_zeros(batch, size) for size in sizes)
         else:  # in torch's order: the dimensions, the input's features, then the state's sizes
             if self.spec.num_states == 2 and (not isinstance(hx, (tuple, list)) or len(hx) != 2):
                 raise TypeError(f"{owner}: expected hx to be a pair (h, c), got {type(hx).__name__}")
             parts = []
             for index, (name, size, h) in enumerate(zip(names, sizes, hx)):
-                h = _checks.check_float_tensor(owner, name, h, h.dtype if isinstance(h, Tensor) else x.dtype)
+                h = _checks.check_float_tensor(owner, name, h, None)
                 if h.dim() not in (1, 2):  # torch.nn's words from here on
                     which = f"hx[{index}]" if self.spec.num_states == 2 else "hidden"
                     raise _checks.InputError(f"{owner}: Expected {which} to be 1D or 2D, got {h.dim()}D instead "
@@ -132,10 +132,10 @@ class RecurrentCell(nn.Module):
                 if h.shape[1] != size:
                     raise _checks.InputError(f"{owner}: hidden{index} has inconsistent hidden_size: got {h.shape[1]}, "
                                              f"expected {size} ({name} of shape {_checks.shape_str(h.shape)})")
+            _checks.check_float_tensor(owner, "input", x, weights.weight_ih.dtype)
+            for name, h in zip(names, parts):
+                _checks.check_float_tensor(owner, name, h, x.dtype)
             state = tuple(parts)
-        _checks.check_float_tensor(owner, "input", x, weights.weight_ih.dtype)
-        for name, h in zip(names, state):
-            _checks.check_float_tensor(owner, name, h, x.dtype)
         out = self.spec.step(x, state, weights, None)
         return out if batched else tuple(s.squeeze(0) for s in out)
 

@@ -659,7 +659,7 @@ def repack(out: Tensor, like: PackedSequence, lengths: Tensor) -> PackedSequence
             out = out.index_select(1, like.sorted_indices)  # original -> sorted (descending) order
         sizes = like.batch_sizes.to(device=out.device, dtype=torch.int64)
         if _packing.padded_size(like.batch_sizes) is not None:  # packed by exportable_packing
-            valid = torch.arange(out.shape[1], device=out.device) < _packing.padded_sizes(sizes, out.shape[0]).unsqueeze(1)
+            valid = _packing.valid_steps(sizes, out.shape[0], out.shape[1])  # (T, B)
             data = out[valid]  # (N, R): the valid steps in packed order (no searchsorted: ONNX has none)
             torch._check(data.shape[0] == like.data.shape[0])
             return PackedSequence(data, like.batch_sizes, like.sorted_indices, like.unsorted_indices)

@@ -48,6 +48,12 @@ def padded_sizes(batch_sizes: Tensor, steps: Any) -> Tensor:
     return sizes.new_zeros(steps).index_copy(0, index, sizes)
 
 
+def valid_steps(batch_sizes: Tensor, steps: Any, batch: Any) -> Tensor:
+    """(steps, batch) bool: which (step, slot) of the sorted batch holds a packed row; rows in
+    this mask's order, step by step, are the packed data's."""
+    return torch.arange(batch, device=batch_sizes.device) < padded_sizes(batch_sizes, steps).unsqueeze(1)
+
+
 def pack(input: Tensor, lengths: Tensor, batch_first: bool) -> tuple[Tensor, Tensor]:
     """aten::_pack_padded_sequence in tensor operations: input (T, B, *), or (B, T, *) with
     batch_first, and lengths (B,) sorted longest first -> data (sum(lengths), *) and
@@ -88,8 +94,7 @@ def pad(data: Tensor, batch_sizes: Tensor, batch_first: bool, padding_value: flo
     else:  # a PackedSequence made outside the trace: the first step holds every sequence
         batch = batch_sizes[0].item()
         torch._check(batch >= 1)
-    sizes = padded_sizes(batch_sizes, total_length)  # (total,)
-    valid = torch.arange(batch, device=sizes.device) < sizes.unsqueeze(1)  # (total, B)
+    valid = valid_steps(batch_sizes, total_length, batch)  # (total, B)
     where = valid.to(data.device).nonzero()  # (N, 2): (step, slot) of each packed row, in order
     torch._check(where.shape[0] == data.shape[0])
     out = data.new_full((total_length, batch, *data.shape[1:]), padding_value)

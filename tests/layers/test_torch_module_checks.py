@@ -18,17 +18,14 @@ from typing import Any
 
 import pytest
 import torch
-from torch.utils._pytree import tree_flatten, tree_map
-
-import rnnkit
+from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 pytest.importorskip("expecttest")  # torch's test helpers import it (a test extra of rnnkit)
-from torch.testing._internal.common_modules import ModuleErrorEnum, module_db  # noqa: E402
+from torch.testing._internal.common_modules import ModuleErrorEnum  # noqa: E402
 from torch.testing._internal.common_utils import freeze_rng_state  # noqa: E402
 
-TWINS = {torch.nn.RNN: rnnkit.RNN, torch.nn.LSTM: rnnkit.LSTM, torch.nn.GRU: rnnkit.GRU,
-         torch.nn.RNNCell: rnnkit.RNNCell, torch.nn.LSTMCell: rnnkit.LSTMCell, torch.nn.GRUCell: rnnkit.GRUCell}
-INFOS = {info.name: info for info in module_db if info.module_cls in TWINS}
+from tests.layers.test_torch_module_db import INFOS, TWINS  # noqa: E402  (torch's entries and rnnkit's twins)
+
 DTYPES = (torch.float32, torch.float64)
 
 
@@ -153,7 +150,6 @@ def _check_gradients(cls: type, info: Any, dtype: torch.dtype, training: bool,
         flat_input, spec = tree_flatten(args + params)
 
         def run(*flat: torch.Tensor) -> list[torch.Tensor]:
-            from torch.utils._pytree import tree_unflatten
             given = tree_unflatten(list(flat), spec)
             with freeze_rng_state():
                 return tree_flatten(module(*given[:len(args)], **case.forward_input.kwargs))[0]
@@ -268,12 +264,6 @@ CASES = [(name, check, dtype, training) for name in sorted(INFOS) for check, (_,
 def case_param(name: str, check: str, dtype: torch.dtype, training: bool) -> Any:
     return pytest.param(name, check, dtype, training, marks=[pytest.mark.end_to_end] if check in SLOW else [],
                         id=f"{name}-{check}-{str(dtype)[6:]}-{'train' if training else 'eval'}")
-
-
-def test_the_grid_is_test_modules_own() -> None:
-    """As many tests as test_modules.py instantiates for the six modules on CPU."""
-    assert set(INFOS) == {"nn.RNN", "nn.LSTM", "nn.GRU", "nn.RNNCell", "nn.LSTMCell", "nn.GRUCell"}
-    assert len(CASES) == 6 * (8 * 2 * 2 + 2 * 2 + 2)
 
 
 @pytest.mark.parametrize(("name", "check", "dtype", "training"), [case_param(*c) for c in CASES])
