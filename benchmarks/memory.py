@@ -67,7 +67,7 @@ def config(task: str, steps: int, cell: str, remedy: str, budget: int, hidden: i
         task=task, steps=steps, cell="lstm" if cell == "ln-lstm" else cell, hidden_size=hidden, num_layers=layers,
         init={"orthogonal": "orthogonal", "chrono": "chrono"}.get(remedy, "default"),
         layer_norm=cell == "ln-lstm", forget_bias=1.0 if remedy == "forget-bias" else None,
-        train_size=BATCH * budget, val_size=200, test_size=1000,
+        train_size=BATCH * budget, val_size=200, test_size=1000, curriculum="off",
         train=TrainConfig(epochs=1, batch_size=BATCH, lr=1e-3, patience=None, lr_patience=1000,
                           clip_norm=None if remedy == "none" else 1.0, seed=0))
 

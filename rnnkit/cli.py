@@ -585,31 +585,40 @@ def _memory_command(task: str) -> Callable[..., None]:
                   help="The learning rate: constant; cosine: down to 0 along a cosine over the epochs; anneal: "
                        "constant for the first 80% of the epochs, then down along a cosine.")
     @click.option("--clip", type=float, default=1.0, show_default=True, help="Gradient clipping by norm; 0: off.")
+    @click.option("--curriculum", default="auto", show_default=True, metavar="auto|off|T:EPOCHS,...",
+                  help="Train shorter sequences first: stages T:EPOCHS (e.g. 100:14), then --steps for the epochs "
+                       "left; a stage at T holds train-size x (first T) / T sequences, and --schedule runs over all "
+                       "the epochs. " + ("auto: copy and selective copy above T = 200 train 70% of their epochs at "
+                                         "T = 100 first; off: --steps throughout." if task != "adding" else
+                                         "auto and off: --steps throughout."))
     @_training_options
     @click.pass_context
     def command(ctx: click.Context, steps: int, cell: str, hidden: int, layers: int, init: str, train_size: int, epochs: int,
-                batch_size: int, lr: float, schedule: str, clip: float, seed: int, out: str | None, resume: str | None,
-                tensorboard: bool, diagnose_every: int | None) -> None:
+                batch_size: int, lr: float, schedule: str, clip: float, curriculum: str, seed: int, out: str | None,
+                resume: str | None, tensorboard: bool, diagnose_every: int | None) -> None:
         from rnnkit.pipelines import memory
         from rnnkit.training import TrainConfig
 
         done = _run_training(ctx, task, memory.MemoryConfig, lambda: memory.MemoryConfig(
             task=task, steps=steps, cell=cell, hidden_size=hidden, num_layers=layers, init=init, train_size=train_size,
-            train=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, patience=None, lr_patience=1000,
+            curriculum=curriculum, train=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, patience=None, lr_patience=1000,
                               schedule="plateau" if schedule == "constant" else schedule, clip_norm=clip or None,
                               seed=seed)),
             memory.train, lambda c: f"{c.cell}-{c.steps}", "MSE" if task == "adding" else "cross-entropy")
         if done is None:
             return
         metrics, folder = done
-        t, b = metrics["test"], metrics["baseline"]
+        t, b, stages = metrics["test"], metrics["baseline"], metrics["curriculum"]
+        trained = f"{metrics['training_steps']} steps" + ("" if len(stages) == 1 else " (" + ", then ".join(
+            f"T = {length} for {count} epoch{'' if count == 1 else 's'}" for length, count in stages[:-1])
+            + f", then T = {stages[-1][0]})")
         if task == "adding":
-            click.echo(f"test MSE {t['mse']:.4f} (baseline {b['name']}: {b['mse']:.4f}); {metrics['training_steps']} "
-                       f"steps, {metrics['train_seconds']:.1f} s")
+            click.echo(f"test MSE {t['mse']:.4f} (baseline {b['name']}: {b['mse']:.4f}); {trained}, "
+                       f"{metrics['train_seconds']:.1f} s")
         else:
             click.echo(f"test cross-entropy {t['cross_entropy']:.4f}, recall accuracy {t['recall_accuracy']:.4f} "
                        f"(baseline {b['name']}: {b['cross_entropy']:.4f}, {b['recall_accuracy']:.4f}); "
-                       f"{metrics['training_steps']} steps, {metrics['train_seconds']:.1f} s")
+                       f"{trained}, {metrics['train_seconds']:.1f} s")
         _run_folder_line(folder, metrics)
 
     command.__doc__ = {"adding": "The adding problem (N -> 1): sum the two marked numbers of T steps.",

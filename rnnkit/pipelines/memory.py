@@ -3,19 +3,20 @@ seed (rnnkit.data._memory), trained with the Trainer, scored beside their memory
 
 Cells: rnn, lstm, gru, and irnn (a relu RNN with W_hh initialised to the identity and zero
 biases, Le et al. 2015). The training budget is fixed in steps: epochs x train_size / batch_size.
+Copy and selective copy at long T train first at T = 100 (a length curriculum: curriculum_stages).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import TensorDataset
+from torch.utils.data import Dataset, TensorDataset
 
 import rnnkit
 from rnnkit import _checks
@@ -39,6 +40,16 @@ sequences; with it an LSTM learns copy memory at T = 100, which it does not with
 initialisation in the same budget (recall 0.89 against 0.16 after 12,000 steps)."""
 
 
+CURRICULUM_FROM = 200
+"""curriculum="auto": copy and selective copy at T above this train first at CURRICULUM_START. At
+T = 1000 a step costs about 12 times one at T = 100, and a three-layer minGRU trained at T = 100
+recalls 0.73 at T = 1000 as it is (benchmarks/README.md, "A length curriculum")."""
+CURRICULUM_START = 100
+CURRICULUM_SHARE = 0.7
+"""curriculum="auto": the share of the epochs trained at CURRICULUM_START (selective copy at
+T = 1000: 0.84 with 0.7, 0.80 with 0.75 and a schedule over each stage; benchmarks/README.md)."""
+
+
 def resolved_init(cell: str, init: str) -> str:
     """The init a run's model is built with: see RUN_INITS."""
     if init != "auto":
@@ -57,7 +68,7 @@ class MemoryModelConfig:
     hidden_size: int = 128
     num_layers: int = 1  # stacked layers (the minimal cells' gates read the layer below's states)
     init: str = "default"  # default, orthogonal or identity for W_hh (irnn: identity); lstm, gru: chrono
-    chrono_max: float | None = None  # init="chrono": the sequences' length
+    chrono_max: float | None = None  # init="chrono": the length of the sequences training starts with
     layer_norm: bool = False  # rnnkit's layer_norm=True: in the cell (classic) or between layers (minimal)
     forget_bias: float | None = None  # lstm: the forget gate's initial bias (Jozefowicz et al. 2015)
 
@@ -129,12 +140,15 @@ class MemoryConfig:
     train_size: int = 10000
     val_size: int = 1000
     test_size: int = 1000
+    curriculum: str = "auto"  # "off", "auto" or stages "T:EPOCHS,...": see curriculum_stages
     train: TrainConfig = field(default_factory=_memory_training)
+    BEFORE_FIELD: ClassVar[dict[str, Any]] = {"curriculum": "off"}  # how runs saved before the setting ran
 
     def check(self) -> MemoryConfig:
         for name in ("steps", "train_size", "val_size", "test_size"):
             _checks.check_int("memory", name, getattr(self, name), minimum=1)
         _checks.check_choice("memory", "init", self.init, RUN_INITS)
+        curriculum_stages(self)
         return self
 
     @property
@@ -142,12 +156,103 @@ class MemoryConfig:
         return f"{self.task}{self.steps}"
 
 
-def make_data(cfg: MemoryConfig) -> list[TensorDataset]:
-    """Train, validation and test sets, each from its own seed."""
+def curriculum_stages(cfg: MemoryConfig) -> list[tuple[int, int]]:
+    """The (T, epochs) of each stage of training, the last at cfg.steps for the epochs left.
+
+    cfg.curriculum: "off", one stage; "T:EPOCHS,...", the given stages first (T increasing and
+    below cfg.steps; at least one epoch left for the last stage); "auto", copy and selective copy
+    at T above CURRICULUM_FROM train CURRICULUM_SHARE of their epochs at T = CURRICULUM_START
+    first, everything else one stage. Epochs past the stages' sum (a resumed run given more)
+    train at cfg.steps. Raises ValueError naming what is wrong."""
+    epochs, spec = cfg.train.epochs, cfg.curriculum.strip()
+    if spec == "off" or (spec == "auto" and (cfg.task == "adding" or cfg.steps <= CURRICULUM_FROM or epochs < 2)):
+        return [(cfg.steps, epochs)]
+    if spec == "auto":
+        first = min(epochs - 1, max(1, round(CURRICULUM_SHARE * epochs)))
+        return [(CURRICULUM_START, first), (cfg.steps, epochs - first)]
+    stages: list[tuple[int, int]] = []
+    for part in spec.split(","):
+        length, colon, count = part.strip().partition(":")
+        try:
+            stage = (int(length), int(count))
+        except ValueError:
+            stage = (0, 0)
+        if not colon or min(stage) < 1:
+            raise ValueError(f"memory: curriculum must be 'auto', 'off' or stages T:EPOCHS separated by commas "
+                             f"(e.g. '100:14'), each number at least 1; got {cfg.curriculum!r}")
+        if stage[0] <= (stages[-1][0] if stages else 0) or stage[0] >= cfg.steps:
+            raise ValueError(f"memory: the curriculum's lengths must increase and stay below the run's T = {cfg.steps}; "
+                             f"got {cfg.curriculum!r}")
+        stages.append(stage)
+    done = sum(n for _, n in stages)
+    if done >= epochs:
+        raise ValueError(f"memory: the curriculum {cfg.curriculum!r} takes {done} epochs of the {epochs}: leave at "
+                         f"least one for T = {cfg.steps}")
+    return [*stages, (cfg.steps, epochs - done)]
+
+
+def resolved_curriculum(cfg: MemoryConfig) -> str:
+    """cfg.curriculum as the stages it resolves to: "off" or "T:EPOCHS,..." (what a run saves, so
+    that resuming it with more epochs keeps its stages and trains the new epochs at cfg.steps)."""
+    stages = curriculum_stages(cfg)
+    return "off" if len(stages) == 1 else ",".join(f"{length}:{count}" for length, count in stages[:-1])
+
+
+class LengthCurriculum(Dataset[tuple[Tensor, Tensor]]):
+    """A training set whose sequences grow longer with the epoch: stages [(T, epochs), ...]
+    (curriculum_stages). Each stage's sequences come from a seed of their own, made when the
+    stage begins; a stage at T holds train_size * T_first / T of them (at least one), so that
+    every epoch holds about as many time steps. The Trainer calls set_epoch before each epoch."""
+
+    def __init__(self, make: Callable[..., tuple[Tensor, Tensor]], stages: list[tuple[int, int]], train_size: int,
+                 seed: int) -> None:
+        self.make, self.stages, self.seed = make, stages, seed
+        self.sizes = [max(1, round(train_size * stages[0][0] / length)) for length, _ in stages]
+        self.stage = 0
+        self._made: tuple[int, tuple[Tensor, Tensor]] | None = None
+
+    def stage_of(self, epoch: int) -> int:
+        """The stage that epoch (from 1) trains in: past the stages' epochs, the last."""
+        end = 0
+        for i, (_, count) in enumerate(self.stages):
+            end += count
+            if epoch <= end:
+                return i
+        return len(self.stages) - 1
+
+    def set_epoch(self, epoch: int) -> None:
+        self.stage = self.stage_of(epoch)
+
+    def steps(self, epochs: int, batch_size: int) -> int:
+        """The training steps of the first `epochs` epochs."""
+        return sum(-(-self.sizes[self.stage_of(e)] // batch_size) for e in range(1, epochs + 1))
+
+    def _tensors(self) -> tuple[Tensor, Tensor]:
+        if self._made is None or self._made[0] != self.stage:
+            seed = self.seed + 1_000_003 * (len(self.stages) - 1 - self.stage)  # the last stage: the run's seed
+            self._made = None  # the stage before is let go first
+            self._made = (self.stage, self.make(self.sizes[self.stage], self.stages[self.stage][0], seed=seed))
+        return self._made[1]
+
+    def __len__(self) -> int:
+        return self.sizes[self.stage]
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        x, y = self._tensors()
+        return x[i], y[i]
+
+
+def make_data(cfg: MemoryConfig) -> tuple[Dataset[tuple[Tensor, ...]], TensorDataset, TensorDataset]:
+    """Train, validation and test sets, each from its own seed; the validation and test sets at
+    cfg.steps, the training set a LengthCurriculum where curriculum_stages has several stages."""
     make = {"adding": adding_problem, "copy": copy_memory, "selective-copy": selective_copy}[cfg.task]
     seeds = (cfg.train.seed * 3 + 1, cfg.train.seed * 3 + 2, cfg.train.seed * 3 + 3)
     sizes = (cfg.train_size, cfg.val_size, cfg.test_size)
-    return [TensorDataset(*make(n, cfg.steps, seed=s)) for n, s in zip(sizes, seeds)]
+    stages = curriculum_stages(cfg)
+    train: Dataset[tuple[Tensor, ...]] = (LengthCurriculum(make, stages, cfg.train_size, seeds[0]) if len(stages) > 1
+                                          else TensorDataset(*make(cfg.train_size, cfg.steps, seed=seeds[0])))
+    val, test = (TensorDataset(*make(n, cfg.steps, seed=s)) for n, s in zip(sizes[1:], seeds[1:]))
+    return train, val, test
 
 
 @needs_extras
@@ -157,8 +262,11 @@ def train(cfg: MemoryConfig, out: str | Path | None, *, on_epoch: Callable[[Epoc
           keep: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train and write the run folder at out (None: write nothing); returns metrics.json's content.
     keep: if given, receives the trained model under "model" and the test set under "test"."""
-    cfg.check()
-    length = cfg.steps if cfg.task == "adding" else cfg.steps + 2 * RECALL  # the sequences' length (copy: T + 20)
+    cfg = replace(cfg.check(), curriculum=resolved_curriculum(cfg))
+    # chrono: the length of the sequences training starts with (copy: T + 20). Set for T = 1000, a three-layer minGRU
+    # that starts at T = 100 stalls there (train loss 0.20 from the third epoch, gradient norm 0.00)
+    first = curriculum_stages(cfg)[0][0]
+    length = first if cfg.task == "adding" else first + 2 * RECALL
     init = resolved_init(cfg.cell, cfg.init)
     model_cfg = MemoryModelConfig(task=cfg.task, cell=cfg.cell, hidden_size=cfg.hidden_size,
                                   num_layers=cfg.num_layers, init=init,
@@ -189,7 +297,9 @@ def train(cfg: MemoryConfig, out: str | Path | None, *, on_epoch: Callable[[Epoc
     metrics = {
         "task": cfg.task, "steps": cfg.steps, "cell": cfg.cell, "test": test, "baseline": baseline,
         "sizes": {"train": cfg.train_size, "validation": cfg.val_size, "test": cfg.test_size},
-        "training_steps": len(history) * -(-cfg.train_size // cfg.train.batch_size),
+        "training_steps": (data[0].steps(len(history), cfg.train.batch_size) if isinstance(data[0], LengthCurriculum)
+                           else len(history) * -(-cfg.train_size // cfg.train.batch_size)),
+        "curriculum": [list(stage) for stage in curriculum_stages(cfg)],
         "clip_norm": cfg.train.clip_norm, **trainer.summary(),
     }
     if keep is not None:

@@ -284,7 +284,10 @@ class Trainer:
         resume: continue from self.checkpoint (saved by an earlier fit with the same data and
         config, perhaps with more epochs now, or by one that a signal stopped) instead of starting
         afresh. A SIGTERM or SIGINT ends the step under way, saves the checkpoint and raises
-        Interrupted (see the module docstring)."""
+        Interrupted (see the module docstring).
+        train may change with the epoch: when it has a set_epoch(epoch) method (epochs count from
+        1), it is called before each epoch's batches are drawn, and len(train) may differ between
+        epochs (a length curriculum, rnnkit.pipelines.memory.LengthCurriculum)."""
         with stop_on_signals():
             return self._fit(train, val, resume=resume)
 
@@ -320,9 +323,11 @@ class Trainer:
                                  f"({reason})") from None
             first = len(self.history) + 1
             log.info("resuming after %s (best epoch %d)", self._saved, self.best_epoch)
-        sampler: DistributedSampler[Any] | None = (DistributedSampler(train, num_replicas=self.world_size, rank=self.rank,
-                                                                      shuffle=self.shuffle, seed=cfg.seed)
-                   if self.world_size > 1 else None)
+        def sampler_of() -> DistributedSampler[Any] | None:  # made again each epoch for a train that changes size
+            return (DistributedSampler(train, num_replicas=self.world_size, rank=self.rank, shuffle=self.shuffle,
+                                       seed=cfg.seed) if self.world_size > 1 else None)
+
+        sampler = sampler_of()
         said = _busy.advice(torch.get_num_threads()) if self.device.type == "cpu" else None
         if said:
             log.warning("Trainer: %s", said)
@@ -338,6 +343,9 @@ class Trainer:
                     break
             start = time.perf_counter()
             model.train()
+            steps_before = self._steps_before(train, epoch)  # calls train.set_epoch(epoch) where it has one
+            if sampler is not None and hasattr(train, "set_epoch"):  # its size may have changed; a sampler reads it once
+                sampler = sampler_of()
             if sampler is not None:
                 sampler.set_epoch(epoch)
             losses, norms, clipped, skip = [], [], 0, 0
@@ -361,7 +369,7 @@ class Trainer:
                         "partial": {"epoch": epoch, "batches": i, "losses": losses, "norms": norms, "clipped": clipped,
                                     "seconds": time.perf_counter() - start,
                                     "forward": getattr(self.forward, "state_dict", lambda: None)()}})
-                step = (epoch - 1) * len(batches) + i + 1  # counted over the whole run
+                step = steps_before + i + 1  # counted over the whole run
                 batch = self._to_device(batch)
                 if self.diagnose_every and step % self.diagnose_every == 0:
                     self._diagnose(batch, step, epoch)
@@ -439,6 +447,24 @@ class Trainer:
         if self.world_size > 1:
             self._check_replicas()
         return self.history
+
+    def _batch_count(self, size: int) -> int:
+        """The batches of an epoch of size examples in this process (DistributedSampler pads each
+        process's share to ceil(size / world_size))."""
+        share = -(-size // self.world_size)
+        return -(-share // self.config.batch_size)
+
+    def _steps_before(self, train: Dataset[Any], epoch: int) -> int:
+        """The training steps of the epochs before epoch; leaves train set to epoch (set_epoch)."""
+        set_epoch = getattr(train, "set_epoch", None)
+        if set_epoch is None:
+            return (epoch - 1) * self._batch_count(len(train))  # type: ignore[arg-type]
+        before = 0
+        for e in range(1, epoch):
+            set_epoch(e)
+            before += self._batch_count(len(train))  # type: ignore[arg-type]
+        set_epoch(epoch)
+        return before
 
     def _restore(self, state: dict[str, Any], optimiser: torch.optim.Optimizer, scheduler: Any,
                  generator: torch.Generator) -> tuple[dict[str, Tensor], dict[str, Any] | None]:
