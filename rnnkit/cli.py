@@ -589,7 +589,8 @@ def _memory_command(task: str) -> Callable[..., None]:
                   help="Train shorter sequences first: stages T:EPOCHS (e.g. 100:14), then --steps for the epochs "
                        "left; a stage at T holds train-size x (first T) / T sequences, and --schedule runs over all "
                        "the epochs. " + ("auto: copy and selective copy above T = 200 train 70% of their epochs at "
-                                         "T = 100 first; off: --steps throughout." if task != "adding" else
+                                         "T = 100 first (from T = 1000 on: 60% at T = 100, then 20% at T = 300); "
+                                         "off: --steps throughout." if task != "adding" else
                                          "auto and off: --steps throughout."))
     @_training_options
     @click.pass_context

@@ -25,7 +25,10 @@ def stages(task: str, steps: int, curriculum: str = "auto", epochs: int = 20) ->
 
 
 def test_the_stages_auto_given_and_off() -> None:
-    assert stages("selective-copy", 1000) == [(100, 14), (1000, 6)]
+    assert stages("selective-copy", 1000) == [(100, 12), (300, 4), (1000, 4)]  # from T = 1000: a stage at 300
+    assert stages("copy", 2000, epochs=5) == [(100, 3), (300, 1), (2000, 1)]
+    assert stages("copy", 1000, epochs=4) == [(100, 3), (1000, 1)]  # too few epochs for three stages
+    assert stages("copy", 999) == [(100, 14), (999, 6)]
     assert stages("copy", 500, epochs=10) == [(100, 7), (500, 3)]
     assert stages("copy", 201, epochs=2) == [(100, 1), (201, 1)]
     assert stages("copy", 200) == [(200, 20)]  # short enough to train at T throughout
@@ -33,7 +36,8 @@ def test_the_stages_auto_given_and_off() -> None:
     assert stages("adding", 1000) == [(1000, 20)]  # the adding problem trains at T: it is solved so
     assert stages("copy", 1000, "off") == [(1000, 20)]
     assert stages("adding", 1000, " 100:3, 500:2") == [(100, 3), (500, 2), (1000, 15)]
-    assert memory.resolved_curriculum(memory.MemoryConfig(task="copy", steps=1000)) == "100:7"  # 10 epochs
+    assert memory.resolved_curriculum(memory.MemoryConfig(task="copy", steps=1000)) == "100:6,300:2"  # 10 epochs
+    assert memory.resolved_curriculum(memory.MemoryConfig(task="copy", steps=500)) == "100:7"
     assert memory.resolved_curriculum(memory.MemoryConfig(task="copy", steps=100)) == "off"
 
 
