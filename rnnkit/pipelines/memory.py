@@ -48,10 +48,11 @@ CURRICULUM_START = 100
 CURRICULUM_SHARE = 0.7
 """curriculum="auto": the share of the epochs trained at CURRICULUM_START (copy at T = 500: 0.94
 with 0.5, 0.97 with 0.7, 0.98 with 0.8; benchmarks/README.md)."""
-CURRICULUM_MIDDLE = (1000, 300, 0.6, 0.2)
-"""curriculum="auto" from T = 1000 on (and 5 epochs): 60% of the epochs at CURRICULUM_START, then
-20% at T = 300, then T (selective copy at T = 1000: recall 0.93, against 0.84 without the stage
-at 300; benchmarks/README.md)."""
+CURRICULUM_MIDDLE_FROM, CURRICULUM_MIDDLE = 1000, 300
+CURRICULUM_MIDDLE_SHARES = (0.6, 0.2)
+"""curriculum="auto" from T = CURRICULUM_MIDDLE_FROM on (and 5 epochs): these shares of the epochs
+at CURRICULUM_START, then at T = CURRICULUM_MIDDLE, then T (selective copy at T = 1000: recall
+0.93, against 0.84 without the stage at 300; benchmarks/README.md)."""
 
 
 def resolved_init(cell: str, init: str) -> str:
@@ -167,16 +168,15 @@ def curriculum_stages(cfg: MemoryConfig) -> list[tuple[int, int]]:
     below cfg.steps; at least one epoch left for the last stage); "auto", copy and selective copy
     at T above CURRICULUM_FROM train CURRICULUM_SHARE of their epochs at T = CURRICULUM_START
     first (from T = 1000 on, with a stage at T = 300 between: CURRICULUM_MIDDLE), everything else
-    one stage. Epochs past the stages' sum (a resumed run given more)
-    train at cfg.steps. Raises ValueError naming what is wrong."""
+    one stage. Epochs past the stages' sum (a resumed run given more) train at cfg.steps. Raises
+    ValueError naming what is wrong."""
     epochs, spec = cfg.train.epochs, cfg.curriculum.strip()
     if spec == "off" or (spec == "auto" and (cfg.task == "adding" or cfg.steps <= CURRICULUM_FROM or epochs < 2)):
         return [(cfg.steps, epochs)]
     if spec == "auto":
-        from_steps, middle_steps, first_share, middle_share = CURRICULUM_MIDDLE
-        if cfg.steps >= from_steps and epochs >= 5:
-            first, middle = round(first_share * epochs), max(1, round(middle_share * epochs))
-            return [(CURRICULUM_START, first), (middle_steps, middle), (cfg.steps, epochs - first - middle)]
+        if cfg.steps >= CURRICULUM_MIDDLE_FROM and epochs >= 5:
+            first, middle = (max(1, round(share * epochs)) for share in CURRICULUM_MIDDLE_SHARES)
+            return [(CURRICULUM_START, first), (CURRICULUM_MIDDLE, middle), (cfg.steps, epochs - first - middle)]
         first = min(epochs - 1, max(1, round(CURRICULUM_SHARE * epochs)))
         return [(CURRICULUM_START, first), (cfg.steps, epochs - first)]
     stages: list[tuple[int, int]] = []
@@ -274,8 +274,8 @@ def train(cfg: MemoryConfig, out: str | Path | None, *, on_epoch: Callable[[Epoc
     cfg = replace(cfg.check(), curriculum=resolved_curriculum(cfg))
     # chrono: the length of the sequences training starts with (copy: T + 20). Set for T = 1000, a three-layer minGRU
     # that starts at T = 100 stalls there (train loss 0.20 from the third epoch, gradient norm 0.00)
-    first = curriculum_stages(cfg)[0][0]
-    length = first if cfg.task == "adding" else first + 2 * RECALL
+    stages = curriculum_stages(cfg)
+    length = stages[0][0] if cfg.task == "adding" else stages[0][0] + 2 * RECALL
     init = resolved_init(cfg.cell, cfg.init)
     model_cfg = MemoryModelConfig(task=cfg.task, cell=cfg.cell, hidden_size=cfg.hidden_size,
                                   num_layers=cfg.num_layers, init=init,
@@ -308,7 +308,7 @@ def train(cfg: MemoryConfig, out: str | Path | None, *, on_epoch: Callable[[Epoc
         "sizes": {"train": cfg.train_size, "validation": cfg.val_size, "test": cfg.test_size},
         "training_steps": (data[0].steps(len(history), cfg.train.batch_size) if isinstance(data[0], LengthCurriculum)
                            else len(history) * -(-cfg.train_size // cfg.train.batch_size)),
-        "curriculum": [list(stage) for stage in curriculum_stages(cfg)],
+        "curriculum": [list(stage) for stage in stages],
         "clip_norm": cfg.train.clip_norm, **trainer.summary(),
     }
     if keep is not None:

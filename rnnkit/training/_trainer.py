@@ -323,11 +323,6 @@ class Trainer:
                                  f"({reason})") from None
             first = len(self.history) + 1
             log.info("resuming after %s (best epoch %d)", self._saved, self.best_epoch)
-        def sampler_of() -> DistributedSampler[Any] | None:  # made again each epoch for a train that changes size
-            return (DistributedSampler(train, num_replicas=self.world_size, rank=self.rank, shuffle=self.shuffle,
-                                       seed=cfg.seed) if self.world_size > 1 else None)
-
-        sampler = sampler_of()
         said = _busy.advice(torch.get_num_threads()) if self.device.type == "cpu" else None
         if said:
             log.warning("Trainer: %s", said)
@@ -344,10 +339,11 @@ class Trainer:
             start = time.perf_counter()
             model.train()
             steps_before = self._steps_before(train, epoch)  # calls train.set_epoch(epoch) where it has one
-            if sampler is not None and hasattr(train, "set_epoch"):  # its size may have changed; a sampler reads it once
-                sampler = sampler_of()
-            if sampler is not None:
-                sampler.set_epoch(epoch)
+            sampler: DistributedSampler[Any] | None = None  # made each epoch: train may change size (set_epoch)
+            if self.world_size > 1:
+                sampler = DistributedSampler(train, num_replicas=self.world_size, rank=self.rank, shuffle=self.shuffle,
+                                             seed=cfg.seed)
+                sampler.set_epoch(epoch)  # its order: from seed + epoch
             losses, norms, clipped, skip = [], [], 0, 0
             if partial is not None:  # the batches done before the stop: drawn again from the same shuffle, skipped
                 losses, norms, clipped, skip = partial["losses"], partial["norms"], partial["clipped"], partial["batches"]
