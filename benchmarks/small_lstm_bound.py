@@ -1,7 +1,9 @@
 """What bounds a small LSTM's training step: torch.nn.LSTM, rnnkit.LSTM, and an autograd Function
 that does no work with the same inputs and outputs, one training step each at (T, B, I, H) =
 (20, 1, 1, 20), paired (3000 shuffled rounds, medians); then the layer against its stack
-operator called directly, the operators without autograd, and each forward alone.
+operator called directly, the layer's general path (without its short way to the operator for the
+common training call, RecurrentLayer._train_stack), the operators without autograd, and each
+forward alone.
 
     python benchmarks/small_lstm_bound.py                              # 1 layer
     python benchmarks/small_lstm_bound.py --layers 2 --bidirectional   # a stack
@@ -87,7 +89,16 @@ def operators_alone():
                                                   revs, works, "LSTM", args.layers, D, needs)
 
 
+def step_general():
+    """The layer with its short way to the operator (RecurrentLayer._train_stack) switched off."""
+    m._train_stack = lambda input: None
+    try:
+        step_rnnkit()
+    finally:
+        del m._train_stack
+
+
 print("---")
-rounds({"rnnkit": step_rnnkit, "operator direct": step_operator, "empty Function": step_empty,
+rounds({"rnnkit": step_rnnkit, "rnnkit, general path": step_general, "operator direct": step_operator, "empty Function": step_empty,
         "operators, no autograd": operators_alone, "layer forward only": lambda: m(x),
         "operator forward only": operator_forward})

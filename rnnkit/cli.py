@@ -575,8 +575,10 @@ def _memory_command(task: str) -> Callable[..., None]:
                                           "else default.")
     @click.option("--train-size", default=10000 if task == "adding" else 60000, show_default=True,
                   help="Generated training sequences.")
-    @click.option("--epochs", default=30 if task == "adding" else 20, show_default=True,
-                  help="Passes over the generated training set.")
+    @click.option("--epochs", type=int, default=30 if task == "adding" else None, show_default=task == "adding",
+                  help="Passes over the generated training set." + ("" if task == "adding" else
+                       " [default: 20; with --curriculum auto above T = 200: " +
+                       ("30]" if task == "copy" else "25]")))
     @click.option("--batch-size", default=50, show_default=True, help="Examples per training batch.")
     @click.option("--lr", default=1e-3 if task == "adding" else 3e-3, show_default=True,
                   help="Adam's learning rate (at most 10).")
@@ -602,7 +604,8 @@ def _memory_command(task: str) -> Callable[..., None]:
 
         done = _run_training(ctx, task, memory.MemoryConfig, lambda: memory.MemoryConfig(
             task=task, steps=steps, cell=cell, hidden_size=hidden, num_layers=layers, init=init, train_size=train_size,
-            curriculum=curriculum, train=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, patience=None, lr_patience=1000,
+            curriculum=curriculum, train=TrainConfig(epochs=memory.command_epochs(task, steps, curriculum)
+                                                     if epochs is None else epochs, batch_size=batch_size, lr=lr, patience=None, lr_patience=1000,
                               schedule="plateau" if schedule == "constant" else schedule, clip_norm=clip or None,
                               seed=seed)),
             memory.train, lambda c: f"{c.cell}-{c.steps}", "MSE" if task == "adding" else "cross-entropy")

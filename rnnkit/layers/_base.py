@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import logging
 import numbers
 import warnings
 from collections.abc import Sequence
@@ -20,7 +21,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 
 from rnnkit import _checks
 from rnnkit._qconfig import TorchQConfig
-from rnnkit._autocast import cell_state_dtype, compute_dtype
+from rnnkit._autocast import _enabled as _autocast_enabled, cell_state_dtype, compute_dtype
 from rnnkit.cells import CellSpec, CellWeights, State
 from rnnkit.cells._base import INITS, init_cell_weights, parameter_shapes, weights_as
 from rnnkit.cells._module import check_chrono, check_forget_bias
@@ -32,6 +33,8 @@ from rnnkit.layers import _bf16, _packing
 Lengths = Sequence[int] | Tensor
 NO_NOISE = Noise()
 """No recurrent dropout or zoneout this call (at eval, or with neither set)."""
+_FAST_DTYPES = (torch.float32, torch.float64)
+_engine_log = logging.getLogger("rnnkit")
 FUSED_STACK = True
 """Whether a layer on the fused engine trains as one operator for all its layers and directions
 (run_stack: rnnkit::fused_stack, one kernel call a pass) where it can; False: one operator per
@@ -317,6 +320,10 @@ class RecurrentLayer(nn.Module):
     ) -> tuple[Tensor | PackedSequence, State]:
         """Run the layer; returns the output as input was given and the final state parts,
         each (K*D, B, S), or (K*D, S) for an unbatched input."""
+        if hx is None and lengths is None:
+            trained = self._train_stack(input)
+            if trained is not None:
+                return trained
         owner = type(self).__name__
         if torch.jit.is_tracing() and torch.onnx.is_in_onnx_export():
             # the TorchScript-based exporter would record one run's numbers as constants
@@ -345,6 +352,59 @@ class RecurrentLayer(nn.Module):
             out, state = self._forward_with(cast, input, hx, lengths)
             c_dtype = cell_state_dtype(owner, data.device.type, proj=self.proj_size > 0)
             return out, state if c_dtype is None else (state[0], state[1].to(c_dtype))
+
+    def _train_stack(self, input: Tensor | PackedSequence) -> tuple[Tensor, State] | None:
+        """The general path's commonest call taken straight to its operator: a plain (T, B, I)
+        tensor ((B, T, I) with batch_first) with no initial state or lengths, to be
+        differentiated on the fused engine, with nothing watching (no tracing, torch.func,
+        autocast, torch-function or dispatch mode, diagnostics or debug log) and nothing in the
+        layer that the operator does not run (layer norm, recurrent dropout, zoneout, dropout
+        between layers, a learned initial state). That call ends in run_stack with these
+        arguments; here without its checks and choices, which cost a training step at small
+        sizes more than the kernels do (benchmarks/small_lstm_bound.py). Returns out and the
+        final state as _forward does, or None for any other call, which the general path runs
+        (and refuses with its errors)."""
+        if (torch.compiler.is_compiling() or torch.jit.is_tracing()  # (first: nothing below is traced)
+                or not FUSED_STACK or type(input) is not Tensor or input.dtype not in _FAST_DTYPES
+                or input.device.type != "cpu" or input.dim() != 3 or not torch.is_grad_enabled()
+                or self._probes is not None or self.engine not in ("auto", "fused") or self.layer_norm
+                or self.learn_initial_state
+                or (self.training and (self.recurrent_dropout or self.zoneout or (self.dropout and self.num_layers > 1)))
+                or torch.autograd.forward_ad._current_level >= 0 or _autocast_enabled("cpu")
+                or _engine_log.isEnabledFor(logging.DEBUG)):
+            return None
+        x = input.transpose(0, 1) if self.batch_first else input  # (T, B, I)
+        steps, batch, features = x.shape
+        if steps == 0 or batch == 0 or features != self.input_size:
+            return None
+        names, present, first_hh = self._stack_arguments()
+        params = self._parameters  # as _weights_of: a parameter, or what replaced it (pruning, parametrize)
+        weights: list[Tensor] = [params[name] if name in params else getattr(self, name)  # type: ignore[misc]
+                                 for name in names]  # (a name in _stack_arguments is never a None parameter)
+        if (not (x.requires_grad or weights[first_hh].requires_grad)
+                or weights[0].dtype != x.dtype  # (the general path's error; the operator checks the others)
+                or not unwatched((x, *weights)) or _library.unavailable() is not None):
+            return None
+        out, h_n, c_n, *_ = torch.ops.rnnkit.fused_stack.default(x, None, weights, present, self.spec.mode,
+                                                                 self.num_layers, self.num_directions)
+        return (out.transpose(0, 1) if self.batch_first else out), ((h_n, c_n) if self.spec.num_states == 2 else (h_n,))
+
+    def _stack_arguments(self) -> tuple[list[str], list[bool], int]:
+        """The names of the weights rnnkit::fused_stack takes from this layer, its `present` list
+        (run_stack's flat entries without initial states), and where the first cell's weight_hh
+        is among the names; made once."""
+        made = self.__dict__.get("_stack_made")
+        if made is None:
+            names: list[str] = []
+            present: list[bool] = []
+            for fields in self._cell_fields:
+                named = dict(zip(CellWeights._fields, fields))
+                cell = (None, None, *(named[f] for f in ("weight_ih", "bias_ih", "weight_hh", "bias_hh", "weight_hr")))
+                names += [name for name in cell if name is not None]
+                present += [name is not None for name in cell]
+            first_hh = names.index(str(self._cell_fields[0][CellWeights._fields.index("weight_hh")]))
+            made = self.__dict__["_stack_made"] = (names, present, first_hh)
+        return made
 
     def _forward_with(
         self,

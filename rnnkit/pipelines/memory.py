@@ -53,6 +53,20 @@ CURRICULUM_MIDDLE_SHARES = (0.6, 0.2)
 """curriculum="auto" from T = CURRICULUM_MIDDLE_FROM on (and 5 epochs): these shares of the epochs
 at CURRICULUM_START, then at T = CURRICULUM_MIDDLE, then T (selective copy at T = 1000: recall
 0.93, against 0.84 without the stage at 300; benchmarks/README.md)."""
+COMMAND_EPOCHS = 20
+CURRICULUM_EPOCHS = {"copy": 30, "selective-copy": 25}
+"""`rnnkit train copy|selective-copy`'s epochs: COMMAND_EPOCHS, or these where curriculum="auto"
+trains stages before T (T above CURRICULUM_FROM). An epoch of a curriculum holds about as many
+time steps at every T, so these fit 20 minutes on the 2-core CPU at any T: copy at T = 500
+recalls 0.991 in 18 minutes with 30 (0.974 with 20), three minGRU layers on selective copy at
+T = 1000 0.952 in 17 minutes with 25 (0.93 with 20); benchmarks/README.md, "A length curriculum"."""
+
+
+def command_epochs(task: str, steps: int, curriculum: str) -> int:
+    """The epochs `rnnkit train TASK` trains without --epochs (adding has its own): see
+    CURRICULUM_EPOCHS."""
+    staged = curriculum.strip() == "auto" and task in CURRICULUM_EPOCHS and steps > CURRICULUM_FROM
+    return CURRICULUM_EPOCHS[task] if staged else COMMAND_EPOCHS
 
 
 def resolved_init(cell: str, init: str) -> str:

@@ -111,20 +111,24 @@ def test_what_the_stack_does_not_take() -> None:
     x = torch.randn(4, 2, 3)
     cases = [rnnkit.LSTM(3, 4, num_layers=2, layer_norm=True),
              rnnkit.GRU(3, 4, num_layers=2, dropout=0.5), rnnkit.GRU(3, 4, bidirectional=True, zoneout=0.1)]
+    for m in cases:
+        out = m.train()(x)[0]
+        assert stack_function(out) is None
+        out.sum().backward()
     calls: list[int] = []
-    original = _base.run_stack
-    try:
+    original, short = _base.run_stack, _base.RecurrentLayer._train_stack
+    try:  # without a gradient there is no node to look for: neither way to the stack operator is taken
         _base.run_stack = lambda *a: (calls.append(1), original(*a))[1]  # type: ignore[assignment]
-        for m in cases:
-            m.train()(x)[0].sum().backward()
+        _base.RecurrentLayer._train_stack = lambda self, x: (calls.append(1), short(self, x))[1]  # type: ignore[method-assign]
         with torch.no_grad():
-            rnnkit.LSTM(3, 4, num_layers=2)(x)
-        assert calls == []
-        rnnkit.GRU(3, 4, num_layers=2, dropout=0.5).eval()(x)[0].sum().backward()  # eval: no dropout
-        rnnkit.LSTM(3, 4)(x)[0].sum().backward()
-        assert calls == [1, 1]
+            out = rnnkit.LSTM(3, 4, num_layers=2)(x)[0]
+        assert calls == [1] and out.grad_fn is None  # the short way was asked, and declined
     finally:
-        _base.run_stack = original  # type: ignore[assignment]
+        _base.run_stack, _base.RecurrentLayer._train_stack = original, short  # type: ignore[method-assign]
+    for m in (rnnkit.GRU(3, 4, num_layers=2, dropout=0.5).eval(), rnnkit.LSTM(3, 4)):  # eval: no dropout
+        out = m(x)[0]
+        assert stack_function(out) == "stack"
+        out.sum().backward()
 
 
 @pytest.mark.parametrize("family", ["LSTM", "GRU"])

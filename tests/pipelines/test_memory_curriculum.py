@@ -41,6 +41,30 @@ def test_the_stages_auto_given_and_off() -> None:
     assert memory.resolved_curriculum(memory.MemoryConfig(task="copy", steps=100)) == "off"
 
 
+@pytest.mark.parametrize("args, epochs", [
+    (["copy", "--steps", "500"], 30), (["selective-copy", "--steps", "1000"], 25),  # the auto curriculum's
+    (["copy", "--steps", "200"], 20), (["copy", "--steps", "500", "--curriculum", "off"], 20),
+    (["selective-copy", "--steps", "500", "--curriculum", "100:5"], 20),
+    (["selective-copy", "--steps", "1000", "--epochs", "7"], 7), (["adding", "--steps", "1000"], 30)])
+def test_the_commands_train_more_epochs_with_the_auto_curriculum(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                                 args: list[str], epochs: int) -> None:
+    """Where --curriculum auto trains stages before T, an epoch holds about as many time steps at
+    every T, and the commands' default epochs fill their time budget (memory.CURRICULUM_EPOCHS)."""
+    seen: list[memory.MemoryConfig] = []
+
+    class Stop(Exception):
+        pass
+
+    def train(cfg: memory.MemoryConfig, folder: object, **options: object) -> None:
+        seen.append(cfg)
+        raise Stop
+
+    monkeypatch.setattr(memory, "train", train)
+    result = CliRunner().invoke(main, ["train", *args, "--out", str(tmp_path / "run")])
+    assert isinstance(result.exception, Stop)
+    assert seen[0].train.epochs == epochs
+
+
 @pytest.mark.parametrize("curriculum, words", [
     ("100", "stages T:EPOCHS separated by commas"), ("100:0", "each number at least 1"),
     ("x:3", "stages T:EPOCHS"), ("500:2,100:2", "must increase"), ("1000:2", "stay below the run's T = 1000"),
