@@ -56,10 +56,9 @@ at CURRICULUM_START, then at T = CURRICULUM_MIDDLE, then T (selective copy at T 
 COMMAND_EPOCHS = 20
 CURRICULUM_EPOCHS = {"copy": 30, "selective-copy": 25}
 """`rnnkit train copy|selective-copy`'s epochs: COMMAND_EPOCHS, or these where curriculum="auto"
-trains stages before T (T above CURRICULUM_FROM). An epoch of a curriculum holds about as many
-time steps at every T, so these fit 20 minutes on the 2-core CPU at any T: copy at T = 500
-recalls 0.991 in 18 minutes with 30 (0.974 with 20), three minGRU layers on selective copy at
-T = 1000 0.952 in 17 minutes with 25 (0.93 with 20); benchmarks/README.md, "A length curriculum"."""
+trains stages before T, whose epochs cost about the same at any T: set to fit 20 minutes
+on the 2-core CPU (copy at T = 500: 0.991 against 0.974 with 20; selective copy at T = 1000 with
+three minGRU layers: 0.952 against 0.93; benchmarks/README.md, "A length curriculum")."""
 
 
 def command_epochs(task: str, steps: int, curriculum: str) -> int:
