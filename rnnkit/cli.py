@@ -596,16 +596,17 @@ def _memory_command(task: str) -> Callable[..., None]:
                                          "auto and off: --steps throughout."))
     @_training_options
     @click.pass_context
-    def command(ctx: click.Context, steps: int, cell: str, hidden: int, layers: int, init: str, train_size: int, epochs: int,
+    def command(ctx: click.Context, steps: int, cell: str, hidden: int, layers: int, init: str, train_size: int, epochs: int | None,
                 batch_size: int, lr: float, schedule: str, clip: float, curriculum: str, seed: int, out: str | None,
                 resume: str | None, tensorboard: bool, diagnose_every: int | None) -> None:
         from rnnkit.pipelines import memory
         from rnnkit.training import TrainConfig
 
+        if epochs is None:  # (resumed without --epochs, the run keeps its own)
+            epochs = memory.command_epochs(task, steps, curriculum)
         done = _run_training(ctx, task, memory.MemoryConfig, lambda: memory.MemoryConfig(
             task=task, steps=steps, cell=cell, hidden_size=hidden, num_layers=layers, init=init, train_size=train_size,
-            curriculum=curriculum, train=TrainConfig(epochs=memory.command_epochs(task, steps, curriculum)
-                                                     if epochs is None else epochs, batch_size=batch_size, lr=lr, patience=None, lr_patience=1000,
+            curriculum=curriculum, train=TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, patience=None, lr_patience=1000,
                               schedule="plateau" if schedule == "constant" else schedule, clip_norm=clip or None,
                               seed=seed)),
             memory.train, lambda c: f"{c.cell}-{c.steps}", "MSE" if task == "adding" else "cross-entropy")
