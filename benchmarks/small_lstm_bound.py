@@ -99,6 +99,6 @@ def step_general():
 
 
 print("---")
-rounds({"rnnkit": step_rnnkit, "rnnkit, general path": step_general, "operator direct": step_operator, "empty Function": step_empty,
-        "operators, no autograd": operators_alone, "layer forward only": lambda: m(x),
+rounds({"rnnkit": step_rnnkit, "rnnkit, general path": step_general, "operator direct": step_operator,
+        "empty Function": step_empty, "operators, no autograd": operators_alone, "layer forward only": lambda: m(x),
         "operator forward only": operator_forward})

@@ -27,14 +27,13 @@ from rnnkit.cells._base import INITS, init_cell_weights, parameter_shapes, weigh
 from rnnkit.cells._module import check_chrono, check_forget_bias
 from rnnkit.engines import (ENGINE_NAMES, ENGINES, Engine, LayerConfig, Noise, Probe, _library, for_tools,
                             reverse_padded, select_engine)
-from rnnkit.engines._fused_op import run_stack, under_transform, unwatched
+from rnnkit.engines import log as _engine_log
+from rnnkit.engines._fused_op import DTYPES as FUSED_DTYPES, run_stack, under_transform, unwatched
 from rnnkit.layers import _bf16, _packing
 
 Lengths = Sequence[int] | Tensor
 NO_NOISE = Noise()
 """No recurrent dropout or zoneout this call (at eval, or with neither set)."""
-_FAST_DTYPES = (torch.float32, torch.float64)
-_engine_log = logging.getLogger("rnnkit")
 FUSED_STACK = True
 """Whether a layer on the fused engine trains as one operator for all its layers and directions
 (run_stack: rnnkit::fused_stack, one kernel call a pass) where it can; False: one operator per
@@ -365,7 +364,7 @@ class RecurrentLayer(nn.Module):
         final state as _forward does, or None for any other call, which the general path runs
         (and refuses with its errors)."""
         if (torch.compiler.is_compiling() or torch.jit.is_tracing()  # (first: nothing below is traced)
-                or not FUSED_STACK or type(input) is not Tensor or input.dtype not in _FAST_DTYPES
+                or not FUSED_STACK or type(input) is not Tensor or input.dtype not in FUSED_DTYPES
                 or input.device.type != "cpu" or input.dim() != 3 or not torch.is_grad_enabled()
                 or self._probes is not None or self.engine not in ("auto", "fused") or self.layer_norm
                 or self.learn_initial_state

@@ -245,10 +245,6 @@ class LengthCurriculum(Dataset[tuple[Tensor, Tensor]]):
     def set_epoch(self, epoch: int) -> None:
         self.stage = self.stage_of(epoch)
 
-    def steps(self, epochs: int, batch_size: int) -> int:
-        """The training steps of the first `epochs` epochs."""
-        return sum(-(-self.sizes[self.stage_of(e)] // batch_size) for e in range(1, epochs + 1))
-
     def _tensors(self) -> tuple[Tensor, Tensor]:
         if self._made is None or self._made[0] != self.stage:
             seed = self.seed + 1_000_003 * (len(self.stages) - 1 - self.stage)  # the last stage: the run's seed
@@ -319,8 +315,7 @@ def train(cfg: MemoryConfig, out: str | Path | None, *, on_epoch: Callable[[Epoc
     metrics = {
         "task": cfg.task, "steps": cfg.steps, "cell": cfg.cell, "test": test, "baseline": baseline,
         "sizes": {"train": cfg.train_size, "validation": cfg.val_size, "test": cfg.test_size},
-        "training_steps": (data[0].steps(len(history), cfg.train.batch_size) if isinstance(data[0], LengthCurriculum)
-                           else len(history) * -(-cfg.train_size // cfg.train.batch_size)),
+        "training_steps": trainer.steps(data[0], len(history)),
         "curriculum": [list(stage) for stage in stages],
         "clip_norm": cfg.train.clip_norm, **trainer.summary(),
     }

@@ -338,7 +338,9 @@ class Trainer:
                     break
             start = time.perf_counter()
             model.train()
-            steps_before = self._steps_before(train, epoch)  # calls train.set_epoch(epoch) where it has one
+            steps_before = self.steps(train, epoch - 1)
+            if hasattr(train, "set_epoch"):
+                train.set_epoch(epoch)
             sampler: DistributedSampler[Any] | None = None  # made each epoch: train may change size (set_epoch)
             if self.world_size > 1:
                 sampler = DistributedSampler(train, num_replicas=self.world_size, rank=self.rank, shuffle=self.shuffle,
@@ -450,17 +452,17 @@ class Trainer:
         share = -(-size // self.world_size)
         return -(-share // self.config.batch_size)
 
-    def _steps_before(self, train: Dataset[Any], epoch: int) -> int:
-        """The training steps of the epochs before epoch; leaves train set to epoch (set_epoch)."""
+    def steps(self, train: Dataset[Any], epochs: int) -> int:
+        """The training steps (this process's batches) of the first `epochs` epochs of train; a
+        train that changes with the epoch is set to each of them in turn (set_epoch)."""
         set_epoch = getattr(train, "set_epoch", None)
         if set_epoch is None:
-            return (epoch - 1) * self._batch_count(len(train))  # type: ignore[arg-type]
-        before = 0
-        for e in range(1, epoch):
-            set_epoch(e)
-            before += self._batch_count(len(train))  # type: ignore[arg-type]
-        set_epoch(epoch)
-        return before
+            return epochs * self._batch_count(len(train))  # type: ignore[arg-type]
+        total = 0
+        for epoch in range(1, epochs + 1):
+            set_epoch(epoch)
+            total += self._batch_count(len(train))  # type: ignore[arg-type]
+        return total
 
     def _restore(self, state: dict[str, Any], optimiser: torch.optim.Optimizer, scheduler: Any,
                  generator: torch.Generator) -> tuple[dict[str, Tensor], dict[str, Any] | None]:

@@ -65,6 +65,19 @@ def test_the_commands_train_more_epochs_with_the_auto_curriculum(monkeypatch: py
     assert seen[0].train.epochs == epochs
 
 
+@pytest.mark.parametrize("task", ["copy", "selective-copy"])
+def test_the_help_says_the_pipelines_numbers(task: str) -> None:
+    """The command line does not import the pipeline to write its help: its numbers are the
+    constants' own, written out."""
+    said = " ".join(CliRunner().invoke(main, ["train", task, "--help"]).output.split())
+    assert (f"[default: {memory.COMMAND_EPOCHS}; with --curriculum auto above T = {memory.CURRICULUM_FROM}: "
+            f"{memory.CURRICULUM_EPOCHS[task]}]") in said
+    first, middle = (round(100 * share) for share in memory.CURRICULUM_MIDDLE_SHARES)
+    assert (f"above T = {memory.CURRICULUM_FROM} train {round(100 * memory.CURRICULUM_SHARE)}% of their epochs at "
+            f"T = {memory.CURRICULUM_START} first (from T = {memory.CURRICULUM_MIDDLE_FROM} on: {first}% at "
+            f"T = {memory.CURRICULUM_START}, then {middle}% at T = {memory.CURRICULUM_MIDDLE})") in said
+
+
 @pytest.mark.parametrize("curriculum, words", [
     ("100", "stages T:EPOCHS separated by commas"), ("100:0", "each number at least 1"),
     ("x:3", "stages T:EPOCHS"), ("500:2,100:2", "must increase"), ("1000:2", "stay below the run's T = 1000"),
@@ -92,7 +105,7 @@ def test_the_trainer_draws_each_epoch_from_its_stage() -> None:
     trainer.fit(data, TensorDataset(*copy_memory(20, 12, seed=1)))
     assert [shape[1] for shape in seen] == [25] * 8 + [32] * 2 + [32] * 2  # the 4th epoch stays at the last T
     assert sorted(shape[0] for shape in seen[8:10]) == [7, 10]
-    assert data.steps(4, 10) == len(seen) == 12
+    assert trainer.steps(data, 4) == len(seen) == 12
     assert [d["step"] for d in trainer.diagnoses] == [5, 10]  # counted over the whole run
     data.set_epoch(3)
     assert torch.equal(data[3][0], copy_memory(17, 12, seed=7)[0][3])  # made at the stage's start

@@ -43,7 +43,7 @@ def test_torchrun_trains_through_a_length_curriculum(tmp_path) -> None:  # type:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "steps (T = 100 for 2 epochs, then T = 300)" in result.stdout
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["processes"] == 2
+    assert metrics["processes"] == 2 and metrics["training_steps"] == 7  # each process's, as the optimiser's
     # each process: 50 sequences (3 batches of 20) in each of the first two epochs, then 17 (1 batch)
     assert [(d["epoch"], d["step"]) for d in metrics["gradient_flow"]] == [
         (1, 1), (1, 2), (1, 3), (2, 4), (2, 5), (2, 6), (3, 7)]
