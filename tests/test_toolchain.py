@@ -129,6 +129,48 @@ def test_stack_operator_passes_opcheck(mode: str, layers: int, directions: int, 
 
 
 @needs_kernels
+def test_the_backward_operators_refuse_to_be_differentiated() -> None:
+    """rnnkit::fused_rnn_backward and rnnkit::fused_stack_backward have autograd kernels of their own
+    (no boxed fallback at every backward pass): they give the gradients autograd gives, and where
+    autograd records them, a gradient through their outputs fails saying where a graph of the
+    gradient comes from (torch's fallback only warned)."""
+    torch.manual_seed(0)
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    w_ih, w_hh = torch.randn(24, 3, dtype=torch.float64), torch.randn(24, 6, dtype=torch.float64)
+    weights, present = [w_ih, w_hh], [False, False, True, False, True, False, False]
+    out, _, _, inner, revs, works = torch.ops.rnnkit.fused_stack(x, None, weights, present, "LSTM", 1, 1)
+    d_out = torch.randn_like(out)
+    needs = [True, True, True]
+
+    def stack_backward(ws: list[Tensor]) -> list[Tensor]:
+        return torch.ops.rnnkit.fused_stack_backward(d_out, None, None, x, None, ws, present, inner, revs, works,
+                                                     "LSTM", 1, 1, needs)
+
+    def cell_backward(w: Tensor) -> tuple[Tensor, ...]:
+        return torch.ops.rnnkit.fused_rnn_backward(d_out, None, None, work, x, w_ih, w, None, None, None, None,
+                                                   None, None, None, "LSTM", False, False, [True] * 11)
+
+    *_, work = torch.ops.rnnkit.fused_rnn(x, w_ih, None, None, None, w_hh, None, None, None, None, None, None,
+                                          None, None, None, "LSTM", True)
+    leaves = [t.clone().requires_grad_() for t in (x, w_ih, w_hh)]
+    expected = torch.autograd.grad(torch.ops.rnnkit.fused_stack(leaves[0], None, leaves[1:], present, "LSTM", 1, 1)[0],
+                                   leaves, d_out)
+    for got in (stack_backward(weights), cell_backward(w_hh)[:2] + cell_backward(w_hh)[5:6]):
+        assert all(torch.equal(a, b) for a, b in zip(got, expected))
+    tracked = w_hh.clone().requires_grad_()
+    with torch.no_grad():  # as the backward passes call them
+        assert torch.equal(stack_backward([w_ih, tracked])[2], expected[2])
+        assert torch.equal(cell_backward(tracked)[5], expected[2])
+    # where autograd records (a traced training step run as a graph): the same numbers, and a
+    # gradient through them fails
+    for name, got in (("fused_stack_backward", stack_backward([w_ih, tracked])[2]),
+                      ("fused_rnn_backward", cell_backward(tracked)[5])):
+        assert torch.equal(got, expected[2]) and got.requires_grad
+        with pytest.raises(RuntimeError, match=rf"rnnkit::{name} has no derivative: .* create_graph=True"):
+            got.sum().backward()
+
+
+@needs_kernels
 def test_fused_operator_checks_lengths_and_device() -> None:
     """The operators refuse lengths outside [1, T] themselves (a traced layer passes them
     unchecked), and declare CPU kernels only: on CUDA the layers run cuDNN or the reference engine."""

@@ -13,7 +13,10 @@
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <functional>
+#include <iterator>
+#include <tuple>
 
 namespace rnnkit {
 
@@ -278,11 +281,90 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, std::vector<Tensor>> fused_st
     return {r[0], r[1], r[2], r[3], r[4], std::vector<Tensor>(r.begin() + 5, r.end())};
 }
 
+// The backward operators' autograd kernels: the operator below autograd, without torch's boxed
+// fallback for operators with no autograd kernel, which boxed every argument at every backward
+// pass. Neither operator has a derivative of its own (a graph of the gradient is the forward
+// operator's backward with create_graph=True, by the reference equations). A call that autograd
+// records (grad mode on and an input that needs a gradient: a traced training step run as a
+// graph) runs, and its outputs get a node that fails if anything is differentiated through them.
+class NoDerivative : public torch::autograd::Function<NoDerivative> {
+   public:
+    // outputs: what the operator gave, returned with this node as their grad_fn; inputs: its
+    // tensors, the node's edges
+    static variable_list forward(AutogradContext* ctx, const std::string& op, variable_list outputs,
+                                 at::TensorList inputs) {
+        ctx->saved_data["op"] = op;
+        return outputs;
+    }
+
+    static variable_list backward(AutogradContext* ctx, variable_list) {
+        TORCH_CHECK(false, ctx->saved_data["op"].toStringRef(), " has no derivative: for a graph of the gradient, ",
+                    "differentiate the forward operator with create_graph=True");
+        return {};
+    }
+};
+
+// outputs, or where autograd records the call (grad mode on and an input that needs a gradient),
+// outputs given a NoDerivative node
+std::vector<Tensor> refuse_derivative(const std::string& op, const std::vector<Tensor>& inputs,
+                                      std::vector<Tensor> outputs) {
+    if (!at::GradMode::is_enabled() ||
+        std::none_of(inputs.begin(), inputs.end(), [](const Tensor& t) { return t.defined() && t.requires_grad(); }))
+        return outputs;
+    std::vector<Tensor> given, made;  // (the node takes defined tensors only)
+    std::copy_if(inputs.begin(), inputs.end(), std::back_inserter(given), [](const Tensor& t) { return t.defined(); });
+    std::copy_if(outputs.begin(), outputs.end(), std::back_inserter(made), [](const Tensor& t) { return t.defined(); });
+    const variable_list tracked = NoDerivative::apply(op, std::move(made), at::TensorList(given));
+    size_t next = 0;
+    for (Tensor& t : outputs)
+        if (t.defined()) t = tracked[next++];
+    return outputs;
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>
+fused_rnn_backward_autograd(const OptTensor& d_out, const OptTensor& d_hn, const OptTensor& d_cn, const Tensor& work,
+                            const Tensor& x, const OptTensor& w_ih, const Tensor& w_hh, const OptTensor& w_hr,
+                            const OptTensor& ln_hh, const OptTensor& ln_cw, const OptTensor& lengths,
+                            const OptTensor& h_mask, const OptTensor& keep_h, const OptTensor& keep_c,
+                            c10::string_view mode, bool has_bias_ih, bool has_bias, const BoolList& needs) {
+    auto outputs = [&] {
+        at::AutoDispatchBelowADInplaceOrView guard;
+        return fused_rnn_backward_op().call(d_out, d_hn, d_cn, work, x, w_ih, w_hh, w_hr, ln_hh, ln_cw, lengths,
+                                            h_mask, keep_h, keep_c, mode, has_bias_ih, has_bias, needs);
+    }();
+    if (!at::GradMode::is_enabled()) return outputs;
+    const auto r = refuse_derivative(
+        "rnnkit::fused_rnn_backward",
+        {val(d_out), val(d_hn), val(d_cn), work, x, val(w_ih), w_hh, val(w_hr), val(ln_hh), val(ln_cw), val(h_mask),
+         val(keep_h), val(keep_c)},
+        std::apply([](const auto&... t) { return std::vector<Tensor>{t...}; }, outputs));
+    return {r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10]};
+}
+
+std::vector<Tensor> fused_stack_backward_autograd(const OptTensor& d_out, const OptTensor& d_hn,
+                                                  const OptTensor& d_cn, const Tensor& x, const OptTensor& lengths,
+                                                  at::TensorList weights, const BoolList& present, const Tensor& inner,
+                                                  const Tensor& revs, at::TensorList works, c10::string_view mode,
+                                                  int64_t layers, int64_t directions, const BoolList& needs) {
+    auto outputs = [&] {
+        at::AutoDispatchBelowADInplaceOrView guard;
+        return fused_stack_backward_op().call(d_out, d_hn, d_cn, x, lengths, weights, present, inner, revs, works,
+                                              mode, layers, directions, needs);
+    }();
+    if (!at::GradMode::is_enabled()) return outputs;
+    std::vector<Tensor> inputs{val(d_out), val(d_hn), val(d_cn), x, inner, revs};
+    inputs.insert(inputs.end(), weights.begin(), weights.end());
+    inputs.insert(inputs.end(), works.begin(), works.end());
+    return refuse_derivative("rnnkit::fused_stack_backward", inputs, std::move(outputs));
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(rnnkit, Autograd, m) {
     m.impl("fused_rnn", &fused_rnn_autograd);
     m.impl("fused_stack", &fused_stack_autograd);
+    m.impl("fused_rnn_backward", &fused_rnn_backward_autograd);
+    m.impl("fused_stack_backward", &fused_stack_backward_autograd);
 }
 
 }  // namespace rnnkit

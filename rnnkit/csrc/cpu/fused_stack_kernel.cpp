@@ -7,6 +7,7 @@
 #include "../fused_rnn.h"
 
 #include <ATen/ATen.h>
+#include <ATen/EmptyTensor.h>
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 
@@ -17,6 +18,10 @@ namespace {
 constexpr const char* OP = "rnnkit::fused_stack";
 
 const void* ptr(const Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
+
+// A new CPU tensor of dtype, allocated without the dispatcher (a call's dozen allocations through
+// it cost a small stack's training step more than its kernels' own work, benchmarks/small_lstm_bound.txt)
+Tensor fresh(at::IntArrayRef sizes, at::ScalarType dtype) { return at::detail::empty_cpu(sizes, dtype); }
 bool has(const OptTensor& t) { return t.has_value() && t->defined(); }
 
 // A stack's flat entries (STACK_CELL_ARGS per cell) from the tensors present and the mask.
@@ -64,7 +69,8 @@ Stack check_stack(const Tensor& x, at::TensorList weights, const std::vector<boo
         const int64_t inputs = k < directions ? s.I : directions * s.R;
         const Tensor* w = s.flat.data() + STACK_CELL_ARGS * k;
         const int64_t GH = s.GH, R = s.R, H = s.H, B = s.B;
-        const std::vector<std::vector<int64_t>> shapes{{B, R}, {B, H}, {GH, inputs}, {GH}, {GH, R}, {GH}, {R, H}};
+        const int64_t shapes[STACK_CELL_ARGS][2]{{B, R}, {B, H}, {GH, inputs}, {GH, 0}, {GH, R}, {GH, 0}, {R, H}};
+        const size_t dims[STACK_CELL_ARGS]{2, 2, 2, 1, 2, 1, 2};
         const char* names[STACK_CELL_ARGS] = {"h0", "c0", "w_ih", "b_ih", "w_hh", "b_hh", "w_hr"};
         TORCH_CHECK(w[2].defined() && w[4].defined(), OP, ": cell ", k, " lacks w_ih or w_hh");
         TORCH_CHECK(w[6].defined() == proj, OP, ": cell ", k, (proj ? " lacks" : " has"), " a w_hr");
@@ -73,8 +79,9 @@ Stack check_stack(const Tensor& x, at::TensorList weights, const std::vector<boo
             if (!w[j].defined()) continue;
             TORCH_CHECK(w[j].device().is_cpu() && w[j].scalar_type() == dtype, OP, ": expected cell ", k, "'s ",
                         names[j], " on the CPU in ", dtype, ", got ", w[j].scalar_type(), " on ", w[j].device());
-            TORCH_CHECK(w[j].sizes() == at::IntArrayRef(shapes[j]), OP, ": expected cell ", k, "'s ", names[j],
-                        " of shape ", at::IntArrayRef(shapes[j]), ", got ", w[j].sizes());
+            const at::IntArrayRef shape(shapes[j], dims[j]);
+            TORCH_CHECK(w[j].sizes() == shape, OP, ": expected cell ", k, "'s ", names[j], " of shape ", shape,
+                        ", got ", w[j].sizes());
         }
     }
     return s;
@@ -110,20 +117,21 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, std::vector<Tensor>> fused_st
     const std::vector<Tensor> held = contiguous(s.flat);
     const std::vector<const void*> w = pointers(held);
     const int64_t cells = s.L * s.D, wide = s.D * s.R, rows = s.T * s.B;
-    Tensor out = x.new_empty({s.T, s.B, wide}), h_n = x.new_empty({cells, s.B, s.R});
-    Tensor c_n = s.cell == LSTM ? x.new_empty({cells, s.B, s.H}) : x.new_empty({0});
-    Tensor inner = s.L > 1 ? x.new_empty({s.L - 1, s.T, s.B, wide}) : x.new_empty({0});
+    const auto dtype = x.scalar_type();
+    Tensor out = fresh({s.T, s.B, wide}, dtype), h_n = fresh({cells, s.B, s.R}, dtype);
+    Tensor c_n = fresh(s.cell == LSTM ? at::IntArrayRef({cells, s.B, s.H}) : at::IntArrayRef({0}), dtype);
+    Tensor inner = s.L > 1 ? fresh({s.L - 1, s.T, s.B, wide}, dtype) : fresh({0}, dtype);
     // the second direction's reversed inputs: layer 0's T*B*I numbers, then each other layer's T*B*D*R
-    Tensor revs = s.D == 2 ? x.new_empty({rows * s.I + (s.L - 1) * rows * wide}) : x.new_empty({0});
+    Tensor revs = fresh({s.D == 2 ? rows * s.I + (s.L - 1) * rows * wide : 0}, dtype);
     // each cell's workspace its own tensor, as when the cells run alone (one block for all would
     // pass glibc's mmap threshold sooner, and be mapped and zeroed afresh at every call)
     std::vector<Tensor> works;
     std::vector<void*> work_ptrs;
     for (const Plan& cell : plan.cells) {
-        works.push_back(x.new_empty({cell.saved.total}));
+        works.push_back(fresh({cell.saved.total}, dtype));
         work_ptrs.push_back(works.back().data_ptr());
     }
-    Tensor scratch = s.D == 2 ? x.new_empty({s.T, s.B, s.R}) : Tensor();
+    Tensor scratch = s.D == 2 ? fresh({s.T, s.B, s.R}, dtype) : Tensor();
     const int64_t* n = lengths_c ? lengths_c->const_data_ptr<int64_t>() : nullptr;
     const int status = by_dtype(x.scalar_type(), [&](auto zero) {
         using real = decltype(zero);
@@ -214,11 +222,11 @@ std::pair<Tensor, std::vector<Tensor>> one_call_backward(const Stack& s, const S
     std::vector<void*> g(held.size(), nullptr);
     for (size_t i = 0; i < held.size(); i++) {
         if (held[i].defined() && needs_flat[i]) {
-            grads[i] = at::empty_like(held[i]);  // (held is contiguous, so the gradients are too)
+            grads[i] = fresh(held[i].sizes(), held[i].scalar_type());  // (contiguous, as held is)
             g[i] = grads[i].data_ptr();
         }
     }
-    Tensor dx = needs_x ? x.new_empty(x.sizes()) : Tensor();
+    Tensor dx = needs_x ? fresh(x.sizes(), x.scalar_type()) : Tensor();
     int below = 0;  // bit l: layer l's input needs its gradient
     for (int64_t layer = 0; layer < s.L; layer++)
         if (input_grad_needed(s, layer, needs_x, needs_flat)) below |= 1 << layer;
@@ -227,7 +235,7 @@ std::pair<Tensor, std::vector<Tensor>> one_call_backward(const Stack& s, const S
     const Tensor d_out_c = has(d_out) ? d_out->contiguous() : Tensor();
     const Tensor d_hn_c = has(d_hn) ? d_hn->contiguous() : Tensor();
     const Tensor d_cn_c = has(d_cn) && s.cell == LSTM ? d_cn->contiguous() : Tensor();
-    Tensor scratch = x.new_empty({plan.scratch});
+    Tensor scratch = fresh({plan.scratch}, x.scalar_type());
     const int64_t* n = lengths ? lengths->const_data_ptr<int64_t>() : nullptr;
     const int status = by_dtype(x.scalar_type(), [&](auto zero) {
         using real = decltype(zero);
@@ -307,7 +315,7 @@ std::vector<Tensor> fused_stack_backward_cpu(const OptTensor& d_out, const OptTe
     // empty (0,) where not needed
     std::vector<Tensor> result;
     const auto add = [&](const Tensor& g, const Tensor& like, bool need) {
-        result.push_back(g.defined() ? g : need ? at::zeros_like(like) : x.new_empty({0}));
+        result.push_back(g.defined() ? g : need ? at::zeros_like(like) : fresh({0}, dtype));
     };
     add(dx, x, needs[0]);
     for (size_t i = 0; i < present.size(); i++)
