@@ -304,12 +304,11 @@ class NoDerivative : public torch::autograd::Function<NoDerivative> {
     }
 };
 
-// outputs, or where autograd records the call (grad mode on and an input that needs a gradient),
-// outputs given a NoDerivative node
+// With grad mode on (the callers check it first, before gathering the inputs): outputs, or where
+// an input needs a gradient, outputs given a NoDerivative node
 std::vector<Tensor> refuse_derivative(const std::string& op, const std::vector<Tensor>& inputs,
                                       std::vector<Tensor> outputs) {
-    if (!at::GradMode::is_enabled() ||
-        std::none_of(inputs.begin(), inputs.end(), [](const Tensor& t) { return t.defined() && t.requires_grad(); }))
+    if (std::none_of(inputs.begin(), inputs.end(), [](const Tensor& t) { return t.defined() && t.requires_grad(); }))
         return outputs;
     std::vector<Tensor> given, made;  // (the node takes defined tensors only)
     std::copy_if(inputs.begin(), inputs.end(), std::back_inserter(given), [](const Tensor& t) { return t.defined(); });

@@ -18,11 +18,12 @@ namespace {
 constexpr const char* OP = "rnnkit::fused_stack";
 
 const void* ptr(const Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
-
-// A new CPU tensor of dtype, allocated without the dispatcher (a call's dozen allocations through
-// it cost a small stack's training step more than its kernels' own work, benchmarks/small_lstm_bound.txt)
-Tensor fresh(at::IntArrayRef sizes, at::ScalarType dtype) { return at::detail::empty_cpu(sizes, dtype); }
 bool has(const OptTensor& t) { return t.has_value() && t->defined(); }
+
+// A new CPU tensor of dtype, allocated without the dispatcher's two hops (new_empty, empty) that
+// each of a call's allocations paid; at small sizes the operators' overhead is most of a step
+// (benchmarks/small_lstm_bound.txt)
+Tensor fresh(at::IntArrayRef sizes, at::ScalarType dtype) { return at::detail::empty_cpu(sizes, dtype); }
 
 // A stack's flat entries (STACK_CELL_ARGS per cell) from the tensors present and the mask.
 std::vector<Tensor> unpresent(const std::vector<bool>& present, at::TensorList weights) {
